@@ -1,0 +1,186 @@
+"""The local backend: torchrun on this machine, watched by a detached supervisor.
+
+``submit`` starts :mod:`llmops.backends.local_supervisor` in its own session,
+so the run outlives the terminal that started it; the supervisor launches
+the job, restarts it after a crash or preemption (up to
+``restarts.max_restarts``) and keeps ``status.json`` current.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from llmops.backends.base import Backend, Request
+from llmops.errors import UserError
+from llmops.rundir import CANCELLED, RUNNING, TERMINAL, RunDir
+from llmops.spec import RunSpec
+
+
+def launch_command(spec: RunSpec, run: RunDir) -> list[str]:
+    """The per-node launcher (torchrun with exit-code mapping) for a single-node run."""
+    return [
+        sys.executable, "-m", "llmops_model.launch",
+        "--standalone", "--nnodes", "1", "--nproc-per-node", str(spec.resources.procs_per_node),
+        str(run.path.resolve()),
+    ]
+
+
+@dataclass
+class LocalRequest(Request):
+    command: list[str]
+    env: dict[str, str]
+
+    def render(self) -> str:
+        env = " ".join(f"{k}={shlex.quote(v)}" for k, v in sorted(self.env.items()))
+        return f"# run directory: {self.run.path}\n{env} {shlex.join(self.command)}\n"
+
+
+def job_env(spec: RunSpec) -> dict[str, str]:
+    env = {"PYTHONUNBUFFERED": "1"}
+    if spec.resources.cpu:
+        env["CUDA_VISIBLE_DEVICES"] = ""  # a CPU run stays on the CPU even on a GPU machine
+        # Each process gets its share of the cores; oversubscription slows gloo collectives badly.
+        env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // spec.resources.procs_per_node))
+    return env
+
+
+class LocalBackend(Backend):
+    name = "local"
+
+    def dry_run(self, spec: RunSpec, run: RunDir) -> LocalRequest:
+        if spec.resources.nodes != 1:
+            raise UserError(f"resources.nodes = {spec.resources.nodes}: the local backend runs on one node",
+                            "set resources.nodes: 1, or use backend: slurm or k8s for multi-node runs")
+        if not spec.resources.cpu:
+            _check_gpus(spec.resources.gpus_per_node)
+        return LocalRequest(run=run, command=launch_command(spec, run), env=job_env(spec))
+
+    def submit(self, request: LocalRequest) -> None:
+        run = request.run
+        log = open(run.logs / "supervisor.log", "ab")
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "llmops.backends.local_supervisor", str(run.path)],
+            stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+            start_new_session=True, env={**os.environ, **request.env},
+        )
+        log.close()
+        run.update_status(supervisor_pid=proc.pid, job_id=str(proc.pid))
+
+    def refresh(self, run: RunDir) -> None:
+        status = run.read_status()
+        if status.state not in TERMINAL and status.supervisor_pid and not _alive(status.supervisor_pid):
+            run.update_status(state="FAILED", message="the supervisor process is gone (killed, or the machine "
+                              "restarted); resume the run with `llmops resume`", ended_at=time.time())
+
+    def logs(self, run: RunDir, *, follow: bool, stage: str = "pretrain") -> Iterator[str]:
+        yield from follow_logs(run, stage=stage, follow=follow, is_done=lambda: self._done(run))
+
+    def _done(self, run: RunDir) -> bool:
+        self.refresh(run)
+        return run.read_status().state in TERMINAL
+
+    def cancel(self, run: RunDir, *, force: bool = False) -> None:
+        status = run.read_status()
+        if status.state in TERMINAL:
+            return
+        run.cancel_marker.touch()
+        if status.job_pgid:
+            signal_job(status.job_pgid, signal.SIGKILL if force else signal.SIGTERM)
+        if force and status.supervisor_pid and _alive(status.supervisor_pid):
+            os.kill(status.supervisor_pid, signal.SIGTERM)
+
+
+def signal_job(launcher_pid: int, sig: int) -> None:
+    """Signal the training workers (the launcher's children) so they checkpoint and exit.
+
+    The torchrun agent then sees its workers exit 75 and reports a preemption.
+    With SIGKILL the whole process group goes at once.
+    """
+    if sig == signal.SIGKILL:
+        try:
+            os.killpg(launcher_pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        return
+    targets = _children(launcher_pid) or [launcher_pid]
+    for pid in targets:
+        try:
+            os.kill(pid, sig)
+        except ProcessLookupError:
+            pass
+
+
+def _children(pid: int) -> list[int]:
+    out: list[int] = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            out += [int(x) for x in (task / "children").read_text().split()]
+        except OSError:
+            continue
+    return out
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a zombie is not alive
+        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+    except OSError:
+        return True
+
+
+def _check_gpus(wanted: int | None) -> None:
+    try:
+        out = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=20).stdout
+        have = len([line for line in out.splitlines() if line.startswith("GPU ")])
+    except (OSError, subprocess.SubprocessError):
+        have = 0
+    if wanted and have < wanted:
+        raise UserError(f"resources.gpus_per_node = {wanted}, but this machine has {have} GPU(s)",
+                        "lower gpus_per_node, or set cpu: true with processes_per_node for a CPU run")
+
+
+def follow_logs(run: RunDir, *, stage: str, follow: bool, is_done, poll: float = 0.2) -> Iterator[str]:
+    """Lines of every restart's log in order; with follow, also what is written until the run ends."""
+    restart = 0
+    while True:
+        path = run.log_path(stage, restart)
+        while not path.exists():
+            if not follow or is_done():
+                return
+            time.sleep(poll)
+        with open(path, errors="replace") as f:
+            pending = ""
+            while True:
+                pending += f.readline()
+                if pending.endswith("\n"):
+                    yield pending[:-1]
+                    pending = ""
+                    continue
+                # At the end of the file for now: move on, stop, or wait for more.
+                if run.log_path(stage, restart + 1).exists() or not follow or is_done():
+                    yield from (pending + f.read()).splitlines()
+                    break
+                time.sleep(poll)
+        if not run.log_path(stage, restart + 1).exists():
+            return
+        restart += 1
+
+
+def is_cancelled(run: RunDir) -> bool:
+    return run.cancel_marker.exists()
+
+
+__all__ = ["LocalBackend", "LocalRequest", "launch_command", "follow_logs", "CANCELLED", "RUNNING"]

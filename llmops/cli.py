@@ -1,0 +1,259 @@
+"""The `llmops` command line. Thin commands over library functions.
+
+Exit codes: 0 ok, 1 the run failed (or was cancelled), 2 bad input, with a
+one-paragraph message instead of a traceback (``--debug`` shows it).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from llmops.errors import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK, UserError
+
+app = typer.Typer(
+    name="llmops",
+    help="From raw text to an aligned GPT on your own GPU clusters.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+out = Console(highlight=False)
+err = Console(stderr=True, highlight=False)
+_state = {"debug": False}
+
+SpecArg = Annotated[Path, typer.Argument(help="Run spec (YAML).", show_default=False)]
+RunArg = Annotated[str, typer.Argument(help="Run id, run name (its newest run) or run directory.")]
+RunsDirOpt = Annotated[
+    Optional[Path],
+    typer.Option("--runs-dir", help="Where run directories live [env: LLMOPS_RUNS_DIR; default: ./runs]."),
+]
+
+
+@app.callback()
+def _main(debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks for errors.")] = False) -> None:
+    _state["debug"] = debug
+
+
+@app.command()
+def validate(spec: SpecArg) -> None:
+    """Check a run spec and print its resolved form's summary."""
+    from llmops.spec import load_spec
+
+    s = load_spec(spec)
+    out.print(f"[green]ok[/green] {spec}: run '{s.name}' on {s.backend}, "
+              f"{s.resources.nodes} node(s) x {s.resources.procs_per_node} "
+              f"{'CPU process(es)' if s.resources.cpu else 'GPU(s)'}, "
+              f"TP={s.parallelism.tensor} PP={s.parallelism.pipeline} DP={s.data_parallel}, "
+              f"model {s.model.preset or 'custom'} ({s.model.num_layers}x{s.model.hidden_size}), "
+              f"{s.train.steps} steps of {s.train.global_batch_size} sequences "
+              f"({s.num_microbatches} micro-batch(es) per step)")
+
+
+@app.command()
+def schema() -> None:
+    """Print the run spec's JSON Schema (for editor completion)."""
+    from llmops.spec import json_schema
+
+    sys.stdout.write(json.dumps(json_schema(), indent=2) + "\n")
+
+
+@app.command()
+def run(
+    spec: SpecArg,
+    detach: Annotated[bool, typer.Option("--detach", "-d", help="Start the run and return at once.")] = False,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print what would run; start nothing.")] = False,
+    runs_dir: RunsDirOpt = None,
+) -> None:
+    """Run a spec on this machine (the local backend) and follow it."""
+    _submit(spec, backend="local", detach=detach, dry_run=dry_run, runs_dir=runs_dir)
+
+
+@app.command()
+def submit(
+    spec: SpecArg,
+    backend: Annotated[Optional[str], typer.Option(help="Override the spec's backend.")] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the rendered request; submit nothing.")] = False,
+    follow: Annotated[bool, typer.Option("--follow", "-f", help="Follow the run after submitting.")] = False,
+    runs_dir: RunsDirOpt = None,
+) -> None:
+    """Submit a spec to its backend and return (use --follow to watch it)."""
+    _submit(spec, backend=backend, detach=not follow, dry_run=dry_run, runs_dir=runs_dir)
+
+
+def _submit(spec_path: Path, *, backend: str | None, detach: bool, dry_run: bool, runs_dir: Path | None) -> None:
+    from llmops import runs
+    from llmops.rundir import runs_root
+    from llmops.spec import load_spec
+
+    spec = load_spec(spec_path)
+    request = runs.plan(spec, root=runs_root(runs_dir), backend=backend)
+    if dry_run:
+        sys.stdout.write(request.render())
+        import shutil
+
+        shutil.rmtree(request.run.path, ignore_errors=True)
+        return
+    run_dir = runs.submit(request)
+    err.print(f"run [bold]{run_dir.id}[/bold] started in {run_dir.path}")
+    if detach:
+        err.print(f"follow it with `llmops logs {run_dir.id} -f`; stop it with `llmops cancel {run_dir.id}`")
+        sys.stdout.write(run_dir.id + "\n")
+        return
+    _follow(run_dir)
+
+
+def _follow(run_dir) -> None:
+    from llmops import runs
+
+    cancelled = False
+    try:
+        final = runs.follow(run_dir, on_line=_print_line)
+    except KeyboardInterrupt:
+        cancelled = True
+        err.print("\n[yellow]interrupted: asking the run to checkpoint and stop...[/yellow]")
+        final = runs.cancel(run_dir)
+    _report_final(run_dir, final, cancelled)
+
+
+def _print_line(line: str) -> None:
+    from llmops.runs import parse_step_line
+
+    parsed = parse_step_line(line)
+    if parsed is None:
+        out.print(line, markup=False, soft_wrap=True)
+        return
+    pct = 100 * parsed.step / max(parsed.steps, 1)
+    f = parsed.fields
+    out.print(f"[bold]{parsed.step:>6}/{parsed.steps}[/bold] {pct:5.1f}%  loss [cyan]{f.get('loss')}[/cyan]  "
+              f"lr {f.get('lr')}  grad_norm {f.get('grad_norm')}  {f.get('tok/s')} tok/s"
+              + (f"  MFU {f['mfu']}" if "mfu" in f else ""))
+
+
+def _report_final(run_dir, final, interrupted: bool) -> None:
+    colour = {"SUCCEEDED": "green", "FAILED": "red", "CANCELLED": "yellow"}.get(final.state, "white")
+    err.print(f"run {run_dir.id}: [{colour}]{final.state}[/{colour}] {final.message}")
+    if final.state != "SUCCEEDED":
+        err.print(f"resume it with `llmops resume {run_dir.id}`; logs in {run_dir.logs}")
+        raise typer.Exit(EXIT_FAILED)
+
+
+@app.command()
+def status(
+    run: Annotated[Optional[str], typer.Argument(help="Run id or name; all runs when left out.")] = None,
+    runs_dir: RunsDirOpt = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+) -> None:
+    """Show one run's state and progress, or a table of all runs."""
+    from dataclasses import asdict
+
+    from llmops import runs
+    from llmops.rundir import list_runs, resolve_run, runs_root
+
+    root = runs_root(runs_dir)
+    targets = [resolve_run(run, root)] if run else list_runs(root)
+    rows = []
+    for r in targets:
+        st = runs.status(r)
+        rows.append((r, st, r.progress()))
+    if as_json:
+        sys.stdout.write(json.dumps([{"id": r.id, "path": str(r.path), **asdict(st), "progress": p}
+                                     for r, st, p in rows], indent=1) + "\n")
+        return
+    if not rows:
+        err.print(f"no runs under {root}")
+        return
+    table = Table(box=None, header_style="bold")
+    for col in ("run", "backend", "state", "step", "loss", "restarts", "age", "message"):
+        table.add_column(col)
+    for r, st, p in rows:
+        step = f"{p['step']}/{p['steps']}" if p else "-"
+        loss = f"{p['loss']:.4f}" if p and p.get("loss") == p.get("loss") else "-"
+        table.add_row(r.id, st.backend, st.state, step, loss, str(st.restarts),
+                      _age(st.submitted_at), st.message)
+    out.print(table)
+
+
+def _age(t: float) -> str:
+    s = int(time.time() - t)
+    return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
+
+
+@app.command()
+def logs(
+    run: RunArg,
+    follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing until the run ends.")] = False,
+    runs_dir: RunsDirOpt = None,
+) -> None:
+    """Print a run's logs (every restart, in order)."""
+    from llmops import runs
+    from llmops.rundir import resolve_run, runs_root
+
+    r = resolve_run(run, runs_root(runs_dir))
+    try:
+        for line in runs.logs(r, follow=follow):
+            sys.stdout.write(line + "\n")
+            sys.stdout.flush()
+    except KeyboardInterrupt:
+        pass
+
+
+@app.command()
+def cancel(
+    run: RunArg,
+    force: Annotated[bool, typer.Option("--force", help="Kill at once instead of checkpointing first.")] = False,
+    runs_dir: RunsDirOpt = None,
+) -> None:
+    """Stop a run: it saves a checkpoint at the next step boundary and exits."""
+    from llmops import runs
+    from llmops.rundir import resolve_run, runs_root
+
+    r = resolve_run(run, runs_root(runs_dir))
+    final = runs.cancel(r, force=force)
+    err.print(f"run {r.id}: {final.state} {final.message}")
+
+
+@app.command()
+def resume(
+    run: RunArg,
+    detach: Annotated[bool, typer.Option("--detach", "-d", help="Start and return at once.")] = False,
+    runs_dir: RunsDirOpt = None,
+) -> None:
+    """Start a stopped run again from its latest complete checkpoint."""
+    from llmops import runs
+    from llmops.rundir import resolve_run, runs_root
+
+    r = runs.resume(resolve_run(run, runs_root(runs_dir)))
+    err.print(f"run [bold]{r.id}[/bold] resumed")
+    if not detach:
+        _follow(r)
+
+
+def main() -> None:
+    """Console entry point: maps errors to exit codes and one-paragraph messages."""
+    try:
+        code = app(standalone_mode=False)
+    except UserError as exc:
+        if _state["debug"]:
+            raise
+        err.print("[red]error:[/red]", exc.render().replace("[", "\\["))
+        sys.exit(exc.exit_code)
+    except typer.Exit as exc:
+        sys.exit(exc.exit_code)
+    except typer.Abort:
+        sys.exit(EXIT_FAILED)
+    except Exception as exc:  # click usage errors carry their own exit code (2)
+        import click
+
+        if isinstance(exc, click.exceptions.ClickException):
+            exc.show()
+            sys.exit(EXIT_BAD_INPUT)
+        raise
+    sys.exit(code if isinstance(code, int) else EXIT_OK)

@@ -1,0 +1,168 @@
+"""The run directory: the one place a run's state lives, for every backend.
+
+::
+
+    runs/<name>-<YYYYmmdd-HHMMSS>/
+        spec.yaml          the resolved spec, written once at submit; every stage and restart reads it
+        status.json        state, backend, restarts, exit code (written by the backend's supervisor)
+        logs/              <stage>.restart-<n>.log: a restart never overwrites an earlier log
+        metrics.jsonl      one row per logged step (see llmops_model.metrics)
+        progress.json      the latest row
+        checkpoints/       unless checkpoint.dir points elsewhere
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import yaml
+
+from llmops.errors import UserError
+from llmops.spec import RunSpec, dump_spec, parse_spec
+
+DEFAULT_RUNS_DIR = "runs"
+
+# Run states. Terminal ones never change again unless the run is resumed.
+PENDING, RUNNING, SUCCEEDED, FAILED, CANCELLED = "PENDING", "RUNNING", "SUCCEEDED", "FAILED", "CANCELLED"
+TERMINAL = {SUCCEEDED, FAILED, CANCELLED}
+
+
+def runs_root(override: str | os.PathLike | None = None) -> Path:
+    return Path(override or os.environ.get("LLMOPS_RUNS_DIR") or DEFAULT_RUNS_DIR)
+
+
+@dataclass
+class Status:
+    state: str = PENDING
+    backend: str = "local"
+    restarts: int = 0
+    exit_code: int | None = None
+    message: str = ""
+    supervisor_pid: int | None = None
+    job_pgid: int | None = None
+    job_id: str | None = None
+    submitted_at: float = field(default_factory=time.time)
+    started_at: float | None = None
+    ended_at: float | None = None
+
+
+class RunDir:
+    """Reads and writes one run's directory. All writes are atomic replaces."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+
+    @property
+    def id(self) -> str:
+        return self.path.name
+
+    @property
+    def spec_path(self) -> Path:
+        return self.path / "spec.yaml"
+
+    @property
+    def logs(self) -> Path:
+        return self.path / "logs"
+
+    def log_path(self, stage: str, restart: int) -> Path:
+        return self.logs / f"{stage}.restart-{restart}.log"
+
+    def log_files(self, stage: str = "pretrain") -> list[Path]:
+        def restart_of(p: Path) -> int:
+            return int(p.name.rsplit("restart-", 1)[1].split(".")[0])
+
+        return sorted(self.logs.glob(f"{stage}.restart-*.log"), key=restart_of)
+
+    @classmethod
+    def create(cls, spec: RunSpec, root: Path) -> "RunDir":
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        path = root / f"{spec.name}-{stamp}"
+        n = 1
+        while path.exists():
+            n += 1
+            path = root / f"{spec.name}-{stamp}-{n}"
+        path.mkdir(parents=True)
+        (path / "logs").mkdir()
+        run = cls(path)
+        _atomic_write(run.spec_path, dump_spec(spec))
+        run.write_status(Status(backend=spec.backend))
+        return run
+
+    def read_spec(self) -> RunSpec:
+        if not self.spec_path.is_file():
+            raise UserError(f"{self.path} is not a run directory (no spec.yaml)",
+                            "pass a run id from `llmops status` or the path of a run directory")
+        return parse_spec(yaml.safe_load(self.spec_path.read_text()), str(self.spec_path))
+
+    def read_status(self) -> Status:
+        try:
+            data = json.loads((self.path / "status.json").read_text())
+        except (OSError, ValueError):
+            return Status()
+        return Status(**{k: v for k, v in data.items() if k in Status.__dataclass_fields__})
+
+    def write_status(self, status: Status) -> None:
+        _atomic_write(self.path / "status.json", json.dumps(asdict(status), indent=1))
+
+    def update_status(self, **changes) -> Status:
+        status = self.read_status()
+        for key, value in changes.items():
+            setattr(status, key, value)
+        self.write_status(status)
+        return status
+
+    def progress(self) -> dict | None:
+        try:
+            return json.loads((self.path / "progress.json").read_text())
+        except (OSError, ValueError):
+            return None
+
+    def metrics(self) -> list[dict]:
+        """Logged steps, the latest row for each step (a re-run step replaces the earlier row)."""
+        rows: dict[int, dict] = {}
+        try:
+            lines = (self.path / "metrics.jsonl").read_text().splitlines()
+        except OSError:
+            return []
+        for line in lines:
+            try:
+                row = json.loads(line)
+            except ValueError:
+                continue  # a line cut off by a kill mid-write
+            rows[row["step"]] = row
+        return [rows[s] for s in sorted(rows)]
+
+    @property
+    def cancel_marker(self) -> Path:
+        return self.path / "cancel-requested"
+
+
+def resolve_run(ref: str, root: Path) -> RunDir:
+    """A run from a path, an exact id under root, or a name (its newest run)."""
+    as_path = Path(ref)
+    if (as_path / "spec.yaml").is_file():
+        return RunDir(as_path)
+    if (root / ref / "spec.yaml").is_file():
+        return RunDir(root / ref)
+    candidates = sorted(p for p in root.glob(f"{ref}-*") if (p / "spec.yaml").is_file()) if root.is_dir() else []
+    if candidates:
+        return RunDir(max(candidates, key=lambda p: p.stat().st_mtime))
+    raise UserError(f"no run '{ref}' under {root}",
+                    "list runs with `llmops status`, or pass --runs-dir where the run was started")
+
+
+def list_runs(root: Path) -> list[RunDir]:
+    if not root.is_dir():
+        return []
+    runs = [RunDir(p) for p in root.iterdir() if (p / "spec.yaml").is_file()]
+    return sorted(runs, key=lambda r: r.read_status().submitted_at)
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)

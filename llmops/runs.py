@@ -1,0 +1,107 @@
+"""Library functions behind the CLI: submit, follow, resume and cancel runs."""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from llmops.backends import get_backend
+from llmops.backends.base import Request
+from llmops.errors import UserError
+from llmops.rundir import PENDING, TERMINAL, RunDir, Status
+from llmops.spec import RunSpec
+
+STEP_LINE = re.compile(r"^(?:\[[^\]]*\]:)?\[step (\d+)/(\d+)\] (.*)$")
+
+
+@dataclass
+class StepLine:
+    step: int
+    steps: int
+    fields: dict[str, str]
+
+
+def parse_step_line(line: str) -> StepLine | None:
+    """Parse the trainer's stable step line (see llmops_model.metrics)."""
+    m = STEP_LINE.match(line.strip())
+    if not m:
+        return None
+    fields = dict(kv.split("=", 1) for kv in m.group(3).split() if "=" in kv)
+    return StepLine(int(m.group(1)), int(m.group(2)), fields)
+
+
+def plan(spec: RunSpec, *, root: Path, backend: str | None = None) -> Request:
+    """Create the run directory and the backend's request, starting nothing."""
+    name = backend or spec.backend
+    be = get_backend(name)
+    if name != spec.backend:
+        spec = spec.model_copy(update={"backend": name})
+    run = RunDir.create(spec, root)
+    try:
+        return be.dry_run(spec, run)
+    except UserError:
+        _discard(run)
+        raise
+
+
+def _discard(run: RunDir) -> None:
+    import shutil
+
+    shutil.rmtree(run.path, ignore_errors=True)
+
+
+def submit(request: Request) -> RunDir:
+    spec = request.run.read_spec()
+    get_backend(spec.backend).submit(request)
+    return request.run
+
+
+def status(run: RunDir) -> Status:
+    get_backend(run.read_spec().backend).refresh(run)
+    return run.read_status()
+
+
+def logs(run: RunDir, *, follow: bool) -> Iterator[str]:
+    return get_backend(run.read_spec().backend).logs(run, follow=follow)
+
+
+def cancel(run: RunDir, *, force: bool = False, wait: float = 120.0) -> Status:
+    """Ask the run to checkpoint and stop; wait until nothing of it runs any more."""
+    backend = get_backend(run.read_spec().backend)
+    backend.cancel(run, force=force)
+    deadline = time.time() + wait
+    while time.time() < deadline:
+        backend.refresh(run)
+        st = run.read_status()
+        if st.state in TERMINAL:
+            return st
+        time.sleep(0.5)
+    backend.cancel(run, force=True)
+    time.sleep(1.0)
+    backend.refresh(run)
+    return run.read_status()
+
+
+def resume(run: RunDir) -> RunDir:
+    """Start a stopped run again; it continues from its latest complete checkpoint."""
+    get_backend(run.read_spec().backend).refresh(run)
+    st = run.read_status()
+    if st.state not in TERMINAL:
+        raise UserError(f"run {run.id} is {st.state}, not stopped",
+                        f"follow it with `llmops logs {run.id} -f`, or cancel it first")
+    run.cancel_marker.unlink(missing_ok=True)
+    run.update_status(state=PENDING, restarts=st.restarts + 1, exit_code=None, message="resumed by the user")
+    spec = run.read_spec()
+    backend = get_backend(spec.backend)
+    backend.submit(backend.dry_run(spec, run))
+    return run
+
+
+def follow(run: RunDir, *, on_line: Callable[[str], None]) -> Status:
+    """Stream the run's log to `on_line` until it reaches a terminal state."""
+    for line in logs(run, follow=True):
+        on_line(line)
+    return status(run)

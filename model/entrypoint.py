@@ -1,0 +1,64 @@
+"""The process every backend launches: ``python -m llmops_model.entrypoint RUN_DIR``.
+
+Reads the resolved spec that the control plane wrote into the run directory
+(never re-resolving it), joins the job's process group and trains. Exit
+codes: 0 done, 75 checkpointed after a preemption notice (requeue me), 1 failed.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import traceback
+from pathlib import Path
+
+from llmops.errors import EXIT_BAD_INPUT, EXIT_FAILED, UserError
+from llmops.rundir import RunDir
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) != 1:
+        print("usage: python -m llmops_model.entrypoint RUN_DIR", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    run = RunDir(Path(argv[0]))
+    try:
+        spec = run.read_spec()
+    except UserError as exc:
+        print(exc.render(), file=sys.stderr)
+        return EXIT_BAD_INPUT
+
+    _quiet_known_warnings()
+    from llmops_model import parallel, train
+
+    restart = int(os.environ.get("LLMOPS_RESTART", "0"))
+    try:
+        layout, device = parallel.setup(spec)
+        code = train.pretrain(spec, run_dir=run.path, layout=layout, device=device, restart=restart)
+    except Exception:
+        traceback.print_exc()
+        sys.stderr.flush()
+        # A rank that fails must not leave the others waiting in a collective forever:
+        # exiting non-zero makes torchrun tear the whole group down.
+        return EXIT_FAILED
+    parallel.teardown()
+    return code
+
+
+def _quiet_known_warnings() -> None:
+    """Silence Megatron's per-import notices that say nothing the user can act on."""
+    import warnings
+
+    for pattern in (
+        r"Transformer Engine and Apex are not installed",
+        r"Apex is not installed",
+        r"full scope is deprecated",
+        r"When using async grad allreduce it is recommended",
+        r"`load_state_dict` is deprecated and will be removed",
+        r"Please use DTensor instead and we are deprecating ShardedTensor",
+    ):
+        warnings.filterwarnings("ignore", message=pattern)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,152 @@
+"""The GPT: a Megatron-Core ``GPTModel`` built from a run spec.
+
+Variants are chosen by layer spec, as Megatron intends (``ModuleSpec``), not
+by branches inside the model: :func:`layer_spec` picks the implementation
+and :func:`transformer_config` carries the shape and the parallel layout.
+"""
+
+from __future__ import annotations
+
+import zlib
+
+import torch
+import torch.nn.functional as F
+from megatron.core import parallel_state
+from megatron.core.models.gpt import GPTModel
+from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_local_spec
+from megatron.core.transformer import TransformerConfig
+from megatron.core.transformer.spec_utils import ModuleSpec
+
+from llmops.spec import RunSpec
+
+
+def param_dtype(spec: RunSpec) -> torch.dtype:
+    """bf16 on GPUs unless the spec says fp32; always fp32 on CPUs."""
+    if spec.resources.cpu or spec.train.precision == "fp32":
+        return torch.float32
+    return torch.bfloat16
+
+
+def transformer_config(spec: RunSpec) -> TransformerConfig:
+    """Megatron's TransformerConfig for the spec's model shape and layout."""
+    m, par = spec.model, spec.parallelism
+    dtype = param_dtype(spec)
+    cpu = spec.resources.cpu
+    return TransformerConfig(
+        num_layers=m.num_layers,
+        hidden_size=m.hidden_size,
+        num_attention_heads=m.num_attention_heads,
+        num_query_groups=m.num_query_groups,
+        ffn_hidden_size=m.ffn_hidden_size,
+        normalization=m.normalization,
+        gated_linear_unit=m.activation == "swiglu",
+        activation_func=F.silu if m.activation == "swiglu" else F.gelu,
+        add_bias_linear=m.activation != "swiglu",
+        hidden_dropout=m.dropout,
+        attention_dropout=m.dropout,
+        init_method_std=m.init_std,
+        tensor_model_parallel_size=par.tensor,
+        pipeline_model_parallel_size=par.pipeline,
+        sequence_parallel=par.sequence_parallel,
+        pipeline_dtype=dtype,
+        params_dtype=dtype,
+        bf16=dtype == torch.bfloat16,
+        # Weights are created on the CPU and then re-drawn layout-invariantly (below).
+        use_cpu_initialization=cpu,
+        perform_initialization=True,
+        # Fusions need CUDA kernels; the local spec falls back to torch ops without them.
+        bias_activation_fusion=not cpu and m.activation == "swiglu",
+        masked_softmax_fusion=not cpu,
+        persist_layer_norm=not cpu,
+        bias_dropout_fusion=not cpu,
+        apply_rope_fusion=False,
+        gradient_accumulation_fusion=False,
+        cross_entropy_loss_fusion=False,
+        deallocate_pipeline_outputs=True,
+    )
+
+
+def layer_spec(spec: RunSpec) -> ModuleSpec:
+    """The transformer layer implementation: Megatron-Core's local (torch) modules."""
+    return get_gpt_layer_local_spec(normalization=spec.model.normalization)
+
+
+def build_model(spec: RunSpec, *, device: torch.device) -> GPTModel:
+    """This process's pipeline stage of the GPT, initialised identically for every layout.
+
+    Precondition: parallel_state is initialised for the spec's layout.
+    """
+    config = transformer_config(spec)
+    model = GPTModel(
+        config=config,
+        transformer_layer_spec=layer_spec(spec),
+        vocab_size=spec.model.padded_vocab_size,
+        max_sequence_length=spec.model.seq_length,
+        pre_process=parallel_state.is_pipeline_first_stage(),
+        post_process=parallel_state.is_pipeline_last_stage(),
+        share_embeddings_and_output_weights=spec.model.tie_embeddings,
+        position_embedding_type=spec.model.position_embedding,
+    )
+    model.to(device)
+    reinitialize(model, seed=spec.train.seed, std=spec.model.init_std, num_layers=spec.model.num_layers)
+    return model
+
+
+_OUTPUT_PROJECTIONS = ("linear_proj.weight", "linear_fc2.weight")
+
+
+@torch.no_grad()
+def reinitialize(model: GPTModel, *, seed: int, std: float, num_layers: int) -> None:
+    """Draw every weight from a generator keyed by (seed, global name, layer).
+
+    Megatron's own initialisation draws from one stream in construction order,
+    so a different tensor or pipeline layout sees different weights. Drawing
+    each global tensor from its own seeded generator and taking this rank's
+    slice of it makes the model the same function for every layout, which is
+    what lets TP/PP layouts be compared and resumed into one another.
+    Norm weights stay one and biases zero, as Megatron sets them; output
+    projections use the scaled init, std / sqrt(2 * num_layers).
+    """
+    from megatron.core.dist_checkpointing.mapping import ShardedTensor
+
+    scaled_std = std / (2.0 * num_layers) ** 0.5
+    for sh in _sharded_tensors(model.sharded_state_dict(prefix=""), ShardedTensor):
+        if not _is_random_weight(sh.key):
+            continue
+        layer_ix = sh.global_offset[: sh.prepend_axis_num]
+        gen_seed = zlib.crc32(f"{seed}:{sh.key}:{layer_ix}".encode())
+        g = torch.Generator(device=sh.data.device).manual_seed(gen_seed)
+        full_shape = sh.global_shape[sh.prepend_axis_num :]
+        full = torch.empty(full_shape, dtype=torch.float32, device=sh.data.device)
+        full.normal_(0.0, scaled_std if sh.key.endswith(_OUTPUT_PROJECTIONS) else std, generator=g)
+        local = full[sh.global_slice()[sh.prepend_axis_num :]]
+        sh.data.copy_(local.to(sh.data.dtype))
+    if model.share_embeddings_and_output_weights and model.post_process and not model.pre_process:
+        _init_tied_output(model, seed=seed, std=std)
+
+
+def _init_tied_output(model: GPTModel, *, seed: int, std: float) -> None:
+    # The last stage holds its own copy of a tied embedding; draw it from the embedding's key.
+    weight = model.shared_embedding_or_output_weight()
+    tp, rank = parallel_state.get_tensor_model_parallel_world_size(), parallel_state.get_tensor_model_parallel_rank()
+    rows = weight.shape[0]
+    g = torch.Generator(device=weight.device).manual_seed(zlib.crc32(f"{seed}:embedding.word_embeddings.weight:()".encode()))
+    full = torch.empty((rows * tp, weight.shape[1]), dtype=torch.float32, device=weight.device).normal_(0.0, std, generator=g)
+    weight.data.copy_(full[rank * rows : (rank + 1) * rows].to(weight.dtype))
+
+
+def _is_random_weight(key: str) -> bool:
+    if not key.endswith(".weight"):
+        return False
+    return "norm" not in key.rsplit(".", 2)[-2] and "layer_norm" not in key
+
+
+def _sharded_tensors(tree, cls):
+    if isinstance(tree, dict):
+        for v in tree.values():
+            yield from _sharded_tensors(v, cls)
+    elif isinstance(tree, (list, tuple)):
+        for v in tree:
+            yield from _sharded_tensors(v, cls)
+    elif isinstance(tree, cls) and tree.data is not None:
+        yield tree

@@ -1,0 +1,99 @@
+"""Step lines, the metrics log and TensorBoard, written by the one rank that sees the loss.
+
+The step line is a stable, greppable format that backends and users parse::
+
+    [step 12/40] loss=5.321046 lr=2.910e-04 grad_norm=0.8731 tok/s=10234 time=0.121s mfu=41.2%
+
+``metrics.jsonl`` in the run directory holds the same figures at full
+precision, one JSON object per logged step; a resumed run appends to it, so
+a step that was re-run after a crash appears twice and the later row wins.
+``progress.json`` holds the latest row, for ``llmops status``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from llmops.spec import RunSpec
+
+# Dense bf16 peak of the accelerators we know, FLOP/s. MFU is reported only for these.
+_PEAK_BF16 = {"H100": 989e12, "H200": 989e12, "H800": 989e12, "A100": 312e12, "A800": 312e12}
+
+
+def flops_per_token(spec: RunSpec, *, causal: bool = False) -> float:
+    """Training FLOPs per token: 6*(12*L*h^2 + V*h) + 12*L*h*s (attention halved when causal)."""
+    m = spec.model
+    L, h, s, V = m.num_layers, m.hidden_size, m.seq_length, m.padded_vocab_size
+    attention = 12 * L * h * s
+    return 6 * (12 * L * h * h + V * h) + (attention / 2 if causal else attention)
+
+
+def peak_flops() -> float | None:
+    """Per-device bf16 peak, when this is a GPU we know."""
+    if not torch.cuda.is_available():
+        return None
+    name = torch.cuda.get_device_name()
+    return next((v for k, v in _PEAK_BF16.items() if k in name), None)
+
+
+class StepLogger:
+    """Formats and writes step metrics; a no-op on every rank but the logger rank."""
+
+    def __init__(self, spec: RunSpec, run_dir: Path, *, enabled: bool, world_size: int, restart: int):
+        self.spec, self.enabled, self.world_size, self.restart = spec, enabled, world_size, restart
+        self.metrics_path = run_dir / "metrics.jsonl"
+        self.progress_path = run_dir / "progress.json"
+        self.tokens_per_step = spec.train.global_batch_size * spec.model.seq_length
+        self.flops_per_token = flops_per_token(spec)
+        self.peak = peak_flops()
+        self.tb = None
+        if enabled and spec.train.tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self.tb = SummaryWriter(str(run_dir / "tensorboard"))
+            except ImportError:  # tensorboard is optional; the step lines and metrics.jsonl remain
+                self.tb = None
+
+    def log(self, *, step: int, loss: float, lr: float, grad_norm: float | None, step_time: float) -> None:
+        if not self.enabled:
+            return
+        tokens_per_s = self.tokens_per_step / max(step_time, 1e-9)
+        row: dict[str, Any] = {
+            "step": step, "steps": self.spec.train.steps, "loss": loss, "lr": lr,
+            "grad_norm": grad_norm, "tokens_per_s": tokens_per_s, "step_time": step_time,
+            "tokens": step * self.tokens_per_step, "restart": self.restart, "time": time.time(),
+        }
+        mfu = None
+        if self.peak:
+            mfu = tokens_per_s * self.flops_per_token / (self.peak * self.world_size)
+            row["mfu"] = mfu
+        gn = "nan" if grad_norm is None else f"{grad_norm:.4f}"
+        line = (f"[step {step}/{self.spec.train.steps}] loss={loss:.6f} lr={lr:.3e} grad_norm={gn} "
+                f"tok/s={tokens_per_s:.0f} time={step_time:.3f}s")
+        if mfu is not None:
+            line += f" mfu={100 * mfu:.1f}%"
+        print(line, flush=True)
+        with open(self.metrics_path, "a") as f:
+            f.write(json.dumps(row) + "\n")
+        tmp = self.progress_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(row))
+        os.replace(tmp, self.progress_path)
+        if self.tb is not None:
+            for key in ("loss", "lr", "grad_norm", "tokens_per_s", "mfu"):
+                if row.get(key) is not None:
+                    self.tb.add_scalar(f"train/{key}", row[key], step)
+
+    def info(self, message: str) -> None:
+        if self.enabled:
+            print(f"[llmops] {message}", flush=True)
+
+    def close(self) -> None:
+        if self.tb is not None:
+            self.tb.close()

@@ -1,0 +1,189 @@
+"""The pre-training loop: Megatron DDP, optimizer, pipeline schedules, checkpoints.
+
+Everything here is collective: every rank of the job runs :func:`pretrain`
+with the same resolved spec.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from megatron.core import parallel_state
+from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig, finalize_model_grads
+from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
+from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
+from megatron.core.pipeline_parallel import get_forward_backward_func
+
+from llmops.errors import EXIT_OK, EXIT_REQUEUE
+from llmops.spec import RunSpec
+from llmops_model import checkpoint, data, gpt
+from llmops_model.metrics import StepLogger
+from llmops_model.parallel import Layout
+from llmops_model.preemption import PreemptionFlag
+
+
+@dataclass
+class Trainer:
+    """The pieces of a training job, built once per process."""
+
+    spec: RunSpec
+    layout: Layout
+    device: torch.device
+    model: DistributedDataParallel
+    optimizer: object
+    scheduler: OptimizerParamScheduler
+    ckpt_root: Path
+
+    def sharded_state(self, *, loading: bool) -> dict:
+        # The unwrapped module's keys ('decoder.layers...'), so checkpoints do not depend on the DDP wrapper.
+        model_sd = self.model.module.sharded_state_dict(prefix="")
+        return {
+            "model": model_sd,
+            "optimizer": self.optimizer.sharded_state_dict(model_sd, is_loading=loading),
+        }
+
+
+def build(spec: RunSpec, *, layout: Layout, device: torch.device, ckpt_root: Path) -> Trainer:
+    cpu = device.type == "cpu"
+    module = gpt.build_model(spec, device=device)
+    config = module.config
+    use_dist_opt = spec.train.distributed_optimizer and not cpu
+    ddp_config = DistributedDataParallelConfig(
+        grad_reduce_in_fp32=True,
+        overlap_grad_reduce=not cpu,
+        use_distributed_optimizer=use_dist_opt,
+        average_in_collective=not cpu,
+    )
+    model = DistributedDataParallel(config=config, ddp_config=ddp_config, module=module)
+    tr = spec.train
+    opt_config = OptimizerConfig(
+        optimizer="adam", lr=tr.lr, min_lr=tr.min_lr, weight_decay=tr.weight_decay,
+        adam_beta1=tr.adam_beta1, adam_beta2=tr.adam_beta2, clip_grad=tr.grad_clip,
+        bf16=config.bf16, params_dtype=config.params_dtype, use_distributed_optimizer=use_dist_opt,
+    )
+    optimizer = get_megatron_optimizer(opt_config, [model])
+    scheduler = OptimizerParamScheduler(
+        optimizer, init_lr=0.0, max_lr=tr.lr, min_lr=tr.min_lr,
+        lr_warmup_steps=tr.warmup_steps, lr_decay_steps=tr.steps, lr_decay_style="cosine",
+        start_wd=tr.weight_decay, end_wd=tr.weight_decay, wd_incr_steps=tr.steps, wd_incr_style="constant",
+    )
+    config.no_sync_func = model.no_sync
+    config.finalize_model_grads_func = finalize_model_grads
+    if not cpu:
+        config.grad_sync_func = None
+    return Trainer(spec, layout, device, model, optimizer, scheduler, ckpt_root)
+
+
+def _loss_func(loss_mask: torch.Tensor, output: torch.Tensor):
+    losses = output.float()
+    mask = loss_mask.view(-1).float()
+    loss = torch.sum(losses.view(-1) * mask) / mask.sum().clamp(min=1)
+    # clone: the schedule divides the returned loss in place by the micro-batch count.
+    return loss, {"lm loss": loss.detach().clone()}
+
+
+def _forward_step(data_iterator, model):
+    batch = next(data_iterator)
+    output = model(batch["tokens"], batch["position_ids"], None, labels=batch["labels"])
+    return output, partial(_loss_func, batch["loss_mask"])
+
+
+def train_step(t: Trainer, batches) -> tuple[float, float | None]:
+    """One optimizer step over a global batch; returns (loss, grad norm) on the logger rank."""
+    spec = t.spec
+    t.model.zero_grad_buffer()
+    t.optimizer.zero_grad()
+    losses = get_forward_backward_func()(
+        forward_step_func=_forward_step,
+        data_iterator=batches,
+        model=[t.model],
+        num_microbatches=spec.num_microbatches,
+        seq_length=spec.model.seq_length,
+        micro_batch_size=spec.train.micro_batch_size,
+        decoder_seq_length=spec.model.seq_length,
+        forward_only=False,
+    )
+    ok, grad_norm, _ = t.optimizer.step()
+    t.scheduler.step(increment=1)
+    loss = float("nan")
+    if parallel_state.is_pipeline_last_stage():
+        mean = torch.stack([x["lm loss"] for x in losses]).mean().reshape(1)
+        dist.all_reduce(mean, group=parallel_state.get_data_parallel_group())
+        loss = mean.item() / t.layout.dp
+    return loss, (float(grad_norm) if grad_norm is not None else None)
+
+
+def save_checkpoint(t: Trainer, step: int, *, logger: StepLogger) -> None:
+    began = time.perf_counter()
+    state = t.sharded_state(loading=False)
+    state["scheduler"] = t.scheduler.state_dict()
+    state["step"] = step
+    meta = {"layout": {"tp": t.layout.tp, "pp": t.layout.pp, "dp": t.layout.dp},
+            "consumed_samples": step * t.spec.train.global_batch_size,
+            "model": t.spec.model.model_dump(mode="json")}
+    checkpoint.save(t.ckpt_root, step, state=state, meta=meta, keep_last=t.spec.checkpoint.keep_last)
+    logger.info(f"saved checkpoint step={step} in {time.perf_counter() - began:.2f}s "
+                f"to {checkpoint.checkpoint_dir(t.ckpt_root, step)}")
+
+
+def resume(t: Trainer, *, logger: StepLogger) -> int:
+    """Load the latest complete checkpoint, if any; returns the step to continue from."""
+    found = checkpoint.find_latest(t.ckpt_root)
+    for path, reason in found.skipped:
+        logger.info(f"skipping checkpoint {path.name}: {reason}")
+    if found.path is None:
+        return 0
+    state = t.sharded_state(loading=True)
+    loaded = checkpoint.load(found.path, sharded_state=state)
+    t.model.module.load_state_dict(loaded["model"])
+    t.optimizer.load_state_dict(loaded["optimizer"])
+    t.scheduler.load_state_dict(loaded["scheduler"])
+    saved = checkpoint.read_manifest(found.path)["layout"]
+    logger.info(f"resumed from {found.path.name} (step {loaded['step']}, saved as "
+                f"tp{saved['tp']}-pp{saved['pp']}-dp{saved['dp']}, now {t.layout.describe()})")
+    return int(loaded["step"])
+
+
+def pretrain(spec: RunSpec, *, run_dir: Path, layout: Layout, device: torch.device, restart: int) -> int:
+    """Train to `spec.train.steps`, resuming and checkpointing; returns the process exit code."""
+    ckpt_root = Path(spec.checkpoint.dir) if spec.checkpoint.dir else run_dir / "checkpoints"
+    logger = StepLogger(spec, run_dir, enabled=layout.is_logger, world_size=layout.world, restart=restart)
+    flag = PreemptionFlag().install()
+    t = build(spec, layout=layout, device=device, ckpt_root=ckpt_root)
+    n_params = sum(p.numel() for p in t.model.parameters())
+    logger.info(f"model {spec.model.preset or 'custom'}: {spec.model.num_layers} layers, hidden "
+                f"{spec.model.hidden_size}; {n_params:,} parameters on this stage; layout {layout.describe()}")
+    step = resume(t, logger=logger) if spec.checkpoint.resume else 0
+    source = data.build_source(spec, cache_dir=str(run_dir / "data-cache"))
+    stream = data.batches(source, spec=spec, layout=layout, start_step=step, device=device)
+    last_saved = step
+    code = EXIT_OK
+    while step < spec.train.steps:
+        began = time.perf_counter()
+        loss, grad_norm = train_step(t, stream)
+        step += 1
+        if step % spec.train.log_interval == 0 or step == spec.train.steps:
+            logger.log(step=step, loss=loss, lr=t.scheduler.get_lr(t.optimizer.param_groups[0]),
+                       grad_norm=grad_norm, step_time=time.perf_counter() - began)
+        preempted = flag.agreed(device)
+        if step % spec.checkpoint.interval == 0 or step == spec.train.steps or preempted:
+            save_checkpoint(t, step, logger=logger)
+            last_saved = step
+        if preempted:
+            logger.info(f"preemption signal {flag.signal or 'on another rank'}: checkpoint at step {step} "
+                        f"saved, exiting with {EXIT_REQUEUE} to be requeued")
+            code = EXIT_REQUEUE
+            break
+    if code == EXIT_OK and last_saved != step:
+        save_checkpoint(t, step, logger=logger)
+    if layout.is_logger:
+        (run_dir / "last_exit.json").write_text(json.dumps({"code": code, "step": step, "time": time.time()}))
+    logger.close()
+    flag.uninstall()
+    return code

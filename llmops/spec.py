@@ -206,11 +206,14 @@ class RunSpec(_Model):
     """Run name: lowercase letters, digits and dashes (it names jobs and directories)."""
     backend: Literal["local", "slurm", "k8s"] = "local"
     """Where the run executes."""
+    profile: str | None = None
+    """Cluster profile (a name or a path) with the site's network environment and backend settings."""
     resources: Resources = Resources()
     parallelism: Parallelism = Parallelism()
     model: ModelSpec = ModelSpec()
     data: DataSpec = DataSpec(synthetic=SyntheticData())
-    train: TrainSpec
+    train: TrainSpec | None = None
+    """The pre-training stage; leave out for a spec that only prepares data."""
     checkpoint: CheckpointSpec = CheckpointSpec()
     restarts: RestartSpec = RestartSpec()
 
@@ -221,6 +224,11 @@ class RunSpec(_Model):
     @property
     def num_microbatches(self) -> int:
         return self.train.global_batch_size // (self.train.micro_batch_size * self.data_parallel)
+
+    @property
+    def stages(self) -> list[str]:
+        """The stages this spec runs, in order."""
+        return [name for name, section in (("pretrain", self.train),) if section is not None]
 
 
 def check_rules(spec: RunSpec) -> list[Problem]:
@@ -287,6 +295,17 @@ def check_rules(spec: RunSpec) -> list[Problem]:
         out.append(Problem("model.seq_length", m.seq_length, f"is not divisible by parallelism.tensor={tp} "
                            "(sequence parallelism splits the sequence)", "use a multiple of the tensor size"))
 
+    if not spec.stages:
+        out.append(Problem("(top level)", None, "names no stage to run", "add a train: section"))
+    if tr is not None:
+        out += _train_rules(spec)
+    return out + _data_rules(spec)
+
+
+def _train_rules(spec: RunSpec) -> list[Problem]:
+    out: list[Problem] = []
+    res, tr, par = spec.resources, spec.train, spec.parallelism
+    tp, pp, world = par.tensor, par.pipeline, res.world_size
     dp = spec.data_parallel
     if world % (tp * pp) == 0 and tr.global_batch_size % (tr.micro_batch_size * dp):
         out.append(Problem("train.global_batch_size", tr.global_batch_size,
@@ -306,7 +325,11 @@ def check_rules(spec: RunSpec) -> list[Problem]:
     if res.cpu and spec.checkpoint.async_save:
         out.append(Problem("checkpoint.async_save", True, "is not supported on CPU runs",
                            "set async_save: false for cpu: true"))
+    return out
 
+
+def _data_rules(spec: RunSpec) -> list[Problem]:
+    out: list[Problem] = []
     d = spec.data
     if (d.synthetic is None) == (d.indexed is None):
         out.append(Problem("data", None, "must name exactly one source",

@@ -88,6 +88,20 @@ def submit(
     _submit(spec, backend=backend, detach=not follow, dry_run=dry_run, runs_dir=runs_dir)
 
 
+@app.command()
+def render(
+    spec: SpecArg,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder to write into (created if missing).")],
+    backend: Annotated[Optional[str], typer.Option(help="Override the spec's backend.")] = None,
+) -> None:
+    """Write what a submit would run (script or manifests) and the resolved spec, submitting nothing."""
+    from llmops import runs
+    from llmops.spec import load_spec
+
+    for path in runs.render(load_spec(spec), out=out, backend=backend):
+        sys.stdout.write(f"{path}\n")
+
+
 def _submit(spec_path: Path, *, backend: str | None, detach: bool, dry_run: bool, runs_dir: Path | None) -> None:
     from llmops import runs
     from llmops.rundir import runs_root

@@ -78,15 +78,17 @@ class RunDir:
         return sorted(self.logs.glob(f"{stage}.restart-*.log"), key=restart_of)
 
     @classmethod
-    def create(cls, spec: RunSpec, root: Path) -> "RunDir":
-        stamp = time.strftime("%Y%m%d-%H%M%S")
-        path = root / f"{spec.name}-{stamp}"
-        n = 1
-        while path.exists():
-            n += 1
-            path = root / f"{spec.name}-{stamp}-{n}"
-        path.mkdir(parents=True)
-        (path / "logs").mkdir()
+    def create(cls, spec: RunSpec, root: Path, *, path: Path | None = None) -> "RunDir":
+        """A new run directory under root (named <name>-<time>), or at exactly `path`."""
+        if path is None:
+            stamp = time.strftime("%Y%m%d-%H%M%S")
+            path = root / f"{spec.name}-{stamp}"
+            n = 1
+            while path.exists():
+                n += 1
+                path = root / f"{spec.name}-{stamp}-{n}"
+        path.mkdir(parents=True, exist_ok=True)
+        (path / "logs").mkdir(exist_ok=True)
         run = cls(path)
         _atomic_write(run.spec_path, dump_spec(spec))
         run.write_status(Status(backend=spec.backend))

@@ -33,13 +33,13 @@ def parse_step_line(line: str) -> StepLine | None:
     return StepLine(int(m.group(1)), int(m.group(2)), fields)
 
 
-def plan(spec: RunSpec, *, root: Path, backend: str | None = None) -> Request:
+def plan(spec: RunSpec, *, root: Path, backend: str | None = None, path: Path | None = None) -> Request:
     """Create the run directory and the backend's request, starting nothing."""
     name = backend or spec.backend
     be = get_backend(name)
     if name != spec.backend:
         spec = spec.model_copy(update={"backend": name})
-    run = RunDir.create(spec, root)
+    run = RunDir.create(spec, root, path=path)
     try:
         return be.dry_run(spec, run)
     except UserError:
@@ -51,6 +51,21 @@ def _discard(run: RunDir) -> None:
     import shutil
 
     shutil.rmtree(run.path, ignore_errors=True)
+
+
+def render(spec: RunSpec, *, out: Path, backend: str | None = None) -> list[Path]:
+    """Write the resolved spec and the backend's artefacts into `out`; returns the files written."""
+    request = plan(spec, root=out.parent, backend=backend, path=out)
+    written = [request.run.spec_path]
+    for name, text in request.files().items():
+        target = out / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(text)
+        if text.startswith("#!"):
+            target.chmod(0o755)
+        written.append(target)
+    (out / "status.json").unlink(missing_ok=True)  # a rendered folder is not a run yet
+    return written
 
 
 def submit(request: Request) -> RunDir:

@@ -16,8 +16,13 @@ class Request:
 
     run: RunDir
 
-    def render(self) -> str:  # pragma: no cover - each backend's request overrides it
+    def files(self) -> dict[str, str]:
+        """The artefacts a submit would create, by file name (scripts, manifests)."""
         raise NotImplementedError
+
+    def render(self) -> str:
+        """All artefacts as one text, for `--dry-run`."""
+        return "".join(f"# ---- {name}\n{text}" for name, text in self.files().items())
 
 
 class Backend(ABC):

@@ -38,9 +38,11 @@ class LocalRequest(Request):
     command: list[str]
     env: dict[str, str]
 
-    def render(self) -> str:
-        env = " ".join(f"{k}={shlex.quote(v)}" for k, v in sorted(self.env.items()))
-        return f"# run directory: {self.run.path}\n{env} {shlex.join(self.command)}\n"
+    def files(self) -> dict[str, str]:
+        env = "".join(f"export {k}={shlex.quote(v)}\n" for k, v in sorted(self.env.items()))
+        script = (f"#!/usr/bin/env bash\n# llmops local run {self.run.id}: one torchrun agent on this machine.\n"
+                  f"set -euo pipefail\n{env}exec {shlex.join(self.command)}\n")
+        return {"launch.sh": script}
 
 
 def job_env(spec: RunSpec) -> dict[str, str]:

@@ -233,22 +233,42 @@ class RunSpec(_Model):
 
 def check_rules(spec: RunSpec) -> list[Problem]:
     """The cross-component rules users get wrong, every violation at once."""
-    out: list[Problem] = []
-    res, par, m, tr = spec.resources, spec.parallelism, spec.model, spec.train
-    tp, pp, world = par.tensor, par.pipeline, res.world_size
+    out = _model_rules(spec)
+    if out:
+        return out  # the remaining rules need a complete model shape
+    out += _resource_rules(spec) + _parallel_rules(spec)
+    if not spec.stages:
+        out.append(Problem("(top level)", None, "names no stage to run", "add a train: section"))
+    if spec.train is not None:
+        out += _train_rules(spec)
+    return out + _data_rules(spec)
 
+
+def _model_rules(spec: RunSpec) -> list[Problem]:
+    m = spec.model
     if m.preset is not None and m.preset not in PRESETS:
         close = difflib.get_close_matches(m.preset, PRESETS, n=1)
         hint = f"did you mean '{close[0]}'? " if close else ""
-        out.append(Problem("model.preset", m.preset, "is not a known preset",
-                           f"{hint}use one of {', '.join(PRESETS)}, or set preset: null and give every field"))
+        return [Problem("model.preset", m.preset, "is not a known preset",
+                        f"{hint}use one of {', '.join(PRESETS)}, or set preset: null and give every field")]
     missing = [f for f in ("num_layers", "hidden_size", "num_attention_heads", "ffn_hidden_size",
                            "seq_length", "vocab_size") if getattr(m, f) is None]
-    if missing and (m.preset is None or m.preset in PRESETS):
-        out.append(Problem("model", None, f"has no preset and is missing {', '.join(missing)}",
-                           "name a preset (model.preset: tiny) or give those fields"))
-        return out  # the remaining rules need a complete model shape
+    if missing:
+        return [Problem("model", None, f"has no preset and is missing {', '.join(missing)}",
+                        "name a preset (model.preset: tiny) or give those fields")]
+    if m.hidden_size % m.num_attention_heads:
+        return [Problem("model.hidden_size", m.hidden_size,
+                        f"is not divisible by num_attention_heads={m.num_attention_heads}",
+                        "make the width a multiple of the head count")]
+    if m.num_query_groups and m.num_attention_heads % m.num_query_groups:
+        return [Problem("model.num_query_groups", m.num_query_groups,
+                        f"does not divide num_attention_heads={m.num_attention_heads}",
+                        "use a divisor of the attention head count")]
+    return []
 
+
+def _resource_rules(spec: RunSpec) -> list[Problem]:
+    res, out = spec.resources, []
     if res.cpu and res.gpus_per_node is not None:
         out.append(Problem("resources.gpus_per_node", res.gpus_per_node, "is set while resources.cpu is true",
                            "remove gpus_per_node for a CPU run, or set cpu: false to use GPUs"))
@@ -258,27 +278,24 @@ def check_rules(spec: RunSpec) -> list[Problem]:
     if not res.cpu and res.gpus_per_node is None:
         out.append(Problem("resources", None, "names neither gpus_per_node nor cpu: true",
                            "add gpus_per_node: N, or cpu: true with processes_per_node: N"))
+    return out
+
+
+def _parallel_rules(spec: RunSpec) -> list[Problem]:
+    res, par, m, out = spec.resources, spec.parallelism, spec.model, []
+    tp, pp, world = par.tensor, par.pipeline, res.world_size
     if world % (tp * pp):
         out.append(Problem("parallelism", f"tensor={tp} pipeline={pp}",
                            f"tensor x pipeline = {tp * pp} does not divide the world size {world} "
                            f"({res.nodes} node(s) x {res.procs_per_node} process(es))",
                            f"choose tensor and pipeline whose product divides {world}, or change resources"))
-    if m.num_attention_heads and m.num_attention_heads % tp:
+    if m.num_attention_heads % tp:
         out.append(Problem("model.num_attention_heads", m.num_attention_heads,
                            f"is not divisible by parallelism.tensor={tp}",
                            "make the head count a multiple of the tensor-parallel size"))
-    groups = m.num_query_groups or m.num_attention_heads
-    if m.num_query_groups and m.num_attention_heads % m.num_query_groups:
-        out.append(Problem("model.num_query_groups", m.num_query_groups,
-                           f"does not divide num_attention_heads={m.num_attention_heads}",
-                           "use a divisor of the attention head count"))
-    elif groups % tp:
-        out.append(Problem("model.num_query_groups", groups, f"is not divisible by parallelism.tensor={tp}",
+    elif (m.num_query_groups or m.num_attention_heads) % tp:
+        out.append(Problem("model.num_query_groups", m.num_query_groups, f"is not divisible by parallelism.tensor={tp}",
                            "make the key/value head count a multiple of the tensor-parallel size"))
-    if m.hidden_size % m.num_attention_heads:
-        out.append(Problem("model.hidden_size", m.hidden_size,
-                           f"is not divisible by num_attention_heads={m.num_attention_heads}",
-                           "make the width a multiple of the head count"))
     if m.ffn_hidden_size % tp:
         out.append(Problem("model.ffn_hidden_size", m.ffn_hidden_size, f"is not divisible by parallelism.tensor={tp}",
                            "make the MLP width a multiple of the tensor-parallel size"))
@@ -294,12 +311,7 @@ def check_rules(spec: RunSpec) -> list[Problem]:
     if par.sequence_parallel and m.seq_length % tp:
         out.append(Problem("model.seq_length", m.seq_length, f"is not divisible by parallelism.tensor={tp} "
                            "(sequence parallelism splits the sequence)", "use a multiple of the tensor size"))
-
-    if not spec.stages:
-        out.append(Problem("(top level)", None, "names no stage to run", "add a train: section"))
-    if tr is not None:
-        out += _train_rules(spec)
-    return out + _data_rules(spec)
+    return out
 
 
 def _train_rules(spec: RunSpec) -> list[Problem]:

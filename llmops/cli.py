@@ -16,7 +16,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from llmops.errors import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK, UserError
+from llmops.errors import EXIT_FAILED, UserError
 
 app = typer.Typer(
     name="llmops",
@@ -185,8 +185,9 @@ def status(
         err.print(f"no runs under {root}")
         return
     table = Table(box=None, header_style="bold")
-    for col in ("run", "backend", "state", "step", "loss", "restarts", "age", "message"):
-        table.add_column(col)
+    for col in ("run", "backend", "state", "step", "loss", "restarts", "age"):
+        table.add_column(col, no_wrap=True)  # ids must stay copyable whole
+    table.add_column("message", overflow="fold")
     for r, st, p in rows:
         step = f"{p['step']}/{p['steps']}" if p else "-"
         loss = f"{p['loss']:.4f}" if p and p.get("loss") == p.get("loss") else "-"
@@ -251,23 +252,15 @@ def resume(
 
 
 def main() -> None:
-    """Console entry point: maps errors to exit codes and one-paragraph messages."""
+    """Console entry point: maps errors to exit codes and one-paragraph messages.
+
+    Click's own usage errors (unknown option, missing argument) already exit 2
+    with a usage line; UserError from the library is rendered here.
+    """
     try:
-        code = app(standalone_mode=False)
+        app(standalone_mode=True)
     except UserError as exc:
         if _state["debug"]:
             raise
-        err.print("[red]error:[/red]", exc.render().replace("[", "\\["))
+        err.print("[red]error:[/red]", exc.render().replace("[", "\\["), soft_wrap=True)
         sys.exit(exc.exit_code)
-    except typer.Exit as exc:
-        sys.exit(exc.exit_code)
-    except typer.Abort:
-        sys.exit(EXIT_FAILED)
-    except Exception as exc:  # click usage errors carry their own exit code (2)
-        import click
-
-        if isinstance(exc, click.exceptions.ClickException):
-            exc.show()
-            sys.exit(EXIT_BAD_INPUT)
-        raise
-    sys.exit(code if isinstance(code, int) else EXIT_OK)

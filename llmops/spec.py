@@ -22,6 +22,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from llmops.backends.k8s_spec import K8sSpec
+from llmops.backends.slurm_spec import SlurmSpec
 from llmops.errors import Problem, SpecError
 from llmops.presets import PRESETS
 
@@ -97,6 +99,9 @@ class ModelSpec(_Model):
     """Hidden and attention dropout probability."""
     init_std: float = Field(0.02, gt=0.0)
     """Standard deviation of the normal weight initialisation."""
+    attention: Literal["auto", "te", "sdpa", "megatron"] = "auto"
+    """Core attention: te (Transformer Engine), sdpa (fused torch kernels), megatron (unfused reference);
+    auto picks te when installed, else sdpa."""
 
     @model_validator(mode="after")
     def _apply_preset(self) -> "ModelSpec":
@@ -216,6 +221,10 @@ class RunSpec(_Model):
     """The pre-training stage; leave out for a spec that only prepares data."""
     checkpoint: CheckpointSpec = CheckpointSpec()
     restarts: RestartSpec = RestartSpec()
+    k8s: K8sSpec | None = None
+    """Kubernetes settings (namespace, image, flavour, queue), read when backend is k8s."""
+    slurm: SlurmSpec | None = None
+    """Slurm settings (partition, time limit, container, SSH login), read when backend is slurm."""
 
     @property
     def data_parallel(self) -> int:
@@ -241,7 +250,7 @@ def check_rules(spec: RunSpec) -> list[Problem]:
         out.append(Problem("(top level)", None, "names no stage to run", "add a train: section"))
     if spec.train is not None:
         out += _train_rules(spec)
-    return out + _data_rules(spec)
+    return out + _data_rules(spec) + _k8s_rules(spec)
 
 
 def _model_rules(spec: RunSpec) -> list[Problem]:
@@ -355,6 +364,26 @@ def _data_rules(spec: RunSpec) -> list[Problem]:
         if not re.fullmatch(r"\d+(\.\d+)?,\d+(\.\d+)?,\d+(\.\d+)?", ix.split.replace(" ", "")):
             out.append(Problem("data.indexed.split", ix.split, "is not three comma-separated numbers",
                                "write it like '969,30,1' (train,validation,test)"))
+    return out
+
+
+def _k8s_rules(spec: RunSpec) -> list[Problem]:
+    """Pods see only the shared claim at k8s.mount_path: paths the job reads or writes must lie on it."""
+    if spec.backend != "k8s":
+        return []
+    k8s = spec.k8s or K8sSpec()
+    out: list[Problem] = []
+    if k8s.image is None:
+        out.append(Problem("k8s.image", None, "is required for backend: k8s",
+                           "build the image in cluster/k8s/image/ and set k8s.image: <registry>/<name>:<tag>"))
+    root = k8s.mount_path.rstrip("/") + "/"
+    paths = [("checkpoint.dir", spec.checkpoint.dir)] if spec.checkpoint.dir else []
+    if spec.data.indexed is not None:
+        paths += [(f"data.indexed.paths.{i}", p) for i, p in enumerate(spec.data.indexed.paths)]
+    for where, path in paths:
+        if not path.startswith(root):
+            out.append(Problem(where, path, f"is not on the shared volume mounted at k8s.mount_path={k8s.mount_path}",
+                               f"put it under {root} (pods see nothing else that outlives them)"))
     return out
 
 

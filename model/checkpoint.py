@@ -168,8 +168,14 @@ def save(root: Path, step: int, *, state: dict[str, Any], meta: dict[str, Any], 
         dist_checkpointing.save(state, str(partial))
         seal()
         return
+    def seal_async() -> None:
+        # Runs on every rank once all ranks' shards are written (the queue checks collectively),
+        # after Megatron's own finalize steps have written the checkpoint metadata.
+        if rank == 0:
+            commit(root, step, meta=meta, keep_last=keep_last)
+
     request = dist_checkpointing.save(state, str(partial), async_sharded_save=True)
-    request.add_finalize_fn(lambda: rank == 0 and commit(root, step, meta=meta, keep_last=keep_last))
+    request.add_finalize_fn(seal_async)
     async_queue.schedule_async_request(request)
 
 

@@ -66,9 +66,36 @@ def transformer_config(spec: RunSpec) -> TransformerConfig:
     )
 
 
+def attention_backend(spec: RunSpec) -> str:
+    """The core attention this process will use (resolving `auto`)."""
+    from llmops_model.attention import available_backends
+
+    choice = spec.model.attention
+    have = available_backends()
+    if choice == "auto":
+        return have[0] if not spec.resources.cpu else "sdpa"
+    if choice not in have:
+        raise RuntimeError(f"model.attention = {choice!r} is not available here (available: {have})")
+    return choice
+
+
 def layer_spec(spec: RunSpec) -> ModuleSpec:
-    """The transformer layer implementation: Megatron-Core's local (torch) modules."""
-    return get_gpt_layer_local_spec(normalization=spec.model.normalization)
+    """The transformer layer, chosen by spec (Megatron's way), not by branches in the model.
+
+    te: Transformer Engine's fused layers. sdpa: Megatron-Core's local modules with
+    the SDPA core attention. megatron: the local modules unchanged (unfused attention).
+    """
+    backend = attention_backend(spec)
+    if backend == "te":
+        from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_with_transformer_engine_spec
+
+        return get_gpt_layer_with_transformer_engine_spec()
+    layer = get_gpt_layer_local_spec(normalization=spec.model.normalization)
+    if backend == "sdpa":
+        from llmops_model.attention import SDPAttention
+
+        layer.submodules.self_attention.submodules.core_attention = SDPAttention
+    return layer
 
 
 def build_model(spec: RunSpec, *, device: torch.device) -> GPTModel:

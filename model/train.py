@@ -39,6 +39,7 @@ class Trainer:
     optimizer: object
     scheduler: OptimizerParamScheduler
     ckpt_root: Path
+    async_queue: object | None = None
 
     def sharded_state(self, *, loading: bool) -> dict:
         # The unwrapped module's keys ('decoder.layers...'), so checkpoints do not depend on the DDP wrapper.
@@ -77,7 +78,12 @@ def build(spec: RunSpec, *, layout: Layout, device: torch.device, ckpt_root: Pat
     config.finalize_model_grads_func = finalize_model_grads
     if not cpu:
         config.grad_sync_func = None
-    return Trainer(spec, layout, device, model, optimizer, scheduler, ckpt_root)
+    queue = None
+    if spec.checkpoint.async_save and not cpu:
+        from megatron.core.dist_checkpointing.strategies.async_utils import AsyncCallsQueue
+
+        queue = AsyncCallsQueue(persistent=True)
+    return Trainer(spec, layout, device, model, optimizer, scheduler, ckpt_root, queue)
 
 
 def _loss_func(loss_mask: torch.Tensor, output: torch.Tensor):
@@ -119,17 +125,26 @@ def train_step(t: Trainer, batches) -> tuple[float, float | None]:
     return loss, (float(grad_norm) if grad_norm is not None else None)
 
 
-def save_checkpoint(t: Trainer, step: int, *, logger: StepLogger) -> None:
+def save_checkpoint(t: Trainer, step: int, *, logger: StepLogger, final: bool = False) -> None:
+    """Save (collective). With async saves the training loop stalls only while tensors are staged."""
     began = time.perf_counter()
+    if t.async_queue is not None:
+        t.async_queue.maybe_finalize_async_calls(blocking=True)  # one save in flight at a time
     state = t.sharded_state(loading=False)
     state["scheduler"] = t.scheduler.state_dict()
     state["step"] = step
     meta = {"layout": {"tp": t.layout.tp, "pp": t.layout.pp, "dp": t.layout.dp},
             "consumed_samples": step * t.spec.train.global_batch_size,
             "model": t.spec.model.model_dump(mode="json")}
-    checkpoint.save(t.ckpt_root, step, state=state, meta=meta, keep_last=t.spec.checkpoint.keep_last)
-    logger.info(f"saved checkpoint step={step} in {time.perf_counter() - began:.2f}s "
-                f"to {checkpoint.checkpoint_dir(t.ckpt_root, step)}")
+    queue = None if final else t.async_queue
+    checkpoint.save(t.ckpt_root, step, state=state, meta=meta, keep_last=t.spec.checkpoint.keep_last,
+                    async_queue=queue)
+    stall = time.perf_counter() - began
+    where = checkpoint.checkpoint_dir(t.ckpt_root, step)
+    if queue is None:
+        logger.info(f"saved checkpoint step={step} in {stall:.2f}s to {where}")
+    else:
+        logger.info(f"checkpoint step={step} writing in the background (stalled {stall:.2f}s) to {where}")
 
 
 def resume(t: Trainer, *, logger: StepLogger) -> int:
@@ -171,9 +186,12 @@ def pretrain(spec: RunSpec, *, run_dir: Path, layout: Layout, device: torch.devi
         if step % spec.train.log_interval == 0 or step == spec.train.steps:
             logger.log(step=step, loss=loss, lr=t.scheduler.get_lr(t.optimizer.param_groups[0]),
                        grad_norm=grad_norm, step_time=time.perf_counter() - began)
+        if t.async_queue is not None:
+            t.async_queue.maybe_finalize_async_calls(blocking=False)
         preempted = flag.agreed(device)
         if step % spec.checkpoint.interval == 0 or step == spec.train.steps or preempted:
-            save_checkpoint(t, step, logger=logger)
+            # The last save before exiting is synchronous: nothing may be left half-written.
+            save_checkpoint(t, step, logger=logger, final=preempted or step == spec.train.steps)
             last_saved = step
         if preempted:
             logger.info(f"preemption signal {flag.signal or 'on another rank'}: checkpoint at step {step} "
@@ -181,7 +199,9 @@ def pretrain(spec: RunSpec, *, run_dir: Path, layout: Layout, device: torch.devi
             code = EXIT_REQUEUE
             break
     if code == EXIT_OK and last_saved != step:
-        save_checkpoint(t, step, logger=logger)
+        save_checkpoint(t, step, logger=logger, final=True)
+    if t.async_queue is not None:
+        t.async_queue.close()
     if layout.is_logger:
         (run_dir / "last_exit.json").write_text(json.dumps({"code": code, "step": step, "time": time.time()}))
     logger.close()

@@ -4,8 +4,12 @@ cancels through the same interface (:class:`llmops.backends.base.Backend`)."""
 
 from __future__ import annotations
 
-from llmops.backends.base import Backend
+from typing import TYPE_CHECKING
+
 from llmops.errors import UserError
+
+if TYPE_CHECKING:  # base imports llmops.spec, which imports k8s_spec from this package
+    from llmops.backends.base import Backend
 
 
 def get_backend(name: str) -> Backend:
@@ -14,5 +18,9 @@ def get_backend(name: str) -> Backend:
         from llmops.backends.local import LocalBackend
 
         return LocalBackend()
+    if name == "k8s":
+        from llmops.backends.k8s import K8sBackend
+
+        return K8sBackend()
     raise UserError(f"the '{name}' backend is not available in this version of llmops",
                     "use backend: local (set it in the spec or pass --backend local)")

@@ -217,7 +217,7 @@ variable "training_namespace" {
 variable "training_service_account" {
   description = "Service account of llmops training pods (the only identity with bucket access)."
   type        = string
-  default     = "llmops-train"
+  default     = "llmops-training"
 
   validation {
     condition     = can(regex("^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$", var.training_service_account))

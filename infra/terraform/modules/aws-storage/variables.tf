@@ -95,7 +95,7 @@ variable "training_namespace" {
 variable "training_service_account" {
   description = "Service account of the training pods; only it may use the bucket."
   type        = string
-  default     = "llmops-train"
+  default     = "llmops-training"
 
   validation {
     condition     = can(regex("^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$", var.training_service_account))

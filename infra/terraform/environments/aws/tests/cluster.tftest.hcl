@@ -56,7 +56,7 @@ run "cluster_output_describes_the_gpu_nodes" {
   assert {
     condition = (
       output.cluster.training_namespace == "llmops" &&
-      output.cluster.training_service_account == "llmops-train" &&
+      output.cluster.training_service_account == "llmops-training" &&
       output.cluster.bucket == "llm-test-123456789012-us-east-1" &&
       output.cluster.fsx.s3_path == "/s3"
     )

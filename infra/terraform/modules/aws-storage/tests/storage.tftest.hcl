@@ -93,9 +93,9 @@ run "training_role_reaches_this_bucket_only" {
   assert {
     condition = (
       aws_eks_pod_identity_association.training.namespace == "llmops" &&
-      aws_eks_pod_identity_association.training.service_account == "llmops-train"
+      aws_eks_pod_identity_association.training.service_account == "llmops-training"
     )
-    error_message = "Only llmops/llmops-train may assume the training role."
+    error_message = "Only llmops/llmops-training may assume the training role."
   }
   assert {
     condition = alltrue([

@@ -31,6 +31,9 @@ _state = {"debug": False}
 
 SpecArg = Annotated[Path, typer.Argument(help="Run spec (YAML).", show_default=False)]
 RunArg = Annotated[str, typer.Argument(help="Run id, run name (its newest run) or run directory.")]
+ContextOpt = Annotated[Optional[str], typer.Option(help="k8s: kubeconfig context (default: the current one).")]
+NamespaceOpt = Annotated[Optional[str], typer.Option(help="k8s: namespace of the run's objects.")]
+FlavorOpt = Annotated[Optional[str], typer.Option(help="k8s: indexed-job (no CRD needed) or jobset.")]
 RunsDirOpt = Annotated[
     Optional[Path],
     typer.Option("--runs-dir", help="Where run directories live [env: LLMOPS_RUNS_DIR; default: ./runs]."),
@@ -83,9 +86,13 @@ def submit(
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the rendered request; submit nothing.")] = False,
     follow: Annotated[bool, typer.Option("--follow", "-f", help="Follow the run after submitting.")] = False,
     runs_dir: RunsDirOpt = None,
+    context: ContextOpt = None,
+    namespace: NamespaceOpt = None,
+    flavor: FlavorOpt = None,
 ) -> None:
     """Submit a spec to its backend and return (use --follow to watch it)."""
-    _submit(spec, backend=backend, detach=not follow, dry_run=dry_run, runs_dir=runs_dir)
+    _submit(spec, backend=backend, detach=not follow, dry_run=dry_run, runs_dir=runs_dir,
+            k8s=dict(context=context, namespace=namespace, flavor=flavor))
 
 
 @app.command()
@@ -93,21 +100,28 @@ def render(
     spec: SpecArg,
     out: Annotated[Path, typer.Option("--out", "-o", help="Folder to write into (created if missing).")],
     backend: Annotated[Optional[str], typer.Option(help="Override the spec's backend.")] = None,
+    context: ContextOpt = None,
+    namespace: NamespaceOpt = None,
+    flavor: FlavorOpt = None,
 ) -> None:
     """Write what a submit would run (script or manifests) and the resolved spec, submitting nothing."""
     from llmops import runs
+    from llmops.backends.k8s_spec import with_overrides
     from llmops.spec import load_spec
 
-    for path in runs.render(load_spec(spec), out=out, backend=backend):
+    loaded = with_overrides(load_spec(spec), context=context, namespace=namespace, flavor=flavor)
+    for path in runs.render(loaded, out=out, backend=backend):
         sys.stdout.write(f"{path}\n")
 
 
-def _submit(spec_path: Path, *, backend: str | None, detach: bool, dry_run: bool, runs_dir: Path | None) -> None:
+def _submit(spec_path: Path, *, backend: str | None, detach: bool, dry_run: bool, runs_dir: Path | None,
+            k8s: dict | None = None) -> None:
     from llmops import runs
+    from llmops.backends.k8s_spec import with_overrides
     from llmops.rundir import runs_root
     from llmops.spec import load_spec
 
-    spec = load_spec(spec_path)
+    spec = with_overrides(load_spec(spec_path), **(k8s or {}))
     request = runs.plan(spec, root=runs_root(runs_dir), backend=backend)
     if dry_run:
         sys.stdout.write(request.render())

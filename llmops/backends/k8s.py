@@ -1,0 +1,188 @@
+"""The Kubernetes backend: a run as Kubernetes objects, driven through the official client.
+
+``dry_run`` builds the objects (:mod:`~llmops.backends.k8s_objects`,
+:mod:`~llmops.backends.k8s_jobs`) into a :class:`K8sRequest` that renders
+them as YAML; ``submit`` checks the cluster first
+(:mod:`~llmops.backends.k8s_preflight`) and applies them, deleting what it
+created if one is refused (:mod:`~llmops.backends.k8s_api`); ``refresh``
+and ``logs`` read the run back (:mod:`~llmops.backends.k8s_status`);
+``cancel`` deletes the run's objects, so that its pods get SIGTERM and
+checkpoint before they go.
+
+The run directory on the laptop keeps the resolved spec (with the context
+and namespace it was submitted to) and status.json; the one the pods use
+lives on the cluster's shared volume at ``<k8s.mount_path>/runs/<run id>``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import yaml
+
+from llmops.backends.base import Backend, Request
+from llmops.backends.k8s_api import Cluster
+from llmops.backends.k8s_jobs import Stage, indexed_jobs, jobset, stages_of
+from llmops.backends.k8s_objects import STAGE_LABEL, RunNames, config_map, headless_service, network_policy
+from llmops.backends.k8s_spec import K8sProfile, K8sSpec, parse_profile_section
+from llmops.errors import SpecError
+from llmops.rundir import CANCELLED, FAILED, PENDING, RUNNING, SUCCEEDED, TERMINAL, RunDir
+from llmops.spec import RunSpec, check_rules
+
+
+@dataclass
+class K8sRequest(Request):
+    """The objects of one run and where they go."""
+
+    names: RunNames
+    context: str | None
+    flavor: str
+    stages: list[Stage]
+    objects: list[dict]
+    pvc: str
+    queue: str | None
+    node_selector: dict[str, str] = field(default_factory=dict)
+    pod_resources: list[dict[str, str]] = field(default_factory=list)  # one pod of each stage
+
+    def files(self) -> dict[str, str]:
+        """One YAML file per object, in apply order, under manifests/ (apart from the run's spec.yaml)."""
+        header = (f"# Rendered by llmops for run {self.names.run_id}. Apply the folder with\n"
+                  f"#   kubectl apply --server-side --field-manager=llmops -f manifests/\n")
+        return {f"manifests/{i:02d}-{o['kind'].lower()}-{o['metadata']['name']}.yaml":
+                header + yaml.safe_dump(o, sort_keys=False) for i, o in enumerate(self.objects, 1)}
+
+
+def settings(spec: RunSpec) -> tuple[K8sSpec, K8sProfile, dict[str, str]]:
+    """The spec's k8s section, the profile's (typed here) and the profile's process environment."""
+    k8s = spec.k8s or K8sSpec()
+    if spec.profile is None:
+        return k8s, K8sProfile(), {}
+    from llmops.profiles import load_profile
+
+    profile = load_profile(spec.profile)
+    return k8s, parse_profile_section(profile.k8s, f"cluster profile '{profile.name}'"), dict(profile.env)
+
+
+class K8sBackend(Backend):
+    name = "k8s"
+
+    def dry_run(self, spec: RunSpec, run: RunDir) -> K8sRequest:
+        spec = spec if spec.backend == "k8s" else spec.model_copy(update={"backend": "k8s"})
+        problems = check_rules(spec)  # again: --backend k8s may override a spec checked as local
+        if problems:
+            raise SpecError("run spec", problems)
+        k8s, profile, env = settings(spec)
+        names = RunNames.of(run.id, k8s.namespace)
+        common = dict(names=names, spec=spec, k8s=k8s, profile=profile, profile_env=env,
+                      run_dir=f"{k8s.mount_path.rstrip('/')}/runs/{run.id}")
+        objects = [config_map(names, run.spec_path.read_text()), network_policy(names)]
+        if k8s.flavor == "jobset":
+            objects.append(jobset(**common))
+        else:
+            objects.insert(1, headless_service(names, port=k8s.rendezvous_port))
+            objects += indexed_jobs(**common)
+        return K8sRequest(run=run, names=names, context=k8s.context, flavor=k8s.flavor, stages=stages_of(spec),
+                          objects=objects, pvc=k8s.checkpoint_pvc, queue=k8s.queue,
+                          node_selector=profile.node_selector, pod_resources=_stage_pods(objects))
+
+    def submit(self, request: K8sRequest) -> None:
+        from llmops.backends.k8s_preflight import preflight
+
+        names, jobset_flavor = request.names, request.flavor == "jobset"
+        cluster = Cluster.connect(context=request.context, namespace=names.namespace)
+        notes = preflight(cluster, objects=request.objects, pvc=request.pvc, queue=request.queue,
+                          node_selector=request.node_selector, pod_resources=request.pod_resources)
+        # A resumed run applies its objects again: the old Jobs (finished or failed) must go first.
+        if cluster.delete_run(names.selector, jobset=jobset_flavor) and not cluster.wait_gone(
+                names.selector, jobset=jobset_flavor):
+            from llmops.backends.k8s_api import ClusterError
+
+            raise ClusterError(f"the pods of an earlier attempt of {names.base} are still terminating",
+                               "wait a minute and resume again")
+        cluster.apply_all(request.objects)
+        where = f"namespace {names.namespace} on {cluster.where}"
+        request.run.update_status(state=PENDING, job_id=f"{names.namespace}/{names.base}",
+                                  message="; ".join([f"submitted to {where}", *notes]), ended_at=None)
+
+    def _cluster(self, run: RunDir) -> tuple[Cluster, RunNames, RunSpec]:
+        spec = run.read_spec()
+        k8s = spec.k8s or K8sSpec()
+        return (Cluster.connect(context=k8s.context, namespace=k8s.namespace),
+                RunNames.of(run.id, k8s.namespace), spec)
+
+    def refresh(self, run: RunDir) -> None:
+        from llmops.backends.k8s_status import observe
+
+        status = run.read_status()
+        if status.state in TERMINAL or status.job_id is None:
+            return
+        cluster, names, spec = self._cluster(run)
+        jobset_flavor = (spec.k8s or K8sSpec()).flavor == "jobset"
+        if run.cancel_marker.exists():
+            if not cluster.run_objects(names.selector, jobset=jobset_flavor) and not cluster.pods(names.selector):
+                run.update_status(state=CANCELLED, message="cancelled by the user; its objects are deleted",
+                                  ended_at=time.time())
+            return
+        seen = observe(cluster, names, stages_of(spec), jobset=jobset_flavor)
+        if seen is None:
+            run.update_status(state=FAILED, message="the run's objects are gone from the cluster (deleted "
+                              "outside llmops, or removed by k8s.ttl_after_finished)", ended_at=time.time())
+            return
+        changes: dict = {"state": seen.state, "message": seen.message, "restarts": seen.restarts}
+        if seen.state == RUNNING and status.started_at is None:
+            changes["started_at"] = time.time()
+        if seen.state in (SUCCEEDED, FAILED):
+            changes.update(ended_at=time.time(), exit_code=0 if seen.state == SUCCEEDED else 1)
+        if seen.state == FAILED and not jobset_flavor:
+            _stop_later_stages(cluster, names, stages_of(spec), seen.message)
+        run.update_status(**changes)
+
+    def logs(self, run: RunDir, *, follow: bool, stage: str = "pretrain") -> Iterator[str]:
+        from llmops.backends.k8s_status import follow_logs, pod_log, stage_pods
+
+        cluster, names, _ = self._cluster(run)
+        if not follow:
+            for pod in stage_pods(cluster, names, stage):
+                yield from pod_log(cluster, pod)
+            return
+
+        def done() -> bool:
+            self.refresh(run)
+            return run.read_status().state in TERMINAL
+
+        yield from follow_logs(cluster, names, stage, is_done=done)
+
+    def cancel(self, run: RunDir, *, force: bool = False) -> None:
+        """Delete the run's objects; the pods get SIGTERM (and checkpoint) unless forced."""
+        if run.read_status().state in TERMINAL:
+            return
+        run.cancel_marker.touch()
+        cluster, names, spec = self._cluster(run)
+        cluster.delete_run(names.selector, jobset=(spec.k8s or K8sSpec()).flavor == "jobset",
+                           grace=0 if force else None)
+
+
+def _stop_later_stages(cluster: Cluster, names: RunNames, stages: list[Stage], message: str) -> None:
+    """Pods of stages after a failed one would wait in `setup` until their timeout; delete them now."""
+    failed = next((s.name for s in stages if f"stage '{s.name}'" in message), None)
+    later = [s.name for s in stages][[s.name for s in stages].index(failed) + 1:] if failed else []
+    for job in cluster.call("listing Jobs", cluster.batch.list_namespaced_job, cluster.namespace,
+                            label_selector=names.selector).items:
+        if job.metadata.labels.get(STAGE_LABEL) in later:
+            cluster.delete("Job", job.metadata.name)
+
+
+def _stage_pods(objects: list[dict]) -> list[dict[str, str]]:
+    """The main container's limits of one pod of each stage, for the capacity check."""
+    jobs = []
+    for obj in objects:
+        if obj["kind"] == "Job":
+            jobs.append(obj)
+        elif obj["kind"] == "JobSet":
+            jobs += [r["template"] for r in obj["spec"]["replicatedJobs"]]
+    return [job["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"] for job in jobs]
+
+
+__all__ = ["K8sBackend", "K8sRequest", "RUNNING"]

@@ -1,0 +1,145 @@
+"""The pods of a rendered Indexed Job, started for real as local processes.
+
+Each "pod" runs the rendered init and main containers' commands with the
+environment the kubelet would give them: the container's env with its
+`valueFrom` references resolved (the ConfigMap's spec, the Job controller's
+per-index failure annotations), JOB_COMPLETION_INDEX, and the pod's hostname.
+The rendezvous name of pod 0 (`<job>-0.<service>`) resolves to loopback
+through an /etc/hosts bound over the real one in a private mount namespace,
+the way the headless Service's DNS record resolves to pod 0 in a cluster.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from llmops_testing import tiny_spec
+
+from llmops.backends import k8s_pod
+from llmops.backends.k8s import K8sBackend
+from llmops.rundir import RunDir
+from llmops.spec import parse_spec
+
+RUN_ID = "tiny-k8s-20250101-000000"
+
+
+def _namespace_prefix(hosts: Path) -> list[str]:
+    """A command prefix that runs the rest in a mount namespace where `hosts` is /etc/hosts."""
+    bind = ["sh", "-c", f'mount --bind "{hosts}" /etc/hosts && exec "$@"', "sh"]
+    for unshare in (["unshare", "--mount", "--propagation", "private"],
+                    ["unshare", "--user", "--map-root-user", "--mount", "--propagation", "private"]):
+        probe = subprocess.run([*unshare, *bind, "true"], capture_output=True)
+        if probe.returncode == 0:
+            return [*unshare, *bind]
+    pytest.skip("cannot create a mount namespace here (unshare refused) to map the pod DNS names to loopback")
+
+
+def _resolve(env_list: list[dict], *, config_map: dict, annotations: dict[str, str]) -> dict[str, str]:
+    """What the kubelet makes of a container's env: values, ConfigMap keys, downward-API fields."""
+    out = {}
+    for var in env_list:
+        source = var.get("valueFrom")
+        if source is None:
+            out[var["name"]] = var.get("value", "")
+        elif "configMapKeyRef" in source:
+            ref = source["configMapKeyRef"]
+            assert ref["name"] == config_map["metadata"]["name"]
+            out[var["name"]] = config_map["data"][ref["key"]]
+        else:
+            path = source["fieldRef"]["fieldPath"]
+            key = path.split("['", 1)[1].rstrip("']")
+            assert path.startswith("metadata.annotations[")
+            out[var["name"]] = annotations.get(key, "")  # an annotation that is not set reads as ''
+    return out
+
+
+class Pods:
+    """Start the rendered pods of one stage as processes, index by index."""
+
+    def __init__(self, request, tmp_path: Path):
+        objects = {o["kind"]: o for o in request.objects}
+        self.cm, self.job, self.svc = objects["ConfigMap"], objects["Job"], objects["Service"]
+        self.pod = self.job["spec"]["template"]["spec"]
+        self.tmp = tmp_path
+        hosts = tmp_path / "hosts"
+        names = [f"{self.job['metadata']['name']}-{i}.{self.pod['subdomain']}"
+                 for i in range(self.job["spec"]["completions"])]
+        hosts.write_text(Path("/etc/hosts").read_text() + "\n127.0.0.1 " + " ".join(names) + "\n")
+        self.prefix = _namespace_prefix(hosts)
+
+    def env(self, container: dict, index: int, failures: dict[str, str]) -> dict[str, str]:
+        annotations = {"batch.kubernetes.io/job-completion-index": str(index), **failures}
+        env = _resolve(container["env"], config_map=self.cm, annotations=annotations)
+        return {"PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", "HOME": str(self.tmp),
+                "HOSTNAME": f"{self.job['metadata']['name']}-{index}", "JOB_COMPLETION_INDEX": str(index), **env}
+
+    def start(self, index: int, failures: dict[str, str] | None = None) -> subprocess.Popen:
+        init, main = self.pod["initContainers"][0], self.pod["containers"][0]
+        setup = subprocess.run(self.prefix + init["command"], env=self.env(init, index, failures or {}),
+                               capture_output=True, text=True, timeout=60)
+        assert setup.returncode == 0, setup.stdout + setup.stderr
+        return subprocess.Popen(self.prefix + main["command"], env=self.env(main, index, failures or {}),
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def _wait(procs: list[subprocess.Popen], timeout: float = 120) -> list[tuple[int, str]]:
+    out = []
+    for p in procs:
+        text, _ = p.communicate(timeout=timeout)
+        out.append((p.returncode, text))
+    return out
+
+
+def _step(run_dir: Path) -> int:
+    try:
+        return json.loads((run_dir / "progress.json").read_text())["step"]
+    except (OSError, ValueError, KeyError):
+        return 0
+
+
+@pytest.fixture
+def rendered(tmp_path):
+    spec = parse_spec({**tiny_spec("tiny-k8s", tp=2, pp=2, procs=2, steps=5,
+                                   checkpoint={"interval": 100}, restarts={"max_restarts": 2}),
+                       "backend": "k8s", "resources": {"nodes": 2, "cpu": True, "processes_per_node": 2},
+                       "k8s": {"image": "unused:0", "mount_path": str(tmp_path / "volume")}})
+    run = RunDir.create(spec, tmp_path / "laptop", path=tmp_path / "laptop" / RUN_ID)
+    return K8sBackend().dry_run(spec, run), tmp_path / "volume" / "runs" / RUN_ID
+
+
+def test_pods_rendezvous_train_survive_sigterm_and_resume(rendered, tmp_path):
+    request, run_dir = rendered
+    pods = Pods(request, tmp_path)
+    first = [pods.start(0), pods.start(1)]
+    deadline = time.monotonic() + 90
+    while _step(run_dir) < 1 and time.monotonic() < deadline and all(p.poll() is None for p in first):
+        time.sleep(0.2)
+    assert _step(run_dir) >= 1, _wait(first)
+    first[1].send_signal(signal.SIGTERM)  # what the kubelet does when pod 1 is deleted or preempted
+    results = _wait(first)
+    assert [code for code, _ in results] == [75, 75], results  # checkpointed: podFailurePolicy ignores 75
+    stopped_at = _step(run_dir)
+    assert stopped_at < 5
+
+    # The Job controller replaces both pods and counts an ignored failure on each index.
+    ignored = {"batch.kubernetes.io/job-index-ignored-failure-count": "1"}
+    results = _wait([pods.start(0, ignored), pods.start(1, ignored)])
+    assert [code for code, _ in results] == [0, 0], results
+    assert _step(run_dir) == 5
+    assert (run_dir / "stages" / "pretrain" / "0.done").exists() and (run_dir / "stages" / "pretrain" / "1.done").exists()
+    log = "".join(p.read_text() for p in (run_dir / "logs").glob("pretrain.restart-1.node-*.log"))
+    resumed = [line for line in log.splitlines() if "resumed from" in line]
+    assert resumed and f"step {stopped_at}" in resumed[0], log
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert {r["restart"] for r in rows} == {0, 1}  # LLMOPS_RESTART came from the annotations
+
+    # A restarted pod of a finished stage does nothing (a JobSet restart re-creates finished stages).
+    code, text = _wait([pods.start(1)])[0]
+    assert code == 0 and "already finished" in text

@@ -1,0 +1,234 @@
+"""Rendered run objects: golden files, the official schemas, and the properties users rely on.
+
+Golden files live in golden/<case>/ beside this file. After an intended change,
+regenerate them with `LLMOPS_REGEN_GOLDEN=1 pytest tests/backends/k8s` and review the diff.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import kubernetes_validate
+import pytest
+import yaml
+from llmops_testing import llmops, tiny_spec, write_spec
+
+from llmops.backends.k8s import K8sBackend
+from llmops.rundir import RunDir
+from llmops.spec import parse_spec
+
+GOLDEN = Path(__file__).parent / "golden"
+RUN_ID = "tiny-k8s-20250101-000000"
+# The oldest Kubernetes release we support and the newest whose schemas kubernetes-validate ships.
+VERSIONS = ["1.30", kubernetes_validate.latest_version()]
+
+
+def _cpu(**k8s) -> dict:
+    return {**tiny_spec("tiny-k8s", tp=2, pp=2, procs=2, steps=40, checkpoint={"interval": 10},
+                        restarts={"max_restarts": 3}),
+            "backend": "k8s", "resources": {"nodes": 2, "cpu": True, "processes_per_node": 2},
+            "k8s": {"image": "registry.example/llmops:0.1", **k8s}}
+
+
+def _gpu(profile: str, **k8s) -> dict:
+    spec = tiny_spec("gpt-gpu", steps=1000)
+    spec.update(backend="k8s", profile=profile, resources={"nodes": 4, "gpus_per_node": 8},
+                parallelism={"tensor": 8, "pipeline": 2}, model={"preset": "gpt-1.3b"},
+                k8s={"image": "registry.example/llmops:0.1-cuda", **k8s})
+    spec["train"].update(global_batch_size=256, micro_batch_size=1, warmup_steps=10)
+    spec["restarts"] = {"max_restarts": 5}
+    return spec
+
+
+CASES = {
+    "cpu-indexed-job": _cpu(),
+    "cpu-jobset": _cpu(flavor="jobset", queue="llmops"),
+    "aws-efa": _gpu("aws-p5", queue="llmops", priority_class="llmops-training"),
+    "oci-rdma": _gpu("oci-bm-gpu-h100", flavor="jobset"),
+}
+
+
+def render(case: str, tmp_path: Path, run_id: str = RUN_ID):
+    spec = parse_spec(CASES[case])
+    run = RunDir.create(spec, tmp_path, path=tmp_path / run_id)
+    return K8sBackend().dry_run(spec, run)
+
+
+def objects(case: str, tmp_path: Path) -> dict[str, dict]:
+    return {o["kind"]: o for o in render(case, tmp_path).objects}
+
+
+def pod_specs(objs: dict[str, dict]) -> list[dict]:
+    if "JobSet" in objs:
+        return [r["template"]["spec"]["template"]["spec"] for r in objs["JobSet"]["spec"]["replicatedJobs"]]
+    return [objs["Job"]["spec"]["template"]["spec"]]
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_rendered_objects_match_golden_files(case, tmp_path):
+    files = render(case, tmp_path).files()
+    folder = GOLDEN / case
+    if os.environ.get("LLMOPS_REGEN_GOLDEN") == "1":
+        for old in folder.glob("**/*.yaml"):
+            old.unlink()
+        for name, text in files.items():
+            (folder / name).parent.mkdir(parents=True, exist_ok=True)
+            (folder / name).write_text(text)
+    expected = {str(p.relative_to(folder)): p.read_text() for p in folder.glob("**/*.yaml")}
+    assert sorted(files) == sorted(expected), "set LLMOPS_REGEN_GOLDEN=1 to regenerate after an intended change"
+    for name, text in files.items():
+        assert text == expected[name], f"{case}/{name} differs from the golden file"
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+@pytest.mark.parametrize("case", CASES)
+def test_every_object_passes_the_official_schema_strictly(case, version, tmp_path):
+    for obj in render(case, tmp_path).objects:
+        if obj["kind"] == "JobSet":  # a CRD: its Job templates are checked below and in test_jobset_*
+            for rj in obj["spec"]["replicatedJobs"]:
+                job = {"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": rj["name"]},
+                       "spec": rj["template"]["spec"]}
+                kubernetes_validate.validate(job, version, strict=True)
+            continue
+        kubernetes_validate.validate(obj, version, strict=True)
+
+
+def test_the_schema_check_rejects_a_misplaced_field(tmp_path):
+    job = objects("cpu-indexed-job", tmp_path)["Job"]
+    job["spec"]["template"]["spec"]["podFailurePolicy"] = job["spec"].pop("podFailurePolicy")
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(job, VERSIONS[0], strict=True)
+
+
+def _jobset_roundtrip(obj: dict) -> dict:
+    """The JobSet through the typed v1alpha2 models: unknown or misplaced fields are dropped, types enforced."""
+    from kubeflow_trainer_api.models.jobset_v1alpha2_job_set import JobsetV1alpha2JobSet
+
+    return JobsetV1alpha2JobSet.from_dict(obj).to_dict()
+
+
+@pytest.mark.parametrize("case", ["cpu-jobset", "oci-rdma"])
+def test_jobset_matches_the_typed_jobset_models(case, tmp_path):
+    js = objects(case, tmp_path)["JobSet"]
+    assert _jobset_roundtrip(js) == js
+    assert js["apiVersion"] == "jobset.x-k8s.io/v1alpha2"
+    # Enumerations the models keep as plain strings, from the JobSet API's documentation.
+    for rule in js["spec"]["failurePolicy"]["rules"]:
+        assert rule["action"] in ("FailJobSet", "RestartJobSet", "RestartJobSetAndIgnoreMaxRestarts")
+    for rj in js["spec"]["replicatedJobs"]:
+        assert all(d["status"] in ("Ready", "Complete") for d in rj.get("dependsOn", []))
+
+
+def test_the_jobset_check_rejects_an_unknown_field(tmp_path):
+    js = objects("cpu-jobset", tmp_path)["JobSet"]
+    js["spec"]["failurePolicy"]["maxRestart"] = js["spec"]["failurePolicy"].pop("maxRestarts")
+    assert _jobset_roundtrip(js) != js
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_pods_are_unprivileged_bounded_and_without_api_access(case, tmp_path):
+    for pod in pod_specs(objects(case, tmp_path)):
+        assert pod["automountServiceAccountToken"] is False and pod["serviceAccountName"] == "llmops-training"
+        assert pod["securityContext"]["runAsNonRoot"] is True and pod["securityContext"]["runAsUser"] == 1000
+        assert pod["restartPolicy"] == "Never"
+        for c in pod["initContainers"] + pod["containers"]:
+            sc = c["securityContext"]
+            assert sc["privileged"] is False and sc["allowPrivilegeEscalation"] is False
+            assert sc["capabilities"]["drop"] == ["ALL"]
+            assert sc["capabilities"].get("add", []) == (["IPC_LOCK"] if case == "oci-rdma" else [])
+            assert c["resources"]["limits"] == c["resources"]["requests"] and "memory" in c["resources"]["limits"]
+
+
+def test_indexed_job_retries_crashes_requeues_preemptions_and_fails_fast_on_bad_input(tmp_path):
+    job = objects("cpu-indexed-job", tmp_path)["Job"]["spec"]
+    assert (job["completionMode"], job["completions"], job["parallelism"]) == ("Indexed", 2, 2)
+    rules = job["podFailurePolicy"]["rules"]
+    assert [(r["action"], r.get("onExitCodes", {}).get("values")) for r in rules[:2]] == [
+        ("FailJob", [2]), ("Ignore", [75])]
+    assert rules[2] == {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]}
+    assert (job["backoffLimitPerIndex"], job["maxFailedIndexes"], job["podReplacementPolicy"]) == (3, 0, "Failed")
+
+
+def test_jobset_restarts_the_gang_and_counts_only_crashes(tmp_path):
+    js = objects("cpu-jobset", tmp_path)["JobSet"]["spec"]
+    assert js["failurePolicy"]["maxRestarts"] == 3 and js["suspend"] is True  # queued: Kueue admits it
+    bad, preempted = js["failurePolicy"]["rules"]
+    assert bad["action"] == "FailJobSet" and "exit code 2 matching" in bad["onJobFailureMessagePatterns"][0]
+    assert preempted["action"] == "RestartJobSetAndIgnoreMaxRestarts"
+    job = js["replicatedJobs"][0]["template"]["spec"]
+    assert job["backoffLimit"] == 0 and {75, 2} <= set(job["podFailurePolicy"]["rules"][0]["onExitCodes"]["values"])
+
+
+def test_rendezvous_name_is_pod_zero_behind_the_headless_service(tmp_path):
+    objs = objects("cpu-indexed-job", tmp_path)
+    svc, job = objs["Service"], objs["Job"]
+    pod = job["spec"]["template"]
+    env = {e["name"]: e.get("value") for e in pod["spec"]["containers"][0]["env"]}
+    assert svc["spec"]["clusterIP"] == "None" and svc["spec"]["publishNotReadyAddresses"] is True
+    assert svc["spec"]["selector"].items() <= pod["metadata"]["labels"].items()
+    assert pod["spec"]["subdomain"] == svc["metadata"]["name"]
+    assert env["LLMOPS_RDZV_HOST"] == f"{job['metadata']['name']}-0.{svc['metadata']['name']}"
+
+
+def test_network_policy_admits_only_the_runs_own_pods(tmp_path):
+    objs = objects("cpu-indexed-job", tmp_path)
+    np, labels = objs["NetworkPolicy"]["spec"], objs["Job"]["spec"]["template"]["metadata"]["labels"]
+    assert np["policyTypes"] == ["Ingress"]
+    assert np["podSelector"]["matchLabels"].items() <= labels.items()
+    assert np["ingress"] == [{"from": [{"podSelector": np["podSelector"]}]}]
+
+
+def test_aws_profile_requests_efa_devices_and_sets_libfabric(tmp_path):
+    objs = objects("aws-efa", tmp_path)
+    job, pod = objs["Job"], pod_specs(objs)[0]
+    limits = pod["containers"][0]["resources"]["limits"]
+    assert limits["vpc.amazonaws.com/efa"] == "32" and limits["nvidia.com/gpu"] == "8"
+    env = {e["name"]: e.get("value") for e in pod["containers"][0]["env"]}
+    assert env["FI_PROVIDER"] == "efa" and "CUDA_VISIBLE_DEVICES" not in env
+    assert pod["nodeSelector"] == {"node.kubernetes.io/instance-type": "p5.48xlarge"}
+    assert pod["priorityClassName"] == "llmops-training" and "hostNetwork" not in pod
+    assert job["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "llmops" and job["spec"]["suspend"] is True
+
+
+def test_oci_profile_uses_host_networking_and_the_rdma_device_plugin(tmp_path):
+    pod = pod_specs(objects("oci-rdma", tmp_path))[0]
+    assert pod["hostNetwork"] is True and pod["dnsPolicy"] == "ClusterFirstWithHostNet"
+    assert pod["containers"][0]["resources"]["limits"]["rdma/rdma_shared_device_a"] == "1"
+    assert not any(v.get("hostPath") for v in pod["volumes"])
+
+
+def test_long_run_ids_still_give_valid_names(tmp_path):
+    run_id = "a-rather-long-run-name-for-the-pretraining-of-7b-20250101-000000-12"
+    for case in ("cpu-indexed-job", "cpu-jobset"):
+        objs = render(case, tmp_path / case, run_id=run_id).objects
+        for obj in objs:
+            assert len(obj["metadata"]["name"]) <= 63 and obj["metadata"]["name"][0].isalpha()
+            assert obj["metadata"]["annotations"]["llmops.dev/run-id"] == run_id
+        env = {e["name"]: e.get("value") for e in pod_specs({o["kind"]: o for o in objs})[0]["containers"][0]["env"]}
+        assert all(len(label) <= 63 for label in env["LLMOPS_RDZV_HOST"].split("."))
+
+
+def test_cli_render_writes_manifests_with_overrides(tmp_path):
+    spec = write_spec(tmp_path / "s.yaml", {**_cpu(), "backend": "local"})
+    out = tmp_path / "out"
+    res = llmops("render", str(spec), "--backend", "k8s", "--out", str(out), "--namespace", "team-a",
+                 "--flavor", "jobset", "--context", "prod")
+    assert res.returncode == 0, res.stderr
+    manifests = [yaml.safe_load(p.read_text()) for p in sorted((out / "manifests").glob("*.yaml"))]
+    assert [m["kind"] for m in manifests] == ["ConfigMap", "NetworkPolicy", "JobSet"]
+    assert {m["metadata"]["namespace"] for m in manifests} == {"team-a"}
+    recorded = yaml.safe_load((out / "spec.yaml").read_text())["k8s"]
+    assert (recorded["context"], recorded["namespace"], recorded["flavor"]) == ("prod", "team-a", "jobset")
+
+
+@pytest.mark.parametrize("change, args, expected", [
+    ({}, ["--flavor", "helm"], "k8s.flavor"),
+    ({"k8s": {}}, [], "k8s.image: is required"),
+    ({"checkpoint": {"dir": "/home/me/ckpt"}}, [], "checkpoint.dir = '/home/me/ckpt': is not on the shared volume"),
+])
+def test_cli_render_refuses_bad_k8s_input_with_exit_2(tmp_path, change, args, expected):
+    spec = write_spec(tmp_path / "s.yaml", {**_cpu(), **change})
+    res = llmops("render", str(spec), "--out", str(tmp_path / "out"), *args)
+    assert res.returncode == 2 and "Traceback" not in res.stderr
+    assert expected in res.stderr.replace("\n", " "), res.stderr

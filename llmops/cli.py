@@ -114,6 +114,33 @@ def render(
         sys.stdout.write(f"{path}\n")
 
 
+@app.command()
+def prepare(
+    spec: SpecArg,
+    phase: Annotated[Optional[str], typer.Option(
+        help="Run one phase (clean, dedup, tokenizer, tokenize, finalize) instead of all.")] = None,
+    shard: Annotated[int, typer.Option(min=0, help="The shard of --phase to run (0-based).")] = 0,
+    num_shards: Annotated[Optional[int], typer.Option(
+        min=1, help="Shards of the map phases; fixed by the first clean shard.")] = None,
+    workers: Annotated[Optional[int], typer.Option(min=1, help="Processes [default: one per core].")] = None,
+    workdir: Annotated[Optional[Path], typer.Option(help="Work folder [default: <output.dir>/work].")] = None,
+) -> None:
+    """Prepare the spec's data: clean, filter, deduplicate, tokenize into Megatron indexed datasets."""
+    from llmops.prepare.executor import prepare as run_prepare
+    from llmops.prepare.stats import summary_table
+    from llmops.spec import load_spec
+
+    s = load_spec(spec)
+    if s.prepare is None:
+        raise UserError(f"{spec}: has no prepare: section", "add one (see examples/tiny-cpu-prepared.yaml)")
+    report = run_prepare(s.prepare, phase=phase, shard=shard, num_shards=num_shards, workers=workers,
+                         workdir=workdir)
+    if report is not None:
+        out.print(summary_table(report))
+        out.print(f"wrote {s.prepare.output.dir}: {report['output']['documents']:,} documents, "
+                  f"{report['output']['tokens']:,} tokens", markup=False)
+
+
 def _submit(spec_path: Path, *, backend: str | None, detach: bool, dry_run: bool, runs_dir: Path | None,
             k8s: dict | None = None) -> None:
     from llmops import runs

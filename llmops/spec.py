@@ -24,7 +24,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from llmops.backends.k8s_spec import K8sSpec
 from llmops.backends.slurm_spec import SlurmSpec
-from llmops.errors import Problem, SpecError
+from llmops.errors import Problem, SpecError, UserError
+from llmops.prepare.config import PrepareSpec, absolute_path
 from llmops.presets import PRESETS
 
 SPEC_VERSION = 1
@@ -217,6 +218,8 @@ class RunSpec(_Model):
     parallelism: Parallelism = Parallelism()
     model: ModelSpec = ModelSpec()
     data: DataSpec = DataSpec(synthetic=SyntheticData())
+    prepare: PrepareSpec | None = None
+    """The data-preparation stage (raw text to indexed datasets); with train:, it fills data and model.vocab_size."""
     train: TrainSpec | None = None
     """The pre-training stage; leave out for a spec that only prepares data."""
     checkpoint: CheckpointSpec = CheckpointSpec()
@@ -237,20 +240,59 @@ class RunSpec(_Model):
     @property
     def stages(self) -> list[str]:
         """The stages this spec runs, in order."""
-        return [name for name, section in (("pretrain", self.train),) if section is not None]
+        stages = (("prepare", self.prepare), ("pretrain", self.train))
+        return [name for name, section in stages if section is not None]
 
 
 def check_rules(spec: RunSpec) -> list[Problem]:
     """The cross-component rules users get wrong, every violation at once."""
+    linked = _prepare_rules(spec)  # first: it fills data and model.vocab_size from the prepare stage
     out = _model_rules(spec)
     if out:
-        return out  # the remaining rules need a complete model shape
-    out += _resource_rules(spec) + _parallel_rules(spec)
+        return linked + out  # the remaining rules need a complete model shape
+    out += linked + _resource_rules(spec) + _parallel_rules(spec)
     if not spec.stages:
-        out.append(Problem("(top level)", None, "names no stage to run", "add a train: section"))
+        out.append(Problem("(top level)", None, "names no stage to run", "add a train: or prepare: section"))
     if spec.train is not None:
         out += _train_rules(spec)
     return out + _data_rules(spec) + _k8s_rules(spec)
+
+
+def _prepare_rules(spec: RunSpec) -> list[Problem]:
+    """Make prepare: paths absolute; with train:, train on what prepare writes.
+
+    Unless the spec sets them, data.indexed (the prepared prefix and eod id) and
+    model.vocab_size (the tokenizer's) are filled in, so the resolved spec
+    names exactly what pretraining reads; values the spec sets must agree.
+    """
+    if spec.prepare is None:
+        return []
+    spec.prepare = spec.prepare.model_copy(update=spec.prepare.absolutized())
+    if spec.train is None:
+        return []
+    if spec.prepare.tokenizer is None:
+        return [Problem("prepare.tokenizer", None, "is null, so prepare writes no token files for train:",
+                        "give a tokenizer: section, or leave train: out of this spec")]
+    try:
+        facts = spec.prepare.training_facts()
+    except UserError as exc:
+        reason = getattr(exc, "reason", exc.message)
+        return [Problem("prepare.tokenizer.model", spec.prepare.tokenizer.model, reason, exc.fix or "check the file")]
+    out: list[Problem] = []
+    ix = spec.data.indexed
+    if "data" not in spec.model_fields_set:
+        spec.data = DataSpec(indexed=IndexedData(paths=[facts.prefix], eod_id=facts.eod_id))
+    elif ix is None or facts.prefix not in map(absolute_path, ix.paths) or ix.eod_id != facts.eod_id:
+        out.append(Problem("data", None, "does not train on what prepare: writes",
+                           f"leave data: out (it is filled in), or write data: {{indexed: {{paths: "
+                           f"['{facts.prefix}'], eod_id: {facts.eod_id}}}}}"))
+    if "vocab_size" not in spec.model.model_fields_set:
+        spec.model.vocab_size = facts.vocab_size
+    elif (spec.model.vocab_size or 0) < facts.vocab_size:
+        out.append(Problem("model.vocab_size", spec.model.vocab_size,
+                           f"is smaller than the tokenizer's vocabulary ({facts.vocab_size})",
+                           f"leave model.vocab_size out (it is filled in), or set it to {facts.vocab_size}"))
+    return out
 
 
 def _model_rules(spec: RunSpec) -> list[Problem]:

@@ -1,0 +1,229 @@
+"""The bodies of the five phases; :func:`llmops.prepare.pipeline.run_phase` checks and marks them.
+
+Each body writes only under temporary names and returns the payload of its
+completion marker (its steps' stats and what later phases need to know).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from llmops.errors import UserError
+from llmops.prepare import store
+from llmops.prepare.cleaners import Cleaner
+from llmops.prepare.config import PrepareSpec
+from llmops.prepare.dedup import KEPT, deduplicate
+from llmops.prepare.filters import QualityFilter
+from llmops.prepare.minhash import Signatures, read_exact, read_signatures
+from llmops.prepare.progress import Advance
+from llmops.prepare.readers import Reader
+from llmops.prepare.stats import StepStats, Timer, merge_steps
+from llmops.prepare.workdir import Plan, WorkDir
+
+ENCODE_BATCH = 256
+
+
+@dataclass
+class Context:
+    spec: PrepareSpec
+    work: WorkDir
+    plan: Plan
+    progress: Advance
+    threads: int = 1
+
+
+@contextlib.contextmanager
+def committed(*paths: Path) -> Iterator[list[Path]]:
+    """Temporary names for `paths`, all renamed into place only when the block succeeds."""
+    tmps = [p.with_name(f".{p.name}.tmp-{os.getpid()}") for p in paths]
+    try:
+        yield tmps
+        for tmp, path in zip(tmps, paths):
+            os.replace(tmp, path)
+    finally:
+        for tmp in tmps:
+            tmp.unlink(missing_ok=True)
+
+
+def clean(ctx: Context, shard: int) -> dict:
+    """Read this shard's units; clean, filter, hash; keep the documents for later phases."""
+    spec, work = ctx.spec, ctx.work
+    names = [work.path("clean", shard, s) for s in (".arrow", ".exact", ".sig", ".quarantine.jsonl")]
+    with committed(*names) as (arrow, exact, sig, quarantine):
+        with open(exact, "wb") as fe, open(sig, "wb") as fs, open(quarantine, "wb") as fq:
+            def to_quarantine(bad) -> None:
+                fq.write((json.dumps(bad.to_dict(), ensure_ascii=False) + "\n").encode("utf-8"))
+
+            steps = [Reader(ctx.plan.units, spec.input, to_quarantine, ctx.progress), Cleaner(spec.clean),
+                     QualityFilter(spec.filters), Signatures(spec.dedup, fe, fs)]
+            writer = store.DocWriter(arrow)
+            docs: Iterator = iter(())
+            for step in steps:
+                docs = step.run(docs, shard, ctx.plan.num_shards)
+            for doc in docs:
+                writer.add(doc)
+            writer.close()
+    return {"documents": writer.count, "steps": [s.stats.to_dict() for s in steps]}
+
+
+def dedup(ctx: Context, shard: int) -> dict:
+    """The global reduce: decide which documents of every shard are duplicates."""
+    spec, work, n_shards = ctx.spec, ctx.work, ctx.plan.num_shards
+    markers = [work.read_marker("clean", i, n_shards) for i in range(n_shards)]
+    check_error_rate(spec, markers, work)
+    counts = [m["documents"] for m in markers]
+    exact = np.concatenate([read_exact(work.path("clean", i, ".exact")) for i in range(n_shards)])
+    width = spec.dedup.num_perm if spec.dedup.near else 0
+    sigs = (np.concatenate([read_signatures(work.path("clean", i, ".sig"), width) for i in range(n_shards)])
+            if width else np.empty((len(exact), 0), dtype=np.uint32))
+    stats = StepStats("dedup", docs_in=len(exact), bytes_in=int(exact[:, 1].sum()))
+    with Timer(stats):
+        decision = deduplicate(exact[:, 0], sigs, spec.dedup, ctx.progress)
+    kept = decision.kind == KEPT
+    stats.docs_out, stats.bytes_out = int(kept.sum()), int(exact[kept, 1].sum())
+    stats.dropped.update({"exact_duplicate": int((decision.kind == 1).sum()),
+                          "near_duplicate": int((decision.kind == 2).sum())})
+    stats.totals.update({"exact_clusters": decision.exact_clusters, "near_clusters": decision.near_clusters,
+                         "largest_cluster": decision.largest_cluster, "lsh_candidates": decision.candidate_pairs})
+    offsets = np.concatenate([[0], np.cumsum(counts)])
+    for i in range(n_shards):
+        with committed(work.path("dedup", i, ".remove.npy")) as (tmp,):
+            with open(tmp, "wb") as f:
+                np.save(f, np.flatnonzero(~kept[offsets[i]:offsets[i + 1]]))
+    _write_duplicates(work, decision, offsets, n_shards)
+    return {"documents": stats.docs_out, "steps": [stats.to_dict()]}
+
+
+def _write_duplicates(work: WorkDir, decision, offsets: np.ndarray, n_shards: int) -> None:
+    """duplicates.jsonl: each dropped document, the kept document it duplicates, how, how similar."""
+    dropped = np.flatnonzero(decision.kind != KEPT)
+    ids: list[str] = []
+    if len(dropped):
+        for i in range(n_shards):
+            ids += store.read_ids(work.path("clean", i, ".arrow"))
+    with committed(work.root / "dedup" / "duplicates.jsonl") as (tmp,):
+        with open(tmp, "w", encoding="utf-8") as f:
+            for x in dropped.tolist():
+                kind = "exact" if decision.kind[x] == 1 else "near"
+                f.write(json.dumps({"id": ids[x], "duplicate_of": ids[decision.duplicate_of[x]], "kind": kind,
+                                    "similarity": round(float(decision.similarity[x]), 4)},
+                                   ensure_ascii=False) + "\n")
+
+
+def check_error_rate(spec: PrepareSpec, markers: list[dict], work: WorkDir) -> None:
+    """Fail when more input records were quarantined than `max_error_rate` allows."""
+    read = merge_steps([m["steps"][:1] for m in markers])[0]
+    bad = sum(read.dropped.values())
+    if read.docs_in and bad / read.docs_in > spec.max_error_rate:
+        reasons = ", ".join(f"{k} {v:,}" for k, v in read.dropped.most_common())
+        raise UserError(f"{bad:,} of {read.docs_in:,} input records ({100 * bad / read.docs_in:.1f}%) could not be "
+                        f"used ({reasons}); prepare.max_error_rate is {100 * spec.max_error_rate:.1f}%. "
+                        f"They are listed with reasons in {work.root / 'clean'}/shard-*.quarantine.jsonl",
+                        "fix or drop the bad input, or raise prepare.max_error_rate to accept it; "
+                        "then run again (finished shards are kept)")
+
+
+def tokenizer(ctx: Context, shard: int) -> dict:
+    """Train the tokenizer on a sample of the kept documents, or check and copy the given one."""
+    from llmops.prepare import tokenizer as tok
+
+    spec, work = ctx.spec, ctx.work
+    cfg = spec.tokenizer
+    if cfg is None:
+        return {"facts": None, "steps": []}
+    out = work.root / "tokenizer.model"
+    stats = StepStats("tokenizer")
+    with Timer(stats):
+        if cfg.model is not None:
+            facts = tok.install(cfg.model, out)
+        else:
+            kept_bytes = work.read_marker("dedup", 0, 1)["steps"][0]["bytes_out"]
+            rate = min(1.0, cfg.sample_bytes / max(1, kept_bytes))
+            texts = _counting((d for d in kept_documents(ctx) if tok.sampled(d.id, rate)), stats, ctx.progress)
+            facts = tok.train(cfg, tok.training_lines(texts, cfg.sample_bytes), out=out, threads=ctx.threads)
+    stats.totals.update({"vocab_size": facts.vocab_size})
+    return {"facts": asdict(facts), "steps": [stats.to_dict()]}
+
+
+def _counting(docs: Iterator, stats: StepStats, progress: Advance) -> Iterator[str]:
+    """The texts of the sampled documents, counted as the tokenizer step's input."""
+    for doc in docs:
+        stats.docs_in += 1
+        stats.docs_out += 1
+        stats.bytes_in += doc.nbytes
+        stats.bytes_out += doc.nbytes
+        progress(doc.nbytes)
+        yield doc.text
+
+
+def kept_documents(ctx: Context, shards: range | None = None) -> Iterator:
+    for i in shards if shards is not None else range(ctx.plan.num_shards):
+        remove = np.load(ctx.work.path("dedup", i, ".remove.npy"))
+        for _, doc in store.iter_docs(ctx.work.path("clean", i, ".arrow"), remove):
+            yield doc
+
+
+def tokenize(ctx: Context, shard: int) -> dict:
+    """Write this shard's kept documents as JSONL and as token ids with an end-of-document token."""
+    from llmops.prepare.writer import IndexedWriter, jsonl_suffix, open_jsonl
+
+    spec, work = ctx.spec, ctx.work
+    stats = StepStats("tokenize")
+    facts = work.read_marker("tokenizer", 0, 1)["facts"]
+    jsonl_path = work.path("tokenize", shard, jsonl_suffix(spec.output.compression)) if spec.output.jsonl else None
+    writer = IndexedWriter(work.path("tokenize", shard, ""), facts["vocab_size"]) if facts else None
+    encoder = _encoder(work, facts)
+    try:
+        with Timer(stats), committed(*([jsonl_path] if jsonl_path else [])) as tmps:
+            out = open_jsonl(tmps[0], spec.output.compression) if tmps else None
+            batch: list = []
+            for doc in kept_documents(ctx, range(shard, shard + 1)):
+                batch.append(doc)
+                if len(batch) >= ENCODE_BATCH:
+                    _write_batch(batch, out, writer, encoder, facts, stats, ctx.progress)
+                    batch = []
+            _write_batch(batch, out, writer, encoder, facts, stats, ctx.progress)
+            if out is not None:
+                out.close()
+        if writer is not None:
+            writer.commit()
+    except BaseException:
+        if writer is not None:
+            writer.abort()
+        raise
+    return {"documents": stats.docs_out, "tokens": stats.totals["tokens"], "steps": [stats.to_dict()]}
+
+
+def _encoder(work: WorkDir, facts: dict | None):
+    if not facts:
+        return None
+    from llmops.prepare.tokenizer import load
+
+    return load(work.root / "tokenizer.model")
+
+
+def _write_batch(batch, out, writer, encoder, facts, stats: StepStats, progress: Advance) -> None:
+    from llmops.prepare.writer import document_line
+
+    if not batch:
+        return
+    encoded = encoder.encode([d.text for d in batch], out_type=int) if encoder is not None else None
+    for k, doc in enumerate(batch):
+        stats.docs_in += 1
+        stats.docs_out += 1
+        stats.bytes_in += doc.nbytes
+        stats.bytes_out += doc.nbytes
+        if out is not None:
+            out.write(document_line(doc))
+        if encoded is not None:
+            ids = np.array(encoded[k] + [facts["eos_id"]], dtype=writer.dtype)
+            writer.add(ids)
+            stats.totals["tokens"] += len(ids)
+        progress(doc.nbytes)

@@ -1,0 +1,155 @@
+"""Finding the input and cutting it into units of work, then units into shards.
+
+A unit is a whole file, a byte range of a large uncompressed JSONL file, one
+Parquet row group, or one standard-library module (the built-in corpus). The
+list of units depends only on the input, never on the shard count, and each
+shard takes a contiguous run of units balanced by bytes: so concatenating the
+shards' outputs in shard order gives the same documents, in the same order,
+for any number of shards.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import sysconfig
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from llmops.errors import UserError
+from llmops.prepare.config import InputSpec
+
+_FORMATS = {".jsonl": "jsonl", ".json": "jsonl", ".ndjson": "jsonl", ".parquet": "parquet",
+            ".txt": "text", ".text": "text", ".md": "text", ".rst": "text"}
+_COMPRESSION = {".gz": "gzip", ".zst": "zstd", ".zstd": "zstd"}
+# Standard-library folders that hold tests, vendored code or demos rather than documented API.
+_STDLIB_SKIP = {"site-packages", "dist-packages", "test", "tests", "idle_test", "__pycache__"}
+
+
+@dataclass(frozen=True)
+class Unit:
+    """A piece of input that one task reads from start to end."""
+
+    path: str
+    kind: str
+    """jsonl, parquet, text or docstrings."""
+    compression: str
+    """none, gzip or zstd."""
+    source: str
+    """How documents from this unit name their origin (in ids and outputs)."""
+    size: int
+    """Bytes on disk, to balance shards."""
+    start: int = 0
+    """Byte offset (JSONL), row group (Parquet)."""
+    end: int = -1
+    """Byte offset where the next unit starts, or -1 for the end of the file."""
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def discover(spec: InputSpec) -> tuple[list[Unit], list[str]]:
+    """All units of the input, in a stable order, and the files skipped for an unknown format.
+
+    Raises UserError for a path that does not exist or a glob that matches nothing.
+    """
+    if spec.builtin == "python-docstrings":
+        return docstring_units(), []
+    units: list[Unit] = []
+    skipped: list[str] = []
+    for i, entry in enumerate(spec.paths):
+        for path, listed in _expand(entry, i):
+            kind, compression = _format_of(path, spec.format)
+            if kind is None:
+                if listed:
+                    raise UserError(f"input.paths[{i}] = {path!r}: cannot tell the format from the name",
+                                    "name it .jsonl/.parquet/.txt (optionally .gz/.zst), or set input.format")
+                skipped.append(path)
+                continue
+            units += _units_of(path, kind, compression, spec.chunk_bytes)
+    return units, skipped
+
+
+def _expand(entry: str, i: int) -> list[tuple[str, bool]]:
+    """(file, named explicitly) pairs for one input.paths entry."""
+    if any(c in entry for c in "*?["):
+        matches = sorted(p for p in glob.glob(entry, recursive=True) if os.path.isfile(p))
+        if not matches:
+            raise UserError(f"input.paths[{i}] = {entry!r}: the pattern matches no file",
+                            "check the pattern, or the folder it starts from")
+        return [(p, False) for p in matches]
+    path = Path(entry)
+    if path.is_file():
+        return [(entry, True)]
+    if path.is_dir():
+        files = sorted(str(p) for p in path.rglob("*") if p.is_file() and not _hidden(p.relative_to(path)))
+        if not files:
+            raise UserError(f"input.paths[{i}] = {entry!r}: the folder holds no file", "point at a folder with data")
+        return [(f, False) for f in files]
+    raise UserError(f"input.paths[{i}] = {entry!r}: no such file or folder",
+                    "check the path (relative paths start from the folder you run llmops in)")
+
+
+def _hidden(rel: Path) -> bool:
+    return any(part.startswith(".") for part in rel.parts)
+
+
+def _format_of(path: str, forced: str) -> tuple[str | None, str]:
+    name = path.lower()
+    compression = "none"
+    for ext, comp in _COMPRESSION.items():
+        if name.endswith(ext):
+            compression, name = comp, name[: -len(ext)]
+    if forced != "auto":
+        return forced, compression
+    return _FORMATS.get(os.path.splitext(name)[1]), compression
+
+
+def _units_of(path: str, kind: str, compression: str, chunk_bytes: int) -> list[Unit]:
+    size = os.path.getsize(path)
+    if kind == "parquet":
+        return _parquet_units(path)
+    if kind == "jsonl" and compression == "none" and size > chunk_bytes:
+        starts = range(0, size, chunk_bytes)
+        return [Unit(path, kind, compression, path, min(chunk_bytes, size - s), s,
+                     s + chunk_bytes if s + chunk_bytes < size else -1) for s in starts]
+    return [Unit(path, kind, compression, path, size)]
+
+
+def _parquet_units(path: str) -> list[Unit]:
+    import pyarrow.parquet as pq
+
+    try:
+        meta = pq.ParquetFile(path).metadata
+    except Exception as exc:  # pyarrow raises ArrowInvalid, OSError, ...: all mean "not a Parquet file"
+        raise UserError(f"{path}: cannot be read as Parquet ({exc})", "check the file, or set input.format") from None
+    return [Unit(path, "parquet", "none", path, meta.row_group(g).total_byte_size, g, g + 1)
+            for g in range(meta.num_row_groups)]
+
+
+def stdlib_root() -> Path:
+    return Path(sysconfig.get_paths()["stdlib"])
+
+
+def docstring_units() -> list[Unit]:
+    """One unit per module of this interpreter's standard library (tests and vendored code left out)."""
+    root = stdlib_root()
+    units = []
+    for p in sorted(root.rglob("*.py")):
+        rel = p.relative_to(root)
+        if _STDLIB_SKIP.intersection(rel.parts[:-1]) or rel.parts[0].startswith("test"):
+            continue
+        units.append(Unit(str(p), "docstrings", "none", rel.as_posix(), p.stat().st_size))
+    return units
+
+
+def assign(units: list[Unit], num_shards: int) -> list[list[int]]:
+    """Contiguous runs of unit indices, one per shard, balanced by bytes (some may be empty)."""
+    total = sum(u.size for u in units) or 1
+    shards: list[list[int]] = [[] for _ in range(num_shards)]
+    seen = 0
+    for i, u in enumerate(units):
+        middle = seen + u.size / 2
+        shards[min(num_shards - 1, int(middle * num_shards / total))].append(i)
+        seen += u.size
+    return shards

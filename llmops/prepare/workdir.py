@@ -1,0 +1,129 @@
+"""The work folder: the plan, intermediate shard files and completion markers.
+
+::
+
+    <output.dir>/work/
+        plan.json                         the units of input, the shard count, the config fingerprint
+        done/<phase>-<shard>-of-<N>.json  completion markers (with each shard's stats)
+        clean/shard-<i>.arrow|.exact|.sig|.quarantine.jsonl
+        dedup/shard-<i>.remove.npy, duplicates.jsonl
+        tokenize/shard-<i>.bin|.idx|.jsonl.zst
+
+Every file is written under a temporary name and renamed when complete; a
+marker is written last. A phase whose marker exists is skipped on a re-run,
+and one without a marker is redone from the start, so an interruption never
+leaves output that looks complete.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from llmops.errors import UserError
+from llmops.prepare.config import PrepareSpec
+from llmops.prepare.sources import Unit, discover
+
+
+@contextlib.contextmanager
+def atomic_path(path: Path) -> Iterator[Path]:
+    """A temporary sibling of `path` to write; renamed to `path` only if the block succeeds."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def write_json(path: Path, data: Any) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(data, indent=1) + "\n")
+
+
+class WorkDir:
+    """Paths and markers under one work folder."""
+
+    def __init__(self, root: str | os.PathLike):
+        self.root = Path(root)
+
+    def path(self, phase: str, shard: int, suffix: str) -> Path:
+        d = self.root / phase
+        d.mkdir(parents=True, exist_ok=True)
+        return d / f"shard-{shard:05d}{suffix}"
+
+    def marker(self, phase: str, shard: int, num_shards: int) -> Path:
+        return self.root / "done" / f"{phase}-{shard:05d}-of-{num_shards:05d}.json"
+
+    def is_done(self, phase: str, shard: int, num_shards: int) -> bool:
+        return self.marker(phase, shard, num_shards).exists()
+
+    def mark_done(self, phase: str, shard: int, num_shards: int, payload: dict[str, Any]) -> None:
+        (self.root / "done").mkdir(parents=True, exist_ok=True)
+        write_json(self.marker(phase, shard, num_shards), payload)
+
+    def read_marker(self, phase: str, shard: int, num_shards: int) -> dict[str, Any]:
+        return json.loads(self.marker(phase, shard, num_shards).read_text())
+
+    def missing(self, phase: str, num_shards: int) -> list[int]:
+        return [i for i in range(num_shards) if not self.is_done(phase, i, num_shards)]
+
+    def remove_bulk(self) -> None:
+        """Delete the intermediate shard files, keeping the plan and the markers."""
+        for phase in ("clean", "dedup", "tokenize"):
+            shutil.rmtree(self.root / phase, ignore_errors=True)
+
+
+class Plan:
+    """The units of input and how they are split into shards; fixed at the first phase that runs."""
+
+    def __init__(self, data: dict[str, Any]):
+        self.data = data
+        self.units = [Unit(**u) for u in data["units"]]
+        self.num_shards: int = data["num_shards"]
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(u.size for u in self.units)
+
+
+def make_plan(spec: PrepareSpec, work: WorkDir, num_shards: int | None) -> Plan:
+    """Read the existing plan (checking it matches), or discover the input and write one.
+
+    Every shard of a fanned-out phase may call this at once: each computes the
+    same plan from the same input and the renames are atomic.
+    """
+    path = work.root / "plan.json"
+    if path.exists():
+        plan = Plan(json.loads(path.read_text()))
+        _check_same(spec, plan, num_shards, work)
+        return plan
+    if num_shards is None:
+        raise UserError(f"{work.root} has no plan.json: the clean phase has not started there",
+                        "run `llmops prepare SPEC --phase clean --shard I --num-shards N` for every shard first")
+    units, skipped = discover(spec.input)
+    if not units:
+        raise UserError("the input holds no readable file", "check input.paths and input.format")
+    data = {"fingerprint": spec.fingerprint(), "config": json.loads(spec.model_dump_json()),
+            "num_shards": num_shards, "units": [u.to_dict() for u in units], "skipped_files": skipped}
+    work.root.mkdir(parents=True, exist_ok=True)
+    write_json(path, data)
+    return Plan(data)
+
+
+def _check_same(spec: PrepareSpec, plan: Plan, num_shards: int | None, work: WorkDir) -> None:
+    if plan.data["fingerprint"] != spec.fingerprint():
+        old, new = plan.data["config"], json.loads(spec.model_dump_json())
+        changed = sorted(k for k in new if k not in ("workers", "num_shards") and old.get(k) != new[k])
+        raise UserError(f"{work.root} was started with a different prepare config (changed: "
+                        f"{', '.join(changed) or 'details'}); finished shards would not match the new ones",
+                        f"delete {work.root} to start over, or restore the earlier settings")
+    if num_shards is not None and num_shards != plan.num_shards:
+        raise UserError(f"{work.root} was started with {plan.num_shards} shard(s), not {num_shards}",
+                        f"use --num-shards {plan.num_shards}, or delete {work.root} to start over")

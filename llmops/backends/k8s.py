@@ -23,11 +23,11 @@ from dataclasses import dataclass, field
 import yaml
 
 from llmops.backends.base import Backend, Request
-from llmops.backends.k8s_api import Cluster
+from llmops.backends.k8s_api import Cluster, ClusterError
 from llmops.backends.k8s_jobs import Stage, indexed_jobs, jobset, stages_of
 from llmops.backends.k8s_objects import STAGE_LABEL, RunNames, config_map, headless_service, network_policy
 from llmops.backends.k8s_spec import K8sProfile, K8sSpec, parse_profile_section
-from llmops.errors import SpecError
+from llmops.errors import SpecError, UserError
 from llmops.rundir import CANCELLED, FAILED, PENDING, RUNNING, SUCCEEDED, TERMINAL, RunDir
 from llmops.spec import RunSpec, check_rules
 
@@ -88,6 +88,14 @@ class K8sBackend(Backend):
                           node_selector=profile.node_selector, pod_resources=_stage_pods(objects))
 
     def submit(self, request: K8sRequest) -> None:
+        """Check, clear leftovers of an earlier attempt, apply; a refused submit leaves the run FAILED."""
+        try:
+            self._submit(request)
+        except UserError as exc:
+            request.run.update_status(state=FAILED, message=f"not submitted: {exc.message}", ended_at=time.time())
+            raise
+
+    def _submit(self, request: K8sRequest) -> None:
         from llmops.backends.k8s_preflight import preflight
 
         names, jobset_flavor = request.names, request.flavor == "jobset"
@@ -97,8 +105,6 @@ class K8sBackend(Backend):
         # A resumed run applies its objects again: the old Jobs (finished or failed) must go first.
         if cluster.delete_run(names.selector, jobset=jobset_flavor) and not cluster.wait_gone(
                 names.selector, jobset=jobset_flavor):
-            from llmops.backends.k8s_api import ClusterError
-
             raise ClusterError(f"the pods of an earlier attempt of {names.base} are still terminating",
                                "wait a minute and resume again")
         cluster.apply_all(request.objects)

@@ -13,6 +13,7 @@ when a later object is refused.
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections.abc import Callable
 from typing import Any
@@ -66,7 +67,8 @@ class Cluster:
     def connect(cls, *, context: str | None, namespace: str) -> "Cluster":
         """Load the kubeconfig (or the in-cluster account); a clear error when there is none."""
         try:
-            api = kconfig.new_client_from_config(context=context)
+            # KUBECONFIG is read now, not when the client was imported (its default is fixed at import).
+            api = kconfig.new_client_from_config(config_file=os.environ.get("KUBECONFIG") or None, context=context)
         except kconfig.ConfigException as exc:
             try:
                 if context is not None:

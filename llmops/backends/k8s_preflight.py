@@ -132,7 +132,8 @@ def _fits(wanted: dict[str, str], nodes: list[k.V1Node], selector: str | None, n
     offers = [{name: parse_quantity((n.status.allocatable or {}).get(name, "0")) for name in need} for n in nodes]
     if any(all(offer[name] >= amount for name, amount in need.items()) for offer in offers):
         return
-    for name, amount in need.items():
+    # Devices first: with too many GPUs per pod, the CPU and memory derived from them do not fit either.
+    for name, amount in sorted(need.items(), key=lambda item: item[0] in ("cpu", "memory")):
         most = max((offer[name] for offer in offers), default=0)
         if 0 < most < amount:
             where = f" matching {selector}" if selector else ""

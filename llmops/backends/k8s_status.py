@@ -26,6 +26,8 @@ from llmops.backends.k8s_objects import (
 from llmops.rundir import FAILED, PENDING, RUNNING, SUCCEEDED
 
 COMPLETION_INDEX = "batch.kubernetes.io/job-completion-index"
+# Connect within 5 s; a followed log may stay quiet for long (a checkpoint, a slow step), so wait days.
+FOLLOW_TIMEOUT = (5, 7 * 86400)
 
 
 @dataclass
@@ -212,7 +214,7 @@ def _stream(cluster: Cluster, pod: k.V1Pod, out: queue.Queue) -> None:
     try:
         resp = cluster.call(f"following the log of {pod.metadata.name}", cluster.core.read_namespaced_pod_log,
                             pod.metadata.name, cluster.namespace, container=MAIN_CONTAINER, follow=True,
-                            _preload_content=False, timeout=(5, None))
+                            _preload_content=False, timeout=FOLLOW_TIMEOUT)
         pending = b""
         for chunk in resp.stream(4096):
             pending += chunk

@@ -1,0 +1,195 @@
+"""Submit, status, logs and cancel through the official client, against the fake API server
+in conftest.py; and every way a submit can be refused: a clear message, exit code 2, and
+nothing left behind on the cluster."""
+
+from __future__ import annotations
+
+import socket
+
+import pytest
+from llmops_testing import llmops, tiny_spec, write_spec
+
+from llmops import runs
+from llmops.errors import UserError
+from llmops.rundir import RunDir
+from llmops.spec import parse_spec
+
+
+def k8s_spec(**k8s) -> dict:
+    spec = tiny_spec("tiny-k8s", tp=2, pp=2, procs=2, restarts={"max_restarts": 2})
+    spec.update(backend="k8s", resources={"nodes": 2, "cpu": True, "processes_per_node": 2},
+                k8s={"image": "llmops:dev", **k8s})
+    return spec
+
+
+def plan(tmp_path, **k8s):
+    return runs.plan(parse_spec(k8s_spec(**k8s)), root=tmp_path / "runs")
+
+
+def refused(tmp_path, **k8s) -> tuple[str, RunDir]:
+    request = plan(tmp_path, **k8s)
+    with pytest.raises(UserError) as info:
+        runs.submit(request)
+    return info.value.render(), request.run
+
+
+def test_submit_applies_every_object_server_side(fake_cluster, tmp_path):
+    run = runs.submit(plan(tmp_path))
+    assert fake_cluster.kinds() == ["ConfigMap", "Job", "NetworkPolicy", "Service"]
+    assert {manager for _, manager in fake_cluster.applies} == {"llmops"}
+    status = run.read_status()
+    assert status.state == "PENDING" and status.job_id == f"llmops/{run.id}"
+
+
+def test_status_follows_pods_and_the_job_conditions(fake_cluster, tmp_path):
+    run = runs.submit(plan(tmp_path))
+    job_name = f"{run.id}-pretrain"
+    fake_cluster.add("pods", f"{job_name}-0-x", _pod(run.id, job_name, 0, scheduled=False))
+    st = runs.status(run)
+    assert st.state == "PENDING" and "Insufficient cpu" in st.message
+    for i in (0, 1):
+        fake_cluster.add("pods", f"{job_name}-{i}-x", _pod(run.id, job_name, i, ignored=1))
+    st = runs.status(run)
+    assert (st.state, st.restarts) == ("RUNNING", 1) and "2/2 pod(s) running" in st.message
+    fake_cluster.logs[f"{job_name}-1-x"] = "[step 1/4] loss=6.2 lr=1e-3\n"
+    assert list(runs.logs(run, follow=False)) == ["[node1]:[step 1/4] loss=6.2 lr=1e-3"]
+    assert runs.parse_step_line(list(runs.logs(run, follow=False))[0]).step == 1
+    job = fake_cluster.objects[("jobs", "llmops", job_name)]
+    job["status"] = {"conditions": [{"type": "Complete", "status": "True"}]}
+    st = runs.status(run)
+    assert (st.state, st.exit_code) == ("SUCCEEDED", 0)
+
+
+def test_a_failed_job_fails_the_run_with_the_controllers_reason(fake_cluster, tmp_path):
+    run = runs.submit(plan(tmp_path))
+    job = fake_cluster.objects[("jobs", "llmops", f"{run.id}-pretrain")]
+    job["status"] = {"conditions": [{"type": "Failed", "status": "True", "reason": "PodFailurePolicy",
+                                     "message": "Container trainer for pod llmops/x failed with exit code 2 "
+                                                "matching FailJob rule at index 0"}]}
+    st = runs.status(run)
+    assert st.state == "FAILED" and "exit code 2" in st.message and "PodFailurePolicy" in st.message
+
+
+def test_cancel_deletes_the_runs_objects(fake_cluster, tmp_path):
+    run = runs.submit(plan(tmp_path))
+    final = runs.cancel(run, wait=10)
+    assert final.state == "CANCELLED" and fake_cluster.kinds() == []
+
+
+def test_resubmitting_a_run_replaces_the_old_objects(fake_cluster, tmp_path):
+    run = runs.submit(plan(tmp_path))
+    job = fake_cluster.objects[("jobs", "llmops", f"{run.id}-pretrain")]
+    job["status"] = {"conditions": [{"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded",
+                                     "message": "too many failures"}]}
+    assert runs.status(run).state == "FAILED"
+    first_uid = job["metadata"]["uid"]
+    runs.resume(run)
+    new_job = fake_cluster.objects[("jobs", "llmops", f"{run.id}-pretrain")]
+    assert new_job["metadata"]["uid"] != first_uid and "status" not in new_job
+    assert run.read_status().state == "PENDING"
+
+
+def test_unreachable_api_server_is_a_clear_error_with_exit_2(tmp_path, kubeconfig_for):
+    with socket.socket() as s:  # a loopback port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    kubeconfig = kubeconfig_for(tmp_path / "kubeconfig", f"https://127.0.0.1:{port}")
+    spec = write_spec(tmp_path / "s.yaml", k8s_spec())
+    res = llmops("submit", str(spec), "--runs-dir", str(tmp_path / "runs"), env={"KUBECONFIG": str(kubeconfig)})
+    assert res.returncode == 2 and "Traceback" not in res.stderr
+    assert f"cannot reach the Kubernetes API server at https://127.0.0.1:{port}" in res.stderr
+    assert "--context" in res.stderr
+    (run_dir,) = (tmp_path / "runs").iterdir()
+    status = RunDir(run_dir).read_status()
+    assert status.state == "FAILED" and status.message.startswith("not submitted")
+
+
+def test_unknown_context_names_the_fix(fake_cluster, tmp_path):
+    message, _ = refused(tmp_path, context="prod-eu")
+    assert "context 'prod-eu'" in message and "kubectl config get-contexts" in message
+
+
+def test_missing_namespace(fake_cluster, tmp_path):
+    message, _ = refused(tmp_path, namespace="team-a")
+    assert "namespace 'team-a' does not exist" in message and "kubectl apply -k cluster/k8s" in message
+    assert fake_cluster.kinds("team-a") == []
+
+
+def test_missing_claim(fake_cluster, tmp_path):
+    message, _ = refused(tmp_path, checkpoint_pvc="ckpt")
+    assert "PersistentVolumeClaim 'ckpt' (k8s.checkpoint_pvc) does not exist" in message
+    assert fake_cluster.kinds() == []
+
+
+def test_rbac_denial_is_found_before_anything_is_created(fake_cluster, tmp_path):
+    fake_cluster.denied |= {("create", "jobs"), ("get", "pods/log")}
+    spec = write_spec(tmp_path / "s.yaml", k8s_spec())
+    res = llmops("submit", str(spec), "--runs-dir", str(tmp_path / "runs"))
+    assert res.returncode == 2 and "Traceback" not in res.stderr
+    text = " ".join(res.stderr.split())
+    assert "you may not" in text and "get pods/log" in text and "create jobs.batch" in text
+    assert "llmops-submitter" in text
+    assert fake_cluster.kinds() == []
+
+
+def test_an_object_refused_mid_submit_takes_the_earlier_ones_with_it(fake_cluster, tmp_path):
+    fake_cluster.refuse["jobs"] = (403, "Forbidden", 'admission webhook "policy.example" denied the request: '
+                                   "GPU jobs need a cost-center label")
+    message, run = refused(tmp_path)
+    assert "denied the request: GPU jobs need a cost-center label" in message
+    assert fake_cluster.kinds() == []  # ConfigMap, Service and NetworkPolicy were deleted again
+    assert run.read_status().state == "FAILED"
+
+
+def test_more_gpus_than_any_node_offers(fake_cluster, tmp_path):
+    fake_cluster.nodes = [fake_cluster.node("gpu-1", cpu="96", memory="1Ti", **{"nvidia.com/gpu": "8"})]
+    spec = k8s_spec()
+    spec.update(resources={"nodes": 2, "gpus_per_node": 16}, parallelism={"tensor": 2, "pipeline": 2})
+    spec["train"]["global_batch_size"] = 16  # micro-batch 2 x data-parallel 8
+    request = runs.plan(parse_spec(spec), root=tmp_path / "runs")
+    with pytest.raises(UserError) as info:
+        runs.submit(request)
+    text = info.value.render()
+    assert "needs 16 nvidia.com/gpu, but no node offers that much (the most any node has is 8)" in text
+    assert "gpus_per_node" in text and fake_cluster.kinds() == []
+
+
+def test_jobset_flavor_needs_the_jobset_api(fake_cluster, tmp_path):
+    fake_cluster.installed.discard("jobsets")
+    message, _ = refused(tmp_path, flavor="jobset")
+    assert "JobSet API (jobset.x-k8s.io/v1alpha2) is not installed" in message and "indexed-job" in message
+    assert fake_cluster.kinds() == []
+
+
+def test_a_queue_that_does_not_exist(fake_cluster, tmp_path):
+    message, _ = refused(tmp_path, queue="gpu-team")
+    assert "Kueue LocalQueue 'gpu-team'" in message and fake_cluster.kinds() == []
+
+
+def _pod(run_id: str, job: str, index: int, *, ignored: int = 0, scheduled: bool = True) -> dict:
+    labels = {"llmops.dev/run": run_id, "llmops.dev/stage": "pretrain", "job-name": job}
+    annotations = {"batch.kubernetes.io/job-completion-index": str(index)}
+    if ignored:
+        annotations["batch.kubernetes.io/job-index-ignored-failure-count"] = str(ignored)
+    if not scheduled:
+        return {"metadata": {"labels": labels, "annotations": annotations}, "status": {"phase": "Pending",
+                "conditions": [{"type": "PodScheduled", "status": "False", "reason": "Unschedulable",
+                                "message": "0/1 nodes are available: 1 Insufficient cpu."}]}}
+    return {"metadata": {"labels": labels, "annotations": annotations},
+            "status": {"phase": "Running", "containerStatuses": [
+                {"name": "trainer", "ready": True, "restartCount": 0, "image": "llmops:dev", "imageID": "",
+                 "state": {"running": {"startedAt": "2025-01-01T00:00:00Z"}}}]}}
+
+
+def test_following_logs_streams_every_pod_until_the_run_ends(fake_cluster, tmp_path):
+    run = runs.submit(plan(tmp_path))
+    job_name = f"{run.id}-pretrain"
+    for i in (0, 1):
+        fake_cluster.add("pods", f"{job_name}-{i}-x", _pod(run.id, job_name, i))
+        fake_cluster.logs[f"{job_name}-{i}-x"] = f"hello from {i}\n[step 4/4] loss=1.0\n"
+    fake_cluster.objects[("jobs", "llmops", job_name)]["status"] = {
+        "conditions": [{"type": "Complete", "status": "True"}]}
+    lines = list(runs.logs(run, follow=True))
+    assert sorted(lines) == ["[node0]:[step 4/4] loss=1.0", "[node0]:hello from 0",
+                             "[node1]:[step 4/4] loss=1.0", "[node1]:hello from 1"]
+    assert run.read_status().state == "SUCCEEDED"

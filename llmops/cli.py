@@ -292,6 +292,43 @@ def resume(
         _follow(r)
 
 
+@app.command()
+def provision(
+    cloud: Annotated[str, typer.Argument(help="aws or oci.")],
+    nodes: Annotated[int, typer.Option("--nodes", help="Number of GPU nodes.")] = 1,
+    gpu_type: Annotated[Optional[str], typer.Option(
+        "--gpu-type", help="aws: instance type (p5.48xlarge); oci: bare-metal shape (BM.GPU.H100.8).")] = None,
+    name: Annotated[str, typer.Option("--name", help="Cluster and profile name.")] = "llmops",
+    region: Annotated[Optional[str], typer.Option(
+        "--region", help="Region (default: $AWS_REGION on aws, $OCI_CLI_REGION on oci).")] = None,
+    zone: Annotated[Optional[str], typer.Option(
+        "--zone", help="Zone (aws) or availability domain (oci) of the GPU nodes.")] = None,
+    reservation: Annotated[Optional[str], typer.Option(
+        "--reservation", help="Capacity reservation to launch into (aws cr-..., oci OCID).")] = None,
+    capacity_block: Annotated[bool, typer.Option(
+        "--capacity-block", help="aws: the reservation is a Capacity Block for ML.")] = False,
+    api_cidr: Annotated[Optional[list[str]], typer.Option(
+        "--api-cidr", help="CIDR allowed to reach the Kubernetes API (repeatable); none keeps it private.")] = None,
+    tenancy: Annotated[Optional[str], typer.Option("--tenancy", help="oci: tenancy OCID.")] = None,
+    compartment: Annotated[Optional[str], typer.Option("--compartment", help="oci: compartment OCID.")] = None,
+    gpu_image: Annotated[Optional[str], typer.Option("--gpu-image", help="oci: RDMA GPU image OCID.")] = None,
+    home_region: Annotated[Optional[str], typer.Option(
+        "--home-region", help="oci: tenancy home region (default: --region).")] = None,
+    plan: Annotated[bool, typer.Option("--plan", help="Show Terraform's plan; create nothing.")] = False,
+    destroy: Annotated[bool, typer.Option("--destroy", help="Tear the cluster down.")] = False,
+    yes: Annotated[bool, typer.Option("--yes", help="Apply or destroy without Terraform's prompt.")] = False,
+    workdir: Annotated[Optional[Path], typer.Option(
+        "--workdir", help="Cluster folder (default: $LLMOPS_CLUSTERS_DIR/<name>, else ~/.local/share/llmops/clusters/<name>).")] = None,
+) -> None:
+    """Create a GPU cluster with Terraform (or --plan, --destroy); write its kubeconfig and profile."""
+    from llmops import provision as prov
+
+    req = prov.request_from_args(cloud, nodes=nodes, gpu_type=gpu_type, name=name, region=region, zone=zone,
+                                 reservation=reservation, capacity_block=capacity_block, api_cidrs=api_cidr,
+                                 tenancy=tenancy, compartment=compartment, gpu_image=gpu_image,
+                                 home_region=home_region, plan=plan, destroy=destroy, yes=yes, workdir=workdir)
+    prov.run(req, say=err.print)
+
 def main() -> None:
     """Console entry point: maps errors to exit codes and one-paragraph messages.
 

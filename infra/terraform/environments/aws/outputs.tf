@@ -16,6 +16,8 @@ output "cluster" {
     gpu_node_count           = var.gpu_node_count
     gpus_per_node            = module.gpu_nodes.gpus_per_node
     efa_interfaces_per_node  = module.gpu_nodes.efa_interfaces_per_node
+    vcpus_per_node           = module.gpu_nodes.vcpus_per_node
+    memory_gib_per_node      = module.gpu_nodes.memory_gib_per_node
     gpu_node_labels          = module.gpu_nodes.labels
     gpu_node_taints          = module.gpu_nodes.taints
     placement_group          = module.gpu_nodes.placement_group_name

@@ -13,6 +13,16 @@ output "gpus_per_node" {
   value       = sum([for g in data.aws_ec2_instance_type.gpu.gpus : g.count])
 }
 
+output "vcpus_per_node" {
+  description = "vCPUs per node (pods size their CPU requests from it)."
+  value       = data.aws_ec2_instance_type.gpu.default_vcpus
+}
+
+output "memory_gib_per_node" {
+  description = "Memory per node in GiB."
+  value       = floor(data.aws_ec2_instance_type.gpu.memory_size / 1024)
+}
+
 output "efa_interfaces_per_node" {
   description = "EFA interfaces per node (the vpc.amazonaws.com/efa resource a pod requests); 0 without EFA."
   value       = local.efa_interfaces

@@ -20,6 +20,8 @@ mock_provider "aws" {
     defaults = {
       maximum_network_cards = 32
       efa_supported         = true
+      default_vcpus         = 192
+      memory_size           = 2097152
       gpus                  = [{ count = 8, manufacturer = "NVIDIA", memory_size = 81920, name = "H100" }]
     }
   }
@@ -41,7 +43,9 @@ run "cluster_output_describes_the_gpu_nodes" {
       output.cluster.gpu_instance_type == "p5.48xlarge" &&
       output.cluster.gpu_node_count == 4 &&
       output.cluster.gpus_per_node == 8 &&
-      output.cluster.efa_interfaces_per_node == 32
+      output.cluster.efa_interfaces_per_node == 32 &&
+      output.cluster.vcpus_per_node == 192 &&
+      output.cluster.memory_gib_per_node == 2048
     )
     error_message = "The cluster output must describe 4 p5 nodes with 8 GPUs and 32 EFA interfaces each."
   }

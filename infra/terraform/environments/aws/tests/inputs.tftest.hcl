@@ -18,6 +18,8 @@ mock_provider "aws" {
     defaults = {
       maximum_network_cards = 32
       efa_supported         = true
+      default_vcpus         = 192
+      memory_size           = 2097152
       gpus                  = [{ count = 8, manufacturer = "NVIDIA", memory_size = 81920, name = "H100" }]
     }
   }

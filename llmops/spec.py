@@ -422,6 +422,9 @@ def _k8s_rules(spec: RunSpec) -> list[Problem]:
     paths = [("checkpoint.dir", spec.checkpoint.dir)] if spec.checkpoint.dir else []
     if spec.data.indexed is not None:
         paths += [(f"data.indexed.paths.{i}", p) for i, p in enumerate(spec.data.indexed.paths)]
+    if spec.prepare is not None:
+        paths += [(f"prepare.input.paths.{i}", p) for i, p in enumerate(spec.prepare.input.paths)]
+        paths.append(("prepare.output.dir", spec.prepare.output.dir))
     for where, path in paths:
         if not path.startswith(root):
             out.append(Problem(where, path, f"is not on the shared volume mounted at k8s.mount_path={k8s.mount_path}",

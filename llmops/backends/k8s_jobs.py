@@ -45,25 +45,45 @@ JOBSET_API = "jobset.x-k8s.io/v1alpha2"
 
 @dataclass(frozen=True)
 class Stage:
-    """One stage of a run as Kubernetes runs it: `indexes` pods that form one torchrun job."""
+    """One Job of a run: `indexes` pods that run either a torchrun gang or independent shards.
+
+    kind "torchrun": the pods form one training job (a node each, gang restarts).
+    kind "prepare": each pod runs shard <index> of one data-preparation phase on its own.
+    """
 
     name: str
     indexes: int
     procs_per_node: int
     gpus_per_node: int
+    kind: str = "torchrun"
+    phase: str | None = None
+    shards: int = 0  # the map phases' shard count, which every phase of the stage passes on
 
 
 def stages_of(spec) -> list[Stage]:
-    """The run's stages in order (spec.stages), each with the pods it needs."""
-    res = spec.resources
+    """The run's Jobs in the order they run (spec.stages; data preparation becomes one Job per phase)."""
     out = []
     for name in spec.stages:
-        if name != "pretrain":
+        if name == "prepare":
+            out += _prepare_stages(spec)
+        elif name == "pretrain":
+            res = spec.resources
+            out.append(Stage(name=name, indexes=res.nodes, procs_per_node=res.procs_per_node,
+                             gpus_per_node=0 if res.cpu else (res.gpus_per_node or 0)))
+        else:
             raise UserError(f"the k8s backend cannot run the '{name}' stage yet",
                             f"run '{name}' with another backend, or remove it from the spec")
-        out.append(Stage(name=name, indexes=res.nodes, procs_per_node=res.procs_per_node,
-                         gpus_per_node=0 if res.cpu else (res.gpus_per_node or 0)))
     return out
+
+
+def _prepare_stages(spec) -> list[Stage]:
+    """`llmops prepare --phase P --shard I --num-shards N`: a map phase is an Indexed Job of N pods, a
+    reduce phase one pod; each phase starts when the one before it has finished on every shard."""
+    from llmops.prepare.pipeline import MAP_PHASES, PHASES
+
+    shards = spec.prepare.num_shards or (spec.k8s or K8sSpec()).prepare_shards
+    return [Stage(name=f"prepare-{phase}", indexes=shards if phase in MAP_PHASES else 1, procs_per_node=1,
+                  gpus_per_node=0, kind="prepare", phase=phase, shards=shards) for phase in PHASES]
 
 
 def _exit_codes(action: str, codes: list[int]) -> k.V1PodFailurePolicyRule:
@@ -89,7 +109,8 @@ def _plan(*, names: RunNames, spec, k8s: K8sSpec, profile: K8sProfile, profile_e
         flavor_env = [field_env("LLMOPS_INDEX_FAILURES", f"metadata.annotations['{INDEX_FAILURES}']"),
                       field_env("LLMOPS_INDEX_IGNORED_FAILURES", f"metadata.annotations['{INDEX_IGNORED_FAILURES}']")]
     return PodPlan(
-        names=names, stage=stage.name, k8s=k8s, profile=profile, profile_env=profile_env, run_dir=run_dir,
+        names=names, stage=stage.name, kind=stage.kind, phase=stage.phase, shards=stage.shards,
+        k8s=k8s, profile=profile, profile_env=profile_env, run_dir=run_dir,
         nnodes=stage.indexes, procs_per_node=stage.procs_per_node, gpus_per_node=stage.gpus_per_node,
         max_restarts=spec.restarts.max_restarts, rdzv_host=rdzv_host,
         after=f"{previous.name}:{previous.indexes}" if previous else "", flavor_env=flavor_env,

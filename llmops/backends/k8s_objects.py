@@ -125,6 +125,9 @@ class PodPlan:
 
     names: RunNames
     stage: str
+    kind: str  # "torchrun" (a training gang) or "prepare" (independent data-preparation shards)
+    phase: str | None  # the data-preparation phase of a "prepare" stage
+    shards: int
     k8s: K8sSpec
     profile: K8sProfile
     profile_env: dict[str, str]
@@ -140,8 +143,14 @@ class PodPlan:
 
 
 def resources(plan: PodPlan) -> k.V1ResourceRequirements:
-    """Requests equal limits: a training pod gets exactly what it asked for (Guaranteed QoS)."""
+    """Requests equal limits: a training pod gets exactly what it asked for (Guaranteed QoS).
+
+    The GPU fabric (EFA devices, the RDMA device plugin) is requested by GPU pods only.
+    """
     spec, prof = plan.k8s, plan.profile
+    if plan.kind == "prepare":
+        amount = {"cpu": spec.prepare_cpu, "memory": spec.prepare_memory}
+        return k.V1ResourceRequirements(requests=dict(amount), limits=dict(amount))
     if plan.gpus_per_node:
         cpu = spec.cpu or str(prof.cpu_per_gpu * plan.gpus_per_node)
         memory = spec.memory or f"{prof.memory_gib_per_gpu * plan.gpus_per_node}Gi"
@@ -151,9 +160,9 @@ def resources(plan: PodPlan) -> k.V1ResourceRequirements:
     amounts = {"cpu": cpu, "memory": memory}
     if plan.gpus_per_node:
         amounts[prof.gpu_resource] = str(plan.gpus_per_node)
-    if prof.network == "efa":
+    if plan.gpus_per_node and prof.network == "efa":
         amounts["vpc.amazonaws.com/efa"] = str(prof.efa_per_node)
-    if prof.network == "rdma":
+    if plan.gpus_per_node and prof.network == "rdma":
         amounts[prof.rdma_resource] = "1"  # the shared RDMA device plugin mounts /dev/infiniband
     return k.V1ResourceRequirements(requests=dict(amounts), limits=dict(amounts))
 
@@ -172,7 +181,7 @@ def container_security(plan: PodPlan) -> k.V1SecurityContext:
     EFA needs no capability: the EFA device plugin and the EKS GPU AMI's unlimited memlock suffice,
     so AWS pods pass the `restricted` Pod Security Standard.
     """
-    add = ["IPC_LOCK"] if plan.profile.network == "rdma" else None
+    add = ["IPC_LOCK"] if plan.gpus_per_node and plan.profile.network == "rdma" else None
     return k.V1SecurityContext(privileged=False, allow_privilege_escalation=False,
                                capabilities=k.V1Capabilities(drop=["ALL"], add=add),
                                seccomp_profile=k.V1SeccompProfile(type="RuntimeDefault"))
@@ -196,19 +205,23 @@ def _field(path: str) -> k.V1EnvVarSource:
 
 
 def trainer_env(plan: PodPlan) -> list[k.V1EnvVar]:
-    values = {
-        "LLMOPS_RUN_DIR": plan.run_dir, "LLMOPS_STAGE": plan.stage,
-        "LLMOPS_NNODES": str(plan.nnodes), "LLMOPS_NPROC_PER_NODE": str(plan.procs_per_node),
-        "LLMOPS_RDZV_HOST": plan.rdzv_host, "LLMOPS_RDZV_PORT": str(plan.k8s.rendezvous_port),
-        "LLMOPS_RDZV_ID": plan.names.job(plan.stage), "LLMOPS_RDZV_TIMEOUT": str(plan.k8s.rendezvous_timeout),
-        "LLMOPS_MAX_RESTARTS": str(plan.max_restarts), "PYTHONUNBUFFERED": "1",
-    }
+    values = {"LLMOPS_RUN_DIR": plan.run_dir, "LLMOPS_STAGE": plan.stage, "LLMOPS_STAGE_KIND": plan.kind,
+              "LLMOPS_NNODES": str(plan.nnodes), "LLMOPS_MAX_RESTARTS": str(plan.max_restarts),
+              "PYTHONUNBUFFERED": "1"}
+    if plan.kind == "prepare":
+        values.update(LLMOPS_PREPARE_PHASE=plan.phase, LLMOPS_NUM_SHARDS=str(plan.shards))
+    else:
+        values.update({
+            "LLMOPS_NPROC_PER_NODE": str(plan.procs_per_node), "LLMOPS_RDZV_HOST": plan.rdzv_host,
+            "LLMOPS_RDZV_PORT": str(plan.k8s.rendezvous_port), "LLMOPS_RDZV_ID": plan.names.job(plan.stage),
+            "LLMOPS_RDZV_TIMEOUT": str(plan.k8s.rendezvous_timeout)})
     if not plan.gpus_per_node:
-        values["CUDA_VISIBLE_DEVICES"] = ""  # a CPU run stays on the CPU even on a GPU node
-        cores = plan.k8s.cpu or str(plan.procs_per_node)
+        values["CUDA_VISIBLE_DEVICES"] = ""  # a CPU pod stays on the CPU even on a GPU node
+        cores = plan.k8s.prepare_cpu if plan.kind == "prepare" else (plan.k8s.cpu or str(plan.procs_per_node))
         threads = max(1, int(float(cores.rstrip("m")) / (1000 if cores.endswith("m") else 1)) // plan.procs_per_node)
         values["OMP_NUM_THREADS"] = str(threads)
-    values.update(plan.profile_env)
+    if plan.kind == "torchrun":
+        values.update(plan.profile_env)  # the site's NCCL/libfabric settings concern training processes
     env = [k.V1EnvVar(name=n, value=v) for n, v in values.items()]
     return env + plan.flavor_env
 
@@ -231,15 +244,20 @@ def setup_container(plan: PodPlan, image: str) -> k.V1Container:
 
 def pod_template(plan: PodPlan) -> k.V1PodTemplateSpec:
     spec, prof = plan.k8s, plan.profile
+    gang = plan.kind == "torchrun"
     trainer = k.V1Container(
         name=MAIN_CONTAINER, image=spec.image, image_pull_policy=spec.image_pull_policy,
         command=["python", "-m", "llmops.backends.k8s_pod", "run"], env=trainer_env(plan),
-        ports=[k.V1ContainerPort(name="rendezvous", container_port=spec.rendezvous_port, protocol="TCP")],
+        ports=[k.V1ContainerPort(name="rendezvous", container_port=spec.rendezvous_port, protocol="TCP")]
+        if gang else None,
         resources=resources(plan), security_context=container_security(plan),
         volume_mounts=[k.V1VolumeMount(name="shared", mount_path=spec.mount_path),
                        k.V1VolumeMount(name="dshm", mount_path="/dev/shm")],
     )
-    host_net = prof.uses_host_network
+    # GPU placement (node pool, taints, host networking for RDMA) applies to GPU pods only;
+    # data preparation and CPU runs land on any node.
+    gpu = plan.gpus_per_node > 0
+    host_net = gpu and prof.uses_host_network
     pod = k.V1PodSpec(
         restart_policy="Never",  # the Job replaces failed pods; podFailurePolicy needs Never
         subdomain=plan.subdomain, service_account_name=spec.service_account,
@@ -248,8 +266,8 @@ def pod_template(plan: PodPlan) -> k.V1PodTemplateSpec:
         termination_grace_period_seconds=spec.termination_grace_seconds,
         security_context=pod_security(spec), host_network=host_net or None,
         dns_policy="ClusterFirstWithHostNet" if host_net else None,  # keep cluster DNS for the rendezvous name
-        node_selector=prof.node_selector or None,
-        tolerations=[k.V1Toleration(**t.model_dump(exclude_none=True)) for t in prof.tolerations] or None,
+        node_selector=(prof.node_selector if gpu else None) or None,
+        tolerations=[k.V1Toleration(**t.model_dump(exclude_none=True)) for t in prof.tolerations if gpu] or None,
         image_pull_secrets=[k.V1LocalObjectReference(name=s) for s in spec.image_pull_secrets] or None,
         init_containers=[setup_container(plan, spec.image)], containers=[trainer],
         volumes=[

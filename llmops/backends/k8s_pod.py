@@ -15,9 +15,10 @@ environment, see ``tests/backends/k8s/test_pod_entrypoint.py``):
 
 ``run`` (main container)
     Skips work that is already complete (a restarted JobSet re-creates
-    finished stages), waits until the rendezvous host resolves, runs the
-    stage (for training: ``llmops_model.launch`` = torchrun with the exit-code
-    mapping, the c10d store on index 0), forwards SIGTERM so the job can
+    finished stages), runs the stage: for training, once the rendezvous host
+    resolves, ``llmops_model.launch`` (torchrun with the exit-code mapping,
+    the c10d store on index 0); for data preparation, ``llmops prepare
+    --phase P --shard <index> --num-shards N``. It forwards SIGTERM so the job can
     checkpoint, tees the output into ``logs/`` on the shared volume, and
     leaves a marker: ``stages/<stage>/<index>.done`` on success, or
     ``stages/<stage>.failed`` when the stage will not be retried, which the
@@ -39,7 +40,7 @@ from pathlib import Path
 
 from llmops.errors import EXIT_BAD_INPUT, EXIT_OK, EXIT_REQUEUE
 
-POLL_SECONDS = 5.0
+POLL_SECONDS = 2.0  # a stat of a few marker files; cheap even on a parallel file system
 
 
 def _env(name: str, default: str | None = None) -> str:
@@ -161,22 +162,34 @@ def restart_number() -> int:
             + _int_env("LLMOPS_JOBSET_RESTART"))
 
 
+def prepare_argv(*, run_dir: Path, index: int) -> list[str]:
+    """One shard of one data-preparation phase (llmops.prepare.pipeline's sharded interface)."""
+    return [sys.executable, "-m", "llmops", "prepare", str(run_dir / "spec.yaml"),
+            "--phase", _env("LLMOPS_PREPARE_PHASE"), "--shard", str(index), "--num-shards", _env("LLMOPS_NUM_SHARDS")]
+
+
 def run() -> int:
     run_dir = Path(_env("LLMOPS_RUN_DIR"))
-    stage = _env("LLMOPS_STAGE")
+    stage, kind = _env("LLMOPS_STAGE"), _env("LLMOPS_STAGE_KIND", "torchrun")
     index = _int_env("JOB_COMPLETION_INDEX")
-    nnodes = _int_env("LLMOPS_NNODES", 1)
-    if stage_complete(run_dir, stage, nnodes):
-        _log(f"stage '{stage}' already finished (markers in {markers(run_dir, stage)}); nothing to do")
-        return EXIT_OK
-    host = _env("LLMOPS_RDZV_HOST")
-    if not wait_for_host(host, timeout=_int_env("LLMOPS_RDZV_TIMEOUT", 900)):
-        _log(f"the rendezvous host {host} does not resolve (is the headless Service there?)")
-        return 1
+    if kind == "prepare":
+        # Shards are independent: only this index's own marker says its work is done.
+        if done_marker(run_dir, stage, index).exists():
+            _log(f"shard {index} of stage '{stage}' already finished; nothing to do")
+            return EXIT_OK
+        argv = prepare_argv(run_dir=run_dir, index=index)
+    else:
+        if stage_complete(run_dir, stage, _int_env("LLMOPS_NNODES", 1)):
+            _log(f"stage '{stage}' already finished (markers in {markers(run_dir, stage)}); nothing to do")
+            return EXIT_OK
+        host = _env("LLMOPS_RDZV_HOST")
+        if not wait_for_host(host, timeout=_int_env("LLMOPS_RDZV_TIMEOUT", 900)):
+            _log(f"the rendezvous host {host} does not resolve (is the headless Service there?)")
+            return 1
+        argv = launcher_argv(run_dir=run_dir, index=index)
     restart = restart_number()
     log = run_dir / "logs" / f"{stage}.restart-{restart}.node-{index}.log"
-    code = _supervise(launcher_argv(run_dir=run_dir, index=index), log=log,
-                      env={**os.environ, "LLMOPS_RESTART": str(restart)})
+    code = _supervise(argv, log=log, env={**os.environ, "LLMOPS_RESTART": str(restart)})
     _leave_marker(run_dir, stage, index, code, restart=restart)
     return code
 

@@ -60,6 +60,12 @@ class K8sSpec(_Model):
     """Memory request and limit of each pod; unset: derived like cpu (2Gi per CPU process + 1Gi)."""
     shm_size: str | None = Field(None, pattern=_QUANTITY)
     """Size of the memory-backed /dev/shm (counts against memory); unset: 1Gi on CPU, 16Gi per GPU."""
+    prepare_shards: int = Field(8, ge=1)
+    """Pods of each map phase of data preparation (clean, tokenize), unless prepare.num_shards is set."""
+    prepare_cpu: str = Field("2", pattern=_QUANTITY)
+    """CPU request and limit of each data-preparation pod (one shard each)."""
+    prepare_memory: str = Field("8Gi", pattern=_QUANTITY)
+    """Memory request and limit of each data-preparation pod."""
     run_as_user: int | None = Field(1000, ge=0)
     """UID the containers run as (non-root by default); null keeps the image's user, for images that need root."""
     termination_grace_seconds: int = Field(180, ge=10)

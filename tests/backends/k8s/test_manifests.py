@@ -41,11 +41,20 @@ def _gpu(profile: str, **k8s) -> dict:
     return spec
 
 
+def _prepared(spec: dict) -> dict:
+    """The spec with a data-preparation stage before training (training reads what it writes)."""
+    prepare = {"input": {"paths": ["/llmops/raw/*.jsonl"]}, "output": {"dir": "/llmops/data/corpus"},
+               "tokenizer": {"vocab_size": 512}, "num_shards": 3}
+    return {**spec, "prepare": prepare}
+
+
 CASES = {
     "cpu-indexed-job": _cpu(),
     "cpu-jobset": _cpu(flavor="jobset", queue="llmops"),
     "aws-efa": _gpu("aws-p5", queue="llmops", priority_class="llmops-training"),
     "oci-rdma": _gpu("oci-bm-gpu-h100", flavor="jobset"),
+    "prepare-indexed-job": _prepared(_cpu()),
+    "prepare-jobset-aws": _prepared(_gpu("aws-p5", flavor="jobset")),
 }
 
 
@@ -59,15 +68,41 @@ def objects(case: str, tmp_path: Path) -> dict[str, dict]:
     return {o["kind"]: o for o in render(case, tmp_path).objects}
 
 
+def workloads(case: str, tmp_path: Path) -> list[dict]:
+    """(name, Job spec) of each stage's Job, in order, for either flavour."""
+    objs = render(case, tmp_path).objects
+    if objs[-1]["kind"] == "JobSet":
+        return [{"name": r["name"], "dependsOn": r.get("dependsOn"), **r["template"]["spec"]}
+                for r in objs[-1]["spec"]["replicatedJobs"]]
+    return [{"name": o["metadata"]["labels"]["llmops.dev/stage"], **o["spec"]} for o in objs if o["kind"] == "Job"]
+
+
 def pod_specs(objs: dict[str, dict]) -> list[dict]:
     if "JobSet" in objs:
         return [r["template"]["spec"]["template"]["spec"] for r in objs["JobSet"]["spec"]["replicatedJobs"]]
     return [objs["Job"]["spec"]["template"]["spec"]]
 
 
+SPEC_PLACEHOLDER = "<the run's resolved spec.yaml, checked against the run directory's copy>"
+
+
+def _golden_view(name: str, text: str, spec_text: str) -> str:
+    """The file as the golden copy holds it: a ConfigMap's embedded spec is checked here and left out
+    there, so that a new run-spec field elsewhere in llmops does not rewrite every golden ConfigMap."""
+    if "-configmap-" not in name:
+        return text
+    obj = yaml.safe_load(text)
+    assert obj["data"]["spec.yaml"] == spec_text
+    obj["data"]["spec.yaml"] = SPEC_PLACEHOLDER
+    header = "".join(line for line in text.splitlines(keepends=True) if line.startswith("#"))
+    return header + yaml.safe_dump(obj, sort_keys=False)
+
+
 @pytest.mark.parametrize("case", CASES)
 def test_rendered_objects_match_golden_files(case, tmp_path):
-    files = render(case, tmp_path).files()
+    request = render(case, tmp_path)
+    spec_text = request.run.spec_path.read_text()
+    files = {name: _golden_view(name, text, spec_text) for name, text in request.files().items()}
     folder = GOLDEN / case
     if os.environ.get("LLMOPS_REGEN_GOLDEN") == "1":
         for old in folder.glob("**/*.yaml"):
@@ -232,3 +267,40 @@ def test_cli_render_refuses_bad_k8s_input_with_exit_2(tmp_path, change, args, ex
     res = llmops("render", str(spec), "--out", str(tmp_path / "out"), *args)
     assert res.returncode == 2 and "Traceback" not in res.stderr
     assert expected in res.stderr.replace("\n", " "), res.stderr
+
+
+@pytest.mark.parametrize("case", ["prepare-indexed-job", "prepare-jobset-aws"])
+def test_data_preparation_runs_phase_by_phase_before_training(case, tmp_path):
+    jobs = workloads(case, tmp_path)
+    names = [j["name"] for j in jobs]
+    assert names == ["prepare-clean", "prepare-dedup", "prepare-tokenizer", "prepare-tokenize", "prepare-finalize",
+                     "pretrain"]
+    assert [j["completions"] for j in jobs] == [3, 1, 1, 3, 1, CASES[case]["resources"]["nodes"]]
+    for previous, job in zip(jobs, jobs[1:]):
+        setup_env = {e["name"]: e.get("value") for e in job["template"]["spec"]["initContainers"][0]["env"]}
+        assert setup_env["LLMOPS_AFTER"] == f"{previous['name']}:{previous['completions']}"
+        if "jobset" in case:
+            assert job["dependsOn"] == [{"name": previous["name"], "status": "Complete"}]
+    for job in jobs[:5]:
+        pod = job["template"]["spec"]
+        main = pod["containers"][0]
+        env = {e["name"]: e.get("value") for e in main["env"]}
+        assert (env["LLMOPS_STAGE_KIND"], env["LLMOPS_PREPARE_PHASE"], env["LLMOPS_NUM_SHARDS"]) == (
+            "prepare", job["name"].split("-", 1)[1], "3")
+        # CPU work: no GPU, no fabric, no GPU node pool, no site NCCL settings.
+        assert set(main["resources"]["limits"]) == {"cpu", "memory"} and "nodeSelector" not in pod
+        assert "FI_PROVIDER" not in env and "ports" not in main
+
+
+def test_training_reads_what_preparation_writes_on_the_shared_volume(tmp_path):
+    spec = yaml.safe_load(render("prepare-indexed-job", tmp_path).objects[0]["data"]["spec.yaml"])
+    assert spec["data"]["indexed"]["paths"] == ["/llmops/data/corpus/corpus_text_document"]
+    assert spec["model"]["vocab_size"] == 512
+
+
+def test_preparation_paths_off_the_shared_volume_are_refused(tmp_path):
+    spec = _prepared(_cpu())
+    spec["prepare"]["output"]["dir"] = "/data/corpus"
+    res = llmops("render", str(write_spec(tmp_path / "s.yaml", spec)), "--out", str(tmp_path / "out"))
+    assert res.returncode == 2
+    assert "prepare.output.dir = '/data/corpus': is not on the shared volume" in " ".join(res.stderr.split())

@@ -61,18 +61,21 @@ def _resolve(env_list: list[dict], *, config_map: dict, annotations: dict[str, s
 
 
 class Pods:
-    """Start the rendered pods of one stage as processes, index by index."""
+    """Start the rendered pods of one stage's Job as processes, index by index."""
 
-    def __init__(self, request, tmp_path: Path):
-        objects = {o["kind"]: o for o in request.objects}
-        self.cm, self.job, self.svc = objects["ConfigMap"], objects["Job"], objects["Service"]
+    def __init__(self, request, tmp_path: Path, *, stage: str = "pretrain", dns: bool = True):
+        self.cm = next(o for o in request.objects if o["kind"] == "ConfigMap")
+        self.job = next(o for o in request.objects if o["kind"] == "Job"
+                        and o["metadata"]["labels"]["llmops.dev/stage"] == stage)
         self.pod = self.job["spec"]["template"]["spec"]
         self.tmp = tmp_path
-        hosts = tmp_path / "hosts"
-        names = [f"{self.job['metadata']['name']}-{i}.{self.pod['subdomain']}"
-                 for i in range(self.job["spec"]["completions"])]
-        hosts.write_text(Path("/etc/hosts").read_text() + "\n127.0.0.1 " + " ".join(names) + "\n")
-        self.prefix = _namespace_prefix(hosts)
+        self.prefix: list[str] = []
+        if dns:  # pod i is <job>-i.<service> in the cluster; here every such name is loopback
+            names = [f"{self.job['metadata']['name']}-{i}.{self.pod['subdomain']}"
+                     for i in range(self.job["spec"]["completions"])]
+            hosts = tmp_path / f"hosts-{stage}"
+            hosts.write_text(Path("/etc/hosts").read_text() + "\n127.0.0.1 " + " ".join(names) + "\n")
+            self.prefix = _namespace_prefix(hosts)
 
     def env(self, container: dict, index: int, failures: dict[str, str]) -> dict[str, str]:
         annotations = {"batch.kubernetes.io/job-completion-index": str(index), **failures}
@@ -80,13 +83,21 @@ class Pods:
         return {"PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", "HOME": str(self.tmp),
                 "HOSTNAME": f"{self.job['metadata']['name']}-{index}", "JOB_COMPLETION_INDEX": str(index), **env}
 
-    def start(self, index: int, failures: dict[str, str] | None = None) -> subprocess.Popen:
-        init, main = self.pod["initContainers"][0], self.pod["containers"][0]
-        setup = subprocess.run(self.prefix + init["command"], env=self.env(init, index, failures or {}),
-                               capture_output=True, text=True, timeout=60)
-        assert setup.returncode == 0, setup.stdout + setup.stderr
-        return subprocess.Popen(self.prefix + main["command"], env=self.env(main, index, failures or {}),
+    def _popen(self, container: dict, index: int, failures: dict[str, str] | None) -> subprocess.Popen:
+        return subprocess.Popen(self.prefix + container["command"], env=self.env(container, index, failures or {}),
                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+    def setup(self, index: int, failures: dict[str, str] | None = None) -> subprocess.Popen:
+        return self._popen(self.pod["initContainers"][0], index, failures)
+
+    def main(self, index: int, failures: dict[str, str] | None = None) -> subprocess.Popen:
+        return self._popen(self.pod["containers"][0], index, failures)
+
+    def start(self, index: int, failures: dict[str, str] | None = None) -> subprocess.Popen:
+        """The init container to completion, then the main container (as the kubelet does)."""
+        ((code, text),) = _wait([self.setup(index, failures)], timeout=60)
+        assert code == 0, text
+        return self.main(index, failures)
 
 
 def _wait(procs: list[subprocess.Popen], timeout: float = 120) -> list[tuple[int, str]]:
@@ -143,3 +154,41 @@ def test_pods_rendezvous_train_survive_sigterm_and_resume(rendered, tmp_path):
     # A restarted pod of a finished stage does nothing (a JobSet restart re-creates finished stages).
     code, text = _wait([pods.start(1)])[0]
     assert code == 0 and "already finished" in text
+
+
+def _prepare_request(tmp_path: Path, *, builtin: bool):
+    source = {"builtin": "python-docstrings"} if builtin else {"paths": [str(tmp_path / "volume" / "raw" / "*.jsonl")]}
+    spec = parse_spec({"name": "prep-k8s", "backend": "k8s", "resources": {"cpu": True},
+                       "prepare": {"input": source, "output": {"dir": str(tmp_path / "volume" / "corpus")},
+                                   "tokenizer": {"vocab_size": 512}, "num_shards": 2},
+                       "k8s": {"image": "unused:0", "mount_path": str(tmp_path / "volume")}})
+    run = RunDir.create(spec, tmp_path / "laptop", path=tmp_path / "laptop" / "prep-k8s-20250101-000000")
+    return K8sBackend().dry_run(spec, run), tmp_path / "volume" / "runs" / run.id
+
+
+def test_preparation_pods_run_each_shard_and_the_next_phase_waits_for_all(tmp_path):
+    request, run_dir = _prepare_request(tmp_path, builtin=True)
+    clean, dedup = Pods(request, tmp_path, stage="prepare-clean", dns=False), \
+        Pods(request, tmp_path, stage="prepare-dedup", dns=False)
+    waiting = dedup.setup(0)  # created at submit, like every stage's pods; it waits in `setup`
+    time.sleep(1.0)
+    assert waiting.poll() is None
+    assert [code for code, _ in _wait([clean.start(0), clean.start(1)])] == [0, 0]
+    ((code, text),) = _wait([waiting], timeout=30)
+    assert code == 0 and "stage 'prepare-clean' finished" in text
+    ((code, text),) = _wait([dedup.main(0)])
+    assert code == 0, text
+    work = tmp_path / "volume" / "corpus" / "work" / "done"
+    assert {p.name for p in work.glob("*.json")} >= {
+        "clean-00000-of-00002.json", "clean-00001-of-00002.json", "dedup-00000-of-00001.json"}
+
+
+def test_a_phase_that_fails_on_bad_input_stops_the_phases_after_it(tmp_path):
+    request, run_dir = _prepare_request(tmp_path, builtin=False)  # no input files on the volume
+    clean, dedup = Pods(request, tmp_path, stage="prepare-clean", dns=False), \
+        Pods(request, tmp_path, stage="prepare-dedup", dns=False)
+    ((code, text),) = _wait([clean.start(0)])
+    assert code == 2, text  # the Job's podFailurePolicy fails the whole Job on exit code 2
+    assert (run_dir / "stages" / "prepare-clean.failed").exists()
+    ((code, text),) = _wait([dedup.setup(0)], timeout=30)
+    assert code == 2 and "stage 'prepare-clean' failed" in text

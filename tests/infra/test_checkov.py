@@ -54,6 +54,12 @@ def test_terraform_and_addons_have_no_unexplained_findings(checkov):
     assert skipped and not unexplained, f"skips without a reason: {unexplained}"
 
 
+def test_images_have_no_findings(checkov):
+    reports = scan(checkov, REPO / "infra" / "docker", "dockerfile")
+    assert not _findings(reports), "\n".join(_findings(reports))
+    assert sum(r["summary"]["passed"] for r in reports) > 50
+
+
 def test_platform_manifests_have_no_findings(checkov):
     """cluster/k8s rendered through kustomize, as it is applied (namespaces resolved)."""
     if not (REPO / "cluster" / "k8s" / "base" / "kustomization.yaml").is_file():

@@ -24,8 +24,8 @@ from infra.tf_testing import REPO, TERRAFORM_DIR
 def checkov() -> str:
     path = os.environ.get("LLMOPS_CHECKOV") or shutil.which("checkov")
     if not path:
-        pytest.skip("checkov is not installed: python -m venv .venv-checkov && .venv-checkov/bin/pip install "
-                    "checkov, then set LLMOPS_CHECKOV=.venv-checkov/bin/checkov")
+        pytest.skip("checkov is not installed: python3 -m venv DIR && DIR/bin/pip install checkov==3.3.30, "
+                    "then set LLMOPS_CHECKOV=DIR/bin/checkov (its own venv: it pins packages llmops also uses)")
     return path
 
 

@@ -34,8 +34,15 @@ from dataclasses import dataclass
 from kubernetes import client as k
 
 from llmops.backends.k8s_objects import (
-    INDEX_FAILURES, INDEX_IGNORED_FAILURES, JOBSET_RESTART, KUEUE_QUEUE_LABEL, PodPlan, RunNames, field_env,
-    pod_template, to_dict,
+    INDEX_FAILURES,
+    INDEX_IGNORED_FAILURES,
+    JOBSET_RESTART,
+    KUEUE_QUEUE_LABEL,
+    PodPlan,
+    RunNames,
+    field_env,
+    pod_template,
+    to_dict,
 )
 from llmops.backends.k8s_spec import K8sProfile, K8sSpec
 from llmops.errors import EXIT_BAD_INPUT, EXIT_REQUEUE, UserError

@@ -21,7 +21,12 @@ from kubernetes import client as k
 from llmops.backends.k8s_api import JOBSET, Cluster, ClusterError
 from llmops.backends.k8s_jobs import Stage
 from llmops.backends.k8s_objects import (
-    INDEX_FAILURES, INDEX_IGNORED_FAILURES, JOBSET_RESTART, MAIN_CONTAINER, STAGE_LABEL, RunNames,
+    INDEX_FAILURES,
+    INDEX_IGNORED_FAILURES,
+    JOBSET_RESTART,
+    MAIN_CONTAINER,
+    STAGE_LABEL,
+    RunNames,
 )
 from llmops.rundir import FAILED, PENDING, RUNNING, SUCCEEDED
 

@@ -276,7 +276,7 @@ def test_data_preparation_runs_phase_by_phase_before_training(case, tmp_path):
     assert names == ["prepare-clean", "prepare-dedup", "prepare-tokenizer", "prepare-tokenize", "prepare-finalize",
                      "pretrain"]
     assert [j["completions"] for j in jobs] == [3, 1, 1, 3, 1, CASES[case]["resources"]["nodes"]]
-    for previous, job in zip(jobs, jobs[1:]):
+    for previous, job in zip(jobs, jobs[1:], strict=False):
         setup_env = {e["name"]: e.get("value") for e in job["template"]["spec"]["initContainers"][0]["env"]}
         assert setup_env["LLMOPS_AFTER"] == f"{previous['name']}:{previous['completions']}"
         if "jobset" in case:

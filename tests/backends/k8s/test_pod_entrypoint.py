@@ -22,7 +22,6 @@ from pathlib import Path
 import pytest
 from llmops_testing import tiny_spec
 
-from llmops.backends import k8s_pod
 from llmops.backends.k8s import K8sBackend
 from llmops.rundir import RunDir
 from llmops.spec import parse_spec
@@ -144,7 +143,7 @@ def test_pods_rendezvous_train_survive_sigterm_and_resume(rendered, tmp_path):
     results = _wait([pods.start(0, ignored), pods.start(1, ignored)])
     assert [code for code, _ in results] == [0, 0], results
     assert _step(run_dir) == 5
-    assert (run_dir / "stages" / "pretrain" / "0.done").exists() and (run_dir / "stages" / "pretrain" / "1.done").exists()
+    assert all((run_dir / "stages" / "pretrain" / f"{i}.done").exists() for i in (0, 1))
     log = "".join(p.read_text() for p in (run_dir / "logs").glob("pretrain.restart-1.node-*.log"))
     resumed = [line for line in log.splitlines() if "resumed from" in line]
     assert resumed and f"step {stopped_at}" in resumed[0], log

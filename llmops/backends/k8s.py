@@ -141,8 +141,8 @@ class K8sBackend(Backend):
             changes["started_at"] = time.time()
         if seen.state in (SUCCEEDED, FAILED):
             changes.update(ended_at=time.time(), exit_code=0 if seen.state == SUCCEEDED else 1)
-        if seen.state == FAILED and not jobset_flavor:
-            _stop_later_stages(cluster, names, stages_of(spec), seen.message)
+        if seen.state == FAILED and seen.stage and not jobset_flavor:
+            _stop_later_stages(cluster, names, stages_of(spec), seen.stage)
         run.update_status(**changes)
 
     def logs(self, run: RunDir, *, follow: bool, stage: str = "pretrain") -> Iterator[str]:
@@ -170,10 +170,10 @@ class K8sBackend(Backend):
                            grace=0 if force else None)
 
 
-def _stop_later_stages(cluster: Cluster, names: RunNames, stages: list[Stage], message: str) -> None:
+def _stop_later_stages(cluster: Cluster, names: RunNames, stages: list[Stage], failed: str) -> None:
     """Pods of stages after a failed one would wait in `setup` until their timeout; delete them now."""
-    failed = next((s.name for s in stages if f"stage '{s.name}'" in message), None)
-    later = [s.name for s in stages][[s.name for s in stages].index(failed) + 1:] if failed else []
+    order = [s.name for s in stages]
+    later = order[order.index(failed) + 1:]
     for job in cluster.call("listing Jobs", cluster.batch.list_namespaced_job, cluster.namespace,
                             label_selector=names.selector).items:
         if job.metadata.labels.get(STAGE_LABEL) in later:
@@ -191,4 +191,4 @@ def _stage_pods(objects: list[dict]) -> list[dict[str, str]]:
     return [job["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"] for job in jobs]
 
 
-__all__ = ["K8sBackend", "K8sRequest", "RUNNING"]
+__all__ = ["K8sBackend", "K8sRequest"]

@@ -42,6 +42,7 @@ class Observed:
     state: str
     message: str
     restarts: int = 0
+    stage: str | None = None  # the stage the state is about (the failed one, for FAILED)
 
 
 def _true(conditions, kind: str):
@@ -82,7 +83,7 @@ def observe(cluster: Cluster, names: RunNames, stages: list[Stage], *, jobset: b
         failed = _true(conds, "Failed")
         if failed:
             return Observed(FAILED, f"stage '{stage.name}' failed ({failed['reason']}): {failed['message']}",
-                            restarts)
+                            restarts, stage=stage.name)
         if not _true(conds, "Complete"):
             suspended = bool(job.spec.suspend)
             return _active(cluster, stage, [p for p in pods if _stage(p) == stage.name], job.metadata.name,

@@ -193,3 +193,20 @@ def test_following_logs_streams_every_pod_until_the_run_ends(fake_cluster, tmp_p
     assert sorted(lines) == ["[node0]:[step 4/4] loss=1.0", "[node0]:hello from 0",
                              "[node1]:[step 4/4] loss=1.0", "[node1]:hello from 1"]
     assert run.read_status().state == "SUCCEEDED"
+
+
+def test_a_failed_stage_removes_the_stages_waiting_for_it(fake_cluster, tmp_path):
+    spec = k8s_spec()
+    spec["prepare"] = {"input": {"paths": ["/llmops/raw/*.jsonl"]}, "output": {"dir": "/llmops/data/c"},
+                       "tokenizer": {"vocab_size": 512}, "num_shards": 2}
+    run = runs.submit(runs.plan(parse_spec(spec), root=tmp_path / "runs"))
+    jobs = sorted(name for (r, _, name) in fake_cluster.objects if r == "jobs")
+    assert len(jobs) == 6
+    fake_cluster.objects[("jobs", "llmops", f"{run.id}-prepare-dedup")]["status"] = {"conditions": [
+        {"type": "Failed", "status": "True", "reason": "PodFailurePolicy", "message": "exit code 2"}]}
+    fake_cluster.objects[("jobs", "llmops", f"{run.id}-prepare-clean")]["status"] = {"conditions": [
+        {"type": "Complete", "status": "True"}]}
+    st = runs.status(run)
+    assert st.state == "FAILED" and "stage 'prepare-dedup' failed" in st.message
+    left = sorted(name.removeprefix(f"{run.id}-") for (r, _, name) in fake_cluster.objects if r == "jobs")
+    assert left == ["prepare-clean", "prepare-dedup"]  # kept for their logs; the waiting ones are gone

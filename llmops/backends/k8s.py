@@ -32,6 +32,18 @@ from llmops.rundir import CANCELLED, FAILED, PENDING, RUNNING, SUCCEEDED, TERMIN
 from llmops.spec import RunSpec, check_rules
 
 
+class _Dumper(yaml.SafeDumper):
+    """Multi-line strings (the spec in the ConfigMap) as literal blocks, readable in a review."""
+
+
+def _str(dumper: yaml.SafeDumper, text: str) -> yaml.ScalarNode:
+    style = "|" if "\n" in text and all(line == line.rstrip() for line in text.splitlines()) else None
+    return dumper.represent_scalar("tag:yaml.org,2002:str", text, style=style)
+
+
+_Dumper.add_representer(str, _str)
+
+
 @dataclass
 class K8sRequest(Request):
     """The objects of one run and where they go."""
@@ -51,7 +63,7 @@ class K8sRequest(Request):
         header = (f"# Rendered by llmops for run {self.names.run_id}. Apply the folder with\n"
                   f"#   kubectl apply --server-side --field-manager=llmops -f manifests/\n")
         return {f"manifests/{i:02d}-{o['kind'].lower()}-{o['metadata']['name']}.yaml":
-                header + yaml.safe_dump(o, sort_keys=False) for i, o in enumerate(self.objects, 1)}
+                header + yaml.dump(o, Dumper=_Dumper, sort_keys=False) for i, o in enumerate(self.objects, 1)}
 
 
 def settings(spec: RunSpec) -> tuple[K8sSpec, K8sProfile, dict[str, str]]:

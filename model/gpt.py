@@ -54,10 +54,12 @@ def transformer_config(spec: RunSpec) -> TransformerConfig:
         # Weights are created on the CPU and then re-drawn layout-invariantly (below).
         use_cpu_initialization=cpu,
         perform_initialization=True,
-        # Fusions need CUDA kernels; the local spec falls back to torch ops without them.
-        bias_activation_fusion=not cpu and m.activation == "swiglu",
-        masked_softmax_fusion=not cpu,
-        persist_layer_norm=not cpu,
+        # Fusions: the bias/activation and bias/dropout ones are TorchScript (any GPU); the
+        # softmax and persistent layer-norm kernels come from Apex/TE, which the sdpa and
+        # megatron specs do without.
+        bias_activation_fusion=not cpu,
+        masked_softmax_fusion=False,
+        persist_layer_norm=False,
         bias_dropout_fusion=not cpu,
         apply_rope_fusion=False,
         gradient_accumulation_fusion=False,

@@ -19,13 +19,19 @@ from megatron.core.distributed import DistributedDataParallel, DistributedDataPa
 from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
 from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
 from megatron.core.pipeline_parallel import get_forward_backward_func
+from megatron.core.transformer.module import Float16Module
 
 from llmops.errors import EXIT_OK, EXIT_REQUEUE
 from llmops.spec import RunSpec
-from llmops_model import checkpoint, data, gpt
+from llmops_model import checkpoint, data, gpt, mcore_fixes
 from llmops_model.metrics import StepLogger
 from llmops_model.parallel import Layout
 from llmops_model.preemption import PreemptionFlag
+
+
+# The distributed optimizer's state is saved in the canonical, per-parameter form, so a
+# checkpoint reloads into any tensor/pipeline/data-parallel layout (not only a new DP size).
+_CKPT_FORMAT = {"distrib_optim_sharding_type": "fully_reshardable"}
 
 
 @dataclass
@@ -46,7 +52,7 @@ class Trainer:
         model_sd = self.model.module.sharded_state_dict(prefix="")
         return {
             "model": model_sd,
-            "optimizer": self.optimizer.sharded_state_dict(model_sd, is_loading=loading),
+            "optimizer": self.optimizer.sharded_state_dict(model_sd, is_loading=loading, metadata=_CKPT_FORMAT),
         }
 
 
@@ -54,6 +60,10 @@ def build(spec: RunSpec, *, layout: Layout, device: torch.device, ckpt_root: Pat
     cpu = device.type == "cpu"
     module = gpt.build_model(spec, device=device)
     config = module.config
+    if config.bf16:
+        # Megatron's mixed-precision wrapper: bf16 parameters everywhere (norms included),
+        # inputs cast on the first stage and outputs back to fp32 on the last.
+        module = Float16Module(config, module)
     use_dist_opt = spec.train.distributed_optimizer and not cpu
     ddp_config = DistributedDataParallelConfig(
         grad_reduce_in_fp32=True,
@@ -73,6 +83,10 @@ def build(spec: RunSpec, *, layout: Layout, device: torch.device, ckpt_root: Pat
         optimizer, init_lr=0.0, max_lr=tr.lr, min_lr=tr.min_lr,
         lr_warmup_steps=tr.warmup_steps, lr_decay_steps=tr.steps, lr_decay_style="cosine",
         start_wd=tr.weight_decay, end_wd=tr.weight_decay, wd_incr_steps=tr.steps, wd_incr_style="constant",
+        # The resolved spec is the source of truth: a checkpoint restores the step count, and a
+        # spec that extends training (more steps) stretches the schedule instead of being ignored.
+        override_opt_param_scheduler=True,
+        use_checkpoint_opt_param_scheduler=False,
     )
     config.no_sync_func = model.no_sync
     config.finalize_model_grads_func = finalize_model_grads
@@ -154,6 +168,8 @@ def resume(t: Trainer, *, logger: StepLogger) -> int:
         logger.info(f"skipping checkpoint {path.name}: {reason}")
     if found.path is None:
         return 0
+    _materialise_optimizer_state(t.optimizer)
+    mcore_fixes.apply()
     state = t.sharded_state(loading=True)
     loaded = checkpoint.load(found.path, sharded_state=state)
     t.model.module.load_state_dict(loaded["model"])
@@ -163,6 +179,19 @@ def resume(t: Trainer, *, logger: StepLogger) -> int:
     logger.info(f"resumed from {found.path.name} (step {loaded['step']}, saved as "
                 f"tp{saved['tp']}-pp{saved['pp']}-dp{saved['dp']}, now {t.layout.describe()})")
     return int(loaded["step"])
+
+
+def _materialise_optimizer_state(optimizer) -> None:
+    """Create the optimizer state that torch's AdamW otherwise creates on its first step.
+
+    Megatron's distributed optimizer describes its checkpoint from that state,
+    so it must exist before a load; Megatron's own helper for this is private.
+    """
+    from megatron.core.optimizer import DistributedOptimizer
+
+    for opt in getattr(optimizer, "chained_optimizers", [optimizer]):
+        if isinstance(opt, DistributedOptimizer) and not opt.optimizer.state:
+            opt._init_optimizer_states_with_dummy_values()
 
 
 def pretrain(spec: RunSpec, *, run_dir: Path, layout: Layout, device: torch.device, restart: int) -> int:

@@ -10,6 +10,7 @@ and read :meth:`PrepareSpec.training_facts`.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +21,8 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 # Ids our trained tokenizers give their reserved pieces; `eos` ends every document.
 UNK_ID, BOS_ID, EOS_ID, PAD_ID = 0, 1, 2, 3
 DEFAULT_SPECIAL_TOKENS = ["<|system|>", "<|user|>", "<|assistant|>", "<|end|>"]
+# Settings a resumed run may change: they do not change what finished shards wrote.
+RUN_SETTINGS = {"workers": True, "num_shards": True, "max_error_rate": True, "output": {"keep_work"}}
 
 
 class _Model(BaseModel):
@@ -220,9 +223,12 @@ class PrepareSpec(_Model):
         return TrainingFacts(prefix=absolute_path(self.prefix), eod_id=facts.eos_id, vocab_size=facts.vocab_size)
 
     def fingerprint(self) -> str:
-        """A hash of everything that changes the output (not workers or shard counts)."""
-        text = self.model_dump_json(exclude={"workers", "num_shards"})
-        return hashlib.sha256(text.encode()).hexdigest()[:16]
+        """A hash of everything that changes the output (not how it runs or what may fail it)."""
+        return hashlib.sha256(json.dumps(self.output_settings(), sort_keys=True).encode()).hexdigest()[:16]
+
+    def output_settings(self) -> dict:
+        """The settings finished shards depend on, by section."""
+        return self.model_dump(mode="json", exclude=RUN_SETTINGS)
 
 
 @dataclass(frozen=True)

@@ -1,9 +1,10 @@
 """Every phase on this machine: map phases over a pool of worker processes, the others here.
 
-The pool is forked once, before any progress thread starts, and reused by both
-map phases, so each worker imports numpy, datasketch and megatron-core once.
-Shards are smaller than one per worker (four per worker by default) so that a
-slow shard does not leave the other cores idle at the end of a phase.
+Each map phase forks its pool before its progress thread starts; megatron-core
+is imported once, in this process, just before the tokenize phase forks, so
+the workers inherit it instead of importing it each. Shards are smaller than
+one per worker (four per worker by default) so that a slow shard does not
+leave the other cores idle at the end of a phase.
 """
 
 from __future__ import annotations
@@ -37,30 +38,35 @@ def run_all(config: PrepareSpec, *, workers: int | None = None, num_shards: int 
         ensure_writable(work.root, "the work folder")
     plan = make_plan(config, work, shards)
     _COUNTER = display.counter
-    if config.tokenizer is not None and work.missing("finalize", 1):
+    for phase in PHASES:
+        if work.missing(phase, plan.num_shards if phase in MAP_PHASES else 1):
+            _run_here(config, phase, work, plan, workers, display)
+        else:
+            display.console.print(f"prepare {phase}: done earlier, skipped", markup=False)
+    return work.read_marker("finalize", 0, 1)["report"]
+
+
+def _run_here(config: PrepareSpec, phase: str, work: WorkDir, plan, workers: int, display: Display) -> None:
+    """One phase on this machine: a map phase over a pool of `workers` processes, the others in this one."""
+    if phase == "tokenize" and config.tokenizer is not None:
         from llmops.prepare.writer import preload
 
-        preload()  # megatron-core takes seconds to import: once here, not once per worker
-    pool = multiprocessing.get_context("fork").Pool(workers) if workers > 1 else None
+        preload()  # megatron-core takes seconds to import: once here, inherited by the forked workers
+    total, unit = _total(phase, work, plan)
+    # Fork before the progress thread starts: a forked child gets only the forking thread.
+    pool = multiprocessing.get_context("fork").Pool(workers) if phase in MAP_PHASES and workers > 1 else None
     try:
-        for phase in PHASES:
-            n = plan.num_shards if phase in MAP_PHASES else 1
-            if not work.missing(phase, n):
-                display.console.print(f"prepare {phase}: done earlier, skipped", markup=False)
-                continue
-            total, unit = _total(phase, work, plan)
-            with display.phase(phase, total=total, unit=unit):
-                if phase in MAP_PHASES:
-                    _map(config, phase, plan.num_shards, work, pool)
-                else:
-                    tracker = display.tracker()
-                    run_phase(config, phase=phase, workdir=work.root, progress=tracker, threads=workers)
-                    tracker.flush()
+        with display.phase(phase, total=total, unit=unit):
+            if phase in MAP_PHASES:
+                _map(config, phase, plan.num_shards, work, pool)
+            else:
+                tracker = display.tracker()
+                run_phase(config, phase=phase, workdir=work.root, progress=tracker, threads=workers)
+                tracker.flush()
     finally:
         if pool is not None:
             pool.terminate()
             pool.join()
-    return work.read_marker("finalize", 0, 1)["report"]
 
 
 def _map(config: PrepareSpec, phase: str, n: int, work: WorkDir, pool) -> None:

@@ -110,7 +110,7 @@ def make_plan(spec: PrepareSpec, work: WorkDir, num_shards: int | None) -> Plan:
     units, skipped = discover(spec.input)
     if not units:
         raise UserError("the input holds no readable file", "check input.paths and input.format")
-    data = {"fingerprint": spec.fingerprint(), "config": json.loads(spec.model_dump_json()),
+    data = {"fingerprint": spec.fingerprint(), "config": spec.output_settings(),
             "num_shards": num_shards, "units": [u.to_dict() for u in units], "skipped_files": skipped}
     work.root.mkdir(parents=True, exist_ok=True)
     write_json(path, data)
@@ -119,8 +119,8 @@ def make_plan(spec: PrepareSpec, work: WorkDir, num_shards: int | None) -> Plan:
 
 def _check_same(spec: PrepareSpec, plan: Plan, num_shards: int | None, work: WorkDir) -> None:
     if plan.data["fingerprint"] != spec.fingerprint():
-        old, new = plan.data["config"], json.loads(spec.model_dump_json())
-        changed = sorted(k for k in new if k not in ("workers", "num_shards") and old.get(k) != new[k])
+        old, new = plan.data["config"], spec.output_settings()
+        changed = sorted(k for k in new if old.get(k) != new[k])
         raise UserError(f"{work.root} was started with a different prepare config (changed: "
                         f"{', '.join(changed) or 'details'}); finished shards would not match the new ones",
                         f"delete {work.root} to start over, or restore the earlier settings")

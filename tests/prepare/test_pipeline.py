@@ -1,0 +1,184 @@
+"""The phases end to end: outputs, sharded == unsharded, resume, ordering and bad-input errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import zstandard
+from prepare_testing import make_corpus, prepare_spec, write_jsonl
+
+from llmops.errors import UserError
+from llmops.prepare import phases
+from llmops.prepare.config import EOS_ID
+from llmops.prepare.executor import run_all
+from llmops.prepare.pipeline import PHASES, run_phase
+from llmops.prepare.progress import Display
+
+
+def run_sharded(spec, n: int) -> None:
+    """Every phase, shard by shard, as a cluster array job would."""
+    for phase in PHASES:
+        for shard in range(n if phase in ("clean", "tokenize") else 1):
+            run_phase(spec, phase=phase, shard=shard, num_shards=n)
+
+
+def read_tokens(prefix: str) -> list[np.ndarray]:
+    from megatron.core.datasets.indexed_dataset import IndexedDataset
+
+    ds = IndexedDataset(prefix)
+    return [np.array(ds[i]) for i in range(len(ds))]  # copies: the arrays map a file that closes with ds
+
+
+def read_documents(out: Path) -> list[dict]:
+    with open(out / "documents.jsonl.zst", "rb") as f:
+        text = zstandard.ZstdDecompressor().stream_reader(f).read().decode()
+    return [json.loads(line) for line in text.splitlines()]
+
+
+def test_outputs_agree_with_each_other_and_the_stats(tmp_path, corpus_file):
+    bad = ['{"id": "broken", "text": ', '{"id": "no-text"}', '{"text": ""}']
+    write_jsonl(corpus_file.parent / "bad.jsonl", bad)
+    out = tmp_path / "out"
+    spec = prepare_spec([str(corpus_file.parent)], out)
+    run_sharded(spec, 2)
+
+    meta = json.loads((out / "metadata.json").read_text())
+    stats = json.loads((out / "stats.json").read_text())
+    docs = read_documents(out)
+    tokens = read_tokens(meta["prefix"])
+    assert meta["eod_id"] == EOS_ID and meta["vocab_size"] == 400 and meta["pad_id"] == 3
+    assert set(meta["special_tokens"]) == {"<|system|>", "<|user|>", "<|assistant|>", "<|end|>"}
+    assert len(docs) == len(tokens) == meta["documents"] == stats["output"]["documents"]
+    assert sum(len(t) for t in tokens) == meta["tokens"] == stats["output"]["tokens"]
+    assert all(t[-1] == EOS_ID and EOS_ID not in t[:-1] for t in tokens)
+    # 343 records read: 3 quarantined, 40 duplicates of the 300 distinct documents dropped.
+    steps = {s["name"]: s for s in stats["steps"]}
+    assert steps["read"]["docs_in"] == 343 and sum(steps["read"]["dropped"].values()) == 3
+    assert steps["dedup"]["dropped"] == {"exact_duplicate": 20, "near_duplicate": 20}
+    assert steps["filter"]["dropped"] == {}, "the generated documents pass every quality rule"
+    group = {d["id"]: d.get("copy_of", d["id"]) for d in make_corpus(300, exact_dups=20, near_dups=20)}
+    assert sorted(group[d["id"]] for d in docs) == sorted(f"doc-{i}" for i in range(300)), "one of each group kept"
+    quarantine = [json.loads(x) for x in (out / "quarantine.jsonl").read_text().splitlines()]
+    assert sorted(q["reason"] for q in quarantine) == ["empty", "malformed_json", "missing_text_field"]
+    duplicates = [json.loads(x) for x in (out / "duplicates.jsonl").read_text().splitlines()]
+    assert len(duplicates) == 40 and all(group[d["id"]] == group[d["duplicate_of"]] for d in duplicates)
+
+
+def test_any_shard_count_gives_the_same_output(tmp_path):
+    # Three files, one split into byte-range chunks, so shards cut through files.
+    docs = make_corpus(240, seed=3, exact_dups=10, near_dups=10)
+    inputs = tmp_path / "in"
+    for k, part in enumerate((docs[:60], docs[60:200], docs[200:])):
+        write_jsonl(inputs / f"part-{k}.jsonl", part)
+    outputs = {}
+    for n in (1, 3):
+        out = tmp_path / f"out-{n}"
+        spec = prepare_spec([str(inputs)], out, input={"chunk_bytes": 65536})
+        run_sharded(spec, n)
+        outputs[n] = out
+    one, three = outputs[1], outputs[3]
+    assert json.loads((three / "work" / "plan.json").read_text())["num_shards"] == 3
+    assert len(json.loads((one / "work" / "plan.json").read_text())["units"]) > 3  # the chunked file
+    for name in ("corpus_text_document.bin", "corpus_text_document.idx", "tokenizer.model", "duplicates.jsonl"):
+        assert (one / name).read_bytes() == (three / name).read_bytes(), name
+    assert read_documents(one) == read_documents(three)
+
+
+def test_an_interrupted_shard_is_redone_and_finished_ones_are_not(tmp_path, corpus_file, monkeypatch):
+    out = tmp_path / "out"
+    spec = prepare_spec([str(corpus_file)], out, input={"chunk_bytes": 65536})
+    run_phase(spec, phase="clean", shard=0, num_shards=2)
+    marker0 = (out / "work" / "done" / "clean-00000-of-00002.json").read_text()
+
+    real_writer = phases.store.DocWriter
+
+    class Crashing(real_writer):
+        def add(self, doc):
+            if self.count + len(self.pending) >= 50:
+                raise KeyboardInterrupt  # as if the job were killed mid-shard
+            super().add(doc)
+
+    monkeypatch.setattr(phases.store, "DocWriter", Crashing)
+    with pytest.raises(KeyboardInterrupt):
+        run_phase(spec, phase="clean", shard=1, num_shards=2)
+    work = out / "work"
+    assert not (work / "done" / "clean-00001-of-00002.json").exists()
+    assert not (work / "clean" / "shard-00001.arrow").exists()
+    assert not list((work / "clean").glob(".*tmp*")), "temporary files are removed"
+    with pytest.raises(UserError, match=r"needs phase clean .* shard\(s\) 1 of 2"):
+        run_phase(spec, phase="dedup")
+
+    monkeypatch.setattr(phases.store, "DocWriter", real_writer)
+    report = run_all(spec, display=Display(interval=60))
+    assert (work / "done" / "clean-00000-of-00002.json").read_text() == marker0, "shard 0 was not redone"
+    reference = tmp_path / "reference"
+    run_all(prepare_spec([str(corpus_file)], reference, input={"chunk_bytes": 65536}, num_shards=2),
+            display=Display(interval=60))
+    assert (out / "corpus_text_document.bin").read_bytes() == (reference / "corpus_text_document.bin").read_bytes()
+    assert report["output"]["documents"] == 300
+
+
+def test_a_finished_run_is_not_redone_and_work_files_are_removed(tmp_path, corpus_file):
+    out = tmp_path / "out"
+    spec = prepare_spec([str(corpus_file)], out)
+    first = run_all(spec, display=Display(interval=60))
+    assert not (out / "work" / "clean").exists() and (out / "work" / "done").is_dir()
+    mtime = (out / "corpus_text_document.bin").stat().st_mtime_ns
+    assert run_phase(spec, phase="finalize")["skipped"] is True
+    assert run_all(spec, display=Display(interval=60)) == first
+    assert (out / "corpus_text_document.bin").stat().st_mtime_ns == mtime
+
+
+def test_the_work_folder_refuses_a_changed_config_or_shard_count(tmp_path, corpus_file):
+    out = tmp_path / "out"
+    run_phase(prepare_spec([str(corpus_file)], out), phase="clean", shard=0, num_shards=2)
+    changed = prepare_spec([str(corpus_file)], out, dedup={"threshold": 0.9})
+    with pytest.raises(UserError, match=r"different prepare config \(changed: dedup\)"):
+        run_phase(changed, phase="clean", shard=1, num_shards=2)
+    with pytest.raises(UserError, match="started with 2 shard"):
+        run_phase(prepare_spec([str(corpus_file)], out), phase="clean", shard=0, num_shards=4)
+    with pytest.raises(UserError, match="outside 0..1"):
+        run_phase(prepare_spec([str(corpus_file)], out), phase="clean", shard=2, num_shards=2)
+    with pytest.raises(UserError, match="not a phase"):
+        run_phase(prepare_spec([str(corpus_file)], out), phase="shuffle")
+
+
+def test_too_many_bad_records_fail_the_run_until_the_threshold_allows_them(tmp_path):
+    good = make_corpus(40, seed=5)
+    write_jsonl(tmp_path / "in" / "a.jsonl", good + ["not json"] * 10)
+    out = tmp_path / "out"
+    with pytest.raises(UserError, match=r"10 of 50 input records \(20.0%\).*malformed_json 10"):
+        run_all(prepare_spec([str(tmp_path / "in")], out), display=Display(interval=60))
+    assert not (out / "metadata.json").exists()
+    report = run_all(prepare_spec([str(tmp_path / "in")], out, max_error_rate=0.25), display=Display(interval=60))
+    assert report["quarantined"] == {"malformed_json": 10} and report["output"]["documents"] == 40
+
+
+def test_an_unwritable_output_folder_is_one_clear_error(tmp_path, corpus_file):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    with pytest.raises(UserError, match=r"prepare.output.dir = .*: cannot write there"):
+        run_all(prepare_spec([str(corpus_file)], blocker / "out"), display=Display(interval=60))
+
+
+def test_without_a_tokenizer_only_documents_are_written(tmp_path, corpus_file):
+    out = tmp_path / "out"
+    report = run_all(prepare_spec([str(corpus_file)], out, tokenizer=None, output={"compression": "none"}),
+                     display=Display(interval=60))
+    assert report["output"] == {"documents": 300, "tokens": 0}
+    lines = (out / "documents.jsonl").read_text().splitlines()
+    assert len(lines) == 300 and json.loads(lines[0]).keys() == {"id", "text", "source"}
+    assert not (out / "metadata.json").exists() and not (out / "corpus_text_document.bin").exists()
+
+
+def test_worker_processes_give_the_same_output_as_one_process(tmp_path, corpus_file):
+    outs = []
+    for workers in (1, 2):
+        out = tmp_path / f"out-{workers}"
+        run_all(prepare_spec([str(corpus_file)], out, workers=workers, num_shards=4, input={"chunk_bytes": 65536}),
+                display=Display(interval=60))
+        outs.append(out)
+    assert (outs[0] / "corpus_text_document.bin").read_bytes() == (outs[1] / "corpus_text_document.bin").read_bytes()

@@ -417,7 +417,7 @@ def _k8s_rules(spec: RunSpec) -> list[Problem]:
     out: list[Problem] = []
     if k8s.image is None:
         out.append(Problem("k8s.image", None, "is required for backend: k8s",
-                           "build the image in cluster/k8s/image/ and set k8s.image: <registry>/<name>:<tag>"))
+                           "build an image from infra/docker/ and set k8s.image: <registry>/<name>:<tag>"))
     root = k8s.mount_path.rstrip("/") + "/"
     paths = [("checkpoint.dir", spec.checkpoint.dir)] if spec.checkpoint.dir else []
     if spec.data.indexed is not None:

@@ -37,7 +37,7 @@ class K8sSpec(_Model):
     namespace: str = Field("llmops", pattern=_DNS_LABEL)
     """Namespace of the run's objects; it must exist (cluster/k8s creates `llmops`) (`--namespace`)."""
     image: str | None = None
-    """Container image with llmops, torch and megatron-core installed (see cluster/k8s/image/)."""
+    """Container image with llmops, torch and megatron-core installed (infra/docker/Dockerfile.gpu or .cpu)."""
     image_pull_policy: Literal["IfNotPresent", "Always", "Never"] = "IfNotPresent"
     """When the kubelet pulls the image; `Never` for images loaded into kind."""
     image_pull_secrets: list[str] = Field(default_factory=list)

@@ -2,7 +2,7 @@
 sets up): submit the tiny CPU run, delete a pod mid-run, and see the run resume and finish.
 
 Needs a reachable cluster (the current kubeconfig context, or LLMOPS_K8S_CONTEXT) with the kind
-overlay applied, and LLMOPS_K8S_IMAGE naming an image built from cluster/k8s/image/Dockerfile that
+overlay applied, and LLMOPS_K8S_IMAGE naming an image built from infra/docker/Dockerfile.cpu that
 the cluster can run (`kind load docker-image`). Skips, saying which is missing, otherwise.
 """
 
@@ -42,7 +42,7 @@ def cluster() -> Cluster:
     except UserError as exc:
         _unavailable(f"no reachable cluster with the llmops namespace: {exc.message}")
     if not os.environ.get("LLMOPS_K8S_IMAGE"):
-        _unavailable("LLMOPS_K8S_IMAGE is not set (an image from cluster/k8s/image/Dockerfile the cluster can run)")
+        _unavailable("LLMOPS_K8S_IMAGE is not set (an image from infra/docker/Dockerfile.cpu the cluster can run)")
     return c
 
 

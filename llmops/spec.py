@@ -103,6 +103,8 @@ class ModelSpec(_Model):
     attention: Literal["auto", "te", "sdpa", "megatron"] = "auto"
     """Core attention: te (Transformer Engine), sdpa (fused torch kernels), megatron (unfused reference);
     auto picks te when installed, else sdpa."""
+    compile: bool = False
+    """Compile each transformer layer with torch.compile (GPU runs; fuses norms, residuals and activations)."""
 
     @model_validator(mode="after")
     def _apply_preset(self) -> "ModelSpec":
@@ -385,6 +387,9 @@ def _train_rules(spec: RunSpec) -> list[Problem]:
     if res.cpu and tr.precision == "bf16":
         out.append(Problem("train.precision", "bf16", "is not supported on CPU runs",
                            "use precision: auto or fp32 with cpu: true"))
+    if res.cpu and spec.model.compile:
+        out.append(Problem("model.compile", True, "is not supported on CPU runs",
+                           "set compile: false for cpu: true"))
     if res.cpu and spec.checkpoint.async_save:
         out.append(Problem("checkpoint.async_save", True, "is not supported on CPU runs",
                            "set async_save: false for cpu: true"))

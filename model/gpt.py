@@ -118,6 +118,10 @@ def build_model(spec: RunSpec, *, device: torch.device) -> GPTModel:
     )
     model.to(device)
     reinitialize(model, seed=spec.train.seed, std=spec.model.init_std, num_layers=spec.model.num_layers)
+    if spec.model.compile:
+        # In place (nn.Module.compile), so parameter names and checkpoints are unchanged.
+        for layer in model.decoder.layers:
+            layer.compile()
     return model
 
 

@@ -5,33 +5,49 @@ agent on this node with ``llmops_model.entrypoint RUN_DIR`` as the worker.
 torchrun itself exits 1 whenever a worker fails, which hides the difference
 between "crashed" and "checkpointed after a preemption notice"; backends need
 that difference to decide between requeueing and giving up. This wrapper
-exits 75 when every failed worker exited 75 (or the agent was signalled and
-the workers reported a preemption checkpoint), 0 on success, and 1 otherwise.
+exits 75 when the workers exited 75, 0 on success, and 1 otherwise.
 
-It also asks torchrun to forward SIGUSR1, the signal Slurm sends before a
-time limit (``--signal=USR1@...``), to the workers.
+Preemption notices (SIGTERM, and SIGUSR1, which Slurm sends before a time
+limit with ``--signal=USR1@...``) are forwarded by this wrapper to the
+workers instead of being handled by torchrun's agent: the agent would tear
+the workers down after a fixed grace period and report its own signal,
+losing the workers' exit codes. This way the agent keeps watching, sees the
+workers checkpoint and exit 75, and the exit code says "requeue" on every
+node, whether the signal reached the launcher or the workers directly.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import sys
-import time
 from pathlib import Path
 
 from llmops.errors import EXIT_FAILED, EXIT_OK, EXIT_REQUEUE
 
-_FORWARDED = "SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR1"
+# torchrun's agent keeps handling these (it stops the workers and exits); preemption
+# notices are this wrapper's to forward.
+_AGENT_SIGNALS = "SIGINT,SIGHUP,SIGQUIT"
+_NOTICES = (signal.SIGTERM, signal.SIGUSR1)
 
 
-def _preempted_since(run_dir: Path, started: float) -> bool:
-    try:
-        info = json.loads((run_dir / "last_exit.json").read_text())
-    except (OSError, ValueError):
-        return False
-    return info.get("code") == EXIT_REQUEUE and info.get("time", 0) >= started
+def _forward_to_workers(signum, frame) -> None:
+    """Pass a preemption notice to every worker (this process's children)."""
+    for pid in _children(os.getpid()):
+        try:
+            os.kill(pid, signum)
+        except ProcessLookupError:
+            pass
+
+
+def _children(pid: int) -> list[int]:
+    out: list[int] = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            out += [int(x) for x in (task / "children").read_text().split()]
+        except OSError:
+            continue
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -40,15 +56,18 @@ def main(argv: list[str] | None = None) -> int:
         print("usage: python -m llmops_model.launch [torchrun options] RUN_DIR", file=sys.stderr)
         return 2
     run_dir = Path(argv[-1])
-    os.environ.setdefault("TORCHELASTIC_SIGNALS_TO_HANDLE", _FORWARDED)
+    # Newer torchrun reads --signals-to-handle (default from PET_SIGNALS_TO_HANDLE) and exports
+    # it as TORCHELASTIC_SIGNALS_TO_HANDLE; older ones read only the latter.
+    os.environ["PET_SIGNALS_TO_HANDLE"] = os.environ["TORCHELASTIC_SIGNALS_TO_HANDLE"] = _AGENT_SIGNALS
     os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    for sig in _NOTICES:
+        signal.signal(sig, _forward_to_workers)
 
     from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import parse_args, run
 
     args = parse_args([*argv[:-1], "-m", "llmops_model.entrypoint", str(run_dir)])
-    started = time.time()
     try:
         run(args)
     except ChildFailedError as exc:
@@ -60,8 +79,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[llmops] workers failed with exit codes {sorted(codes)}", file=sys.stderr, flush=True)
         return EXIT_FAILED
     except SignalException as exc:
-        if _preempted_since(run_dir, started):
-            return EXIT_REQUEUE
         print(f"[llmops] launcher stopped by signal {exc.sigval.name}", file=sys.stderr, flush=True)
         return 128 + int(exc.sigval)
     return EXIT_OK

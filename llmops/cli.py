@@ -216,7 +216,13 @@ def status(
     targets = [resolve_run(run, root)] if run else list_runs(root)
     rows = []
     for r in targets:
-        st = runs.status(r)
+        try:
+            st = runs.status(r)
+        except UserError as exc:
+            if run:  # the one run asked for: its backend's message is the answer
+                raise
+            st = r.read_status()  # one unreachable cluster must not hide the other runs
+            st.message = f"(last known) {exc.message}"
         rows.append((r, st, r.progress()))
     if as_json:
         sys.stdout.write(json.dumps([{"id": r.id, "path": str(r.path), **asdict(st), "progress": p}
@@ -246,6 +252,7 @@ def _age(t: float) -> str:
 def logs(
     run: RunArg,
     follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing until the run ends.")] = False,
+    stage: Annotated[str, typer.Option(help="Which stage's logs: prepare, pretrain or align.")] = "pretrain",
     runs_dir: RunsDirOpt = None,
 ) -> None:
     """Print a run's logs (every restart, in order)."""
@@ -254,7 +261,7 @@ def logs(
 
     r = resolve_run(run, runs_root(runs_dir))
     try:
-        for line in runs.logs(r, follow=follow):
+        for line in runs.logs(r, follow=follow, stage=stage):
             sys.stdout.write(line + "\n")
             sys.stdout.flush()
     except KeyboardInterrupt:

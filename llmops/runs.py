@@ -79,8 +79,12 @@ def status(run: RunDir) -> Status:
     return run.read_status()
 
 
-def logs(run: RunDir, *, follow: bool) -> Iterator[str]:
-    return get_backend(run.read_spec().backend).logs(run, follow=follow)
+def logs(run: RunDir, *, follow: bool, stage: str = "pretrain") -> Iterator[str]:
+    spec = run.read_spec()
+    if stage not in spec.stages:
+        raise UserError(f"run {run.id} has no '{stage}' stage (its stages: {', '.join(spec.stages)})",
+                        f"pass --stage with one of {', '.join(spec.stages)}")
+    return get_backend(spec.backend).logs(run, follow=follow, stage=stage)
 
 
 def cancel(run: RunDir, *, force: bool = False, wait: float = 120.0) -> Status:

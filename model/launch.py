@@ -24,6 +24,7 @@ import sys
 from pathlib import Path
 
 from llmops.errors import EXIT_FAILED, EXIT_OK, EXIT_REQUEUE
+from llmops.procs import children
 
 # torchrun's agent keeps handling these (it stops the workers and exits); preemption
 # notices are this wrapper's to forward.
@@ -33,21 +34,11 @@ _NOTICES = (signal.SIGTERM, signal.SIGUSR1)
 
 def _forward_to_workers(signum, frame) -> None:
     """Pass a preemption notice to every worker (this process's children)."""
-    for pid in _children(os.getpid()):
+    for pid in children(os.getpid()):
         try:
             os.kill(pid, signum)
         except ProcessLookupError:
             pass
-
-
-def _children(pid: int) -> list[int]:
-    out: list[int] = []
-    for task in Path(f"/proc/{pid}/task").glob("*"):
-        try:
-            out += [int(x) for x in (task / "children").read_text().split()]
-        except OSError:
-            continue
-    return out
 
 
 def main(argv: list[str] | None = None) -> int:

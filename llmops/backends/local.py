@@ -16,10 +16,10 @@ import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
 from llmops.backends.base import Backend, Request
 from llmops.errors import UserError
+from llmops.procs import alive, children
 from llmops.rundir import CANCELLED, RUNNING, TERMINAL, RunDir
 from llmops.spec import RunSpec
 
@@ -78,7 +78,7 @@ class LocalBackend(Backend):
 
     def refresh(self, run: RunDir) -> None:
         status = run.read_status()
-        if status.state not in TERMINAL and status.supervisor_pid and not _alive(status.supervisor_pid):
+        if status.state not in TERMINAL and status.supervisor_pid and not alive(status.supervisor_pid):
             run.update_status(state="FAILED", message="the supervisor process is gone (killed, or the machine "
                               "restarted); resume the run with `llmops resume`", ended_at=time.time())
 
@@ -96,7 +96,7 @@ class LocalBackend(Backend):
         run.cancel_marker.touch()
         if status.job_pgid:
             signal_job(status.job_pgid, signal.SIGKILL if force else signal.SIGTERM)
-        if force and status.supervisor_pid and _alive(status.supervisor_pid):
+        if force and status.supervisor_pid and alive(status.supervisor_pid):
             os.kill(status.supervisor_pid, signal.SIGTERM)
 
 
@@ -112,35 +112,12 @@ def signal_job(launcher_pid: int, sig: int) -> None:
         except ProcessLookupError:
             pass
         return
-    targets = _children(launcher_pid) or [launcher_pid]
+    targets = children(launcher_pid) or [launcher_pid]
     for pid in targets:
         try:
             os.kill(pid, sig)
         except ProcessLookupError:
             pass
-
-
-def _children(pid: int) -> list[int]:
-    out: list[int] = []
-    for task in Path(f"/proc/{pid}/task").glob("*"):
-        try:
-            out += [int(x) for x in (task / "children").read_text().split()]
-        except OSError:
-            continue
-    return out
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:  # a zombie is not alive
-        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
-    except OSError:
-        return True
 
 
 def _check_gpus(wanted: int | None) -> None:

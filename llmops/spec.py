@@ -22,6 +22,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from llmops.align_spec import AlignSpec, align_rules
 from llmops.backends.k8s_spec import K8sSpec
 from llmops.backends.slurm_spec import SlurmSpec
 from llmops.errors import Problem, SpecError, UserError
@@ -224,6 +225,8 @@ class RunSpec(_Model):
     """The data-preparation stage (raw text to indexed datasets); with train:, it fills data and model.vocab_size."""
     train: TrainSpec | None = None
     """The pre-training stage; leave out for a spec that only prepares data."""
+    align: AlignSpec | None = None
+    """The alignment stage (SFT or DPO), after pre-training; starts from its checkpoints unless told otherwise."""
     checkpoint: CheckpointSpec = CheckpointSpec()
     restarts: RestartSpec = RestartSpec()
     k8s: K8sSpec | None = None
@@ -242,7 +245,7 @@ class RunSpec(_Model):
     @property
     def stages(self) -> list[str]:
         """The stages this spec runs, in order."""
-        stages = (("prepare", self.prepare), ("pretrain", self.train))
+        stages = (("prepare", self.prepare), ("pretrain", self.train), ("align", self.align))
         return [name for name, section in stages if section is not None]
 
 
@@ -257,7 +260,14 @@ def check_rules(spec: RunSpec) -> list[Problem]:
         out.append(Problem("(top level)", None, "names no stage to run", "add a train: or prepare: section"))
     if spec.train is not None:
         out += _train_rules(spec)
+    if spec.align is not None:
+        out += _align_rules(spec)
     return out + _data_rules(spec) + _k8s_rules(spec)
+
+
+def _align_rules(spec: RunSpec) -> list[Problem]:
+    """Batch sizes against data parallelism, the tokenizer against the model (see llmops.align_spec)."""
+    return align_rules(spec)
 
 
 def _prepare_rules(spec: RunSpec) -> list[Problem]:

@@ -22,5 +22,9 @@ def get_backend(name: str) -> Backend:
         from llmops.backends.k8s import K8sBackend
 
         return K8sBackend()
+    if name == "slurm":
+        from llmops.backends.slurm import SlurmBackend
+
+        return SlurmBackend()
     raise UserError(f"the '{name}' backend is not available in this version of llmops",
                     "use backend: local (set it in the spec or pass --backend local)")

@@ -20,7 +20,14 @@ from __future__ import annotations
 import re
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from llmops.errors import Problem, SpecError
 
@@ -101,6 +108,10 @@ class SlurmSpec(_Model):
     signal_lead: int = Field(300, ge=30)
     """Seconds before the time limit that the job is sent SIGUSR1 to checkpoint and requeue; must cover one
     step plus a checkpoint save. Slurm checks time limits periodically, so it can arrive up to a minute earlier."""
+    prepare_shards: int = Field(8, ge=1)
+    """Array tasks of each map phase of data preparation (clean, tokenize), unless prepare.num_shards is set."""
+    prepare_cpus_per_task: int = Field(4, ge=1)
+    """CPUs of each data-preparation task (one shard each; the tokenizer trainer uses them all)."""
     python: str | None = None
     """Python with llmops installed on the nodes; unset: this interpreter (on the login node) or `python3` (SSH)."""
     setup: list[str] = Field(default_factory=list)
@@ -132,7 +143,7 @@ class SlurmSpec(_Model):
         return args
 
     @model_validator(mode="after")
-    def _lead_below_limit(self) -> "SlurmSpec":
+    def _lead_below_limit(self) -> SlurmSpec:
         if self.time is not None and self.signal_lead >= time_limit_seconds(self.time):
             raise ValueError(f"signal_lead={self.signal_lead}s is not below the time limit {self.time}: "
                              "the job would be told to stop as soon as it starts")

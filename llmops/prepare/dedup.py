@@ -6,10 +6,10 @@ result does not depend on how the input was sharded.
 
 1. Exact: documents with the same hash of normalised words form a group.
 2. Near: the remaining documents go through :class:`datasketch.MinHashLSH`
-   (banded signatures); every candidate pair whose estimated Jaccard
-   similarity (the share of equal signature values) reaches
-   ``dedup.threshold`` is joined in a union-find, and each connected cluster
-   keeps its earliest member.
+   (banded signatures; groups of bands in parallel processes); every
+   candidate pair whose estimated Jaccard similarity (the share of equal
+   signature values) reaches ``dedup.threshold`` is joined in a union-find,
+   and each connected cluster keeps its earliest member.
 """
 
 from __future__ import annotations
@@ -41,7 +41,9 @@ class Decision:
 KEPT, EXACT, NEAR = 0, 1, 2
 
 
-def deduplicate(exact: np.ndarray, sigs: np.ndarray, spec: DedupSpec, progress: Advance | None = None) -> Decision:
+def deduplicate(exact: np.ndarray, sigs: np.ndarray, spec: DedupSpec, progress: Advance | None = None,
+                workers: int = 1) -> Decision:
+    """Decide every document's fate; `workers` processes share the LSH bands."""
     n = len(exact)
     dup_of = np.full(n, -1, dtype=np.int64)
     kind = np.zeros(n, dtype=np.int8)
@@ -56,7 +58,7 @@ def deduplicate(exact: np.ndarray, sigs: np.ndarray, spec: DedupSpec, progress: 
     near_clusters, pairs = 0, 0
     if spec.near and n:
         alive = np.flatnonzero((kind == KEPT) & (sigs != EMPTY).any(axis=1))
-        parent, pairs = _near_pairs(sigs, alive, spec, progress)
+        parent, pairs = _near_pairs(sigs, alive, spec, progress, workers)
         near_clusters = _apply_clusters(parent, sigs, dup_of, kind, sim)
     return Decision(dup_of, kind, sim, exact_clusters, near_clusters, _largest(dup_of), pairs)
 
@@ -76,31 +78,63 @@ def _largest(dup_of: np.ndarray) -> int:
     return int(np.bincount(np.where(final >= 0, final, np.arange(len(dup_of)))).max())
 
 
-def _near_pairs(sigs: np.ndarray, alive: np.ndarray, spec: DedupSpec,
-                progress: Advance | None) -> tuple[dict[int, int], int]:
-    """Union-find parents (global index -> parent) of documents with a verified near-duplicate."""
+def _near_pairs(sigs: np.ndarray, alive: np.ndarray, spec: DedupSpec, progress: Advance | None,
+                workers: int) -> tuple[dict[int, int], int]:
+    """Union-find parents (global index -> parent) of documents with a verified near-duplicate.
+
+    The LSH bands are independent, so `workers` processes each index a group of
+    them (its own MinHashLSH over those columns of the signatures); the
+    candidate pairs of all groups are verified against whole signatures here.
+    """
+    bands, rows = spec.lsh_params()
+    groups = [g for g in np.array_split(np.arange(bands), max(1, min(workers, bands))) if len(g)]
+    jobs = [(sigs, alive, int(g[0]) * rows, len(g), rows, spec.seed, progress, len(groups)) for g in groups]
+    if len(jobs) == 1:
+        found = [_candidates(jobs[0])]
+    else:
+        import multiprocessing
+
+        global _JOBS
+        _JOBS = jobs  # inherited by the forked workers: the signatures are not copied through a pipe
+        with multiprocessing.get_context("fork").Pool(len(jobs)) as pool:
+            found = pool.map(_candidates_of, range(len(jobs)))
+    pairs = np.unique(np.concatenate(found)) if found else np.empty(0, dtype=np.int64)
+    n = len(sigs)
+    first, second = pairs // n, pairs % n
+    parent: dict[int, int] = {}
+    for start in range(0, len(pairs), 65536):  # blocks bound the (pairs x num_perm) comparison
+        a, b = first[start:start + 65536], second[start:start + 65536]
+        keep = (sigs[a] == sigs[b]).mean(axis=1) >= spec.threshold
+        for i, j in zip(a[keep].tolist(), b[keep].tolist()):
+            _union(parent, i, j)
+    return parent, len(pairs)
+
+
+_JOBS: list = []
+
+
+def _candidates_of(index: int) -> np.ndarray:
+    return _candidates(_JOBS[index])
+
+
+def _candidates(job: tuple) -> np.ndarray:
+    """Candidate pairs (encoded later * n + earlier) from one group of LSH bands, via datasketch."""
     from datasketch import MinHash, MinHashLSH
 
-    bands, rows = spec.lsh_params()
-    lsh = MinHashLSH(num_perm=spec.num_perm, params=(bands, rows))
-    perms = permutations(spec.num_perm, spec.seed)
-    parent: dict[int, int] = {}
-    pairs = 0
+    sigs, alive, first_col, bands, rows, seed, progress, groups = job
+    width = bands * rows
+    cols = slice(first_col, first_col + width)
+    lsh = MinHashLSH(num_perm=width, params=(bands, rows))
+    perms = permutations(sigs.shape[1], seed)[:, cols].copy()
+    n, out = len(sigs), []
     for count, i in enumerate(alive.tolist()):
-        m = MinHash(num_perm=spec.num_perm, seed=spec.seed, hashvalues=sigs[i], permutations=perms,
-                    scheme="affine32")
+        m = MinHash(num_perm=width, seed=seed, hashvalues=sigs[i, cols], permutations=perms, scheme="affine32")
         # Query before inserting: every candidate is an earlier document, each pair is seen once.
-        candidates = lsh.query(m)
-        if candidates:
-            pairs += len(candidates)
-            cand = np.fromiter(candidates, dtype=np.int64, count=len(candidates))
-            est = (sigs[cand] == sigs[i]).mean(axis=1)
-            for j in cand[est >= spec.threshold].tolist():
-                _union(parent, i, j)
+        out += [i * n + j for j in lsh.query(m)]
         lsh.insert(i, m, check_duplication=False)
         if progress is not None and count % 256 == 255:
-            progress(256)
-    return parent, pairs
+            progress(256 / groups)
+    return np.array(out, dtype=np.int64)
 
 
 def _find(parent: dict[int, int], x: int) -> int:

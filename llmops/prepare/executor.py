@@ -15,7 +15,7 @@ from pathlib import Path
 
 from llmops.errors import UserError
 from llmops.prepare.config import PrepareSpec
-from llmops.prepare.pipeline import MAP_PHASES, PHASES, default_workdir, run_phase
+from llmops.prepare.pipeline import MAP_PHASES, PHASES, default_workdir, ensure_writable, run_phase
 from llmops.prepare.progress import Display, Tracker
 from llmops.prepare.workdir import WorkDir, make_plan
 
@@ -32,8 +32,6 @@ def run_all(config: PrepareSpec, *, workers: int | None = None, num_shards: int 
     existing = (work.root / "plan.json").exists()
     shards = num_shards or config.num_shards or (None if existing else 4 * workers)
     if not existing:
-        from llmops.prepare.pipeline import ensure_writable
-
         ensure_writable(Path(config.output.dir), "prepare.output.dir")
         ensure_writable(work.root, "the work folder")
     plan = make_plan(config, work, shards)

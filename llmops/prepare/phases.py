@@ -85,7 +85,7 @@ def dedup(ctx: Context, shard: int) -> dict:
             if width else np.empty((len(exact), 0), dtype=np.uint32))
     stats = StepStats("dedup", docs_in=len(exact), bytes_in=int(exact[:, 1].sum()))
     with Timer(stats):
-        decision = deduplicate(exact[:, 0], sigs, spec.dedup, ctx.progress)
+        decision = deduplicate(exact[:, 0], sigs, spec.dedup, ctx.progress, workers=ctx.threads)
     kept = decision.kind == KEPT
     stats.docs_out, stats.bytes_out = int(kept.sum()), int(exact[kept, 1].sum())
     stats.dropped.update({"exact_duplicate": int((decision.kind == 1).sum()),
@@ -214,7 +214,8 @@ def _write_batch(batch, out, writer, encoder, facts, stats: StepStats, progress:
 
     if not batch:
         return
-    encoded = encoder.encode([d.text for d in batch], out_type=int) if encoder is not None else None
+    # One thread: a map shard owns one core (SentencePiece would otherwise start one thread per core).
+    encoded = encoder.encode([d.text for d in batch], out_type=int, num_threads=1) if encoder is not None else None
     for k, doc in enumerate(batch):
         stats.docs_in += 1
         stats.docs_out += 1

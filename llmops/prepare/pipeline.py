@@ -82,8 +82,9 @@ def run_phase(config: PrepareSpec, *, phase: str, shard: int = 0, num_shards: in
     work = WorkDir(workdir or default_workdir(config))
     ensure_writable(Path(config.output.dir), "prepare.output.dir")
     ensure_writable(work.root, "the work folder")
-    first = phase == "clean" and not (work.root / "plan.json").exists()
-    plan = make_plan(config, work, (num_shards or 1) if first else num_shards if phase == "clean" else None)
+    # Only the clean phase may start a plan (one shard when none is named); later phases read it.
+    starting = phase == "clean" and not (work.root / "plan.json").exists()
+    plan = make_plan(config, work, (num_shards or 1) if starting else num_shards if phase == "clean" else None)
     allowed = {plan.num_shards} if phase in MAP_PHASES else {plan.num_shards, 1}
     if num_shards is not None and num_shards not in allowed:
         raise UserError(f"--num-shards {num_shards} does not match the {plan.num_shards} shard(s) this work "

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import multiprocessing
 import os
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -103,8 +102,3 @@ def _amount(value: float, total: float | None, unit: str) -> str:
     if unit == "bytes":
         return f"{value / 1e6:,.1f}/{total / 1e6:,.1f} MB" if total else f"{value / 1e6:,.1f} MB"
     return f"{value:,.0f}/{total:,.0f} docs" if total else f"{value:,.0f} docs"
-
-
-def quiet() -> bool:
-    """True when stderr is not a terminal (plain lines instead of bars)."""
-    return not sys.stderr.isatty()

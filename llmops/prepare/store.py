@@ -61,11 +61,6 @@ def _open(path: Path):
     return pa.ipc.open_file(pa.memory_map(str(path), "r"))
 
 
-def count(path: Path) -> int:
-    reader = _open(path)
-    return sum(reader.get_batch(i).num_rows for i in range(reader.num_record_batches))
-
-
 def read_ids(path: Path) -> list[str]:
     reader = _open(path)
     out: list[str] = []

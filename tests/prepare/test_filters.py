@@ -53,5 +53,6 @@ def test_a_rule_set_to_null_is_off_and_enabled_false_turns_all_off():
 def test_repeated_line_characters_are_a_separate_reason():
     long_line = "this long line repeats many many times over and over again " * 3
     text = "\n".join([long_line, long_line] + [f"short {w}" for w in WORDS[:40]])
-    f = QualityFilter(FilterSpec(min_words=10, max_top_ngram_char_fraction=None, max_duplicate_ngram_char_fraction=None))
+    f = QualityFilter(FilterSpec(min_words=10, max_top_ngram_char_fraction=None,
+                                 max_duplicate_ngram_char_fraction=None))
     assert list(f.run([doc(text)])) == [] and dict(f.stats.dropped) == {"duplicate_line_chars": 1}

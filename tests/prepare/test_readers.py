@@ -15,7 +15,7 @@ from prepare_testing import make_corpus, write_jsonl
 from llmops.prepare.config import InputSpec
 from llmops.prepare.document import Document
 from llmops.prepare.readers import Bad, Reader, read_unit
-from llmops.prepare.sources import Unit, discover
+from llmops.prepare.sources import discover
 
 
 def records(path: Path, **spec) -> list[Document | Bad]:

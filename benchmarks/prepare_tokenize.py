@@ -1,0 +1,96 @@
+"""Tokenization throughput per core: the prepare pipeline's tokenize phase against plain SentencePiece.
+
+    apt-get install -y python3-doc manpages manpages-dev   # the corpus (see prepare_corpus.py)
+    python benchmarks/prepare_tokenize.py                  # --size-mb 50; about two minutes
+
+Plain ``SentencePieceProcessor.encode(texts)`` on texts already in memory is
+the ceiling: no reading, no writing. The tokenize phase reads the kept
+documents back from the shard's Arrow file, encodes them in batches, appends
+the end-of-document token and writes them with megatron-core's
+IndexedDatasetBuilder. Both run in this one process on one core, the same
+32k-piece BPE model (trained by the pipeline on the corpus), the same
+documents, megatron-core already imported (as the executor does before it
+forks workers); we report the best of --repeat interleaved runs, in tokens per
+second of wall time and of CPU time (the development machines are shared).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from prepare_corpus import build_throughput_corpus  # noqa: E402
+
+
+def clocks() -> tuple[float, float]:
+    return time.perf_counter(), time.process_time()
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--size-mb", type=float, default=50)
+    p.add_argument("--repeat", type=int, default=3)
+    p.add_argument("--workdir", type=Path, default=Path("/tmp/llmops-bench-tokenize"))
+    args = p.parse_args()
+    import numpy as np
+    from rich.console import Console
+
+    from llmops.prepare import store
+    from llmops.prepare.config import PrepareSpec
+    from llmops.prepare.pipeline import PHASES, run_phase
+    from llmops.prepare.tokenizer import load
+
+    corpus = args.workdir / "corpus"
+    info = build_throughput_corpus(corpus, size_mb=args.size_mb, files=1)
+    out = args.workdir / "out"
+    shutil.rmtree(out, ignore_errors=True)
+    spec = PrepareSpec.model_validate({"input": {"paths": [str(corpus / "*.jsonl")]},
+                                       "output": {"dir": str(out), "jsonl": False, "keep_work": True}})
+    from llmops.prepare.writer import preload
+
+    preload()  # as the executor does before forking workers: megatron-core's import is not tokenization
+    timing = {}
+    for phase in PHASES:
+        (w0, c0) = clocks()
+        result = run_phase(spec, phase=phase, shard=0, num_shards=1, threads=1)
+        (w1, c1) = clocks()
+        timing[phase] = (w1 - w0, c1 - c0, result)
+    tokens, docs = timing["tokenize"][2]["tokens"], timing["tokenize"][2]["documents"]
+    work = out / "work"
+    removed = np.load(work / "dedup" / "shard-00000.remove.npy")
+    texts = [d.text for _, d in store.iter_docs(work / "clean" / "shard-00000.arrow", removed)]
+    sp = load(out / "tokenizer.model")
+    runs: dict[str, list[tuple[float, float]]] = {"plain sentencepiece encode": [], "llmops tokenize phase": []}
+    for _ in range(args.repeat):  # interleaved; the best of each counts (the machine is shared)
+        (w0, c0) = clocks()
+        plain = sum(len(ids) for ids in sp.encode(texts, out_type=int, num_threads=1))
+        (w1, c1) = clocks()
+        runs["plain sentencepiece encode"].append((w1 - w0, c1 - c0))
+        (work / "done" / "tokenize-00000-of-00001.json").unlink()
+        (w0, c0) = clocks()
+        run_phase(spec, phase="tokenize", shard=0, num_shards=1)
+        (w1, c1) = clocks()
+        runs["llmops tokenize phase"].append((w1 - w0, c1 - c0))
+    nbytes = sum(len(t.encode()) for t in texts)
+    console = Console()
+    console.print(f"corpus {info['bytes'] / 1e6:.0f} MB; tokenized {docs:,} kept documents, {nbytes / 1e6:.1f} MB, "
+                  f"{tokens:,} tokens with the end-of-document tokens ({plain:,} without); best of {args.repeat}")
+    best = {}
+    for (name, times), n in zip(runs.items(), (plain, tokens)):
+        w, c = min(t[0] for t in times), min(t[1] for t in times)
+        best[name] = (n / w, n / c)
+        console.print(f"{name:>27}: {n / w / 1e6:5.2f} M tokens/s wall, {n / c / 1e6:5.2f} M tokens per CPU second, "
+                      f"{nbytes / c / 1e6:5.1f} MB per CPU second")
+    (pw, pc), (ow, oc) = best.values()
+    console.print(f"tokenize phase / plain encode: {oc / pc:.2f} per CPU second, {ow / pw:.2f} per wall second")
+    print(json.dumps({k: [round(v[0], 2), round(v[1], 2)] for k, v in timing.items()}))
+
+
+if __name__ == "__main__":
+    main()

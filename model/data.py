@@ -106,8 +106,11 @@ def _build_gpt_dataset(spec: RunSpec, *, cache_dir: str) -> SampleSource:
     return train
 
 
+LM_KEYS = ("tokens", "labels", "loss_mask", "position_ids")
+
+
 def batches(source: SampleSource, *, spec: RunSpec, layout: Layout, start_step: int,
-            device: torch.device) -> Iterator[dict[str, torch.Tensor]]:
+            device: torch.device, keys: tuple[str, ...] = LM_KEYS) -> Iterator[dict[str, torch.Tensor]]:
     """This rank's micro-batches, step after step, from `start_step` on.
 
     Global batch `s` is samples [s*G, (s+1)*G); data-parallel rank `r` takes
@@ -120,6 +123,5 @@ def batches(source: SampleSource, *, spec: RunSpec, layout: Layout, start_step: 
         base = step * g + layout.dp_rank * per_rank
         for first in range(base, base + per_rank, mbs):
             samples = [source[(i) % len(source)] for i in range(first, first + mbs)]
-            yield {k: torch.stack([s[k] for s in samples]).to(device, non_blocking=True) for k in
-                   ("tokens", "labels", "loss_mask", "position_ids")}
+            yield {k: torch.stack([s[k] for s in samples]).to(device, non_blocking=True) for k in keys}
         step += 1

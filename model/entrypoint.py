@@ -1,8 +1,10 @@
 """The process every backend launches: ``python -m llmops_model.entrypoint RUN_DIR``.
 
 Reads the resolved spec that the control plane wrote into the run directory
-(never re-resolving it), joins the job's process group and trains. Exit
-codes: 0 done, 75 checkpointed after a preemption notice (requeue me), 1 failed.
+(never re-resolving it), joins the job's process group and runs one stage:
+``$LLMOPS_STAGE`` (pretrain or align) when the backend sets it, else the
+spec's first training stage. Exit codes: 0 done, 75 checkpointed after a
+preemption notice (requeue me), 2 bad input, 1 failed.
 """
 
 from __future__ import annotations
@@ -32,9 +34,18 @@ def main(argv: list[str] | None = None) -> int:
     from llmops_model import parallel, train
 
     restart = int(os.environ.get("LLMOPS_RESTART", "0"))
+    stage = os.environ.get("LLMOPS_STAGE") or ("pretrain" if spec.train is not None else "align")
+    run_stage = train.pretrain
     try:
+        if stage == "align":
+            from llmops_model.align import stage as align
+
+            spec, run_stage = align.stage_spec(spec), align.align
         layout, device = parallel.setup(spec)
-        code = train.pretrain(spec, run_dir=run.path, layout=layout, device=device, restart=restart)
+        code = run_stage(spec, run_dir=run.path, layout=layout, device=device, restart=restart)
+    except UserError as exc:  # every rank meets the same bad input (data, starting checkpoint)
+        print(exc.render(), file=sys.stderr, flush=True)
+        return EXIT_BAD_INPUT
     except Exception:
         traceback.print_exc()
         sys.stderr.flush()

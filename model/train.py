@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -56,10 +57,18 @@ class Trainer:
         }
 
 
-def build(spec: RunSpec, *, layout: Layout, device: torch.device, ckpt_root: Path) -> Trainer:
+def build(spec: RunSpec, *, layout: Layout, device: torch.device, ckpt_root: Path,
+          per_token_loss: bool = False) -> Trainer:
+    """The model, optimizer and schedule of this process.
+
+    With `per_token_loss` the loss function returns (sum, count, metrics) and
+    gradients are divided by the count over the whole global batch (Megatron's
+    calculate_per_token_loss), instead of averaging per micro-batch means.
+    """
     cpu = device.type == "cpu"
     module = gpt.build_model(spec, device=device)
     config = module.config
+    config.calculate_per_token_loss = per_token_loss  # read by DDP's gradient scaling, so set before wrapping
     if config.bf16:
         # Megatron's mixed-precision wrapper: bf16 parameters everywhere (norms included),
         # inputs cast on the first stage and outputs back to fp32 on the last.
@@ -114,29 +123,43 @@ def _forward_step(data_iterator, model):
     return output, partial(_loss_func, batch["loss_mask"])
 
 
-def train_step(t: Trainer, batches) -> tuple[float, float | None]:
-    """One optimizer step over a global batch; returns (loss, grad norm) on the logger rank."""
+def forward_backward(t: Trainer, batches, *, forward_step: Callable = _forward_step,
+                     num_microbatches: int | None = None, rows: int | None = None,
+                     forward_only: bool = False) -> list[dict]:
+    """Megatron's schedule over `num_microbatches` (default: a global batch's share) of `rows` sequences
+    each (default: train.micro_batch_size); returns the loss functions' dicts on the last stage."""
     spec = t.spec
-    t.model.zero_grad_buffer()
-    t.optimizer.zero_grad()
-    losses = get_forward_backward_func()(
-        forward_step_func=_forward_step,
+    return get_forward_backward_func()(
+        forward_step_func=forward_step,
         data_iterator=batches,
         model=[t.model],
-        num_microbatches=spec.num_microbatches,
+        num_microbatches=num_microbatches or spec.num_microbatches,
         seq_length=spec.model.seq_length,
-        micro_batch_size=spec.train.micro_batch_size,
+        micro_batch_size=rows or spec.train.micro_batch_size,
         decoder_seq_length=spec.model.seq_length,
-        forward_only=False,
+        forward_only=forward_only,
     )
+
+
+def optimizer_step(t: Trainer, batches, **schedule) -> tuple[list[dict], float | None]:
+    """One optimizer step over a global batch: (the loss functions' dicts, grad norm)."""
+    t.model.zero_grad_buffer()
+    t.optimizer.zero_grad()
+    losses = forward_backward(t, batches, **schedule)
     ok, grad_norm, _ = t.optimizer.step()
     t.scheduler.step(increment=1)
+    return losses, (float(grad_norm) if grad_norm is not None else None)
+
+
+def train_step(t: Trainer, batches) -> tuple[float, float | None]:
+    """One optimizer step over a global batch; returns (loss, grad norm) on the logger rank."""
+    losses, grad_norm = optimizer_step(t, batches)
     loss = float("nan")
     if parallel_state.is_pipeline_last_stage():
         mean = torch.stack([x["lm loss"] for x in losses]).mean().reshape(1)
         dist.all_reduce(mean, group=parallel_state.get_data_parallel_group())
         loss = mean.item() / t.layout.dp
-    return loss, (float(grad_norm) if grad_norm is not None else None)
+    return loss, grad_norm
 
 
 def save_checkpoint(t: Trainer, step: int, *, logger: StepLogger, final: bool = False) -> None:
@@ -206,18 +229,31 @@ def pretrain(spec: RunSpec, *, run_dir: Path, layout: Layout, device: torch.devi
     step = resume(t, logger=logger) if spec.checkpoint.resume else 0
     source = data.build_source(spec, cache_dir=str(run_dir / "data-cache"))
     stream = data.batches(source, spec=spec, layout=layout, start_step=step, device=device)
-    last_saved = step
-    code = EXIT_OK
-    while step < spec.train.steps:
+
+    def advance(step: int) -> None:
         began = time.perf_counter()
         loss, grad_norm = train_step(t, stream)
-        step += 1
         if step % spec.train.log_interval == 0 or step == spec.train.steps:
             logger.log(step=step, loss=loss, lr=t.scheduler.get_lr(t.optimizer.param_groups[0]),
                        grad_norm=grad_norm, step_time=time.perf_counter() - began)
+
+    step, code = run_steps(t, step=step, logger=logger, flag=flag, advance=advance)
+    return finish(t, code=code, step=step, run_dir=run_dir, logger=logger, flag=flag)
+
+
+def run_steps(t: Trainer, *, step: int, logger: StepLogger, flag: PreemptionFlag,
+              advance: Callable[[int], None]) -> tuple[int, int]:
+    """Run `advance(n)` (train and log step n) up to train.steps, checkpointing on the interval, at the end
+    and after a preemption notice; returns (the last step, the exit code)."""
+    spec = t.spec
+    last_saved = step
+    code = EXIT_OK
+    while step < spec.train.steps:
+        step += 1
+        advance(step)
         if t.async_queue is not None:
             t.async_queue.maybe_finalize_async_calls(blocking=False)
-        preempted = flag.agreed(device)
+        preempted = flag.agreed(t.device)
         if step % spec.checkpoint.interval == 0 or step == spec.train.steps or preempted:
             # The last save before exiting is synchronous: nothing may be left half-written.
             save_checkpoint(t, step, logger=logger, final=preempted or step == spec.train.steps)
@@ -229,9 +265,14 @@ def pretrain(spec: RunSpec, *, run_dir: Path, layout: Layout, device: torch.devi
             break
     if code == EXIT_OK and last_saved != step:
         save_checkpoint(t, step, logger=logger, final=True)
+    return step, code
+
+
+def finish(t: Trainer, *, code: int, step: int, run_dir: Path, logger: StepLogger, flag: PreemptionFlag) -> int:
+    """Close the checkpoint queue, leave last_exit.json for the launcher; returns the exit code."""
     if t.async_queue is not None:
         t.async_queue.close()
-    if layout.is_logger:
+    if t.layout.is_logger:
         (run_dir / "last_exit.json").write_text(json.dumps({"code": code, "step": step, "time": time.time()}))
     logger.close()
     flag.uninstall()

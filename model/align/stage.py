@@ -1,0 +1,180 @@
+"""The alignment stage: SFT or DPO from a pre-training checkpoint, with checkpoints and auto-resume.
+
+It reuses the pre-training machinery unchanged: the same model build, DDP
+and optimizer (:func:`llmops_model.train.build`), the same pipeline
+schedules, checkpoint save/resume and preemption handling
+(:func:`llmops_model.train.run_steps`). What differs is the data, the loss
+(:mod:`llmops_model.align.objectives`) and where the weights come from:
+
+1. the stage's own latest checkpoint, when it has one (auto-resume), else
+2. the starting checkpoint's model weights only (any TP/PP layout; Megatron's
+   dist_checkpointing reshards), with a fresh optimizer.
+
+Everything here is collective: every rank runs :func:`align`.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from llmops.errors import UserError
+from llmops.spec import RunSpec, TrainSpec
+from llmops_model import checkpoint, data, train
+from llmops_model.align import examples, reference
+from llmops_model.align.metrics import AlignLogger
+from llmops_model.align.objectives import DPO, SFT, objective, reduce_sums
+from llmops_model.align.sources import DPOSource, SFTSource, sweep
+from llmops_model.parallel import Layout
+from llmops_model.preemption import PreemptionFlag
+
+# Model fields a starting checkpoint must share with the spec (seq_length only with learned positions).
+_SHAPE = ("num_layers", "hidden_size", "num_attention_heads", "num_query_groups", "ffn_hidden_size",
+          "normalization", "position_embedding", "activation", "tie_embeddings")
+
+
+def stage_spec(spec: RunSpec) -> RunSpec:
+    """The spec as the shared training code reads it: the align stage's optimisation settings as `train:`.
+
+    Precision, Adam betas, the distributed optimizer and TensorBoard come from
+    the pretrain stage's `train:` when the spec has one.
+    """
+    base = spec.train.model_dump() if spec.train is not None else {}
+    return spec.model_copy(update={"train": TrainSpec.model_validate({**base, **spec.align.train_fields()})})
+
+
+@dataclass
+class Data:
+    train: SFTSource | DPOSource
+    valid: SFTSource | DPOSource
+    stats: dict
+    folder: Path
+
+
+def load_data(spec: RunSpec, *, run_dir: Path, layout: Layout, logger: AlignLogger) -> Data:
+    """Collective: rank 0 tokenizes and quarantines (once per data and settings); every rank reads."""
+    a, seq = spec.align, spec.model.seq_length
+    folder = run_dir / f"align-data-{a.method}"
+    fp = examples.fingerprint(a, seq_length=seq)
+    if layout.rank == 0 and examples.cached_stats(folder, fp) is None:
+        examples.build(a, seq_length=seq, out=folder, fp=fp)
+    dist.barrier()
+    stats = examples.cached_stats(folder, fp)
+    q = stats["quarantined"]
+    logger.info(f"{a.method} data: {stats['lines']} lines, {stats['train']} training and {stats['valid']} "
+                f"held-out examples; {stats['truncated']} truncated; quarantined {sum(q.values())} "
+                f"({', '.join(f'{k}: {v}' for k, v in q.items()) or 'none'}) -> {folder / 'quarantine.jsonl'}")
+    examples.check(stats, a=a, out=folder)
+    train_ex, valid_ex = (examples.read(folder / f"{s}.npz", a.method) for s in ("train", "valid"))
+    needed = a.steps * a.global_batch_size
+    if a.method == "sft":
+        make = lambda ex, n: SFTSource(ex, seq_length=seq, packing=a.sft.packing, pad_id=stats["pad_id"],  # noqa: E731
+                                       seed=a.seed, needed=n)
+    else:
+        make = lambda ex, n: DPOSource(ex, seq_length=seq, pad_id=stats["pad_id"], eod_id=stats["eod_id"],  # noqa: E731
+                                       seed=a.seed, needed=n)
+    return Data(make(train_ex, needed), make(valid_ex, 0), stats, folder)
+
+
+def start_checkpoint(spec: RunSpec, *, run_dir: Path) -> Path:
+    """The complete checkpoint the stage starts from; UserError when there is none or its shape differs."""
+    root = Path(spec.align.start_from or spec.checkpoint.dir or run_dir / "checkpoints")
+    if (root / checkpoint.MANIFEST).exists() or re.match(r"iter_\d+", root.name):  # one checkpoint, not a root
+        path, reason = root, checkpoint.verify(root)
+    else:
+        found = checkpoint.find_latest(root)
+        path, reason = found.path, None if found.path else "holds no complete checkpoint"
+    if reason is not None:
+        raise UserError(f"align.start_from = {str(root)!r}: {reason}",
+                        "pre-train first, or point align.start_from at a complete checkpoint (or its root)")
+    saved = checkpoint.read_manifest(path).get("model", {})
+    keys = _SHAPE + (("seq_length",) if spec.model.position_embedding == "learned_absolute" else ())
+    ours = spec.model.model_dump()
+    differ = [f"{k}: {saved.get(k)} there, {ours[k]} here" for k in keys if k in saved and saved[k] != ours[k]]
+    if "vocab_size" in saved and _padded(saved["vocab_size"]) != spec.model.padded_vocab_size:
+        differ.append(f"vocab_size: {saved['vocab_size']} there, {spec.model.vocab_size} here")
+    if differ:
+        raise UserError(f"the starting checkpoint {path} is a different model ({'; '.join(differ)})",
+                        "give model: the shape the checkpoint was pre-trained with")
+    return path
+
+
+def _padded(vocab: int) -> int:
+    return int(math.ceil(vocab / 128) * 128)
+
+
+def load_start(t: train.Trainer, path: Path, *, logger: AlignLogger) -> None:
+    """Collective: the starting checkpoint's model weights (resharded to this layout), a fresh optimizer."""
+    state = checkpoint.load(path, sharded_state={"model": t.model.module.sharded_state_dict(prefix="")})
+    t.model.module.load_state_dict(state["model"])
+    t.optimizer.reload_model_params()  # mixed-precision optimizers keep fp32 copies of the weights
+    saved = checkpoint.read_manifest(path)["layout"]
+    logger.info(f"starting weights from {path} (saved as tp{saved['tp']}-pp{saved['pp']}-dp{saved['dp']}, "
+                f"now {t.layout.describe()})")
+
+
+def evaluate(t: train.Trainer, source, *, obj: SFT | DPO, step: int, logger: AlignLogger) -> None:
+    """Collective: the loss (and DPO's figures) over every held-out example, forward only."""
+    if source.count == 0:
+        return
+    mbs, layout = t.spec.train.micro_batch_size, t.layout
+    if isinstance(obj, SFT):
+        get, empty = source.sequence, source.empty
+    else:
+        get, empty = source.pair, lambda: source.pair(0, padding=True)
+    steps, batches = sweep(source.count, get=get, empty=empty, micro_batch_size=mbs, dp=layout.dp,
+                           dp_rank=layout.dp_rank, device=t.device, keys=obj.keys)
+    t.model.eval()
+    with torch.no_grad():
+        outputs = train.forward_backward(t, batches, forward_step=obj.forward_step, num_microbatches=steps,
+                                         rows=obj.rows * mbs, forward_only=True)
+    t.model.train()
+    sums = reduce_sums(outputs)
+    if sums is not None:
+        logger.log_eval(step=step, metrics=obj.summarize(sums))
+
+
+def align(spec: RunSpec, *, run_dir: Path, layout: Layout, device: torch.device, restart: int) -> int:
+    """Train to `align.steps`, resuming and checkpointing; returns the process exit code.
+
+    Precondition: `spec` is :func:`stage_spec`'s view (its `train:` holds the align settings).
+    """
+    a = spec.align
+    obj = objective(a)
+    logger = AlignLogger(spec, run_dir, enabled=layout.is_logger, world_size=layout.world, restart=restart,
+                         rows=obj.rows)
+    flag = PreemptionFlag().install()
+    d = load_data(spec, run_dir=run_dir, layout=layout, logger=logger)
+    start = start_checkpoint(spec, run_dir=run_dir)
+    ckpt_root = Path(a.checkpoint_dir) if a.checkpoint_dir else run_dir / f"checkpoints-{a.method}"
+    t = train.build(spec, layout=layout, device=device, ckpt_root=ckpt_root, per_token_loss=True)
+    loaded = False
+    if isinstance(obj, DPO):
+        key = f"{d.stats['fingerprint']}:{start.resolve()}:{checkpoint.read_manifest(start)['saved_at']}"
+        loaded = reference.attach(t, {"train": d.train, "valid": d.valid}, objective=obj,
+                                  micro_batch_size=a.micro_batch_size, cache=d.folder / "reference.npz", key=key,
+                                  load_start=lambda: load_start(t, start, logger=logger), logger=logger)
+    step = train.resume(t, logger=logger) if spec.checkpoint.resume else 0
+    if step == 0 and not loaded:
+        load_start(t, start, logger=logger)
+    stream = data.batches(d.train, spec=spec, layout=layout, start_step=step, device=device, keys=obj.keys)
+
+    def advance(step: int) -> None:
+        began = time.perf_counter()
+        outputs, grad_norm = train.optimizer_step(t, stream, forward_step=obj.forward_step,
+                                                  rows=obj.rows * a.micro_batch_size)
+        sums = reduce_sums(outputs)
+        if sums is not None and (step % a.log_interval == 0 or step == a.steps):
+            logger.log_step(step=step, metrics=obj.summarize(sums), lr=t.scheduler.get_lr(t.optimizer.param_groups[0]),
+                            grad_norm=grad_norm, step_time=time.perf_counter() - began)
+        if step == a.steps or (a.eval_interval and step % a.eval_interval == 0):
+            evaluate(t, d.valid, obj=obj, step=step, logger=logger)
+
+    step, code = train.run_steps(t, step=step, logger=logger, flag=flag, advance=advance)
+    return train.finish(t, code=code, step=step, run_dir=run_dir, logger=logger, flag=flag)

@@ -134,6 +134,8 @@ def _candidates(job: tuple) -> np.ndarray:
         lsh.insert(i, m, check_duplication=False)
         if progress is not None and count % 256 == 255:
             progress(256 / groups)
+    if hasattr(progress, "flush"):  # a Tracker in a forked worker: what it batched would be lost
+        progress.flush()
     return np.array(out, dtype=np.int64)
 
 

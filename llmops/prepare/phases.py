@@ -145,6 +145,10 @@ def tokenizer(ctx: Context, shard: int) -> dict:
             facts = tok.install(cfg.model, out)
         else:
             kept_bytes = work.read_marker("dedup", 0, 1)["steps"][0]["bytes_out"]
+            if kept_bytes == 0:
+                raise UserError("no document is left after cleaning, filtering and deduplication to train the "
+                                "tokenizer on", "check the input and prepare.filters (the counts per rule are in "
+                                f"{work.root / 'done'}/clean-*.json), or give prepare.tokenizer.model")
             rate = min(1.0, cfg.sample_bytes / max(1, kept_bytes))
             texts = _counting((d for d in kept_documents(ctx) if tok.sampled(d.id, rate)), stats, ctx.progress)
             facts = tok.train(cfg, tok.training_lines(texts, cfg.sample_bytes), out=out, threads=ctx.threads)
@@ -187,9 +191,9 @@ def tokenize(ctx: Context, shard: int) -> dict:
             for doc in kept_documents(ctx, range(shard, shard + 1)):
                 batch.append(doc)
                 if len(batch) >= ENCODE_BATCH:
-                    _write_batch(batch, out, writer, encoder, facts, stats, ctx.progress)
+                    _write_batch(batch, out, writer, encoder, facts, stats, ctx)
                     batch = []
-            _write_batch(batch, out, writer, encoder, facts, stats, ctx.progress)
+            _write_batch(batch, out, writer, encoder, facts, stats, ctx)
             if out is not None:
                 out.close()
         if writer is not None:
@@ -209,13 +213,15 @@ def _encoder(work: WorkDir, facts: dict | None):
     return load(work.root / "tokenizer.model")
 
 
-def _write_batch(batch, out, writer, encoder, facts, stats: StepStats, progress: Advance) -> None:
+def _write_batch(batch, out, writer, encoder, facts, stats: StepStats, ctx: Context) -> None:
     from llmops.prepare.writer import document_line
 
     if not batch:
         return
-    # One thread: a map shard owns one core (SentencePiece would otherwise start one thread per core).
-    encoded = encoder.encode([d.text for d in batch], out_type=int, num_threads=1) if encoder is not None else None
+    # `threads` SentencePiece threads: one when the local executor gives each shard a core, more when a
+    # cluster task has several CPUs (left alone, SentencePiece starts one thread per core of the machine).
+    texts = [d.text for d in batch]
+    encoded = encoder.encode(texts, out_type=int, num_threads=ctx.threads) if encoder is not None else None
     for k, doc in enumerate(batch):
         stats.docs_in += 1
         stats.docs_out += 1
@@ -227,4 +233,4 @@ def _write_batch(batch, out, writer, encoder, facts, stats: StepStats, progress:
             ids = np.array(encoded[k] + [facts["eos_id"]], dtype=writer.dtype)
             writer.add(ids)
             stats.totals["tokens"] += len(ids)
-        progress(doc.nbytes)
+        ctx.progress(doc.nbytes)

@@ -71,9 +71,10 @@ def run_phase(config: PrepareSpec, *, phase: str, shard: int = 0, num_shards: in
               threads: int = 1) -> dict:
     """Run one shard of one phase, unless its completion marker exists; returns the marker's content.
 
-    `threads` is how many threads the tokenizer trainer may use. Raises
-    UserError (exit code 2) for bad input, a mismatched work folder or missing
-    earlier phases.
+    `threads` is how many cores this task may use: processes for the dedup
+    reduce's LSH bands, threads for tokenizer training and for SentencePiece in
+    the tokenize phase (the clean phase uses one). Raises UserError (exit code
+    2) for bad input, a mismatched work folder or missing earlier phases.
     """
     from llmops.prepare import finalize, phases
 

@@ -58,20 +58,21 @@ class Display:
     def phase(self, name: str, *, total: float | None, unit: str = "bytes") -> Iterator[None]:
         """Show `name` while the block runs; `total` in `unit` (bytes or docs), None if unknown."""
         self.counter.value = 0.0
-        stop = threading.Event()
+        stop, ok = threading.Event(), threading.Event()
         draw = self._bar if self.fancy else self._lines
-        thread = threading.Thread(target=draw, args=(name, total, unit, stop), daemon=True)
+        thread = threading.Thread(target=draw, args=(name, total, unit, stop, ok), daemon=True)
         start = time.monotonic()
         thread.start()
         try:
             yield
+            ok.set()  # the phase finished: the bar shows it whole, whatever the counter got to
         finally:
             stop.set()
             thread.join()
         if not self.fancy:
             self.console.print(f"prepare {name}: done in {time.monotonic() - start:.1f}s", markup=False)
 
-    def _bar(self, name: str, total: float | None, unit: str, stop: threading.Event) -> None:
+    def _bar(self, name: str, total: float | None, unit: str, stop: threading.Event, ok: threading.Event) -> None:
         from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
         columns = [SpinnerColumn(), TextColumn("[bold]{task.description:<10}"), BarColumn(),
@@ -83,10 +84,11 @@ class Display:
                 value = self.counter.value
                 bar.update(task, completed=value if total else None, amount=_amount(value, total, unit))
                 if done:
-                    bar.update(task, completed=total or value, amount=_amount(value, total, unit))
+                    final = (total or value) if ok.is_set() else value
+                    bar.update(task, completed=final, total=total or final or 1, amount=_amount(final, total, unit))
                     return
 
-    def _lines(self, name: str, total: float | None, unit: str, stop: threading.Event) -> None:
+    def _lines(self, name: str, total: float | None, unit: str, stop: threading.Event, ok: threading.Event) -> None:
         start = time.monotonic()
         self.console.print(f"prepare {name}: started" + (f" ({_amount(0, total, unit)})" if total else ""),
                            markup=False)

@@ -157,6 +157,12 @@ def test_too_many_bad_records_fail_the_run_until_the_threshold_allows_them(tmp_p
     assert report["quarantined"] == {"malformed_json": 10} and report["output"]["documents"] == 40
 
 
+def test_filters_that_drop_everything_say_so_before_training_a_tokenizer(tmp_path, corpus_file):
+    with pytest.raises(UserError, match="no document is left after cleaning, filtering and deduplication"):
+        run_all(prepare_spec([str(corpus_file)], tmp_path / "out", filters={"min_words": 10_000}),
+                display=Display(interval=60))
+
+
 def test_an_unwritable_output_folder_is_one_clear_error(tmp_path, corpus_file):
     blocker = tmp_path / "file"
     blocker.write_text("")

@@ -78,7 +78,8 @@ def build(spec: RunSpec, *, layout: Layout, device: torch.device, ckpt_root: Pat
         grad_reduce_in_fp32=True,
         overlap_grad_reduce=not cpu,
         use_distributed_optimizer=use_dist_opt,
-        average_in_collective=not cpu,
+        # Megatron averages in the collective or divides by the global token count, not both.
+        average_in_collective=not cpu and not per_token_loss,
     )
     model = DistributedDataParallel(config=config, ddp_config=ddp_config, module=module)
     tr = spec.train

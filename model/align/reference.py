@@ -38,8 +38,7 @@ def compute(t: train.Trainer, source: DPOSource, *, objective: DPO, micro_batch_
     layout = t.layout
     values = torch.zeros(source.count, 2, dtype=torch.float64, device=t.device)
     if source.count:
-        steps, batches = sweep(source.count, get=source.pair, empty=lambda: source.pair(0, padding=True),
-                               micro_batch_size=micro_batch_size, dp=layout.dp, dp_rank=layout.dp_rank,
+        steps, batches = sweep(source, micro_batch_size=micro_batch_size, dp=layout.dp, dp_rank=layout.dp_rank,
                                device=t.device, keys=objective.keys)
         t.model.eval()
         with torch.no_grad():

@@ -83,9 +83,9 @@ class SFTSource:
         return self.epochs.size
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
-        return self.sequence(self.epochs.item(index))
+        return self.item(self.epochs.item(index))
 
-    def sequence(self, k: int) -> dict[str, torch.Tensor]:
+    def item(self, k: int) -> dict[str, torch.Tensor]:
         """Sequence `k` in storage order (no shuffling), as the model reads it."""
         s = self.seq_length
         tokens, labels = np.full(s, self.pad_id, np.int64), np.full(s, self.pad_id, np.int64)
@@ -104,9 +104,9 @@ class SFTSource:
                 "loss_mask": torch.from_numpy(loss_mask), "position_ids": torch.from_numpy(positions),
                 "segment_ids": torch.from_numpy(segments)}
 
-    def empty(self) -> dict[str, torch.Tensor]:
-        """A sequence that carries no loss: fills the last evaluation micro-batches."""
-        out = self.sequence(0)
+    def filler(self) -> dict[str, torch.Tensor]:
+        """A sequence that carries no loss: fills the last micro-batches of a sweep."""
+        out = self.item(0)
         out["loss_mask"] = torch.zeros_like(out["loss_mask"])
         return out
 
@@ -128,9 +128,9 @@ class DPOSource:
         return self.epochs.size
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
-        return self.pair(self.epochs.item(index))
+        return self.item(self.epochs.item(index))
 
-    def pair(self, i: int, *, padding: bool = False) -> dict[str, torch.Tensor]:
+    def item(self, i: int, *, padding: bool = False) -> dict[str, torch.Tensor]:
         """Pair `i` in storage order; with `padding`, a copy marked index -1 that counts for nothing."""
         prompt = self.ex["prompt"][i]
         rows = [self._row(prompt, self.ex[k][i]) for k in ("chosen", "rejected")]
@@ -139,6 +139,9 @@ class DPOSource:
         out["ref_logps"] = torch.tensor(ref, dtype=torch.float64)
         out["index"] = torch.tensor([-1 if padding else i], dtype=torch.int64)
         return out
+
+    def filler(self) -> dict[str, torch.Tensor]:
+        return self.item(0, padding=True)
 
     def _row(self, prompt: np.ndarray, response: np.ndarray) -> dict[str, torch.Tensor]:
         s = self.seq_length
@@ -151,19 +154,20 @@ class DPOSource:
                 "loss_mask": torch.from_numpy(mask), "position_ids": torch.arange(s, dtype=torch.int64)}
 
 
-def sweep(n: int, *, get, empty, micro_batch_size: int, dp: int, dp_rank: int, device: torch.device,
+def sweep(source: SFTSource | DPOSource, *, micro_batch_size: int, dp: int, dp_rank: int, device: torch.device,
           keys: tuple[str, ...]) -> tuple[int, Iterator[dict[str, torch.Tensor]]]:
-    """Every item 0..n-1 once, split over data-parallel ranks, for forward-only passes.
+    """Every item of `source` once, in storage order, split over data-parallel ranks, for forward-only passes.
 
     Returns (micro-batches per rank, this rank's iterator). Ranks get equal
-    counts; the last micro-batches are filled with `empty()` items.
+    counts; the last micro-batches are made up with `source.filler()`.
     """
+    n = source.count
     per_rank = -(-n // (dp * micro_batch_size)) * micro_batch_size
     mine = range(dp_rank * per_rank, (dp_rank + 1) * per_rank)
 
     def batches():
         for first in range(mine.start, mine.stop, micro_batch_size):
-            items = [get(i) if i < n else empty() for i in range(first, first + micro_batch_size)]
+            items = [source.item(i) if i < n else source.filler() for i in range(first, first + micro_batch_size)]
             yield {k: torch.stack([it[k] for it in items]).to(device) for k in keys}
 
     return per_rank // micro_batch_size, batches()

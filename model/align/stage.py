@@ -72,14 +72,16 @@ def load_data(spec: RunSpec, *, run_dir: Path, layout: Layout, logger: AlignLogg
                 f"({', '.join(f'{k}: {v}' for k, v in q.items()) or 'none'}) -> {folder / 'quarantine.jsonl'}")
     examples.check(stats, a=a, out=folder)
     train_ex, valid_ex = (examples.read(folder / f"{s}.npz", a.method) for s in ("train", "valid"))
-    needed = a.steps * a.global_batch_size
+    needed = a.steps * a.global_batch_size  # the training source is sized for every sample the stage takes
+    return Data(_source(train_ex, spec=spec, stats=stats, needed=needed), _source(valid_ex, spec=spec, stats=stats),
+                stats, folder)
+
+
+def _source(ex: examples.Examples, *, spec: RunSpec, stats: dict, needed: int = 0) -> SFTSource | DPOSource:
+    a, seq = spec.align, spec.model.seq_length
     if a.method == "sft":
-        make = lambda ex, n: SFTSource(ex, seq_length=seq, packing=a.sft.packing, pad_id=stats["pad_id"],  # noqa: E731
-                                       seed=a.seed, needed=n)
-    else:
-        make = lambda ex, n: DPOSource(ex, seq_length=seq, pad_id=stats["pad_id"], eod_id=stats["eod_id"],  # noqa: E731
-                                       seed=a.seed, needed=n)
-    return Data(make(train_ex, needed), make(valid_ex, 0), stats, folder)
+        return SFTSource(ex, seq_length=seq, packing=a.sft.packing, pad_id=stats["pad_id"], seed=a.seed, needed=needed)
+    return DPOSource(ex, seq_length=seq, pad_id=stats["pad_id"], eod_id=stats["eod_id"], seed=a.seed, needed=needed)
 
 
 def start_checkpoint(spec: RunSpec, *, run_dir: Path) -> Path:
@@ -124,12 +126,8 @@ def evaluate(t: train.Trainer, source, *, obj: SFT | DPO, step: int, logger: Ali
     if source.count == 0:
         return
     mbs, layout = t.spec.train.micro_batch_size, t.layout
-    if isinstance(obj, SFT):
-        get, empty = source.sequence, source.empty
-    else:
-        get, empty = source.pair, lambda: source.pair(0, padding=True)
-    steps, batches = sweep(source.count, get=get, empty=empty, micro_batch_size=mbs, dp=layout.dp,
-                           dp_rank=layout.dp_rank, device=t.device, keys=obj.keys)
+    steps, batches = sweep(source, micro_batch_size=mbs, dp=layout.dp, dp_rank=layout.dp_rank, device=t.device,
+                           keys=obj.keys)
     t.model.eval()
     with torch.no_grad():
         outputs = train.forward_backward(t, batches, forward_step=obj.forward_step, num_microbatches=steps,

@@ -66,4 +66,5 @@ def assets(tmp_path_factory) -> Assets:
     dpo = align_corpus.preference_records(32, seed=1, max_chars=120)
     (root / "sft.jsonl").write_text("\n".join(_with_bad_lines(sft, BAD_SFT)) + "\n")
     (root / "dpo.jsonl").write_text("\n".join(_with_bad_lines(dpo, BAD_DPO)) + "\n")
-    return Assets(root / "tokenizer.model", root / "sft.jsonl", root / "dpo.jsonl", len(sft), len(dpo), BAD_SFT, BAD_DPO)
+    return Assets(root / "tokenizer.model", root / "sft.jsonl", root / "dpo.jsonl", len(sft), len(dpo),
+                  BAD_SFT, BAD_DPO)

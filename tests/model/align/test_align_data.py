@@ -53,7 +53,7 @@ def test_sft_loss_mask_covers_exactly_the_assistant_tokens(tok, packing):
     source = _sft_source(tok, records, packing=packing)
     seen = []
     for k in range(source.count):
-        s = source.sequence(k)
+        s = source.item(k)
         for seg, i in enumerate(source.sequences[k]):
             here = s["segment_ids"] == seg
             learned = s["labels"][here & (s["loss_mask"] > 0)].tolist()
@@ -68,7 +68,7 @@ def test_sft_loss_mask_covers_exactly_the_assistant_tokens(tok, packing):
 def test_packing_never_attends_across_conversations(tok):
     source = _sft_source(tok, align_corpus.sft_records(40, seed=6, max_chars=100), packing=True)
     for k in range(source.count):
-        s = source.sequence(k)
+        s = source.item(k)
         seg, pos = s["segment_ids"], s["position_ids"]
         blocked = blocked_attention(seg[None])[0, 0]
         allowed = (seg[:, None] == seg[None, :]) & torch.ones(SEQ, SEQ, dtype=torch.bool).tril()
@@ -113,11 +113,12 @@ def test_dpo_pairs_score_only_their_responses(assets, tmp_path, tok):
     source = DPOSource(examples.read(tmp_path / "train.npz", "dpo"), seq_length=SEQ, pad_id=tok.pad_id,
                        eod_id=tok.eod_id, seed=0)
     for i in range(source.count):
-        pair = source.pair(i)
+        pair = source.item(i)
         for row, name in enumerate(("chosen", "rejected")):
             scored = pair["labels"][row][pair["loss_mask"][row] > 0].tolist()
             assert scored == source.ex[name][i].tolist() and scored[-1] == tok.markers["end"]
-        assert torch.equal(pair["tokens"][0, : len(source.ex["prompt"][i])], pair["tokens"][1, : len(source.ex["prompt"][i])])
+        shared = len(source.ex["prompt"][i])
+        assert torch.equal(pair["tokens"][0, :shared], pair["tokens"][1, :shared])  # one prompt, two answers
 
 
 def test_dpo_truncation_cuts_the_prompt_from_the_left(tok):
@@ -125,7 +126,8 @@ def test_dpo_truncation_cuts_the_prompt_from_the_left(tok):
               "rejected": "Return the square root."}
     (prompt, chosen, rejected), cut = examples.tokenize_dpo(tok, record, seq_length=64, too_long="truncate")
     assert cut and len(prompt) + max(len(chosen), len(rejected)) + 1 <= 65
-    assert prompt[-1] == tok.markers["assistant"] and tok.sp.decode(prompt[-12:-2]).endswith("json.dumps do?"), tok.sp.decode(prompt)
+    assert prompt[-1] == tok.markers["assistant"]
+    assert tok.sp.decode(prompt[-12:-2]).endswith("json.dumps do?"), tok.sp.decode(prompt)
     assert chosen == tok.response(record["chosen"])  # the responses fit, so they are whole
 
 
@@ -144,7 +146,8 @@ def test_preference_loss_equals_a_direct_computation():
             want = (-(1 - eps) * math.log(sig(beta * h)) - eps * math.log(sig(-beta * h)) if kind == "sigmoid"
                     else (h - 1 / (2 * beta)) ** 2)
             assert losses[i].item() == pytest.approx(want, rel=1e-12)
-            assert chosen[i].item() == pytest.approx(beta * (pw - rw)) and rejected[i].item() == pytest.approx(beta * (pl - rl))
+            assert chosen[i].item() == pytest.approx(beta * (pw - rw))
+            assert rejected[i].item() == pytest.approx(beta * (pl - rl))
 
 
 def test_builtin_examples_are_real_and_deterministic():

@@ -51,16 +51,16 @@ SCRIPT = textwrap.dedent("""
         first = packed.sequences[0][0]  # which of A and B comes first in the packed sequence
         offset = 0 if first == 1 else 49
         with torch.no_grad():
-            nll_b = SFT(packed=False).forward_step(iter([batch([alone.sequence(0)])]), model)[0][0, :39]
+            nll_b = SFT(packed=False).forward_step(iter([batch([alone.item(0)])]), model)[0][0, :39]
             for masked in (True, False):
-                out = SFT(packed=masked).forward_step(iter([batch([packed.sequence(0)])]), model)[0]
+                out = SFT(packed=masked).forward_step(iter([batch([packed.item(0)])]), model)[0]
                 results[f"{attention}:masked={masked}"] = (out[0, offset:offset + 39] - nll_b).abs().max().item()
         # DPO: the objective's loss against one written out from the logits.
         pairs = [(ids(30), ids(12), ids(20)), (ids(45), ids(25), ids(9)), (ids(10), ids(3), ids(40))]
         ex = {k: Ragged.of([p[i] for p in pairs], "int32") for i, k in enumerate(("prompt", "chosen", "rejected"))}
         source = DPOSource(ex, seq_length=S, pad_id=3, eod_id=2, seed=0)
         source.reference = (-100 * torch.rand(3, 2, generator=g, dtype=torch.float64)).numpy()
-        b = batch([source.pair(i) for i in range(3)])
+        b = batch([source.item(i) for i in range(3)])
         obj = DPO(DPOOptions(beta=0.2, label_smoothing=0.1))
         with torch.no_grad():
             out, loss_fn = obj.forward_step(iter([b]), model)

@@ -46,11 +46,11 @@ class Entry:
     summary: str
 
 
-def _summary(doc: str, max_chars: int) -> str | None:
-    """The docstring's first sentence, or None when it is too short, too long or not prose."""
+def _summary(doc: str) -> str | None:
+    """The docstring's first sentence, or None when it is too short or not prose."""
     first = " ".join(doc.strip().split("\n\n")[0].split())
     sentence = _SENTENCE_END.split(first, maxsplit=1)[0]
-    if not 20 <= len(sentence) <= max_chars or not sentence[0].isalpha() or ">>>" in sentence:
+    if len(sentence) < 20 or not sentence[0].isalpha() or ">>>" in sentence:
         return None
     return sentence
 
@@ -61,8 +61,9 @@ def _module_name(rel_path: str) -> str:
 
 
 @functools.cache
-def entries(max_chars: int = 160) -> tuple[Entry, ...]:
-    """Every usable documented name, sorted by name; distinct summaries only."""
+def _documented() -> tuple[Entry, ...]:
+    """Every public module-level function and class with a usable first sentence, sorted by name;
+    distinct sentences only (the first name in file order keeps one)."""
     found: dict[str, Entry] = {}
     for unit in docstring_units():
         module = _module_name(unit.source)
@@ -75,11 +76,16 @@ def entries(max_chars: int = 160) -> tuple[Entry, ...]:
         for node in tree.body:
             if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)) or node.name[0] == "_":
                 continue
-            summary = _summary(ast.get_docstring(node) or "", max_chars)
+            summary = _summary(ast.get_docstring(node) or "")
             if summary is not None and summary not in found:
                 kind = "class" if isinstance(node, ast.ClassDef) else "function"
                 found[summary] = Entry(f"{module}.{node.name}", module, kind, summary)
     return tuple(sorted(found.values(), key=lambda e: e.name))
+
+
+def entries(max_chars: int = 160) -> tuple[Entry, ...]:
+    """The documented names whose first sentence has at most `max_chars` characters."""
+    return tuple(e for e in _documented() if len(e.summary) <= max_chars)
 
 
 def _pick(n: int, seed: int, max_chars: int) -> list[Entry]:

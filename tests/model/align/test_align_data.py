@@ -196,3 +196,23 @@ def test_control_plane_imports_without_torch():
             "print(any(m.startswith(('torch', 'megatron')) for m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.stdout.strip() == "False", out.stderr
+
+
+def test_a_missing_or_different_starting_checkpoint_is_refused_with_the_fix(assets, tmp_path):
+    from llmops_model.align.stage import start_checkpoint
+
+    spec = parse_spec(_align_spec(assets, start_from=str(tmp_path / "ckpts")))
+    with pytest.raises(UserError, match="holds no complete checkpoint"):
+        start_checkpoint(spec, run_dir=tmp_path)
+    saved = {**spec.model.model_dump(mode="json"), "hidden_size": 128}
+    (tmp_path / "ckpts" / "iter_0000005").mkdir(parents=True)
+    (tmp_path / "ckpts" / "iter_0000005" / "llmops-manifest.json").write_text(json.dumps(
+        {"files": {}, "model": saved, "layout": {"tp": 1, "pp": 1, "dp": 1}}))
+    with pytest.raises(UserError) as err:
+        start_checkpoint(spec, run_dir=tmp_path)
+    assert "is a different model (hidden_size: 128 there, 64 here)" in err.value.message
+    assert "give model: the shape the checkpoint was pre-trained with" in err.value.fix
+    saved["hidden_size"] = 64
+    (tmp_path / "ckpts" / "iter_0000005" / "llmops-manifest.json").write_text(json.dumps(
+        {"files": {}, "model": saved, "layout": {"tp": 1, "pp": 1, "dp": 1}}))
+    assert start_checkpoint(spec, run_dir=tmp_path).name == "iter_0000005"

@@ -92,8 +92,9 @@ SlurmctldPidFile=$DIR/slurmctld.pid
 SlurmdPidFile=$DIR/slurmd-%n.pid
 SlurmctldLogFile=$DIR/log/slurmctld.log
 SlurmdLogFile=$DIR/log/slurmd-%n.log
-# No cgroups needed: processes are tracked through /proc, tasks are not bound to cores.
-ProctrackType=proctrack/linuxproc
+# Processes are tracked in cgroups, so that everything a job started ends with it, orphans included
+# (a killed training process can leave its checkpoint writers behind); tasks are not bound to cores.
+ProctrackType=proctrack/cgroup
 TaskPlugin=task/none
 SelectType=select/cons_tres
 SelectTypeParameters=CR_Core
@@ -113,6 +114,13 @@ MinJobAge=300
 # The repository's GPU health-check examples run for real here (they pass on nodes without GPUs).
 Prolog=$HERE/prolog.sh
 Epilog=$HERE/epilog.sh
+EOF
+    cat >"$DIR/cgroup.conf" <<EOF
+# Track processes only; no resource constraints between the virtual nodes, which share the machine.
+CgroupPlugin=autodetect
+ConstrainCores=no
+ConstrainRAMSpace=no
+ConstrainDevices=no
 EOF
     i=0
     for name in $(node_names); do

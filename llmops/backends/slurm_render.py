@@ -82,10 +82,9 @@ def render_stage(spec: RunSpec, slurm: SlurmSpec, *, stage: str, target: Target)
     # Comments go on lines of their own: sbatch reads everything after `#SBATCH ` as options.
     sbatch = [line for option, comment in sbatch_options(spec, slurm, stage=stage, run_dir=target.run_dir)
               for line in ([f"# {comment}"] if comment else []) + [f"#SBATCH {option}"]]
-    launch = (f"{q(target.python)} -m llmops_model.launch --nnodes={res.nodes} "
-              f"--nproc-per-node={res.procs_per_node} \\\n"
-              f'        --rdzv-backend=c10d --rdzv-endpoint="$HEAD:$PORT" --rdzv-id="$SLURM_JOB_ID" \\\n'
-              f'        "$RUN_DIR"')
+    launch = (f'bash -c "exec {q(target.python)} -m llmops_model.launch --node-rank=\\$SLURM_NODEID '
+              f'--nnodes={res.nodes} --nproc-per-node={res.procs_per_node} \\\n'
+              f'        --rdzv-backend=static --rdzv-endpoint=$HEAD:$PORT \\"$RUN_DIR\\""')
     parts = [
         header,
         "\n".join(sbatch),
@@ -155,8 +154,10 @@ def _environment(spec: RunSpec, slurm: SlurmSpec) -> str:
                   '[ "$OMP_NUM_THREADS" -ge 1 ] || export OMP_NUM_THREADS=1']
     lines += [f"export {k}={q(v)}" for k, v in sorted(slurm.env.items())]
     lines += ["",
-              "# torchrun's c10d rendezvous store lives on the first node of the allocation; node ranks",
-              "# are assigned when every node has joined. One port per job, so jobs sharing a node do not collide.",
+              "# torchrun's rendezvous store lives on the first node of the allocation (node rank 0); node ranks",
+              "# are SLURM_NODEID, so global ranks follow the node list. Static, not c10d: an agent whose peer",
+              "# died then exits at once instead of waiting for the dead store. One port per job, so jobs",
+              "# sharing a node do not collide.",
               'HEAD=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)',
               f"PORT=$(( {RENDEZVOUS_BASE_PORT} + SLURM_JOB_ID % 1000 ))"]
     return "\n".join(lines)
@@ -203,6 +204,7 @@ CODE=@REQUEUE@   # a notice before the launch: nothing to lose, requeue; otherwi
 if [ "$NOTICE" = 0 ] && [ "$STOPPED" = 0 ]; then
     # --wait: once one node's agent has exited, the others get 60 s before they are killed
     # (a crash on one node must not leave the others waiting in a collective).
+    # bash -c: each task's own shell expands \$SLURM_NODEID (its node rank); this script the rest.
     srun --ntasks-per-node=1 --kill-on-bad-exit=0 --wait=60 "${CONTAINER[@]}" \
         @LAUNCH@ \
         >>"$LOG" 2>&1 &

@@ -59,7 +59,10 @@ class SshTransport:
     def run(self, argv: list[str], *, timeout: float = 120) -> subprocess.CompletedProcess:
         # A login shell, so that the site's profile (modules, PATH to the Slurm clients) applies.
         remote = "bash -lc " + shlex.quote(shlex.join(argv))
-        return self._ssh(remote, timeout=timeout)
+        res = self._ssh(remote, timeout=timeout)
+        if res.returncode == 255:  # ssh's own failure (connection, authentication), not the command's
+            self._check(res, f"run `{argv[0]}` on {self.host}")
+        return res
 
     def cluster_path(self, run: RunDir) -> str:
         return f"{self.remote_root.rstrip('/')}/{run.id}"

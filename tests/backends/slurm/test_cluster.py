@@ -1,0 +1,202 @@
+"""The Slurm backend against a real cluster: the dev cluster's slurmctld and two slurmd nodes.
+
+Real sbatch, srun, scontrol and squeue; real torch.distributed (gloo) through the launcher, TP=2 x PP=2
+over two nodes. Start the cluster with `cluster/slurm/dev-cluster.sh up`.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+from llmops_testing import llmops, write_spec
+from slurm_testing import (
+    events,
+    job_ids,
+    metrics,
+    squeue_state,
+    status,
+    step,
+    submit,
+    two_node_spec,
+    wait_for,
+    wait_state,
+)
+
+pytestmark = pytest.mark.slurm
+
+
+def test_two_node_run_with_status_and_logs(slurm_env, tmp_path: Path) -> None:
+    # A container image on a cluster without pyxis: the job says so and runs in the node's environment.
+    spec = two_node_spec("tiny-two-node", steps=12, interval=6,
+                         slurm={"container": {"image": "nvcr.io#nvidia/pytorch:24.07-py3"},
+                                "container_runtime": "auto"})
+    run_dir = submit(write_spec(tmp_path / "spec.yaml", spec), tmp_path / "runs")
+    assert (run_dir / "slurm" / "pretrain.sbatch").is_file() and len(job_ids(run_dir)) == 1
+
+    res = llmops("logs", run_dir.name, "--follow", "--runs-dir", str(tmp_path / "runs"), timeout=240)
+    assert res.returncode == 0, res.stderr
+    assert [line.split("]")[0] for line in res.stdout.splitlines() if line.startswith("[step ")] == \
+        [f"[step {i}/12" for i in range(1, 13)]
+
+    res = llmops("status", run_dir.name, "--json", "--runs-dir", str(tmp_path / "runs"))
+    [st] = json.loads(res.stdout)
+    assert (st["state"], st["backend"], st["restarts"], st["exit_code"]) == ("SUCCEEDED", "slurm", 0, 0)
+    assert st["progress"]["step"] == 12 and st["job_id"] == job_ids(run_dir)[0]
+    assert squeue_state(st["job_id"]) == "COMPLETED"
+    # Both nodes took part: the job ran on n1 and n2, the layout spans 4 processes.
+    assert any("start nodes=n[1-2]" in e for e in events(run_dir))
+    assert "layout tp2-pp2-dp1" in (run_dir / "logs" / "pretrain.restart-0.log").read_text()
+    batch_log = next((run_dir / "logs").glob("slurm-pretrain-*.out")).read_text()
+    assert "pyxis is not installed on this cluster; running without the container image" in batch_log
+    assert sorted(p.name for p in (run_dir / "checkpoints").glob("iter_*")) == ["iter_0000006", "iter_0000012"]
+
+
+def test_preemption_resumes_from_the_checkpoint_without_lost_steps(slurm_env, tmp_path: Path, record_property) -> None:
+    spec = two_node_spec("tiny-preempt", steps=40, interval=100, max_restarts=3)
+    run_dir = submit(write_spec(tmp_path / "spec.yaml", spec), tmp_path / "runs")
+    [job] = job_ids(run_dir)
+
+    # 1. The pre-timeout notice, exactly as `--signal=B:USR1@N` delivers it: SIGUSR1 to the batch script.
+    wait_for(run_dir, lambda: step(run_dir) >= 6, "step 6")
+    notice_at = time.time()
+    subprocess.run(["scancel", "--batch", "--signal=USR1", job], check=True)
+    first = wait_for(run_dir, lambda: next((r for r in metrics(run_dir) if r["restart"] == 1), None),
+                     "a training step after the requeue", timeout=240)
+    resume_seconds = first["time"] - notice_at
+    record_property("preemption_to_first_resumed_step_s", round(resume_seconds, 1))
+    print(f"\npre-timeout notice to first resumed training step: {resume_seconds:.1f} s")
+
+    # 2. An administrator's (or the scheduler's) requeue: SIGTERM to everything, Slurm requeues the job.
+    wait_for(run_dir, lambda: any(r["restart"] == 1 and r["step"] >= first["step"] + 4 for r in metrics(run_dir)),
+             "four more steps")
+    subprocess.run(["scontrol", "requeue", job], check=True)
+    final = wait_state(run_dir, {"SUCCEEDED", "FAILED", "CANCELLED"}, timeout=300)
+    assert (final["state"], final["restarts"]) == ("SUCCEEDED", 2), final
+
+    rows = metrics(run_dir)
+    by_restart = {r: [row["step"] for row in rows if row["restart"] == r] for r in (0, 1, 2)}
+    # Each attempt resumes right after the step the previous one checkpointed on its way out:
+    # no step after the checkpoint is lost, none is trained twice.
+    for before, after in ((0, 1), (1, 2)):
+        last = by_restart[before][-1]
+        assert by_restart[after][0] == last + 1, by_restart
+        log = (run_dir / "logs" / f"pretrain.restart-{after}.log").read_text()
+        assert f"resumed from iter_{last:07d} (step {last}" in log
+    assert sorted(by_restart[0] + by_restart[1] + by_restart[2]) == list(range(1, 41))
+    kinds = events(run_dir)
+    assert "notice signal=USR1" in kinds and "requeue code=75 reason=checkpointed before the time limit" in kinds
+    assert any(k.startswith("stopped ") for k in kinds) and kinds[-1] == "finished code=0"
+    assert squeue_state(job) == "COMPLETED"
+
+
+def test_cancel_checkpoints_and_never_requeues(slurm_env, tmp_path: Path) -> None:
+    spec = two_node_spec("tiny-cancel", steps=2000, interval=1000)
+    run_dir = submit(write_spec(tmp_path / "spec.yaml", spec), tmp_path / "runs")
+    [job] = job_ids(run_dir)
+    wait_for(run_dir, lambda: step(run_dir) >= 3, "step 3")
+
+    res = llmops("cancel", run_dir.name, "--runs-dir", str(tmp_path / "runs"), timeout=180)
+    assert res.returncode == 0 and "CANCELLED" in res.stderr, res.stderr
+    stopped_at = step(run_dir)
+    assert (run_dir / "checkpoints" / f"iter_{stopped_at:07d}").is_dir(), "cancel saves a checkpoint first"
+    assert wait_state(run_dir, {"CANCELLED"}, timeout=30)["state"] == "CANCELLED"
+    time.sleep(12)  # longer than a requeued job waits before it may start again (cred_expire)
+    assert squeue_state(job) in ("COMPLETED", "FAILED", "CANCELLED")
+    assert status(run_dir)["state"] == "CANCELLED" and step(run_dir) == stopped_at
+    assert not any(e.startswith("requeue") for e in events(run_dir))
+
+
+def test_crash_is_retried_then_the_run_fails(slurm_env, tmp_path: Path) -> None:
+    spec = two_node_spec("tiny-crash", steps=2000, interval=2, max_restarts=1)
+    run_dir = submit(write_spec(tmp_path / "spec.yaml", spec), tmp_path / "runs")
+
+    def kill_a_worker(restart: int) -> None:
+        wait_for(run_dir, lambda: any(r["restart"] == restart and r["step"] >= 3 for r in metrics(run_dir)),
+                 f"training in attempt {restart}", timeout=240)
+        # A worker dies as from a segfault or the OOM killer: no checkpoint, no exit 75.
+        subprocess.run(["pkill", "-KILL", "-f", f"llmops_model.entrypoint {run_dir}"], check=True)
+
+    kill_a_worker(0)
+    kill_a_worker(1)
+    final = wait_state(run_dir, {"SUCCEEDED", "FAILED", "CANCELLED"}, timeout=120)
+    assert final["state"] == "FAILED" and "gave up after 1 restart(s)" in final["message"], final
+    assert "crashed with exit code" in final["message"]
+    assert {r["restart"] for r in metrics(run_dir)} == {0, 1}
+    assert [e.split()[0] for e in events(run_dir)] == ["start", "requeue", "start", "failed"]
+
+
+def test_impossible_requests_are_refused_before_anything_is_queued(slurm_env, tmp_path: Path) -> None:
+    before = subprocess.run(["squeue", "-h", "-o", "%i"], check=False, capture_output=True, text=True).stdout
+    cases = [  # (what the spec asks, what the message must name); the dev-cluster profile is left out:
+        # these are the cluster's own answers (sinfo), not the profile's.
+        ({"slurm": {"partition": "gpu-h100"}}, ["slurm.partition = 'gpu-h100'", "by sinfo: debug"]),
+        ({"resources": {"nodes": 2, "gpus_per_node": 4}, "parallelism": {"tensor": 4}},
+         ["resources.gpus_per_node = 4", "(0 GPU(s), by sinfo)", "choose a partition with GPU nodes"]),
+        ({"resources": {"nodes": 3, "cpu": True, "processes_per_node": 2}, "parallelism": {"tensor": 2}},
+         ["resources.nodes = 3", "more than partition debug holds (2, by sinfo)"]),
+    ]
+    for i, (change, words) in enumerate(cases):
+        spec = {**two_node_spec(f"tiny-refused-{i}", steps=4), **change, "profile": None}
+        spec["train"] = {**spec["train"], "global_batch_size": 24}
+        res = llmops("submit", str(write_spec(tmp_path / f"spec{i}.yaml", spec)),
+                     "--runs-dir", str(tmp_path / "runs"), timeout=60)
+        assert res.returncode == 2 and "Traceback" not in res.stderr, res.stderr
+        for w in words:
+            assert w in res.stderr, res.stderr
+    after = subprocess.run(["squeue", "-h", "-o", "%i"], check=False, capture_output=True, text=True).stdout
+    assert after == before, "nothing may reach the queue"
+    assert not list((tmp_path / "runs").glob("*")), "a refused submission leaves no run behind"
+
+
+def prepare_spec(name: str, tmp_path: Path, inputs: dict) -> dict:
+    """Data preparation of `inputs` in 2 shards, then 6 pretraining steps on what it wrote."""
+    spec = two_node_spec(name, steps=6, interval=100)
+    spec["prepare"] = {"input": inputs, "filters": {"min_words": 20}, "tokenizer": {"vocab_size": 1024},
+                       "output": {"dir": str(tmp_path / "data")}}
+    spec["slurm"] = {"prepare_shards": 2, "prepare_cpus_per_task": 1}
+    return spec
+
+
+def test_chain_prepare_fans_out_through_submitit_then_pretrain(slurm_env, tmp_path: Path) -> None:
+    spec = prepare_spec("tiny-chain", tmp_path, {"builtin": "python-docstrings"})
+    run_dir = submit(write_spec(tmp_path / "spec.yaml", spec), tmp_path / "runs")
+    stages = json.loads((run_dir / "slurm" / "jobs.json").read_text())["stages"]
+    assert list(stages) == ["prepare", "pretrain"] and len(stages["prepare"]) == 5  # one job per phase
+
+    final = wait_state(run_dir, {"SUCCEEDED", "FAILED", "CANCELLED"}, timeout=300)
+    assert final["state"] == "SUCCEEDED", final
+    # The map phases ran as arrays, one task per shard; the others as one task. Each left its marker.
+    shards = run_dir / "slurm" / "prepare.shards"
+    assert sorted(p.stem for p in shards.glob("*.done")) == [
+        "clean-00000", "clean-00001", "dedup-00000", "finalize-00000", "tokenize-00000", "tokenize-00001",
+        "tokenizer-00000"]
+    for phase, job in zip(("clean", "tokenize"), (stages["prepare"][0], stages["prepare"][3])):
+        tasks = subprocess.run(["squeue", "-h", "-t", "all", "-j", job, "-o", "%i %T"], check=False,
+                               capture_output=True, text=True).stdout.split("\n")
+        assert sorted(t for t in tasks if t) == [f"{job}_0 COMPLETED", f"{job}_1 COMPLETED"], (phase, tasks)
+    # afterok: pretraining started only once the last phase had finished, and trained on its output.
+    finalized = (shards / "finalize-00000.done").stat().st_mtime
+    start = next(float(line.split()[0]) for line in (run_dir / "slurm" / "events.log").read_text().splitlines()
+                 if " start " in line)
+    assert start >= int(finalized)
+    assert (tmp_path / "data" / "corpus_text_document.bin").stat().st_size > 100_000
+    assert 6.0 < metrics(run_dir)[0]["loss"] < 7.5, "starts near ln(1024): the tokens come from the prepared vocabulary"
+    res = llmops("logs", run_dir.name, "--stage", "prepare", "--runs-dir", str(tmp_path / "runs"))
+    assert res.returncode == 0
+    assert {line.split("]")[0] + "]" for line in res.stdout.splitlines()} >= {"[clean-00000]", "[finalize-00000]"}
+
+
+def test_a_failed_stage_cancels_the_rest_of_the_chain(slurm_env, tmp_path: Path) -> None:
+    spec = prepare_spec("tiny-chain-fails", tmp_path, {"paths": [str(tmp_path / "missing" / "*.jsonl")]})
+    run_dir = submit(write_spec(tmp_path / "spec.yaml", spec), tmp_path / "runs")
+    pretrain_job = json.loads((run_dir / "slurm" / "jobs.json").read_text())["stages"]["pretrain"][0]
+
+    final = wait_state(run_dir, {"SUCCEEDED", "FAILED", "CANCELLED"}, timeout=180)
+    assert final["state"] == "FAILED", final
+    assert final["message"].startswith("prepare: task clean-0000") and "matches no file" in final["message"]
+    wait_for(run_dir, lambda: squeue_state(pretrain_job) == "CANCELLED", "the pretrain job cancelled", timeout=60)
+    assert not (run_dir / "logs" / "pretrain.restart-0.log").exists(), "pretraining never started"

@@ -1,0 +1,125 @@
+"""Submission from a laptop: the user's own ssh/scp to a login node, here an sshd on loopback.
+
+The test starts sshd on 127.0.0.1 with throwaway keys and an ssh_config of its own (passed as
+slurm.ssh_options, so ~/.ssh is untouched); nothing leaves this machine. The "cluster side" run
+directory lies in another folder than the local one, so everything the local commands show
+came over ssh.
+"""
+
+from __future__ import annotations
+
+import getpass
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from llmops_testing import llmops, write_spec
+from slurm_testing import two_node_spec
+
+pytestmark = pytest.mark.slurm
+
+HOST = "llmops-test-login"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def login_node(slurm_conf: str, tmp_path: Path):
+    """An sshd on loopback that gives logins the cluster's SLURM_CONF; yields the ssh_config to use."""
+    sshd = shutil.which("sshd") or "/usr/sbin/sshd"
+    if not (os.path.exists(sshd) and shutil.which("ssh") and shutil.which("scp") and shutil.which("ssh-keygen")):
+        pytest.skip("OpenSSH server and client are not installed (apt-get install openssh-server openssh-client)")
+    keys = tmp_path / "ssh"
+    keys.mkdir(mode=0o700)
+    for name in ("host_key", "user_key"):
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(keys / name)], check=True)
+    shutil.copy(keys / "user_key.pub", keys / "authorized_keys")
+    if os.geteuid() == 0:
+        Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)  # sshd's privilege separation directory
+    port = free_port()
+    (keys / "sshd_config").write_text(f"""ListenAddress 127.0.0.1
+Port {port}
+HostKey {keys / 'host_key'}
+AuthorizedKeysFile {keys / 'authorized_keys'}
+PidFile {keys / 'sshd.pid'}
+PasswordAuthentication no
+KbdInteractiveAuthentication no
+PermitRootLogin prohibit-password
+StrictModes no
+UsePAM no
+SetEnv SLURM_CONF={slurm_conf}
+Subsystem sftp internal-sftp
+""")
+    proc = subprocess.Popen([sshd, "-D", "-e", "-f", str(keys / "sshd_config")], stderr=subprocess.PIPE, text=True)
+    config = keys / "ssh_config"
+    config.write_text(f"""Host {HOST}
+    HostName 127.0.0.1
+    Port {port}
+    User {getpass.getuser()}
+    IdentityFile {keys / 'user_key'}
+    IdentitiesOnly yes
+    BatchMode yes
+    StrictHostKeyChecking no
+    UserKnownHostsFile {keys / 'known_hosts'}
+    LogLevel ERROR
+Host llmops-test-nowhere
+    HostName 127.0.0.1
+    Port {free_port()}
+    BatchMode yes
+""")
+    try:
+        deadline = time.time() + 20
+        while subprocess.run(["ssh", "-F", str(config), HOST, "true"], check=False,
+                             capture_output=True).returncode != 0:
+            if proc.poll() is not None or time.time() > deadline:
+                pytest.skip(f"could not start sshd on loopback: {proc.stderr.read() if proc.poll() is not None else ''}")
+            time.sleep(0.3)
+        yield config
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+def test_submit_status_and_logs_over_ssh(slurm_env, login_node: Path, tmp_path: Path) -> None:
+    remote_root = tmp_path / "cluster-runs"
+    spec = two_node_spec("tiny-ssh", steps=6)
+    spec["slurm"] = {"login": HOST, "remote_root": str(remote_root), "ssh_options": ["-F", str(login_node)],
+                     "python": sys.executable}
+    laptop = tmp_path / "laptop-runs"
+    res = llmops("submit", str(write_spec(tmp_path / "spec.yaml", spec)), "--runs-dir", str(laptop), timeout=120)
+    assert res.returncode == 0, res.stderr
+    run_id = res.stdout.strip().splitlines()[-1]
+    remote, local = remote_root / run_id, laptop / run_id
+    # scp carried the resolved spec and the scripts; the jobs run from the cluster's copy.
+    assert (remote / "spec.yaml").read_text() == (local / "spec.yaml").read_text()
+    assert (remote / "slurm" / "pretrain.sbatch").is_file()
+
+    res = llmops("logs", run_id, "--follow", "--runs-dir", str(laptop), timeout=240)
+    assert res.returncode == 0, res.stderr
+    assert [line.split("]")[0] for line in res.stdout.splitlines() if line.startswith("[step ")] == \
+        [f"[step {i}/6" for i in range(1, 7)]
+    res = llmops("status", run_id, "--runs-dir", str(laptop), "--json")
+    assert '"state": "SUCCEEDED"' in res.stdout and '"step": 6' in res.stdout
+    # The local directory mirrors the cluster's logs and progress, not its checkpoints.
+    assert (local / "logs" / "pretrain.restart-0.log").read_bytes() == \
+        (remote / "logs" / "pretrain.restart-0.log").read_bytes()
+    assert (remote / "checkpoints" / "iter_0000006").is_dir() and not (local / "checkpoints").exists()
+
+
+def test_an_unreachable_login_node_is_a_clear_error(slurm_env, login_node: Path, tmp_path: Path) -> None:
+    spec = two_node_spec("tiny-ssh-nowhere", steps=6)
+    spec["slurm"] = {"login": "llmops-test-nowhere", "remote_root": str(tmp_path / "cluster-runs"),
+                     "ssh_options": ["-F", str(login_node)]}
+    res = llmops("submit", str(write_spec(tmp_path / "spec.yaml", spec)), "--runs-dir", str(tmp_path / "runs"))
+    assert res.returncode == 2 and "Traceback" not in res.stderr, res.stderr
+    assert "check that `ssh llmops-test-nowhere` works" in res.stderr
+    assert not list((tmp_path / "runs").glob("*")), "nothing was submitted, so no run is left behind"

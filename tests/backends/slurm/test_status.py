@@ -1,0 +1,122 @@
+"""A Slurm run's state from squeue and the events its batch scripts record: every case, no cluster."""
+
+from __future__ import annotations
+
+import pytest
+
+from llmops.backends.slurm_status import (
+    Job,
+    StageView,
+    combine,
+    fanout_stage,
+    parse_events,
+    parse_squeue,
+    torchrun_stage,
+)
+
+EVENTS = """\
+1700000000 pretrain job=41 restart=0 start nodes=n[1-2] log=logs/pretrain.restart-0.log
+1700000060 pretrain job=41 restart=0 notice signal=USR1
+1700000070 pretrain job=41 restart=0 requeue code=75 reason=checkpointed before the time limit
+1700000095 pretrain job=41 restart=1 start nodes=n[1-2] log=logs/pretrain.restart-1.log
+1700000100 pretrain job=41 restart=1 fai"""  # the last line was cut off by a node failure mid-write
+COMPLETE = EVENTS.rsplit("\n", 1)[0] + "\n"
+
+
+def job(state: str, reason: str = "None", restarts: int = 0, job_id: str = "41") -> Job:
+    return Job(job_id, state, reason, restarts)
+
+
+def view(events: str, slurm_job: Job | None, *, finished: bool = False, cancel: bool = False) -> StageView:
+    return torchrun_stage("pretrain", "41", parse_events(events), slurm_job, finished=finished,
+                          cancel_requested=cancel)
+
+
+def test_events_parse_with_their_reasons_and_skip_a_cut_off_line() -> None:
+    events = parse_events(EVENTS)
+    assert [e.kind for e in events] == ["start", "notice", "requeue", "start"]
+    assert events[2].code == 75 and events[2].reason == "checkpointed before the time limit"
+    assert events[3].restart == 1 and events[3].fields["nodes"] == "n[1-2]"
+
+
+def test_running_after_a_requeue_reports_the_restart() -> None:
+    v = view(EVENTS, job("RUNNING", restarts=1))
+    assert (v.state, v.restart) == ("RUNNING", 1) and "restart 1" in v.message
+
+
+def test_requeued_and_waiting_says_why() -> None:
+    events = "".join(EVENTS.splitlines(keepends=True)[:3])
+    v = view(events, job("PENDING", "BeginTime", restarts=1))
+    assert v.state == "PENDING" and "requeued (checkpointed before the time limit)" in v.message
+
+
+def test_held_job_tells_how_to_release_it() -> None:
+    v = view("", job("REQUEUE_HOLD", "JobHeldAdmin"))
+    assert v.state == "PENDING" and "scontrol release 41" in v.message
+
+
+def test_finished_flag_is_success_even_while_slurm_completes_the_job() -> None:
+    v = view(COMPLETE + "1700000200 pretrain job=41 restart=1 finished code=0\n", job("COMPLETING"), finished=True)
+    assert (v.state, v.code) == ("SUCCEEDED", 0)
+
+
+def test_a_recorded_failure_keeps_its_reason() -> None:
+    events = COMPLETE + ("1700000300 pretrain job=41 restart=3 failed code=1 reason=crashed with exit code 1, "
+                         "see logs/pretrain.restart-3.log; gave up after 3 restart(s) (restarts.max_restarts)\n")
+    v = view(events, job("FAILED"))
+    assert v.state == "FAILED" and v.code == 1 and "gave up after 3 restart(s)" in v.message
+
+
+def test_cancelled_by_the_user_is_never_success() -> None:
+    # The script exits 1 after a cancel, but a job that exited 0 is no success either without the flag.
+    assert view(EVENTS, job("COMPLETED"), cancel=True).state == "CANCELLED"
+    assert view(EVENTS, None, cancel=True).state == "CANCELLED"
+
+
+@pytest.mark.parametrize("slurm_job, state, words", [
+    (job("CANCELLED"), "CANCELLED", "scancel outside llmops"),
+    (job("TIMEOUT"), "FAILED", "raise slurm.signal_lead"),
+    (job("NODE_FAIL", "NodeDown"), "FAILED", "ended as NODE_FAIL (NodeDown)"),
+    (None, "FAILED", "left the queue without recording an outcome"),
+])
+def test_a_job_that_ended_without_an_outcome(slurm_job: Job | None, state: str, words: str) -> None:
+    v = view(EVENTS, slurm_job)
+    assert v.state == state and words in v.message
+
+
+SQUEUE = """\
+12_0|12|RUNNING|None|0|
+12_1|12|COMPLETED|None|0|
+12_[2-3]|12|PENDING|Resources|0|
+13|13|PENDING|Dependency|0|
+14|14|COMPLETED|None|2|
+"""
+
+
+def test_squeue_arrays_count_as_alive_while_any_task_is() -> None:
+    jobs = parse_squeue(SQUEUE)
+    assert jobs["12"].state == "RUNNING" and jobs["12"].alive
+    assert jobs["12_1"].state == "COMPLETED" and not jobs["12_1"].alive
+    assert jobs["14"].restarts == 2 and not jobs["14"].alive
+
+
+def test_fanout_stage_progress_failure_and_finish() -> None:
+    jobs = parse_squeue(SQUEUE)
+    common = {"shards_expected": 7, "failures": [], "cancel_requested": False}
+    running = fanout_stage("prepare", ["12", "13"], jobs, finished=False, shards_done=1, **common)
+    assert running.state == "RUNNING" and "1/7 task(s) done" in running.message
+    waiting = fanout_stage("prepare", ["13"], jobs, finished=False, shards_done=3, **common)
+    assert waiting.state == "PENDING" and "Dependency" in waiting.message
+    failed = fanout_stage("prepare", ["14"], jobs, finished=False, shards_done=2,
+                          **{**common, "failures": [("clean-00001", "input.paths[0]: the pattern matches no file")]})
+    assert failed.state == "FAILED" and "clean-00001" in failed.message and "matches no file" in failed.message
+    done = fanout_stage("prepare", ["14"], jobs, finished=True, shards_done=7, **common)
+    assert done.state == "SUCCEEDED"
+    gone = fanout_stage("prepare", ["99"], {}, finished=False, shards_done=2, **common)
+    assert gone.state == "FAILED" and "left the queue with 2/7" in gone.message
+
+
+def test_the_first_unfinished_stage_decides_the_run() -> None:
+    ok, run, wait = StageView("SUCCEEDED", "finished"), StageView("RUNNING", "r"), StageView("PENDING", "w")
+    assert combine([("prepare", ok), ("pretrain", run), ("align", wait)]) == ("pretrain", run)
+    assert combine([("prepare", ok), ("pretrain", ok)]) == ("pretrain", ok)

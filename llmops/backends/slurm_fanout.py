@@ -60,6 +60,11 @@ class PrepareShard(submitit.helpers.Checkpointable):
             why = exc.render() if isinstance(exc, UserError) else f"{type(exc).__name__}: {exc}"
             (markers / f"{name}.failed").write_text(why.replace("\n", " ") + "\n")
             raise
+        for step in result.get("steps", []):
+            print(f"[llmops] {phase} {shard + 1}/{num_shards} {step['name']}: {step['docs_in']} -> "
+                  f"{step['docs_out']} documents in {step['seconds']:.1f} s", flush=True)
+        print(f"[llmops] {phase} {shard + 1}/{num_shards} done{' (already)' if result.get('skipped') else ''}",
+              flush=True)
         (markers / f"{name}.done").touch()
         if last:
             (run.path / "slurm" / f"{STAGE}.finished").touch()

@@ -255,18 +255,18 @@ def render_submit(spec: RunSpec, *, target: Target) -> str:
     blocks = []
     for i, stage in enumerate(spec.stages, 1):
         if stage in FANOUT_STAGES:
-            what = ("its phases as submitit jobs, each after the one before; clean and tokenize as "
-                    "arrays of one task per shard")
+            what = ("data preparation. Its phases go in as submitit jobs, each after the one before;\n#   "
+                    "the map phases (clean, tokenize) as job arrays of one task per shard")
             submit = (f"ids=$({q(target.python)} -m llmops.backends.slurm_fanout \"$RUN_DIR\" {stage} "
                       f"${{DEP:+--dependency=\"$DEP\"}})")
         else:
-            what = f"torchrun on {spec.resources.nodes} node(s), slurm/{stage}.sbatch"
+            what = f"torchrun on {spec.resources.nodes} node(s), as slurm/{stage}.sbatch says"
             submit = (f"base=$(find logs -maxdepth 1 -name '{stage}.restart-*.log' | wc -l)  "
                       "# restarts of earlier submissions\n"
                       f"    ids=$(sbatch --parsable ${{DEP:+--dependency=\"$DEP\"}} "
                       f"--export=ALL,LLMOPS_RESTART_BASE=\"$base\" slurm/{stage}.sbatch)\n"
                       "    ids=${ids%%;*}  # --parsable prints <id>[;<cluster>]")
-        blocks.append(f"""# Stage {i}: {stage} ({what}).
+        blocks.append(f"""# Stage {i}: {stage}: {what}.
 if [ -e slurm/{stage}.finished ]; then
     echo "{stage} finished"
 else

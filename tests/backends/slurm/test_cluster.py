@@ -93,8 +93,8 @@ def test_preemption_resumes_from_the_checkpoint_without_lost_steps(slurm_env, tm
     assert squeue_state(job) == "COMPLETED"
 
 
-def test_cancel_checkpoints_and_never_requeues(slurm_env, tmp_path: Path) -> None:
-    spec = two_node_spec("tiny-cancel", steps=2000, interval=1000)
+def test_cancel_checkpoints_never_requeues_and_resume_continues(slurm_env, tmp_path: Path) -> None:
+    spec = two_node_spec("tiny-cancel", steps=100, interval=1000)
     run_dir = submit(write_spec(tmp_path / "spec.yaml", spec), tmp_path / "runs")
     [job] = job_ids(run_dir)
     wait_for(run_dir, lambda: step(run_dir) >= 3, "step 3")
@@ -104,10 +104,18 @@ def test_cancel_checkpoints_and_never_requeues(slurm_env, tmp_path: Path) -> Non
     stopped_at = step(run_dir)
     assert (run_dir / "checkpoints" / f"iter_{stopped_at:07d}").is_dir(), "cancel saves a checkpoint first"
     assert wait_state(run_dir, {"CANCELLED"}, timeout=30)["state"] == "CANCELLED"
-    time.sleep(12)  # longer than a requeued job waits before it may start again (cred_expire)
-    assert squeue_state(job) in ("COMPLETED", "FAILED", "CANCELLED")
+    assert squeue_state(job) in ("COMPLETED", "FAILED", "CANCELLED"), "ended, not back in the queue"
     assert status(run_dir)["state"] == "CANCELLED" and step(run_dir) == stopped_at
     assert not any(e.startswith("requeue") for e in events(run_dir))
+
+    # `llmops resume` submits again; training continues after the cancel's checkpoint, in a new log.
+    res = llmops("resume", run_dir.name, "--detach", "--runs-dir", str(tmp_path / "runs"), timeout=120)
+    assert res.returncode == 0, res.stderr
+    assert wait_state(run_dir, {"SUCCEEDED", "FAILED", "CANCELLED"}, timeout=240)["state"] == "SUCCEEDED"
+    assert job_ids(run_dir) != [job]
+    resumed = [r["step"] for r in metrics(run_dir) if r["restart"] == 1]
+    assert resumed[0] == stopped_at + 1 and resumed[-1] == 100
+    assert f"resumed from iter_{stopped_at:07d}" in (run_dir / "logs" / "pretrain.restart-1.log").read_text()
 
 
 def test_crash_is_retried_then_the_run_fails(slurm_env, tmp_path: Path) -> None:

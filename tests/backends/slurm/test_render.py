@@ -48,6 +48,17 @@ def test_rendered_scripts_match_golden_files(spec_path: Path, tmp_path: Path) ->
     check_golden(f"{spec_path.stem}.submit.sh", files["slurm/submit.sh"])
 
 
+def test_reference_scripts_in_cluster_slurm_are_what_llmops_renders(tmp_path: Path) -> None:
+    """cluster/slurm/reference/ shows platform engineers the real output; it must not drift from it."""
+    reference = HERE.parents[2] / "cluster" / "slurm" / "reference"
+    files = render(reference / "gpt-1b3-dgx.yaml", tmp_path)
+    for name in ("pretrain.sbatch", "submit.sh"):
+        target = reference / name
+        if REGEN:
+            target.write_text(files[f"slurm/{name}"])
+        assert files[f"slurm/{name}"] == target.read_text(), f"{target} is stale; regenerate it"
+
+
 @pytest.mark.parametrize("spec_path", SPECS, ids=[p.stem for p in SPECS])
 def test_rendered_scripts_are_valid_bash(spec_path: Path, tmp_path: Path) -> None:
     for name, text in render(spec_path, tmp_path, neutral=False).items():

@@ -9,7 +9,7 @@ SUBMITTED=()
 DEP=
 trap 'status=$?; [ "$status" = 0 ] || [ ${#SUBMITTED[@]} = 0 ] || scancel "${SUBMITTED[@]}"' EXIT
 
-# Stage 1: pretrain (torchrun on 2 node(s), slurm/pretrain.sbatch).
+# Stage 1: pretrain: torchrun on 2 node(s), as slurm/pretrain.sbatch says.
 if [ -e slurm/pretrain.finished ]; then
     echo "pretrain finished"
 else

@@ -122,8 +122,8 @@ def prepare(
     shard: Annotated[int, typer.Option(min=0, help="The shard of --phase to run (0-based).")] = 0,
     num_shards: Annotated[Optional[int], typer.Option(
         min=1, help="Shards of the map phases; fixed by the first clean shard.")] = None,
-    workers: Annotated[Optional[int], typer.Option(min=1, help="Processes [default: one per core].")] = None,
-    workdir: Annotated[Optional[Path], typer.Option(help="Work folder [default: <output.dir>/work].")] = None,
+    workers: Annotated[Optional[int], typer.Option(min=1, help="Processes (default: one per core).")] = None,
+    workdir: Annotated[Optional[Path], typer.Option(help="Work folder (default: <output.dir>/work).")] = None,
 ) -> None:
     """Prepare the spec's data: clean, filter, deduplicate, tokenize into Megatron indexed datasets."""
     from llmops.prepare.executor import prepare as run_prepare

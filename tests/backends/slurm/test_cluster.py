@@ -29,32 +29,6 @@ from slurm_testing import (
 pytestmark = pytest.mark.slurm
 
 
-def test_two_node_run_with_status_and_logs(slurm_env, tmp_path: Path) -> None:
-    # A container image on a cluster without pyxis: the job says so and runs in the node's environment.
-    spec = two_node_spec("tiny-two-node", steps=12, interval=6,
-                         slurm={"container": {"image": "nvcr.io#nvidia/pytorch:24.07-py3"},
-                                "container_runtime": "auto"})
-    run_dir = submit(write_spec(tmp_path / "spec.yaml", spec), tmp_path / "runs")
-    assert (run_dir / "slurm" / "pretrain.sbatch").is_file() and len(job_ids(run_dir)) == 1
-
-    res = llmops("logs", run_dir.name, "--follow", "--runs-dir", str(tmp_path / "runs"), timeout=240)
-    assert res.returncode == 0, res.stderr
-    assert [line.split("]")[0] for line in res.stdout.splitlines() if line.startswith("[step ")] == \
-        [f"[step {i}/12" for i in range(1, 13)]
-
-    res = llmops("status", run_dir.name, "--json", "--runs-dir", str(tmp_path / "runs"))
-    [st] = json.loads(res.stdout)
-    assert (st["state"], st["backend"], st["restarts"], st["exit_code"]) == ("SUCCEEDED", "slurm", 0, 0)
-    assert st["progress"]["step"] == 12 and st["job_id"] == job_ids(run_dir)[0]
-    assert squeue_state(st["job_id"]) == "COMPLETED"
-    # Both nodes took part: the job ran on n1 and n2, the layout spans 4 processes.
-    assert any("start nodes=n[1-2]" in e for e in events(run_dir))
-    assert "layout tp2-pp2-dp1" in (run_dir / "logs" / "pretrain.restart-0.log").read_text()
-    batch_log = next((run_dir / "logs").glob("slurm-pretrain-*.out")).read_text()
-    assert "pyxis is not installed on this cluster; running without the container image" in batch_log
-    assert sorted(p.name for p in (run_dir / "checkpoints").glob("iter_*")) == ["iter_0000006", "iter_0000012"]
-
-
 def test_preemption_resumes_from_the_checkpoint_without_lost_steps(slurm_env, tmp_path: Path, record_property) -> None:
     spec = two_node_spec("tiny-preempt", steps=40, interval=100, max_restarts=3)
     run_dir = submit(write_spec(tmp_path / "spec.yaml", spec), tmp_path / "runs")
@@ -160,20 +134,25 @@ def test_impossible_requests_are_refused_before_anything_is_queued(slurm_env, tm
     assert not list((tmp_path / "runs").glob("*")), "a refused submission leaves no run behind"
 
 
-def prepare_spec(name: str, tmp_path: Path, inputs: dict) -> dict:
-    """Data preparation of `inputs` in 2 shards, then 6 pretraining steps on what it wrote."""
-    spec = two_node_spec(name, steps=6, interval=100)
+def chain_spec(name: str, tmp_path: Path, inputs: dict) -> dict:
+    """Three stages: preparation of `inputs` in 2 shards, 6 pretraining steps on it, 4 SFT steps after."""
+    spec = two_node_spec(name, steps=6)
+    spec["model"]["seq_length"] = 128  # room for a question and its answer
     spec["prepare"] = {"input": inputs, "filters": {"min_words": 20}, "tokenizer": {"vocab_size": 1024},
                        "output": {"dir": str(tmp_path / "data")}}
+    spec["checkpoint"] = {"dir": "checkpoints/pretrain", "interval": 100}  # in the run directory (the job's cwd)
+    spec["align"] = {"method": "sft", "data": {"builtin": "python-docstrings", "builtin_examples": 256},
+                     "checkpoint_dir": "checkpoints/sft", "steps": 4, "global_batch_size": 8,
+                     "micro_batch_size": 2, "warmup_steps": 1}
     spec["slurm"] = {"prepare_shards": 2, "prepare_cpus_per_task": 1}
     return spec
 
 
-def test_chain_prepare_fans_out_through_submitit_then_pretrain(slurm_env, tmp_path: Path) -> None:
-    spec = prepare_spec("tiny-chain", tmp_path, {"builtin": "python-docstrings"})
+def test_chain_prepare_fans_out_through_submitit_then_pretrain_then_align(slurm_env, tmp_path: Path) -> None:
+    spec = chain_spec("tiny-chain", tmp_path, {"builtin": "python-docstrings"})
     run_dir = submit(write_spec(tmp_path / "spec.yaml", spec), tmp_path / "runs")
     stages = json.loads((run_dir / "slurm" / "jobs.json").read_text())["stages"]
-    assert list(stages) == ["prepare", "pretrain"] and len(stages["prepare"]) == 5  # one job per phase
+    assert list(stages) == ["prepare", "pretrain", "align"] and len(stages["prepare"]) == 5  # one job per phase
 
     final = wait_state(run_dir, {"SUCCEEDED", "FAILED", "CANCELLED"}, timeout=300)
     assert final["state"] == "SUCCEEDED", final
@@ -186,25 +165,29 @@ def test_chain_prepare_fans_out_through_submitit_then_pretrain(slurm_env, tmp_pa
         tasks = subprocess.run(["squeue", "-h", "-t", "all", "-j", job, "-o", "%i %T"], check=False,
                                capture_output=True, text=True).stdout.split("\n")
         assert sorted(t for t in tasks if t) == [f"{job}_0 COMPLETED", f"{job}_1 COMPLETED"], (phase, tasks)
-    # afterok: pretraining started only once the last phase had finished, and trained on its output.
-    finalized = (shards / "finalize-00000.done").stat().st_mtime
-    start = next(float(line.split()[0]) for line in (run_dir / "slurm" / "events.log").read_text().splitlines()
-                 if " start " in line)
-    assert start >= int(finalized)
+    # afterok: each stage started only once the one before had finished, and used its output.
+    lines = [line.split() for line in (run_dir / "slurm" / "events.log").read_text().splitlines()]
+    started = {e[1]: float(e[0]) for e in lines if e[4] == "start"}
+    finished = {e[1]: float(e[0]) for e in lines if e[4] == "finished"}
+    assert started["pretrain"] >= int((shards / "finalize-00000.done").stat().st_mtime)
+    assert started["align"] >= finished["pretrain"]
     assert (tmp_path / "data" / "corpus_text_document.bin").stat().st_size > 100_000
     assert 6.0 < metrics(run_dir)[0]["loss"] < 7.5, "starts near ln(1024): the tokens come from the prepared vocabulary"
+    align_log = (run_dir / "logs" / "align.restart-0.log").read_text()
+    assert "starting weights from checkpoints/pretrain/iter_0000006" in align_log and "[step 4/4]" in align_log
     res = llmops("logs", run_dir.name, "--stage", "prepare", "--runs-dir", str(tmp_path / "runs"))
     assert res.returncode == 0
     assert {line.split("]")[0] + "]" for line in res.stdout.splitlines()} >= {"[clean-00000]", "[finalize-00000]"}
 
 
 def test_a_failed_stage_cancels_the_rest_of_the_chain(slurm_env, tmp_path: Path) -> None:
-    spec = prepare_spec("tiny-chain-fails", tmp_path, {"paths": [str(tmp_path / "missing" / "*.jsonl")]})
+    spec = chain_spec("tiny-chain-fails", tmp_path, {"paths": [str(tmp_path / "missing" / "*.jsonl")]})
     run_dir = submit(write_spec(tmp_path / "spec.yaml", spec), tmp_path / "runs")
-    pretrain_job = json.loads((run_dir / "slurm" / "jobs.json").read_text())["stages"]["pretrain"][0]
+    stages = json.loads((run_dir / "slurm" / "jobs.json").read_text())["stages"]
 
     final = wait_state(run_dir, {"SUCCEEDED", "FAILED", "CANCELLED"}, timeout=180)
     assert final["state"] == "FAILED", final
     assert final["message"].startswith("prepare: task clean-0000") and "matches no file" in final["message"]
-    wait_for(run_dir, lambda: squeue_state(pretrain_job) == "CANCELLED", "the pretrain job cancelled", timeout=60)
-    assert not (run_dir / "logs" / "pretrain.restart-0.log").exists(), "pretraining never started"
+    later = [*stages["prepare"][1:], *stages["pretrain"], *stages["align"]]
+    wait_for(run_dir, lambda: all(squeue_state(j) == "CANCELLED" for j in later), "the rest cancelled", timeout=60)
+    assert not list((run_dir / "logs").glob("pretrain.*")) and not list((run_dir / "logs").glob("align.*"))

@@ -43,9 +43,23 @@ def check_golden(name: str, text: str) -> None:
 @pytest.mark.parametrize("spec_path", SPECS, ids=[p.stem for p in SPECS])
 def test_rendered_scripts_match_golden_files(spec_path: Path, tmp_path: Path) -> None:
     files = render(spec_path, tmp_path)
-    assert set(files) == {"spec.yaml", "slurm/pretrain.sbatch", "slurm/submit.sh"}
-    check_golden(f"{spec_path.stem}.sbatch", files["slurm/pretrain.sbatch"])
+    stages = load_spec(spec_path).stages
+    # A batch script per torchrun stage; data preparation goes through submitit, from submit.sh.
+    assert set(files) == {"spec.yaml", "slurm/submit.sh"} | {f"slurm/{s}.sbatch" for s in stages if s != "prepare"}
+    for stage in stages:
+        if stage != "prepare":
+            check_golden(f"{spec_path.stem}.{stage}.sbatch", files[f"slurm/{stage}.sbatch"])
     check_golden(f"{spec_path.stem}.submit.sh", files["slurm/submit.sh"])
+
+
+def test_chain_submits_each_stage_after_the_one_before(tmp_path: Path) -> None:
+    files = render(HERE / "specs" / "chain-prepare-align.yaml", tmp_path)
+    submit = files["slurm/submit.sh"]
+    order = [submit.index(f"# Stage {i}: {s}") for i, s in enumerate(("prepare", "pretrain", "align"), 1)]
+    assert order == sorted(order)
+    assert "-m llmops.backends.slurm_fanout \"$RUN_DIR\" prepare" in submit
+    assert submit.count('${DEP:+--dependency="$DEP"}') == 3 and submit.count('DEP="afterok:${ids##* }"') == 3
+    assert 'STAGE=align' in files["slurm/align.sbatch"] and 'LLMOPS_STAGE="$STAGE"' in files["slurm/align.sbatch"]
 
 
 def test_reference_scripts_in_cluster_slurm_are_what_llmops_renders(tmp_path: Path) -> None:

@@ -9,6 +9,7 @@ came over ssh.
 from __future__ import annotations
 
 import getpass
+import json
 import os
 import shutil
 import socket
@@ -19,7 +20,7 @@ from pathlib import Path
 
 import pytest
 from llmops_testing import llmops, write_spec
-from slurm_testing import two_node_spec
+from slurm_testing import events, squeue_state, two_node_spec
 
 pytestmark = pytest.mark.slurm
 
@@ -89,11 +90,13 @@ Host llmops-test-nowhere
         proc.wait(timeout=10)
 
 
-def test_submit_status_and_logs_over_ssh(slurm_env, login_node: Path, tmp_path: Path) -> None:
+def test_two_node_run_submitted_over_ssh_with_status_and_logs(slurm_env, login_node: Path, tmp_path: Path) -> None:
     remote_root = tmp_path / "cluster-runs"
-    spec = two_node_spec("tiny-ssh", steps=6)
+    spec = two_node_spec("tiny-ssh", steps=6, interval=3)
     spec["slurm"] = {"login": HOST, "remote_root": str(remote_root), "ssh_options": ["-F", str(login_node)],
-                     "python": sys.executable}
+                     "python": sys.executable,
+                     # An image on a cluster without pyxis: the job says so and runs in the node's environment.
+                     "container": {"image": "nvcr.io#nvidia/pytorch:24.07-py3"}, "container_runtime": "auto"}
     laptop = tmp_path / "laptop-runs"
     res = llmops("submit", str(write_spec(tmp_path / "spec.yaml", spec)), "--runs-dir", str(laptop), timeout=120)
     assert res.returncode == 0, res.stderr
@@ -107,12 +110,19 @@ def test_submit_status_and_logs_over_ssh(slurm_env, login_node: Path, tmp_path: 
     assert res.returncode == 0, res.stderr
     assert [line.split("]")[0] for line in res.stdout.splitlines() if line.startswith("[step ")] == \
         [f"[step {i}/6" for i in range(1, 7)]
-    res = llmops("status", run_id, "--runs-dir", str(laptop), "--json")
-    assert '"state": "SUCCEEDED"' in res.stdout and '"step": 6' in res.stdout
+    [st] = json.loads(llmops("status", run_id, "--runs-dir", str(laptop), "--json").stdout)
+    assert (st["state"], st["backend"], st["restarts"], st["exit_code"]) == ("SUCCEEDED", "slurm", 0, 0)
+    assert st["progress"]["step"] == 6 and squeue_state(st["job_id"]) == "COMPLETED"
+    # Both nodes took part: one job on n1 and n2, one layout over their 4 processes.
+    assert any("start nodes=n[1-2]" in e for e in events(local))
+    assert "layout tp2-pp2-dp1" in (local / "logs" / "pretrain.restart-0.log").read_text()
+    batch_log = next((remote / "logs").glob("slurm-pretrain-*.out")).read_text()
+    assert "pyxis is not installed on this cluster; running without the container image" in batch_log
     # The local directory mirrors the cluster's logs and progress, not its checkpoints.
     assert (local / "logs" / "pretrain.restart-0.log").read_bytes() == \
         (remote / "logs" / "pretrain.restart-0.log").read_bytes()
-    assert (remote / "checkpoints" / "iter_0000006").is_dir() and not (local / "checkpoints").exists()
+    assert sorted(p.name for p in (remote / "checkpoints").glob("iter_*")) == ["iter_0000003", "iter_0000006"]
+    assert not (local / "checkpoints").exists()
 
 
 def test_an_unreachable_login_node_is_a_clear_error(slurm_env, login_node: Path, tmp_path: Path) -> None:

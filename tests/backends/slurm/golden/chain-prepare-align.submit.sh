@@ -1,0 +1,45 @@
+#!/bin/bash
+# Submits run tiny-chain-20260101-000000: prepare, pretrain, align. Written by llmops; `llmops submit` runs it.
+# Prints "<stage> <job id>..." for each stage submitted, "<stage> finished" for each skipped because it
+# completed in an earlier submission. If a submission fails, the jobs submitted so far are cancelled.
+set -euo pipefail
+RUN_DIR=<run-dir>
+cd "$RUN_DIR"
+SUBMITTED=()
+DEP=
+trap 'status=$?; [ "$status" = 0 ] || [ ${#SUBMITTED[@]} = 0 ] || scancel "${SUBMITTED[@]}"' EXIT
+
+# Stage 1: prepare: data preparation. Its phases go in as submitit jobs, each after the one before;
+#   the map phases (clean, tokenize) as job arrays of one task per shard.
+if [ -e slurm/prepare.finished ]; then
+    echo "prepare finished"
+else
+    ids=$(python3 -m llmops.backends.slurm_fanout "$RUN_DIR" prepare ${DEP:+--dependency="$DEP"})
+    SUBMITTED+=($ids)
+    echo "prepare $ids"
+    DEP="afterok:${ids##* }"
+fi
+
+# Stage 2: pretrain: torchrun on 2 node(s), as slurm/pretrain.sbatch says.
+if [ -e slurm/pretrain.finished ]; then
+    echo "pretrain finished"
+else
+    base=$(find logs -maxdepth 1 -name 'pretrain.restart-*.log' | wc -l)  # restarts of earlier submissions
+    ids=$(sbatch --parsable ${DEP:+--dependency="$DEP"} --export=ALL,LLMOPS_RESTART_BASE="$base" slurm/pretrain.sbatch)
+    ids=${ids%%;*}  # --parsable prints <id>[;<cluster>]
+    SUBMITTED+=($ids)
+    echo "pretrain $ids"
+    DEP="afterok:${ids##* }"
+fi
+
+# Stage 3: align: torchrun on 2 node(s), as slurm/align.sbatch says.
+if [ -e slurm/align.finished ]; then
+    echo "align finished"
+else
+    base=$(find logs -maxdepth 1 -name 'align.restart-*.log' | wc -l)  # restarts of earlier submissions
+    ids=$(sbatch --parsable ${DEP:+--dependency="$DEP"} --export=ALL,LLMOPS_RESTART_BASE="$base" slurm/align.sbatch)
+    ids=${ids%%;*}  # --parsable prints <id>[;<cluster>]
+    SUBMITTED+=($ids)
+    echo "align $ids"
+    DEP="afterok:${ids##* }"
+fi

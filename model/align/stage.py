@@ -26,7 +26,7 @@ import torch.distributed as dist
 
 from llmops.errors import UserError
 from llmops.spec import RunSpec, TrainSpec
-from llmops_model import checkpoint, data, train
+from llmops_model import checkpoint, data, gpt, train
 from llmops_model.align import examples, reference
 from llmops_model.align.metrics import AlignLogger
 from llmops_model.align.objectives import DPO, SFT, objective, reduce_sums
@@ -144,6 +144,10 @@ def align(spec: RunSpec, *, run_dir: Path, layout: Layout, device: torch.device,
     Precondition: `spec` is :func:`stage_spec`'s view (its `train:` holds the align settings).
     """
     a = spec.align
+    if a.method == "sft" and a.sft.packing and gpt.attention_backend(spec) == "te":
+        # TE's fused attention takes packed sequences as THD packed_seq_params, not as a block mask.
+        raise UserError("align.sft.packing needs the sdpa or megatron attention; this run resolves "
+                        "model.attention to te", "set model.attention: sdpa, or align.sft.packing: false")
     obj = objective(a)
     logger = AlignLogger(spec, run_dir, enabled=layout.is_logger, world_size=layout.world, restart=restart,
                          rows=obj.rows)

@@ -205,7 +205,9 @@ if [ "$NOTICE" = 0 ] && [ "$STOPPED" = 0 ]; then
     # --wait: once one node's agent has exited, the others get 60 s before they are killed
     # (a crash on one node must not leave the others waiting in a collective).
     # bash -c: each task's own shell expands \$SLURM_NODEID (its node rank); this script the rest.
-    srun --ntasks-per-node=1 --kill-on-bad-exit=0 --wait=60 "${CONTAINER[@]}" \
+    # --cpus-per-task: the node's CPUs for its agent and workers (srun does not inherit sbatch's since 22.05).
+    srun --ntasks-per-node=1 --cpus-per-task="${SLURM_CPUS_PER_TASK:-$SLURM_CPUS_ON_NODE}" \
+        --kill-on-bad-exit=0 --wait=60 "${CONTAINER[@]}" \
         @LAUNCH@ \
         >>"$LOG" 2>&1 &
     SRUN=$!

@@ -140,9 +140,9 @@ def chain_spec(name: str, tmp_path: Path, inputs: dict) -> dict:
     spec["model"]["seq_length"] = 128  # room for a question and its answer
     spec["prepare"] = {"input": inputs, "filters": {"min_words": 20}, "tokenizer": {"vocab_size": 1024},
                        "output": {"dir": str(tmp_path / "data")}}
-    spec["checkpoint"] = {"dir": "checkpoints/pretrain", "interval": 100}  # in the run directory (the job's cwd)
+    spec["checkpoint"] = {"dir": str(tmp_path / "checkpoints" / "pretrain"), "interval": 100}
     spec["align"] = {"method": "sft", "data": {"builtin": "python-docstrings", "builtin_examples": 256},
-                     "checkpoint_dir": "checkpoints/sft", "steps": 4, "global_batch_size": 8,
+                     "checkpoint_dir": str(tmp_path / "checkpoints" / "sft"), "steps": 4, "global_batch_size": 8,
                      "micro_batch_size": 2, "warmup_steps": 1}
     spec["slurm"] = {"prepare_shards": 2, "prepare_cpus_per_task": 1}
     return spec
@@ -174,7 +174,8 @@ def test_chain_prepare_fans_out_through_submitit_then_pretrain_then_align(slurm_
     assert (tmp_path / "data" / "corpus_text_document.bin").stat().st_size > 100_000
     assert 6.0 < metrics(run_dir)[0]["loss"] < 7.5, "starts near ln(1024): the tokens come from the prepared vocabulary"
     align_log = (run_dir / "logs" / "align.restart-0.log").read_text()
-    assert "starting weights from checkpoints/pretrain/iter_0000006" in align_log and "[step 4/4]" in align_log
+    assert f"starting weights from {tmp_path}/checkpoints/pretrain/iter_0000006" in align_log
+    assert "[step 4/4]" in align_log
     res = llmops("logs", run_dir.name, "--stage", "prepare", "--runs-dir", str(tmp_path / "runs"))
     assert res.returncode == 0
     assert {line.split("]")[0] + "]" for line in res.stdout.splitlines()} >= {"[clean-00000]", "[finalize-00000]"}

@@ -33,19 +33,11 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture
-def login_node(slurm_conf: str, tmp_path: Path):
-    """An sshd on loopback that gives logins the cluster's SLURM_CONF; yields the ssh_config to use."""
-    sshd = shutil.which("sshd") or "/usr/sbin/sshd"
-    if not (os.path.exists(sshd) and shutil.which("ssh") and shutil.which("scp") and shutil.which("ssh-keygen")):
-        pytest.skip("OpenSSH server and client are not installed (apt-get install openssh-server openssh-client)")
-    keys = tmp_path / "ssh"
-    keys.mkdir(mode=0o700)
+def write_configs(keys: Path, slurm_conf: str) -> tuple[Path, Path]:
+    """Throwaway keys, an sshd_config on a free loopback port, and an ssh_config with the host aliases."""
     for name in ("host_key", "user_key"):
         subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(keys / name)], check=True)
     shutil.copy(keys / "user_key.pub", keys / "authorized_keys")
-    if os.geteuid() == 0:
-        Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)  # sshd's privilege separation directory
     port = free_port()
     (keys / "sshd_config").write_text(f"""ListenAddress 127.0.0.1
 Port {port}
@@ -60,9 +52,7 @@ UsePAM no
 SetEnv SLURM_CONF={slurm_conf}
 Subsystem sftp internal-sftp
 """)
-    proc = subprocess.Popen([sshd, "-D", "-e", "-f", str(keys / "sshd_config")], stderr=subprocess.PIPE, text=True)
-    config = keys / "ssh_config"
-    config.write_text(f"""Host {HOST}
+    (keys / "ssh_config").write_text(f"""Host {HOST}
     HostName 127.0.0.1
     Port {port}
     User {getpass.getuser()}
@@ -77,6 +67,21 @@ Host llmops-test-nowhere
     Port {free_port()}
     BatchMode yes
 """)
+    return keys / "sshd_config", keys / "ssh_config"
+
+
+@pytest.fixture
+def login_node(slurm_conf: str, tmp_path: Path):
+    """An sshd on loopback that gives logins the cluster's SLURM_CONF; yields the ssh_config to use."""
+    sshd = shutil.which("sshd") or "/usr/sbin/sshd"
+    if not (os.path.exists(sshd) and shutil.which("ssh") and shutil.which("scp") and shutil.which("ssh-keygen")):
+        pytest.skip("OpenSSH server and client are not installed (apt-get install openssh-server openssh-client)")
+    keys = tmp_path / "ssh"
+    keys.mkdir(mode=0o700)
+    server_config, config = write_configs(keys, slurm_conf)
+    if os.geteuid() == 0:
+        Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)  # sshd's privilege separation directory
+    proc = subprocess.Popen([sshd, "-D", "-e", "-f", str(server_config)], stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.time() + 20
         while subprocess.run(["ssh", "-F", str(config), HOST, "true"], check=False,

@@ -51,13 +51,16 @@ def validate(spec: SpecArg) -> None:
     from llmops.spec import load_spec
 
     s = load_spec(spec)
-    out.print(f"[green]ok[/green] {spec}: run '{s.name}' on {s.backend}, "
-              f"{s.resources.nodes} node(s) x {s.resources.procs_per_node} "
-              f"{'CPU process(es)' if s.resources.cpu else 'GPU(s)'}, "
-              f"TP={s.parallelism.tensor} PP={s.parallelism.pipeline} DP={s.data_parallel}, "
-              f"model {s.model.preset or 'custom'} ({s.model.num_layers}x{s.model.hidden_size}), "
-              f"{s.train.steps} steps of {s.train.global_batch_size} sequences "
-              f"({s.num_microbatches} micro-batch(es) per step)")
+    summary = f"[green]ok[/green] {spec}: run '{s.name}' on {s.backend}, stages {' -> '.join(s.stages)}"
+    if s.train is not None or s.align is not None:
+        summary += (f"; {s.resources.nodes} node(s) x {s.resources.procs_per_node} "
+                    f"{'CPU process(es)' if s.resources.cpu else 'GPU(s)'}, "
+                    f"TP={s.parallelism.tensor} PP={s.parallelism.pipeline} DP={s.data_parallel}, "
+                    f"model {s.model.preset or 'custom'} ({s.model.num_layers}x{s.model.hidden_size})")
+    if s.train is not None:
+        summary += (f", {s.train.steps} steps of {s.train.global_batch_size} sequences "
+                    f"({s.num_microbatches} micro-batch(es) per step)")
+    out.print(summary)
 
 
 @app.command()
@@ -252,7 +255,7 @@ def _age(t: float) -> str:
 def logs(
     run: RunArg,
     follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing until the run ends.")] = False,
-    stage: Annotated[str, typer.Option(help="Which stage's logs: prepare, pretrain or align.")] = "pretrain",
+    stage: Annotated[Optional[str], typer.Option(help="Which stage's logs: pretrain or align [default: the training stage].")] = None,
     runs_dir: RunsDirOpt = None,
 ) -> None:
     """Print a run's logs (every restart, in order)."""

@@ -79,8 +79,14 @@ def status(run: RunDir) -> Status:
     return run.read_status()
 
 
-def logs(run: RunDir, *, follow: bool, stage: str = "pretrain") -> Iterator[str]:
+def training_stage(spec: RunSpec) -> str:
+    """The stage the local backend runs: pretrain when the spec has one, else align."""
+    return "pretrain" if spec.train is not None else "align"
+
+
+def logs(run: RunDir, *, follow: bool, stage: str | None = None) -> Iterator[str]:
     spec = run.read_spec()
+    stage = stage or training_stage(spec)
     if stage not in spec.stages:
         raise UserError(f"run {run.id} has no '{stage}' stage (its stages: {', '.join(spec.stages)})",
                         f"pass --stage with one of {', '.join(spec.stages)}")

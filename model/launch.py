@@ -23,7 +23,7 @@ import signal
 import sys
 from pathlib import Path
 
-from llmops.errors import EXIT_FAILED, EXIT_OK, EXIT_REQUEUE
+from llmops.errors import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK, EXIT_REQUEUE
 from llmops.procs import children
 
 # torchrun's agent keeps handling these (it stops the workers and exits); preemption
@@ -67,6 +67,9 @@ def main(argv: list[str] | None = None) -> int:
         # so a clean preemption can show up as 75 next to -SIGTERM.
         if EXIT_REQUEUE in codes and codes <= {EXIT_REQUEUE, -signal.SIGTERM}:
             return EXIT_REQUEUE
+        # Bad input (the spec or the data) is the same on every restart: say so, do not retry.
+        if EXIT_BAD_INPUT in codes and codes <= {EXIT_BAD_INPUT, -signal.SIGTERM}:
+            return EXIT_BAD_INPUT
         print(f"[llmops] workers failed with exit codes {sorted(codes)}", file=sys.stderr, flush=True)
         return EXIT_FAILED
     except SignalException as exc:

@@ -31,6 +31,8 @@ def supervise(run: RunDir) -> int:
     spec = run.read_spec()
     status = run.read_status()
     restart = status.restarts
+    # One training stage per run for now: pretrain, or align for an align-only spec.
+    stage = "pretrain" if spec.train is not None else "align"
     child: subprocess.Popen | None = None
 
     def on_signal(signum, frame):
@@ -45,10 +47,10 @@ def supervise(run: RunDir) -> int:
     while True:
         if run.cancel_marker.exists():
             return _finish(run, CANCELLED, None, "cancelled before the job started")
-        log = open(run.log_path("pretrain", restart), "ab")
+        log = open(run.log_path(stage, restart), "ab")
         child = subprocess.Popen(
             launch_command(spec, run), stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-            start_new_session=True, env={**os.environ, "LLMOPS_RESTART": str(restart)},
+            start_new_session=True, env={**os.environ, "LLMOPS_RESTART": str(restart), "LLMOPS_STAGE": stage},
         )
         log.close()
         run.update_status(job_pgid=child.pid, restarts=restart)

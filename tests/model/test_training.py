@@ -17,7 +17,7 @@ from llmops_testing import (
     REPO, llmops, log_text, losses, start, status, tiny_spec, wait_state, wait_step, write_spec,
 )
 
-STEPS = 10
+STEPS = 16  # long enough that a cancel lands mid-run on a loaded machine
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +33,7 @@ def reference_and_preempted(workdir: Path) -> dict[str, Path]:
     cut = tiny_spec("preempted", tp=2, pp=2, steps=STEPS)
     ref_dir = start(write_spec(workdir / "reference.yaml", ref), runs)
     cut_dir = start(write_spec(workdir / "preempted.yaml", cut), runs)
-    wait_step(cut_dir, 3)
+    wait_step(cut_dir, 2)
     res = llmops("cancel", cut_dir.name, "--runs-dir", str(runs))
     assert res.returncode == 0, res.stderr
     cancelled = status(cut_dir)
@@ -104,16 +104,16 @@ def test_tp2pp2_checkpoint_resumes_as_tp1pp2(workdir, reference_and_preempted):
 def test_corrupt_newest_checkpoint_is_skipped(workdir, reference_and_preempted):
     ckpts = workdir / "corrupt-checkpoints"
     shutil.copytree(reference_and_preempted["reference"] / "checkpoints", ckpts)
-    shard = sorted((ckpts / "iter_0000010").glob("*.distcp"))[0]
+    shard = sorted((ckpts / "iter_0000016").glob("*.distcp"))[0]
     shard.write_bytes(shard.read_bytes()[: shard.stat().st_size // 2])
     spec = tiny_spec("fallback", tp=2, pp=2, steps=STEPS, checkpoint={"dir": str(ckpts), "keep_last": 5})
     run_dir = start(write_spec(workdir / "fallback.yaml", spec), workdir / "fallback-runs")
     wait_state(run_dir, {"SUCCEEDED"})
     text = log_text(run_dir)
-    assert f"skipping checkpoint iter_0000010: file {shard.name}" in text and "truncated" in text
-    assert "resumed from iter_0000005" in text
+    assert f"skipping checkpoint iter_0000016: file {shard.name}" in text and "truncated" in text
+    assert "resumed from iter_0000015" in text
     reference = losses(reference_and_preempted["reference"])
-    assert losses(run_dir) == {s: reference[s] for s in range(6, STEPS + 1)}
+    assert losses(run_dir) == {s: reference[s] for s in range(16, STEPS + 1)}
 
 
 def test_lost_supervisor_is_reported(tmp_path):

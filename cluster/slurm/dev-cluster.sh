@@ -15,11 +15,13 @@
 #   LLMOPS_SLURM_DEV_NODES  virtual nodes                    (default 2)
 #   LLMOPS_SLURM_DEV_PORT   slurmctld port; slurmd nodes use the ports after it (default 16817,
 #                           away from Slurm's 6817 so a real installation on the host is not disturbed)
+#   LLMOPS_SLURM_DEV_PROCTRACK  cgroup (default) or linuxproc, for machines where slurmd cannot use cgroups
 set -euo pipefail
 
 DIR=${LLMOPS_SLURM_DEV_DIR:-/tmp/llmops-slurm-dev}
 NODES=${LLMOPS_SLURM_DEV_NODES:-2}
 PORT=${LLMOPS_SLURM_DEV_PORT:-16817}
+PROCTRACK=${LLMOPS_SLURM_DEV_PROCTRACK:-cgroup}
 CONF=$DIR/slurm.conf
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 HOSTS_TAG="# llmops-slurm-dev"
@@ -94,7 +96,7 @@ SlurmctldLogFile=$DIR/log/slurmctld.log
 SlurmdLogFile=$DIR/log/slurmd-%n.log
 # Processes are tracked in cgroups, so that everything a job started ends with it, orphans included
 # (a killed training process can leave its checkpoint writers behind); tasks are not bound to cores.
-ProctrackType=proctrack/cgroup
+ProctrackType=proctrack/$PROCTRACK
 TaskPlugin=task/none
 SelectType=select/cons_tres
 SelectTypeParameters=CR_Core
@@ -117,7 +119,9 @@ Epilog=$HERE/epilog.sh
 EOF
     cat >"$DIR/cgroup.conf" <<EOF
 # Track processes only; no resource constraints between the virtual nodes, which share the machine.
+# IgnoreSystemd: with cgroup v2 and no systemd, slurmd makes its cgroups itself.
 CgroupPlugin=autodetect
+IgnoreSystemd=yes
 ConstrainCores=no
 ConstrainRAMSpace=no
 ConstrainDevices=no
@@ -202,5 +206,5 @@ case ${1:-} in
     down) cmd_down ;;
     status) cmd_status ;;
     env) echo "export SLURM_CONF=$CONF" ;;
-    *) sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
+    *) sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
 esac

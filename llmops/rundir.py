@@ -45,6 +45,7 @@ class Status:
     supervisor_pid: int | None = None
     job_pgid: int | None = None
     job_id: str | None = None
+    stage: str | None = None
     submitted_at: float = field(default_factory=time.time)
     started_at: float | None = None
     ended_at: float | None = None

@@ -86,7 +86,7 @@ def training_stage(spec: RunSpec) -> str:
 
 def logs(run: RunDir, *, follow: bool, stage: str | None = None) -> Iterator[str]:
     spec = run.read_spec()
-    stage = stage or training_stage(spec)
+    stage = stage or run.read_status().stage or training_stage(spec)
     if stage not in spec.stages:
         raise UserError(f"run {run.id} has no '{stage}' stage (its stages: {', '.join(spec.stages)})",
                         f"pass --stage with one of {', '.join(spec.stages)}")

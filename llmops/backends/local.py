@@ -24,6 +24,11 @@ from llmops.rundir import CANCELLED, RUNNING, TERMINAL, RunDir
 from llmops.spec import RunSpec
 
 
+def local_stage(spec: RunSpec) -> str:
+    """The one training stage a local run executes: $LLMOPS_STAGE if set, else pretrain (align if alone)."""
+    return os.environ.get("LLMOPS_STAGE") or ("pretrain" if spec.train is not None else "align")
+
+
 def launch_command(spec: RunSpec, run: RunDir) -> list[str]:
     """The per-node launcher (torchrun with exit-code mapping) for a single-node run."""
     return [
@@ -74,7 +79,7 @@ class LocalBackend(Backend):
             start_new_session=True, env={**os.environ, **request.env},
         )
         log.close()
-        run.update_status(supervisor_pid=proc.pid, job_id=str(proc.pid))
+        run.update_status(supervisor_pid=proc.pid, job_id=str(proc.pid), stage=local_stage(run.read_spec()))
 
     def refresh(self, run: RunDir) -> None:
         status = run.read_status()

@@ -22,7 +22,7 @@ import sys
 import time
 from pathlib import Path
 
-from llmops.backends.local import launch_command, signal_job
+from llmops.backends.local import launch_command, local_stage, signal_job
 from llmops.errors import EXIT_BAD_INPUT, EXIT_OK, EXIT_REQUEUE
 from llmops.rundir import CANCELLED, FAILED, RUNNING, SUCCEEDED, RunDir
 
@@ -31,8 +31,7 @@ def supervise(run: RunDir) -> int:
     spec = run.read_spec()
     status = run.read_status()
     restart = status.restarts
-    # One training stage per run for now: pretrain, or align for an align-only spec.
-    stage = "pretrain" if spec.train is not None else "align"
+    stage = local_stage(spec)  # one training stage per local run for now
     child: subprocess.Popen | None = None
 
     def on_signal(signum, frame):
@@ -43,7 +42,7 @@ def supervise(run: RunDir) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     run.update_status(state=RUNNING, started_at=time.time(), supervisor_pid=os.getpid(), ended_at=None,
-                      exit_code=None, message="")
+                      exit_code=None, message="", stage=stage)
     while True:
         if run.cancel_marker.exists():
             return _finish(run, CANCELLED, None, "cancelled before the job started")

@@ -17,7 +17,7 @@ from llmops_testing import (
     REPO, llmops, log_text, losses, start, status, tiny_spec, wait_state, wait_step, write_spec,
 )
 
-STEPS = 16  # long enough that a cancel lands mid-run on a loaded machine
+STEPS = 40  # long enough that a cancel (a CLI start-up away) lands mid-run on a loaded machine
 
 
 @pytest.fixture(scope="module")
@@ -29,7 +29,7 @@ def workdir(tmp_path_factory) -> Path:
 def reference_and_preempted(workdir: Path) -> dict[str, Path]:
     """An uninterrupted run (checkpoints at 5 and 10) and one cancelled mid-run, then resumed."""
     runs = workdir / "runs"
-    ref = tiny_spec("reference", tp=2, pp=2, steps=STEPS, checkpoint={"interval": 5, "keep_last": 5})
+    ref = tiny_spec("reference", tp=2, pp=2, steps=STEPS, checkpoint={"interval": 5, "keep_last": 2})
     cut = tiny_spec("preempted", tp=2, pp=2, steps=STEPS)
     ref_dir = start(write_spec(workdir / "reference.yaml", ref), runs)
     cut_dir = start(write_spec(workdir / "preempted.yaml", cut), runs)
@@ -37,6 +37,7 @@ def reference_and_preempted(workdir: Path) -> dict[str, Path]:
     res = llmops("cancel", cut_dir.name, "--runs-dir", str(runs))
     assert res.returncode == 0, res.stderr
     cancelled = status(cut_dir)
+    assert "checkpointed" in cancelled.get("message", ""), f"the cancel did not land mid-run: {cancelled}"
     snapshot = workdir / "preempted-checkpoints"
     shutil.copytree(cut_dir / "checkpoints", snapshot)
     res = llmops("resume", cut_dir.name, "--detach", "--runs-dir", str(runs))
@@ -104,16 +105,16 @@ def test_tp2pp2_checkpoint_resumes_as_tp1pp2(workdir, reference_and_preempted):
 def test_corrupt_newest_checkpoint_is_skipped(workdir, reference_and_preempted):
     ckpts = workdir / "corrupt-checkpoints"
     shutil.copytree(reference_and_preempted["reference"] / "checkpoints", ckpts)
-    shard = sorted((ckpts / "iter_0000016").glob("*.distcp"))[0]
+    shard = sorted((ckpts / f"iter_{STEPS:07d}").glob("*.distcp"))[0]
     shard.write_bytes(shard.read_bytes()[: shard.stat().st_size // 2])
-    spec = tiny_spec("fallback", tp=2, pp=2, steps=STEPS, checkpoint={"dir": str(ckpts), "keep_last": 5})
+    spec = tiny_spec("fallback", tp=2, pp=2, steps=STEPS, checkpoint={"dir": str(ckpts), "keep_last": 2})
     run_dir = start(write_spec(workdir / "fallback.yaml", spec), workdir / "fallback-runs")
     wait_state(run_dir, {"SUCCEEDED"})
     text = log_text(run_dir)
-    assert f"skipping checkpoint iter_0000016: file {shard.name}" in text and "truncated" in text
-    assert "resumed from iter_0000015" in text
+    assert f"skipping checkpoint iter_{STEPS:07d}: file {shard.name}" in text and "truncated" in text
+    assert f"resumed from iter_{STEPS - 5:07d}" in text
     reference = losses(reference_and_preempted["reference"])
-    assert losses(run_dir) == {s: reference[s] for s in range(16, STEPS + 1)}
+    assert losses(run_dir) == {s: reference[s] for s in range(STEPS - 4, STEPS + 1)}
 
 
 def test_lost_supervisor_is_reported(tmp_path):

@@ -108,7 +108,10 @@ def test_crash_is_retried_then_the_run_fails(slurm_env, tmp_path: Path) -> None:
     assert final["state"] == "FAILED" and "gave up after 1 restart(s)" in final["message"], final
     assert "crashed with exit code" in final["message"]
     assert {r["restart"] for r in metrics(run_dir)} == {0, 1}
-    assert [e.split()[0] for e in events(run_dir)] == ["start", "requeue", "start", "failed"]
+    # A crashed step can also deliver a signal to the batch script ("notice"); only the
+    # start/requeue/failed sequence matters here: one retry, then the run gives up.
+    kinds = [e.split()[0] for e in events(run_dir)]
+    assert [k for k in kinds if k != "notice"] == ["start", "requeue", "start", "failed"], kinds
 
 
 def test_impossible_requests_are_refused_before_anything_is_queued(slurm_env, tmp_path: Path) -> None:

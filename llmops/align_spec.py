@@ -100,14 +100,18 @@ class AlignSpec(_Model):
 
     method: Literal["sft", "dpo"]
     """sft: supervised fine-tuning on conversations; dpo: preference optimization on chosen/rejected pairs."""
+    name: str | None = Field(None, pattern=r"^[a-z]([a-z0-9-]{0,14}[a-z0-9])?$")
+    """The stage's name in logs, status and job names (at most 16 lowercase letters, digits, dashes); unset:
+    the method (sft, dpo). Two stages of one method need names of their own."""
     data: AlignData
     tokenizer: str | None = None
     """SentencePiece model the examples are tokenized with; unset: the prepare stage's tokenizer.model."""
     start_from: str | None = None
     """Checkpoint to start from (a checkpoint folder, or a root whose newest complete one is used; any
-    TP/PP layout). Unset: the pretrain stage's checkpoints (checkpoint.dir, or checkpoints/ in the run)."""
+    TP/PP layout). Unset: the checkpoints of the training stage before this one (the previous align stage's,
+    else the pretrain stage's: checkpoint.dir, or checkpoints/ in the run)."""
     checkpoint_dir: str | None = None
-    """Where this stage saves and resumes; unset: checkpoints-<method>/ in the run directory."""
+    """Where this stage saves and resumes; unset: checkpoints-<stage>/ in the run directory."""
     steps: int = Field(ge=1)
     """Optimizer steps."""
     global_batch_size: int = Field(ge=1)
@@ -132,6 +136,11 @@ class AlignSpec(_Model):
     bad_data: BadData = BadData()
     template: ChatTokens = ChatTokens()
 
+    @property
+    def stage(self) -> str:
+        """The stage's name: `name`, else the method."""
+        return self.name or self.method
+
     def train_fields(self) -> dict[str, object]:
         """The optimisation settings, named as the pretrain stage's `train:` names them."""
         return {k: getattr(self, k) for k in ("steps", "global_batch_size", "micro_batch_size", "lr", "min_lr",
@@ -147,28 +156,50 @@ class AlignSpec(_Model):
 
 
 def align_rules(spec: "RunSpec") -> list[Problem]:
-    """The rules that tie `align:` to the rest of the spec. Fills in the tokenizer from `prepare:`."""
-    spec.align = spec.align.model_copy(update=spec.align.absolutized())
-    a = spec.align
-    out = _batch_rules(spec) + _start_rules(spec)
-    if a.tokenizer is None and spec.prepare is not None and spec.prepare.tokenizer is not None:
-        spec.align = a = a.model_copy(update={"tokenizer": os.path.join(spec.prepare.output.dir, "tokenizer.model")})
-        out += _prepared_tokenizer_rules(spec)
-    elif a.tokenizer is None:
-        out.append(Problem("align.tokenizer", None, "is unset and no prepare: stage writes a tokenizer",
-                           "set align.tokenizer to the tokenizer.model the model was pre-trained with"))
-    elif os.path.exists(a.tokenizer):
-        out += _tokenizer_file_rules(spec, a.tokenizer)
-    elif spec.backend == "local":
-        out.append(Problem("align.tokenizer", a.tokenizer, "does not exist", "check the path"))
-    if a.data.path is not None and spec.backend == "local" and not os.path.isfile(a.data.path):
-        out.append(Problem("align.data.path", a.data.path, "is not a file",
-                           "check the path (relative paths start from the folder you run llmops in)"))
-    return out + _k8s_path_rules(spec)
+    """The rules that tie each `align:` stage to the rest of the spec. Fills in tokenizers from `prepare:`."""
+    out = _name_rules(spec)
+    for i, a in enumerate(list(spec.align)):
+        where = "align" if len(spec.align) == 1 else f"align.{i}"
+        a = a.model_copy(update=a.absolutized())
+        problems = _batch_rules(spec, a) + (_start_rules(spec) if i == 0 else [])
+        prepared = (os.path.join(spec.prepare.output.dir, "tokenizer.model")
+                    if spec.prepare is not None and spec.prepare.tokenizer is not None else None)
+        if prepared is not None and a.tokenizer in (None, prepared):  # written by this run's prepare stage
+            a = a.model_copy(update={"tokenizer": prepared})
+            problems += _prepared_tokenizer_rules(spec, a)
+        elif a.tokenizer is None:
+            problems.append(Problem("align.tokenizer", None, "is unset and no prepare: stage writes a tokenizer",
+                                    "set align.tokenizer to the tokenizer.model the model was pre-trained with"))
+        elif os.path.exists(a.tokenizer):
+            problems += _tokenizer_file_rules(spec, a, a.tokenizer)
+        elif spec.backend == "local":
+            problems.append(Problem("align.tokenizer", a.tokenizer, "does not exist", "check the path"))
+        if a.data.path is not None and spec.backend == "local" and not os.path.isfile(a.data.path):
+            problems.append(Problem("align.data.path", a.data.path, "is not a file",
+                                    "check the path (relative paths start from the folder you run llmops in)"))
+        spec.align[i] = a
+        problems += _k8s_path_rules(spec, a)
+        out += [Problem(where + p.path[len("align"):], p.value, p.message, p.fix)
+                if p.path.startswith("align.") else p for p in problems]
+    return out
 
 
-def _batch_rules(spec: "RunSpec") -> list[Problem]:
-    a, out = spec.align, []
+def _name_rules(spec: "RunSpec") -> list[Problem]:
+    seen: dict[str, int] = {}
+    out = []
+    for i, a in enumerate(spec.align):
+        if a.stage in ("prepare", "pretrain"):
+            out.append(Problem(f"align.{i}.name", a.stage, "is the name of another stage kind",
+                               "name align stages after what they do, e.g. sft-chat"))
+        elif a.stage in seen:
+            out.append(Problem(f"align.{i}.name", a.name, f"repeats the stage name of align.{seen[a.stage]}",
+                               f"give each {a.method} stage its own name:, e.g. {a.method}-{i + 1}"))
+        seen.setdefault(a.stage, i)
+    return out
+
+
+def _batch_rules(spec: "RunSpec", a: AlignSpec) -> list[Problem]:
+    out = []
     dp = spec.data_parallel
     unit = a.micro_batch_size * dp
     if a.global_batch_size % unit:
@@ -185,18 +216,18 @@ def _batch_rules(spec: "RunSpec") -> list[Problem]:
 
 
 def _start_rules(spec: "RunSpec") -> list[Problem]:
-    a = spec.align
+    a = spec.align[0]
     if a.start_from is None and spec.train is None and spec.checkpoint.dir is None:
         return [Problem("align.start_from", None, "is unset and this spec has no train: stage to start from",
                         "set align.start_from to a pre-training checkpoint folder (or its checkpoint root)")]
     return []
 
 
-def _prepared_tokenizer_rules(spec: "RunSpec") -> list[Problem]:
+def _prepared_tokenizer_rules(spec: "RunSpec", a: AlignSpec) -> list[Problem]:
     """The prepare stage trains the tokenizer later: check what it is asked to reserve."""
-    tok, template = spec.prepare.tokenizer, spec.align.template.tokens()
+    tok, template = spec.prepare.tokenizer, a.template.tokens()
     if tok.model is not None:
-        return _tokenizer_file_rules(spec, tok.model) if os.path.exists(tok.model) else []
+        return _tokenizer_file_rules(spec, a, tok.model) if os.path.exists(tok.model) else []
     missing = [t for t in template.values() if t not in tok.special_tokens]
     if missing:
         return [Problem("prepare.tokenizer.special_tokens", tok.special_tokens,
@@ -205,7 +236,7 @@ def _prepared_tokenizer_rules(spec: "RunSpec") -> list[Problem]:
     return _vocab_rule(spec, tok.vocab_size)
 
 
-def _tokenizer_file_rules(spec: "RunSpec", path: str) -> list[Problem]:
+def _tokenizer_file_rules(spec: "RunSpec", a: AlignSpec, path: str) -> list[Problem]:
     from llmops.prepare.tokenizer import read_model_facts
 
     try:
@@ -213,7 +244,7 @@ def _tokenizer_file_rules(spec: "RunSpec", path: str) -> list[Problem]:
     except UserError as exc:
         return [Problem("align.tokenizer", path, getattr(exc, "reason", exc.message), exc.fix or "check the file")]
     out = _vocab_rule(spec, facts.vocab_size)
-    for role, token in spec.align.template.tokens().items():
+    for role, token in a.template.tokens().items():
         if token not in facts.special_tokens:
             out.append(Problem(f"align.template.{role}", token, "is not a special (control) token of the tokenizer",
                                f"use one of {sorted(facts.special_tokens)}, or a tokenizer trained with it "
@@ -229,7 +260,7 @@ def _vocab_rule(spec: "RunSpec", vocab_size: int) -> list[Problem]:
     return []
 
 
-def _k8s_path_rules(spec: "RunSpec") -> list[Problem]:
+def _k8s_path_rules(spec: "RunSpec", a: AlignSpec) -> list[Problem]:
     """Pods see only the shared claim: the files this stage reads and writes must lie on it."""
     from llmops.backends.k8s_spec import K8sSpec
 
@@ -237,8 +268,25 @@ def _k8s_path_rules(spec: "RunSpec") -> list[Problem]:
         return []
     mount = (spec.k8s or K8sSpec()).mount_path
     root = mount.rstrip("/") + "/"
-    a = spec.align
     paths = [("align.data.path", a.data.path), ("align.tokenizer", a.tokenizer),
              ("align.start_from", a.start_from), ("align.checkpoint_dir", a.checkpoint_dir)]
     return [Problem(where, path, f"is not on the shared volume mounted at k8s.mount_path={mount}",
                     f"put it under {root}") for where, path in paths if path is not None and not path.startswith(root)]
+
+
+def checkpoint_root(spec: "RunSpec", stage: str, run_dir: os.PathLike | str) -> str:
+    """Where training stage `stage` saves and resumes (pretrain or an align stage's name)."""
+    if stage == "pretrain":
+        return spec.checkpoint.dir or os.path.join(run_dir, "checkpoints")
+    a = spec.align_stage(stage)
+    return a.checkpoint_dir or os.path.join(run_dir, f"checkpoints-{a.stage}")
+
+
+def start_root(spec: "RunSpec", stage: str, run_dir: os.PathLike | str) -> str:
+    """What align stage `stage` starts from: its start_from, else the previous training stage's checkpoints."""
+    a = spec.align_stage(stage)
+    if a.start_from is not None:
+        return a.start_from
+    order = spec.training_stages
+    before = order[order.index(stage) - 1] if order.index(stage) > 0 else "pretrain"
+    return checkpoint_root(spec, before, run_dir)

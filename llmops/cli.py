@@ -52,7 +52,7 @@ def validate(spec: SpecArg) -> None:
 
     s = load_spec(spec)
     summary = f"[green]ok[/green] {spec}: run '{s.name}' on {s.backend}, stages {' -> '.join(s.stages)}"
-    if s.train is not None or s.align is not None:
+    if s.training_stages:
         summary += (f"; {s.resources.nodes} node(s) x {s.resources.procs_per_node} "
                     f"{'CPU process(es)' if s.resources.cpu else 'GPU(s)'}, "
                     f"TP={s.parallelism.tensor} PP={s.parallelism.pipeline} DP={s.data_parallel}, "
@@ -135,7 +135,7 @@ def prepare(
 
     s = load_spec(spec)
     if s.prepare is None:
-        raise UserError(f"{spec}: has no prepare: section", "add one (see examples/tiny-cpu-prepared.yaml)")
+        raise UserError(f"{spec}: has no prepare: section", "add one (see examples/tiny-cpu.yaml)")
     report = run_prepare(s.prepare, phase=phase, shard=shard, num_shards=num_shards, workers=workers,
                          workdir=workdir)
     if report is not None:
@@ -192,12 +192,18 @@ def _print_line(line: str) -> None:
     f = parsed.fields
     out.print(f"[bold]{parsed.step:>6}/{parsed.steps}[/bold] {pct:5.1f}%  loss [cyan]{f.get('loss')}[/cyan]  "
               f"lr {f.get('lr')}  grad_norm {f.get('grad_norm')}  {f.get('tok/s')} tok/s"
-              + (f"  MFU {f['mfu']}" if "mfu" in f else ""))
+              + (f"  MFU {f['mfu']}" if "mfu" in f else "")
+              + "".join(f"  {k} {f[k]}" for k in ("acc", "margin") if k in f))
 
 
 def _report_final(run_dir, final, interrupted: bool) -> None:
     colour = {"SUCCEEDED": "green", "FAILED": "red", "CANCELLED": "yellow"}.get(final.state, "white")
     err.print(f"run {run_dir.id}: [{colour}]{final.state}[/{colour}] {final.message}")
+    deadline = time.time() + (5 if final.backend == "local" else 0)  # its supervisor writes it as it ends
+    while not (run_dir.path / "report.html").exists() and time.time() < deadline:
+        time.sleep(0.2)
+    if (run_dir.path / "report.html").exists():
+        err.print(f"report (loss curves, restarts, where the time went): {run_dir.path / 'report.html'}")
     if final.state != "SUCCEEDED":
         err.print(f"resume it with `llmops resume {run_dir.id}`; logs in {run_dir.logs}")
         raise typer.Exit(EXIT_FAILED)
@@ -243,6 +249,29 @@ def status(
         loss = f"{p['loss']:.4f}" if p and p.get("loss") == p.get("loss") else "-"
         table.add_row(r.id, st.backend, st.state, step, loss, str(st.restarts),
                       _age(st.submitted_at), st.message)
+    out.print(table)
+    if run and len(rows) == 1:
+        _print_stages(*rows[0][:2])
+
+
+def _print_stages(r, st) -> None:
+    """One line per stage: its state, progress (step, tokens, loss) and restarts."""
+    spec = r.read_spec()
+    if len(spec.stages) < 2 and not st.stages:
+        return
+    table = Table(box=None, header_style="bold")
+    for col in ("stage", "state", "step", "tokens", "loss", "restarts"):
+        table.add_column(col, no_wrap=True)
+    table.add_column("message", overflow="fold")
+    for name in spec.stages:
+        rec = st.stages.get(name, {})
+        p = r.progress(name) if name != "prepare" else None
+        step = f"{p['step']}/{p['steps']}" if p else "-"
+        tokens = f"{p['tokens']:,}" if p and p.get("tokens") else "-"
+        loss = f"{p['loss']:.4f}" if p and p.get("loss") == p.get("loss") else "-"
+        state = rec.get("state") or ("PENDING" if st.state not in ("SUCCEEDED", "FAILED", "CANCELLED") else "-")
+        table.add_row(("> " if name == st.stage and st.state == "RUNNING" else "  ") + name, state, step, tokens,
+                      loss, str(rec.get("restarts", 0)), rec.get("message", ""))
     out.print(table)
 
 
@@ -300,6 +329,122 @@ def resume(
     err.print(f"run [bold]{r.id}[/bold] resumed")
     if not detach:
         _follow(r)
+
+
+@app.command()
+def report(
+    run: RunArg,
+    out_path: Annotated[Optional[Path], typer.Option("--out", help="Where to write it [default: RUN/report.html].")] = None,
+    runs_dir: RunsDirOpt = None,
+) -> None:
+    """Write the run's HTML report (loss curves, throughput, restarts) and print where the time went."""
+    from llmops import report as rep
+    from llmops import runs
+    from llmops.rundir import resolve_run, runs_root
+
+    r = resolve_run(run, runs_root(runs_dir))
+    try:
+        runs.status(r)  # brings a remote run's files over first
+    except UserError as exc:
+        err.print(f"[yellow](from the files already here: {exc.message})[/yellow]")
+    summary = rep.summarize(r)
+    out.print(f"[bold]{r.id}[/bold]: {summary['state']} in {summary['wall']:.0f} s")
+    stages = Table(box=None, header_style="bold")
+    times = Table(box=None, header_style="bold", title="where the time went (s)", title_justify="left")
+    for col in ("stage", "state", "step", "loss", "tokens/s", "restarts", "lost steps"):
+        stages.add_column(col, no_wrap=True)
+    for col in ("stage", "queue", "start-up", "training", "checkpointing", "lost work"):
+        times.add_column(col, no_wrap=True, justify="right" if col != "stage" else "left")
+    for s in summary["stages"]:
+        if isinstance(s, rep.PrepareSummary):
+            stages.add_row(s.name, s.state, "-", "-", "-", str(s.restarts), "-")
+            times.add_row(s.name, "-", "-", f"{s.seconds:.1f}" if s.seconds is not None else "-", "-", "-")
+            continue
+        stages.add_row(s.name, s.state, f"{s.rows[-1]['step']}/{s.steps}" if s.rows else "-",
+                       f"{s.final_loss:.4f}" if s.final_loss is not None else "-",
+                       f"{s.tokens_per_s:,.0f}" if s.tokens_per_s else "-", str(s.restarts), str(s.lost_steps))
+        times.add_row(s.name, *(f"{s.time[k]:.1f}" for k in ("queue", "startup", "training", "checkpointing",
+                                                              "lost")))
+    out.print(stages)
+    out.print(times)
+    path = rep.write(r, out_path)
+    err.print(f"report: {path}")
+
+
+@app.command()
+def checkpoints(
+    target: Annotated[str, typer.Argument(help="A checkpoint root (holding iter_*), a run id, or a run directory.")],
+    verify: Annotated[Optional[str], typer.Option(
+        "--verify", help="Check one checkpoint in depth: its step number, or 'latest'.")] = None,
+    stage: Annotated[Optional[str], typer.Option(help="For a run: one training stage's checkpoints.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+    runs_dir: RunsDirOpt = None,
+) -> None:
+    """List checkpoints (step, TP/PP layout, size, completeness), and verify one."""
+    from llmops import checkpoints as ck
+    from llmops.rundir import runs_root
+
+    roots = ck.roots(target, runs_root(runs_dir))
+    if stage is not None:
+        labels = [label for label, _ in roots]
+        roots = [(label, root) for label, root in roots if label == stage]
+        if not roots:
+            raise UserError(f"--stage {stage}: {target} has no such training stage ({', '.join(labels)})",
+                            f"pass one of {', '.join(labels)}")
+    found = [(label, root, ck.describe(root)) for label, root in roots]
+    if verify is not None:
+        _verify_checkpoint(found, verify, as_json=as_json)
+        return
+    if as_json:
+        sys.stdout.write(json.dumps([{"stage": label, "root": str(root), "checkpoints": [i.as_json() for i in infos]}
+                                     for label, root, infos in found], indent=1) + "\n")
+        return
+    table = Table(box=None, header_style="bold")
+    for col in ("stage", "step", "layout", "size", "saved", "state"):
+        table.add_column(col, no_wrap=col != "state", overflow="fold")
+    for label, root, infos in found:
+        if not infos:
+            table.add_row(label, "-", "-", "-", "-", f"no checkpoints in {root}")
+        for i in infos:
+            layout = "tp{tp}-pp{pp}-dp{dp}".format(**i.layout) if i.layout else "-"
+            saved = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(i.saved_at)) if i.saved_at else "-"
+            state = ("[green]latest[/green]" if i.latest else "complete") if i.complete else f"[red]{i.problem}[/red]"
+            table.add_row(label, str(i.step), layout, _size(i.size), saved, state)
+    out.print(table)
+
+
+def _verify_checkpoint(found: list, which: str, *, as_json: bool) -> None:
+    from llmops import checkpoints as ck
+
+    infos = [i for _, _, group in found for i in group]
+    if which == "latest":
+        chosen = [i for i in infos if i.latest]
+    elif which.isdigit():
+        chosen = [i for i in infos if i.step == int(which)]
+    else:
+        raise UserError(f"--verify {which!r} is not a step number or 'latest'", "pass e.g. --verify 40")
+    if len(chosen) != 1:
+        steps = ", ".join(str(i.step) for i in infos) or "none"
+        raise UserError(f"--verify {which}: {'no' if not chosen else 'more than one'} checkpoint matches "
+                        f"(steps here: {steps})", "pass one of those steps, and --stage for a run of several stages")
+    info = chosen[0]
+    problem = ck.verify_deep(info.path) if not info.path.name.endswith(".partial") else info.problem
+    if as_json:
+        sys.stdout.write(json.dumps({**info.as_json(), "verified": problem is None, "problem": problem}) + "\n")
+    elif problem is None:
+        out.print(f"[green]ok[/green] {info.path}: step {info.step}, every file and tensor range present")
+    else:
+        out.print(f"[red]broken[/red] {info.path}: {problem}", soft_wrap=True)
+    if problem is not None:
+        raise typer.Exit(EXIT_FAILED)
+
+
+def _size(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TiB"
 
 
 @app.command()

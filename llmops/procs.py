@@ -17,6 +17,17 @@ def children(pid: int) -> list[int]:
     return out
 
 
+def descendants(pid: int) -> list[int]:
+    """Children, grandchildren and so on, parents first (torchrun's workers live in sessions of their own,
+    so signalling the launcher's process group does not reach them)."""
+    out, todo = [], children(pid)
+    while todo:
+        child = todo.pop(0)
+        out.append(child)
+        todo += children(child)
+    return out
+
+
 def alive(pid: int) -> bool:
     """Whether the process exists and is not a zombie."""
     try:

@@ -6,9 +6,12 @@
         spec.yaml          the resolved spec, written once at submit; every stage and restart reads it
         status.json        state, backend, restarts, exit code (written by the backend's supervisor)
         logs/              <stage>.restart-<n>.log: a restart never overwrites an earlier log
-        metrics.jsonl      one row per logged step (see llmops_model.metrics)
-        progress.json      the latest row
-        checkpoints/       unless checkpoint.dir points elsewhere
+        stages/<stage>/    per stage:
+            metrics.jsonl  one row per logged step (see llmops_model.metrics)
+            progress.json  the latest row
+            eval.jsonl     held-out evaluations (align stages)
+        checkpoints/       pretrain's, unless checkpoint.dir points elsewhere
+        checkpoints-<s>/   align stage s's, unless its checkpoint_dir does
 """
 
 from __future__ import annotations
@@ -46,9 +49,16 @@ class Status:
     job_pgid: int | None = None
     job_id: str | None = None
     stage: str | None = None
+    """The stage running now (or the last one that ran)."""
+    stages: dict[str, dict] = field(default_factory=dict)
+    """Per stage, as far as the backend knows: state, restarts, started_at, ended_at, exit_code, message."""
     submitted_at: float = field(default_factory=time.time)
     started_at: float | None = None
     ended_at: float | None = None
+
+    def ended(self, stage: str | None = None) -> bool:
+        """The run, or the stage, has ended: its logs will not grow any more."""
+        return self.state in TERMINAL or (stage is not None and self.stages.get(stage, {}).get("state") in TERMINAL)
 
 
 class RunDir:
@@ -118,17 +128,37 @@ class RunDir:
         self.write_status(status)
         return status
 
-    def progress(self) -> dict | None:
+    def stage_dir(self, stage: str) -> Path:
+        """The stage's metrics and markers (created by whoever writes there first)."""
+        return self.path / "stages" / stage
+
+    def update_stage(self, stage: str, **changes) -> Status:
+        """Change one stage's record (and make it the current stage)."""
+        status = self.read_status()
+        status.stages = {**status.stages, stage: {**status.stages.get(stage, {}), **changes}}
+        status.stage = stage
+        self.write_status(status)
+        return status
+
+    def progress(self, stage: str | None = None) -> dict | None:
+        """The latest logged step of `stage`, or of the stage running now (the last one to log)."""
+        if stage is None:
+            stage = self.read_status().stage
+            if stage is None:
+                found = sorted(self.path.glob("stages/*/progress.json"), key=lambda p: p.stat().st_mtime)
+                stage = found[-1].parent.name if found else None
+        if stage is None:
+            return None
         try:
-            return json.loads((self.path / "progress.json").read_text())
+            return json.loads((self.stage_dir(stage) / "progress.json").read_text())
         except (OSError, ValueError):
             return None
 
-    def metrics(self) -> list[dict]:
-        """Logged steps, the latest row for each step (a re-run step replaces the earlier row)."""
+    def metrics(self, stage: str = "pretrain", name: str = "metrics.jsonl") -> list[dict]:
+        """Logged steps of `stage`, the latest row for each step (a re-run step replaces the earlier row)."""
         rows: dict[int, dict] = {}
         try:
-            lines = (self.path / "metrics.jsonl").read_text().splitlines()
+            lines = (self.stage_dir(stage) / name).read_text().splitlines()
         except OSError:
             return []
         for line in lines:

@@ -79,14 +79,10 @@ def status(run: RunDir) -> Status:
     return run.read_status()
 
 
-def training_stage(spec: RunSpec) -> str:
-    """The stage the local backend runs: pretrain when the spec has one, else align."""
-    return "pretrain" if spec.train is not None else "align"
-
-
 def logs(run: RunDir, *, follow: bool, stage: str | None = None) -> Iterator[str]:
+    """One stage's log lines (default: the stage running now); with follow, until that stage ends."""
     spec = run.read_spec()
-    stage = stage or run.read_status().stage or training_stage(spec)
+    stage = stage or run.read_status().stage or spec.stages[0]
     if stage not in spec.stages:
         raise UserError(f"run {run.id} has no '{stage}' stage (its stages: {', '.join(spec.stages)})",
                         f"pass --stage with one of {', '.join(spec.stages)}")
@@ -126,7 +122,16 @@ def resume(run: RunDir) -> RunDir:
 
 
 def follow(run: RunDir, *, on_line: Callable[[str], None]) -> Status:
-    """Stream the run's log to `on_line` until it reaches a terminal state."""
-    for line in logs(run, follow=True):
-        on_line(line)
-    return status(run)
+    """Stream the log of each stage, from the one running now, to `on_line` until the run ends."""
+    spec = run.read_spec()
+    stages = spec.stages
+    i = stages.index(run.read_status().stage) if run.read_status().stage in stages else 0
+    while True:
+        if len(stages) > 1:
+            on_line(f"[llmops] ---- stage {stages[i]} ({i + 1}/{len(stages)})")
+        for line in logs(run, follow=True, stage=stages[i]):
+            on_line(line)
+        st = status(run)
+        if i + 1 == len(stages) or (st.state in TERMINAL and stages[i + 1] not in st.stages):
+            return st  # the last stage, or the run ended before the next one started
+        i += 1

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from llmops.align_spec import AlignSpec, align_rules
 from llmops.backends.k8s_spec import K8sSpec
@@ -225,8 +225,9 @@ class RunSpec(_Model):
     """The data-preparation stage (raw text to indexed datasets); with train:, it fills data and model.vocab_size."""
     train: TrainSpec | None = None
     """The pre-training stage; leave out for a spec that only prepares data."""
-    align: AlignSpec | None = None
-    """The alignment stage (SFT or DPO), after pre-training; starts from its checkpoints unless told otherwise."""
+    align: list[AlignSpec] = []
+    """Alignment stages (SFT, DPO), after pre-training, in order: one mapping or a list of them. Each starts
+    from the checkpoints of the training stage before it unless told otherwise."""
     checkpoint: CheckpointSpec = CheckpointSpec()
     restarts: RestartSpec = RestartSpec()
     k8s: K8sSpec | None = None
@@ -242,11 +243,29 @@ class RunSpec(_Model):
     def num_microbatches(self) -> int:
         return self.train.global_batch_size // (self.train.micro_batch_size * self.data_parallel)
 
+    @field_validator("align", mode="before")
+    @classmethod
+    def _one_or_many(cls, value: Any) -> Any:
+        return [value] if isinstance(value, dict) else [] if value is None else value
+
     @property
     def stages(self) -> list[str]:
-        """The stages this spec runs, in order."""
-        stages = (("prepare", self.prepare), ("pretrain", self.train), ("align", self.align))
-        return [name for name, section in stages if section is not None]
+        """The stages this spec runs, in order: prepare, pretrain, then each align stage by name."""
+        head = [name for name, section in (("prepare", self.prepare), ("pretrain", self.train))
+                if section is not None]
+        return head + [a.stage for a in self.align]
+
+    @property
+    def training_stages(self) -> list[str]:
+        """The stages that run the model (torchrun jobs): every stage but prepare."""
+        return [s for s in self.stages if s != "prepare"]
+
+    def align_stage(self, stage: str) -> AlignSpec:
+        """The align section that runs as `stage`."""
+        for a in self.align:
+            if a.stage == stage:
+                return a
+        raise KeyError(stage)
 
 
 def check_rules(spec: RunSpec) -> list[Problem]:
@@ -260,7 +279,7 @@ def check_rules(spec: RunSpec) -> list[Problem]:
         out.append(Problem("(top level)", None, "names no stage to run", "add a train: or prepare: section"))
     if spec.train is not None:
         out += _train_rules(spec)
-    if spec.align is not None:
+    if spec.align:
         out += _align_rules(spec)
     return out + _data_rules(spec) + _k8s_rules(spec)
 

@@ -20,74 +20,41 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch.distributed as dist
+from torch.distributed.checkpoint.api import CheckpointException
 
-MANIFEST = "llmops-manifest.json"
-TRACKER = "latest_checkpointed_iteration.txt"
-_ITER_RE = re.compile(r"^iter_(\d{7,})$")
+# What a checkpoint is, and how it is checked, is shared with the control plane (no torch needed there).
+from llmops.checkpoints import (
+    MANIFEST,
+    TRACKER,
+    Found,
+    checkpoint_dir,
+    find_latest,
+    list_checkpoints,
+    read_manifest,
+    verify,
+)
 
-
-@dataclass(frozen=True)
-class Found:
-    """The checkpoint to resume from, and the newer ones that were skipped (with reasons)."""
-
-    path: Path | None
-    step: int
-    skipped: list[tuple[Path, str]]
-
-
-def checkpoint_dir(root: Path, step: int) -> Path:
-    return root / f"iter_{step:07d}"
-
-
-def verify(path: Path) -> str | None:
-    """Why this checkpoint cannot be used, or None when it is complete."""
-    manifest = path / MANIFEST
-    if not manifest.is_file():
-        return "no manifest (the save did not finish)"
-    try:
-        meta = json.loads(manifest.read_text())
-        files: dict[str, int] = meta["files"]
-    except (OSError, ValueError, KeyError) as exc:
-        return f"unreadable manifest ({exc})"
-    for name, size in files.items():
-        f = path / name
-        if not f.is_file():
-            return f"missing file {name}"
-        actual = f.stat().st_size
-        if actual != size:
-            return f"file {name} has {actual} bytes, the manifest says {size} (truncated or overwritten)"
-    return None
-
-
-def read_manifest(path: Path) -> dict[str, Any]:
-    return json.loads((path / MANIFEST).read_text())
-
-
-def list_checkpoints(root: Path) -> list[tuple[int, Path]]:
-    """Every ``iter_N`` directory under root, newest first."""
-    if not root.is_dir():
-        return []
-    found = [(int(m.group(1)), p) for p in root.iterdir() if p.is_dir() and (m := _ITER_RE.match(p.name))]
-    return sorted(found, reverse=True)
-
-
-def find_latest(root: Path) -> Found:
-    """The newest checkpoint that verifies; newer broken ones are listed with the reason."""
-    skipped: list[tuple[Path, str]] = []
-    for step, path in list_checkpoints(root):
-        reason = verify(path)
-        if reason is None:
-            return Found(path, step, skipped)
-        skipped.append((path, reason))
-    return Found(None, 0, skipped)
+__all__ = [
+    "MANIFEST",
+    "TRACKER",
+    "Found",
+    "checkpoint_dir",
+    "commit",
+    "find_latest",
+    "list_checkpoints",
+    "load",
+    "prune",
+    "read_manifest",
+    "SaveFailed",
+    "save",
+    "verify",
+]
 
 
 def _write_atomic(path: Path, text: str) -> None:
@@ -139,8 +106,29 @@ def prune(root: Path, *, keep_last: int) -> list[Path]:
     return removed
 
 
+class Saver:
+    """What successive saves of one training process share, so that only the first pays for planning.
+
+    Megatron's torch_dist strategy can cache the global save plan once two
+    saves agreed on it (``cached_metadata``): later saves skip gathering every
+    rank's plan. The access-integrity check (every tensor saved exactly once)
+    runs on the first save only; the model's structure does not change after it.
+    """
+
+    def __init__(self) -> None:
+        self.strategy = None
+        self.saves = 0
+
+    def kwargs(self) -> dict[str, Any]:
+        if self.strategy is None:
+            from megatron.core.dist_checkpointing.strategies.torch import TorchDistSaveShardedStrategy
+
+            self.strategy = TorchDistSaveShardedStrategy("torch_dist", 1, cached_metadata=True)
+        return {"sharded_strategy": self.strategy, "validate_access_integrity": self.saves == 0}
+
+
 def save(root: Path, step: int, *, state: dict[str, Any], meta: dict[str, Any], keep_last: int,
-         async_queue=None) -> None:
+         async_queue=None, saver: Saver | None = None) -> None:
     """Collective: every rank calls this with its sharded state dict.
 
     With `async_queue` (a Megatron ``AsyncCallsQueue``) the shards are written
@@ -160,13 +148,25 @@ def save(root: Path, step: int, *, state: dict[str, Any], meta: dict[str, Any], 
 
     def seal() -> None:
         dist.barrier()
+        failure = None
         if rank == 0:
-            commit(root, step, meta=meta, keep_last=keep_last)
-        dist.barrier()
+            try:
+                commit(root, step, meta=meta, keep_last=keep_last)
+            except OSError as exc:  # the manifest or the rename: nothing is sealed
+                failure = exc
+        _agree(failure, partial, rank)
 
     if async_queue is None:
-        dist_checkpointing.save(state, str(partial))
+        options = saver.kwargs() if saver is not None else {}
+        try:
+            dist_checkpointing.save(state, str(partial), **options)
+            failure = None
+        except (Exception, CheckpointException) as exc:  # noqa: BLE001 (disk full, quota, I/O error: every
+            failure = exc  # rank must learn of it; torch's CheckpointException is a BaseException)
+        _agree(failure, partial, rank)
         seal()
+        if saver is not None:
+            saver.saves += 1
         return
     def seal_async() -> None:
         # Runs on every rank once all ranks' shards are written (the queue checks collectively),
@@ -174,9 +174,49 @@ def save(root: Path, step: int, *, state: dict[str, Any], meta: dict[str, Any], 
         if rank == 0:
             commit(root, step, meta=meta, keep_last=keep_last)
 
-    request = dist_checkpointing.save(state, str(partial), async_sharded_save=True)
+    options = saver.kwargs() if saver is not None else {}
+    request = dist_checkpointing.save(state, str(partial), async_sharded_save=True, **options)
     request.add_finalize_fn(seal_async)
     async_queue.schedule_async_request(request)
+    if saver is not None:
+        saver.saves += 1
+
+
+class SaveFailed(Exception):
+    """A checkpoint could not be written on some rank; its partial folder is removed, nothing was sealed."""
+
+
+def _agree(failure: BaseException | None, partial: Path, rank: int) -> None:
+    """Collective: raise SaveFailed on every rank when the save failed on any, after removing the leftovers."""
+    import torch
+
+    device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
+    flag = torch.tensor([0 if failure is None else 1], dtype=torch.int32, device=device)
+    dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+    if not flag.item():
+        return
+    dist.barrier()
+    if rank == 0:
+        shutil.rmtree(partial, ignore_errors=True)  # frees the space the shards took
+    dist.barrier()
+    raise SaveFailed(_reason(failure) if failure is not None else "another rank could not write its shards")
+
+
+def _reason(exc: BaseException) -> str:
+    """The OS error at the root of a (possibly wrapped) save failure, else the exception itself."""
+    pending = [exc]
+    while pending:
+        seen = pending.pop(0)
+        if isinstance(seen, OSError):
+            return f"{seen.strerror or seen} ({seen.filename})" if seen.filename else str(seen)
+        if isinstance(seen, CheckpointException):  # the ranks' own failures
+            pending += [e for e in seen.failures.values() if isinstance(e, BaseException)]
+        pending += [e for e in (seen.__cause__, seen.__context__) if e is not None]
+    text = str(exc)
+    for hint in ("No space left on device", "Disk quota exceeded", "File too large"):
+        if hint in text:
+            return hint
+    return f"{type(exc).__name__}: {exc}"
 
 
 def load(path: Path, *, sharded_state: dict[str, Any]) -> dict[str, Any]:

@@ -2,8 +2,8 @@
 
 Reads the resolved spec that the control plane wrote into the run directory
 (never re-resolving it), joins the job's process group and runs one stage:
-``$LLMOPS_STAGE`` (pretrain or align) when the backend sets it, else the
-spec's first training stage. Exit codes: 0 done, 75 checkpointed after a
+``$LLMOPS_STAGE`` (pretrain, or an align stage's name) when the backend
+sets it, else the spec's first training stage. Exit codes: 0 done, 75 checkpointed after a
 preemption notice (requeue me), 2 bad input, 1 failed.
 """
 
@@ -31,20 +31,30 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_BAD_INPUT
 
     _quiet_known_warnings()
+    if os.environ.get("LLMOPS_LOG_LEVEL"):  # e.g. DEBUG: Megatron's own timings (checkpoint staging, writes)
+        import logging
+
+        logging.basicConfig(level=os.environ["LLMOPS_LOG_LEVEL"].upper(),
+                            format="%(asctime)s %(name)s %(levelname)s: %(message)s")
     from llmops_model import parallel, train
 
     restart = int(os.environ.get("LLMOPS_RESTART", "0"))
-    stage = os.environ.get("LLMOPS_STAGE") or ("pretrain" if spec.train is not None else "align")
+    stage = os.environ.get("LLMOPS_STAGE") or spec.training_stages[0]
+    if stage not in spec.training_stages:
+        print(f"error: LLMOPS_STAGE={stage!r} is not a training stage of this run "
+              f"({', '.join(spec.training_stages)})", file=sys.stderr)
+        return EXIT_BAD_INPUT
     run_stage = train.pretrain
     try:
-        if stage == "align":
+        if stage != "pretrain":
             from llmops_model.align import stage as align
 
-            spec, run_stage = align.stage_spec(spec), align.align
+            spec, run_stage = align.stage_spec(spec, stage, run_dir=run.path), align.align
         layout, device = parallel.setup(spec)
         code = run_stage(spec, run_dir=run.path, layout=layout, device=device, restart=restart)
-    except UserError as exc:  # every rank meets the same bad input (data, starting checkpoint)
-        print(exc.render(), file=sys.stderr, flush=True)
+    except UserError as exc:  # every rank meets the same problem (data, starting checkpoint, a full disk)
+        if int(os.environ.get("RANK", "0")) == 0:
+            print(f"error: {exc.render()}", file=sys.stderr, flush=True)
         return EXIT_BAD_INPUT
     except Exception:
         traceback.print_exc()
@@ -67,6 +77,9 @@ def _quiet_known_warnings() -> None:
         r"When using async grad allreduce it is recommended",
         r"`load_state_dict` is deprecated and will be removed",
         r"Please use DTensor instead and we are deprecating ShardedTensor",
+        # Pre-training concatenates documents into full sequences and never pads, so the pad id (the eod
+        # id, for want of a spare token) colliding with another special token changes nothing.
+        r"The pad token id in the tokenizer collides with another special token id",
     ):
         warnings.filterwarnings("ignore", message=pattern)
 

@@ -4,10 +4,11 @@ The step line is a stable, greppable format that backends and users parse::
 
     [step 12/40] loss=5.321046 lr=2.910e-04 grad_norm=0.8731 tok/s=10234 time=0.121s mfu=41.2%
 
-``metrics.jsonl`` in the run directory holds the same figures at full
-precision, one JSON object per logged step; a resumed run appends to it, so
-a step that was re-run after a crash appears twice and the later row wins.
-``progress.json`` holds the latest row, for ``llmops status``.
+``stages/<stage>/metrics.jsonl`` in the run directory holds the same
+figures at full precision, one JSON object per logged step; a resumed run
+appends to it, so a step that was re-run after a crash appears twice and the
+later row wins. ``stages/<stage>/progress.json`` holds the latest row, for
+``llmops status``.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from typing import Any
 
 import torch
 
+from llmops.rundir import RunDir
 from llmops.spec import RunSpec
 
 # Dense bf16 peak of the accelerators we know, FLOP/s. MFU is reported only for these.
@@ -45,10 +47,14 @@ def peak_flops() -> float | None:
 class StepLogger:
     """Formats and writes step metrics; a no-op on every rank but the logger rank."""
 
-    def __init__(self, spec: RunSpec, run_dir: Path, *, enabled: bool, world_size: int, restart: int):
-        self.spec, self.enabled, self.world_size, self.restart = spec, enabled, world_size, restart
-        self.metrics_path = run_dir / "metrics.jsonl"
-        self.progress_path = run_dir / "progress.json"
+    def __init__(self, spec: RunSpec, run_dir: Path, *, enabled: bool, world_size: int, restart: int,
+                 stage: str = "pretrain"):
+        self.spec, self.enabled, self.world_size, self.restart, self.stage = spec, enabled, world_size, restart, stage
+        self.folder = RunDir(run_dir).stage_dir(stage)
+        if enabled:
+            self.folder.mkdir(parents=True, exist_ok=True)
+        self.metrics_path = self.folder / "metrics.jsonl"
+        self.progress_path = self.folder / "progress.json"
         self.tokens_per_step = spec.train.global_batch_size * spec.model.seq_length
         self.flops_per_token = flops_per_token(spec)
         self.peak = peak_flops()
@@ -57,7 +63,7 @@ class StepLogger:
             try:
                 from torch.utils.tensorboard import SummaryWriter
 
-                self.tb = SummaryWriter(str(run_dir / "tensorboard"))
+                self.tb = SummaryWriter(str(run_dir / "tensorboard" / stage))
             except ImportError:  # tensorboard is optional; the step lines and metrics.jsonl remain
                 self.tb = None
 
@@ -68,7 +74,7 @@ class StepLogger:
         row: dict[str, Any] = {
             "step": step, "steps": self.spec.train.steps, "loss": loss, "lr": lr,
             "grad_norm": grad_norm, "tokens_per_s": tokens_per_s, "step_time": step_time,
-            "tokens": step * self.tokens_per_step, "restart": self.restart, "time": time.time(),
+            "tokens": step * self.tokens_per_step, "restart": self.restart, "stage": self.stage, "time": time.time(),
         }
         mfu = None
         if self.peak:
@@ -89,6 +95,14 @@ class StepLogger:
             for key in ("loss", "lr", "grad_norm", "tokens_per_s", "mfu"):
                 if row.get(key) is not None:
                     self.tb.add_scalar(f"train/{key}", row[key], step)
+
+    def event(self, kind: str, **fields: Any) -> None:
+        """One line of the stage's ``events.jsonl`` (process start, resume, checkpoint save, exit), from
+        which the run report tells where the time went."""
+        if self.enabled:
+            row = {"event": kind, "time": time.time(), "restart": self.restart, **fields}
+            with open(self.folder / "events.jsonl", "a") as f:
+                f.write(json.dumps(row) + "\n")
 
     def info(self, message: str) -> None:
         if self.enabled:

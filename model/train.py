@@ -22,7 +22,7 @@ from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
 from megatron.core.pipeline_parallel import get_forward_backward_func
 from megatron.core.transformer.module import Float16Module
 
-from llmops.errors import EXIT_OK, EXIT_REQUEUE
+from llmops.errors import EXIT_OK, EXIT_REQUEUE, UserError
 from llmops.spec import RunSpec
 from llmops_model import checkpoint, data, gpt, mcore_fixes
 from llmops_model.metrics import StepLogger
@@ -47,6 +47,7 @@ class Trainer:
     scheduler: OptimizerParamScheduler
     ckpt_root: Path
     async_queue: object | None = None
+    saver: checkpoint.Saver | None = None
 
     def sharded_state(self, *, loading: bool) -> dict:
         # The unwrapped module's keys ('decoder.layers...'), so checkpoints do not depend on the DDP wrapper.
@@ -107,7 +108,7 @@ def build(spec: RunSpec, *, layout: Layout, device: torch.device, ckpt_root: Pat
         from megatron.core.dist_checkpointing.strategies.async_utils import AsyncCallsQueue
 
         queue = AsyncCallsQueue(persistent=True)
-    return Trainer(spec, layout, device, model, optimizer, scheduler, ckpt_root, queue)
+    return Trainer(spec, layout, device, model, optimizer, scheduler, ckpt_root, queue, checkpoint.Saver())
 
 
 def _loss_func(loss_mask: torch.Tensor, output: torch.Tensor):
@@ -169,16 +170,30 @@ def save_checkpoint(t: Trainer, step: int, *, logger: StepLogger, final: bool = 
     if t.async_queue is not None:
         t.async_queue.maybe_finalize_async_calls(blocking=True)  # one save in flight at a time
     state = t.sharded_state(loading=False)
-    state["scheduler"] = t.scheduler.state_dict()
+    described = time.perf_counter() - began  # the sharded state dict: with fully reshardable optimizer state,
+    state["scheduler"] = t.scheduler.state_dict()  # its buffers are re-cut into per-parameter tensors
     state["step"] = step
     meta = {"layout": {"tp": t.layout.tp, "pp": t.layout.pp, "dp": t.layout.dp},
             "consumed_samples": step * t.spec.train.global_batch_size,
             "model": t.spec.model.model_dump(mode="json")}
     queue = None if final else t.async_queue
-    checkpoint.save(t.ckpt_root, step, state=state, meta=meta, keep_last=t.spec.checkpoint.keep_last,
-                    async_queue=queue)
+    try:
+        checkpoint.save(t.ckpt_root, step, state=state, meta=meta, keep_last=t.spec.checkpoint.keep_last,
+                        async_queue=queue, saver=t.saver)
+    except checkpoint.SaveFailed as exc:
+        latest = checkpoint.find_latest(t.ckpt_root).path
+        kept = f"{latest.name} stays the latest complete checkpoint" if latest else "there is no complete checkpoint"
+        logger.event("save_failed", step=step, reason=str(exc))
+        if not final:
+            logger.info(f"checkpoint step={step} could not be written: {exc}; {kept}; training goes on "
+                        f"and tries again at the next interval")
+            return
+        raise UserError(f"the final checkpoint (step {step}) could not be written: {exc}; {kept}",
+                        f"free space under {t.ckpt_root} (or point checkpoint.dir elsewhere), then "
+                        f"`llmops resume` the run: it continues from that checkpoint") from None
     stall = time.perf_counter() - began
     where = checkpoint.checkpoint_dir(t.ckpt_root, step)
+    logger.event("save", step=step, stall=stall, background=queue is not None, describe=described)
     if queue is None:
         logger.info(f"saved checkpoint step={step} in {stall:.2f}s to {where}")
     else:
@@ -200,9 +215,17 @@ def resume(t: Trainer, *, logger: StepLogger) -> int:
     t.optimizer.load_state_dict(loaded["optimizer"])
     t.scheduler.load_state_dict(loaded["scheduler"])
     saved = checkpoint.read_manifest(found.path)["layout"]
+    logger.event("resumed", step=int(loaded["step"]), skipped=len(found.skipped))
     logger.info(f"resumed from {found.path.name} (step {loaded['step']}, saved as "
                 f"tp{saved['tp']}-pp{saved['pp']}-dp{saved['dp']}, now {t.layout.describe()})")
     return int(loaded["step"])
+
+
+def process_started() -> float:
+    """When this process started (its import of torch and Megatron counts as start-up)."""
+    import psutil
+
+    return psutil.Process().create_time()
 
 
 def _materialise_optimizer_state(optimizer) -> None:
@@ -222,6 +245,7 @@ def pretrain(spec: RunSpec, *, run_dir: Path, layout: Layout, device: torch.devi
     """Train to `spec.train.steps`, resuming and checkpointing; returns the process exit code."""
     ckpt_root = Path(spec.checkpoint.dir) if spec.checkpoint.dir else run_dir / "checkpoints"
     logger = StepLogger(spec, run_dir, enabled=layout.is_logger, world_size=layout.world, restart=restart)
+    logger.event("start", process_started=process_started())
     flag = PreemptionFlag().install()
     t = build(spec, layout=layout, device=device, ckpt_root=ckpt_root)
     n_params = sum(p.numel() for p in t.model.parameters())
@@ -273,6 +297,7 @@ def finish(t: Trainer, *, code: int, step: int, run_dir: Path, logger: StepLogge
     """Close the checkpoint queue, leave last_exit.json for the launcher; returns the exit code."""
     if t.async_queue is not None:
         t.async_queue.close()
+    logger.event("exit", code=code, step=step)
     if t.layout.is_logger:
         (run_dir / "last_exit.json").write_text(json.dumps({"code": code, "step": step, "time": time.time()}))
     logger.close()

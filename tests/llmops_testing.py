@@ -14,6 +14,8 @@ from typing import Any
 
 import yaml
 
+from llmops.rundir import RunDir
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -75,13 +77,14 @@ def wait_state(run_dir: Path, states: set[str], timeout: float = 240) -> dict[st
     raise AssertionError(f"{run_dir.name} never reached {states}: {status(run_dir)}\n{log}")
 
 
-def wait_step(run_dir: Path, step: int, timeout: float = 240) -> None:
+def wait_step(run_dir: Path, step: int, timeout: float = 240, stage: str | None = None) -> None:
+    """Wait until `stage` (default: the stage running now) has logged `step`."""
     deadline = time.time() + timeout
     while time.time() < deadline:
         try:
-            if json.loads((run_dir / "progress.json").read_text())["step"] >= step:
+            if RunDir(run_dir).progress(stage)["step"] >= step:
                 return
-        except (OSError, ValueError, KeyError):
+        except (OSError, ValueError, KeyError, TypeError):
             pass
         if status(run_dir).get("state") in ("SUCCEEDED", "FAILED", "CANCELLED"):
             raise AssertionError(f"{run_dir.name} ended before step {step}: {status(run_dir)}")
@@ -89,10 +92,10 @@ def wait_step(run_dir: Path, step: int, timeout: float = 240) -> None:
     raise AssertionError(f"{run_dir.name} never reached step {step}")
 
 
-def losses(run_dir: Path) -> dict[int, float]:
-    """Loss per step from metrics.jsonl; a step re-run after a restart keeps its latest value."""
+def losses(run_dir: Path, stage: str = "pretrain") -> dict[int, float]:
+    """Loss per step from the stage's metrics.jsonl; a step re-run after a restart keeps its latest value."""
     out: dict[int, float] = {}
-    for line in (run_dir / "metrics.jsonl").read_text().splitlines():
+    for line in (run_dir / "stages" / stage / "metrics.jsonl").read_text().splitlines():
         row = json.loads(line)
         out[row["step"]] = row["loss"]
     return out

@@ -148,7 +148,8 @@ class K8sBackend(Backend):
             run.update_status(state=FAILED, message="the run's objects are gone from the cluster (deleted "
                               "outside llmops, or removed by k8s.ttl_after_finished)", ended_at=time.time())
             return
-        changes: dict = {"state": seen.state, "message": seen.message, "restarts": seen.restarts}
+        changes: dict = {"state": seen.state, "message": seen.message, "restarts": seen.restarts,
+                         **_stage_records(spec.stages, seen)}
         if seen.state == RUNNING and status.started_at is None:
             changes["started_at"] = time.time()
         if seen.state in (SUCCEEDED, FAILED):
@@ -168,7 +169,7 @@ class K8sBackend(Backend):
 
         def done() -> bool:
             self.refresh(run)
-            return run.read_status().state in TERMINAL
+            return run.read_status().ended(stage)
 
         yield from follow_logs(cluster, names, stage, is_done=done)
 
@@ -180,6 +181,19 @@ class K8sBackend(Backend):
         cluster, names, spec = self._cluster(run)
         cluster.delete_run(names.selector, jobset=(spec.k8s or K8sSpec()).flavor == "jobset",
                            grace=0 if force else None)
+
+
+def _stage_records(stages: list[str], seen) -> dict:
+    """Status fields for the stages: those before the one observed have succeeded (they chain in order)."""
+    if not seen.stage:
+        return {}
+    current = seen.stage.split("-", 1)[0] if seen.stage.startswith("prepare-") else seen.stage
+    if current not in stages:
+        return {}
+    before = stages[:stages.index(current)]
+    records = {s: {"state": SUCCEEDED} for s in before}
+    records[current] = {"state": seen.state, "restarts": seen.restarts, "message": seen.message}
+    return {"stage": current, "stages": records}
 
 
 def _stop_later_stages(cluster: Cluster, names: RunNames, stages: list[Stage], failed: str) -> None:

@@ -45,7 +45,7 @@ from llmops.backends.k8s_objects import (
     to_dict,
 )
 from llmops.backends.k8s_spec import K8sProfile, K8sSpec
-from llmops.errors import EXIT_BAD_INPUT, EXIT_REQUEUE, UserError
+from llmops.errors import EXIT_BAD_INPUT, EXIT_REQUEUE
 
 JOBSET_API = "jobset.x-k8s.io/v1alpha2"
 
@@ -73,13 +73,10 @@ def stages_of(spec) -> list[Stage]:
     for name in spec.stages:
         if name == "prepare":
             out += _prepare_stages(spec)
-        elif name == "pretrain":
+        else:  # pretrain and the align stages: torchrun over the run's nodes
             res = spec.resources
             out.append(Stage(name=name, indexes=res.nodes, procs_per_node=res.procs_per_node,
                              gpus_per_node=0 if res.cpu else (res.gpus_per_node or 0)))
-        else:
-            raise UserError(f"the k8s backend cannot run the '{name}' stage yet",
-                            f"run '{name}' with another backend, or remove it from the spec")
     return out
 
 

@@ -1,8 +1,9 @@
-"""The local backend: torchrun on this machine, watched by a detached supervisor.
+"""The local backend: the run's stages on this machine, watched by a detached supervisor.
 
 ``submit`` starts :mod:`llmops.backends.local_supervisor` in its own session,
-so the run outlives the terminal that started it; the supervisor launches
-the job, restarts it after a crash or preemption (up to
+so the run outlives the terminal that started it; the supervisor runs the
+stages in order (data preparation as ``llmops prepare``, training stages as
+torchrun), restarts a stage after a crash or preemption (up to
 ``restarts.max_restarts``) and keeps ``status.json`` current.
 """
 
@@ -19,14 +20,20 @@ from dataclasses import dataclass
 
 from llmops.backends.base import Backend, Request
 from llmops.errors import UserError
-from llmops.procs import alive, children
+from llmops.procs import alive, children, descendants
 from llmops.rundir import CANCELLED, RUNNING, TERMINAL, RunDir
 from llmops.spec import RunSpec
 
 
-def local_stage(spec: RunSpec) -> str:
-    """The one training stage a local run executes: $LLMOPS_STAGE if set, else pretrain (align if alone)."""
-    return os.environ.get("LLMOPS_STAGE") or ("pretrain" if spec.train is not None else "align")
+def first_pending(run: RunDir, spec: RunSpec) -> str:
+    """The first stage that has not succeeded yet (where a started or resumed run begins)."""
+    done = run.read_status().stages
+    return next((s for s in spec.stages if done.get(s, {}).get("state") != "SUCCEEDED"), spec.stages[-1])
+
+
+def prepare_command(run: RunDir) -> list[str]:
+    """The data-preparation stage: `llmops prepare` on the resolved spec (workers: one per core)."""
+    return [sys.executable, "-m", "llmops", "prepare", str(run.spec_path.resolve())]
 
 
 def launch_command(spec: RunSpec, run: RunDir) -> list[str]:
@@ -79,7 +86,7 @@ class LocalBackend(Backend):
             start_new_session=True, env={**os.environ, **request.env},
         )
         log.close()
-        run.update_status(supervisor_pid=proc.pid, job_id=str(proc.pid), stage=local_stage(run.read_spec()))
+        run.update_status(supervisor_pid=proc.pid, job_id=str(proc.pid), stage=first_pending(run, run.read_spec()))
 
     def refresh(self, run: RunDir) -> None:
         status = run.read_status()
@@ -88,11 +95,12 @@ class LocalBackend(Backend):
                               "restarted); resume the run with `llmops resume`", ended_at=time.time())
 
     def logs(self, run: RunDir, *, follow: bool, stage: str = "pretrain") -> Iterator[str]:
-        yield from follow_logs(run, stage=stage, follow=follow, is_done=lambda: self._done(run))
+        yield from follow_logs(run, stage=stage, follow=follow, is_done=lambda: self._done(run, stage))
 
-    def _done(self, run: RunDir) -> bool:
+    def _done(self, run: RunDir, stage: str) -> bool:
+        """The stage (or the whole run) has ended: its log will not grow any more."""
         self.refresh(run)
-        return run.read_status().state in TERMINAL
+        return run.read_status().ended(stage)
 
     def cancel(self, run: RunDir, *, force: bool = False) -> None:
         status = run.read_status()
@@ -100,22 +108,29 @@ class LocalBackend(Backend):
             return
         run.cancel_marker.touch()
         if status.job_pgid:
-            signal_job(status.job_pgid, signal.SIGKILL if force else signal.SIGTERM)
+            signal_job(status.job_pgid, signal.SIGKILL if force else signal.SIGTERM, stage=status.stage)
         if force and status.supervisor_pid and alive(status.supervisor_pid):
             os.kill(status.supervisor_pid, signal.SIGTERM)
 
 
-def signal_job(launcher_pid: int, sig: int) -> None:
+def signal_job(launcher_pid: int, sig: int, *, stage: str | None = None) -> None:
     """Signal the training workers (the launcher's children) so they checkpoint and exit.
 
     The torchrun agent then sees its workers exit 75 and reports a preemption.
-    With SIGKILL the whole process group goes at once.
+    With SIGKILL, or for data preparation (which resumes from its finished
+    shards), the whole process group gets the signal at once.
     """
-    if sig == signal.SIGKILL:
+    if sig == signal.SIGKILL or stage == "prepare":
+        tree = descendants(launcher_pid)  # read before the kill: orphans are re-parented away
         try:
-            os.killpg(launcher_pid, signal.SIGKILL)
+            os.killpg(launcher_pid, sig)
         except ProcessLookupError:
             pass
+        for pid in tree:
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
         return
     targets = children(launcher_pid) or [launcher_pid]
     for pid in targets:

@@ -165,8 +165,10 @@ class SlurmBackend(Backend):
                                                     cancel_requested=cancel)))
         stage, view = combine(views)
         starts = [e.time for e in events if e.kind == "start" and e.time >= record["submitted_at"] - 5]
-        run.update_status(state=view.state, restarts=view.restart, exit_code=view.code,
-                          message=view.message if len(views) == 1 else f"{stage}: {view.message}",
+        per_stage = {name: {"state": v.state, "restarts": v.restart, "exit_code": v.code, "message": v.message}
+                     for name, v in views}
+        run.update_status(state=view.state, restarts=view.restart, exit_code=view.code, stage=stage,
+                          stages=per_stage, message=view.message if len(views) == 1 else f"{stage}: {view.message}",
                           started_at=min(starts) if starts else None,
                           ended_at=(events[-1].time if events else time.time()) if view.state in TERMINAL else None)
 
@@ -176,7 +178,7 @@ class SlurmBackend(Backend):
         def is_done() -> bool:
             if time.monotonic() - checked["at"] >= self.poll_seconds:
                 self.refresh(run)  # also brings the logs over from the cluster when it is remote
-                checked.update(at=time.monotonic(), done=run.read_status().state in TERMINAL)
+                checked.update(at=time.monotonic(), done=run.read_status().ended(stage))
             return checked["done"]
 
         is_done()

@@ -23,8 +23,8 @@ from llmops.errors import UserError
 from llmops.rundir import RunDir
 
 # Files the jobs write that the local mirror needs. Logs and metrics only grow; the rest are replaced.
-_GROWING = ("metrics.jsonl", "slurm/events.log", "logs/*")
-_REPLACED = ("progress.json", "last_exit.json", "slurm/*.finished", "slurm/*.plan.json", "slurm/*.shards/*")
+_GROWING = ("stages/*/metrics.jsonl", "stages/*/eval.jsonl", "stages/*/events.jsonl", "slurm/events.log", "logs/*")
+_REPLACED = ("stages/*/progress.json", "last_exit.json", "slurm/*.finished", "slurm/*.plan.json", "slurm/*.shards/*")
 
 
 class LocalTransport:

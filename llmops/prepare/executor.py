@@ -50,6 +50,9 @@ def _run_here(config: PrepareSpec, phase: str, work: WorkDir, plan, workers: int
         from llmops.prepare.writer import preload
 
         preload()  # megatron-core takes seconds to import: once here, inherited by the forked workers
+    if phase in MAP_PHASES and len(todo := work.missing(phase, plan.num_shards)) < plan.num_shards:
+        display.console.print(f"prepare {phase}: {plan.num_shards - len(todo)} of {plan.num_shards} shards done "
+                              f"earlier, skipped; running {len(todo)}", markup=False)
     total, unit = _total(phase, work, plan)
     # Fork before the progress thread starts: a forked child gets only the forking thread.
     pool = multiprocessing.get_context("fork").Pool(workers) if phase in MAP_PHASES and workers > 1 else None

@@ -50,7 +50,7 @@ class SFT:
 
     @staticmethod
     def summarize(sums: dict[str, float]) -> dict[str, float]:
-        return {"loss": sums["loss"] / max(sums["count"], 1.0), "tokens": sums["count"]}
+        return {"loss": sums["loss"] / max(sums["count"], 1.0), "loss_tokens": sums["count"]}
 
 
 class DPO:

@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
+from llmops.align_spec import AlignSpec, checkpoint_root, start_root
 from llmops.errors import UserError
 from llmops.spec import RunSpec, TrainSpec
 from llmops_model import checkpoint, data, gpt, train
@@ -39,14 +40,25 @@ _SHAPE = ("num_layers", "hidden_size", "num_attention_heads", "num_query_groups"
           "normalization", "position_embedding", "activation", "tie_embeddings")
 
 
-def stage_spec(spec: RunSpec) -> RunSpec:
-    """The spec as the shared training code reads it: the align stage's optimisation settings as `train:`.
+def stage_spec(spec: RunSpec, stage: str, *, run_dir: Path) -> RunSpec:
+    """The spec as the shared training code reads it for align stage `stage`.
 
-    Precision, Adam betas, the distributed optimizer and TensorBoard come from
-    the pretrain stage's `train:` when the spec has one.
+    `align` holds that stage alone (see :func:`current`), with its starting
+    and its own checkpoint folders filled in; its optimisation settings become
+    `train:`. Precision, Adam betas, the distributed optimizer and TensorBoard
+    come from the pretrain stage's `train:` when the spec has one.
     """
+    a = spec.align_stage(stage)
+    a = a.model_copy(update={"start_from": start_root(spec, stage, run_dir),
+                             "checkpoint_dir": checkpoint_root(spec, stage, run_dir)})
     base = spec.train.model_dump() if spec.train is not None else {}
-    return spec.model_copy(update={"train": TrainSpec.model_validate({**base, **spec.align.train_fields()})})
+    return spec.model_copy(update={"train": TrainSpec.model_validate({**base, **a.train_fields()}), "align": [a]})
+
+
+def current(spec: RunSpec) -> AlignSpec:
+    """The align stage a :func:`stage_spec` view runs."""
+    (a,) = spec.align
+    return a
 
 
 @dataclass
@@ -59,8 +71,8 @@ class Data:
 
 def load_data(spec: RunSpec, *, run_dir: Path, layout: Layout, logger: AlignLogger) -> Data:
     """Collective: rank 0 tokenizes and quarantines (once per data and settings); every rank reads."""
-    a, seq = spec.align, spec.model.seq_length
-    folder = run_dir / f"align-data-{a.method}"
+    a, seq = current(spec), spec.model.seq_length
+    folder = run_dir / f"align-data-{a.stage}"
     fp = examples.fingerprint(a, seq_length=seq)
     if layout.rank == 0 and examples.cached_stats(folder, fp) is None:
         examples.build(a, seq_length=seq, out=folder, fp=fp)
@@ -78,7 +90,7 @@ def load_data(spec: RunSpec, *, run_dir: Path, layout: Layout, logger: AlignLogg
 
 
 def _source(ex: examples.Examples, *, spec: RunSpec, stats: dict, needed: int = 0) -> SFTSource | DPOSource:
-    a, seq = spec.align, spec.model.seq_length
+    a, seq = current(spec), spec.model.seq_length
     if a.method == "sft":
         return SFTSource(ex, seq_length=seq, packing=a.sft.packing, pad_id=stats["pad_id"], seed=a.seed, needed=needed)
     return DPOSource(ex, seq_length=seq, pad_id=stats["pad_id"], eod_id=stats["eod_id"], seed=a.seed, needed=needed)
@@ -86,7 +98,7 @@ def _source(ex: examples.Examples, *, spec: RunSpec, stats: dict, needed: int = 
 
 def start_checkpoint(spec: RunSpec, *, run_dir: Path) -> Path:
     """The complete checkpoint the stage starts from; UserError when there is none or its shape differs."""
-    root = Path(spec.align.start_from or spec.checkpoint.dir or run_dir / "checkpoints")
+    root = Path(current(spec).start_from)
     if (root / checkpoint.MANIFEST).exists() or re.match(r"iter_\d+", root.name):  # one checkpoint, not a root
         path, reason = root, checkpoint.verify(root)
     else:
@@ -143,7 +155,7 @@ def align(spec: RunSpec, *, run_dir: Path, layout: Layout, device: torch.device,
 
     Precondition: `spec` is :func:`stage_spec`'s view (its `train:` holds the align settings).
     """
-    a = spec.align
+    a = current(spec)
     if a.method == "sft" and a.sft.packing and gpt.attention_backend(spec) == "te":
         # TE's fused attention takes packed sequences as THD packed_seq_params, not as a block mask.
         raise UserError("align.sft.packing needs the sdpa or megatron attention; this run resolves "
@@ -151,10 +163,11 @@ def align(spec: RunSpec, *, run_dir: Path, layout: Layout, device: torch.device,
     obj = objective(a)
     logger = AlignLogger(spec, run_dir, enabled=layout.is_logger, world_size=layout.world, restart=restart,
                          rows=obj.rows)
+    logger.event("start", process_started=train.process_started())
     flag = PreemptionFlag().install()
     d = load_data(spec, run_dir=run_dir, layout=layout, logger=logger)
     start = start_checkpoint(spec, run_dir=run_dir)
-    ckpt_root = Path(a.checkpoint_dir) if a.checkpoint_dir else run_dir / f"checkpoints-{a.method}"
+    ckpt_root = Path(a.checkpoint_dir)
     t = train.build(spec, layout=layout, device=device, ckpt_root=ckpt_root, per_token_loss=True)
     loaded = False
     if isinstance(obj, DPO):

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from infra.provision_fakes import AWS_FACTS, OCI_FACTS, base_env, calls, install_fakes
+from infra.provision_fakes import AWS_FACTS, base_env, calls, install_fakes
 from infra.tf_testing import run_tf, tf_init
 
 AWS_ARGS = ["aws", "--name", "llm", "--nodes", "4", "--gpu-type", "p5.48xlarge", "--region", "us-east-1"]

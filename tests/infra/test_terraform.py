@@ -9,7 +9,6 @@ covers the OCI code.
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
 import pytest
 

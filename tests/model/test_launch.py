@@ -22,7 +22,7 @@ def test_notice_to_the_launcher_checkpoints_and_exits_75(tmp_path, notice):
                              "--nproc-per-node", "2", str(run.path)],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     deadline = time.time() + 180
-    while not (run.path / "progress.json").exists():
+    while not (run.path / "stages" / "pretrain" / "progress.json").exists():
         assert proc.poll() is None and time.time() < deadline, proc.stdout.read()[-3000:]
         time.sleep(0.2)
     proc.send_signal(notice)

@@ -7,6 +7,7 @@ preempted with `llmops cancel` and resumed with `llmops resume`.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -48,20 +49,34 @@ def reference_and_preempted(workdir: Path) -> dict[str, Path]:
             "cancelled_state": cancelled}
 
 
-def test_tiny_example_loss_falls_and_checkpoints(tmp_path):
-    """The README's main command: TP=2 x PP=2 on 4 CPU processes."""
+def test_tiny_example_runs_the_whole_pipeline(tmp_path):
+    """The README's main command: prepare -> pretrain -> SFT -> DPO as one run, TP=2 x PP=2 on 4 CPU processes."""
     runs = tmp_path / "runs"
-    res = llmops("run", str(REPO / "examples" / "tiny-cpu.yaml"), "--runs-dir", str(runs), timeout=600)
+    res = llmops("run", str(REPO / "examples" / "tiny-cpu.yaml"), "--runs-dir", str(runs), cwd=tmp_path,
+                 timeout=900)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     run_dir = next(runs.iterdir())
-    assert status(run_dir)["state"] == "SUCCEEDED"
+    st = status(run_dir)
+    assert st["state"] == "SUCCEEDED"
+    assert {s: r["state"] for s, r in st["stages"].items()} == dict.fromkeys(
+        ("prepare", "pretrain", "sft", "dpo"), "SUCCEEDED")
+    assert (tmp_path / "data" / "tiny-cpu" / "tokenizer.model").is_file()  # prepared where the spec says
     curve = losses(run_dir)
     assert sorted(curve) == list(range(1, 41))
     first, last = sum(curve[s] for s in (1, 2, 3)) / 3, sum(curve[s] for s in (38, 39, 40)) / 3
+    assert first > 6.0, "starts near ln(1024): the tokens come from the prepared vocabulary"
     assert last < first - 0.5, f"loss did not fall: {first:.3f} -> {last:.3f}"
-    assert (run_dir / "checkpoints" / "iter_0000040" / "llmops-manifest.json").is_file()
-    assert any((run_dir / "tensorboard").glob("events.out.tfevents.*"))
-    assert "loss" in res.stdout and "40/40" in res.stdout  # live progress was shown
+    sft = losses(run_dir, "sft")
+    assert sum(sft[s] for s in (38, 39, 40)) / 3 < sum(sft[s] for s in (1, 2, 3)) / 3
+    dpo = [json.loads(line) for line in (run_dir / "stages" / "dpo" / "metrics.jsonl").read_text().splitlines()]
+    assert dpo[0]["accuracy"] == 0.0 and sum(r["accuracy"] for r in dpo[-10:]) / 10 > 0.6
+    assert sum(r["margin"] for r in dpo[-10:]) > 0
+    for stage, folder in (("pretrain", "checkpoints"), ("sft", "checkpoints-sft"), ("dpo", "checkpoints-dpo")):
+        assert (run_dir / folder / "iter_0000040" / "llmops-manifest.json").is_file(), stage
+    assert any((run_dir / "tensorboard").rglob("events.out.tfevents.*"))
+    assert "40/40" in res.stdout and "stage dpo (4/4)" in res.stdout  # live progress of every stage
+    report = (run_dir / "report.html").read_text()
+    assert all(f"<h2>{s}</h2>" in report for s in ("pretrain", "sft", "dpo")) and "<polyline" in report
 
 
 def test_layouts_give_the_same_losses(workdir, reference_and_preempted):

@@ -48,6 +48,15 @@ def _prepared(spec: dict) -> dict:
     return {**spec, "prepare": prepare}
 
 
+def _aligned(spec: dict) -> dict:
+    """The prepared spec, then SFT and DPO stages: the whole pipeline as one run of chained Jobs."""
+    common = {"steps": 20, "global_batch_size": 8, "micro_batch_size": 2}
+    return {**spec, "align": [
+        {"method": "sft", "data": {"path": "/llmops/align/chat.jsonl"}, **common},
+        {"method": "dpo", "data": {"path": "/llmops/align/preferences.jsonl"}, **common},
+    ]}
+
+
 CASES = {
     "cpu-indexed-job": _cpu(),
     "cpu-jobset": _cpu(flavor="jobset", queue="llmops"),
@@ -55,6 +64,7 @@ CASES = {
     "oci-rdma": _gpu("oci-bm-gpu-h100", flavor="jobset"),
     "prepare-indexed-job": _prepared(_cpu()),
     "prepare-jobset-aws": _prepared(_gpu("aws-p5", flavor="jobset")),
+    "pipeline-indexed-job": _aligned(_prepared(_cpu())),
 }
 
 

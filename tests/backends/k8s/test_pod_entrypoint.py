@@ -109,7 +109,7 @@ def _wait(procs: list[subprocess.Popen], timeout: float = 120) -> list[tuple[int
 
 def _step(run_dir: Path) -> int:
     try:
-        return json.loads((run_dir / "progress.json").read_text())["step"]
+        return json.loads((run_dir / "stages" / "pretrain" / "progress.json").read_text())["step"]
     except (OSError, ValueError, KeyError):
         return 0
 
@@ -147,7 +147,7 @@ def test_pods_rendezvous_train_survive_sigterm_and_resume(rendered, tmp_path):
     log = "".join(p.read_text() for p in (run_dir / "logs").glob("pretrain.restart-1.node-*.log"))
     resumed = [line for line in log.splitlines() if "resumed from" in line]
     assert resumed and f"step {stopped_at}" in resumed[0], log
-    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    rows = [json.loads(line) for line in (run_dir / "stages" / "pretrain" / "metrics.jsonl").read_text().splitlines()]
     assert {r["restart"] for r in rows} == {0, 1}  # LLMOPS_RESTART came from the annotations
 
     # A restarted pod of a finished stage does nothing (a JobSet restart re-creates finished stages).

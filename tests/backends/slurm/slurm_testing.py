@@ -61,10 +61,10 @@ def wait_for(run_dir: Path, predicate, what: str, timeout: float = 180, poll: fl
     raise AssertionError(f"{run_dir.name}: never saw {what}: {status(run_dir)}\n{tail_logs(run_dir)}")
 
 
-def metrics(run_dir: Path) -> list[dict]:
-    """Every logged step row, in the order written (a re-run step appears again)."""
+def metrics(run_dir: Path, stage: str = "pretrain") -> list[dict]:
+    """Every logged step row of `stage`, in the order written (a re-run step appears again)."""
     try:
-        text = (run_dir / "metrics.jsonl").read_text()
+        text = (run_dir / "stages" / stage / "metrics.jsonl").read_text()
     except OSError:
         return []
     return [json.loads(line) for line in text.splitlines() if line.strip()]

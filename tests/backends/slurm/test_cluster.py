@@ -151,11 +151,11 @@ def chain_spec(name: str, tmp_path: Path, inputs: dict) -> dict:
     return spec
 
 
-def test_chain_prepare_fans_out_through_submitit_then_pretrain_then_align(slurm_env, tmp_path: Path) -> None:
+def test_chain_prepare_fans_out_through_submitit_then_pretrain_then_sft(slurm_env, tmp_path: Path) -> None:
     spec = chain_spec("tiny-chain", tmp_path, {"builtin": "python-docstrings"})
     run_dir = submit(write_spec(tmp_path / "spec.yaml", spec), tmp_path / "runs")
     stages = json.loads((run_dir / "slurm" / "jobs.json").read_text())["stages"]
-    assert list(stages) == ["prepare", "pretrain", "align"] and len(stages["prepare"]) == 5  # one job per phase
+    assert list(stages) == ["prepare", "pretrain", "sft"] and len(stages["prepare"]) == 5  # one job per phase
 
     final = wait_state(run_dir, {"SUCCEEDED", "FAILED", "CANCELLED"}, timeout=300)
     assert final["state"] == "SUCCEEDED", final
@@ -173,12 +173,15 @@ def test_chain_prepare_fans_out_through_submitit_then_pretrain_then_align(slurm_
     started = {e[1]: float(e[0]) for e in lines if e[4] == "start"}
     finished = {e[1]: float(e[0]) for e in lines if e[4] == "finished"}
     assert started["pretrain"] >= int((shards / "finalize-00000.done").stat().st_mtime)
-    assert started["align"] >= finished["pretrain"]
+    assert started["sft"] >= finished["pretrain"]
     assert (tmp_path / "data" / "corpus_text_document.bin").stat().st_size > 100_000
     assert 6.0 < metrics(run_dir)[0]["loss"] < 7.5, "starts near ln(1024): the tokens come from the prepared vocabulary"
-    align_log = (run_dir / "logs" / "align.restart-0.log").read_text()
+    align_log = (run_dir / "logs" / "sft.restart-0.log").read_text()
     assert f"starting weights from {tmp_path}/checkpoints/pretrain/iter_0000006" in align_log
     assert "[step 4/4]" in align_log
+    status = json.loads((run_dir / "status.json").read_text())
+    assert {s: r["state"] for s, r in status["stages"].items()} == dict.fromkeys(("prepare", "pretrain", "sft"),
+                                                                                "SUCCEEDED")
     res = llmops("logs", run_dir.name, "--stage", "prepare", "--runs-dir", str(tmp_path / "runs"))
     assert res.returncode == 0
     assert {line.split("]")[0] + "]" for line in res.stdout.splitlines()} >= {"[clean-00000]", "[finalize-00000]"}
@@ -192,6 +195,52 @@ def test_a_failed_stage_cancels_the_rest_of_the_chain(slurm_env, tmp_path: Path)
     final = wait_state(run_dir, {"SUCCEEDED", "FAILED", "CANCELLED"}, timeout=180)
     assert final["state"] == "FAILED", final
     assert final["message"].startswith("prepare: task clean-0000") and "matches no file" in final["message"]
-    later = [*stages["prepare"][1:], *stages["pretrain"], *stages["align"]]
+    later = [*stages["prepare"][1:], *stages["pretrain"], *stages["sft"]]
     wait_for(run_dir, lambda: all(squeue_state(j) == "CANCELLED" for j in later), "the rest cancelled", timeout=60)
-    assert not list((run_dir / "logs").glob("pretrain.*")) and not list((run_dir / "logs").glob("align.*"))
+    assert not list((run_dir / "logs").glob("pretrain.*")) and not list((run_dir / "logs").glob("sft.*"))
+
+
+def test_node_loss_requeues_and_resumes_from_the_last_checkpoint(slurm_env, tmp_path: Path, record_property) -> None:
+    spec = two_node_spec("tiny-node-loss", steps=40, interval=5, max_restarts=3)
+    run_dir = submit(write_spec(tmp_path / "spec.yaml", spec), tmp_path / "runs")
+    [job] = job_ids(run_dir)
+    wait_for(run_dir, lambda: step(run_dir) >= 8, "step 8")
+    node = subprocess.run(["squeue", "-h", "-j", job, "-o", "%N"], check=True, capture_output=True,
+                          text=True).stdout.strip()
+    victim = subprocess.run(["scontrol", "show", "hostnames", node], check=True, capture_output=True,
+                            text=True).stdout.split()[-1]
+    lost_at = time.time()
+    try:
+        # The node dies: no notice, no checkpoint. Slurm fails the job on it and requeues it.
+        subprocess.run(["scontrol", "update", f"nodename={victim}", "state=down", "reason=llmops-test"], check=True)
+        wait_for(run_dir, lambda: squeue_state(job) in ("PENDING", "REQUEUED", "REQUEUE_FED", "CONFIGURING"),
+                 "the job back in the queue", timeout=60)
+        requeued_at = time.time()
+    finally:
+        # A replacement node: the dev cluster has only two, so the one that died comes back (with
+        # ReturnToService=2 its slurmd's next registration may already have brought it back).
+        subprocess.run(["scontrol", "update", f"nodename={victim}", "state=resume"], check=False,
+                       capture_output=True)
+    back_at = time.time()
+    first = wait_for(run_dir, lambda: next((r for r in metrics(run_dir) if r["restart"] == 1), None),
+                     "a training step after the requeue", timeout=240)
+    final = wait_state(run_dir, {"SUCCEEDED", "FAILED", "CANCELLED"}, timeout=300)
+    assert final["state"] == "SUCCEEDED", final
+
+    rows = metrics(run_dir)
+    before = [r["step"] for r in rows if r["restart"] == 0]
+    after = [r["step"] for r in rows if r["restart"] == 1]
+    # Slurm sends the job SIGTERM before it takes the node away: the job checkpoints at the step
+    # boundary if it can (then nothing is lost), else the interval checkpoint (every 5 steps) is used.
+    log = (run_dir / "logs" / "pretrain.restart-1.log").read_text()
+    checkpointed = int(log.split("resumed from iter_")[1][:7])
+    assert checkpointed >= (max(before) // 5) * 5, (before, checkpointed)
+    assert after[0] == checkpointed + 1 and after[-1] == 40, (before, after)
+    lost = len([s for s in before if s > checkpointed])
+    # Fault to first resumed step, less the time the job waited for a node (scheduler queueing).
+    resume_seconds = first["time"] - lost_at - (back_at - requeued_at)
+    record_property("node_loss_to_first_resumed_step_s", round(resume_seconds, 1))
+    record_property("node_loss_lost_steps", lost)
+    print(f"\nnode loss to first resumed step (less {back_at - requeued_at:.1f} s without a node): "
+          f"{resume_seconds:.1f} s, {lost} step(s) lost")
+    assert resume_seconds < 60

@@ -55,11 +55,11 @@ def test_rendered_scripts_match_golden_files(spec_path: Path, tmp_path: Path) ->
 def test_chain_submits_each_stage_after_the_one_before(tmp_path: Path) -> None:
     files = render(HERE / "specs" / "chain-prepare-align.yaml", tmp_path)
     submit = files["slurm/submit.sh"]
-    order = [submit.index(f"# Stage {i}: {s}") for i, s in enumerate(("prepare", "pretrain", "align"), 1)]
+    order = [submit.index(f"# Stage {i}: {s}") for i, s in enumerate(("prepare", "pretrain", "sft"), 1)]
     assert order == sorted(order)
     assert "-m llmops.backends.slurm_fanout \"$RUN_DIR\" prepare" in submit
     assert submit.count('${DEP:+--dependency="$DEP"}') == 3 and submit.count('DEP="afterok:${ids##* }"') == 3
-    assert 'STAGE=align' in files["slurm/align.sbatch"] and 'LLMOPS_STAGE="$STAGE"' in files["slurm/align.sbatch"]
+    assert 'STAGE=sft' in files["slurm/sft.sbatch"] and 'LLMOPS_STAGE="$STAGE"' in files["slurm/sft.sbatch"]
 
 
 def test_reference_scripts_in_cluster_slurm_are_what_llmops_renders(tmp_path: Path) -> None:

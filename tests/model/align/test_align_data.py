@@ -173,7 +173,7 @@ def _align_spec(assets, **align) -> dict:
 
 def test_align_spec_rules_name_the_field_and_the_fix(assets):
     spec = parse_spec(_align_spec(assets))
-    assert spec.stages == ["align"] and spec.align.tokenizer == str(assets.tokenizer)
+    assert spec.stages == ["sft"] and spec.align[0].tokenizer == str(assets.tokenizer)
     cases = {
         "align.global_batch_size": dict(global_batch_size=6, micro_batch_size=4),
         "align.template.user": dict(template={"user": "<|human|>"}),

@@ -27,7 +27,8 @@ def _spec(name: str, assets, **sections) -> dict:
 
 
 def _rows(run_dir: Path) -> dict[int, dict]:
-    return {r["step"]: r for r in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines())}
+    (folder,) = (run_dir / "stages").iterdir()  # each run here is a single stage
+    return {r["step"]: r for r in map(json.loads, (folder / "metrics.jsonl").read_text().splitlines())}
 
 
 def test_sft_then_dpo_on_one_gpu_in_bf16(tmp_path, assets):

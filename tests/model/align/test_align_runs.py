@@ -25,7 +25,8 @@ def _logs(run_dir: Path) -> str:
 
 
 def _rows(run_dir: Path, name: str = "metrics.jsonl") -> dict[int, dict]:
-    return {r["step"]: r for r in map(json.loads, (run_dir / name).read_text().splitlines())}
+    (folder,) = (run_dir / "stages").iterdir()  # each run here is a single align stage
+    return {r["step"]: r for r in map(json.loads, (folder / name).read_text().splitlines())}
 
 
 def _align(name: str, assets, start_from: Path, *, tp: int, pp: int, **align) -> dict:
@@ -84,7 +85,7 @@ def test_sft_gives_the_same_losses_at_tp1pp1_and_tp2pp2(runs, assets):
     assert sorted(a) == sorted(b) == list(range(1, 7))
     for step in a:
         assert b[step]["loss"] == pytest.approx(a[step]["loss"], rel=1e-5), step
-        assert b[step]["tokens"] == a[step]["tokens"] > 0  # the same assistant tokens carry the loss
+        assert b[step]["loss_tokens"] == a[step]["loss_tokens"] > 0  # the same assistant tokens carry the loss
     assert a[6]["loss"] < a[1]["loss"]
     evals_a, evals_b = _rows(runs["sft11"], "eval.jsonl"), _rows(runs["sft22"], "eval.jsonl")
     assert sorted(evals_a) == [3, 6] and evals_b[6]["loss"] == pytest.approx(evals_a[6]["loss"], rel=1e-5)
@@ -126,7 +127,7 @@ def test_dpo_raises_preference_accuracy_and_margin_on_its_pairs(runs):
 def test_interrupted_dpo_run_resumes_exactly(runs):
     state = runs["cut_state"]
     assert state["state"] == "CANCELLED" and "checkpointed" in state["message"]
-    assert losses(runs["cut"]) == losses(runs["dpo11"])  # exactly, on CPU
+    assert losses(runs["cut"], "dpo") == losses(runs["dpo11"], "dpo")  # exactly, on CPU
     ref, cut = _rows(runs["dpo11"]), _rows(runs["cut"])
     for step in ref:
         assert {k: cut[step][k] for k in ("accuracy", "margin", "grad_norm")} == \

@@ -1,5 +1,5 @@
 #!/bin/bash
-# Submits run tiny-chain-20260101-000000: prepare, pretrain, align. Written by llmops; `llmops submit` runs it.
+# Submits run tiny-chain-20260101-000000: prepare, pretrain, sft. Written by llmops; `llmops submit` runs it.
 # Prints "<stage> <job id>..." for each stage submitted, "<stage> finished" for each skipped because it
 # completed in an earlier submission. If a submission fails, the jobs submitted so far are cancelled.
 set -euo pipefail
@@ -32,14 +32,14 @@ else
     DEP="afterok:${ids##* }"
 fi
 
-# Stage 3: align: torchrun on 2 node(s), as slurm/align.sbatch says.
-if [ -e slurm/align.finished ]; then
-    echo "align finished"
+# Stage 3: sft: torchrun on 2 node(s), as slurm/sft.sbatch says.
+if [ -e slurm/sft.finished ]; then
+    echo "sft finished"
 else
-    base=$(find logs -maxdepth 1 -name 'align.restart-*.log' | wc -l)  # restarts of earlier submissions
-    ids=$(sbatch --parsable ${DEP:+--dependency="$DEP"} --export=ALL,LLMOPS_RESTART_BASE="$base" slurm/align.sbatch)
+    base=$(find logs -maxdepth 1 -name 'sft.restart-*.log' | wc -l)  # restarts of earlier submissions
+    ids=$(sbatch --parsable ${DEP:+--dependency="$DEP"} --export=ALL,LLMOPS_RESTART_BASE="$base" slurm/sft.sbatch)
     ids=${ids%%;*}  # --parsable prints <id>[;<cluster>]
     SUBMITTED+=($ids)
-    echo "align $ids"
+    echo "sft $ids"
     DEP="afterok:${ids##* }"
 fi

@@ -1,0 +1,128 @@
+"""Fault to first resumed training step, and the steps lost, on the local backend.
+
+Two faults, each injected into a real run (Megatron-Core, torchrun, the local
+supervisor) once it has trained past its first checkpoint:
+
+* ``sigkill-rank``: SIGKILL to one training rank mid-step (a segfault, the
+  OOM killer): the group is torn down, the stage restarts from its last
+  checkpoint; the steps since then are lost and run again;
+* ``preempt``: SIGTERM to the job (a preemption notice): every rank stops at
+  the step boundary, checkpoints, exits 75 and is restarted; nothing is lost.
+
+Measured per case: seconds from the fault to the first training step logged
+by the restarted job, lost steps (from the run report), and how long the
+restart's start-up took (imports, rendezvous, build, checkpoint load).
+
+    python benchmarks/fault_recovery.py [--spec examples/tiny-cpu-synthetic.yaml] [--repeat 3] [--json out.json]
+
+The Slurm figures (pre-timeout notice and node loss on the dev cluster) come
+from the ``slurm``-marked tests, which record them as junit properties:
+``pytest -m slurm tests/backends/slurm/test_cluster.py -k "preemption or node_loss" -s``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import psutil
+import yaml
+
+from llmops.report import summarize
+from llmops.rundir import RunDir
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _llmops(*args: str, cwd: Path) -> str:
+    res = subprocess.run([sys.executable, "-m", "llmops", *args], cwd=cwd, capture_output=True, text=True,
+                         check=False)
+    if res.returncode != 0:
+        raise SystemExit(f"llmops {' '.join(args)} failed:\n{res.stderr}")
+    return res.stdout
+
+
+def _wait(predicate, what: str, timeout: float = 600, poll: float = 0.05):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(poll)
+    raise SystemExit(f"timed out waiting for {what}")
+
+
+def _progress(run: RunDir) -> int:
+    p = run.progress("pretrain")
+    return p["step"] if p else 0
+
+
+def _rows(run: RunDir) -> list[dict]:
+    path = run.stage_dir("pretrain") / "metrics.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def one(case: str, spec: dict, work: Path) -> dict:
+    spec_path = work / f"{case}.yaml"
+    spec_path.write_text(yaml.safe_dump(spec))
+    run_id = _llmops("run", str(spec_path), "--detach", "--runs-dir", str(work / "runs"), cwd=work).split()[-1]
+    run = RunDir(work / "runs" / run_id)
+    interval = spec["checkpoint"]["interval"]
+    _wait(lambda: _progress(run) >= interval + 3, f"step {interval + 3}")
+    fault_at = time.time()
+    if case == "sigkill-rank":
+        key = str(run.path.resolve())
+        victim = next(p for p in psutil.process_iter(["cmdline", "environ"])
+                      if "llmops_model.entrypoint" in (p.info["cmdline"] or []) and key in p.info["cmdline"]
+                      and (p.info["environ"] or {}).get("RANK") == "1")
+        victim.send_signal(signal.SIGKILL)
+    else:
+        os.kill(run.read_status().job_pgid, signal.SIGTERM)
+    first = _wait(lambda: next((r for r in _rows(run) if r["restart"] == 1), None), "the first resumed step")
+    _wait(lambda: run.read_status().state in ("SUCCEEDED", "FAILED", "CANCELLED"), "the end of the run")
+    (stage,) = [s for s in summarize(run)["stages"] if s.name == "pretrain"]
+    again = next(a for a in stage.attempts if a.restart == 1)
+    return {"case": case, "state": run.read_status().state, "fault_to_first_step_s": first["time"] - fault_at,
+            "lost_steps": stage.lost_steps, "restart_startup_s": again.first_step_at - again.started,
+            "step_time_s": statistics.median(r["step_time"] for r in stage.rows)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--spec", default=str(REPO / "examples" / "tiny-cpu-synthetic.yaml"))
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--json", type=Path)
+    args = ap.parse_args()
+    base = yaml.safe_load(Path(args.spec).read_text())
+    base["train"].update(steps=60, log_interval=1)
+    base["checkpoint"] = {"interval": 10, "keep_last": 2}
+    base["restarts"] = {"max_restarts": 2}
+    results = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for i in range(args.repeat):
+            for case in ("sigkill-rank", "preempt"):
+                spec = {**base, "name": f"{case}-{i}"}
+                r = one(case, spec, Path(tmp))
+                results.append(r)
+                print(f"{case:13s} fault -> first resumed step {r['fault_to_first_step_s']:5.1f} s  "
+                      f"lost {r['lost_steps']} step(s)  restart start-up {r['restart_startup_s']:5.1f} s  "
+                      f"({r['state']}, {r['step_time_s']:.3f} s/step)", flush=True)
+    print("\nmedian over", args.repeat, "run(s):")
+    for case in ("sigkill-rank", "preempt"):
+        rs = [r for r in results if r["case"] == case]
+        print(f"  {case:13s} {statistics.median(r['fault_to_first_step_s'] for r in rs):5.1f} s to the first "
+              f"resumed step, {statistics.median(r['lost_steps'] for r in rs):g} step(s) lost")
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -209,13 +209,19 @@ def _reason(exc: BaseException) -> str:
         seen = pending.pop(0)
         if isinstance(seen, OSError):
             return f"{seen.strerror or seen} ({seen.filename})" if seen.filename else str(seen)
-        if isinstance(seen, CheckpointException):  # the ranks' own failures
-            pending += [e for e in seen.failures.values() if isinstance(e, BaseException)]
+        if isinstance(seen, CheckpointException):  # the ranks' own failures, maybe wrapped with a traceback
+            for failure in seen.failures.values():
+                failure = failure[0] if isinstance(failure, tuple) else getattr(failure, "exception", failure)
+                if isinstance(failure, BaseException):
+                    pending.append(failure)
         pending += [e for e in (seen.__cause__, seen.__context__) if e is not None]
-    text = str(exc)
+    text = f"{exc} {getattr(exc, 'failures', '')}"
     for hint in ("No space left on device", "Disk quota exceeded", "File too large"):
         if hint in text:
             return hint
+    if isinstance(exc, CheckpointException):  # its str() carries every rank's traceback: keep the messages
+        lines = {str(f[0] if isinstance(f, tuple) else f).strip().splitlines()[-1] for f in exc.failures.values()}
+        return "; ".join(sorted(lines)) or "the ranks could not write their shards"
     return f"{type(exc).__name__}: {exc}"
 
 

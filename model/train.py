@@ -7,6 +7,7 @@ with the same resolved spec.
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -180,7 +181,9 @@ def save_checkpoint(t: Trainer, step: int, *, logger: StepLogger, final: bool = 
     try:
         checkpoint.save(t.ckpt_root, step, state=state, meta=meta, keep_last=t.spec.checkpoint.keep_last,
                         async_queue=queue, saver=t.saver)
-    except checkpoint.SaveFailed as exc:
+    except checkpoint.SaveFailed as failed:
+        free = shutil.disk_usage(t.ckpt_root).free
+        exc = f"{failed} ({free / 2**20:,.1f} MiB free under {t.ckpt_root})"
         latest = checkpoint.find_latest(t.ckpt_root).path
         kept = f"{latest.name} stays the latest complete checkpoint" if latest else "there is no complete checkpoint"
         logger.event("save_failed", step=step, reason=str(exc))

@@ -86,15 +86,19 @@ class StepLogger:
         if mfu is not None:
             line += f" mfu={100 * mfu:.1f}%"
         print(line, flush=True)
+        self.write_row(row)
+        if self.tb is not None:
+            for key in ("loss", "lr", "grad_norm", "tokens_per_s", "mfu"):
+                if row.get(key) is not None:
+                    self.tb.add_scalar(f"train/{key}", row[key], step)
+
+    def write_row(self, row: dict[str, Any]) -> None:
+        """Append a step row to metrics.jsonl and make it the stage's progress.json."""
         with open(self.metrics_path, "a") as f:
             f.write(json.dumps(row) + "\n")
         tmp = self.progress_path.with_suffix(".tmp")
         tmp.write_text(json.dumps(row))
         os.replace(tmp, self.progress_path)
-        if self.tb is not None:
-            for key in ("loss", "lr", "grad_norm", "tokens_per_s", "mfu"):
-                if row.get(key) is not None:
-                    self.tb.add_scalar(f"train/{key}", row[key], step)
 
     def event(self, kind: str, **fields: Any) -> None:
         """One line of the stage's ``events.jsonl`` (process start, resume, checkpoint save, exit), from

@@ -13,7 +13,6 @@ the extra figures); evaluation rows go to ``eval.jsonl``.
 from __future__ import annotations
 
 import json
-import os
 import time
 from pathlib import Path
 
@@ -46,11 +45,7 @@ class AlignLogger(StepLogger):
         line = (f"[step {step}/{self.spec.train.steps}] loss={metrics['loss']:.6f} lr={lr:.3e} grad_norm={gn} "
                 f"tok/s={tokens_per_s:.0f} time={step_time:.3f}s{_extras(metrics, ('accuracy', 'margin'))}")
         print(line, flush=True)
-        with open(self.metrics_path, "a") as f:
-            f.write(json.dumps(row) + "\n")
-        tmp = self.progress_path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(row))
-        os.replace(tmp, self.progress_path)
+        self.write_row(row)
         if self.tb is not None:
             for key, value in row.items():
                 if isinstance(value, float) and key not in ("time", "step_time"):

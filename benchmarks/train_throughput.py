@@ -6,7 +6,8 @@ compilation caches do not leak between them:
 * ``llmops``          the project's Megatron-Core GPT (layer spec chosen by ``model.attention: auto``),
                       trained through the project's own trainer (Megatron DDP, distributed optimizer);
 * ``llmops-compile``  the same with ``model.compile: true`` (each transformer layer compiled);
-* ``megatron-local``  Megatron-Core's local layer spec unchanged (unfused attention);
+* ``megatron-local``  Megatron-Core's local layer spec and fallback kernels unchanged (unfused attention,
+                      Megatron's cross entropy, ``train.fused_kernels: false``);
 * ``torch``           a plain PyTorch GPT using ``scaled_dot_product_attention``, autocast bf16,
                       fused AdamW;
 * ``torch-compile``   the same under ``torch.compile``.
@@ -54,7 +55,8 @@ def _spec(size: str, impl: str):
     return parse_spec({
         "name": "bench", "resources": {"gpus_per_node": 1}, "model": model,
         "train": {"steps": 1000, "global_batch_size": mbs * MICROBATCHES, "micro_batch_size": mbs,
-                  "warmup_steps": 10, "precision": "bf16", "tensorboard": False},
+                  "warmup_steps": 10, "precision": "bf16", "tensorboard": False,
+                  "fused_kernels": impl != "megatron-local"},
     })
 
 

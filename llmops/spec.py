@@ -180,6 +180,10 @@ class TrainSpec(_Model):
     """Print a step line every this many steps."""
     distributed_optimizer: bool = True
     """Shard optimizer state across data-parallel ranks (GPU only; CPU runs use the plain optimizer)."""
+    fused_kernels: bool = True
+    """Two-pass cross entropy on the bf16 logits; on GPUs also weight gradients accumulated inside
+    the GEMM, fused AdamW and foreach gradient norms (torch-native stand-ins for the Apex/Transformer
+    Engine kernels). false gives Megatron-Core's own fallbacks."""
     tensorboard: bool = True
     """Also write scalars to TensorBoard in the run directory."""
 

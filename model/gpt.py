@@ -62,7 +62,7 @@ def transformer_config(spec: RunSpec) -> TransformerConfig:
         persist_layer_norm=False,
         bias_dropout_fusion=not cpu,
         apply_rope_fusion=False,
-        gradient_accumulation_fusion=False,
+        gradient_accumulation_fusion=False,  # switched on in build_model where a kernel for it exists
         cross_entropy_loss_fusion=False,
         deallocate_pipeline_outputs=True,
     )
@@ -100,13 +100,34 @@ def layer_spec(spec: RunSpec) -> ModuleSpec:
     return layer
 
 
+class GPT(GPTModel):
+    """Megatron-Core's GPTModel with the two-pass vocabulary-parallel cross entropy (:mod:`llmops_model.loss`)."""
+
+    fused_loss = True
+
+    def compute_language_model_loss(self, labels: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+        if not self.fused_loss:
+            return super().compute_language_model_loss(labels, logits)
+        from llmops_model.loss import vocab_parallel_cross_entropy
+
+        # labels [b, s], logits [s, b, v/tp] -> loss [b, s], as Megatron's method returns it
+        group = parallel_state.get_tensor_model_parallel_group() if self.config.tensor_model_parallel_size > 1 else None
+        loss = vocab_parallel_cross_entropy(logits, labels.transpose(0, 1).contiguous(), group)
+        return loss.transpose(0, 1).contiguous()
+
+
 def build_model(spec: RunSpec, *, device: torch.device) -> GPTModel:
     """This process's pipeline stage of the GPT, initialised identically for every layout.
 
     Precondition: parallel_state is initialised for the spec's layout.
     """
     config = transformer_config(spec)
-    model = GPTModel(
+    if device.type == "cuda" and spec.train.fused_kernels:
+        from llmops_model import kernels
+
+        kernels.install(device)
+        config.gradient_accumulation_fusion = kernels.wgrad_accumulation_available(device)
+    model = GPT(
         config=config,
         transformer_layer_spec=layer_spec(spec),
         vocab_size=spec.model.padded_vocab_size,
@@ -116,6 +137,7 @@ def build_model(spec: RunSpec, *, device: torch.device) -> GPTModel:
         share_embeddings_and_output_weights=spec.model.tie_embeddings,
         position_embedding_type=spec.model.position_embedding,
     )
+    model.fused_loss = spec.train.fused_kernels
     model.to(device)
     reinitialize(model, seed=spec.train.seed, std=spec.model.init_std, num_layers=spec.model.num_layers)
     if spec.model.compile:

@@ -25,7 +25,7 @@ from megatron.core.transformer.module import Float16Module
 
 from llmops.errors import EXIT_OK, EXIT_REQUEUE, UserError
 from llmops.spec import RunSpec
-from llmops_model import checkpoint, data, gpt, mcore_fixes
+from llmops_model import checkpoint, data, gpt, kernels, mcore_fixes
 from llmops_model.metrics import StepLogger
 from llmops_model.parallel import Layout
 from llmops_model.preemption import PreemptionFlag
@@ -91,6 +91,8 @@ def build(spec: RunSpec, *, layout: Layout, device: torch.device, ckpt_root: Pat
         bf16=config.bf16, params_dtype=config.params_dtype, use_distributed_optimizer=use_dist_opt,
     )
     optimizer = get_megatron_optimizer(opt_config, [model])
+    if spec.train.fused_kernels:
+        kernels.use_fused_adamw(optimizer)  # Megatron builds torch's multi-tensor AdamW without Apex/TE
     scheduler = OptimizerParamScheduler(
         optimizer, init_lr=0.0, max_lr=tr.lr, min_lr=tr.min_lr,
         lr_warmup_steps=tr.warmup_steps, lr_decay_steps=tr.steps, lr_decay_style="cosine",
@@ -216,6 +218,8 @@ def resume(t: Trainer, *, logger: StepLogger) -> int:
     loaded = checkpoint.load(found.path, sharded_state=state)
     t.model.module.load_state_dict(loaded["model"])
     t.optimizer.load_state_dict(loaded["optimizer"])
+    if t.spec.train.fused_kernels:
+        kernels.use_fused_adamw(t.optimizer)  # the load restores the saved groups' flags
     t.scheduler.load_state_dict(loaded["scheduler"])
     saved = checkpoint.read_manifest(found.path)["layout"]
     logger.event("resumed", step=int(loaded["step"]), skipped=len(found.skipped))

@@ -25,15 +25,11 @@ from megatron.core.transformer.module import Float16Module
 
 from llmops.errors import EXIT_OK, EXIT_REQUEUE, UserError
 from llmops.spec import RunSpec
-from llmops_model import checkpoint, data, gpt, kernels, mcore_fixes
+from llmops_model import checkpoint, data, gpt, kernels, mcore_fixes, optim_state
 from llmops_model.metrics import StepLogger
 from llmops_model.parallel import Layout
 from llmops_model.preemption import PreemptionFlag
 
-
-# The distributed optimizer's state is saved in the canonical, per-parameter form, so a
-# checkpoint reloads into any tensor/pipeline/data-parallel layout (not only a new DP size).
-_CKPT_FORMAT = {"distrib_optim_sharding_type": "fully_reshardable"}
 
 
 @dataclass
@@ -51,12 +47,19 @@ class Trainer:
     saver: checkpoint.Saver | None = None
 
     def sharded_state(self, *, loading: bool) -> dict:
+        """The model and optimizer as sharded tensors; for a save, also 'optimizer_on' (where it was described).
+
+        The optimizer state is in the canonical per-parameter form
+        (:mod:`llmops_model.optim_state`), so a checkpoint reloads into any
+        tensor/pipeline/data-parallel layout, not only a new DP size.
+        """
         # The unwrapped module's keys ('decoder.layers...'), so checkpoints do not depend on the DDP wrapper.
         model_sd = self.model.module.sharded_state_dict(prefix="")
-        return {
-            "model": model_sd,
-            "optimizer": self.optimizer.sharded_state_dict(model_sd, is_loading=loading, metadata=_CKPT_FORMAT),
-        }
+        if loading:
+            return {"model": model_sd, "optimizer": self.optimizer.sharded_state_dict(
+                model_sd, is_loading=True, metadata=optim_state.FORMAT)}
+        optimizer, where = optim_state.describe(self.optimizer, model_sd)
+        return {"model": model_sd, "optimizer": optimizer, "optimizer_on": where}
 
 
 def build(spec: RunSpec, *, layout: Layout, device: torch.device, ckpt_root: Path,
@@ -173,8 +176,9 @@ def save_checkpoint(t: Trainer, step: int, *, logger: StepLogger, final: bool = 
     if t.async_queue is not None:
         t.async_queue.maybe_finalize_async_calls(blocking=True)  # one save in flight at a time
     state = t.sharded_state(loading=False)
-    described = time.perf_counter() - began  # the sharded state dict: with fully reshardable optimizer state,
-    state["scheduler"] = t.scheduler.state_dict()  # its buffers are re-cut into per-parameter tensors
+    described = time.perf_counter() - began  # the sharded state dict (per-parameter optimizer state)
+    optimizer_on = state.pop("optimizer_on")
+    state["scheduler"] = t.scheduler.state_dict()
     state["step"] = step
     meta = {"layout": {"tp": t.layout.tp, "pp": t.layout.pp, "dp": t.layout.dp},
             "consumed_samples": step * t.spec.train.global_batch_size,
@@ -198,7 +202,8 @@ def save_checkpoint(t: Trainer, step: int, *, logger: StepLogger, final: bool = 
                         f"`llmops resume` the run: it continues from that checkpoint") from None
     stall = time.perf_counter() - began
     where = checkpoint.checkpoint_dir(t.ckpt_root, step)
-    logger.event("save", step=step, stall=stall, background=queue is not None, describe=described)
+    logger.event("save", step=step, stall=stall, background=queue is not None, describe=described,
+                 optimizer_on=optimizer_on)
     if queue is None:
         logger.info(f"saved checkpoint step={step} in {stall:.2f}s to {where}")
     else:

@@ -143,7 +143,7 @@ def _param_state(optimizer, model_sd: dict) -> dict:
     sharded, _ = extract_sharded_tensors_and_factories(model_sd)
     metadata = {sh.data: sh for sh in nested_values(sharded)}
     state = {}
-    for buffer, gbuf_range_maps in zip(optimizer.buffers, optimizer.gbuf_ranges):
+    for buffer, gbuf_range_maps in zip(optimizer.buffers, optimizer.gbuf_ranges, strict=True):
         (bucket_maps,) = gbuf_range_maps.values()
         full = _full_states(optimizer, buffer, bucket_maps)
         for model_param in buffer.param_index_map:  # Megatron's order

@@ -103,7 +103,8 @@ BODY = textwrap.dedent("""
     open(os.path.join(out, f"{phase}-ok-{layout.rank}"), "w").close()
 """)
 # Under a main guard: the checkpoint writer starts helper processes that re-import the script.
-SCRIPT = "import os, sys, torch, torch.distributed as dist\nif __name__ == '__main__':\n" + textwrap.indent(BODY, "    ")
+SCRIPT = "import os, sys, torch, torch.distributed as dist\nif __name__ == '__main__':\n" + \
+    textwrap.indent(BODY, "    ")
 
 
 def _port() -> int:

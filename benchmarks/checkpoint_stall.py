@@ -9,8 +9,9 @@ save, as the training loop saw it) and ``metrics.jsonl`` (step times):
 
 The final save of a run is synchronous either way (nothing may be left
 half-written when the process exits) and is reported apart. The first
-periodic save pays one-off costs (the writer process starts, the save plan
-is made and validated); the share is given with and without it.
+periodic save pays one-off costs (the save plan is made and validated); the
+share is given with and without it. A stall includes any wait for the
+previous background save to finish writing (shown apart).
 
     python benchmarks/checkpoint_stall.py [--spec examples/gpt-350m-1gpu.yaml] [--steps 120] [--interval 20]
 """
@@ -53,7 +54,9 @@ def one(spec: dict, *, async_save: bool, work: Path) -> dict:
     return {
         "async": async_save, "steps": steps, "step_time_s": step_time / steps, "train_s": step_time,
         "stalls_s": [round(e["stall"], 3) for e in periodic],
-        "describe_s": [round(e.get("describe", 0.0), 3) for e in periodic], "final_save_s": saves[-1]["stall"] if saves else None,
+        "waited_s": [round(e.get("waited", 0.0), 3) for e in periodic],
+        "describe_s": [round(e.get("describe", 0.0), 3) for e in periodic],
+        "final_save_s": saves[-1]["stall"] if saves else None,
         "share": sum(e["stall"] for e in periodic) / step_time,
         "share_after_first": sum(e["stall"] for e in later) / (step_time * len(later) / max(len(periodic), 1))
         if later else None,
@@ -82,7 +85,8 @@ def main() -> None:
             results.append(r)
             after = f"{100 * r['share_after_first']:.2f}%" if r["share_after_first"] is not None else "-"
             print(f"async_save={str(async_save):5s} step {r['step_time_s']:.3f} s; save stalls {r['stalls_s']} s; "
-                  f"of which describing the state {r['describe_s']} s; "
+                  f"of which waiting for the previous save {r['waited_s']} s, describing the state "
+                  f"{r['describe_s']} s; "
                   f"share of training {100 * r['share']:.2f}% (after the first save {after}); "
                   f"final synchronous save {r['final_save_s']:.2f} s", flush=True)
     if args.json:

@@ -170,9 +170,9 @@ def save(root: Path, step: int, *, state: dict[str, Any], meta: dict[str, Any], 
         return
     def seal_async() -> None:
         # Runs on every rank once all ranks' shards are written (the queue checks collectively),
-        # after Megatron's own finalize steps have written the checkpoint metadata.
-        if rank == 0:
-            commit(root, step, meta=meta, keep_last=keep_last)
+        # after Megatron's own finalize steps have written the checkpoint metadata; a failure
+        # raises SaveFailed on every rank out of the queue's maybe_finalize_async_calls.
+        seal()
 
     options = saver.kwargs() if saver is not None else {}
     request = dist_checkpointing.save(state, str(partial), async_sharded_save=True, **options)
@@ -184,6 +184,29 @@ def save(root: Path, step: int, *, state: dict[str, Any], meta: dict[str, Any], 
 
 class SaveFailed(Exception):
     """A checkpoint could not be written on some rank; its partial folder is removed, nothing was sealed."""
+
+
+def abandon(root: Path, step: int, failure: BaseException) -> SaveFailed:
+    """Collective: after a background save failed on some rank (every rank saw the failure),
+    remove its partial folder; returns the SaveFailed to report."""
+    partial = checkpoint_dir(root, step).with_name(checkpoint_dir(root, step).name + ".partial")
+    dist.barrier()
+    if dist.get_rank() == 0:
+        shutil.rmtree(partial, ignore_errors=True)
+    dist.barrier()
+    return SaveFailed(_reason(failure))
+
+
+def start_writer(async_queue) -> None:
+    """Collective: start the queue's background writer process now, so that its start-up (a fresh
+    interpreter importing torch and Megatron) overlaps training instead of stalling the first save."""
+    from megatron.core.dist_checkpointing.strategies.async_utils import AsyncRequest
+
+    async_queue.schedule_async_request(AsyncRequest(async_fn=_ready, async_fn_args=(), finalize_fns=[]))
+
+
+def _ready() -> None:
+    """What the background writer runs to start (it must be importable there)."""
 
 
 def _agree(failure: BaseException | None, partial: Path, rank: int) -> None:

@@ -45,6 +45,7 @@ class Trainer:
     ckpt_root: Path
     async_queue: object | None = None
     saver: checkpoint.Saver | None = None
+    in_flight: int | None = None  # the step of the save being written in the background
 
     def sharded_state(self, *, loading: bool) -> dict:
         """The model and optimizer as sharded tensors; for a save, also 'optimizer_on' (where it was described).
@@ -114,6 +115,7 @@ def build(spec: RunSpec, *, layout: Layout, device: torch.device, ckpt_root: Pat
         from megatron.core.dist_checkpointing.strategies.async_utils import AsyncCallsQueue
 
         queue = AsyncCallsQueue(persistent=True)
+        checkpoint.start_writer(queue)
     return Trainer(spec, layout, device, model, optimizer, scheduler, ckpt_root, queue, checkpoint.Saver())
 
 
@@ -173,10 +175,10 @@ def train_step(t: Trainer, batches) -> tuple[float, float | None]:
 def save_checkpoint(t: Trainer, step: int, *, logger: StepLogger, final: bool = False) -> None:
     """Save (collective). With async saves the training loop stalls only while tensors are staged."""
     began = time.perf_counter()
-    if t.async_queue is not None:
-        t.async_queue.maybe_finalize_async_calls(blocking=True)  # one save in flight at a time
+    finalize_saves(t, logger=logger, blocking=True)  # one save in flight at a time
+    waited = time.perf_counter() - began  # for the previous background save to finish writing
     state = t.sharded_state(loading=False)
-    described = time.perf_counter() - began  # the sharded state dict (per-parameter optimizer state)
+    described = time.perf_counter() - began - waited  # the sharded state dict (per-parameter optimizer state)
     optimizer_on = state.pop("optimizer_on")
     state["scheduler"] = t.scheduler.state_dict()
     state["step"] = step
@@ -188,26 +190,62 @@ def save_checkpoint(t: Trainer, step: int, *, logger: StepLogger, final: bool = 
         checkpoint.save(t.ckpt_root, step, state=state, meta=meta, keep_last=t.spec.checkpoint.keep_last,
                         async_queue=queue, saver=t.saver)
     except checkpoint.SaveFailed as failed:
-        free = shutil.disk_usage(t.ckpt_root).free
-        exc = f"{failed} ({free / 2**20:,.1f} MiB free under {t.ckpt_root})"
-        latest = checkpoint.find_latest(t.ckpt_root).path
-        kept = f"{latest.name} stays the latest complete checkpoint" if latest else "there is no complete checkpoint"
-        logger.event("save_failed", step=step, reason=str(exc))
-        if not final:
-            logger.info(f"checkpoint step={step} could not be written: {exc}; {kept}; training goes on "
-                        f"and tries again at the next interval")
-            return
-        raise UserError(f"the final checkpoint (step {step}) could not be written: {exc}; {kept}",
-                        f"free space under {t.ckpt_root} (or point checkpoint.dir elsewhere), then "
-                        f"`llmops resume` the run: it continues from that checkpoint") from None
+        _save_failed(t, step, failed, logger=logger, final=final)
+        return
+    if queue is not None:
+        t.in_flight = step
     stall = time.perf_counter() - began
     where = checkpoint.checkpoint_dir(t.ckpt_root, step)
-    logger.event("save", step=step, stall=stall, background=queue is not None, describe=described,
+    logger.event("save", step=step, stall=stall, background=queue is not None, waited=waited, describe=described,
                  optimizer_on=optimizer_on)
     if queue is None:
         logger.info(f"saved checkpoint step={step} in {stall:.2f}s to {where}")
     else:
         logger.info(f"checkpoint step={step} writing in the background (stalled {stall:.2f}s) to {where}")
+
+
+def finalize_saves(t: Trainer, *, logger: StepLogger, blocking: bool) -> None:
+    """Collective: seal the background save if it is written (wait for it if `blocking`).
+
+    A background save that failed (a full disk, an I/O error on any rank) is
+    reported like a failed synchronous one: its partial folder is removed,
+    the previous checkpoint stays the latest, and training goes on.
+    """
+    if t.async_queue is None:
+        return
+    from torch.distributed.checkpoint.api import CheckpointException
+
+    try:
+        t.async_queue.maybe_finalize_async_calls(blocking=blocking)
+    except CheckpointException as exc:  # a rank's writer failed; Megatron raises it on every rank
+        step, t.in_flight = t.in_flight, None
+        _save_failed(t, step, checkpoint.abandon(t.ckpt_root, step, exc), logger=logger, final=False)
+    except checkpoint.SaveFailed as failed:  # written, but it could not be sealed
+        step, t.in_flight = t.in_flight, None
+        _save_failed(t, step, failed, logger=logger, final=False)
+    else:
+        if not t.async_queue.get_num_unfinalized_calls():
+            t.in_flight = None
+
+
+def _save_failed(t: Trainer, step: int, failed: checkpoint.SaveFailed, *, logger: StepLogger, final: bool) -> None:
+    """Report a save that wrote nothing complete; a failed final save ends the run with the fix."""
+    free = shutil.disk_usage(t.ckpt_root).free
+    latest = checkpoint.find_latest(t.ckpt_root).path
+    size = sum(checkpoint.read_manifest(latest)["files"].values()) if latest else 0
+    # Writers do not always say why (torch's zip writer reports a full disk as 'unexpected pos').
+    full = f"the disk is full: {free / 2**20:,.1f} MiB free under {t.ckpt_root}, a checkpoint of this run takes " \
+           f"{size / 2**20:,.1f} MiB" if free < size else f"{free / 2**20:,.1f} MiB free under {t.ckpt_root}"
+    exc = f"{failed} ({full})"
+    kept = f"{latest.name} stays the latest complete checkpoint" if latest else "there is no complete checkpoint"
+    logger.event("save_failed", step=step, reason=str(exc))
+    if not final:
+        logger.info(f"checkpoint step={step} could not be written: {exc}; {kept}; training goes on "
+                    f"and tries again at the next interval")
+        return
+    raise UserError(f"the final checkpoint (step {step}) could not be written: {exc}; {kept}",
+                    f"free space under {t.ckpt_root} (or point checkpoint.dir elsewhere), then "
+                    f"`llmops resume` the run: it continues from that checkpoint") from None
 
 
 def resume(t: Trainer, *, logger: StepLogger) -> int:
@@ -288,8 +326,7 @@ def run_steps(t: Trainer, *, step: int, logger: StepLogger, flag: PreemptionFlag
     while step < spec.train.steps:
         step += 1
         advance(step)
-        if t.async_queue is not None:
-            t.async_queue.maybe_finalize_async_calls(blocking=False)
+        finalize_saves(t, logger=logger, blocking=False)
         preempted = flag.agreed(t.device)
         if step % spec.checkpoint.interval == 0 or step == spec.train.steps or preempted:
             # The last save before exiting is synchronous: nothing may be left half-written.

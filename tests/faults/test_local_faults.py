@@ -201,6 +201,7 @@ def test_disk_full_while_saving_keeps_the_previous_checkpoint(workdir, faulted, 
     assert final["state"] == "FAILED", final
     assert final["stages"]["pretrain"]["restarts"] == 0  # a full disk is not retried blindly
     assert "could not be written: No space left on device" in final["message"]
+    assert "(the disk is full: " in final["message"]
     text = log_text(run)
     assert f"checkpoint step={2 * INTERVAL} could not be written" in text and "training goes on" in text
     assert "Fix: free space under" in text and "Traceback" not in text

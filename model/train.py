@@ -233,10 +233,11 @@ def _save_failed(t: Trainer, step: int, failed: checkpoint.SaveFailed, *, logger
     free = shutil.disk_usage(t.ckpt_root).free
     latest = checkpoint.find_latest(t.ckpt_root).path
     size = sum(checkpoint.read_manifest(latest)["files"].values()) if latest else 0
-    # Writers do not always say why (torch's zip writer reports a full disk as 'unexpected pos').
-    full = f"the disk is full: {free / 2**20:,.1f} MiB free under {t.ckpt_root}, a checkpoint of this run takes " \
-           f"{size / 2**20:,.1f} MiB" if free < size else f"{free / 2**20:,.1f} MiB free under {t.ckpt_root}"
-    exc = f"{failed} ({full})"
+    if free < size:  # said first: writers do not always say it (torch's zip writer: 'unexpected pos')
+        exc = (f"the disk is full: {free / 2**20:,.1f} MiB free under {t.ckpt_root}, a checkpoint of this run "
+               f"takes {size / 2**20:,.1f} MiB ({failed})")
+    else:
+        exc = f"{failed} ({free / 2**20:,.1f} MiB free under {t.ckpt_root})"
     kept = f"{latest.name} stays the latest complete checkpoint" if latest else "there is no complete checkpoint"
     logger.event("save_failed", step=step, reason=str(exc))
     if not final:

@@ -20,8 +20,13 @@ the state already is:
 - data-parallel size > 1: each bucket's shards are all-gathered on the GPU
   (one collective per state per bucket), and each parameter's state is a view
   of the gathered bucket. That needs GPU memory for a copy of the rank's
-  optimizer state; when it is not free, Megatron's host path is used and
+  optimizer state; when some rank lacks it, every rank moves each bucket's
+  gather to host memory before the next one (slower, as exact), and
   :func:`describe` says so.
+
+Megatron's own path is used only where this one does not apply
+(precision-aware optimizer state, Megatron FSDP, several gradient dtypes in
+one buffer).
 
 Loading always goes through Megatron's own path.
 """
@@ -62,14 +67,13 @@ def describe(optimizer, model_sd: dict) -> tuple[dict, str]:
     if not isinstance(optimizer, DistributedOptimizer):
         return optimizer.sharded_state_dict(model_sd, is_loading=False, metadata=FORMAT), "host: not distributed"
     why = _unsupported(optimizer)
-    if why is None:
-        why = _gather_memory_problem(optimizer)
     if why is not None:
         return optimizer.sharded_state_dict(model_sd, is_loading=False, metadata=FORMAT), f"host: {why}"
+    to_host = _gather_does_not_fit(optimizer)
     state = optimizer.state_dict()
-    state["param_state"] = _param_state(optimizer, model_sd)
+    state["param_state"] = _param_state(optimizer, model_sd, to_host=to_host)
     state["param_state_sharding_type"] = FORMAT["distrib_optim_sharding_type"]
-    return state, "gpu"
+    return state, "gpu, each bucket's gather moved to host memory (GPU memory is short)" if to_host else "gpu"
 
 
 def _unsupported(optimizer) -> str | None:
@@ -83,20 +87,22 @@ def _unsupported(optimizer) -> str | None:
     return None
 
 
-def _gather_memory_problem(optimizer) -> str | None:
-    world = optimizer.data_parallel_group.size()
-    if world == 1 or not torch.cuda.is_available():
-        return None
+def _gather_does_not_fit(optimizer) -> bool:
+    """Collective over the data-parallel group: whether some rank lacks the free GPU memory to keep the
+    gathered state on the GPU (then every rank moves each bucket's gather to host memory, so that the
+    ranks run the same collectives)."""
+    group = optimizer.data_parallel_group
+    if group.size() == 1 or not torch.cuda.is_available():
+        return False
     need = sum(len(_KEYS) * 4 * bucket.grad_data.numel() for buffer in optimizer.buffers for bucket in buffer.buckets)
     free, _ = torch.cuda.mem_get_info()
-    if free < need * _HEADROOM:
-        return (f"the data-parallel gather needs {need / 2**30:.1f} GiB of GPU memory, "
-                f"{free / 2**30:.1f} GiB are free")
-    return None
+    short = torch.tensor([int(free < need * _HEADROOM)], dtype=torch.int32, device=torch.cuda.current_device())
+    dist.all_reduce(short, op=dist.ReduceOp.MAX, group=group)
+    return bool(short.item())
 
 
 @torch.no_grad()
-def _full_states(optimizer, buffer, bucket_maps) -> dict:
+def _full_states(optimizer, buffer, bucket_maps, *, to_host: bool) -> dict:
     """model param -> {state: the whole parameter's flat fp32 state}, for one gradient buffer."""
     group = optimizer.data_parallel_group
     world = group.size()
@@ -125,6 +131,8 @@ def _full_states(optimizer, buffer, bucket_maps) -> dict:
         for key in _KEYS:
             world_tensors[key] = torch.empty((world * local_numel,), dtype=torch.float32, device=device)
             _all_gather(world_tensors[key], local[key], group=group)
+        if to_host:  # one bucket's gather on the GPU at a time
+            world_tensors = {key: value.cpu() for key, value in world_tensors.items()}
         gathered.append((bucket, world_tensors))
     full = {}
     for model_param, (start, end, bucket_id) in buffer.param_index_map.items():
@@ -134,7 +142,7 @@ def _full_states(optimizer, buffer, bucket_maps) -> dict:
     return full
 
 
-def _param_state(optimizer, model_sd: dict) -> dict:
+def _param_state(optimizer, model_sd: dict, *, to_host: bool) -> dict:
     """What Megatron's ``sharded_param_state_fully_reshardable`` returns for a save, from GPU tensors."""
     from megatron.core.dist_checkpointing.dict_utils import nested_values
     from megatron.core.dist_checkpointing.mapping import ShardedTensorFactory
@@ -145,7 +153,7 @@ def _param_state(optimizer, model_sd: dict) -> dict:
     state = {}
     for buffer, gbuf_range_maps in zip(optimizer.buffers, optimizer.gbuf_ranges, strict=True):
         (bucket_maps,) = gbuf_range_maps.values()
-        full = _full_states(optimizer, buffer, bucket_maps)
+        full = _full_states(optimizer, buffer, bucket_maps, to_host=to_host)
         for model_param in buffer.param_index_map:  # Megatron's order
             sh = metadata.get(model_param)
             if sh is None:

@@ -71,6 +71,11 @@ BODY = textwrap.dedent("""
             if sh.key.startswith("optimizer.state.param."):
                 assert torch.equal(sh.data, live[(sh.key[len("optimizer.state.param."):], sh.global_offset)]), sh.key
             assert sh.data.abs().sum() > 0, sh.key  # moments of every parameter were written, none zero-padded
+        # the path taken when GPU memory is short (each bucket's gather moved to the host) describes the same
+        (inner,) = opt.chained_optimizers
+        by_bucket = list(nested_values(optim_state._param_state(inner, model_sd, to_host=True)))
+        assert [(a.key, a.global_offset) for a in by_bucket] == [(a.key, a.global_offset) for a in tensors]
+        assert all(torch.equal(a.data, b.data) for a, b in zip(by_bucket, tensors, strict=True))
         if buckets == "one":  # Megatron's own description is right with one bucket: same keys, sharding, values
             ref = opt.sharded_state_dict(model_sd, is_loading=False, metadata=optim_state.FORMAT)
             assert sorted(ref) == sorted(state)

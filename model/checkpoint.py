@@ -138,7 +138,7 @@ def save(root: Path, step: int, *, state: dict[str, Any], meta: dict[str, Any], 
     from megatron.core import dist_checkpointing
 
     root.mkdir(parents=True, exist_ok=True)
-    partial = checkpoint_dir(root, step).with_name(checkpoint_dir(root, step).name + ".partial")
+    partial = _partial(root, step)
     rank = dist.get_rank()
     if rank == 0:
         if partial.exists():
@@ -182,19 +182,19 @@ def save(root: Path, step: int, *, state: dict[str, Any], meta: dict[str, Any], 
         saver.saves += 1
 
 
+def _partial(root: Path, step: int) -> Path:
+    final = checkpoint_dir(root, step)
+    return final.with_name(final.name + ".partial")
+
+
 class SaveFailed(Exception):
     """A checkpoint could not be written on some rank; its partial folder is removed, nothing was sealed."""
 
 
-def abandon(root: Path, step: int, failure: BaseException) -> SaveFailed:
-    """Collective: after a background save failed on some rank (every rank saw the failure),
-    remove its partial folder; returns the SaveFailed to report."""
-    partial = checkpoint_dir(root, step).with_name(checkpoint_dir(root, step).name + ".partial")
-    dist.barrier()
-    if dist.get_rank() == 0:
-        shutil.rmtree(partial, ignore_errors=True)
-    dist.barrier()
-    return SaveFailed(_reason(failure))
+def abandon(root: Path, step: int, failure: BaseException) -> None:
+    """Collective: after a background save failed on some rank (every rank saw the failure), remove
+    its partial folder and raise SaveFailed on every rank."""
+    _agree(failure, _partial(root, step), dist.get_rank())
 
 
 def start_writer(async_queue) -> None:

@@ -216,16 +216,16 @@ def finalize_saves(t: Trainer, *, logger: StepLogger, blocking: bool) -> None:
     from torch.distributed.checkpoint.api import CheckpointException
 
     try:
-        t.async_queue.maybe_finalize_async_calls(blocking=blocking)
-    except CheckpointException as exc:  # a rank's writer failed; Megatron raises it on every rank
-        step, t.in_flight = t.in_flight, None
-        _save_failed(t, step, checkpoint.abandon(t.ckpt_root, step, exc), logger=logger, final=False)
-    except checkpoint.SaveFailed as failed:  # written, but it could not be sealed
+        try:
+            t.async_queue.maybe_finalize_async_calls(blocking=blocking)
+        except CheckpointException as exc:  # a rank's writer failed; Megatron raises it on every rank
+            checkpoint.abandon(t.ckpt_root, t.in_flight, exc)
+    except checkpoint.SaveFailed as failed:  # from abandon, or written but it could not be sealed
         step, t.in_flight = t.in_flight, None
         _save_failed(t, step, failed, logger=logger, final=False)
-    else:
-        if not t.async_queue.get_num_unfinalized_calls():
-            t.in_flight = None
+        return
+    if not t.async_queue.get_num_unfinalized_calls():
+        t.in_flight = None
 
 
 def _save_failed(t: Trainer, step: int, failed: checkpoint.SaveFailed, *, logger: StepLogger, final: bool) -> None:

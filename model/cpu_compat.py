@@ -154,12 +154,16 @@ def activate() -> None:
     _active_mode.__enter__()
 
 
-def seed_model_parallel_rng(seed: int) -> None:
-    """Seed the default generator and Megatron's named streams (CPU or GPU)."""
+def seed_model_parallel_rng(seed: int, *, graph_safe: bool = False) -> None:
+    """Seed the default generator and Megatron's named streams (CPU or GPU).
+
+    `graph_safe` (GPUs) keeps the streams as generators a CUDA graph can
+    advance on every replay (:mod:`llmops_model.graphs`).
+    """
     from megatron.core import tensor_parallel
 
     torch.manual_seed(seed)
-    tensor_parallel.model_parallel_cuda_manual_seed(seed, force_reset_rng=True)
+    tensor_parallel.model_parallel_cuda_manual_seed(seed, use_cudagraphable_rng=graph_safe, force_reset_rng=True)
 
 
 @functools.cache

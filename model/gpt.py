@@ -116,7 +116,15 @@ class GPT(GPTModel):
         return loss.transpose(0, 1).contiguous()
 
 
-def build_model(spec: RunSpec, *, device: torch.device) -> GPTModel:
+def compiles_layers(spec: RunSpec, *, graphed: bool) -> bool:
+    """Whether the transformer layers are compiled: model.compile, with auto meaning "where the step is a CUDA
+    graph" (inside one, compiled kernels cost nothing per call; outside, their guards and launches did)."""
+    if spec.model.compile == "auto":
+        return graphed
+    return bool(spec.model.compile)
+
+
+def build_model(spec: RunSpec, *, device: torch.device, compile_layers: bool = False) -> GPTModel:
     """This process's pipeline stage of the GPT, initialised identically for every layout.
 
     Precondition: parallel_state is initialised for the spec's layout.
@@ -140,7 +148,7 @@ def build_model(spec: RunSpec, *, device: torch.device) -> GPTModel:
     model.fused_loss = spec.train.fused_kernels
     model.to(device)
     reinitialize(model, seed=spec.train.seed, std=spec.model.init_std, num_layers=spec.model.num_layers)
-    if spec.model.compile:
+    if compile_layers:
         # In place (nn.Module.compile), so parameter names and checkpoints are unchanged.
         for layer in model.decoder.layers:
             layer.compile()

@@ -65,7 +65,7 @@ def setup(spec: RunSpec, *, timeout_minutes: int = 30) -> tuple[Layout, torch.de
         pipeline_model_parallel_size=par.pipeline,
         distributed_timeout_minutes=timeout_minutes,
     )
-    cpu_compat.seed_model_parallel_rng(spec.train.seed)
+    cpu_compat.seed_model_parallel_rng(spec.train.seed, graph_safe=not cpu and spec.train.cuda_graphs)
     layout = Layout(
         rank=dist.get_rank(),
         world=dist.get_world_size(),

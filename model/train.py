@@ -6,6 +6,7 @@ with the same resolved spec.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import time
@@ -25,7 +26,7 @@ from megatron.core.transformer.module import Float16Module
 
 from llmops.errors import EXIT_OK, EXIT_REQUEUE, UserError
 from llmops.spec import RunSpec
-from llmops_model import checkpoint, data, gpt, kernels, mcore_fixes, optim_state
+from llmops_model import checkpoint, data, gpt, graphs, kernels, mcore_fixes, optim_state
 from llmops_model.metrics import StepLogger
 from llmops_model.parallel import Layout
 from llmops_model.preemption import PreemptionFlag
@@ -46,6 +47,7 @@ class Trainer:
     async_queue: object | None = None
     saver: checkpoint.Saver | None = None
     in_flight: int | None = None  # the step of the save being written in the background
+    step_graph: graphs.StepGraph | None = None  # the pre-training step's schedule as a CUDA graph
 
     def sharded_state(self, *, loading: bool) -> dict:
         """The model and optimizer as sharded tensors; for a save, also 'optimizer_on' (where it was described).
@@ -64,15 +66,20 @@ class Trainer:
 
 
 def build(spec: RunSpec, *, layout: Layout, device: torch.device, ckpt_root: Path,
-          per_token_loss: bool = False) -> Trainer:
+          per_token_loss: bool = False, step_graph: bool = True) -> Trainer:
     """The model, optimizer and schedule of this process.
 
     With `per_token_loss` the loss function returns (sum, count, metrics) and
     gradients are divided by the count over the whole global batch (Megatron's
     calculate_per_token_loss), instead of averaging per micro-batch means.
+    With `step_graph` (and train.cuda_graphs, on a GPU) :func:`train_step`
+    replays its forward and backward passes from a CUDA graph.
     """
     cpu = device.type == "cpu"
-    module = gpt.build_model(spec, device=device)
+    # Megatron's pipeline schedules synchronise the device around their sends and receives (batch_p2p_sync),
+    # which a capture forbids: pipeline-parallel steps run eagerly.
+    graphed = step_graph and spec.train.cuda_graphs and not cpu and layout.pp == 1
+    module = gpt.build_model(spec, device=device, compile_layers=gpt.compiles_layers(spec, graphed=graphed))
     config = module.config
     config.calculate_per_token_loss = per_token_loss  # read by DDP's gradient scaling, so set before wrapping
     if config.bf16:
@@ -87,7 +94,14 @@ def build(spec: RunSpec, *, layout: Layout, device: torch.device, ckpt_root: Pat
         # Megatron averages in the collective or divides by the global token count, not both.
         average_in_collective=not cpu and not per_token_loss,
     )
-    model = DistributedDataParallel(config=config, ddp_config=ddp_config, module=module)
+    # DDP keeps each parameter's AccumulateGrad node, which remembers the stream it was made on; a
+    # backward captured on another stream would have to sync with it, which a capture forbids. So with
+    # CUDA graphs DDP is built on the stream the step is warmed up and captured on.
+    capture_stream = torch.cuda.Stream(device) if graphed else None
+    with torch.cuda.stream(capture_stream) if graphed else contextlib.nullcontext():
+        model = DistributedDataParallel(config=config, ddp_config=ddp_config, module=module)
+    if graphed:
+        torch.cuda.current_stream(device).wait_stream(capture_stream)
     tr = spec.train
     opt_config = OptimizerConfig(
         optimizer="adam", lr=tr.lr, min_lr=tr.min_lr, weight_decay=tr.weight_decay,
@@ -116,7 +130,9 @@ def build(spec: RunSpec, *, layout: Layout, device: torch.device, ckpt_root: Pat
 
         queue = AsyncCallsQueue(persistent=True)
         checkpoint.start_writer(queue)
-    return Trainer(spec, layout, device, model, optimizer, scheduler, ckpt_root, queue, checkpoint.Saver())
+    captured = graphs.StepGraph(get_forward_backward_func(), device=device, stream=capture_stream) if graphed else None
+    return Trainer(spec, layout, device, model, optimizer, scheduler, ckpt_root, queue, checkpoint.Saver(),
+                   step_graph=captured)
 
 
 def _loss_func(loss_mask: torch.Tensor, output: torch.Tensor):
@@ -135,11 +151,13 @@ def _forward_step(data_iterator, model):
 
 def forward_backward(t: Trainer, batches, *, forward_step: Callable = _forward_step,
                      num_microbatches: int | None = None, rows: int | None = None,
-                     forward_only: bool = False) -> list[dict]:
+                     forward_only: bool = False, graphed: bool = False) -> list[dict]:
     """Megatron's schedule over `num_microbatches` (default: a global batch's share) of `rows` sequences
-    each (default: train.micro_batch_size); returns the loss functions' dicts on the last stage."""
+    each (default: train.micro_batch_size); returns the loss functions' dicts on the last stage.
+    `graphed`: replay the step from the trainer's CUDA graph where it has one."""
     spec = t.spec
-    return get_forward_backward_func()(
+    schedule = t.step_graph if graphed and t.step_graph is not None else get_forward_backward_func()
+    return schedule(
         forward_step_func=forward_step,
         data_iterator=batches,
         model=[t.model],
@@ -163,7 +181,7 @@ def optimizer_step(t: Trainer, batches, **schedule) -> tuple[list[dict], float |
 
 def train_step(t: Trainer, batches) -> tuple[float, float | None]:
     """One optimizer step over a global batch; returns (loss, grad norm) on the logger rank."""
-    losses, grad_norm = optimizer_step(t, batches)
+    losses, grad_norm = optimizer_step(t, batches, graphed=True)
     loss = float("nan")
     if parallel_state.is_pipeline_last_stage():
         mean = torch.stack([x["lm loss"] for x in losses]).mean().reshape(1)

@@ -72,6 +72,7 @@ MISTAKES = [
     ("train.steps", 0, "train.steps", "bound"),
     ("data", {"synthetic": {}, "indexed": {"paths": ["a"]}}, "data", "exactly one"),
     ("resources.gpus_per_node", 8, "resources.gpus_per_node", "remove gpus_per_node"),
+    ("model.compile", True, "model.compile", "compile: auto"),
 ]
 
 
@@ -105,3 +106,22 @@ def test_missing_file_and_bad_yaml(tmp_path):
     with pytest.raises(SpecError) as info:
         load_spec(broken)
     assert "line" in info.value.render() and "not valid YAML" in info.value.render()
+
+
+def test_gpu_speed_defaults_resolve_by_device():
+    """CUDA graphs are on and layer compilation follows them (auto); a CPU spec keeps both defaults valid."""
+    cpu = parse_spec(BASE)
+    assert cpu.train.cuda_graphs is True and cpu.model.compile == "auto"
+    gpu = parse_spec({"name": "g", "resources": {"gpus_per_node": 1}, "model": {"preset": "gpt-125m"},
+                      "train": {"steps": 10, "global_batch_size": 8}})
+    assert gpu.train.cuda_graphs is True and gpu.model.compile == "auto"
+    off = parse_spec(_mutate(_mutate(BASE, "model.compile", False), "train.cuda_graphs", False))
+    assert off.model.compile is False and off.train.cuda_graphs is False
+    pytest.importorskip("megatron.core")
+    from llmops_model.gpt import compiles_layers
+
+    assert compiles_layers(gpu, graphed=True) and not compiles_layers(gpu, graphed=False)
+    forced = parse_spec({"name": "g", "resources": {"gpus_per_node": 1},
+                         "model": {"preset": "gpt-125m", "compile": True},
+                         "train": {"steps": 10, "global_batch_size": 8}})
+    assert compiles_layers(forced, graphed=False)

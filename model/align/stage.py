@@ -168,7 +168,8 @@ def align(spec: RunSpec, *, run_dir: Path, layout: Layout, device: torch.device,
     d = load_data(spec, run_dir=run_dir, layout=layout, logger=logger)
     start = start_checkpoint(spec, run_dir=run_dir)
     ckpt_root = Path(a.checkpoint_dir)
-    t = train.build(spec, layout=layout, device=device, ckpt_root=ckpt_root, per_token_loss=True)
+    # Alignment steps run eagerly: their objectives have not been made (or tested) safe to capture.
+    t = train.build(spec, layout=layout, device=device, ckpt_root=ckpt_root, per_token_loss=True, step_graph=False)
     loaded = False
     if isinstance(obj, DPO):
         key = f"{d.stats['fingerprint']}:{start.resolve()}:{checkpoint.read_manifest(start)['saved_at']}"

@@ -1,4 +1,4 @@
-"""On a GPU, the fast path (SDPA, fused kernels, compiled layers) trains like Megatron's unfused path.
+"""On a GPU, the fast path (SDPA, fused kernels, compiled layers, CUDA graphs) trains like Megatron's unfused path.
 
 Each configuration trains in its own process (the kernel stand-ins are
 installed process-wide) on the same batches from the same initial weights;
@@ -8,6 +8,7 @@ the losses must agree within bf16 tolerance at every step.
 from __future__ import annotations
 
 import json
+import math
 import os
 import socket
 import subprocess
@@ -26,47 +27,59 @@ SCRIPT = textwrap.dedent("""
     from llmops.spec import parse_spec
     from llmops_model import parallel, train
 
-    attention, fused, compiled = sys.argv[1], sys.argv[2] == "1", sys.argv[3] == "1"
+    case = json.loads(sys.argv[1])
     spec = parse_spec({"name": "fast-path", "resources": {"gpus_per_node": 1},
-                       "model": {"preset": "gpt-125m", "seq_length": 512, "attention": attention, "compile": compiled},
-                       "train": {"steps": 100, "global_batch_size": 8, "micro_batch_size": 4, "lr": 3e-4,
-                                 "warmup_steps": 1, "precision": "bf16", "fused_kernels": fused,
-                                 "tensorboard": False}})
+                       "model": {"preset": "gpt-125m", "seq_length": 512, "attention": case["attention"],
+                                 "compile": case["compile"], "dropout": case.get("dropout", 0.0)},
+                       "train": {"steps": 100, "global_batch_size": 8, "micro_batch_size": 4,
+                                 "lr": case.get("lr", 3e-4), "min_lr": case.get("lr", 3e-4) / 10,
+                                 "warmup_steps": 1, "precision": "bf16", "fused_kernels": case["fused"],
+                                 "cuda_graphs": case["graphs"], "tensorboard": False}})
     layout, device = parallel.setup(spec)
     t = train.build(spec, layout=layout, device=device, ckpt_root=Path(tempfile.mkdtemp()))
     g = torch.Generator().manual_seed(0)
     batches = []
-    for _ in range(2):
+    for _ in range(12):
         tok = torch.randint(0, spec.model.vocab_size, (4, 513), generator=g)
         batches.append({"tokens": tok[:, :-1].to(device), "labels": tok[:, 1:].to(device),
                         "loss_mask": torch.ones(4, 512, device=device),
                         "position_ids": torch.arange(512, device=device).expand(4, 512).contiguous()})
     losses, norms = [], []
-    for _ in range(6):
-        loss, norm = train.train_step(t, iter(batches))
+    for step in range(6):
+        # a fresh pair of batches every step (so a replayed graph must read its new inputs), or the same pair
+        pair = batches[2 * step:2 * step + 2] if case.get("fresh", True) else batches[:2]
+        loss, norm = train.train_step(t, iter(pair))
         losses.append(loss)
         norms.append(norm)
-    print(json.dumps({"losses": losses, "norms": norms}))
+    out = {"losses": losses, "norms": norms, "replays": t.step_graph.replays if t.step_graph else 0}
+    if case.get("reshape"):  # shorter sequences than the captured step: must run eagerly, not replay
+        short = [{k: v[:, :256].contiguous() for k, v in b.items()} for b in batches[:2]]
+        out["short_loss"], _ = train.train_step(t, iter(short))
+        out["after_short"] = {"replays": t.step_graph.replays, "eager_calls": t.step_graph.eager_calls}
+        out["back_loss"], _ = train.train_step(t, iter(batches[:2]))  # and the captured shape replays again
+        out["after_back"] = t.step_graph.replays
+    print(json.dumps(out))
 """)
 
 
-def _train(tmp_path, *args: str) -> dict:
+def _train(tmp_path, **case) -> dict:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     script = tmp_path / "fast_path.py"
     script.write_text(SCRIPT)
     env = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0"}
-    res = subprocess.run([sys.executable, str(script), *args], capture_output=True, text=True, timeout=600,
-                         env={**os.environ, **env})
+    res = subprocess.run([sys.executable, str(script), json.dumps(case)], capture_output=True, text=True,
+                         timeout=600, env={**os.environ, **env})
     assert res.returncode == 0, res.stderr[-4000:]
     return json.loads(res.stdout.strip().splitlines()[-1])
 
 
 def test_fast_path_matches_megatron_unfused_path(tmp_path):
-    reference = _train(tmp_path, "megatron", "0", "0")
-    fast = _train(tmp_path, "sdpa", "1", "1")
+    reference = _train(tmp_path, attention="megatron", fused=False, compile=False, graphs=False, fresh=False)
+    fast = _train(tmp_path, attention="sdpa", fused=True, compile=True, graphs=True, fresh=False)
     print(json.dumps({"reference": reference, "fast": fast}))
+    assert reference["replays"] == 0 and fast["replays"] == 5  # the first step is eager, then the graph
     # The first step sees identical weights: only kernel rounding differs.
     assert fast["losses"][0] == pytest.approx(reference["losses"][0], rel=2e-3)
     # Later steps compound bf16 rounding through the updates; the curves still agree closely.
@@ -74,7 +87,33 @@ def test_fast_path_matches_megatron_unfused_path(tmp_path):
         assert a == pytest.approx(b, rel=1e-2)
     for a, b in zip(fast["norms"], reference["norms"]):
         assert a == pytest.approx(b, rel=5e-2)
-    assert fast["losses"][-1] < fast["losses"][0]  # and it learns (the two batches repeat)
+    assert fast["losses"][-1] < fast["losses"][0]  # and it learns (the same two batches every step)
+
+
+def test_cuda_graph_replays_the_eager_step(tmp_path):
+    eager = _train(tmp_path, attention="sdpa", fused=True, compile=False, graphs=False)
+    graphed = _train(tmp_path, attention="sdpa", fused=True, compile=False, graphs=True, reshape=True)
+    print(json.dumps({"eager": eager, "graphed": graphed}))
+    assert eager["replays"] == 0 and graphed["replays"] == 5
+    assert graphed["after_short"] == {"replays": 5, "eager_calls": 2}
+    assert graphed["after_back"] == 6
+    assert math.isfinite(graphed["short_loss"]) and math.isfinite(graphed["back_loss"])
+    # Same kernels on the same inputs: the replayed steps follow the eager ones to rounding.
+    for a, b in zip(graphed["losses"], eager["losses"]):
+        assert a == pytest.approx(b, rel=1e-3)
+    for a, b in zip(graphed["norms"], eager["norms"]):
+        assert a == pytest.approx(b, rel=1e-2)
+
+
+def test_cuda_graph_draws_new_dropout_masks_on_every_replay(tmp_path):
+    # The same batch every step and a learning rate too small to move a bf16 weight: only the
+    # dropout masks can change the loss. A graph that replayed its captured masks would repeat it.
+    run = _train(tmp_path, attention="sdpa", fused=True, compile=False, graphs=True, dropout=0.1, lr=1e-12,
+                 fresh=False)
+    print(json.dumps(run))
+    assert run["replays"] == 5
+    replayed = run["losses"][1:]
+    assert len(set(replayed)) == len(replayed), replayed
 
 
 def test_wgrad_accumulation_is_an_fp32_accumulate():

@@ -3,9 +3,13 @@
 For each model size it measures, each in a fresh process so that memory and
 compilation caches do not leak between them:
 
-* ``llmops``          the project's Megatron-Core GPT (layer spec chosen by ``model.attention: auto``),
-                      trained through the project's own trainer (Megatron DDP, distributed optimizer);
-* ``llmops-compile``  the same with ``model.compile: true`` (each transformer layer compiled);
+* ``llmops``          the project's Megatron-Core GPT with its defaults (layer spec chosen by
+                      ``model.attention: auto``, fused kernels, each step's forward and backward
+                      replayed from a CUDA graph, compiled layers), trained through the project's own
+                      trainer (Megatron DDP, distributed optimizer);
+* ``llmops-no-compile`` the same with ``model.compile: false``;
+* ``llmops-eager``    the same without CUDA graphs (``train.cuda_graphs: false``, so the layers are not
+                      compiled either): every kernel launched from Python;
 * ``megatron-local``  Megatron-Core's local layer spec and fallback kernels unchanged (unfused attention,
                       Megatron's cross entropy, ``train.fused_kernels: false``);
 * ``torch``           a plain PyTorch GPT using ``scaled_dot_product_attention``, autocast bf16,
@@ -39,7 +43,7 @@ SIZES = {
     # An 8B-class layer (hidden 4096, 32 heads, 4x MLP) with the layer count cut to fit one GPU.
     "gpt-8b-4l": ({"preset": "gpt-6.7b", "num_layers": 4}, 4),
 }
-IMPLS = ("llmops", "llmops-compile", "megatron-local", "torch", "torch-compile")
+IMPLS = ("llmops", "llmops-no-compile", "llmops-eager", "megatron-local", "torch", "torch-compile")
 PEAK = 989e12
 MICROBATCHES = 4
 
@@ -50,13 +54,14 @@ def _spec(size: str, impl: str):
     shape, mbs = SIZES[size]
     model = dict(shape)
     model["attention"] = "megatron" if impl == "megatron-local" else "auto"
-    if impl == "llmops-compile":
-        model["compile"] = True
+    if impl == "llmops-no-compile":
+        model["compile"] = False
     return parse_spec({
         "name": "bench", "resources": {"gpus_per_node": 1}, "model": model,
         "train": {"steps": 1000, "global_batch_size": mbs * MICROBATCHES, "micro_batch_size": mbs,
                   "warmup_steps": 10, "precision": "bf16", "tensorboard": False,
-                  "fused_kernels": impl != "megatron-local"},
+                  "fused_kernels": impl != "megatron-local",
+                  "cuda_graphs": impl in ("llmops", "llmops-no-compile")},
     })
 
 
@@ -79,10 +84,8 @@ def _cycle(items):
         yield from items
 
 
-def run_llmops(spec, steps: int, warmup: int) -> float:
-    """Seconds per optimizer step through the project's own trainer."""
-    import torch
-
+def llmops_step(spec):
+    """One optimizer step through the project's own trainer."""
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=os.environ.get("MASTER_PORT", "29511"),
                       RANK="0", WORLD_SIZE="1", LOCAL_RANK="0")
     import tempfile
@@ -93,20 +96,12 @@ def run_llmops(spec, steps: int, warmup: int) -> float:
     layout, device = parallel.setup(spec)
     t = train.build(spec, layout=layout, device=device, ckpt_root=Path(tempfile.mkdtemp()))  # never saved to
     stream = _cycle(_batches(spec, device))
-    for _ in range(warmup):
-        train.train_step(t, stream)
-    torch.cuda.synchronize()
-    began = time.perf_counter()
-    for _ in range(steps):
-        train.train_step(t, stream)
-    torch.cuda.synchronize()
-    return (time.perf_counter() - began) / steps
+    return lambda: train.train_step(t, stream)
 
 
-def run_torch(spec, steps: int, warmup: int, *, compiled: bool) -> float:
-    """Seconds per optimizer step for the plain PyTorch reference."""
+def torch_step(spec, *, compiled: bool):
+    """One optimizer step of the plain PyTorch reference."""
     import torch
-
     from plain_gpt import PlainGPT
 
     m = spec.model
@@ -126,6 +121,18 @@ def run_torch(spec, steps: int, warmup: int, *, compiled: bool) -> float:
         opt.step()
         opt.zero_grad(set_to_none=True)
 
+    return step
+
+
+def make_step(spec, impl: str):
+    if impl.startswith("torch"):
+        return torch_step(spec, compiled=impl == "torch-compile")
+    return llmops_step(spec)
+
+
+def seconds_per_step(step, steps: int, warmup: int) -> float:
+    import torch
+
     for _ in range(warmup):
         step()
     torch.cuda.synchronize()
@@ -138,15 +145,11 @@ def run_torch(spec, steps: int, warmup: int, *, compiled: bool) -> float:
 
 def measure(size: str, impl: str, steps: int, warmup: int) -> dict:
     import torch
-
     from llmops_model.metrics import flops_per_token
 
     spec = _spec(size, impl)
     torch.cuda.reset_peak_memory_stats()
-    if impl.startswith("torch"):
-        sec = run_torch(spec, steps, warmup, compiled=impl == "torch-compile")
-    else:
-        sec = run_llmops(spec, steps, warmup)
+    sec = seconds_per_step(make_step(spec, impl), steps, warmup)
     tokens = spec.train.global_batch_size * spec.model.seq_length / sec
     flops, causal = flops_per_token(spec), flops_per_token(spec, causal=True)
     return {"size": size, "impl": impl, "micro_batch": spec.train.micro_batch_size, "step_s": sec,
@@ -154,8 +157,87 @@ def measure(size: str, impl: str, steps: int, warmup: int) -> dict:
             "mfu_causal": tokens * causal / PEAK, "peak_mem_gib": torch.cuda.max_memory_allocated() / 2**30}
 
 
-def _child(size: str, impl: str, steps: int, warmup: int) -> dict:
+KERNEL_KINDS = (  # (kind, pattern on the kernel name), first match wins
+    ("gemm", r"gemm|xmma|cutlass|nvjet|cublas|sm90_"),
+    ("attention", r"flash|fmha|cudnn|attn|attention"),
+    ("norm", r"layer_norm|layernorm|rms_norm"),
+    ("optimizer", r"adam|multi_tensor|foreach"),
+    ("compiled", r"triton"),
+    ("copy/cat", r"copy|memcpy|memset|catarray|cat_|transpose"),
+    ("elementwise", r"elementwise|vectorized|reduce|fill|index|embedding"),
+)
+GEMM_OPS = ("aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm")
+
+
+def profile(size: str, impl: str, steps: int, warmup: int) -> dict:
+    """Where one implementation's GPU time goes: idle share, kernel kinds, top kernels, GEMM efficiency by shape."""
+    import re
+
+    import torch
+    from torch.autograd import DeviceType
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    step = make_step(_spec(size, impl), impl)
+    for _ in range(warmup):
+        step()
+    torch.cuda.synchronize()
+    with torch_profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA], record_shapes=True,
+                       with_flops=True) as prof:
+        began = time.perf_counter()
+        for _ in range(steps):
+            step()
+        torch.cuda.synchronize()
+        wall = time.perf_counter() - began
+    kernels = [e for e in prof.events() if e.device_type == DeviceType.CUDA]
+    busy, end = 0.0, float("-inf")
+    for e in sorted(kernels, key=lambda e: e.time_range.start):  # union of kernel intervals, us
+        start, stop = max(e.time_range.start, end), e.time_range.end
+        if stop > start:
+            busy += stop - start
+        end = max(end, stop)
+    kinds: dict[str, float] = {}
+    names: dict[str, list] = {}
+    for e in kernels:
+        us = e.time_range.end - e.time_range.start
+        kind = next((k for k, pat in KERNEL_KINDS if re.search(pat, e.name, re.I)), "other")
+        kinds[kind] = kinds.get(kind, 0.0) + us
+        entry = names.setdefault(e.name, [kind, 0.0, 0])
+        entry[1] += us
+        entry[2] += 1
+    gemms = []
+    for e in prof.key_averages(group_by_input_shape=True):
+        device_us = getattr(e, "device_time_total", None) or getattr(e, "cuda_time_total", 0)
+        if e.key in GEMM_OPS and e.flops and device_us:
+            gemms.append({"op": e.key, "shapes": str(e.input_shapes), "ms_per_step": device_us / 1e3 / steps,
+                          "calls_per_step": e.count / steps, "tflops": e.flops / (device_us * 1e-6) / 1e12})
+    gemms.sort(key=lambda g: -g["ms_per_step"])
+    top = sorted(names.items(), key=lambda kv: -kv[1][1])[:20]
+    return {"size": size, "impl": impl, "step_s": wall / steps, "gpu_busy_s": busy / 1e6 / steps,
+            "kinds_ms": {k: v / 1e3 / steps for k, v in sorted(kinds.items(), key=lambda kv: -kv[1])},
+            "top_kernels": [{"name": n[:110], "kind": k, "ms_per_step": us / 1e3 / steps, "calls_per_step": c / steps}
+                            for n, (k, us, c) in top],
+            "gemms": gemms[:16]}
+
+
+def profile_report(p: dict) -> str:
+    if "error" in p:
+        return f"{p['size']} {p['impl']}: {p['error']}"
+    step_ms, busy_ms = 1e3 * p["step_s"], 1e3 * p["gpu_busy_s"]
+    lines = [f"== {p['size']} {p['impl']}: {step_ms:.1f} ms/step under the profiler, GPU busy {busy_ms:.1f} ms "
+             f"({100 * busy_ms / step_ms:.1f}%)"]
+    lines += [f"   {kind:12} {ms:8.1f} ms {100 * ms / busy_ms:5.1f}%" for kind, ms in p["kinds_ms"].items()]
+    lines.append("   top kernels (ms/step, calls/step):")
+    lines += [f"   {k['ms_per_step']:8.2f} {k['calls_per_step']:6.0f}  {k['kind']:11} {k['name']}" for k in p["top_kernels"]]
+    lines.append("   GEMMs by shape (ms/step, calls/step, TFLOP/s):")
+    lines += [f"   {g['ms_per_step']:8.2f} {g['calls_per_step']:6.0f} {g['tflops']:7.0f}  {g['op']} {g['shapes']}"
+              for g in p["gemms"]]
+    return "\n".join(lines)
+
+
+def _child(size: str, impl: str, steps: int, warmup: int, profiled: bool = False) -> dict:
     cmd = [sys.executable, __file__, "--one", size, impl, "--steps", str(steps), "--warmup", str(warmup)]
+    cmd += ["--profile"] if profiled else []
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([os.path.dirname(__file__), os.environ.get("PYTHONPATH", "")])}
     res = subprocess.run(cmd, capture_output=True, text=True, env=env)
     for line in reversed(res.stdout.splitlines()):
@@ -166,16 +248,16 @@ def _child(size: str, impl: str, steps: int, warmup: int) -> dict:
 
 
 def report(rows: list[dict]) -> str:
-    lines = [f"{'size':10} {'impl':15} {'mb':>3} {'tok/s':>9} {'TFLOP/s':>8} {'MFU':>6} {'MFU-c':>6} "
+    lines = [f"{'size':10} {'impl':17} {'mb':>3} {'tok/s':>9} {'TFLOP/s':>8} {'MFU':>6} {'MFU-c':>6} "
              f"{'mem GiB':>8} {'vs torch-compile':>16}"]
     for size in dict.fromkeys(r["size"] for r in rows):
         ref = next((r for r in rows if r["size"] == size and r["impl"] == "torch-compile" and "error" not in r), None)
         for r in (r for r in rows if r["size"] == size):
             if "error" in r:
-                lines.append(f"{size:10} {r['impl']:15} {'':>3} {r['error']}")
+                lines.append(f"{size:10} {r['impl']:17} {'':>3} {r['error']}")
                 continue
             ratio = f"{r['tokens_per_s'] / ref['tokens_per_s']:.2f}x" if ref else "-"
-            lines.append(f"{size:10} {r['impl']:15} {r['micro_batch']:>3} {r['tokens_per_s']:>9.0f} "
+            lines.append(f"{size:10} {r['impl']:17} {r['micro_batch']:>3} {r['tokens_per_s']:>9.0f} "
                          f"{r['tflops']:>8.1f} {100 * r['mfu']:>5.1f}% {100 * r['mfu_causal']:>5.1f}% "
                          f"{r['peak_mem_gib']:>8.1f} {ratio:>16}")
     return "\n".join(lines)
@@ -188,17 +270,21 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--warmup", type=int, default=4)
     ap.add_argument("--out", help="write the rows as JSON here")
+    ap.add_argument("--profile", action="store_true",
+                    help="instead of timing, profile --steps steps of each case and print where the GPU time goes")
     ap.add_argument("--one", nargs=2, metavar=("SIZE", "IMPL"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.one:
-        print(json.dumps(measure(*args.one, args.steps, args.warmup)), flush=True)
+        run = profile if args.profile else measure
+        print(json.dumps(run(*args.one, args.steps, args.warmup)), flush=True)
         return
     rows = []
     for size in args.sizes:
         for impl in args.impls:
-            rows.append(_child(size, impl, args.steps, args.warmup))
-            print(json.dumps(rows[-1]), flush=True)
-    print(report(rows))
+            rows.append(_child(size, impl, args.steps, args.warmup, args.profile))
+            print(profile_report(rows[-1]) if args.profile else json.dumps(rows[-1]), flush=True)
+    if not args.profile:
+        print(report(rows))
     if args.out:
         with open(args.out, "w") as f:
             json.dump(rows, f, indent=1)

@@ -30,6 +30,7 @@ What makes this safe:
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 
 import torch
@@ -91,6 +92,7 @@ class StepGraph:
         self.inputs: list | None = None  # the graph's input buffers, one batch per micro-batch
         self.result = None  # the schedule's return value, in the graph's memory
         self.replays = 0
+        self.capture_seconds: float | None = None
 
     def __call__(self, *, forward_step_func, data_iterator, num_microbatches: int, forward_only: bool = False,
                  **kwargs):
@@ -131,6 +133,7 @@ class StepGraph:
                 raise RuntimeError("CUDA graphs need Megatron's graph-safe RNG tracker; "
                                    "seed it with model_parallel_cuda_manual_seed(..., use_cudagraphable_rng=True)")
             graph.register_generator_state(generator)
+        began = time.perf_counter()
         if dist.is_initialized():
             dist.barrier()  # every rank captures the same collectives
         # No work may be in flight when the capture starts: the barrier's own collective included.
@@ -144,6 +147,7 @@ class StepGraph:
                                "set train.cuda_graphs: false in the run spec to train without it") from exc
         torch.cuda.synchronize(self.device)
         self.graph, self.key = graph, key
+        self.capture_seconds = time.perf_counter() - began
 
 
 __all__ = ["StepGraph"]

@@ -326,7 +326,13 @@ def pretrain(spec: RunSpec, *, run_dir: Path, layout: Layout, device: torch.devi
 
     def advance(step: int) -> None:
         began = time.perf_counter()
+        graph = t.step_graph
+        uncaptured = graph is not None and graph.graph is None
         loss, grad_norm = train_step(t, stream)
+        if uncaptured and graph.graph is not None:
+            logger.event("cuda_graph", step=step, capture=graph.capture_seconds)
+            logger.info(f"step {step}: forward and backward captured as a CUDA graph in {graph.capture_seconds:.1f}s; "
+                        "later steps replay it")
         if step % spec.train.log_interval == 0 or step == spec.train.steps:
             logger.log(step=step, loss=loss, lr=t.scheduler.get_lr(t.optimizer.param_groups[0]),
                        grad_norm=grad_norm, step_time=time.perf_counter() - began)

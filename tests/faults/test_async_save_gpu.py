@@ -55,6 +55,7 @@ def test_background_save_on_a_full_disk_fails_cleanly_and_training_goes_on(small
     assert final["stages"]["pretrain"]["restarts"] == 0, text  # not a crash: no blind retry
     assert f"checkpoint step={2 * INTERVAL} could not be written" in text and "training goes on" in text, text
     assert "could not be written: the disk is full: " in text and "Traceback" not in text, text
+    assert "step 2: forward and backward captured as a CUDA graph" in text, text  # the defaults' fast path
     assert sorted(p.name for p in mount.iterdir()) == ["iter_0000010", "latest_checkpointed_iteration.txt"]
     assert (mount / "latest_checkpointed_iteration.txt").read_text().strip() == str(INTERVAL)
     assert sorted(losses(run)) == list(range(1, STEPS + 1))  # it trained on to the end

@@ -95,6 +95,17 @@ def squeue_state(job_id: str) -> str:
     return res.stdout.strip()
 
 
+def ended_state(job_id: str, timeout: float = 60.0) -> str:
+    """The job's Slurm state once slurmd has finished with it: a job whose processes have all exited
+    stays COMPLETING while the node runs its epilog and cleans up, which can outlast the run's own end."""
+    deadline = time.monotonic() + timeout
+    state = squeue_state(job_id)
+    while state == "COMPLETING" and time.monotonic() < deadline:
+        time.sleep(0.5)
+        state = squeue_state(job_id)
+    return state
+
+
 def tail_logs(run_dir: Path, chars: int = 3000) -> str:
     parts = []
     for path in sorted((run_dir / "logs").glob("*")) if (run_dir / "logs").is_dir() else []:

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 from llmops_testing import llmops, write_spec
 from slurm_testing import (
+    ended_state,
     events,
     job_ids,
     metrics,
@@ -64,7 +65,7 @@ def test_preemption_resumes_from_the_checkpoint_without_lost_steps(slurm_env, tm
     kinds = events(run_dir)
     assert "notice signal=USR1" in kinds and "requeue code=75 reason=checkpointed before the time limit" in kinds
     assert any(k.startswith("stopped ") for k in kinds) and kinds[-1] == "finished code=0"
-    assert squeue_state(job) == "COMPLETED"
+    assert ended_state(job) == "COMPLETED"
 
 
 def test_cancel_checkpoints_never_requeues_and_resume_continues(slurm_env, tmp_path: Path) -> None:
@@ -78,7 +79,7 @@ def test_cancel_checkpoints_never_requeues_and_resume_continues(slurm_env, tmp_p
     stopped_at = step(run_dir)
     assert (run_dir / "checkpoints" / f"iter_{stopped_at:07d}").is_dir(), "cancel saves a checkpoint first"
     assert wait_state(run_dir, {"CANCELLED"}, timeout=30)["state"] == "CANCELLED"
-    assert squeue_state(job) in ("COMPLETED", "FAILED", "CANCELLED"), "ended, not back in the queue"
+    assert ended_state(job) in ("COMPLETED", "FAILED", "CANCELLED"), "ended, not back in the queue"
     assert status(run_dir)["state"] == "CANCELLED" and step(run_dir) == stopped_at
     assert not any(e.startswith("requeue") for e in events(run_dir))
 

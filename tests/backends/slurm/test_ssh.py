@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 from llmops_testing import llmops, write_spec
-from slurm_testing import events, squeue_state, two_node_spec
+from slurm_testing import ended_state, events, two_node_spec
 
 pytestmark = pytest.mark.slurm
 
@@ -117,7 +117,7 @@ def test_two_node_run_submitted_over_ssh_with_status_and_logs(slurm_env, login_n
         [f"[step {i}/6" for i in range(1, 7)]
     [st] = json.loads(llmops("status", run_id, "--runs-dir", str(laptop), "--json").stdout)
     assert (st["state"], st["backend"], st["restarts"], st["exit_code"]) == ("SUCCEEDED", "slurm", 0, 0)
-    assert st["progress"]["step"] == 6 and squeue_state(st["job_id"]) == "COMPLETED"
+    assert st["progress"]["step"] == 6 and ended_state(st["job_id"]) == "COMPLETED"
     # Both nodes took part: one job on n1 and n2, one layout over their 4 processes.
     assert any("start nodes=n[1-2]" in e for e in events(local))
     assert "layout tp2-pp2-dp1" in (local / "logs" / "pretrain.restart-0.log").read_text()

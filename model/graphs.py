@@ -36,6 +36,8 @@ from collections.abc import Callable
 import torch
 import torch.distributed as dist
 
+from llmops.errors import UserError
+
 
 def _signature(batch) -> tuple:
     if isinstance(batch, dict):
@@ -143,8 +145,10 @@ class StepGraph:
                 self.result = self.schedule(forward_step_func=forward_step_func, data_iterator=iter(self.inputs),
                                             num_microbatches=num_microbatches, forward_only=False, **kwargs)
         except RuntimeError as exc:
-            raise RuntimeError(f"could not capture the training step as a CUDA graph ({exc}); "
-                               "set train.cuda_graphs: false in the run spec to train without it") from exc
+            # The same step fails to capture on every retry: report it as a setting to change, not a crash.
+            first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise UserError(f"could not capture the training step as a CUDA graph: {first_line}",
+                            "set train.cuda_graphs: false in the run spec to train without graphs") from exc
         torch.cuda.synchronize(self.device)
         self.graph, self.key = graph, key
         self.capture_seconds = time.perf_counter() - began

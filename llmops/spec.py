@@ -190,7 +190,7 @@ class TrainSpec(_Model):
     cuda_graphs: bool = True
     """GPU pre-training: after the first step, capture each step's forward and backward passes as one
     CUDA graph and replay it (the optimizer step stays eager). Takes the CPU's kernel launches out of
-    the step (+6% tokens/s for GPT-350M on one H100, +13% with the compiled layers it enables; the
+    the step (+6% tokens/s for GPT-350M on one H100, +14% with the compiled layers it enables; the
     GPU-bound GPT-1.3B gains 2% with them). Steps whose batch shapes differ from the captured one,
     evaluation, alignment stages and pipeline-parallel runs run eagerly; CPU runs ignore it."""
     tensorboard: bool = True

@@ -35,6 +35,7 @@ from collections.abc import Callable
 
 import torch
 import torch.distributed as dist
+from megatron.core.full_cuda_graph import clone_tensors_in_struct, copy_tensors_in_struct
 
 from llmops.errors import UserError
 
@@ -49,17 +50,6 @@ def _signature(batch) -> tuple:
     return ("value", repr(batch))
 
 
-def _copy_into(dst, src) -> None:
-    if isinstance(dst, dict):
-        for k in dst:
-            _copy_into(dst[k], src[k])
-    elif isinstance(dst, (list, tuple)):
-        for d, s in zip(dst, src):
-            _copy_into(d, s)
-    elif isinstance(dst, torch.Tensor):
-        dst.copy_(src, non_blocking=True)
-
-
 def _argument_key(value):
     """Schedule arguments by value where they are plain values, by identity where they are objects (the model)."""
     if isinstance(value, (int, float, str, bool, type(None))):
@@ -67,16 +57,6 @@ def _argument_key(value):
     if isinstance(value, (list, tuple)):
         return tuple(_argument_key(v) for v in value)
     return ("object", id(value))
-
-
-def _clone(batch):
-    if isinstance(batch, dict):
-        return {k: _clone(v) for k, v in batch.items()}
-    if isinstance(batch, (list, tuple)):
-        return type(batch)(_clone(v) for v in batch)
-    if isinstance(batch, torch.Tensor):
-        return batch.detach().clone()
-    return batch
 
 
 class StepGraph:
@@ -110,7 +90,7 @@ class StepGraph:
             self.eager_calls += 1
             return self._on_stream(self.schedule, forward_step_func=forward_step_func, data_iterator=iter(batches),
                                    num_microbatches=num_microbatches, forward_only=False, **kwargs)
-        _copy_into(self.inputs, batches)
+        clone_tensors_in_struct(self.inputs, batches)
         self.graph.replay()
         self.replays += 1
         return self.result
@@ -128,7 +108,7 @@ class StepGraph:
     def _capture(self, forward_step_func, batches, num_microbatches, kwargs, key) -> None:
         from megatron.core.tensor_parallel.random import get_all_rng_states
 
-        self.inputs = _clone(batches)
+        self.inputs = copy_tensors_in_struct(batches)
         graph = torch.cuda.CUDAGraph()
         for generator in get_all_rng_states().values():
             if not isinstance(generator, torch.Generator):

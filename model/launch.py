@@ -14,14 +14,24 @@ the workers down after a fixed grace period and report its own signal,
 losing the workers' exit codes. This way the agent keeps watching, sees the
 workers checkpoint and exit 75, and the exit code says "requeue" on every
 node, whether the signal reached the launcher or the workers directly.
+
+On several nodes the rendezvous store lives in node 0's agent. When a stop
+reaches the run, node 0's workers can checkpoint and exit a moment before
+another node's, and its agent exits with the store. The other agents ask that
+store, while their workers are healthy, whether new nodes wait to join; the
+question then fails and torchrun exits 1, "crashed", although its workers are
+about to exit 75. This wrapper's c10d rendezvous answers "nobody waits" for a
+grace period once the store is gone, so those workers can finish; workers
+still running after it mean node 0 crashed, and the agent fails as before.
 """
 
 from __future__ import annotations
 
+import functools
 import os
 import signal
 import sys
-from pathlib import Path
+import time
 
 from llmops.errors import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK, EXIT_REQUEUE
 from llmops.procs import children
@@ -30,6 +40,14 @@ from llmops.procs import children
 # notices are this wrapper's to forward.
 _AGENT_SIGNALS = "SIGINT,SIGHUP,SIGQUIT"
 _NOTICES = (signal.SIGTERM, signal.SIGUSR1)
+
+# torchrun's c10d rendezvous, tolerant of node 0 leaving first (see the module docstring).
+RDZV_BACKEND = "llmops-c10d"
+# Seconds this node's workers get to exit on their own once the store is gone; torchrun's
+# `--rdzv-conf store_loss_grace=S` overrides it. A checkpoint is collective, so node 0 leaves
+# only after every node's workers have written theirs: what is left is their exit (seconds).
+# Longer only delays the failure when node 0 crashed.
+STORE_LOSS_GRACE_SECONDS = 60.0
 
 
 def _forward_to_workers(signum, frame) -> None:
@@ -41,12 +59,82 @@ def _forward_to_workers(signum, frame) -> None:
             pass
 
 
+def _create_rendezvous(params):
+    """torchrun's c10d rendezvous with a grace period for a lost store (a creator for its registry)."""
+    from torch.distributed.elastic.rendezvous.c10d_rendezvous_backend import (
+        create_backend,
+    )
+    from torch.distributed.elastic.rendezvous.dynamic_rendezvous import create_handler
+
+    backend, store = create_backend(params)
+    grace = float(params.get("store_loss_grace", STORE_LOSS_GRACE_SECONDS))
+    return _store_loss_tolerant()(create_handler(store, backend, params), grace)
+
+
+@functools.cache
+def _store_loss_tolerant() -> type:
+    """The handler class, made on first use: torch is imported only after the signal handlers are set."""
+    from torch.distributed.elastic.rendezvous import (
+        RendezvousConnectionError,
+        RendezvousHandler,
+    )
+
+    class StoreLossTolerant(RendezvousHandler):
+        def __init__(self, inner: RendezvousHandler, grace: float):
+            self._inner, self._grace = inner, grace
+            self._store_lost_at: float | None = None
+
+        def num_nodes_waiting(self) -> int:
+            if self._store_lost_at is None:
+                try:
+                    return self._inner.num_nodes_waiting()
+                except RendezvousConnectionError:
+                    self._store_lost_at = time.monotonic()
+                    print(f"[llmops] the rendezvous store (node 0's launcher) is gone; giving this node's "
+                          f"workers {self._grace:.0f}s to finish", file=sys.stderr, flush=True)
+            # Gone stays gone: asking again only fills the log with the store client's warnings.
+            if time.monotonic() - self._store_lost_at > self._grace:
+                raise RendezvousConnectionError(
+                    f"the rendezvous store is gone and this node's workers still run {self._grace:.0f}s later: "
+                    "node 0 stopped without them (see its log)")
+            return 0
+
+        def get_backend(self) -> str:
+            return RDZV_BACKEND
+
+        # The rest is the c10d handler's.
+        @property
+        def use_agent_store(self) -> bool:
+            return self._inner.use_agent_store
+
+        def next_rendezvous(self):
+            return self._inner.next_rendezvous()
+
+        def is_closed(self) -> bool:
+            return self._inner.is_closed()
+
+        def set_closed(self):
+            return self._inner.set_closed()
+
+        def get_run_id(self) -> str:
+            return self._inner.get_run_id()
+
+        def shutdown(self) -> bool:
+            return self._inner.shutdown()
+
+    return StoreLossTolerant
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv:
         print("usage: python -m llmops_model.launch [torchrun options] RUN_DIR", file=sys.stderr)
         return 2
-    run_dir = Path(argv[-1])
+    return run_agent(argv[:-1], ["-m", "llmops_model.entrypoint", argv[-1]])
+
+
+def run_agent(torchrun_argv: list[str], worker: list[str]) -> int:
+    """One torchrun agent running ``worker`` (a script or ``-m module``, with its arguments)."""
     # Newer torchrun reads --signals-to-handle (default from PET_SIGNALS_TO_HANDLE) and exports
     # it as TORCHELASTIC_SIGNALS_TO_HANDLE; older ones read only the latter.
     os.environ["PET_SIGNALS_TO_HANDLE"] = os.environ["TORCHELASTIC_SIGNALS_TO_HANDLE"] = _AGENT_SIGNALS
@@ -56,9 +144,13 @@ def main(argv: list[str] | None = None) -> int:
 
     from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.elastic.rendezvous import rendezvous_handler_registry
     from torch.distributed.run import parse_args, run
 
-    args = parse_args([*argv[:-1], "-m", "llmops_model.entrypoint", str(run_dir)])
+    args = parse_args([*torchrun_argv, *worker])
+    if args.rdzv_backend == "c10d" and not args.standalone:  # standalone: one node, its own store
+        rendezvous_handler_registry.register(RDZV_BACKEND, _create_rendezvous)
+        args.rdzv_backend = RDZV_BACKEND
     try:
         run(args)
     except ChildFailedError as exc:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -31,3 +32,46 @@ def test_notice_to_the_launcher_checkpoints_and_exits_75(tmp_path, notice):
     step = json.loads((run.path / "last_exit.json").read_text())["step"]
     assert (run.path / "checkpoints" / f"iter_{step:07d}" / "llmops-manifest.json").is_file()
     assert f"preemption signal {int(notice)}" in out
+
+
+# Two agents of a two-node run on this host, as on two nodes: the first hosts the rendezvous store.
+_AGENT = """
+import json, sys
+from llmops_model.launch import run_agent
+sys.exit(run_agent(*json.loads(sys.argv[1])))
+"""
+# Each node's one worker sleeps, then exits with the given code.
+_WORKER = "import sys, time; time.sleep(float(sys.argv[1])); sys.exit(int(sys.argv[2]))"
+
+
+def _two_agents(tmp_path, *, host: tuple[float, int], other: tuple[float, int], grace: float):
+    (tmp_path / "agent.py").write_text(_AGENT)
+    (tmp_path / "worker.py").write_text(_WORKER)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    procs = []
+    for is_host, (sleep, code) in ((1, host), (0, other)):
+        torchrun = ["--nnodes", "2", "--nproc-per-node", "1", "--rdzv-backend", "c10d",
+                    "--rdzv-endpoint", f"127.0.0.1:{port}", "--rdzv-id", "store-loss", "--max-restarts", "0",
+                    "--rdzv-conf", f"is_host={is_host},store_loss_grace={grace}"]
+        worker = [str(tmp_path / "worker.py"), str(sleep), str(code)]
+        procs.append(subprocess.Popen([sys.executable, str(tmp_path / "agent.py"), json.dumps([torchrun, worker])],
+                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+    return [(p.returncode, out) for p in procs for out, _ in [p.communicate(timeout=120)]]
+
+
+def test_a_node_whose_workers_checkpoint_after_the_store_host_left_still_exits_75(tmp_path):
+    # The store's node stops at once; the other node's workers are still finishing their exit.
+    (host_code, host_out), (code, out) = _two_agents(tmp_path, host=(0, 75), other=(6, 75), grace=60)
+    assert host_code == 75, host_out[-3000:]
+    assert code == 75, out[-3000:]
+    assert "rendezvous store (node 0's launcher) is gone" in out, out[-3000:]  # the race really happened
+
+
+def test_a_node_whose_workers_outlive_the_grace_after_the_store_host_crashed_fails(tmp_path):
+    started = time.monotonic()
+    (host_code, _), (code, out) = _two_agents(tmp_path, host=(0, 1), other=(600, 0), grace=2)
+    assert host_code == 1 and code == 1, out[-3000:]
+    assert "still run 2s later: node 0 stopped without them" in out, out[-3000:]
+    assert time.monotonic() - started < 100  # torn down after the grace, not after the worker's 600 s

@@ -144,7 +144,10 @@ def run_agent(torchrun_argv: list[str], worker: list[str]) -> int:
 
     from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
-    from torch.distributed.elastic.rendezvous import rendezvous_handler_registry
+    from torch.distributed.elastic.rendezvous import (
+        RendezvousError,
+        rendezvous_handler_registry,
+    )
     from torch.distributed.run import parse_args, run
 
     args = parse_args([*torchrun_argv, *worker])
@@ -167,6 +170,9 @@ def run_agent(torchrun_argv: list[str], worker: list[str]) -> int:
     except SignalException as exc:
         print(f"[llmops] launcher stopped by signal {exc.sigval.name}", file=sys.stderr, flush=True)
         return 128 + int(exc.sigval)
+    except RendezvousError as exc:  # a crash of the node that holds the store, or one that never came
+        print(f"[llmops] rendezvous failed ({type(exc).__name__}): {exc}", file=sys.stderr, flush=True)
+        return EXIT_FAILED
     return EXIT_OK
 
 

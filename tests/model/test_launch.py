@@ -73,5 +73,6 @@ def test_a_node_whose_workers_outlive_the_grace_after_the_store_host_crashed_fai
     started = time.monotonic()
     (host_code, _), (code, out) = _two_agents(tmp_path, host=(0, 1), other=(600, 0), grace=2)
     assert host_code == 1 and code == 1, out[-3000:]
-    assert "still run 2s later: node 0 stopped without them" in out, out[-3000:]
+    assert "[llmops] rendezvous failed (RendezvousConnectionError): the rendezvous store is gone and this node's " \
+           "workers still run 2s later: node 0 stopped without them" in out, out[-3000:]
     assert time.monotonic() - started < 100  # torn down after the grace, not after the worker's 600 s

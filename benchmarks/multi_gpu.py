@@ -180,8 +180,16 @@ def compare(results: dict, run: str, *, tolerance: float, from_step: int = 0) ->
     if not steps:
         return {"ok": False, "why": "no common steps"}
     worst = max(steps, key=lambda s: _rel(got[s], ref[s]))
-    return {"ok": _rel(got[worst], ref[worst]) <= tolerance, "steps": f"{steps[0]}-{steps[-1]}",
-            "max_rel": _rel(got[worst], ref[worst]), "at_step": int(worst), "first_rel": _rel(got[steps[0]], ref[steps[0]])}
+    max_rel = _rel(got[worst], ref[worst])
+    return {"ok": max_rel <= tolerance, "steps": f"{steps[0]}-{steps[-1]}", "max_rel": max_rel,
+            "at_step": int(worst), "first_rel": _rel(got[steps[0]], ref[steps[0]])}
+
+
+def _verdict(check: dict) -> str:
+    if "max_rel" not in check:
+        return check["why"]
+    return (f"max {check['max_rel']:.1e} at step {check['at_step']} (steps {check['steps']}) "
+            f"{'ok' if check['ok'] else 'DIFFERS'}")
 
 
 def summarize(results: dict, *, gpus: int, tolerance: float) -> tuple[dict, list[str]]:
@@ -202,9 +210,7 @@ def summarize(results: dict, *, gpus: int, tolerance: float) -> tuple[dict, list
                 summary["parity"][name] = check
         tput = f"{r['tokens_per_s']:,.0f}" if r["tokens_per_s"] else "-"
         mfu = f"{100 * r['mfu']:.1f}%" if r.get("mfu") else "-"
-        verdict = "-" if check is None else (
-            f"max {check['max_rel']:.1e} at step {check['at_step']} (steps {check['steps']}) "
-            f"{'ok' if check['ok'] else 'DIFFERS'}" if "max_rel" in check else check["why"])
+        verdict = "-" if check is None else _verdict(check)
         lines.append(f"{name:<12} {r['layout']:<13} {r['world']:>5} {tput:>10} {mfu:>6}  {verdict}")
     ref = results.get("ref", {}).get("tokens_per_s")
     for name, n in ((f"dp{gpus}", gpus), ("tp2", 2)):

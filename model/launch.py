@@ -27,7 +27,6 @@ still running after it mean node 0 crashed, and the agent fails as before.
 
 from __future__ import annotations
 
-import functools
 import os
 import signal
 import sys
@@ -68,61 +67,38 @@ def _create_rendezvous(params):
 
     backend, store = create_backend(params)
     grace = float(params.get("store_loss_grace", STORE_LOSS_GRACE_SECONDS))
-    return _store_loss_tolerant()(create_handler(store, backend, params), grace)
+    return _StoreLossTolerant(create_handler(store, backend, params), grace)
 
 
-@functools.cache
-def _store_loss_tolerant() -> type:
-    """The handler class, made on first use: torch is imported only after the signal handlers are set."""
-    from torch.distributed.elastic.rendezvous import (
-        RendezvousConnectionError,
-        RendezvousHandler,
-    )
+class _StoreLossTolerant:
+    """The c10d handler, except for the one question the agent asks while its workers run."""
 
-    class StoreLossTolerant(RendezvousHandler):
-        def __init__(self, inner: RendezvousHandler, grace: float):
-            self._inner, self._grace = inner, grace
-            self._store_lost_at: float | None = None
+    def __init__(self, inner, grace: float):
+        self._inner, self._grace = inner, grace
+        self._store_lost_at: float | None = None
 
-        def num_nodes_waiting(self) -> int:
-            if self._store_lost_at is None:
-                try:
-                    return self._inner.num_nodes_waiting()
-                except RendezvousConnectionError:
-                    self._store_lost_at = time.monotonic()
-                    print(f"[llmops] the rendezvous store (node 0's launcher) is gone; giving this node's "
-                          f"workers {self._grace:.0f}s to finish", file=sys.stderr, flush=True)
-            # Gone stays gone: asking again only fills the log with the store client's warnings.
-            if time.monotonic() - self._store_lost_at > self._grace:
-                raise RendezvousConnectionError(
-                    f"the rendezvous store is gone and this node's workers still run {self._grace:.0f}s later: "
-                    "node 0 stopped without them (see its log)")
-            return 0
+    def __getattr__(self, name: str):  # everything else is the c10d handler's
+        return getattr(self._inner, name)
 
-        def get_backend(self) -> str:
-            return RDZV_BACKEND
+    def get_backend(self) -> str:
+        return RDZV_BACKEND
 
-        # The rest is the c10d handler's.
-        @property
-        def use_agent_store(self) -> bool:
-            return self._inner.use_agent_store
+    def num_nodes_waiting(self) -> int:
+        from torch.distributed.elastic.rendezvous import RendezvousConnectionError
 
-        def next_rendezvous(self):
-            return self._inner.next_rendezvous()
-
-        def is_closed(self) -> bool:
-            return self._inner.is_closed()
-
-        def set_closed(self):
-            return self._inner.set_closed()
-
-        def get_run_id(self) -> str:
-            return self._inner.get_run_id()
-
-        def shutdown(self) -> bool:
-            return self._inner.shutdown()
-
-    return StoreLossTolerant
+        if self._store_lost_at is None:
+            try:
+                return self._inner.num_nodes_waiting()
+            except RendezvousConnectionError:
+                self._store_lost_at = time.monotonic()
+                print(f"[llmops] the rendezvous store (node 0's launcher) is gone; giving this node's "
+                      f"workers {self._grace:.0f}s to finish", file=sys.stderr, flush=True)
+        # Gone stays gone: asking again only fills the log with the store client's warnings.
+        if time.monotonic() - self._store_lost_at > self._grace:
+            raise RendezvousConnectionError(
+                f"the rendezvous store is gone and this node's workers still run {self._grace:.0f}s later: "
+                "node 0 stopped without them (see its log)")
+        return 0
 
 
 def main(argv: list[str] | None = None) -> int:

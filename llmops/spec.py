@@ -185,8 +185,9 @@ class TrainSpec(_Model):
     """Shard optimizer state across data-parallel ranks (GPU only; CPU runs use the plain optimizer)."""
     fused_kernels: bool = True
     """Two-pass cross entropy on the bf16 logits; on GPUs also weight gradients accumulated inside
-    the GEMM, fused AdamW and foreach gradient norms (torch-native stand-ins for the Apex/Transformer
-    Engine kernels). false gives Megatron-Core's own fallbacks."""
+    the GEMM, the MLP's bias + GELU (and its backward) inside cuBLASLt GEMM epilogues, fused AdamW and
+    foreach gradient norms (stand-ins for the Apex/Transformer Engine kernels). false gives
+    Megatron-Core's own fallbacks."""
     cuda_graphs: bool = True
     """GPU pre-training: after the first step, capture each step's forward and backward passes as one
     CUDA graph and replay it (the optimizer step stays eager). Takes the CPU's kernel launches out of

@@ -85,7 +85,8 @@ def layer_spec(spec: RunSpec) -> ModuleSpec:
     """The transformer layer, chosen by spec (Megatron's way), not by branches in the model.
 
     te: Transformer Engine's fused layers. sdpa: Megatron-Core's local modules with
-    the SDPA core attention. megatron: the local modules unchanged (unfused attention).
+    the SDPA core attention and the linears of :mod:`llmops_model.layers`. megatron: the
+    local modules unchanged (unfused attention).
     """
     backend = attention_backend(spec)
     if backend == "te":
@@ -94,9 +95,11 @@ def layer_spec(spec: RunSpec) -> ModuleSpec:
         return get_gpt_layer_with_transformer_engine_spec()
     layer = get_gpt_layer_local_spec(normalization=spec.model.normalization)
     if backend == "sdpa":
+        from llmops_model import layers
         from llmops_model.attention import SDPAttention
 
         layer.submodules.self_attention.submodules.core_attention = SDPAttention
+        layers.use_in(layer, fused_mlp=spec.train.fused_kernels and not spec.resources.cpu)
     return layer
 
 

@@ -26,9 +26,12 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from megatron.core import tensor_parallel
+from megatron.core.tensor_parallel import layers as megatron_layers
 from megatron.core.tensor_parallel import mappings
 from megatron.core.tensor_parallel.layers import LinearWithGradAccumulationAndAsyncCommunication, custom_bwd, custom_fwd
 from megatron.core.transformer.mlp import MLP
+
+from llmops_model import cublaslt
 
 
 class _LinearBiasInEpilogue(LinearWithGradAccumulationAndAsyncCommunication):
@@ -86,9 +89,7 @@ def _accumulate_wgrad(weight, main_grad, grad_output: torch.Tensor, inputs: torc
     (returning the placeholder DDP's hooks expect) when gradient-accumulation fusion is on, else returned."""
     if not fused or main_grad is None:
         return grad_output.t().matmul(inputs)
-    from megatron.core.tensor_parallel import layers as megatron_layers
-
-    kernel = megatron_layers.fused_weight_gradient_mlp_cuda
+    kernel = megatron_layers.fused_weight_gradient_mlp_cuda  # read per call: kernels.install() may have set it
     if main_grad.dtype == torch.float32:
         kernel.wgrad_gemm_accum_fp32(inputs, grad_output, main_grad)
     else:
@@ -105,8 +106,6 @@ class _GeluMLPFunction(torch.autograd.Function):
     @staticmethod
     @custom_fwd
     def forward(ctx, x, w1, b1, w2, wgrad_fusion: bool):
-        from llmops_model import cublaslt
-
         flat = x.reshape(-1, x.shape[-1])
         act, pre = cublaslt.linear_gelu(flat, w1, b1)
         out = torch.matmul(act, w2.t())
@@ -118,8 +117,6 @@ class _GeluMLPFunction(torch.autograd.Function):
     @staticmethod
     @custom_bwd
     def backward(ctx, grad_out):
-        from llmops_model import cublaslt
-
         flat, w1, w2, pre, act = ctx.saved_tensors
         main_grad1, main_grad2 = ctx.main_grads
         grad_out = grad_out.reshape(-1, grad_out.shape[-1]).contiguous()
@@ -147,7 +144,7 @@ class GeluMLP(MLP):
                 and fc1.bias is not None and fc1.skip_bias_add and fc2.skip_bias_add
                 and fc1.weight.requires_grad and fc2.weight.requires_grad
                 and hidden_states.dtype in (torch.bfloat16, torch.float16) and fc1.weight.shape[0] % 8 == 0
-                and not getattr(fc1, "explicit_expert_comm", False) and _cublaslt_available())
+                and not getattr(fc1, "explicit_expert_comm", False) and cublaslt.available())
 
     @torch.compiler.disable  # a ctypes call inside; the layer around it still compiles
     def forward(self, hidden_states, per_token_scale=None, **kwargs):
@@ -165,12 +162,6 @@ class GeluMLP(MLP):
         else:
             out = mappings.reduce_from_tensor_model_parallel_region(out, group=group)
         return out, self.linear_fc2.bias
-
-
-def _cublaslt_available() -> bool:
-    from llmops_model import cublaslt
-
-    return cublaslt.available()
 
 
 def use_in(layer_spec, *, fused_mlp: bool) -> None:

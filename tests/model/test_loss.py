@@ -47,6 +47,10 @@ SCRIPT = textwrap.dedent("""
     torch.testing.assert_close(vocab_parallel_cross_entropy(mine, target, group if tp > 1 else None), textbook,
                                rtol=1e-5, atol=1e-5)
     open(os.path.join(os.environ["OUT"], f"ok-{rank}"), "w").close()
+    # Leave together: a rank that exits while gloo's threads still serve its peer aborts ("terminate called ...").
+    dist.barrier()
+    parallel_state.destroy_model_parallel()
+    dist.destroy_process_group()
 """)
 
 

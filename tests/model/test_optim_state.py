@@ -106,6 +106,8 @@ BODY = textwrap.dedent("""
             assert not torch.equal(state["exp_avg"], old["exp_avg"])
             assert state["exp_avg_sq"].min() >= 0 and state["exp_avg_sq"].abs().sum() > 0
     open(os.path.join(out, f"{phase}-ok-{layout.rank}"), "w").close()
+    dist.barrier()  # leave together: a rank exiting while gloo still serves its peer aborts
+    parallel.teardown()
 """)
 # Under a main guard: the checkpoint writer starts helper processes that re-import the script.
 SCRIPT = "import os, sys, torch, torch.distributed as dist\nif __name__ == '__main__':\n" + \

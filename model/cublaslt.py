@@ -22,6 +22,8 @@ The GELU is the tanh approximation, the one Megatron-Core's fused
 ``bias_gelu`` uses. The library is the cuBLASLt that torch itself loaded,
 called through ``ctypes``; every call is made on torch's current stream with
 a workspace allocated once per device, so it can be captured in a CUDA graph.
+Both GEMMs are torch custom operators (``torch.ops.llmops.*``), which a
+compiled transformer layer calls from inside its graph.
 """
 
 from __future__ import annotations
@@ -228,8 +230,12 @@ def _check_operands(*tensors: torch.Tensor) -> None:
             raise ValueError("cuBLASLt epilogue GEMMs take contiguous CUDA bf16/fp16 tensors of one dtype")
 
 
+# Custom operators, so that a compiled transformer layer keeps them as opaque calls (with the shapes their
+# fake implementations give) instead of breaking its graph at a ctypes call.
+@torch.library.custom_op("llmops::linear_gelu", mutates_args=())
 def linear_gelu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """``(gelu(x @ weight^T + bias), x @ weight^T + bias)`` for x [tokens, in], weight [out, in], bias [out]."""
+    x, weight, bias = x.contiguous(), weight.contiguous(), bias.contiguous()
     _check_operands(x, weight, bias)
     tokens, k = x.shape
     n = weight.shape[0]
@@ -243,12 +249,20 @@ def linear_gelu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> tu
     return out, pre
 
 
-def matmul_dgelu(grad: torch.Tensor, weight: torch.Tensor, pre: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """``((grad @ weight) * gelu'(pre), its sum over tokens)`` for grad [tokens, out], weight [out, in], pre [tokens, in].
+@linear_gelu.register_fake
+def _(x, weight, bias):
+    out = x.new_empty(x.shape[0], weight.shape[0])
+    return out, torch.empty_like(out)
 
-    The backward of ``linear(gelu(pre), weight)`` with respect to ``pre``, and the gradient of the bias that
-    ``pre`` included.
+
+@torch.library.custom_op("llmops::matmul_dgelu", mutates_args=())
+def matmul_dgelu(grad: torch.Tensor, weight: torch.Tensor, pre: torch.Tensor) -> torch.Tensor:
+    """``(grad @ weight) * gelu'(pre)`` for grad [tokens, out], weight [out, in], pre [tokens, in].
+
+    The backward of ``linear(gelu(pre), weight)`` with respect to ``pre``; its sum over tokens is the
+    gradient of the bias that ``pre`` included.
     """
+    grad, weight, pre = grad.contiguous(), weight.contiguous(), pre.contiguous()
     _check_operands(grad, weight, pre)
     tokens, n = grad.shape
     k = weight.shape[1]
@@ -258,7 +272,12 @@ def matmul_dgelu(grad: torch.Tensor, weight: torch.Tensor, pre: torch.Tensor) ->
     plan = dev.plan(dtype=_DTYPES[grad.dtype], epilogue=EPILOGUE_DGELU, trans_a=_OP_N, trans_b=_OP_N,
                     a_shape=(k, n), b_shape=(n, tokens), d_shape=(k, tokens))
     plan.run(dev.handle, weight, grad, out, bias=None, aux=pre, workspace=dev.workspace)
-    return out, out.sum(0)
+    return out
+
+
+@matmul_dgelu.register_fake
+def _(grad, weight, pre):
+    return grad.new_empty(grad.shape[0], weight.shape[1])
 
 
 __all__ = ["CublasLtError", "available", "linear_gelu", "matmul_dgelu"]

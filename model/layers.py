@@ -1,24 +1,37 @@
 """Megatron-Core's local linears and MLP, adjusted for speed; same parameters, same checkpoints.
 
-* A linear that adds its bias itself (the QKV projection) computes
-  ``matmul`` then ``+ bias``, a second pass over the layer's widest attention
-  activation. :class:`ColumnParallelLinear` computes ``addmm``, whose bias is
-  added in the GEMM's epilogue by cuBLAS. The backward pass, the
-  gradient-accumulation fusion into ``main_grad`` and the tensor-parallel
-  communication are Megatron's, unchanged (with sequence parallelism, or
-  deferred weight gradients, Megatron's own function runs).
+* A linear with no tensor-parallel communication of its own (every linear at
+  tensor-parallel size 1, the row-parallel ones at any size) runs
+  :class:`_Linear`. Megatron's linear function computes ``matmul`` then
+  ``+ bias``, a second pass over the output; ``_Linear`` adds the bias in the
+  GEMM's epilogue (``addmm``). Its backward accumulates the weight gradient
+  into ``main_grad`` (Megatron's gradient-accumulation fusion) in a custom
+  operator, :func:`wgrad_into_main_grad`, where Megatron's function sets
+  attributes of the weight in its backward: a side effect TorchDynamo does
+  not trace. On GPUs, where that fusion is on, a compiled transformer layer
+  fell apart into 14 graphs, and the residual and bias gradients between them
+  ran as separate eager kernels; with ``_Linear`` the layer is one graph,
+  forward and backward.
+* A column-parallel linear that all-reduces its input gradient (tensor
+  parallelism without sequence parallelism) keeps Megatron's backward, which
+  overlaps that all-reduce with the weight-gradient GEMM; a bias it adds
+  itself still goes into ``addmm`` (:class:`_LinearBiasInEpilogue`).
+  Sequence parallelism, deferred weight gradients, frozen weights and
+  Megatron-FSDP run Megatron's own function.
 * :class:`GeluMLP` runs the MLP's bias + GELU, and its backward, inside the
   GEMMs' cuBLASLt epilogues (:mod:`llmops_model.cublaslt`), as Transformer
   Engine's fused MLP does.
-* ``RowParallelLinear`` (the attention projection, the MLP's second linear)
-  calls the shared linear function with ``tp_group=None``; Megatron then
-  looks the group up and issues a deprecation warning, a Python call
-  TorchDynamo cannot trace, which splits a compiled layer in three.
-  :class:`RowParallelLinear` passes its own group, which that call does not
-  use (no gradient all-reduce, no sequence-parallel gather). Where weight
-  gradients are accumulated into ``main_grad`` (on GPUs), the backward of
-  Megatron's linear function mutates its weight and still splits the graph at
-  each linear.
+* ``RowParallelLinear`` calls the linear function with ``tp_group=None``;
+  Megatron then looks the group up and issues a deprecation warning, a Python
+  call TorchDynamo cannot trace. :class:`RowParallelLinear` passes its own
+  group.
+
+DDP's protocol for the fused accumulation: a weight whose gradient went into
+``main_grad`` hands autograd a placeholder and carries
+``grad_added_to_main_grad = True``, so that DDP's hook does not add the
+placeholder too. ``_Linear`` and :class:`GeluMLP` set that flag in the forward
+pass, where TorchDynamo replays attribute writes after the graph; DDP clears
+it when it zeroes the buffers, once per step, before any forward pass.
 """
 
 from __future__ import annotations
@@ -32,6 +45,79 @@ from megatron.core.tensor_parallel.layers import LinearWithGradAccumulationAndAs
 from megatron.core.transformer.mlp import MLP
 
 from llmops_model import cublaslt
+
+
+@torch.library.custom_op("llmops::wgrad_into_main_grad", mutates_args=())
+def wgrad_into_main_grad(weight: torch.Tensor, grad_output: torch.Tensor, inputs: torch.Tensor) -> torch.Tensor:
+    """``weight.main_grad += grad_output^T @ inputs``; returns the placeholder gradient DDP's hook expects.
+
+    grad_output [tokens, out], inputs [tokens, in]. The buffer is reached through the weight, as Megatron's
+    linear function reaches it, and is deliberately not an argument: each ``main_grad`` is a view of DDP's
+    one flat buffer, so its version counter moves with every other parameter's accumulation, and a buffer
+    saved for the backward pass (as a compiled graph saves its inputs) fails autograd's check that saved
+    tensors were not modified. The placeholder output is what keeps the call in a compiled graph.
+
+    On CUDA the sum is the kernel behind Megatron's gradient-accumulation fusion (one GEMM that reads and
+    writes the fp32 buffer, no low-precision gradient in between); elsewhere a matmul and an add.
+    """
+    main_grad = getattr(weight, "main_grad", None)
+    if main_grad is None:  # a compiler handed over a copy of the weight: never drop a gradient silently
+        raise RuntimeError("wgrad_into_main_grad: the weight has no main_grad buffer")
+    if main_grad.is_cuda and megatron_layers._grad_accum_fusion_available:
+        kernel = megatron_layers.fused_weight_gradient_mlp_cuda  # read per call: kernels.install() may set it
+        if main_grad.dtype == torch.float32:
+            kernel.wgrad_gemm_accum_fp32(inputs, grad_output, main_grad)
+        else:
+            kernel.wgrad_gemm_accum_fp16(inputs, grad_output, main_grad)
+    else:
+        main_grad.add_(grad_output.t().matmul(inputs).to(main_grad.dtype))
+    return inputs.new_empty(weight.shape)
+
+
+@wgrad_into_main_grad.register_fake
+def _(weight, grad_output, inputs):
+    return inputs.new_empty(weight.shape)
+
+
+def _weight_grad(weight, into_main_grad: bool, grad_output: torch.Tensor, inputs: torch.Tensor) -> torch.Tensor:
+    """The weight gradient, or, with gradient-accumulation fusion, its sum into main_grad and a placeholder."""
+    if into_main_grad:
+        return torch.ops.llmops.wgrad_into_main_grad(weight, grad_output, inputs)
+    return grad_output.t().matmul(inputs)
+
+
+def _into_main_grad(weight: torch.Tensor, fusion: bool) -> bool | None:
+    """Whether this weight's gradient goes into its DDP ``main_grad`` buffer (and, if so, marks the weight for
+    DDP's hook: module doc); None for a buffer outside DDP, a case left to Megatron's own functions."""
+    if not fusion or not hasattr(weight, "main_grad"):
+        return False
+    if not hasattr(weight, "grad_added_to_main_grad"):
+        return None
+    weight.grad_added_to_main_grad = True
+    return True
+
+
+class _Linear(torch.autograd.Function):
+    """``input @ weight^T + bias`` with the bias in the GEMM epilogue, for linears without communication."""
+
+    @staticmethod
+    @custom_fwd
+    def forward(ctx, input, weight, bias, into_main_grad: bool):
+        flat = input.reshape(-1, input.shape[-1])
+        out = torch.mm(flat, weight.t()) if bias is None else torch.addmm(bias, flat, weight.t())
+        ctx.save_for_backward(input, weight)
+        ctx.use_bias, ctx.into_main_grad = bias is not None, into_main_grad
+        return out.view(*input.shape[:-1], weight.shape[0])
+
+    @staticmethod
+    @custom_bwd
+    def backward(ctx, grad_output):
+        input, weight = ctx.saved_tensors
+        grad_output = grad_output.reshape(-1, grad_output.shape[-1])
+        grad_input = grad_output.matmul(weight).view(input.shape)
+        grad_weight = _weight_grad(weight, ctx.into_main_grad, grad_output, input.reshape(-1, input.shape[-1]))
+        grad_bias = grad_output.sum(0) if ctx.use_bias else None
+        return grad_input, grad_weight, grad_bias, None
 
 
 class _LinearBiasInEpilogue(LinearWithGradAccumulationAndAsyncCommunication):
@@ -59,45 +145,36 @@ class _LinearBiasInEpilogue(LinearWithGradAccumulationAndAsyncCommunication):
         return out.view(*input.shape[:-1], weight.shape[0])
 
 
+def _linear(input, weight, bias, kwargs, megatron):
+    """The linear function for one call of a parallel linear's ``_forward_impl`` (module doc)."""
+    if (not weight.requires_grad or kwargs.get("sequence_parallel") or kwargs.get("grad_output_buffer") is not None
+            or getattr(weight, "zero_out_wgrad", False) or hasattr(weight, "__fsdp_param__")):
+        return megatron(input, weight, bias=bias, **kwargs)
+    fusion = bool(kwargs["gradient_accumulation_fusion"])
+    if kwargs.get("allreduce_dgrad"):
+        if bias is None:
+            return megatron(input, weight, bias=bias, **kwargs)
+        return _LinearBiasInEpilogue.apply(input, weight, bias, fusion, True, False, None, 0, kwargs["tp_group"])
+    into_main_grad = _into_main_grad(weight, fusion)
+    if into_main_grad is None:
+        return megatron(input, weight, bias=bias, **kwargs)
+    return _Linear.apply(input, weight, bias, into_main_grad)
+
+
 class ColumnParallelLinear(tensor_parallel.ColumnParallelLinear):
-    """Megatron's ``ColumnParallelLinear``; a bias it adds itself is added in the GEMM's epilogue."""
+    """Megatron's ``ColumnParallelLinear`` through this module's linear functions (module doc)."""
 
     def _forward_impl(self, input, weight, bias=None, **kwargs):
-        if bias is None or _megatron_only(weight, kwargs):
-            return super()._forward_impl(input, weight, bias=bias, **kwargs)
-        return _LinearBiasInEpilogue.apply(input, weight, bias, kwargs["gradient_accumulation_fusion"],
-                                           kwargs["allreduce_dgrad"], False, None, 0, kwargs["tp_group"])
-
-
-def _megatron_only(weight, kwargs) -> bool:
-    """Cases the epilogue function leaves to Megatron's: frozen weights, sequence parallelism, deferred wgrads."""
-    return (not weight.requires_grad or kwargs.get("sequence_parallel")
-            or kwargs.get("grad_output_buffer") is not None)
+        return _linear(input, weight, bias, kwargs, super()._forward_impl)
 
 
 class RowParallelLinear(tensor_parallel.RowParallelLinear):
-    """Megatron's ``RowParallelLinear``, handing the linear function its own process group (see module doc)."""
+    """Megatron's ``RowParallelLinear`` through this module's linear functions, handing them its own group."""
 
-    def _forward_impl(self, input, weight, *args, **kwargs):
+    def _forward_impl(self, input, weight, bias=None, **kwargs):
         if kwargs.get("tp_group", 0) is None:
             kwargs["tp_group"] = self.tp_group
-        return super()._forward_impl(input, weight, *args, **kwargs)
-
-
-def _accumulate_wgrad(weight, main_grad, grad_output: torch.Tensor, inputs: torch.Tensor, fused: bool):
-    """The weight gradient as Megatron's linear function produces it: added into ``main_grad`` in the GEMM
-    (returning the placeholder DDP's hooks expect) when gradient-accumulation fusion is on, else returned."""
-    if not fused or main_grad is None:
-        return grad_output.t().matmul(inputs)
-    kernel = megatron_layers.fused_weight_gradient_mlp_cuda  # read per call: kernels.install() may have set it
-    if main_grad.dtype == torch.float32:
-        kernel.wgrad_gemm_accum_fp32(inputs, grad_output, main_grad)
-    else:
-        kernel.wgrad_gemm_accum_fp16(inputs, grad_output, main_grad)
-    if not hasattr(weight, "grad_added_to_main_grad"):
-        return None
-    weight.grad_added_to_main_grad = True
-    return torch.empty(main_grad.shape, dtype=inputs.dtype, device=inputs.device)
+        return _linear(input, weight, bias, kwargs, super()._forward_impl)
 
 
 class _GeluMLPFunction(torch.autograd.Function):
@@ -105,26 +182,24 @@ class _GeluMLPFunction(torch.autograd.Function):
 
     @staticmethod
     @custom_fwd
-    def forward(ctx, x, w1, b1, w2, wgrad_fusion: bool):
+    def forward(ctx, x, w1, b1, w2, into_main_grad: bool):
         flat = x.reshape(-1, x.shape[-1])
-        act, pre = cublaslt.linear_gelu(flat, w1, b1)
+        act, pre = torch.ops.llmops.linear_gelu(flat, w1, b1)
         out = torch.matmul(act, w2.t())
         ctx.save_for_backward(flat, w1, w2, pre, act)
-        ctx.main_grads = tuple(getattr(w, "main_grad", None) if wgrad_fusion else None for w in (w1, w2))
-        ctx.wgrad_fusion, ctx.in_shape = wgrad_fusion, x.shape
+        ctx.into_main_grad, ctx.in_shape = into_main_grad, x.shape
         return out.view(*x.shape[:-1], w2.shape[0])
 
     @staticmethod
     @custom_bwd
     def backward(ctx, grad_out):
         flat, w1, w2, pre, act = ctx.saved_tensors
-        main_grad1, main_grad2 = ctx.main_grads
-        grad_out = grad_out.reshape(-1, grad_out.shape[-1]).contiguous()
-        grad_pre, grad_b1 = cublaslt.matmul_dgelu(grad_out, w2, pre)
-        grad_w2 = _accumulate_wgrad(w2, main_grad2, grad_out, act, ctx.wgrad_fusion)
+        grad_out = grad_out.reshape(-1, grad_out.shape[-1])
+        grad_pre = torch.ops.llmops.matmul_dgelu(grad_out, w2, pre)
+        grad_w2 = _weight_grad(w2, ctx.into_main_grad, grad_out, act)
         grad_x = grad_pre.matmul(w1)
-        grad_w1 = _accumulate_wgrad(w1, main_grad1, grad_pre, flat, ctx.wgrad_fusion)
-        return grad_x.view(ctx.in_shape), grad_w1, grad_b1, grad_w2, None
+        grad_w1 = _weight_grad(w1, ctx.into_main_grad, grad_pre, flat)
+        return grad_x.view(ctx.in_shape), grad_w1, grad_pre.sum(0), grad_w2, None
 
 
 class GeluMLP(MLP):
@@ -134,34 +209,50 @@ class GeluMLP(MLP):
     same tanh-approximated GELU); any other case runs Megatron's own forward. Tensor and sequence
     parallelism use Megatron's communication mappings around the fused function: the first linear's input
     is copied (gathered, with sequence parallelism) onto the tensor-parallel ranks, the second linear's
-    output all-reduced (reduce-scattered).
+    output all-reduced (reduce-scattered). At tensor-parallel size 1 there is nothing to communicate and
+    a compiled layer keeps the MLP inside its graph.
     """
 
-    def _fusable(self, hidden_states: torch.Tensor, per_token_scale) -> bool:
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
         c, fc1, fc2 = self.config, self.linear_fc1, self.linear_fc2
-        return (hidden_states.is_cuda and per_token_scale is None and c.bias_activation_fusion
-                and self.activation_func is F.gelu and not c.gated_linear_unit and not c.use_te_activation_func
-                and fc1.bias is not None and fc1.skip_bias_add and fc2.skip_bias_add
-                and fc1.weight.requires_grad and fc2.weight.requires_grad
-                and hidden_states.dtype in (torch.bfloat16, torch.float16) and fc1.weight.shape[0] % 8 == 0
-                and not getattr(fc1, "explicit_expert_comm", False) and cublaslt.available())
+        # What the module's configuration decides once; the tensors' properties are checked per call.
+        self._epilogue_mlp = (c.bias_activation_fusion and self.activation_func is F.gelu
+                              and not c.gated_linear_unit and not c.use_te_activation_func
+                              and fc1.bias is not None and fc1.skip_bias_add and fc2.skip_bias_add
+                              and fc1.weight.shape[0] % 8 == 0 and not getattr(fc1, "explicit_expert_comm", False)
+                              and cublaslt.available())
+        self._tp_size = fc1.tp_group.size()
 
-    @torch.compiler.disable  # a ctypes call inside; the layer around it still compiles
     def forward(self, hidden_states, per_token_scale=None, **kwargs):
-        if not self._fusable(hidden_states, per_token_scale):
+        fc1, fc2 = self.linear_fc1, self.linear_fc2
+        if not (self._epilogue_mlp and hidden_states.is_cuda and per_token_scale is None
+                and hidden_states.dtype in (torch.bfloat16, torch.float16)
+                and fc1.weight.requires_grad and fc2.weight.requires_grad):
             return super().forward(hidden_states, per_token_scale=per_token_scale, **kwargs)
+        fusion = bool(self.config.gradient_accumulation_fusion)
+        into_main_grad = [_into_main_grad(w, fusion) for w in (fc1.weight, fc2.weight)]
+        if into_main_grad[0] is None or into_main_grad[0] != into_main_grad[1]:  # buffers outside DDP
+            return super().forward(hidden_states, per_token_scale=per_token_scale, **kwargs)
+        if self._tp_size == 1:
+            return self._mlp(hidden_states, into_main_grad[0]), fc2.bias
+        return self._parallel_mlp(hidden_states, into_main_grad[0]), fc2.bias
+
+    def _mlp(self, x, into_main_grad: bool):
+        fc1, fc2 = self.linear_fc1, self.linear_fc2
+        return _GeluMLPFunction.apply(x, fc1.weight, fc1.bias, fc2.weight, into_main_grad)
+
+    @torch.compiler.disable  # the collectives' autograd functions; the layer around them still compiles
+    def _parallel_mlp(self, hidden_states, into_main_grad: bool):
         group = self.linear_fc1.tp_group
         if self.config.sequence_parallel:
             x = mappings.gather_from_sequence_parallel_region(hidden_states, group=group)
         else:
             x = mappings.copy_to_tensor_model_parallel_region(hidden_states, group=group)
-        out = _GeluMLPFunction.apply(x.contiguous(), self.linear_fc1.weight, self.linear_fc1.bias,
-                                     self.linear_fc2.weight, bool(self.config.gradient_accumulation_fusion))
+        out = self._mlp(x, into_main_grad)
         if self.config.sequence_parallel:
-            out = mappings.reduce_scatter_to_sequence_parallel_region(out, group=group)
-        else:
-            out = mappings.reduce_from_tensor_model_parallel_region(out, group=group)
-        return out, self.linear_fc2.bias
+            return mappings.reduce_scatter_to_sequence_parallel_region(out, group=group)
+        return mappings.reduce_from_tensor_model_parallel_region(out, group=group)
 
 
 def use_in(layer_spec, *, fused_mlp: bool) -> None:
@@ -174,4 +265,4 @@ def use_in(layer_spec, *, fused_mlp: bool) -> None:
         mlp.module = GeluMLP
 
 
-__all__ = ["ColumnParallelLinear", "GeluMLP", "RowParallelLinear", "use_in"]
+__all__ = ["ColumnParallelLinear", "GeluMLP", "RowParallelLinear", "use_in", "wgrad_into_main_grad"]

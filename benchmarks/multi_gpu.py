@@ -141,7 +141,8 @@ class Protocol:
             tail = log_path.read_text()[-4000:]
             raise SystemExit(f"[multi_gpu] {run.name} exited {code} after {wall:.0f}s; the end of its log:\n{tail}")
         (run_dir,) = runs_dir.iterdir()
-        rows = [json.loads(line) for line in (run_dir / "stages" / "pretrain" / "metrics.jsonl").read_text().splitlines()]
+        metrics = run_dir / "stages" / "pretrain" / "metrics.jsonl"
+        rows = [json.loads(line) for line in metrics.read_text().splitlines()]
         first = rows[0]["step"] if rows else 1  # a resumed run starts after its checkpoint
         timed = [r for r in rows if r["step"] >= first + self.args.warmup]
         result = {

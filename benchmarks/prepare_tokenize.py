@@ -49,7 +49,7 @@ def prepare(corpus: Path, out: Path):
     spec = PrepareSpec.model_validate({"input": {"paths": [str(corpus / "*.jsonl")]},
                                        "output": {"dir": str(out), "jsonl": False, "keep_work": True}})
     preload()  # as the executor does before forking workers: megatron-core's import is not tokenization
-    timing = {phase: timed(lambda: run_phase(spec, phase=phase, shard=0, num_shards=1, threads=1))
+    timing = {phase: timed(lambda phase=phase: run_phase(spec, phase=phase, shard=0, num_shards=1, threads=1))
               for phase in PHASES}
     print(json.dumps({k: [round(v[0], 2), round(v[1], 2)] for k, v in timing.items()}))
     return spec, timing["tokenize"][2]

@@ -145,6 +145,7 @@ def seconds_per_step(step, steps: int, warmup: int) -> float:
 
 def measure(size: str, impl: str, steps: int, warmup: int) -> dict:
     import torch
+
     from llmops_model.metrics import flops_per_token
 
     spec = _spec(size, impl)
@@ -228,7 +229,8 @@ def profile_report(p: dict) -> str:
              f"({100 * busy_ms / step_ms:.1f}%)"]
     lines += [f"   {kind:12} {ms:8.1f} ms {100 * ms / busy_ms:5.1f}%" for kind, ms in p["kinds_ms"].items()]
     lines.append("   top kernels (ms/step, calls/step):")
-    lines += [f"   {k['ms_per_step']:8.2f} {k['calls_per_step']:6.0f}  {k['kind']:11} {k['name']}" for k in p["top_kernels"]]
+    lines += [f"   {k['ms_per_step']:8.2f} {k['calls_per_step']:6.0f}  {k['kind']:11} {k['name']}"
+              for k in p["top_kernels"]]
     lines.append("   GEMMs by shape (ms/step, calls/step, TFLOP/s):")
     lines += [f"   {g['ms_per_step']:8.2f} {g['calls_per_step']:6.0f} {g['tflops']:7.0f}  {g['op']} {g['shapes']}"
               for g in p["gemms"]]

@@ -121,7 +121,7 @@ def preference_records(n: int, *, seed: int = 0, max_chars: int = 160) -> list[d
     picked = _pick(n, seed, max_chars)
     rng = np.random.default_rng((seed, 1))
     out = []
-    for i, e in enumerate(picked):
+    for e in picked:
         j = int(rng.integers(len(picked)))
         while picked[j].module == e.module:
             j = (j + 1) % len(picked)

@@ -40,7 +40,7 @@ class AlignData(_Model):
     """Share of the examples held out (seeded shuffle) for the validation loss; 0 turns validation off."""
 
     @model_validator(mode="after")
-    def _one_source(self) -> "AlignData":
+    def _one_source(self) -> AlignData:
         if (self.path is None) == (self.builtin is None):
             raise ValueError("give exactly one of align.data.path (a JSONL file) or "
                              "align.data.builtin: python-docstrings")
@@ -89,7 +89,7 @@ class DPOOptions(_Model):
     """Assumed share of flipped preference labels (conservative DPO); sigmoid loss only."""
 
     @model_validator(mode="after")
-    def _smoothing_is_sigmoid(self) -> "DPOOptions":
+    def _smoothing_is_sigmoid(self) -> DPOOptions:
         if self.label_smoothing and self.loss != "sigmoid":
             raise ValueError("align.dpo.label_smoothing applies to loss: sigmoid only; set it to 0 for ipo")
         return self
@@ -155,7 +155,7 @@ class AlignSpec(_Model):
         return updates
 
 
-def align_rules(spec: "RunSpec") -> list[Problem]:
+def align_rules(spec: RunSpec) -> list[Problem]:
     """The rules that tie each `align:` stage to the rest of the spec. Fills in tokenizers from `prepare:`."""
     out = _name_rules(spec)
     for i, a in enumerate(list(spec.align)):
@@ -184,7 +184,7 @@ def align_rules(spec: "RunSpec") -> list[Problem]:
     return out
 
 
-def _name_rules(spec: "RunSpec") -> list[Problem]:
+def _name_rules(spec: RunSpec) -> list[Problem]:
     seen: dict[str, int] = {}
     out = []
     for i, a in enumerate(spec.align):
@@ -198,7 +198,7 @@ def _name_rules(spec: "RunSpec") -> list[Problem]:
     return out
 
 
-def _batch_rules(spec: "RunSpec", a: AlignSpec) -> list[Problem]:
+def _batch_rules(spec: RunSpec, a: AlignSpec) -> list[Problem]:
     out = []
     dp = spec.data_parallel
     unit = a.micro_batch_size * dp
@@ -215,7 +215,7 @@ def _batch_rules(spec: "RunSpec", a: AlignSpec) -> list[Problem]:
     return out
 
 
-def _start_rules(spec: "RunSpec") -> list[Problem]:
+def _start_rules(spec: RunSpec) -> list[Problem]:
     a = spec.align[0]
     if a.start_from is None and spec.train is None and spec.checkpoint.dir is None:
         return [Problem("align.start_from", None, "is unset and this spec has no train: stage to start from",
@@ -223,7 +223,7 @@ def _start_rules(spec: "RunSpec") -> list[Problem]:
     return []
 
 
-def _prepared_tokenizer_rules(spec: "RunSpec", a: AlignSpec) -> list[Problem]:
+def _prepared_tokenizer_rules(spec: RunSpec, a: AlignSpec) -> list[Problem]:
     """The prepare stage trains the tokenizer later: check what it is asked to reserve."""
     tok, template = spec.prepare.tokenizer, a.template.tokens()
     if tok.model is not None:
@@ -236,7 +236,7 @@ def _prepared_tokenizer_rules(spec: "RunSpec", a: AlignSpec) -> list[Problem]:
     return _vocab_rule(spec, tok.vocab_size)
 
 
-def _tokenizer_file_rules(spec: "RunSpec", a: AlignSpec, path: str) -> list[Problem]:
+def _tokenizer_file_rules(spec: RunSpec, a: AlignSpec, path: str) -> list[Problem]:
     from llmops.prepare.tokenizer import read_model_facts
 
     try:
@@ -252,7 +252,7 @@ def _tokenizer_file_rules(spec: "RunSpec", a: AlignSpec, path: str) -> list[Prob
     return out
 
 
-def _vocab_rule(spec: "RunSpec", vocab_size: int) -> list[Problem]:
+def _vocab_rule(spec: RunSpec, vocab_size: int) -> list[Problem]:
     if (spec.model.vocab_size or 0) < vocab_size:
         return [Problem("model.vocab_size", spec.model.vocab_size,
                         f"is smaller than the alignment tokenizer's vocabulary ({vocab_size})",
@@ -260,7 +260,7 @@ def _vocab_rule(spec: "RunSpec", vocab_size: int) -> list[Problem]:
     return []
 
 
-def _k8s_path_rules(spec: "RunSpec", a: AlignSpec) -> list[Problem]:
+def _k8s_path_rules(spec: RunSpec, a: AlignSpec) -> list[Problem]:
     """Pods see only the shared claim: the files this stage reads and writes must lie on it."""
     from llmops.backends.k8s_spec import K8sSpec
 
@@ -274,7 +274,7 @@ def _k8s_path_rules(spec: "RunSpec", a: AlignSpec) -> list[Problem]:
                     f"put it under {root}") for where, path in paths if path is not None and not path.startswith(root)]
 
 
-def checkpoint_root(spec: "RunSpec", stage: str, run_dir: os.PathLike | str) -> str:
+def checkpoint_root(spec: RunSpec, stage: str, run_dir: os.PathLike | str) -> str:
     """Where training stage `stage` saves and resumes (pretrain or an align stage's name)."""
     if stage == "pretrain":
         return spec.checkpoint.dir or os.path.join(run_dir, "checkpoints")
@@ -282,7 +282,7 @@ def checkpoint_root(spec: "RunSpec", stage: str, run_dir: os.PathLike | str) -> 
     return a.checkpoint_dir or os.path.join(run_dir, f"checkpoints-{a.stage}")
 
 
-def start_root(spec: "RunSpec", stage: str, run_dir: os.PathLike | str) -> str:
+def start_root(spec: RunSpec, stage: str, run_dir: os.PathLike | str) -> str:
     """What align stage `stage` starts from: its start_from, else the previous training stage's checkpoints."""
     a = spec.align_stage(stage)
     if a.start_from is not None:

@@ -10,7 +10,7 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 from rich.console import Console
@@ -31,11 +31,11 @@ _state = {"debug": False}
 
 SpecArg = Annotated[Path, typer.Argument(help="Run spec (YAML).", show_default=False)]
 RunArg = Annotated[str, typer.Argument(help="Run id, run name (its newest run) or run directory.")]
-ContextOpt = Annotated[Optional[str], typer.Option(help="k8s: kubeconfig context (default: the current one).")]
-NamespaceOpt = Annotated[Optional[str], typer.Option(help="k8s: namespace of the run's objects.")]
-FlavorOpt = Annotated[Optional[str], typer.Option(help="k8s: indexed-job (no CRD needed) or jobset.")]
+ContextOpt = Annotated[str | None, typer.Option(help="k8s: kubeconfig context (default: the current one).")]
+NamespaceOpt = Annotated[str | None, typer.Option(help="k8s: namespace of the run's objects.")]
+FlavorOpt = Annotated[str | None, typer.Option(help="k8s: indexed-job (no CRD needed) or jobset.")]
 RunsDirOpt = Annotated[
-    Optional[Path],
+    Path | None,
     typer.Option("--runs-dir", help="Where run directories live [env: LLMOPS_RUNS_DIR; default: ./runs]."),
 ]
 
@@ -85,7 +85,7 @@ def run(
 @app.command()
 def submit(
     spec: SpecArg,
-    backend: Annotated[Optional[str], typer.Option(help="Override the spec's backend.")] = None,
+    backend: Annotated[str | None, typer.Option(help="Override the spec's backend.")] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the rendered request; submit nothing.")] = False,
     follow: Annotated[bool, typer.Option("--follow", "-f", help="Follow the run after submitting.")] = False,
     runs_dir: RunsDirOpt = None,
@@ -102,7 +102,7 @@ def submit(
 def render(
     spec: SpecArg,
     out: Annotated[Path, typer.Option("--out", "-o", help="Folder to write into (created if missing).")],
-    backend: Annotated[Optional[str], typer.Option(help="Override the spec's backend.")] = None,
+    backend: Annotated[str | None, typer.Option(help="Override the spec's backend.")] = None,
     context: ContextOpt = None,
     namespace: NamespaceOpt = None,
     flavor: FlavorOpt = None,
@@ -120,13 +120,13 @@ def render(
 @app.command()
 def prepare(
     spec: SpecArg,
-    phase: Annotated[Optional[str], typer.Option(
+    phase: Annotated[str | None, typer.Option(
         help="Run one phase (clean, dedup, tokenizer, tokenize, finalize) instead of all.")] = None,
     shard: Annotated[int, typer.Option(min=0, help="The shard of --phase to run (0-based).")] = 0,
-    num_shards: Annotated[Optional[int], typer.Option(
+    num_shards: Annotated[int | None, typer.Option(
         min=1, help="Shards of the map phases; fixed by the first clean shard.")] = None,
-    workers: Annotated[Optional[int], typer.Option(min=1, help="Processes (default: one per core).")] = None,
-    workdir: Annotated[Optional[Path], typer.Option(help="Work folder (default: <output.dir>/work).")] = None,
+    workers: Annotated[int | None, typer.Option(min=1, help="Processes (default: one per core).")] = None,
+    workdir: Annotated[Path | None, typer.Option(help="Work folder (default: <output.dir>/work).")] = None,
 ) -> None:
     """Prepare the spec's data: clean, filter, deduplicate, tokenize into Megatron indexed datasets."""
     from llmops.prepare.executor import prepare as run_prepare
@@ -211,7 +211,7 @@ def _report_final(run_dir, final, interrupted: bool) -> None:
 
 @app.command()
 def status(
-    run: Annotated[Optional[str], typer.Argument(help="Run id or name; all runs when left out.")] = None,
+    run: Annotated[str | None, typer.Argument(help="Run id or name; all runs when left out.")] = None,
     runs_dir: RunsDirOpt = None,
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
 ) -> None:
@@ -284,7 +284,8 @@ def _age(t: float) -> str:
 def logs(
     run: RunArg,
     follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing until the run ends.")] = False,
-    stage: Annotated[Optional[str], typer.Option(help="Which stage's logs: pretrain or align [default: the training stage].")] = None,
+    stage: Annotated[str | None, typer.Option(
+        help="Which stage's logs: pretrain or align [default: the training stage].")] = None,
     runs_dir: RunsDirOpt = None,
 ) -> None:
     """Print a run's logs (every restart, in order)."""
@@ -334,7 +335,8 @@ def resume(
 @app.command()
 def report(
     run: RunArg,
-    out_path: Annotated[Optional[Path], typer.Option("--out", help="Where to write it [default: RUN/report.html].")] = None,
+    out_path: Annotated[Path | None, typer.Option(
+        "--out", help="Where to write it [default: RUN/report.html].")] = None,
     runs_dir: RunsDirOpt = None,
 ) -> None:
     """Write the run's HTML report (loss curves, throughput, restarts) and print where the time went."""
@@ -374,9 +376,9 @@ def report(
 @app.command()
 def checkpoints(
     target: Annotated[str, typer.Argument(help="A checkpoint root (holding iter_*), a run id, or a run directory.")],
-    verify: Annotated[Optional[str], typer.Option(
+    verify: Annotated[str | None, typer.Option(
         "--verify", help="Check one checkpoint in depth: its step number, or 'latest'.")] = None,
-    stage: Annotated[Optional[str], typer.Option(help="For a run: one training stage's checkpoints.")] = None,
+    stage: Annotated[str | None, typer.Option(help="For a run: one training stage's checkpoints.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
     runs_dir: RunsDirOpt = None,
 ) -> None:
@@ -451,29 +453,31 @@ def _size(n: int) -> str:
 def provision(
     cloud: Annotated[str, typer.Argument(help="aws or oci.")],
     nodes: Annotated[int, typer.Option("--nodes", help="Number of GPU nodes.")] = 1,
-    gpu_type: Annotated[Optional[str], typer.Option(
+    gpu_type: Annotated[str | None, typer.Option(
         "--gpu-type", help="aws: instance type (p5.48xlarge); oci: bare-metal shape (BM.GPU.H100.8).")] = None,
     name: Annotated[str, typer.Option("--name", help="Cluster and profile name.")] = "llmops",
-    region: Annotated[Optional[str], typer.Option(
+    region: Annotated[str | None, typer.Option(
         "--region", help="Region (default: $AWS_REGION on aws, $OCI_CLI_REGION on oci).")] = None,
-    zone: Annotated[Optional[str], typer.Option(
+    zone: Annotated[str | None, typer.Option(
         "--zone", help="Zone (aws) or availability domain (oci) of the GPU nodes.")] = None,
-    reservation: Annotated[Optional[str], typer.Option(
+    reservation: Annotated[str | None, typer.Option(
         "--reservation", help="Capacity reservation to launch into (aws cr-..., oci OCID).")] = None,
     capacity_block: Annotated[bool, typer.Option(
         "--capacity-block", help="aws: the reservation is a Capacity Block for ML.")] = False,
-    api_cidr: Annotated[Optional[list[str]], typer.Option(
+    api_cidr: Annotated[list[str] | None, typer.Option(
         "--api-cidr", help="CIDR allowed to reach the Kubernetes API (repeatable); none keeps it private.")] = None,
-    tenancy: Annotated[Optional[str], typer.Option("--tenancy", help="oci: tenancy OCID.")] = None,
-    compartment: Annotated[Optional[str], typer.Option("--compartment", help="oci: compartment OCID.")] = None,
-    gpu_image: Annotated[Optional[str], typer.Option("--gpu-image", help="oci: RDMA GPU image OCID.")] = None,
-    home_region: Annotated[Optional[str], typer.Option(
+    tenancy: Annotated[str | None, typer.Option("--tenancy", help="oci: tenancy OCID.")] = None,
+    compartment: Annotated[str | None, typer.Option("--compartment", help="oci: compartment OCID.")] = None,
+    gpu_image: Annotated[str | None, typer.Option("--gpu-image", help="oci: RDMA GPU image OCID.")] = None,
+    home_region: Annotated[str | None, typer.Option(
         "--home-region", help="oci: tenancy home region (default: --region).")] = None,
     plan: Annotated[bool, typer.Option("--plan", help="Show Terraform's plan; create nothing.")] = False,
     destroy: Annotated[bool, typer.Option("--destroy", help="Tear the cluster down.")] = False,
     yes: Annotated[bool, typer.Option("--yes", help="Apply or destroy without Terraform's prompt.")] = False,
-    workdir: Annotated[Optional[Path], typer.Option(
-        "--workdir", help="Cluster folder (default: $LLMOPS_CLUSTERS_DIR/<name>, else ~/.local/share/llmops/clusters/<name>).")] = None,
+    workdir: Annotated[Path | None, typer.Option(
+        "--workdir",
+        help="Cluster folder (default: $LLMOPS_CLUSTERS_DIR/<name>, else ~/.local/share/llmops/clusters/<name>).",
+    )] = None,
 ) -> None:
     """Create a GPU cluster with Terraform (or --plan, --destroy); write its kubeconfig and profile."""
     from llmops import provision as prov

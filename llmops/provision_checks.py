@@ -30,11 +30,12 @@ _AWS_GPU = re.compile(r"^(p[3-9][a-z0-9-]*|g[4-9][a-z0-9-]*)\.[0-9]*xlarge$")
 _AWS_REGION = re.compile(r"^[a-z]{2}(-gov|-iso[a-z]?)?-[a-z]+-[0-9]$")
 _OCI_REGION = re.compile(r"^[a-z]{2}-[a-z]+-[0-9]$")
 OCI_SHAPES = ("BM.GPU.H100.8", "BM.GPU.H200.8", "BM.GPU.B200.8", "BM.GPU.A100-v2.8", "BM.GPU4.8")
-_OCI_REQUIRED = {"tenancy_id": ("ocid1.tenancy.", "--tenancy"), "compartment_id": ("ocid1.compartment.", "--compartment"),
+_OCI_REQUIRED = {"tenancy_id": ("ocid1.tenancy.", "--tenancy"),
+                 "compartment_id": ("ocid1.compartment.", "--compartment"),
                  "gpu_image_id": ("ocid1.image.", "--gpu-image")}
 
 
-def validate(req: "Request") -> None:
+def validate(req: Request) -> None:
     """Refuse requests Terraform would refuse (or that would build the wrong thing)."""
     if req.cloud not in ("aws", "oci"):
         raise UserError(f"unknown cloud '{req.cloud}'", "use `llmops provision aws ...` or `llmops provision oci ...`")
@@ -53,7 +54,7 @@ def validate(req: "Request") -> None:
         _check_cidr(cidr)
 
 
-def _validate_aws(req: "Request") -> None:
+def _validate_aws(req: Request) -> None:
     if not _AWS_GPU.match(req.gpu_type):
         raise UserError(f"--gpu-type {req.gpu_type!r} is not an AWS GPU instance type",
                         "use a P or G family type such as p5.48xlarge, p5en.48xlarge or p4d.24xlarge")
@@ -69,7 +70,7 @@ def _validate_aws(req: "Request") -> None:
                             "pass --zone with the reservation's zone (e.g. us-east-1a)")
 
 
-def _validate_oci(req: "Request") -> None:
+def _validate_oci(req: Request) -> None:
     if req.gpu_type not in OCI_SHAPES:
         raise UserError(f"--gpu-type {req.gpu_type!r} is not an RDMA bare-metal GPU shape",
                         f"use one of {', '.join(OCI_SHAPES)}")

@@ -89,7 +89,7 @@ class RunDir:
         return sorted(self.logs.glob(f"{stage}.restart-*.log"), key=restart_of)
 
     @classmethod
-    def create(cls, spec: RunSpec, root: Path, *, path: Path | None = None) -> "RunDir":
+    def create(cls, spec: RunSpec, root: Path, *, path: Path | None = None) -> RunDir:
         """A new run directory under root (named <name>-<time>), or at exactly `path`."""
         if path is None:
             stamp = time.strftime("%Y%m%d-%H%M%S")

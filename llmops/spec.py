@@ -111,7 +111,7 @@ class ModelSpec(_Model):
     the per-call overhead made GPT-350M slower (0.77x)."""
 
     @model_validator(mode="after")
-    def _apply_preset(self) -> "ModelSpec":
+    def _apply_preset(self) -> ModelSpec:
         if self.preset is None or self.preset not in PRESETS:
             return self  # unknown presets are reported by check_rules with the list
         for key, value in PRESETS[self.preset].items():
@@ -416,11 +416,11 @@ def _train_rules(spec: RunSpec) -> list[Problem]:
     tp, pp, world = par.tensor, par.pipeline, res.world_size
     dp = spec.data_parallel
     if world % (tp * pp) == 0 and tr.global_batch_size % (tr.micro_batch_size * dp):
+        rows = tr.micro_batch_size * dp
         out.append(Problem("train.global_batch_size", tr.global_batch_size,
                            f"is not divisible by micro_batch_size x data-parallel size = "
-                           f"{tr.micro_batch_size} x {dp} = {tr.micro_batch_size * dp}",
-                           f"use a multiple of {tr.micro_batch_size * dp}, e.g. "
-                           f"{max(1, round(tr.global_batch_size / (tr.micro_batch_size * dp))) * tr.micro_batch_size * dp}"))
+                           f"{tr.micro_batch_size} x {dp} = {rows}",
+                           f"use a multiple of {rows}, e.g. {max(1, round(tr.global_batch_size / rows)) * rows}"))
     if tr.min_lr > tr.lr:
         out.append(Problem("train.min_lr", tr.min_lr, f"is larger than train.lr={tr.lr}",
                            "the cosine decay ends at min_lr: make it at most lr"))

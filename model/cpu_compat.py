@@ -43,7 +43,7 @@ from torch.overrides import TorchFunctionMode
 
 __all__ = ["activate", "is_active", "CpuRNGStatesTracker", "seed_model_parallel_rng"]
 
-_active_mode: "_CudaToCpuMode | None" = None
+_active_mode: _CudaToCpuMode | None = None
 
 
 def _is_cuda_device(device) -> bool:

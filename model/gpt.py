@@ -196,8 +196,10 @@ def _init_tied_output(model: GPTModel, *, seed: int, std: float) -> None:
     weight = model.shared_embedding_or_output_weight()
     tp, rank = parallel_state.get_tensor_model_parallel_world_size(), parallel_state.get_tensor_model_parallel_rank()
     rows = weight.shape[0]
-    g = torch.Generator(device=weight.device).manual_seed(zlib.crc32(f"{seed}:embedding.word_embeddings.weight:()".encode()))
-    full = torch.empty((rows * tp, weight.shape[1]), dtype=torch.float32, device=weight.device).normal_(0.0, std, generator=g)
+    key = f"{seed}:embedding.word_embeddings.weight:()"
+    g = torch.Generator(device=weight.device).manual_seed(zlib.crc32(key.encode()))
+    full = torch.empty((rows * tp, weight.shape[1]), dtype=torch.float32, device=weight.device)
+    full.normal_(0.0, std, generator=g)
     weight.data.copy_(full[rank * rows : (rank + 1) * rows].to(weight.dtype))
 
 

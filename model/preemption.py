@@ -21,7 +21,7 @@ class PreemptionFlag:
         self.signal: int | None = None
         self._previous = {}
 
-    def install(self) -> "PreemptionFlag":
+    def install(self) -> PreemptionFlag:
         for sig in HANDLED:
             self._previous[sig] = signal.signal(sig, self._handle)
         return self

@@ -32,7 +32,6 @@ from llmops_model.parallel import Layout
 from llmops_model.preemption import PreemptionFlag
 
 
-
 @dataclass
 class Trainer:
     """The pieces of a training job, built once per process."""

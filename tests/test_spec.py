@@ -7,10 +7,10 @@ import json
 
 import pytest
 import yaml
-from llmops_testing import REPO, tiny_spec
 
 from llmops.errors import SpecError
 from llmops.spec import dump_spec, json_schema, load_spec, parse_spec
+from llmops_testing import REPO, tiny_spec
 
 
 def test_examples_validate():

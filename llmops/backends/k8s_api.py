@@ -64,7 +64,7 @@ class Cluster:
         self.auth = k.AuthorizationV1Api(api_client)
 
     @classmethod
-    def connect(cls, *, context: str | None, namespace: str) -> "Cluster":
+    def connect(cls, *, context: str | None, namespace: str) -> Cluster:
         """Load the kubeconfig (or the in-cluster account); a clear error when there is none."""
         try:
             # KUBECONFIG is read now, not when the client was imported (its default is fixed at import).

@@ -61,7 +61,7 @@ class RunNames:
     namespace: str
 
     @classmethod
-    def of(cls, run_id: str, namespace: str) -> "RunNames":
+    def of(cls, run_id: str, namespace: str) -> RunNames:
         return cls(run_id=run_id, base=base_name(run_id), namespace=namespace)
 
     @property

@@ -114,7 +114,7 @@ class K8sProfile(_Model):
     """/dev/shm size for GPU pods when the spec sets none."""
 
     @model_validator(mode="after")
-    def _fabric_needs_devices(self) -> "K8sProfile":
+    def _fabric_needs_devices(self) -> K8sProfile:
         if self.network == "efa" and self.efa_per_node == 0:
             raise ValueError("network: efa needs efa_per_node (the vpc.amazonaws.com/efa devices per pod)")
         if self.network == "rdma" and not self.rdma_resource:

@@ -48,7 +48,7 @@ class InputSpec(_Model):
     """Uncompressed JSONL files larger than this are read in chunks of this size, in parallel."""
 
     @model_validator(mode="after")
-    def _one_source(self) -> "InputSpec":
+    def _one_source(self) -> InputSpec:
         if bool(self.paths) == (self.builtin is not None):
             raise ValueError("give exactly one of input.paths (files, folders, globs) or "
                              "input.builtin: python-docstrings")
@@ -119,7 +119,7 @@ class DedupSpec(_Model):
     """Seeds the MinHash permutations; all shards of one run must use the same."""
 
     @model_validator(mode="after")
-    def _bands_rows(self) -> "DedupSpec":
+    def _bands_rows(self) -> DedupSpec:
         if (self.bands is None) != (self.rows is None):
             raise ValueError("give both dedup.bands and dedup.rows, or neither (to derive them from threshold)")
         if self.bands is not None and self.bands * self.rows > self.num_perm:
@@ -206,7 +206,7 @@ class PrepareSpec(_Model):
             updates["tokenizer"] = self.tokenizer.model_copy(update={"model": absolute_path(self.tokenizer.model)})
         return updates
 
-    def training_facts(self) -> "TrainingFacts":
+    def training_facts(self) -> TrainingFacts:
         """What the pretrain stage needs from this stage's output, known before it runs.
 
         A trained tokenizer's ids are ours to choose; an existing model is read

@@ -36,12 +36,12 @@ class StepStats:
                 "dropped": dict(sorted(self.dropped.items())), "totals": dict(sorted(self.totals.items()))}
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "StepStats":
+    def from_dict(cls, d: dict[str, Any]) -> StepStats:
         return cls(name=d["name"], docs_in=d["docs_in"], docs_out=d["docs_out"], bytes_in=d["bytes_in"],
                    bytes_out=d["bytes_out"], seconds=d["seconds"], dropped=Counter(d["dropped"]),
                    totals=Counter(d["totals"]))
 
-    def add(self, other: "StepStats") -> None:
+    def add(self, other: StepStats) -> None:
         self.docs_in += other.docs_in
         self.docs_out += other.docs_out
         self.bytes_in += other.bytes_in
@@ -57,7 +57,7 @@ class Timer:
     def __init__(self, stats: StepStats):
         self.stats = stats
 
-    def __enter__(self) -> "Timer":
+    def __enter__(self) -> Timer:
         self.start = time.perf_counter()
         return self
 

@@ -37,7 +37,7 @@ class ChatTokenizer:
     pad_id: int
 
     @classmethod
-    def load(cls, path: str, template: ChatTokens) -> "ChatTokenizer":
+    def load(cls, path: str, template: ChatTokens) -> ChatTokenizer:
         """Raises UserError naming the missing marker when the tokenizer lacks one."""
         from llmops.prepare.tokenizer import load
 

@@ -36,7 +36,7 @@ class Ragged:
     offsets: np.ndarray
 
     @classmethod
-    def of(cls, arrays: list, dtype) -> "Ragged":
+    def of(cls, arrays: list, dtype) -> Ragged:
         lengths = np.array([len(a) for a in arrays], dtype=np.int64)
         offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
         flat = np.concatenate([np.asarray(a, dtype=dtype) for a in arrays]) if arrays else np.zeros(0, dtype)

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
+
 from llmops_testing import llmops, log_text, losses, start, tiny_spec, wait_state, write_spec
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]

@@ -29,12 +29,20 @@ from pathlib import Path
 
 import psutil
 import pytest
-from llmops_testing import (
-    llmops, log_text, losses, start, status, tiny_spec, wait_state, wait_step, write_spec,
-)
 
 from llmops.report import summarize
 from llmops.rundir import RunDir
+from llmops_testing import (
+    llmops,
+    log_text,
+    losses,
+    start,
+    status,
+    tiny_spec,
+    wait_state,
+    wait_step,
+    write_spec,
+)
 
 STEPS = 30
 INTERVAL = 10

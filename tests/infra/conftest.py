@@ -6,7 +6,6 @@ import shutil
 from pathlib import Path
 
 import pytest
-
 from infra.tf_testing import TERRAFORM_DIR, plugin_dir, terraform_bin
 
 

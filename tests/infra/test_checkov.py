@@ -16,7 +16,6 @@ import subprocess
 from pathlib import Path
 
 import pytest
-
 from infra.tf_testing import REPO, TERRAFORM_DIR
 
 
@@ -50,7 +49,8 @@ def test_terraform_and_addons_have_no_unexplained_findings(checkov):
     passed = sum(r["summary"]["passed"] for r in reports)
     assert passed > 300, f"only {passed} checks passed: did checkov parse the modules?"
     skipped = [c for r in reports for c in r["results"].get("skipped_checks", [])]
-    unexplained = [c["check_id"] for c in skipped if len((c.get("check_result") or {}).get("suppress_comment", "")) < 20]
+    unexplained = [c["check_id"] for c in skipped
+                   if len((c.get("check_result") or {}).get("suppress_comment", "")) < 20]
     assert skipped and not unexplained, f"skips without a reason: {unexplained}"
 
 

@@ -18,7 +18,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from infra.provision_fakes import AWS_FACTS, base_env, calls, install_fakes
 from infra.tf_testing import run_tf, tf_init
 
@@ -140,7 +139,8 @@ def test_private_api_prints_the_remaining_steps_instead_of_failing(env, tmp_path
 
 def test_terraform_failure_exits_1_and_says_how_to_resume(env):
     proc = provision(*AWS_ARGS, "--yes", env=env | {"FAKE_FAIL": "apply"})
-    assert proc.returncode == 1 and "`terraform apply` failed" in proc.stderr and "resumes from its state" in proc.stderr
+    assert proc.returncode == 1
+    assert "`terraform apply` failed" in proc.stderr and "resumes from its state" in proc.stderr
 
 
 def test_destroy_needs_state_then_removes_profile_and_kubeconfig(env, tmp_path):

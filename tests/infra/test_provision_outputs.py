@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 import yaml
-
 from infra.provision_fakes import AWS_FACTS, OCI_FACTS
+
 from llmops.profiles import load_profile
 from llmops.provision_outputs import kubeconfig, profile, shared_volume
 

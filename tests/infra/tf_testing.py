@@ -1,4 +1,6 @@
-"""Helpers for the infra tests (import as `from infra.tf_testing import ...`): the terraform binary, its offline provider copy, checkov.
+"""Helpers for the infra tests (import as `from infra.tf_testing import ...`).
+
+The terraform binary, its offline provider copy, checkov.
 
 Nothing here reaches a cloud or a registry. Tests that need a tool skip with
 the reason when it is absent:
@@ -19,7 +21,6 @@ import platform
 import shutil
 import subprocess
 from pathlib import Path
-
 
 REPO = Path(__file__).resolve().parents[2]
 TERRAFORM_DIR = REPO / "infra" / "terraform"

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from llmops_testing import losses, start, tiny_spec, wait_state, write_spec
 
 from llmops.spec import parse_spec
 from llmops_model.data import SyntheticSource, batches
 from llmops_model.parallel import Layout
+from llmops_testing import losses, start, tiny_spec, wait_state, write_spec
 
 
 def test_synthetic_samples_are_a_function_of_seed_and_index():

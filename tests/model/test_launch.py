@@ -10,10 +10,10 @@ import sys
 import time
 
 import pytest
-from llmops_testing import tiny_spec
 
 from llmops.rundir import RunDir
 from llmops.spec import parse_spec
+from llmops_testing import tiny_spec
 
 
 @pytest.mark.parametrize("notice", [signal.SIGTERM, signal.SIGUSR1], ids=["SIGTERM", "SIGUSR1"])

@@ -14,8 +14,18 @@ import signal
 from pathlib import Path
 
 import pytest
+
 from llmops_testing import (
-    REPO, llmops, log_text, losses, start, status, tiny_spec, wait_state, wait_step, write_spec,
+    REPO,
+    llmops,
+    log_text,
+    losses,
+    start,
+    status,
+    tiny_spec,
+    wait_state,
+    wait_step,
+    write_spec,
 )
 
 STEPS = 40  # long enough that a cancel (a CLI start-up away) lands mid-run on a loaded machine

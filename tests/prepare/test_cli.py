@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+
 from llmops_testing import llmops
 from prepare_testing import make_corpus, write_jsonl
 

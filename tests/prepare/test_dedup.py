@@ -5,12 +5,12 @@ from __future__ import annotations
 import random
 
 import numpy as np
-from prepare_testing import make_text
 
 from llmops.prepare.config import DedupSpec
 from llmops.prepare.dedup import EXACT, KEPT, NEAR, deduplicate
 from llmops.prepare.document import Document
 from llmops.prepare.minhash import exact_hash, permutations, shingles, signature
+from prepare_testing import make_text
 
 
 def arrays(texts: list[str], spec: DedupSpec) -> tuple[np.ndarray, np.ndarray]:

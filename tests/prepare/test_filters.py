@@ -5,11 +5,11 @@ from __future__ import annotations
 import random
 
 import pytest
-from prepare_testing import make_text
 
 from llmops.prepare.config import FilterSpec
 from llmops.prepare.document import Document
 from llmops.prepare.filters import QualityFilter
+from prepare_testing import make_text
 
 
 def doc(text: str) -> Document:

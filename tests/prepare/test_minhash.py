@@ -7,12 +7,20 @@ import random
 
 import numpy as np
 from datasketch import MinHash
-from prepare_testing import edit, make_text
 
 from llmops.prepare.config import DedupSpec
 from llmops.prepare.document import Document, ngram_hashes
-from llmops.prepare.minhash import (EMPTY, Signatures, exact_hash, permutations, read_exact, read_signatures,
-                                    shingles, signature)
+from llmops.prepare.minhash import (
+    EMPTY,
+    Signatures,
+    exact_hash,
+    permutations,
+    read_exact,
+    read_signatures,
+    shingles,
+    signature,
+)
+from prepare_testing import edit, make_text
 
 
 def doc(text: str) -> Document:

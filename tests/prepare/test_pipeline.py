@@ -8,7 +8,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import zstandard
-from prepare_testing import make_corpus, prepare_spec, write_jsonl
 
 from llmops.errors import UserError
 from llmops.prepare import phases
@@ -16,6 +15,7 @@ from llmops.prepare.config import EOS_ID
 from llmops.prepare.executor import run_all
 from llmops.prepare.pipeline import PHASES, run_phase
 from llmops.prepare.progress import Display
+from prepare_testing import make_corpus, prepare_spec, write_jsonl
 
 
 def run_sharded(spec, n: int) -> None:

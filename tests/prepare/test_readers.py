@@ -10,12 +10,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import zstandard
-from prepare_testing import make_corpus, write_jsonl
 
 from llmops.prepare.config import InputSpec
 from llmops.prepare.document import Document
 from llmops.prepare.readers import Bad, Reader, read_unit
 from llmops.prepare.sources import discover
+from prepare_testing import make_corpus, write_jsonl
 
 
 def records(path: Path, **spec) -> list[Document | Bad]:

@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 import sentencepiece as spm
 import yaml
-from prepare_testing import make_text
 
 from llmops.errors import SpecError
 from llmops.spec import dump_spec, parse_spec
+from prepare_testing import make_text
 
 
 def spec_dict(tmp_path: Path, **changes) -> dict:

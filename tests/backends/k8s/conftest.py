@@ -15,7 +15,7 @@ import json
 import re
 import threading
 import uuid
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import parse_qs, urlparse
@@ -56,7 +56,7 @@ class FakeCluster:
         meta = body.setdefault("metadata", {})
         meta.update(name=name, namespace=namespace)
         meta.setdefault("uid", str(uuid.uuid4()))
-        meta.setdefault("creationTimestamp", datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"))
+        meta.setdefault("creationTimestamp", datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"))
         meta["resourceVersion"] = str(len(self.applies) + len(self.objects) + 1)
         body.setdefault("apiVersion", COLLECTIONS[resource][0].split("/", 1)[-1])
         body.setdefault("kind", COLLECTIONS[resource][1])

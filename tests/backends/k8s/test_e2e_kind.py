@@ -13,7 +13,6 @@ import time
 
 import pytest
 import yaml
-from llmops_testing import REPO
 
 from llmops import runs
 from llmops.backends.k8s_api import Cluster
@@ -21,6 +20,7 @@ from llmops.backends.k8s_objects import RunNames
 from llmops.errors import UserError
 from llmops.rundir import TERMINAL
 from llmops.spec import parse_spec
+from llmops_testing import REPO
 
 pytestmark = pytest.mark.k8s
 NAMESPACE = "llmops"

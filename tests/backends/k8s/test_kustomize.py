@@ -9,9 +9,9 @@ import subprocess
 import kubernetes_validate
 import pytest
 import yaml
-from llmops_testing import REPO
 
 from llmops.backends.k8s_spec import K8sSpec
+from llmops_testing import REPO
 
 CLUSTER = REPO / "cluster" / "k8s"
 OVERLAYS = sorted(p.name for p in (CLUSTER / "overlays").iterdir() if (p / "kustomization.yaml").exists())

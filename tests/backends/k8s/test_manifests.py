@@ -12,11 +12,11 @@ from pathlib import Path
 import kubernetes_validate
 import pytest
 import yaml
-from llmops_testing import llmops, tiny_spec, write_spec
 
 from llmops.backends.k8s import K8sBackend
 from llmops.rundir import RunDir
 from llmops.spec import parse_spec
+from llmops_testing import llmops, tiny_spec, write_spec
 
 GOLDEN = Path(__file__).parent / "golden"
 RUN_ID = "tiny-k8s-20250101-000000"

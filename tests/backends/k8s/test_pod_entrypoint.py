@@ -20,11 +20,11 @@ import time
 from pathlib import Path
 
 import pytest
-from llmops_testing import tiny_spec
 
 from llmops.backends.k8s import K8sBackend
 from llmops.rundir import RunDir
 from llmops.spec import parse_spec
+from llmops_testing import tiny_spec
 
 RUN_ID = "tiny-k8s-20250101-000000"
 

@@ -6,12 +6,12 @@ import subprocess
 import sys
 
 import pytest
-from llmops_testing import REPO, llmops, tiny_spec, write_spec
 
 from llmops.backends import k8s_pod
 from llmops.backends.k8s_spec import parse_profile_section, with_overrides
 from llmops.errors import SpecError
 from llmops.spec import parse_spec
+from llmops_testing import REPO, llmops, tiny_spec, write_spec
 
 
 def test_control_plane_loads_the_kubernetes_client_only_when_the_backend_is_used():

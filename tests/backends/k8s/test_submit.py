@@ -7,12 +7,12 @@ from __future__ import annotations
 import socket
 
 import pytest
-from llmops_testing import llmops, tiny_spec, write_spec
 
 from llmops import runs
 from llmops.errors import UserError
 from llmops.rundir import RunDir
 from llmops.spec import parse_spec
+from llmops_testing import llmops, tiny_spec, write_spec
 
 
 def k8s_spec(**k8s) -> dict:

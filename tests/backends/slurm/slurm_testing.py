@@ -8,10 +8,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from llmops_testing import llmops, tiny_spec
-
 from llmops import runs
 from llmops.rundir import RunDir
+from llmops_testing import llmops, tiny_spec
 
 TERMINAL = {"SUCCEEDED", "FAILED", "CANCELLED"}
 
@@ -91,7 +90,8 @@ def events(run_dir: Path) -> list[str]:
 
 
 def squeue_state(job_id: str) -> str:
-    res = subprocess.run(["squeue", "-h", "-t", "all", "-j", job_id, "-o", "%T"], check=False, capture_output=True, text=True)
+    res = subprocess.run(["squeue", "-h", "-t", "all", "-j", job_id, "-o", "%T"], check=False, capture_output=True,
+                         text=True)
     return res.stdout.strip()
 
 

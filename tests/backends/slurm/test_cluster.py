@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
+
 from llmops_testing import llmops, write_spec
 from slurm_testing import (
     ended_state,

@@ -6,7 +6,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-from llmops_testing import llmops, tiny_spec, write_spec
 
 from llmops.backends.slurm_cluster import check_fit, parse_sinfo
 from llmops.backends.slurm_spec import (
@@ -18,6 +17,7 @@ from llmops.backends.slurm_spec import (
 )
 from llmops.errors import SpecError
 from llmops.spec import parse_spec
+from llmops_testing import llmops, tiny_spec, write_spec
 
 
 def slurm_spec(name: str = "tiny-slurm", **slurm) -> dict:

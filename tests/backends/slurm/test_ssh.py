@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 import pytest
+
 from llmops_testing import llmops, write_spec
 from slurm_testing import ended_state, events, two_node_spec
 
@@ -87,7 +88,8 @@ def login_node(slurm_conf: str, tmp_path: Path):
         while subprocess.run(["ssh", "-F", str(config), HOST, "true"], check=False,
                              capture_output=True).returncode != 0:
             if proc.poll() is not None or time.time() > deadline:
-                pytest.skip(f"could not start sshd on loopback: {proc.stderr.read() if proc.poll() is not None else ''}")
+                detail = proc.stderr.read() if proc.poll() is not None else ""
+                pytest.skip(f"could not start sshd on loopback: {detail}")
             time.sleep(0.3)
         yield config
     finally:

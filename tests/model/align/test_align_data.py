@@ -9,7 +9,6 @@ import sys
 
 import pytest
 import torch
-from llmops_testing import tiny_spec
 
 from llmops import align_corpus
 from llmops.align_spec import AlignSpec, ChatTokens
@@ -21,7 +20,7 @@ from llmops_model.align.chat import ChatTokenizer
 from llmops_model.align.dpo_loss import preference_loss
 from llmops_model.align.records import conversation
 from llmops_model.align.sources import DPOSource, SFTSource, blocked_attention
-
+from llmops_testing import tiny_spec
 
 SEQ = 128  # the model's sequence length in these tests (conftest's assets.seq)
 

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
+
 from llmops_testing import llmops, start, status, wait_state, wait_step, write_spec
 
 pytestmark = [pytest.mark.gpu,

@@ -15,6 +15,7 @@ import math
 from pathlib import Path
 
 import pytest
+
 from llmops_testing import llmops, losses, start, status, tiny_spec, wait_state, wait_step, write_spec
 
 DPO_STEPS = 30

@@ -36,7 +36,7 @@ NamespaceOpt = Annotated[str | None, typer.Option(help="k8s: namespace of the ru
 FlavorOpt = Annotated[str | None, typer.Option(help="k8s: indexed-job (no CRD needed) or jobset.")]
 RunsDirOpt = Annotated[
     Path | None,
-    typer.Option("--runs-dir", help="Where run directories live [env: LLMOPS_RUNS_DIR; default: ./runs]."),
+    typer.Option("--runs-dir", help="Where run directories live (env: LLMOPS_RUNS_DIR; default: ./runs)."),
 ]
 
 
@@ -285,7 +285,7 @@ def logs(
     run: RunArg,
     follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing until the run ends.")] = False,
     stage: Annotated[str | None, typer.Option(
-        help="Which stage's logs: pretrain or align [default: the training stage].")] = None,
+        help="Which stage's logs: pretrain or align (default: the training stage).")] = None,
     runs_dir: RunsDirOpt = None,
 ) -> None:
     """Print a run's logs (every restart, in order)."""
@@ -336,7 +336,7 @@ def resume(
 def report(
     run: RunArg,
     out_path: Annotated[Path | None, typer.Option(
-        "--out", help="Where to write it [default: RUN/report.html].")] = None,
+        "--out", help="Where to write it (default: RUN/report.html).")] = None,
     runs_dir: RunsDirOpt = None,
 ) -> None:
     """Write the run's HTML report (loss curves, throughput, restarts) and print where the time went."""

@@ -28,6 +28,14 @@ def test_help_lists_commands():
         assert command in res.stdout
 
 
+def test_option_help_keeps_its_defaults():
+    # Rich reads "[...]" in help text as markup and drops it: defaults and env vars must survive.
+    res = llmops("logs", "--help", env={"COLUMNS": "200"})
+    assert res.returncode == 0
+    assert "LLMOPS_RUNS_DIR" in res.stdout and "default: ./runs" in res.stdout
+    assert "default: the training stage" in res.stdout
+
+
 def test_bad_spec_exits_2_with_one_paragraph_per_problem(tmp_path):
     spec = tiny_spec("bad", tp=2, pp=2, procs=3)
     spec["train"]["global_batch_size"] = 7

@@ -14,6 +14,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from llmops.errors import EXIT_FAILED, UserError
@@ -160,7 +161,7 @@ def _submit(spec_path: Path, *, backend: str | None, detach: bool, dry_run: bool
         shutil.rmtree(request.run.path, ignore_errors=True)
         return
     run_dir = runs.submit(request)
-    err.print(f"run [bold]{run_dir.id}[/bold] started in {run_dir.path}")
+    err.print(f"run [bold]{run_dir.id}[/bold] started in {escape(str(run_dir.path))}")
     if detach:
         err.print(f"follow it with `llmops logs {run_dir.id} -f`; stop it with `llmops cancel {run_dir.id}`")
         sys.stdout.write(run_dir.id + "\n")
@@ -198,14 +199,14 @@ def _print_line(line: str) -> None:
 
 def _report_final(run_dir, final, interrupted: bool) -> None:
     colour = {"SUCCEEDED": "green", "FAILED": "red", "CANCELLED": "yellow"}.get(final.state, "white")
-    err.print(f"run {run_dir.id}: [{colour}]{final.state}[/{colour}] {final.message}")
+    err.print(f"run {run_dir.id}: [{colour}]{final.state}[/{colour}] {escape(final.message)}")
     deadline = time.time() + (5 if final.backend == "local" else 0)  # its supervisor writes it as it ends
     while not (run_dir.path / "report.html").exists() and time.time() < deadline:
         time.sleep(0.2)
     if (run_dir.path / "report.html").exists():
-        err.print(f"report (loss curves, restarts, where the time went): {run_dir.path / 'report.html'}")
+        err.print(f"report (loss curves, restarts, where the time went): {escape(str(run_dir.path / 'report.html'))}")
     if final.state != "SUCCEEDED":
-        err.print(f"resume it with `llmops resume {run_dir.id}`; logs in {run_dir.logs}")
+        err.print(f"resume it with `llmops resume {run_dir.id}`; logs in {escape(str(run_dir.logs))}")
         raise typer.Exit(EXIT_FAILED)
 
 
@@ -238,7 +239,7 @@ def status(
                                      for r, st, p in rows], indent=1) + "\n")
         return
     if not rows:
-        err.print(f"no runs under {root}")
+        err.print(f"no runs under {escape(str(root))}")
         return
     table = Table(box=None, header_style="bold")
     for col in ("run", "backend", "state", "step", "loss", "restarts", "age"):
@@ -313,7 +314,7 @@ def cancel(
 
     r = resolve_run(run, runs_root(runs_dir))
     final = runs.cancel(r, force=force)
-    err.print(f"run {r.id}: {final.state} {final.message}")
+    err.print(f"run {r.id}: {final.state} {escape(final.message)}")
 
 
 @app.command()
@@ -348,7 +349,7 @@ def report(
     try:
         runs.status(r)  # brings a remote run's files over first
     except UserError as exc:
-        err.print(f"[yellow](from the files already here: {exc.message})[/yellow]")
+        err.print(f"[yellow](from the files already here: {escape(exc.message)})[/yellow]")
     summary = rep.summarize(r)
     out.print(f"[bold]{r.id}[/bold]: {summary['state']} in {summary['wall']:.0f} s")
     stages = Table(box=None, header_style="bold")
@@ -406,11 +407,14 @@ def checkpoints(
         table.add_column(col, no_wrap=col != "state", overflow="fold")
     for label, root, infos in found:
         if not infos:
-            table.add_row(label, "-", "-", "-", "-", f"no checkpoints in {root}")
+            table.add_row(label, "-", "-", "-", "-", f"no checkpoints in {escape(str(root))}")
         for i in infos:
             layout = "tp{tp}-pp{pp}-dp{dp}".format(**i.layout) if i.layout else "-"
             saved = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(i.saved_at)) if i.saved_at else "-"
-            state = ("[green]latest[/green]" if i.latest else "complete") if i.complete else f"[red]{i.problem}[/red]"
+            if i.complete:
+                state = "[green]latest[/green]" if i.latest else "complete"
+            else:
+                state = f"[red]{escape(i.problem)}[/red]"
             table.add_row(label, str(i.step), layout, _size(i.size), saved, state)
     out.print(table)
 
@@ -434,9 +438,9 @@ def _verify_checkpoint(found: list, which: str, *, as_json: bool) -> None:
     if as_json:
         sys.stdout.write(json.dumps({**info.as_json(), "verified": problem is None, "problem": problem}) + "\n")
     elif problem is None:
-        out.print(f"[green]ok[/green] {info.path}: step {info.step}, every file and tensor range present")
+        out.print(f"[green]ok[/green] {escape(str(info.path))}: step {info.step}, every file and tensor range present")
     else:
-        out.print(f"[red]broken[/red] {info.path}: {problem}", soft_wrap=True)
+        out.print(f"[red]broken[/red] {escape(str(info.path))}: {escape(problem)}", soft_wrap=True)
     if problem is not None:
         raise typer.Exit(EXIT_FAILED)
 

@@ -36,6 +36,19 @@ def test_option_help_keeps_its_defaults():
     assert "default: the training stage" in res.stdout
 
 
+def test_messages_print_their_brackets_as_written(tmp_path):
+    # A run's message often quotes torchrun ("[rank0]: ..."); rich must neither drop it nor fail on "[/...]".
+    from llmops.rundir import RunDir, Status
+    from llmops.spec import parse_spec
+
+    run = RunDir.create(parse_spec(tiny_spec("brackets")), tmp_path)
+    message = "[rank0]: RuntimeError: boom [/tmp/x] [red]"
+    run.write_status(Status(state="FAILED", message=message, exit_code=1))
+    res = llmops("cancel", str(run.path))
+    assert res.returncode == 0, res.stderr
+    assert message in res.stderr and "Traceback" not in res.stderr
+
+
 def test_bad_spec_exits_2_with_one_paragraph_per_problem(tmp_path):
     spec = tiny_spec("bad", tp=2, pp=2, procs=3)
     spec["train"]["global_batch_size"] = 7

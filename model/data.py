@@ -123,5 +123,10 @@ def batches(source: SampleSource, *, spec: RunSpec, layout: Layout, start_step: 
         base = step * g + layout.dp_rank * per_rank
         for first in range(base, base + per_rank, mbs):
             samples = [source[(i) % len(source)] for i in range(first, first + mbs)]
-            yield {k: torch.stack([s[k] for s in samples]).to(device, non_blocking=True) for k in keys}
+            batch = {k: torch.stack([s[k] for s in samples]) for k in keys}
+            if device.type == "cuda":
+                # From pinned memory the copy is queued behind the GPU's work; from pageable memory the
+                # host may wait for the stream to drain first.
+                batch = {k: v.pin_memory() for k, v in batch.items()}
+            yield {k: v.to(device, non_blocking=True) for k, v in batch.items()}
         step += 1

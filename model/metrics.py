@@ -44,6 +44,50 @@ def peak_flops() -> float | None:
     return next((v for k, v in _PEAK_BF16.items() if k in name), None)
 
 
+class Readout:
+    """Scalars of a step, copied to the host behind the step's own work so that reading them does not stall it.
+
+    ``tensor.item()`` waits for everything queued on the stream, so a loop
+    that reads each step's loss stalls the GPU at every step while the host
+    launches the next one. A readout copies the values into pinned host
+    memory on the stream and records an event; :meth:`get` waits for that
+    event only. Read a step's values after the next step is queued and the
+    GPU never waits for the host. On the CPU the values are read at once.
+    """
+
+    def __init__(self, **values: torch.Tensor | float | None):
+        self.names = list(values)
+        self.none = {k for k, v in values.items() if v is None}
+        tensors = [v for k, v in values.items() if torch.is_tensor(v)]
+        self.plain = {k: float(v) for k, v in values.items() if v is not None and not torch.is_tensor(v)}
+        self.event = None
+        self.host = None
+        if tensors:
+            stacked = torch.stack([t.detach().reshape(()).float() for t in tensors])
+            if stacked.is_cuda:
+                self.host = torch.empty(stacked.shape, dtype=stacked.dtype, pin_memory=True)
+                self.host.copy_(stacked, non_blocking=True)
+                self.event = torch.cuda.Event()
+                self.event.record()
+            else:
+                self.host = stacked
+        self._values: dict[str, float | None] | None = None
+
+    def ready(self) -> bool:
+        """Whether :meth:`get` would return without waiting."""
+        return self.event is None or self.event.query()
+
+    def get(self) -> dict[str, float | None]:
+        """The values as floats (None for those given as None); waits until the GPU has computed them."""
+        if self._values is None:
+            if self.event is not None:
+                self.event.synchronize()
+            read = iter(self.host.tolist()) if self.host is not None else iter(())
+            self._values = {k: None if k in self.none else self.plain[k] if k in self.plain else next(read)
+                            for k in self.names}
+        return self._values
+
+
 class StepLogger:
     """Formats and writes step metrics; a no-op on every rank but the logger rank."""
 

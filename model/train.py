@@ -26,8 +26,8 @@ from megatron.core.transformer.module import Float16Module
 
 from llmops.errors import EXIT_OK, EXIT_REQUEUE, UserError
 from llmops.spec import RunSpec
-from llmops_model import checkpoint, data, gpt, graphs, kernels, mcore_fixes, optim_state
-from llmops_model.metrics import StepLogger
+from llmops_model import checkpoint, data, gpt, graphs, kernels, mcore_fixes, optim_state, optim_step
+from llmops_model.metrics import Readout, StepLogger
 from llmops_model.parallel import Layout
 from llmops_model.preemption import PreemptionFlag
 
@@ -168,25 +168,31 @@ def forward_backward(t: Trainer, batches, *, forward_step: Callable = _forward_s
     )
 
 
-def optimizer_step(t: Trainer, batches, **schedule) -> tuple[list[dict], float | None]:
-    """One optimizer step over a global batch: (the loss functions' dicts, grad norm)."""
+def optimizer_step(t: Trainer, batches, **schedule) -> tuple[list[dict], torch.Tensor | float | None]:
+    """One optimizer step over a global batch: (the loss functions' dicts, grad norm).
+
+    Nothing here waits for the GPU where :mod:`~llmops_model.optim_step` applies: the grad norm is
+    then a device tensor, read when it is logged.
+    """
     t.model.zero_grad_buffer()
     t.optimizer.zero_grad()
     losses = forward_backward(t, batches, **schedule)
-    ok, grad_norm, _ = t.optimizer.step()
+    _, grad_norm = optim_step.step(t.optimizer)
     t.scheduler.step(increment=1)
-    return losses, (float(grad_norm) if grad_norm is not None else None)
+    return losses, grad_norm
 
 
-def train_step(t: Trainer, batches) -> tuple[float, float | None]:
-    """One optimizer step over a global batch; returns (loss, grad norm) on the logger rank."""
+def train_step(t: Trainer, batches) -> Readout:
+    """One optimizer step over a global batch; returns its loss (on the logger rank) and grad norm, to read
+    once the GPU gets there: queueing the next step first keeps the GPU busy."""
     losses, grad_norm = optimizer_step(t, batches, graphed=True)
-    loss = float("nan")
+    loss = None
     if parallel_state.is_pipeline_last_stage():
-        mean = torch.stack([x["lm loss"] for x in losses]).mean().reshape(1)
-        dist.all_reduce(mean, group=parallel_state.get_data_parallel_group())
-        loss = mean.item() / t.layout.dp
-    return loss, grad_norm
+        # The micro-batches' mean over the data-parallel ranks; a new tensor, as a replay overwrites `losses`.
+        loss = torch.stack([x["lm loss"] for x in losses]).mean().reshape(1)
+        dist.all_reduce(loss, group=parallel_state.get_data_parallel_group())
+        loss = loss / t.layout.dp
+    return Readout(loss=loss, grad_norm=grad_norm)
 
 
 def save_checkpoint(t: Trainer, step: int, *, logger: StepLogger, final: bool = False) -> None:
@@ -323,27 +329,44 @@ def pretrain(spec: RunSpec, *, run_dir: Path, layout: Layout, device: torch.devi
     source = data.build_source(spec, cache_dir=str(run_dir / "data-cache"))
     stream = data.batches(source, spec=spec, layout=layout, start_step=step, device=device)
 
+    queued: list[tuple[int, Readout, float]] = []  # steps on the GPU, not yet read: (step, values, lr)
+    last_done = time.perf_counter()  # when the GPU finished the last step read (or when training began)
+
+    def read_queued() -> None:
+        """Log the queued steps; each step's time is from the end of the one before to its own end."""
+        nonlocal last_done
+        for n, values, lr in queued:
+            got = values.get()
+            done = time.perf_counter()
+            if n % spec.train.log_interval == 0 or n == spec.train.steps:
+                loss = got["loss"] if got["loss"] is not None else float("nan")
+                logger.log(step=n, loss=loss, lr=lr, grad_norm=got["grad_norm"], step_time=done - last_done)
+            last_done = done
+        queued.clear()
+
     def advance(step: int) -> None:
-        began = time.perf_counter()
         graph = t.step_graph
         uncaptured = graph is not None and graph.graph is None
-        loss, grad_norm = train_step(t, stream)
+        values = train_step(t, stream)
+        # The previous step is read only now that this one is queued behind it: the GPU never waits for the host.
+        read_queued()
         if uncaptured and graph.graph is not None:
             logger.event("cuda_graph", step=step, capture=graph.capture_seconds)
             logger.info(f"step {step}: forward and backward captured as a CUDA graph in {graph.capture_seconds:.1f}s; "
                         "later steps replay it")
-        if step % spec.train.log_interval == 0 or step == spec.train.steps:
-            logger.log(step=step, loss=loss, lr=t.scheduler.get_lr(t.optimizer.param_groups[0]),
-                       grad_norm=grad_norm, step_time=time.perf_counter() - began)
+        queued.append((step, values, t.scheduler.get_lr(t.optimizer.param_groups[0])))
 
-    step, code = run_steps(t, step=step, logger=logger, flag=flag, advance=advance)
+    step, code = run_steps(t, step=step, logger=logger, flag=flag, advance=advance, settle=read_queued)
     return finish(t, code=code, step=step, run_dir=run_dir, logger=logger, flag=flag)
 
 
 def run_steps(t: Trainer, *, step: int, logger: StepLogger, flag: PreemptionFlag,
-              advance: Callable[[int], None]) -> tuple[int, int]:
+              advance: Callable[[int], None], settle: Callable[[], None] = lambda: None) -> tuple[int, int]:
     """Run `advance(n)` (train and log step n) up to train.steps, checkpointing on the interval, at the end
-    and after a preemption notice; returns (the last step, the exit code)."""
+    and after a preemption notice; returns (the last step, the exit code).
+
+    `settle()` logs what `advance` left queued; it runs before each save and at the end, so that a step's
+    line comes before its checkpoint's."""
     spec = t.spec
     last_saved = step
     code = EXIT_OK
@@ -353,6 +376,7 @@ def run_steps(t: Trainer, *, step: int, logger: StepLogger, flag: PreemptionFlag
         finalize_saves(t, logger=logger, blocking=False)
         preempted = flag.agreed(t.device)
         if step % spec.checkpoint.interval == 0 or step == spec.train.steps or preempted:
+            settle()
             # The last save before exiting is synchronous: nothing may be left half-written.
             save_checkpoint(t, step, logger=logger, final=preempted or step == spec.train.steps)
             last_saved = step
@@ -361,6 +385,7 @@ def run_steps(t: Trainer, *, step: int, logger: StepLogger, flag: PreemptionFlag
                         f"saved, exiting with {EXIT_REQUEUE} to be requeued")
             code = EXIT_REQUEUE
             break
+    settle()
     if code == EXIT_OK and last_saved != step:
         save_checkpoint(t, step, logger=logger, final=True)
     return step, code

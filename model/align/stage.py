@@ -188,7 +188,8 @@ def align(spec: RunSpec, *, run_dir: Path, layout: Layout, device: torch.device,
         sums = reduce_sums(outputs)
         if sums is not None and (step % a.log_interval == 0 or step == a.steps):
             logger.log_step(step=step, metrics=obj.summarize(sums), lr=t.scheduler.get_lr(t.optimizer.param_groups[0]),
-                            grad_norm=grad_norm, step_time=time.perf_counter() - began)
+                            grad_norm=None if grad_norm is None else float(grad_norm),
+                            step_time=time.perf_counter() - began)
         if step == a.steps or (a.eval_interval and step % a.eval_interval == 0):
             evaluate(t, d.valid, obj=obj, step=step, logger=logger)
 

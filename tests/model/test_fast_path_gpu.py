@@ -48,15 +48,15 @@ SCRIPT = textwrap.dedent("""
     for step in range(6):
         # a fresh pair of batches every step (so a replayed graph must read its new inputs), or the same pair
         pair = batches[2 * step:2 * step + 2] if case.get("fresh", True) else batches[:2]
-        loss, norm = train.train_step(t, iter(pair))
-        losses.append(loss)
-        norms.append(norm)
+        got = train.train_step(t, iter(pair)).get()
+        losses.append(got["loss"])
+        norms.append(got["grad_norm"])
     out = {"losses": losses, "norms": norms, "replays": t.step_graph.replays if t.step_graph else 0}
     if case.get("reshape"):  # shorter sequences than the captured step: must run eagerly, not replay
         short = [{k: v[:, :256].contiguous() for k, v in b.items()} for b in batches[:2]]
-        out["short_loss"], _ = train.train_step(t, iter(short))
+        out["short_loss"] = train.train_step(t, iter(short)).get()["loss"]
         out["after_short"] = {"replays": t.step_graph.replays, "eager_calls": t.step_graph.eager_calls}
-        out["back_loss"], _ = train.train_step(t, iter(batches[:2]))  # and the captured shape replays again
+        out["back_loss"] = train.train_step(t, iter(batches[:2])).get()["loss"]  # and the captured shape replays again
         out["after_back"] = t.step_graph.replays
     print(json.dumps(out))
 """)

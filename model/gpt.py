@@ -149,6 +149,10 @@ def build_model(spec: RunSpec, *, device: torch.device, compile_layers: bool = F
         position_embedding_type=spec.model.position_embedding,
     )
     model.fused_loss = spec.train.fused_kernels
+    if config.gradient_accumulation_fusion and model.pre_process:
+        from llmops_model import layers
+
+        layers.use_fused_embedding_grad(model.embedding.word_embeddings)
     model.to(device)
     reinitialize(model, seed=spec.train.seed, std=spec.model.init_std, num_layers=spec.model.num_layers)
     if compile_layers:

@@ -1,7 +1,7 @@
 """The sdpa spec's linears and MLP against Megatron-Core's own, forward and backward.
 
-CPU (fp32, gloo): the linears compute what Megatron's do, with weight
-gradients returned or accumulated into ``main_grad`` buffers, and a
+CPU (fp32, gloo): the linears and the word embedding compute what Megatron's
+do, with weight gradients returned or accumulated into ``main_grad`` buffers, and a
 transformer layer built from the spec compiles as one graph whose backward
 fills the buffers as the eager layer's does. GPU (bf16): the MLP whose GELU
 runs in cuBLASLt epilogues matches Megatron's MLP with its fused bias-GELU,
@@ -110,6 +110,26 @@ CPU_SCRIPT = SETUP + textwrap.dedent("""
         assert mine.weight.grad_added_to_main_grad and mine.weight.grad is not None  # DDP's placeholder
         torch.testing.assert_close(mine.weight.main_grad, ref.weight.grad, rtol=1e-5, atol=1e-5)
         torch.testing.assert_close(mine.bias.grad, ref.bias.grad, rtol=1e-5, atol=1e-5)
+
+    # The word embedding adds its rows' gradients into main_grad (repeated ids summed), over two micro-batches,
+    # as torch's embedding backward computes them; without a buffer it is Megatron's embedding.
+    ref = tensor_parallel.VocabParallelEmbedding(50, 16, init_method=init, config=cfg)
+    mine = tensor_parallel.VocabParallelEmbedding(50, 16, init_method=init, config=cfg)
+    mine.load_state_dict(ref.state_dict())
+    layers.use_fused_embedding_grad(mine)
+    with_buffers(mine)
+    ids = torch.randint(0, 50, (2, 3, 40), generator=g)  # more tokens than rows: ids repeat
+    upstream = torch.randn(2, 3, 40, 16, generator=g)
+    for module in (ref, mine):
+        for i, u in zip(ids, upstream):
+            (module(i) * u).sum().backward()
+    assert mine.weight.grad_added_to_main_grad and mine.weight.grad is not None  # DDP's placeholder
+    assert mine.weight.main_grad.abs().sum() > 0
+    torch.testing.assert_close(mine.weight.main_grad, ref.weight.grad, rtol=1e-5, atol=1e-6)
+    plain = tensor_parallel.VocabParallelEmbedding(50, 16, init_method=init, config=cfg)
+    layers.use_fused_embedding_grad(plain)  # no main_grad: torch's own backward into .grad
+    (plain(ids[0]) * upstream[0]).sum().backward()
+    assert plain.weight.grad is not None and plain.weight.grad.abs().sum() > 0
 
     torch.manual_seed(0)
     eager = with_buffers(build_module(gpt.layer_spec(spec), config=gpt.transformer_config(spec), layer_number=1))

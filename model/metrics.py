@@ -73,6 +73,11 @@ class Readout:
                 self.host = stacked
         self._values: dict[str, float | None] | None = None
 
+    @property
+    def deferred(self) -> bool:
+        """Whether the values are still on their way from the GPU (on the CPU they were read at once)."""
+        return self.event is not None
+
     def ready(self) -> bool:
         """Whether :meth:`get` would return without waiting."""
         return self.event is None or self.event.query()
@@ -86,6 +91,54 @@ class Readout:
             self._values = {k: None if k in self.none else self.plain[k] if k in self.plain else next(read)
                             for k in self.names}
         return self._values
+
+
+class StepQueue:
+    """Training steps whose values are still on the GPU, logged in order once read.
+
+    A step's time runs from the end of the step before it or, if later, from
+    when it was queued (a checkpoint save in between is not counted), to its
+    end. On a GPU both ends are events on the stream, timed by the GPU
+    itself: when the host reads a step late, or early (before a save), its
+    time does not change. On the CPU they are host times.
+    """
+
+    def __init__(self, logger: StepLogger, *, steps: int, log_interval: int, clock=time.perf_counter):
+        self.logger, self.steps, self.log_interval, self.clock = logger, steps, log_interval, clock
+        self.queued: list[tuple[int, Readout, float, float | torch.cuda.Event, torch.cuda.Event | None]] = []
+        self.last_done = float("-inf")
+
+    def begin(self, device: torch.device) -> float | torch.cuda.Event:
+        """Mark a step's start (call before queueing its work); pass the mark to :meth:`add`."""
+        if device.type == "cuda":
+            return self._mark()  # the GPU passes it when the work before it is done, or when it is queued if later
+        return self.clock()
+
+    @staticmethod
+    def _mark() -> torch.cuda.Event:
+        mark = torch.cuda.Event(enable_timing=True)
+        mark.record()
+        return mark
+
+    def add(self, step: int, values: Readout, *, lr: float, began: float | torch.cuda.Event) -> None:
+        """Queue a step whose work (and `values`) have just been queued, started at `began` (:meth:`begin`)."""
+        end = self._mark() if isinstance(began, torch.cuda.Event) else None
+        self.queued.append((step, values, lr, began, end))
+
+    def read(self) -> None:
+        """Wait for the queued steps' values and log those on the interval (and the last step)."""
+        for step, values, lr, began, end in self.queued:
+            got = values.get()
+            if end is not None:
+                end.synchronize()
+                seconds = began.elapsed_time(end) / 1e3
+            else:
+                seconds = self.clock() - max(began, self.last_done)
+            self.last_done = self.clock()
+            if step % self.log_interval == 0 or step == self.steps:
+                loss = got["loss"] if got["loss"] is not None else float("nan")
+                self.logger.log(step=step, loss=loss, lr=lr, grad_norm=got["grad_norm"], step_time=seconds)
+        self.queued.clear()
 
 
 class StepLogger:

@@ -27,7 +27,7 @@ from megatron.core.transformer.module import Float16Module
 from llmops.errors import EXIT_OK, EXIT_REQUEUE, UserError
 from llmops.spec import RunSpec
 from llmops_model import checkpoint, data, gpt, graphs, kernels, mcore_fixes, optim_state, optim_step
-from llmops_model.metrics import Readout, StepLogger
+from llmops_model.metrics import Readout, StepLogger, StepQueue
 from llmops_model.parallel import Layout
 from llmops_model.preemption import PreemptionFlag
 
@@ -329,34 +329,26 @@ def pretrain(spec: RunSpec, *, run_dir: Path, layout: Layout, device: torch.devi
     source = data.build_source(spec, cache_dir=str(run_dir / "data-cache"))
     stream = data.batches(source, spec=spec, layout=layout, start_step=step, device=device)
 
-    queued: list[tuple[int, Readout, float]] = []  # steps on the GPU, not yet read: (step, values, lr)
-    last_done = time.perf_counter()  # when the GPU finished the last step read (or when training began)
-
-    def read_queued() -> None:
-        """Log the queued steps; each step's time is from the end of the one before to its own end."""
-        nonlocal last_done
-        for n, values, lr in queued:
-            got = values.get()
-            done = time.perf_counter()
-            if n % spec.train.log_interval == 0 or n == spec.train.steps:
-                loss = got["loss"] if got["loss"] is not None else float("nan")
-                logger.log(step=n, loss=loss, lr=lr, grad_norm=got["grad_norm"], step_time=done - last_done)
-            last_done = done
-        queued.clear()
+    queue = StepQueue(logger, steps=spec.train.steps, log_interval=spec.train.log_interval)
 
     def advance(step: int) -> None:
         graph = t.step_graph
         uncaptured = graph is not None and graph.graph is None
+        if uncaptured:
+            queue.read()  # a capture synchronises the device: read the warm-up steps before it, not after
+        began = queue.begin(device)
         values = train_step(t, stream)
         # The previous step is read only now that this one is queued behind it: the GPU never waits for the host.
-        read_queued()
+        queue.read()
         if uncaptured and graph.graph is not None:
             logger.event("cuda_graph", step=step, capture=graph.capture_seconds)
             logger.info(f"step {step}: forward and backward captured as a CUDA graph in {graph.capture_seconds:.1f}s; "
                         "later steps replay it")
-        queued.append((step, values, t.scheduler.get_lr(t.optimizer.param_groups[0])))
+        queue.add(step, values, lr=t.scheduler.get_lr(t.optimizer.param_groups[0]), began=began)
+        if not values.deferred:  # on the CPU the step has run by now: log it at once
+            queue.read()
 
-    step, code = run_steps(t, step=step, logger=logger, flag=flag, advance=advance, settle=read_queued)
+    step, code = run_steps(t, step=step, logger=logger, flag=flag, advance=advance, settle=queue.read)
     return finish(t, code=code, step=step, run_dir=run_dir, logger=logger, flag=flag)
 
 

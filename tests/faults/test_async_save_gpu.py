@@ -8,6 +8,8 @@ The disk is a real tmpfs with room for one checkpoint of the test model.
 
 from __future__ import annotations
 
+import json
+import statistics
 import subprocess
 from pathlib import Path
 
@@ -57,6 +59,16 @@ def test_background_save_on_a_full_disk_fails_cleanly_and_training_goes_on(small
     assert f"checkpoint step={2 * INTERVAL} could not be written" in text and "training goes on" in text, text
     assert "could not be written: the disk is full: " in text and "Traceback" not in text, text
     assert "step 2: forward and backward captured as a CUDA graph" in text, text  # the defaults' fast path
+    # Steps are logged a step late on GPUs (their values are read once the next is queued), yet each step's
+    # line still comes before its checkpoint's.
+    assert text.index(f"[step {INTERVAL}/") < text.index(f"checkpoint step={INTERVAL} "), text
+    # ... and its time is the GPU's, not when the host got round to reading it: the step read early (before
+    # its save) and the step after the save take about as long as the others.
+    rows = [json.loads(line) for line in (run / "stages" / "pretrain" / "metrics.jsonl").read_text().splitlines()]
+    times = {r["step"]: r["step_time"] for r in rows if r["restart"] == 0}
+    usual = statistics.median(times[s] for s in range(3, INTERVAL))
+    for s in (INTERVAL, INTERVAL + 1):
+        assert usual / 3 < times[s] < 3 * usual, (s, times)
     assert sorted(p.name for p in mount.iterdir()) == ["iter_0000010", "latest_checkpointed_iteration.txt"]
     assert (mount / "latest_checkpointed_iteration.txt").read_text().strip() == str(INTERVAL)
     assert sorted(losses(run)) == list(range(1, STEPS + 1))  # it trained on to the end

@@ -129,12 +129,13 @@ class StepQueue:
         """Wait for the queued steps' values and log those on the interval (and the last step)."""
         for step, values, lr, began, end in self.queued:
             got = values.get()
+            done = self.clock()
             if end is not None:
                 end.synchronize()
                 seconds = began.elapsed_time(end) / 1e3
             else:
-                seconds = self.clock() - max(began, self.last_done)
-            self.last_done = self.clock()
+                seconds = done - max(began, self.last_done)
+            self.last_done = done
             if step % self.log_interval == 0 or step == self.steps:
                 loss = got["loss"] if got["loss"] is not None else float("nan")
                 self.logger.log(step=step, loss=loss, lr=lr, grad_norm=got["grad_norm"], step_time=seconds)

@@ -26,6 +26,8 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 
+from llmops_model import kernels
+
 
 def _optimizers(optimizer) -> list:
     return list(getattr(optimizer, "chained_optimizers", [optimizer]))
@@ -56,11 +58,8 @@ def grad_norm(optimizer) -> torch.Tensor:
     """The global L2 norm of the main gradients (Megatron's choice of gradients and group), on the device."""
     live = [opt for opt in _optimizers(optimizer) if not _stub(opt)]
     grads = [g for opt in live for g in opt.get_main_grads_for_grad_norm()]
-    device = grads[0].device if grads else torch.device("cuda", torch.cuda.current_device())
-    total = torch.zeros(1, dtype=torch.float32, device=device)
-    if grads:
-        norms = torch._foreach_norm(grads, 2.0)
-        total = torch.stack([n.float() for n in norms]).square().sum().reshape(1)
+    norm, _ = kernels.foreach_l2_norm(None, None, [grads], False)
+    total = norm.float().square()
     if dist.is_initialized():
         # The squared norms add up over the ranks that hold different gradients.
         group = live[0].get_grad_stats_parallel_group() if live else None

@@ -156,6 +156,10 @@ def build_model(spec: RunSpec, *, device: torch.device, compile_layers: bool = F
     model.to(device)
     reinitialize(model, seed=spec.train.seed, std=spec.model.init_std, num_layers=spec.model.num_layers)
     if compile_layers:
+        if device.type == "cuda":
+            from llmops_model import inductor
+
+            inductor.install()
         # In place (nn.Module.compile), so parameter names and checkpoints are unchanged.
         for layer in model.decoder.layers:
             layer.compile()

@@ -1,4 +1,5 @@
-"""GEMMs with cuBLASLt epilogues that torch does not expose: bias + GELU with its input kept, and its backward.
+"""GEMMs with cuBLASLt epilogues that torch does not expose: bias + GELU with its input kept, its backward,
+and a linear whose output is added to a residual inside the GEMM.
 
 Without Transformer Engine, the GPT's MLP runs its bias + GELU and that
 activation's backward as separate passes over the layer's widest
@@ -17,6 +18,13 @@ against 0.98, the backward (with the bias gradient as a separate sum) 1.08 ms
 against 1.16. cuBLASLt's ``DGELU_BGRAD``, which would reduce the bias
 gradient in the epilogue too, ran there as a GEMM plus a generic epilogue
 kernel, 2.09 ms, and is not used.
+
+``linear_residual`` is the output projection of a pre-norm transformer
+sub-layer together with the residual connection after it: cuBLASLt reads the
+residual as the GEMM's ``C`` operand (``beta = 1``) and adds the bias in the
+epilogue, so ``residual + x @ w^T + b`` is one GEMM that writes the next
+residual stream. torch's ``addmm`` takes a full ``C`` only by first copying
+it into the output, and its bias must then be a separate add.
 
 The GELU is the tanh approximation, the one Megatron-Core's fused
 ``bias_gelu`` uses. The library is the cuBLASLt that torch itself loaded,
@@ -41,6 +49,7 @@ _OP_N, _OP_T = 0, 1
 _DESC_TRANSA, _DESC_TRANSB, _DESC_EPILOGUE, _DESC_BIAS_POINTER = 3, 4, 7, 8
 _DESC_AUX_POINTER, _DESC_AUX_LD = 11, 12
 _PREF_MAX_WORKSPACE_BYTES = 1
+EPILOGUE_DEFAULT, EPILOGUE_BIAS = 1, 4
 EPILOGUE_GELU_AUX_BIAS = 164
 EPILOGUE_DGELU = 192
 _WORKSPACE_BYTES = 32 * 2**20
@@ -119,7 +128,8 @@ class _Plan:
         self._set(_DESC_TRANSA, ctypes.c_int32(trans_a))
         self._set(_DESC_TRANSB, ctypes.c_int32(trans_b))
         self._set(_DESC_EPILOGUE, ctypes.c_uint32(epilogue))
-        self._set(_DESC_AUX_LD, ctypes.c_int64(d_shape[0]))
+        if epilogue in (EPILOGUE_GELU_AUX_BIAS, EPILOGUE_DGELU):
+            self._set(_DESC_AUX_LD, ctypes.c_int64(d_shape[0]))
         self.layouts = []
         for rows, cols in (a_shape, b_shape, d_shape):
             layout = vp()
@@ -146,10 +156,11 @@ class _Plan:
                f"MatmulDescSetAttribute({attribute})")
 
     def run(self, handle, a: torch.Tensor, b: torch.Tensor, d: torch.Tensor, *, bias: torch.Tensor | None,
-            aux: torch.Tensor, workspace: torch.Tensor) -> None:
+            aux: torch.Tensor | None, workspace: torch.Tensor, c: torch.Tensor | None = None) -> None:
+        """``d = a @ b (+ c) + epilogue``; ``c``, when given, is read with ``beta = 1`` (it may not be ``d``)."""
         if not self.tuned and not torch.cuda.is_current_stream_capturing():
-            self._tune(handle, a, b, d, bias=bias, aux=aux, workspace=workspace)
-        self._launch(handle, a, b, d, bias=bias, aux=aux, workspace=workspace)
+            self._tune(handle, a, b, d, bias=bias, aux=aux, workspace=workspace, c=c)
+        self._launch(handle, a, b, d, bias=bias, aux=aux, workspace=workspace, c=c)
 
     def _tune(self, handle, a, b, d, **kwargs) -> None:
         """Time cuBLASLt's candidate algorithms on the first real operands and keep the fastest.
@@ -176,16 +187,18 @@ class _Plan:
         self.heuristic = self.candidates[min(range(len(times)), key=times.__getitem__)]
         self.tuned = True
 
-    def _launch(self, handle, a, b, d, *, bias, aux, workspace) -> None:
+    def _launch(self, handle, a, b, d, *, bias, aux, workspace, c) -> None:
         if bias is not None:
             self._set(_DESC_BIAS_POINTER, ctypes.c_void_p(bias.data_ptr()))
-        self._set(_DESC_AUX_POINTER, ctypes.c_void_p(aux.data_ptr()))
-        one, zero = ctypes.c_float(1.0), ctypes.c_float(0.0)
+        if aux is not None:
+            self._set(_DESC_AUX_POINTER, ctypes.c_void_p(aux.data_ptr()))
+        alpha, beta = ctypes.c_float(1.0), ctypes.c_float(0.0 if c is None else 1.0)
+        c_ptr = d.data_ptr() if c is None else c.data_ptr()  # with beta = 0, C is not read
         la, lb, ld = self.layouts
         stream = torch.cuda.current_stream(d.device).cuda_stream
         # The algorithm is the first field of the heuristic result, so the result's address is the algorithm's.
-        _check(self.lib.cublasLtMatmul(handle, self.desc, ctypes.addressof(one), a.data_ptr(), la, b.data_ptr(), lb,
-                                       ctypes.addressof(zero), d.data_ptr(), ld, d.data_ptr(), ld,
+        _check(self.lib.cublasLtMatmul(handle, self.desc, ctypes.addressof(alpha), a.data_ptr(), la, b.data_ptr(), lb,
+                                       ctypes.addressof(beta), c_ptr, ld, d.data_ptr(), ld,
                                        ctypes.addressof(self.heuristic), workspace.data_ptr(), workspace.numel(),
                                        stream), "Matmul")
 
@@ -280,4 +293,44 @@ def _(grad, weight, pre):
     return grad.new_empty(grad.shape[0], weight.shape[1])
 
 
-__all__ = ["CublasLtError", "available", "linear_gelu", "matmul_dgelu"]
+def _residual_gemm_applies(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                           residual: torch.Tensor) -> bool:
+    operands = [x, weight, residual] + ([bias] if bias is not None else [])
+    return (all(t.is_cuda and t.dtype == x.dtype for t in operands) and x.dtype in _DTYPES
+            and weight.shape[0] % 8 == 0 and weight.shape[1] % 8 == 0 and available())
+
+
+@torch.library.custom_op("llmops::linear_residual", mutates_args=())
+def linear_residual(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                    residual: torch.Tensor) -> torch.Tensor:
+    """``residual + x @ weight^T (+ bias)`` for x [tokens, in], weight [out, in], bias [out] and a residual of
+    any shape with ``tokens * out`` elements; the result has the residual's shape.
+
+    On CUDA in bf16/fp16 one cuBLASLt GEMM reads the residual as ``C``; elsewhere (CPUs, fp32) it is ``addmm``
+    plus the bias, the same sum.
+    """
+    n = weight.shape[0]
+    if not _residual_gemm_applies(x, weight, bias, residual):
+        out = torch.empty_like(residual, memory_format=torch.contiguous_format)
+        flat = torch.addmm(residual.reshape(-1, n), x, weight.t(), out=out.view(-1, n))
+        if bias is not None:
+            flat.add_(bias)
+        return out
+    x, weight, residual = x.contiguous(), weight.contiguous(), residual.contiguous()
+    bias = bias.contiguous() if bias is not None else None
+    tokens, k = x.shape
+    out = torch.empty_like(residual)
+    dev = _device(x)
+    # Column-major view: out^T [n, tokens] = weight [k, n]^T @ x^T [k, tokens] + residual^T.
+    plan = dev.plan(dtype=_DTYPES[x.dtype], epilogue=EPILOGUE_DEFAULT if bias is None else EPILOGUE_BIAS,
+                    trans_a=_OP_T, trans_b=_OP_N, a_shape=(k, n), b_shape=(k, tokens), d_shape=(n, tokens))
+    plan.run(dev.handle, weight, x, out, bias=bias, aux=None, workspace=dev.workspace, c=residual)
+    return out
+
+
+@linear_residual.register_fake
+def _(x, weight, bias, residual):
+    return torch.empty_like(residual)
+
+
+__all__ = ["CublasLtError", "available", "linear_gelu", "linear_residual", "matmul_dgelu"]

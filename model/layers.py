@@ -24,6 +24,16 @@
 * :class:`VocabParallelEmbedding` adds the word embedding's gradient into
   ``main_grad`` with one ``index_add_`` instead of torch's sort-based dense
   gradient plus DDP's add of the whole table (:class:`_Embedding`).
+* :class:`TransformerLayer` adds each residual connection inside the GEMM
+  before it. Megatron's layer adds the output projection's bias and the
+  residual in a separate bias-dropout-add, and a compiled layer then
+  recomputes that sum in three kernels (the next layer norm, its backward and
+  the next residual add). Without dropout the sum is ``residual + x @ w^T +
+  b``, which cuBLASLt computes in the GEMM, reading the residual as ``C``
+  (:func:`llmops_model.cublaslt.linear_residual`). The layer hands each
+  residual to its row-parallel linear (``_set_residual``, the name Megatron's
+  fused-inference layers use) and its bias-dropout-add passes the result
+  through.
 * ``RowParallelLinear`` calls the linear function with ``tp_group=None``;
   Megatron then looks the group up and issues a deprecation warning, a Python
   call TorchDynamo cannot trace. :class:`RowParallelLinear` passes its own
@@ -45,9 +55,11 @@ from megatron.core import tensor_parallel
 from megatron.core.tensor_parallel import layers as megatron_layers
 from megatron.core.tensor_parallel import mappings
 from megatron.core.tensor_parallel.layers import LinearWithGradAccumulationAndAsyncCommunication, custom_bwd, custom_fwd
+from megatron.core.transformer.identity_op import IdentityOp
 from megatron.core.transformer.mlp import MLP
+from megatron.core.transformer.transformer_layer import TransformerLayer as _MegatronTransformerLayer
 
-from llmops_model import cublaslt
+from llmops_model import cublaslt  # noqa: F401  (registers torch.ops.llmops.*)
 
 
 @torch.library.custom_op("llmops::wgrad_into_main_grad", mutates_args=())
@@ -115,12 +127,35 @@ class _Linear(torch.autograd.Function):
     @staticmethod
     @custom_bwd
     def backward(ctx, grad_output):
-        input, weight = ctx.saved_tensors
-        grad_output = grad_output.reshape(-1, grad_output.shape[-1])
-        grad_input = grad_output.matmul(weight).view(input.shape)
-        grad_weight = _weight_grad(weight, ctx.into_main_grad, grad_output, input.reshape(-1, input.shape[-1]))
-        grad_bias = grad_output.sum(0) if ctx.use_bias else None
-        return grad_input, grad_weight, grad_bias, None
+        return *_linear_grads(ctx, grad_output), None
+
+
+def _linear_grads(ctx, grad_output: torch.Tensor) -> tuple:
+    """Input, weight and bias gradients of ``input @ weight^T (+ bias)``, from the saved (input, weight)."""
+    input, weight = ctx.saved_tensors
+    flat = grad_output.reshape(-1, grad_output.shape[-1])
+    grad_input = flat.matmul(weight).view(input.shape)
+    grad_weight = None
+    if ctx.needs_input_grad[1]:
+        grad_weight = _weight_grad(weight, ctx.into_main_grad, flat, input.reshape(-1, input.shape[-1]))
+    return grad_input, grad_weight, flat.sum(0) if ctx.use_bias else None
+
+
+class _LinearResidual(torch.autograd.Function):
+    """``residual + input @ weight^T + bias`` as one GEMM (:func:`llmops_model.cublaslt.linear_residual`)."""
+
+    @staticmethod
+    @custom_fwd
+    def forward(ctx, input, weight, bias, residual, into_main_grad: bool):
+        out = torch.ops.llmops.linear_residual(input.reshape(-1, input.shape[-1]), weight, bias, residual)
+        ctx.save_for_backward(input, weight)
+        ctx.use_bias, ctx.into_main_grad = bias is not None, into_main_grad
+        return out
+
+    @staticmethod
+    @custom_bwd
+    def backward(ctx, grad_output):
+        return *_linear_grads(ctx, grad_output), grad_output, None
 
 
 class _Embedding(torch.autograd.Function):
@@ -219,7 +254,39 @@ class ColumnParallelLinear(tensor_parallel.ColumnParallelLinear):
 
 
 class RowParallelLinear(tensor_parallel.RowParallelLinear):
-    """Megatron's ``RowParallelLinear`` through this module's linear functions, handing them its own group."""
+    """Megatron's ``RowParallelLinear`` through this module's linear functions, handing them its own group.
+
+    Given a residual (:meth:`_set_residual`), its next forward returns ``(residual + output + bias, None)``.
+    """
+
+    _residual = None
+
+    def _set_residual(self, residual: torch.Tensor) -> None:
+        """Add ``residual`` (and the bias) to the next forward's output, inside the GEMM where that can run."""
+        self._residual = residual
+
+    def _take_residual(self) -> torch.Tensor | None:
+        residual, self._residual = self._residual, None
+        return residual
+
+    def forward(self, input_):
+        residual = self._take_residual()
+        if residual is None:
+            return super().forward(input_)
+        return self._forward_with_residual(input_, residual), None
+
+    def _forward_with_residual(self, input_, residual):
+        weight = self.weight
+        simple = (self.tp_group.size() == 1 and self.input_is_parallel and not self.sequence_parallel
+                  and not self.explicit_expert_comm and self.config._cpu_offloading_context is None
+                  and not getattr(weight, "zero_out_wgrad", False) and not hasattr(weight, "__fsdp_param__"))
+        into_main_grad = _into_main_grad(weight, bool(self.gradient_accumulation_fusion)) if weight.requires_grad \
+            else False
+        if simple and into_main_grad is not None:
+            return _LinearResidual.apply(input_, weight, self.bias, residual, into_main_grad)
+        output, bias = super().forward(input_)  # anything else: Megatron's linear, then the sum
+        output = output + residual
+        return output if bias is None else output + bias
 
     def _forward_impl(self, input, weight, bias=None, **kwargs):
         if kwargs.get("tp_group", 0) is None:
@@ -228,28 +295,35 @@ class RowParallelLinear(tensor_parallel.RowParallelLinear):
 
 
 class _GeluMLPFunction(torch.autograd.Function):
-    """``gelu(x @ w1^T + b1) @ w2^T`` with bias + GELU and its backward in cuBLASLt epilogues."""
+    """``gelu(x @ w1^T + b1) @ w2^T`` with bias + GELU and its backward in cuBLASLt epilogues; given a residual,
+    ``residual + gelu(x @ w1^T + b1) @ w2^T + b2`` with the sum in the second GEMM."""
 
     @staticmethod
     @custom_fwd
-    def forward(ctx, x, w1, b1, w2, into_main_grad: bool):
+    def forward(ctx, x, w1, b1, w2, b2, residual, into_main_grad: bool):
         flat = x.reshape(-1, x.shape[-1])
         act, pre = torch.ops.llmops.linear_gelu(flat, w1, b1)
-        out = torch.matmul(act, w2.t())
+        if residual is None:
+            out = torch.matmul(act, w2.t()).view(*x.shape[:-1], w2.shape[0])
+        else:
+            out = torch.ops.llmops.linear_residual(act, w2, b2, residual)
         ctx.save_for_backward(flat, w1, w2, pre, act)
         ctx.into_main_grad, ctx.in_shape = into_main_grad, x.shape
-        return out.view(*x.shape[:-1], w2.shape[0])
+        ctx.with_residual, ctx.use_b2 = residual is not None, residual is not None and b2 is not None
+        return out
 
     @staticmethod
     @custom_bwd
     def backward(ctx, grad_out):
         flat, w1, w2, pre, act = ctx.saved_tensors
+        grad_residual = grad_out if ctx.with_residual else None
         grad_out = grad_out.reshape(-1, grad_out.shape[-1])
         grad_pre = torch.ops.llmops.matmul_dgelu(grad_out, w2, pre)
         grad_w2 = _weight_grad(w2, ctx.into_main_grad, grad_out, act)
         grad_x = grad_pre.matmul(w1)
         grad_w1 = _weight_grad(w1, ctx.into_main_grad, grad_pre, flat)
-        return grad_x.view(ctx.in_shape), grad_w1, grad_pre.sum(0), grad_w2, None
+        grad_b2 = grad_out.sum(0) if ctx.use_b2 else None
+        return grad_x.view(ctx.in_shape), grad_w1, grad_pre.sum(0), grad_w2, grad_b2, grad_residual, None
 
 
 class GeluMLP(MLP):
@@ -284,13 +358,19 @@ class GeluMLP(MLP):
         into_main_grad = [_into_main_grad(w, fusion) for w in (fc1.weight, fc2.weight)]
         if into_main_grad[0] is None or into_main_grad[0] != into_main_grad[1]:  # buffers outside DDP
             return super().forward(hidden_states, per_token_scale=per_token_scale, **kwargs)
+        residual = fc2._take_residual() if isinstance(fc2, RowParallelLinear) else None
         if self._tp_size == 1:
-            return self._mlp(hidden_states, into_main_grad[0]), fc2.bias
-        return self._parallel_mlp(hidden_states, into_main_grad[0]), fc2.bias
+            out = self._mlp(hidden_states, into_main_grad[0], residual)
+            return (out, fc2.bias) if residual is None else (out, None)
+        out = self._parallel_mlp(hidden_states, into_main_grad[0])
+        if residual is None:
+            return out, fc2.bias
+        out = out + residual
+        return (out if fc2.bias is None else out + fc2.bias), None
 
-    def _mlp(self, x, into_main_grad: bool):
+    def _mlp(self, x, into_main_grad: bool, residual: torch.Tensor | None = None):
         fc1, fc2 = self.linear_fc1, self.linear_fc2
-        return _GeluMLPFunction.apply(x, fc1.weight, fc1.bias, fc2.weight, into_main_grad)
+        return _GeluMLPFunction.apply(x, fc1.weight, fc1.bias, fc2.weight, fc2.bias, residual, into_main_grad)
 
     @torch.compiler.disable  # the collectives' autograd functions; the layer around them still compiles
     def _parallel_mlp(self, hidden_states, into_main_grad: bool):
@@ -305,8 +385,70 @@ class GeluMLP(MLP):
         return mappings.reduce_from_tensor_model_parallel_region(out, group=group)
 
 
+def _adds_in_gemm(training: bool, dropout: float) -> bool:
+    """Whether a layer's bias-dropout-add is a plain sum (no dropout), the case its GEMM can take over."""
+    return not training or dropout == 0.0
+
+
+def _residual_added(bda):
+    """A layer's bias-dropout-add for when its linear has already added bias and residual (module doc)."""
+
+    def select(training: bool, fused: bool):
+        megatron_bda = bda(training, fused)
+
+        def bias_dropout_add(x_with_bias, residual, prob):
+            if _adds_in_gemm(training, prob):
+                return x_with_bias[0]
+            return megatron_bda(x_with_bias, residual, prob)
+
+        return bias_dropout_add
+
+    return select
+
+
+class TransformerLayer(_MegatronTransformerLayer):
+    """Megatron's transformer layer whose residual additions run inside the output projections' GEMMs.
+
+    Applies to a dense layer whose output projections are this module's :class:`RowParallelLinear` at
+    tensor-parallel size 1, without recomputation, activation offloading, Megatron's own CUDA graphs, fp8 or
+    fused TP inference, and only while the bias-dropout-add has no dropout (training with
+    ``hidden_dropout = 0``, or evaluation). Everything else is Megatron's layer as it is.
+    """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        c = self.config
+        proj = getattr(self.self_attention, "linear_proj", None)
+        fc2 = getattr(self.mlp, "linear_fc2", None)
+        self._residual_in_gemm = (
+            isinstance(proj, RowParallelLinear) and isinstance(fc2, RowParallelLinear)
+            and proj.tp_group.size() == 1 and fc2.tp_group.size() == 1
+            and isinstance(self.cross_attention, IdentityOp) and not self.is_moe_layer
+            and c.recompute_granularity is None and not c.fp8 and not getattr(c, "fp4", None)
+            and not (self.recompute_input_layernorm or self.recompute_pre_mlp_layernorm or self.recompute_mlp)
+            and not (self.offload_attn_norm or self.offload_mlp_norm)
+            and c.cuda_graph_impl == "none" and not getattr(c, "inference_fuse_tp_communication", False))
+        if self._residual_in_gemm:
+            self.self_attn_bda = _residual_added(self.self_attn_bda)
+            self.mlp_bda = _residual_added(self.mlp_bda)
+
+    def _hands_over_residual(self) -> bool:
+        return self._residual_in_gemm and _adds_in_gemm(self.training, self.hidden_dropout)
+
+    def _forward_attention(self, hidden_states, *args, **kwargs):
+        if self._hands_over_residual():
+            self.self_attention.linear_proj._set_residual(hidden_states)
+        return super()._forward_attention(hidden_states, *args, **kwargs)
+
+    def _forward_mlp(self, hidden_states, *args, **kwargs):
+        if self._hands_over_residual():
+            self.mlp.linear_fc2._set_residual(hidden_states)
+        return super()._forward_mlp(hidden_states, *args, **kwargs)
+
+
 def use_in(layer_spec, *, fused_mlp: bool) -> None:
     """Swap these modules into a local (non-TE) GPT layer spec, in place; `fused_mlp`: the epilogue MLP too."""
+    layer_spec.module = TransformerLayer
     attention = layer_spec.submodules.self_attention.submodules
     attention.linear_qkv, attention.linear_proj = ColumnParallelLinear, RowParallelLinear
     mlp = layer_spec.submodules.mlp
@@ -315,4 +457,5 @@ def use_in(layer_spec, *, fused_mlp: bool) -> None:
         mlp.module = GeluMLP
 
 
-__all__ = ["ColumnParallelLinear", "GeluMLP", "RowParallelLinear", "use_in", "wgrad_into_main_grad"]
+__all__ = ["ColumnParallelLinear", "GeluMLP", "RowParallelLinear", "TransformerLayer", "use_in",
+           "wgrad_into_main_grad"]

@@ -1,12 +1,14 @@
 """The sdpa spec's linears and MLP against Megatron-Core's own, forward and backward.
 
 CPU (fp32, gloo): the linears and the word embedding compute what Megatron's
-do, with weight gradients returned or accumulated into ``main_grad`` buffers, and a
+do, with weight gradients returned or accumulated into ``main_grad`` buffers; a
 transformer layer built from the spec compiles as one graph whose backward
-fills the buffers as the eager layer's does. GPU (bf16): the MLP whose GELU
-runs in cuBLASLt epilogues matches Megatron's MLP with its fused bias-GELU,
-with and without fp32 ``main_grad`` buffers, and the GPU layer compiles as
-one graph.
+fills the buffers as the eager layer's does, and, with its residuals added in
+the output projections, computes what Megatron's layer does. GPU (bf16): the
+cuBLASLt GEMMs match float64; the MLP whose GELU runs in their epilogues
+matches Megatron's MLP with its fused bias-GELU, with and without fp32
+``main_grad`` buffers; and the GPU layer compiles as one graph with both
+residual GEMMs in it.
 """
 
 from __future__ import annotations
@@ -150,6 +152,47 @@ CPU_SCRIPT = SETUP + textwrap.dedent("""
             torch.testing.assert_close(b.main_grad, a.main_grad, rtol=1e-4, atol=1e-5, msg=name)
         else:
             torch.testing.assert_close(b.grad, a.grad, rtol=1e-4, atol=1e-5, msg=name)
+
+    # The layer adds its residuals inside the output projections (linear_residual in its graph) and computes
+    # what Megatron's own layer of the local spec computes, forward and backward; with dropout in training,
+    # the bias-dropout-add is Megatron's (same dropout masks from the same seed), and in evaluation the sum
+    # moves into the GEMMs again.
+    from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_local_spec
+    from llmops_model.attention import SDPAttention
+    megatron_spec = get_gpt_layer_local_spec(normalization=spec.model.normalization)
+    megatron_spec.submodules.self_attention.submodules.core_attention = SDPAttention
+    for dropout in (0.0, 0.25):
+        cfg = gpt.transformer_config(spec)
+        cfg.hidden_dropout = dropout
+        ours = build_module(gpt.layer_spec(spec), config=cfg, layer_number=1)
+        theirs = build_module(megatron_spec, config=cfg, layer_number=1)
+        assert isinstance(ours, layers.TransformerLayer) and ours._residual_in_gemm
+        theirs.load_state_dict(ours.state_dict())
+        with torch.no_grad():
+            for m in (ours, theirs):
+                for name, p in m.named_parameters():
+                    if name.endswith("bias"):
+                        p.copy_(torch.linspace(-0.5, 0.5, p.numel()))
+        x = torch.randn(64, 2, 64, generator=g)
+        for training in (True, False):
+            results = []
+            for m in (theirs, ours):
+                m.train(training)
+                m.zero_grad()
+                torch.manual_seed(1)
+                xi = x.clone().requires_grad_()
+                out, _ = m(xi, attention_mask=None)
+                (out * torch.linspace(-1, 1, out.numel()).view_as(out)).sum().backward()
+                results.append([out.detach(), xi.grad] + [p.grad for _, p in m.named_parameters()])
+            for i, (a, b) in enumerate(zip(*results)):
+                torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-5, msg=f"dropout {dropout}, tensor {i}")
+            handed_over = ours._hands_over_residual()
+            assert handed_over == (dropout == 0.0 or not training), (dropout, training)
+            if training:
+                graph = torch._dynamo.explain(ours)(torch.randn(64, 2, 64), attention_mask=None)
+                assert graph.graph_break_count == 0, [b.reason for b in graph.break_reasons]
+                code = "".join(m.code for gm in graph.graphs for m in gm.modules() if hasattr(m, "code"))
+                assert ("linear_residual" in code) == handed_over, (dropout, training)
     print("ok")
 """)
 
@@ -178,6 +221,18 @@ GPU_SCRIPT = SETUP + textwrap.dedent("""
     z = pre.double().requires_grad_()
     tanh_gelu(z).backward(dy.double() @ w2.double())
     assert rel(grad_pre, z.grad) < 1e-2, rel(grad_pre, z.grad)
+
+    # The residual GEMM, with and without a bias, against float64; the residual is read, not overwritten.
+    for with_bias in (True, False):
+        r = torch.randn(64, 16, 256, device="cuda", generator=g).bfloat16()
+        kept = r.clone()
+        bias = dy[0] if with_bias else None
+        out = cublaslt.linear_residual(x, w2[:, :512].contiguous(), bias, r)
+        ref = r.double() + (x.double() @ w2[:, :512].double().t()).view(64, 16, 256)
+        if with_bias:
+            ref = ref + bias.double()
+        assert out.shape == r.shape and torch.equal(r, kept)
+        assert rel(out, ref) < 1e-2, (with_bias, rel(out, ref))
 
     # The MLP module against Megatron's, in bf16, with and without wgrad accumulation into main_grad.
     for fusion in (False, True):
@@ -231,6 +286,8 @@ GPU_SCRIPT = SETUP + textwrap.dedent("""
     explained = torch._dynamo.explain(layer)(torch.randn(64, 2, 64, device="cuda", dtype=torch.bfloat16),
                                              attention_mask=None)
     assert explained.graph_break_count == 0, [b.reason for b in explained.break_reasons]
+    code = "".join(m.code for gm in explained.graphs for m in gm.modules() if hasattr(m, "code"))
+    assert code.count("llmops.linear_residual") == 2, code  # the attention projection's and the MLP's
     print("ok")
 """)
 

@@ -47,9 +47,10 @@ _installed = False
 def install() -> bool:
     """Use :class:`Choices` for the compiles of this process; False where this torch has no hook for it.
 
-    torch >= 2.12 takes the class as a configuration entry (global, and part of the compile cache's key).
-    Older releases take a handler per thread: this one, on which the layers are compiled. Their compile cache
-    does not see the handler, so a graph cached before it was installed keeps its looped reductions.
+    Inductor keeps one handler per thread; this sets this thread's, on which the layers are compiled. Where
+    torch also takes the class as a configuration entry (newer releases), that is set too: it covers other threads
+    and is part of the compile cache's key. Older caches do not see the handler, so a graph cached before it
+    was installed keeps its looped reductions.
     """
     global _installed
     if _installed:
@@ -61,12 +62,11 @@ def install() -> bool:
         choices = _choices_class()
     except ImportError:
         return False
+    if not hasattr(V, "set_choices_handler"):
+        return False
     if hasattr(config, "inductor_choices_class"):
         config.inductor_choices_class = choices
-    elif hasattr(V, "set_choices_handler"):
-        V.set_choices_handler(choices())
-    else:
-        return False
+    V.set_choices_handler(choices())  # this thread's handler, which a compile before this call has already set
     _installed = True
     return True
 

@@ -55,6 +55,7 @@ from megatron.core import tensor_parallel
 from megatron.core.tensor_parallel import layers as megatron_layers
 from megatron.core.tensor_parallel import mappings
 from megatron.core.tensor_parallel.layers import LinearWithGradAccumulationAndAsyncCommunication, custom_bwd, custom_fwd
+from megatron.core.transformer.attention import SelfAttention as _MegatronSelfAttention
 from megatron.core.transformer.identity_op import IdentityOp
 from megatron.core.transformer.mlp import MLP
 from megatron.core.transformer.transformer_layer import TransformerLayer as _MegatronTransformerLayer
@@ -118,16 +119,20 @@ class _Linear(torch.autograd.Function):
     @staticmethod
     @custom_fwd
     def forward(ctx, input, weight, bias, into_main_grad: bool):
-        flat = input.reshape(-1, input.shape[-1])
-        out = torch.mm(flat, weight.t()) if bias is None else torch.addmm(bias, flat, weight.t())
         ctx.save_for_backward(input, weight)
         ctx.use_bias, ctx.into_main_grad = bias is not None, into_main_grad
-        return out.view(*input.shape[:-1], weight.shape[0])
+        return _linear_forward(input, weight, bias).view(*input.shape[:-1], weight.shape[0])
 
     @staticmethod
     @custom_bwd
     def backward(ctx, grad_output):
         return *_linear_grads(ctx, grad_output), None
+
+
+def _linear_forward(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """``input @ weight^T + bias`` as [tokens, out], the bias in the GEMM's epilogue."""
+    flat = input.reshape(-1, input.shape[-1])
+    return torch.mm(flat, weight.t()) if bias is None else torch.addmm(bias, flat, weight.t())
 
 
 def _linear_grads(ctx, grad_output: torch.Tensor) -> tuple:
@@ -247,7 +252,34 @@ def _linear(input, weight, bias, kwargs, megatron):
 
 
 class ColumnParallelLinear(tensor_parallel.ColumnParallelLinear):
-    """Megatron's ``ColumnParallelLinear`` through this module's linear functions (module doc)."""
+    """Megatron's ``ColumnParallelLinear`` through this module's linear functions (module doc).
+
+    ``split_qkv=(groups, head_dim)`` (from :class:`SelfAttention`) returns Megatron's query, key and value
+    views of the output instead of ``(output, bias)``: at tensor-parallel size 1 through
+    :class:`llmops_model.qkv.QKVLinear`, whose backward joins their gradients and sums the bias gradient in one
+    pass; otherwise Megatron's forward, then its split.
+    """
+
+    def forward(self, input_, weight=None, runtime_gather_output=None, split_qkv: tuple[int, int] | None = None):
+        if split_qkv is None:
+            return super().forward(input_, weight, runtime_gather_output)
+        groups, head_dim = split_qkv
+        w = self.weight
+        simple = (weight is None and self.tp_group.size() == 1 and not self.skip_bias_add
+                  and not self.sequence_parallel and not self.explicit_expert_comm
+                  and not self.config.defer_embedding_wgrad_compute and self.config._cpu_offloading_context is None
+                  and w.requires_grad and not getattr(w, "zero_out_wgrad", False) and not hasattr(w, "__fsdp_param__"))
+        into_main_grad = _into_main_grad(w, bool(self.gradient_accumulation_fusion)) if simple else None
+        if into_main_grad is not None:
+            from llmops_model.qkv import QKVLinear
+
+            return QKVLinear.apply(input_, w, self.bias, into_main_grad, groups, head_dim)
+        mixed, bias = super().forward(input_, weight, runtime_gather_output)
+        if bias is not None:
+            mixed = mixed + bias
+        mixed = mixed.view(*mixed.shape[:-1], groups, -1)
+        per_group = mixed.shape[-1] // head_dim - 2
+        return torch.split(mixed, [per_group * head_dim, head_dim, head_dim], dim=3)
 
     def _forward_impl(self, input, weight, bias=None, **kwargs):
         return _linear(input, weight, bias, kwargs, super()._forward_impl)
@@ -385,6 +417,27 @@ class GeluMLP(MLP):
         return mappings.reduce_from_tensor_model_parallel_region(out, group=group)
 
 
+class SelfAttention(_MegatronSelfAttention):
+    """Megatron's self-attention whose QKV projection returns the query, key and value views itself
+    (:class:`ColumnParallelLinear`, ``split_qkv``), so that its backward joins their gradients in one pass.
+
+    Taken without an output gate, for self-attention (no key-value states) whose query groups are not split
+    over tensor-parallel ranks; anything else is Megatron's method.
+    """
+
+    def get_query_key_value_tensors(self, hidden_states, key_value_states=None, output_gate=False,
+                                    split_qkv=True):
+        if (output_gate or not split_qkv or key_value_states is not None
+                or not isinstance(self.linear_qkv, ColumnParallelLinear)
+                or self.config.num_query_groups < self.world_size):
+            return super().get_query_key_value_tensors(hidden_states, key_value_states, output_gate, split_qkv)
+        query, key, value = self.linear_qkv(
+            hidden_states, split_qkv=(self.num_query_groups_per_partition, self.hidden_size_per_attention_head))
+        # [sq, b, ng, np/ng * hn] -> [sq, b, np, hn], as Megatron's method does
+        query = query.reshape(query.size(0), query.size(1), -1, self.hidden_size_per_attention_head)
+        return query, key, value
+
+
 def _adds_in_gemm(training: bool, dropout: float) -> bool:
     """Whether a layer's bias-dropout-add is a plain sum (no dropout), the case its GEMM can take over."""
     return not training or dropout == 0.0
@@ -449,6 +502,7 @@ class TransformerLayer(_MegatronTransformerLayer):
 def use_in(layer_spec, *, fused_mlp: bool) -> None:
     """Swap these modules into a local (non-TE) GPT layer spec, in place; `fused_mlp`: the epilogue MLP too."""
     layer_spec.module = TransformerLayer
+    layer_spec.submodules.self_attention.module = SelfAttention
     attention = layer_spec.submodules.self_attention.submodules
     attention.linear_qkv, attention.linear_proj = ColumnParallelLinear, RowParallelLinear
     mlp = layer_spec.submodules.mlp
@@ -457,5 +511,5 @@ def use_in(layer_spec, *, fused_mlp: bool) -> None:
         mlp.module = GeluMLP
 
 
-__all__ = ["ColumnParallelLinear", "GeluMLP", "RowParallelLinear", "TransformerLayer", "use_in",
+__all__ = ["ColumnParallelLinear", "GeluMLP", "RowParallelLinear", "SelfAttention", "TransformerLayer", "use_in",
            "wgrad_into_main_grad"]

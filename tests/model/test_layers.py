@@ -4,8 +4,10 @@ CPU (fp32, gloo): the linears and the word embedding compute what Megatron's
 do, with weight gradients returned or accumulated into ``main_grad`` buffers; a
 transformer layer built from the spec compiles as one graph whose backward
 fills the buffers as the eager layer's does, and, with its residuals added in
-the output projections, computes what Megatron's layer does. GPU (bf16): the
-cuBLASLt GEMMs match float64; the MLP whose GELU runs in their epilogues
+the output projections and its QKV projection split in its own function,
+computes what Megatron's layer does (with grouped-query attention too). GPU (bf16): the
+cuBLASLt GEMMs match float64; the QKV split's one-pass backward matches
+torch's concatenation and sum; the MLP whose GELU runs in their epilogues
 matches Megatron's MLP with its fused bias-GELU, with and without fp32
 ``main_grad`` buffers; and the GPU layer compiles as one graph with both
 residual GEMMs in it.
@@ -161,12 +163,15 @@ CPU_SCRIPT = SETUP + textwrap.dedent("""
     from llmops_model.attention import SDPAttention
     megatron_spec = get_gpt_layer_local_spec(normalization=spec.model.normalization)
     megatron_spec.submodules.self_attention.submodules.core_attention = SDPAttention
-    for dropout in (0.0, 0.25):
+    for dropout, groups in ((0.0, None), (0.25, None), (0.0, 2)):  # groups: grouped-query attention
         cfg = gpt.transformer_config(spec)
         cfg.hidden_dropout = dropout
+        if groups:
+            cfg.num_query_groups = groups
         ours = build_module(gpt.layer_spec(spec), config=cfg, layer_number=1)
         theirs = build_module(megatron_spec, config=cfg, layer_number=1)
         assert isinstance(ours, layers.TransformerLayer) and ours._residual_in_gemm
+        assert isinstance(ours.self_attention, layers.SelfAttention)
         theirs.load_state_dict(ours.state_dict())
         with torch.no_grad():
             for m in (ours, theirs):
@@ -193,6 +198,7 @@ CPU_SCRIPT = SETUP + textwrap.dedent("""
                 assert graph.graph_break_count == 0, [b.reason for b in graph.break_reasons]
                 code = "".join(m.code for gm in graph.graphs for m in gm.modules() if hasattr(m, "code"))
                 assert ("linear_residual" in code) == handed_over, (dropout, training)
+                assert "qkv_split_grad" in code  # the QKV projection's own split and backward
     print("ok")
 """)
 
@@ -233,6 +239,22 @@ GPU_SCRIPT = SETUP + textwrap.dedent("""
             ref = ref + bias.double()
         assert out.shape == r.shape and torch.equal(r, kept)
         assert rel(out, ref) < 1e-2, (with_bias, rel(out, ref))
+
+    # The QKV split's backward (Triton) against torch's concatenation and sum: cuDNN's [b, heads, s, hn]
+    # gradient layout and contiguous ones, grouped queries, a head size that is not a power of two, and a
+    # token count that is not a multiple of the kernel's block.
+    from llmops_model import qkv
+    for s_, b_, groups, per, hn, layout in ((256, 8, 16, 1, 128, "bhsd"), (100, 3, 4, 2, 80, "contiguous")):
+        def grad(heads):
+            if layout == "bhsd":
+                t = torch.randn(b_, groups, s_, heads * hn, device="cuda", generator=g)
+                return t.bfloat16().permute(2, 0, 1, 3)
+            return torch.randn(s_, b_, groups, heads * hn, device="cuda", generator=g).bfloat16()
+        dq, dk, dv = grad(per), grad(1), grad(1)
+        joined, bias_grad = qkv.split_grad(dq, dk, dv)
+        assert torch.equal(joined, torch.cat([dq, dk, dv], 3)), layout
+        exact = torch.cat([dq, dk, dv], 3).double().sum((0, 1)).reshape(-1)
+        assert bias_grad.dtype == dq.dtype and rel(bias_grad, exact) < 1e-2, rel(bias_grad, exact)
 
     # The MLP module against Megatron's, in bf16, with and without wgrad accumulation into main_grad.
     for fusion in (False, True):
@@ -288,6 +310,7 @@ GPU_SCRIPT = SETUP + textwrap.dedent("""
     assert explained.graph_break_count == 0, [b.reason for b in explained.break_reasons]
     code = "".join(m.code for gm in explained.graphs for m in gm.modules() if hasattr(m, "code"))
     assert code.count("llmops.linear_residual") == 2, code  # the attention projection's and the MLP's
+    assert "QKVLinear" in code or "qkv_split_grad" in code, code
     print("ok")
 """)
 

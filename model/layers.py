@@ -60,7 +60,7 @@ from megatron.core.transformer.identity_op import IdentityOp
 from megatron.core.transformer.mlp import MLP
 from megatron.core.transformer.transformer_layer import TransformerLayer as _MegatronTransformerLayer
 
-from llmops_model import cublaslt  # noqa: F401  (registers torch.ops.llmops.*)
+from llmops_model import cublaslt, qkv  # noqa: F401  (cublaslt registers torch.ops.llmops.*)
 
 
 @torch.library.custom_op("llmops::wgrad_into_main_grad", mutates_args=())
@@ -235,10 +235,21 @@ class _LinearBiasInEpilogue(LinearWithGradAccumulationAndAsyncCommunication):
         return out.view(*input.shape[:-1], weight.shape[0])
 
 
+def _megatron_managed(weight: torch.Tensor) -> bool:
+    """Whether Megatron handles this weight's gradient itself (zeroed weight gradients, Megatron-FSDP)."""
+    return getattr(weight, "zero_out_wgrad", False) or hasattr(weight, "__fsdp_param__")
+
+
+def _plus_residual(output: torch.Tensor, residual: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """``output + residual + bias``, for the layouts whose GEMM cannot take the residual."""
+    output = output + residual
+    return output if bias is None else output + bias
+
+
 def _linear(input, weight, bias, kwargs, megatron):
     """The linear function for one call of a parallel linear's ``_forward_impl`` (module doc)."""
     if (not weight.requires_grad or kwargs.get("sequence_parallel") or kwargs.get("grad_output_buffer") is not None
-            or getattr(weight, "zero_out_wgrad", False) or hasattr(weight, "__fsdp_param__")):
+            or _megatron_managed(weight)):
         return megatron(input, weight, bias=bias, **kwargs)
     fusion = bool(kwargs["gradient_accumulation_fusion"])
     if kwargs.get("allreduce_dgrad"):
@@ -268,18 +279,12 @@ class ColumnParallelLinear(tensor_parallel.ColumnParallelLinear):
         simple = (weight is None and self.tp_group.size() == 1 and not self.skip_bias_add
                   and not self.sequence_parallel and not self.explicit_expert_comm
                   and not self.config.defer_embedding_wgrad_compute and self.config._cpu_offloading_context is None
-                  and w.requires_grad and not getattr(w, "zero_out_wgrad", False) and not hasattr(w, "__fsdp_param__"))
+                  and w.requires_grad and not _megatron_managed(w))
         into_main_grad = _into_main_grad(w, bool(self.gradient_accumulation_fusion)) if simple else None
         if into_main_grad is not None:
-            from llmops_model.qkv import QKVLinear
-
-            return QKVLinear.apply(input_, w, self.bias, into_main_grad, groups, head_dim)
+            return qkv.QKVLinear.apply(input_, w, self.bias, into_main_grad, groups, head_dim)
         mixed, bias = super().forward(input_, weight, runtime_gather_output)
-        if bias is not None:
-            mixed = mixed + bias
-        mixed = mixed.view(*mixed.shape[:-1], groups, -1)
-        per_group = mixed.shape[-1] // head_dim - 2
-        return torch.split(mixed, [per_group * head_dim, head_dim, head_dim], dim=3)
+        return qkv.split(mixed if bias is None else mixed + bias, groups, head_dim)
 
     def _forward_impl(self, input, weight, bias=None, **kwargs):
         return _linear(input, weight, bias, kwargs, super()._forward_impl)
@@ -311,14 +316,13 @@ class RowParallelLinear(tensor_parallel.RowParallelLinear):
         weight = self.weight
         simple = (self.tp_group.size() == 1 and self.input_is_parallel and not self.sequence_parallel
                   and not self.explicit_expert_comm and self.config._cpu_offloading_context is None
-                  and not getattr(weight, "zero_out_wgrad", False) and not hasattr(weight, "__fsdp_param__"))
+                  and not _megatron_managed(weight))
         into_main_grad = _into_main_grad(weight, bool(self.gradient_accumulation_fusion)) if weight.requires_grad \
             else False
         if simple and into_main_grad is not None:
             return _LinearResidual.apply(input_, weight, self.bias, residual, into_main_grad)
         output, bias = super().forward(input_)  # anything else: Megatron's linear, then the sum
-        output = output + residual
-        return output if bias is None else output + bias
+        return _plus_residual(output, residual, bias)
 
     def _forward_impl(self, input, weight, bias=None, **kwargs):
         if kwargs.get("tp_group", 0) is None:
@@ -395,10 +399,7 @@ class GeluMLP(MLP):
             out = self._mlp(hidden_states, into_main_grad[0], residual)
             return (out, fc2.bias) if residual is None else (out, None)
         out = self._parallel_mlp(hidden_states, into_main_grad[0])
-        if residual is None:
-            return out, fc2.bias
-        out = out + residual
-        return (out if fc2.bias is None else out + fc2.bias), None
+        return (out, fc2.bias) if residual is None else (_plus_residual(out, residual, fc2.bias), None)
 
     def _mlp(self, x, into_main_grad: bool, residual: torch.Tensor | None = None):
         fc1, fc2 = self.linear_fc1, self.linear_fc2

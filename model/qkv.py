@@ -93,6 +93,14 @@ def _(dq, dk, dv):
     return dq.new_empty(s, b, groups, width), dq.new_empty(groups * width)
 
 
+def split(mixed: torch.Tensor, groups: int, head_dim: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Megatron's split of the QKV projection's output [s, b, hp] into query [s, b, ng, np/ng * hn], key and
+    value [s, b, ng, hn] (views)."""
+    mixed = mixed.view(*mixed.shape[:-1], groups, -1)
+    per_group = mixed.shape[-1] // head_dim - 2
+    return torch.split(mixed, [per_group * head_dim, head_dim, head_dim], dim=3)
+
+
 class QKVLinear(torch.autograd.Function):
     """``x @ weight^T + bias`` viewed [s, b, ng, (np/ng + 2) * hn] and split into query, key and value."""
 
@@ -101,28 +109,22 @@ class QKVLinear(torch.autograd.Function):
     def forward(ctx, x, weight, bias, into_main_grad: bool, groups: int, head_dim: int):
         from llmops_model.layers import _linear_forward
 
-        mixed = _linear_forward(x, weight, bias)
-        s, b = x.shape[0], x.shape[1]
-        mixed = mixed.view(s, b, groups, -1)
-        per_group = mixed.shape[-1] // head_dim - 2
+        mixed = _linear_forward(x, weight, bias).view(*x.shape[:-1], weight.shape[0])
         ctx.save_for_backward(x, weight)
-        ctx.bias_dtype, ctx.into_main_grad = (bias.dtype if bias is not None else None), into_main_grad
-        return torch.split(mixed, [per_group * head_dim, head_dim, head_dim], dim=3)
+        # the bias gradient comes from the split's backward, not from _linear_grads
+        ctx.use_bias, ctx.into_main_grad = False, into_main_grad
+        ctx.bias_dtype = bias.dtype if bias is not None else None
+        return split(mixed, groups, head_dim)
 
     @staticmethod
     @custom_bwd
     def backward(ctx, dq, dk, dv):
-        from llmops_model.layers import _weight_grad
+        from llmops_model.layers import _linear_grads
 
-        x, weight = ctx.saved_tensors
         joined, bias_grad = torch.ops.llmops.qkv_split_grad(dq, dk, dv)
-        flat = joined.view(-1, joined.shape[2] * joined.shape[3])
-        grad_x = flat.matmul(weight).view(x.shape)
-        grad_weight = None
-        if ctx.needs_input_grad[1]:
-            grad_weight = _weight_grad(weight, ctx.into_main_grad, flat, x.reshape(-1, x.shape[-1]))
+        grad_x, grad_weight, _ = _linear_grads(ctx, joined.flatten(2))
         bias_grad = bias_grad.to(ctx.bias_dtype) if ctx.bias_dtype is not None else None
         return grad_x, grad_weight, bias_grad, None, None, None
 
 
-__all__ = ["QKVLinear", "split_grad"]
+__all__ = ["QKVLinear", "split", "split_grad"]

@@ -36,8 +36,8 @@ from pathlib import Path
 import psutil
 import yaml
 
-from llmops.report import summarize
-from llmops.rundir import RunDir
+from llmops.runs.report import summarize
+from llmops.runs.rundir import RunDir
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -31,14 +31,11 @@ import argparse
 import json
 import random
 import re
-import sys
 import time
 from collections import Counter, defaultdict
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).parent))
-
-from prepare_corpus import base_documents  # noqa: E402
+from prepare_corpus import base_documents  # a script: its own folder is on sys.path
 
 WORD = re.compile(r"\w+")
 
@@ -146,9 +143,9 @@ def llmops_clusters(corpus: Path, out: Path, workers: int) -> dict[str, str]:
     """Document id -> cluster (the id of the kept document) for every document llmops removed or kept."""
     from rich.console import Console
 
-    from llmops.prepare.config import PrepareSpec
     from llmops.prepare.executor import run_all
     from llmops.prepare.progress import Display
+    from llmops.spec.prepare import PrepareSpec
 
     spec = PrepareSpec.model_validate({
         "input": {"paths": [str(corpus / "*.jsonl")]}, "output": {"dir": str(out), "compression": "none"},

@@ -19,13 +19,10 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).parent))
-
-from prepare_corpus import build_throughput_corpus  # noqa: E402
+from prepare_corpus import build_throughput_corpus  # a script: its own folder is on sys.path
 
 
 def clocks() -> tuple[float, float]:
@@ -41,9 +38,9 @@ def timed(fn) -> tuple[float, float, object]:
 
 def prepare(corpus: Path, out: Path):
     """Every phase once, on one core: the kept documents, the trained tokenizer, the tokenize phase's counts."""
-    from llmops.prepare.config import PrepareSpec
     from llmops.prepare.pipeline import PHASES, run_phase
-    from llmops.prepare.writer import preload
+    from llmops.prepare.steps.writer import preload
+    from llmops.spec.prepare import PrepareSpec
 
     shutil.rmtree(out, ignore_errors=True)
     spec = PrepareSpec.model_validate({"input": {"paths": [str(corpus / "*.jsonl")]},

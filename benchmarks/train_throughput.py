@@ -49,7 +49,7 @@ MICROBATCHES = 4
 
 
 def _spec(size: str, impl: str):
-    from llmops.spec import parse_spec
+    from llmops.spec.load import parse_spec
 
     shape, mbs = SIZES[size]
     model = dict(shape)
@@ -91,12 +91,13 @@ def llmops_step(spec):
     import tempfile
     from pathlib import Path
 
-    from llmops_model import parallel, train
+    from llmops_model import parallel
+    from llmops_model.train import loop
 
     layout, device = parallel.setup(spec)
-    t = train.build(spec, layout=layout, device=device, ckpt_root=Path(tempfile.mkdtemp()))  # never saved to
+    t = loop.build(spec, layout=layout, device=device, ckpt_root=Path(tempfile.mkdtemp()))  # never saved to
     stream = _cycle(_batches(spec, device))
-    return lambda: train.train_step(t, stream)
+    return lambda: loop.train_step(t, stream)
 
 
 def torch_step(spec, *, compiled: bool):
@@ -146,7 +147,7 @@ def seconds_per_step(step, steps: int, warmup: int) -> float:
 def measure(size: str, impl: str, steps: int, warmup: int) -> dict:
     import torch
 
-    from llmops_model.metrics import flops_per_token
+    from llmops_model.train.metrics import flops_per_token
 
     spec = _spec(size, impl)
     torch.cuda.reset_peak_memory_stats()

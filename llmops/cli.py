@@ -6,6 +6,8 @@ one-paragraph message instead of a traceback (``--debug`` shows it).
 
 from __future__ import annotations
 
+import functools
+import inspect
 import json
 import sys
 import time
@@ -17,6 +19,8 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from llmops import __version__
+from llmops.backends.registry import options as backend_options
 from llmops.errors import EXIT_FAILED, UserError
 
 app = typer.Typer(
@@ -32,26 +36,67 @@ _state = {"debug": False}
 
 SpecArg = Annotated[Path, typer.Argument(help="Run spec (YAML).", show_default=False)]
 RunArg = Annotated[str, typer.Argument(help="Run id, run name (its newest run) or run directory.")]
-ContextOpt = Annotated[str | None, typer.Option(help="k8s: kubeconfig context (default: the current one).")]
-NamespaceOpt = Annotated[str | None, typer.Option(help="k8s: namespace of the run's objects.")]
-FlavorOpt = Annotated[str | None, typer.Option(help="k8s: indexed-job (no CRD needed) or jobset.")]
+BackendOpt = Annotated[str | None, typer.Option(help="Override the spec's backend: local, slurm or k8s.")]
 RunsDirOpt = Annotated[
     Path | None,
     typer.Option("--runs-dir", help="Where run directories live (env: LLMOPS_RUNS_DIR; default: ./runs)."),
 ]
 
 
+def _version(value: bool) -> None:
+    if value:
+        sys.stdout.write(f"llmops {__version__}\n")
+        raise typer.Exit()
+
+
 @app.callback()
-def _main(debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks for errors.")] = False) -> None:
+def _main(
+    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks for errors.")] = False,
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                          help="Print the version and exit.")] = False,
+) -> None:
     _state["debug"] = debug
 
 
-@app.command()
-def validate(spec: SpecArg) -> None:
-    """Check a run spec and print its resolved form's summary."""
-    from llmops.spec import load_spec
+def _with_backend_options(command):
+    """Give a command every backend's own options (TorchX's run_opts), declared by the backends.
 
-    s = load_spec(spec)
+    The command receives the ones given as ``options``: {backend: {field: value}}. The generic CLI knows
+    no backend's options; it only lists what each backend declares, under a help panel of its own.
+    """
+    signature = inspect.signature(command, eval_str=True)
+    kept = [p for p in signature.parameters.values() if p.name != "options"]
+    owners: dict[str, tuple[str, str]] = {}
+    added = []
+    for backend, declared in backend_options().items():
+        for option in declared:
+            name = f"{backend}_{option.field}"
+            owners[name] = (backend, option.field)
+            added.append(inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=None, annotation=Annotated[
+                str | None, typer.Option(option.flag, help=option.help, rich_help_panel=f"{backend} backend",
+                                         show_default=False)]))
+
+    @functools.wraps(command)
+    def wrapper(**kwargs):
+        given: dict[str, dict[str, str]] = {}
+        for name, (backend, field) in owners.items():
+            value = kwargs.pop(name)
+            if value is not None:
+                given.setdefault(backend, {})[field] = value
+        return command(**kwargs, options=given)
+
+    wrapper.__signature__ = signature.replace(parameters=kept + added)
+    wrapper.__annotations__ = {p.name: p.annotation for p in kept + added}
+    return wrapper
+
+
+@app.command()
+def validate(spec: SpecArg, backend: BackendOpt = None) -> None:
+    """Check a run spec (and the backend's rules for it) and print its resolved form's summary."""
+    from llmops import runner
+    from llmops.spec.load import load_spec
+
+    _, s = runner.check(load_spec(spec, backend=backend))
     summary = f"[green]ok[/green] {spec}: run '{s.name}' on {s.backend}, stages {' -> '.join(s.stages)}"
     if s.training_stages:
         summary += (f"; {s.resources.nodes} node(s) x {s.resources.procs_per_node} "
@@ -67,7 +112,7 @@ def validate(spec: SpecArg) -> None:
 @app.command()
 def schema() -> None:
     """Print the run spec's JSON Schema (for editor completion)."""
-    from llmops.spec import json_schema
+    from llmops.spec.load import json_schema
 
     sys.stdout.write(json.dumps(json_schema(), indent=2) + "\n")
 
@@ -84,37 +129,33 @@ def run(
 
 
 @app.command()
+@_with_backend_options
 def submit(
     spec: SpecArg,
-    backend: Annotated[str | None, typer.Option(help="Override the spec's backend.")] = None,
+    backend: BackendOpt = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the rendered request; submit nothing.")] = False,
     follow: Annotated[bool, typer.Option("--follow", "-f", help="Follow the run after submitting.")] = False,
     runs_dir: RunsDirOpt = None,
-    context: ContextOpt = None,
-    namespace: NamespaceOpt = None,
-    flavor: FlavorOpt = None,
+    options: dict | None = None,
 ) -> None:
     """Submit a spec to its backend and return (use --follow to watch it)."""
-    _submit(spec, backend=backend, detach=not follow, dry_run=dry_run, runs_dir=runs_dir,
-            k8s=dict(context=context, namespace=namespace, flavor=flavor))
+    _submit(spec, backend=backend, detach=not follow, dry_run=dry_run, runs_dir=runs_dir, options=options)
 
 
 @app.command()
+@_with_backend_options
 def render(
     spec: SpecArg,
     out: Annotated[Path, typer.Option("--out", "-o", help="Folder to write into (created if missing).")],
-    backend: Annotated[str | None, typer.Option(help="Override the spec's backend.")] = None,
-    context: ContextOpt = None,
-    namespace: NamespaceOpt = None,
-    flavor: FlavorOpt = None,
+    backend: BackendOpt = None,
+    options: dict | None = None,
 ) -> None:
     """Write what a submit would run (script or manifests) and the resolved spec, submitting nothing."""
-    from llmops import runs
-    from llmops.backends.k8s_spec import with_overrides
-    from llmops.spec import load_spec
+    from llmops import runner
+    from llmops.spec.load import load_spec
 
-    loaded = with_overrides(load_spec(spec), context=context, namespace=namespace, flavor=flavor)
-    for path in runs.render(loaded, out=out, backend=backend):
+    request = runner.plan(load_spec(spec, backend=backend), path=out, options=options)
+    for path in runner.render(request):
         sys.stdout.write(f"{path}\n")
 
 
@@ -128,13 +169,15 @@ def prepare(
         min=1, help="Shards of the map phases; fixed by the first clean shard.")] = None,
     workers: Annotated[int | None, typer.Option(min=1, help="Processes (default: one per core).")] = None,
     workdir: Annotated[Path | None, typer.Option(help="Work folder (default: <output.dir>/work).")] = None,
+    resolved: Annotated[bool, typer.Option(
+        "--resolved", hidden=True, help="SPEC is a run's resolved spec.yaml: read it as written.")] = False,
 ) -> None:
     """Prepare the spec's data: clean, filter, deduplicate, tokenize into Megatron indexed datasets."""
     from llmops.prepare.executor import prepare as run_prepare
     from llmops.prepare.stats import summary_table
-    from llmops.spec import load_spec
+    from llmops.spec.load import load_spec, read_resolved
 
-    s = load_spec(spec)
+    s = read_resolved(spec) if resolved else load_spec(spec)
     if s.prepare is None:
         raise UserError(f"{spec}: has no prepare: section", "add one (see examples/tiny-cpu.yaml)")
     report = run_prepare(s.prepare, phase=phase, shard=shard, num_shards=num_shards, workers=workers,
@@ -146,21 +189,16 @@ def prepare(
 
 
 def _submit(spec_path: Path, *, backend: str | None, detach: bool, dry_run: bool, runs_dir: Path | None,
-            k8s: dict | None = None) -> None:
-    from llmops import runs
-    from llmops.backends.k8s_spec import with_overrides
-    from llmops.rundir import runs_root
-    from llmops.spec import load_spec
+            options: dict | None = None) -> None:
+    from llmops import runner
+    from llmops.runs.rundir import runs_root
+    from llmops.spec.load import load_spec
 
-    spec = with_overrides(load_spec(spec_path), **(k8s or {}))
-    request = runs.plan(spec, root=runs_root(runs_dir), backend=backend)
+    request = runner.plan(load_spec(spec_path, backend=backend), root=runs_root(runs_dir), options=options)
     if dry_run:
         sys.stdout.write(request.render())
-        import shutil
-
-        shutil.rmtree(request.run.path, ignore_errors=True)
         return
-    run_dir = runs.submit(request)
+    run_dir = runner.submit(request)
     err.print(f"run [bold]{run_dir.id}[/bold] started in {escape(str(run_dir.path))}")
     if detach:
         err.print(f"follow it with `llmops logs {run_dir.id} -f`; stop it with `llmops cancel {run_dir.id}`")
@@ -170,20 +208,20 @@ def _submit(spec_path: Path, *, backend: str | None, detach: bool, dry_run: bool
 
 
 def _follow(run_dir) -> None:
-    from llmops import runs
+    from llmops import runner
 
     cancelled = False
     try:
-        final = runs.follow(run_dir, on_line=_print_line)
+        final = runner.follow(run_dir, on_line=_print_line)
     except KeyboardInterrupt:
         cancelled = True
         err.print("\n[yellow]interrupted: asking the run to checkpoint and stop...[/yellow]")
-        final = runs.cancel(run_dir)
+        final = runner.cancel(run_dir)
     _report_final(run_dir, final, cancelled)
 
 
 def _print_line(line: str) -> None:
-    from llmops.runs import parse_step_line
+    from llmops.runs.logs import parse_step_line
 
     parsed = parse_step_line(line)
     if parsed is None:
@@ -219,15 +257,15 @@ def status(
     """Show one run's state and progress, or a table of all runs."""
     from dataclasses import asdict
 
-    from llmops import runs
-    from llmops.rundir import list_runs, resolve_run, runs_root
+    from llmops import runner
+    from llmops.runs.rundir import list_runs, resolve_run, runs_root
 
     root = runs_root(runs_dir)
     targets = [resolve_run(run, root)] if run else list_runs(root)
     rows = []
     for r in targets:
         try:
-            st = runs.status(r)
+            st = runner.status(r)
         except UserError as exc:
             if run:  # the one run asked for: its backend's message is the answer
                 raise
@@ -290,12 +328,12 @@ def logs(
     runs_dir: RunsDirOpt = None,
 ) -> None:
     """Print a run's logs (every restart, in order)."""
-    from llmops import runs
-    from llmops.rundir import resolve_run, runs_root
+    from llmops import runner
+    from llmops.runs.rundir import resolve_run, runs_root
 
     r = resolve_run(run, runs_root(runs_dir))
     try:
-        for line in runs.logs(r, follow=follow, stage=stage):
+        for line in runner.logs(r, follow=follow, stage=stage):
             sys.stdout.write(line + "\n")
             sys.stdout.flush()
     except KeyboardInterrupt:
@@ -309,11 +347,11 @@ def cancel(
     runs_dir: RunsDirOpt = None,
 ) -> None:
     """Stop a run: it saves a checkpoint at the next step boundary and exits."""
-    from llmops import runs
-    from llmops.rundir import resolve_run, runs_root
+    from llmops import runner
+    from llmops.runs.rundir import resolve_run, runs_root
 
     r = resolve_run(run, runs_root(runs_dir))
-    final = runs.cancel(r, force=force)
+    final = runner.cancel(r, force=force)
     err.print(f"run {r.id}: {final.state} {escape(final.message)}")
 
 
@@ -324,10 +362,10 @@ def resume(
     runs_dir: RunsDirOpt = None,
 ) -> None:
     """Start a stopped run again from its latest complete checkpoint."""
-    from llmops import runs
-    from llmops.rundir import resolve_run, runs_root
+    from llmops import runner
+    from llmops.runs.rundir import resolve_run, runs_root
 
-    r = runs.resume(resolve_run(run, runs_root(runs_dir)))
+    r = runner.resume(resolve_run(run, runs_root(runs_dir)))
     err.print(f"run [bold]{r.id}[/bold] resumed")
     if not detach:
         _follow(r)
@@ -341,13 +379,13 @@ def report(
     runs_dir: RunsDirOpt = None,
 ) -> None:
     """Write the run's HTML report (loss curves, throughput, restarts) and print where the time went."""
-    from llmops import report as rep
-    from llmops import runs
-    from llmops.rundir import resolve_run, runs_root
+    from llmops import runner
+    from llmops.runs import report as rep
+    from llmops.runs.rundir import resolve_run, runs_root
 
     r = resolve_run(run, runs_root(runs_dir))
     try:
-        runs.status(r)  # brings a remote run's files over first
+        runner.status(r)  # brings a remote run's files over first
     except UserError as exc:
         err.print(f"[yellow](from the files already here: {escape(exc.message)})[/yellow]")
     summary = rep.summarize(r)
@@ -384,8 +422,8 @@ def checkpoints(
     runs_dir: RunsDirOpt = None,
 ) -> None:
     """List checkpoints (step, TP/PP layout, size, completeness), and verify one."""
-    from llmops import checkpoints as ck
-    from llmops.rundir import runs_root
+    from llmops.runs import checkpoints as ck
+    from llmops.runs.rundir import runs_root
 
     roots = ck.roots(target, runs_root(runs_dir))
     if stage is not None:
@@ -420,7 +458,7 @@ def checkpoints(
 
 
 def _verify_checkpoint(found: list, which: str, *, as_json: bool) -> None:
-    from llmops import checkpoints as ck
+    from llmops.runs import checkpoints as ck
 
     infos = [i for _, _, group in found for i in group]
     if which == "latest":
@@ -484,13 +522,14 @@ def provision(
     )] = None,
 ) -> None:
     """Create a GPU cluster with Terraform (or --plan, --destroy); write its kubeconfig and profile."""
-    from llmops import provision as prov
+    from llmops.provision import terraform
+    from llmops.provision.request import request_from_args
 
-    req = prov.request_from_args(cloud, nodes=nodes, gpu_type=gpu_type, name=name, region=region, zone=zone,
+    req = request_from_args(cloud, nodes=nodes, gpu_type=gpu_type, name=name, region=region, zone=zone,
                                  reservation=reservation, capacity_block=capacity_block, api_cidrs=api_cidr,
                                  tenancy=tenancy, compartment=compartment, gpu_image=gpu_image,
                                  home_region=home_region, plan=plan, destroy=destroy, yes=yes, workdir=workdir)
-    prov.run(req, say=err.print)
+    terraform.run(req, say=err.print)
 
 def main() -> None:
     """Console entry point: maps errors to exit codes and one-paragraph messages.

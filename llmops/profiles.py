@@ -23,7 +23,8 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from llmops.errors import Problem, SpecError, UserError
+from llmops.errors import SpecError, UserError
+from llmops.spec.base import problems_from
 
 _REPO_CLUSTER = Path(__file__).resolve().parents[1] / "cluster"
 
@@ -78,5 +79,5 @@ def load_profile(ref: str) -> ClusterProfile:
     except yaml.YAMLError as exc:
         raise UserError(f"cluster profile {path} is not valid YAML: {exc}", "fix the file's syntax") from None
     except ValidationError as exc:
-        raise SpecError(str(path), [Problem(".".join(map(str, e["loc"])), None, e["msg"].lower(),
-                                            "see llmops/profiles.py for the fields") for e in exc.errors()]) from None
+        raise SpecError(str(path), problems_from(exc, ClusterProfile, fix="see llmops/profiles.py for the fields")
+                        ) from None

@@ -15,7 +15,7 @@ import traceback
 from pathlib import Path
 
 from llmops.errors import EXIT_BAD_INPUT, EXIT_FAILED, UserError
-from llmops.rundir import RunDir
+from llmops.runs.rundir import RunDir
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -36,7 +36,8 @@ def main(argv: list[str] | None = None) -> int:
 
         logging.basicConfig(level=os.environ["LLMOPS_LOG_LEVEL"].upper(),
                             format="%(asctime)s %(name)s %(levelname)s: %(message)s")
-    from llmops_model import parallel, train
+    from llmops_model import parallel
+    from llmops_model.train import loop
 
     restart = int(os.environ.get("LLMOPS_RESTART", "0"))
     stage = os.environ.get("LLMOPS_STAGE") or spec.training_stages[0]
@@ -44,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: LLMOPS_STAGE={stage!r} is not a training stage of this run "
               f"({', '.join(spec.training_stages)})", file=sys.stderr)
         return EXIT_BAD_INPUT
-    run_stage = train.pretrain
+    run_stage = loop.pretrain
     try:
         if stage != "pretrain":
             from llmops_model.align import stage as align

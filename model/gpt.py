@@ -17,7 +17,7 @@ from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_local_spec
 from megatron.core.transformer import TransformerConfig
 from megatron.core.transformer.spec_utils import ModuleSpec
 
-from llmops.spec import RunSpec
+from llmops.spec.run import RunSpec
 
 
 def param_dtype(spec: RunSpec) -> torch.dtype:
@@ -85,7 +85,7 @@ def layer_spec(spec: RunSpec) -> ModuleSpec:
     """The transformer layer, chosen by spec (Megatron's way), not by branches in the model.
 
     te: Transformer Engine's fused layers. sdpa: Megatron-Core's local modules with
-    the SDPA core attention and the linears of :mod:`llmops_model.layers`. megatron: the
+    the SDPA core attention and the linears of :mod:`llmops_model.fast.layers`. megatron: the
     local modules unchanged (unfused attention).
     """
     backend = attention_backend(spec)
@@ -95,8 +95,8 @@ def layer_spec(spec: RunSpec) -> ModuleSpec:
         return get_gpt_layer_with_transformer_engine_spec()
     layer = get_gpt_layer_local_spec(normalization=spec.model.normalization)
     if backend == "sdpa":
-        from llmops_model import layers
         from llmops_model.attention import SDPAttention
+        from llmops_model.fast import layers
 
         layer.submodules.self_attention.submodules.core_attention = SDPAttention
         layers.use_in(layer, fused_mlp=spec.train.fused_kernels and not spec.resources.cpu)
@@ -104,14 +104,14 @@ def layer_spec(spec: RunSpec) -> ModuleSpec:
 
 
 class GPT(GPTModel):
-    """Megatron-Core's GPTModel with the two-pass vocabulary-parallel cross entropy (:mod:`llmops_model.loss`)."""
+    """Megatron-Core's GPTModel with the two-pass vocabulary-parallel cross entropy (:mod:`llmops_model.fast.loss`)."""
 
     fused_loss = True
 
     def compute_language_model_loss(self, labels: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
         if not self.fused_loss:
             return super().compute_language_model_loss(labels, logits)
-        from llmops_model.loss import vocab_parallel_cross_entropy
+        from llmops_model.fast.loss import vocab_parallel_cross_entropy
 
         # labels [b, s], logits [s, b, v/tp] -> loss [b, s], as Megatron's method returns it
         group = parallel_state.get_tensor_model_parallel_group() if self.config.tensor_model_parallel_size > 1 else None
@@ -134,10 +134,10 @@ def build_model(spec: RunSpec, *, device: torch.device, compile_layers: bool = F
     """
     config = transformer_config(spec)
     if device.type == "cuda" and spec.train.fused_kernels:
-        from llmops_model import kernels
+        from llmops_model.fast import fallbacks
 
-        kernels.install(device)
-        config.gradient_accumulation_fusion = kernels.wgrad_accumulation_available(device)
+        fallbacks.install(device)
+        config.gradient_accumulation_fusion = fallbacks.wgrad_accumulation_available(device)
     model = GPT(
         config=config,
         transformer_layer_spec=layer_spec(spec),
@@ -150,14 +150,14 @@ def build_model(spec: RunSpec, *, device: torch.device, compile_layers: bool = F
     )
     model.fused_loss = spec.train.fused_kernels
     if config.gradient_accumulation_fusion and model.pre_process:
-        from llmops_model import layers
+        from llmops_model.fast import layers
 
         layers.use_fused_embedding_grad(model.embedding.word_embeddings)
     model.to(device)
     reinitialize(model, seed=spec.train.seed, std=spec.model.init_std, num_layers=spec.model.num_layers)
     if compile_layers:
         if device.type == "cuda":
-            from llmops_model import inductor
+            from llmops_model.fast import inductor
 
             inductor.install()
         # In place (nn.Module.compile), so parameter names and checkpoints are unchanged.

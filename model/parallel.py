@@ -10,8 +10,8 @@ import torch
 import torch.distributed as dist
 from megatron.core import parallel_state
 
-from llmops.spec import RunSpec
-from llmops_model import cpu_compat
+from llmops.spec.run import RunSpec
+from llmops_model.compat import cpu
 
 
 @dataclass(frozen=True)
@@ -47,12 +47,12 @@ class Layout:
 def setup(spec: RunSpec, *, timeout_minutes: int = 30) -> tuple[Layout, torch.device]:
     """Join the job's process group (from torchrun's environment) and build Megatron's groups.
 
-    On CPU this also activates :mod:`llmops_model.cpu_compat`. Precondition:
+    On CPU this also activates :mod:`llmops_model.compat.cpu`. Precondition:
     RANK, WORLD_SIZE, MASTER_ADDR and MASTER_PORT are set (torchrun sets them).
     """
-    cpu = spec.resources.cpu or not torch.cuda.is_available()
-    if cpu:
-        cpu_compat.activate()
+    on_cpu = spec.resources.cpu or not torch.cuda.is_available()
+    if on_cpu:
+        cpu.activate()
         backend = "gloo"
     else:
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
@@ -65,7 +65,7 @@ def setup(spec: RunSpec, *, timeout_minutes: int = 30) -> tuple[Layout, torch.de
         pipeline_model_parallel_size=par.pipeline,
         distributed_timeout_minutes=timeout_minutes,
     )
-    cpu_compat.seed_model_parallel_rng(spec.train.seed, graph_safe=not cpu and spec.train.cuda_graphs)
+    cpu.seed_model_parallel_rng(spec.train.seed, graph_safe=not on_cpu and spec.train.cuda_graphs)
     layout = Layout(
         rank=dist.get_rank(),
         world=dist.get_world_size(),
@@ -76,7 +76,7 @@ def setup(spec: RunSpec, *, timeout_minutes: int = 30) -> tuple[Layout, torch.de
         pp_rank=parallel_state.get_pipeline_model_parallel_rank(),
         dp_rank=parallel_state.get_data_parallel_rank(),
     )
-    return layout, cpu_compat.device()
+    return layout, cpu.device()
 
 
 def teardown() -> None:

@@ -18,7 +18,7 @@ import signal
 import torch
 import torch.distributed as dist
 
-from llmops_model.metrics import Readout
+from llmops_model.train.metrics import Readout
 
 HANDLED = (signal.SIGTERM, signal.SIGUSR1)
 

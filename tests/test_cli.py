@@ -38,10 +38,10 @@ def test_option_help_keeps_its_defaults():
 
 def test_messages_print_their_brackets_as_written(tmp_path):
     # A run's message often quotes torchrun ("[rank0]: ..."); rich must neither drop it nor fail on "[/...]".
-    from llmops.rundir import RunDir, Status
-    from llmops.spec import parse_spec
+    from llmops.runs.rundir import RunDir, Status
+    from llmops.spec.load import parse_spec
 
-    run = RunDir.create(parse_spec(tiny_spec("brackets")), tmp_path)
+    run = RunDir.create(parse_spec(tiny_spec("brackets")), tmp_path / "brackets-1")
     message = "[rank0]: RuntimeError: boom [/tmp/x] [red]"
     run.write_status(Status(state="FAILED", message=message, exit_code=1))
     res = llmops("cancel", str(run.path))

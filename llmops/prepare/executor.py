@@ -14,10 +14,10 @@ import os
 from pathlib import Path
 
 from llmops.errors import UserError
-from llmops.prepare.config import PrepareSpec
 from llmops.prepare.pipeline import MAP_PHASES, PHASES, default_workdir, ensure_writable, run_phase
 from llmops.prepare.progress import Display, Tracker
 from llmops.prepare.workdir import WorkDir, make_plan
+from llmops.spec.prepare import PrepareSpec
 
 _COUNTER = None  # the display's shared counter, inherited by forked workers
 
@@ -47,7 +47,7 @@ def run_all(config: PrepareSpec, *, workers: int | None = None, num_shards: int 
 def _run_here(config: PrepareSpec, phase: str, work: WorkDir, plan, workers: int, display: Display) -> None:
     """One phase on this machine: a map phase over a pool of `workers` processes, the others in this one."""
     if phase == "tokenize" and config.tokenizer is not None:
-        from llmops.prepare.writer import preload
+        from llmops.prepare.steps.writer import preload
 
         preload()  # megatron-core takes seconds to import: once here, inherited by the forked workers
     if phase in MAP_PHASES and len(todo := work.missing(phase, plan.num_shards)) < plan.num_shards:

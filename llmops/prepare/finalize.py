@@ -15,8 +15,8 @@ from pathlib import Path
 
 from llmops.prepare.phases import Context, committed
 from llmops.prepare.stats import merge_steps
+from llmops.prepare.steps.writer import concatenate, jsonl_suffix
 from llmops.prepare.workdir import write_json
-from llmops.prepare.writer import concatenate, jsonl_suffix
 
 
 def finalize(ctx: Context, shard: int) -> dict:
@@ -44,7 +44,7 @@ def finalize(ctx: Context, shard: int) -> dict:
 
 
 def _merge_indexed(ctx: Context, out: Path, vocab_size: int) -> None:
-    from llmops.prepare.writer import IndexedWriter
+    from llmops.prepare.steps.writer import IndexedWriter
 
     writer = IndexedWriter(Path(ctx.spec.prefix), vocab_size)
     # add_index runs gc.collect() per shard, which walks every object torch and megatron

@@ -17,15 +17,15 @@ import numpy as np
 
 from llmops.errors import UserError
 from llmops.prepare import store
-from llmops.prepare.cleaners import Cleaner
-from llmops.prepare.config import PrepareSpec
-from llmops.prepare.dedup import KEPT, deduplicate
-from llmops.prepare.filters import QualityFilter
-from llmops.prepare.minhash import Signatures, read_exact, read_signatures
 from llmops.prepare.progress import Advance
-from llmops.prepare.readers import Reader
 from llmops.prepare.stats import StepStats, Timer, merge_steps
+from llmops.prepare.steps.cleaners import Cleaner
+from llmops.prepare.steps.dedup import KEPT, deduplicate
+from llmops.prepare.steps.filters import QualityFilter
+from llmops.prepare.steps.minhash import Signatures, read_exact, read_signatures
+from llmops.prepare.steps.readers import Reader
 from llmops.prepare.workdir import Plan, WorkDir
+from llmops.spec.prepare import PrepareSpec
 
 ENCODE_BATCH = 256
 
@@ -176,7 +176,7 @@ def kept_documents(ctx: Context, shards: range | None = None) -> Iterator:
 
 def tokenize(ctx: Context, shard: int) -> dict:
     """Write this shard's kept documents as JSONL and as token ids with an end-of-document token."""
-    from llmops.prepare.writer import IndexedWriter, jsonl_suffix, open_jsonl
+    from llmops.prepare.steps.writer import IndexedWriter, jsonl_suffix, open_jsonl
 
     spec, work = ctx.spec, ctx.work
     stats = StepStats("tokenize")
@@ -214,7 +214,7 @@ def _encoder(work: WorkDir, facts: dict | None):
 
 
 def _write_batch(batch, out, writer, encoder, facts, stats: StepStats, ctx: Context) -> None:
-    from llmops.prepare.writer import document_line
+    from llmops.prepare.steps.writer import document_line
 
     if not batch:
         return

@@ -51,9 +51,9 @@ import os
 from pathlib import Path
 
 from llmops.errors import UserError
-from llmops.prepare.config import PrepareSpec
 from llmops.prepare.progress import Advance
 from llmops.prepare.workdir import WorkDir, make_plan
+from llmops.spec.prepare import PrepareSpec
 
 PHASES = ("clean", "dedup", "tokenizer", "tokenize", "finalize")
 MAP_PHASES = ("clean", "tokenize")

@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from llmops.errors import UserError
-from llmops.prepare.config import InputSpec
+from llmops.spec.prepare import InputSpec
 
 _FORMATS = {".jsonl": "jsonl", ".json": "jsonl", ".ndjson": "jsonl", ".parquet": "parquet",
             ".txt": "text", ".text": "text", ".md": "text", ".rst": "text"}

@@ -18,8 +18,8 @@ from pathlib import Path
 import xxhash
 
 from llmops.errors import UserError
-from llmops.prepare.config import BOS_ID, EOS_ID, PAD_ID, UNK_ID, TokenizerSpec
 from llmops.prepare.workdir import atomic_path
+from llmops.spec.prepare import BOS_ID, EOS_ID, PAD_ID, UNK_ID, TokenizerSpec
 
 MAX_LINE_BYTES = 16384
 

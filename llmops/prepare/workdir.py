@@ -26,8 +26,8 @@ from pathlib import Path
 from typing import Any
 
 from llmops.errors import UserError
-from llmops.prepare.config import PrepareSpec
 from llmops.prepare.sources import Unit, discover
+from llmops.spec.prepare import PrepareSpec
 
 
 @contextlib.contextmanager

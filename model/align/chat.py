@@ -15,8 +15,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from llmops.align_spec import ChatTokens
 from llmops.errors import UserError
+from llmops.spec.align import ChatTokens
 
 ROLES = ("system", "user", "assistant")
 

@@ -19,8 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
-from llmops.align_spec import AlignSpec
 from llmops.errors import UserError
+from llmops.spec.align import AlignSpec
 from llmops_model.align.chat import ChatTokenizer
 from llmops_model.align.records import BadRecord, conversation, parse_lines, preference
 
@@ -94,7 +94,7 @@ def _source_lines(a: AlignSpec, *, seq_length: int) -> list[str]:
     if a.data.path is not None:
         with open(a.data.path, encoding="utf-8", errors="replace") as f:
             return f.readlines()
-    from llmops import align_corpus
+    from llmops.prepare import align_corpus
 
     make = align_corpus.sft_records if a.method == "sft" else align_corpus.preference_records
     # Answers of at most two characters per token of context, so that most examples fit whole.

@@ -16,8 +16,8 @@ import json
 import time
 from pathlib import Path
 
-from llmops.spec import RunSpec
-from llmops_model.metrics import StepLogger
+from llmops.spec.run import RunSpec
+from llmops_model.train.metrics import StepLogger
 
 # Short names for the step line; metrics.jsonl keeps the full ones.
 _SHORT = {"accuracy": "acc", "margin": "margin", "chosen_reward": "chosen", "rejected_reward": "rejected",

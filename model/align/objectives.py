@@ -20,7 +20,7 @@ import torch
 import torch.distributed as dist
 from megatron.core import parallel_state
 
-from llmops.align_spec import AlignSpec
+from llmops.spec.align import AlignSpec
 from llmops_model.align.dpo_loss import preference_loss, sequence_logps
 from llmops_model.align.sources import DPO_KEYS, SFT_KEYS, blocked_attention
 

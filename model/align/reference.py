@@ -28,12 +28,12 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from llmops_model import train
 from llmops_model.align.objectives import DPO
 from llmops_model.align.sources import DPOSource, sweep
+from llmops_model.train import loop
 
 
-def compute(t: train.Trainer, source: DPOSource, *, objective: DPO, micro_batch_size: int) -> np.ndarray:
+def compute(t: loop.Trainer, source: DPOSource, *, objective: DPO, micro_batch_size: int) -> np.ndarray:
     """Collective: [pairs, 2] summed response log-probabilities under the model's current weights."""
     layout = t.layout
     values = torch.zeros(source.count, 2, dtype=torch.float64, device=t.device)
@@ -42,7 +42,7 @@ def compute(t: train.Trainer, source: DPOSource, *, objective: DPO, micro_batch_
                                device=t.device, keys=objective.keys)
         t.model.eval()
         with torch.no_grad():
-            outputs = train.forward_backward(t, batches, forward_step=objective.reference_step,
+            outputs = loop.forward_backward(t, batches, forward_step=objective.reference_step,
                                              num_microbatches=steps, rows=2 * micro_batch_size, forward_only=True)
         t.model.train()
         if layout.is_last_stage and layout.tp_rank == 0:  # one writer per pair: its data-parallel rank
@@ -54,7 +54,7 @@ def compute(t: train.Trainer, source: DPOSource, *, objective: DPO, micro_batch_
     return values.cpu().numpy()
 
 
-def attach(t: train.Trainer, sources: dict[str, DPOSource], *, objective: DPO, micro_batch_size: int,
+def attach(t: loop.Trainer, sources: dict[str, DPOSource], *, objective: DPO, micro_batch_size: int,
            cache: Path, key: str, load_start: Callable[[], None], logger) -> bool:
     """Give every source its reference log-probabilities, from `cache` when it was made for `key`.
 

@@ -3,7 +3,7 @@
 Both sources are addressed by a global sample index, like the pre-training
 sources, so the batch of a step is a function of (seed, step) and resuming
 needs only the step: index ``i`` is item ``i mod n`` of epoch ``i // n``'s
-seeded permutation. :func:`llmops_model.data.batches` splits them over
+seeded permutation. :func:`llmops_model.train.data.batches` splits them over
 data-parallel ranks.
 
 Packing puts whole conversations one after another into a sequence; each

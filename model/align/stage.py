@@ -1,9 +1,9 @@
 """The alignment stage: SFT or DPO from a pre-training checkpoint, with checkpoints and auto-resume.
 
 It reuses the pre-training machinery unchanged: the same model build, DDP
-and optimizer (:func:`llmops_model.train.build`), the same pipeline
+and optimizer (:func:`llmops_model.train.loop.build`), the same pipeline
 schedules, checkpoint save/resume and preemption handling
-(:func:`llmops_model.train.run_steps`). What differs is the data, the loss
+(:func:`llmops_model.train.loop.run_steps`). What differs is the data, the loss
 (:mod:`llmops_model.align.objectives`) and where the weights come from:
 
 1. the stage's own latest checkpoint, when it has one (auto-resume), else
@@ -24,16 +24,18 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from llmops.align_spec import AlignSpec, checkpoint_root, start_root
 from llmops.errors import UserError
-from llmops.spec import RunSpec, TrainSpec
-from llmops_model import checkpoint, data, gpt, train
+from llmops.runs.rundir import checkpoint_root, start_root
+from llmops.spec.align import AlignSpec
+from llmops.spec.run import RunSpec, TrainSpec
+from llmops_model import gpt
 from llmops_model.align import examples, reference
 from llmops_model.align.metrics import AlignLogger
 from llmops_model.align.objectives import DPO, SFT, objective, reduce_sums
 from llmops_model.align.sources import DPOSource, SFTSource, sweep
 from llmops_model.parallel import Layout
 from llmops_model.preemption import PreemptionFlag
+from llmops_model.train import checkpoint, data, loop
 
 # Model fields a starting checkpoint must share with the spec (seq_length only with learned positions).
 _SHAPE = ("num_layers", "hidden_size", "num_attention_heads", "num_query_groups", "ffn_hidden_size",
@@ -123,7 +125,7 @@ def _padded(vocab: int) -> int:
     return int(math.ceil(vocab / 128) * 128)
 
 
-def load_start(t: train.Trainer, path: Path, *, logger: AlignLogger) -> None:
+def load_start(t: loop.Trainer, path: Path, *, logger: AlignLogger) -> None:
     """Collective: the starting checkpoint's model weights (resharded to this layout), a fresh optimizer."""
     state = checkpoint.load(path, sharded_state={"model": t.model.module.sharded_state_dict(prefix="")})
     t.model.module.load_state_dict(state["model"])
@@ -133,7 +135,7 @@ def load_start(t: train.Trainer, path: Path, *, logger: AlignLogger) -> None:
                 f"now {t.layout.describe()})")
 
 
-def evaluate(t: train.Trainer, source, *, obj: SFT | DPO, step: int, logger: AlignLogger) -> None:
+def evaluate(t: loop.Trainer, source, *, obj: SFT | DPO, step: int, logger: AlignLogger) -> None:
     """Collective: the loss (and DPO's figures) over every held-out example, forward only."""
     if source.count == 0:
         return
@@ -142,7 +144,7 @@ def evaluate(t: train.Trainer, source, *, obj: SFT | DPO, step: int, logger: Ali
                            keys=obj.keys)
     t.model.eval()
     with torch.no_grad():
-        outputs = train.forward_backward(t, batches, forward_step=obj.forward_step, num_microbatches=steps,
+        outputs = loop.forward_backward(t, batches, forward_step=obj.forward_step, num_microbatches=steps,
                                          rows=obj.rows * mbs, forward_only=True)
     t.model.train()
     sums = reduce_sums(outputs)
@@ -163,27 +165,27 @@ def align(spec: RunSpec, *, run_dir: Path, layout: Layout, device: torch.device,
     obj = objective(a)
     logger = AlignLogger(spec, run_dir, enabled=layout.is_logger, world_size=layout.world, restart=restart,
                          rows=obj.rows)
-    logger.event("start", process_started=train.process_started())
+    logger.event("start", process_started=loop.process_started())
     flag = PreemptionFlag().install()
     d = load_data(spec, run_dir=run_dir, layout=layout, logger=logger)
     start = start_checkpoint(spec, run_dir=run_dir)
     ckpt_root = Path(a.checkpoint_dir)
     # Alignment steps run eagerly: their objectives have not been made (or tested) safe to capture.
-    t = train.build(spec, layout=layout, device=device, ckpt_root=ckpt_root, per_token_loss=True, step_graph=False)
+    t = loop.build(spec, layout=layout, device=device, ckpt_root=ckpt_root, per_token_loss=True, step_graph=False)
     loaded = False
     if isinstance(obj, DPO):
         key = f"{d.stats['fingerprint']}:{start.resolve()}:{checkpoint.read_manifest(start)['saved_at']}"
         loaded = reference.attach(t, {"train": d.train, "valid": d.valid}, objective=obj,
                                   micro_batch_size=a.micro_batch_size, cache=d.folder / "reference.npz", key=key,
                                   load_start=lambda: load_start(t, start, logger=logger), logger=logger)
-    step = train.resume(t, logger=logger) if spec.checkpoint.resume else 0
+    step = loop.resume(t, logger=logger) if spec.checkpoint.resume else 0
     if step == 0 and not loaded:
         load_start(t, start, logger=logger)
     stream = data.batches(d.train, spec=spec, layout=layout, start_step=step, device=device, keys=obj.keys)
 
     def advance(step: int) -> None:
         began = time.perf_counter()
-        outputs, grad_norm = train.optimizer_step(t, stream, forward_step=obj.forward_step,
+        outputs, grad_norm = loop.optimizer_step(t, stream, forward_step=obj.forward_step,
                                                   rows=obj.rows * a.micro_batch_size)
         sums = reduce_sums(outputs)
         if sums is not None and (step % a.log_interval == 0 or step == a.steps):
@@ -193,5 +195,5 @@ def align(spec: RunSpec, *, run_dir: Path, layout: Layout, device: torch.device,
         if step == a.steps or (a.eval_interval and step % a.eval_interval == 0):
             evaluate(t, d.valid, obj=obj, step=step, logger=logger)
 
-    step, code = train.run_steps(t, step=step, logger=logger, flag=flag, advance=advance)
-    return train.finish(t, code=code, step=step, run_dir=run_dir, logger=logger, flag=flag)
+    step, code = loop.run_steps(t, step=step, logger=logger, flag=flag, advance=advance)
+    return loop.finish(t, code=code, step=step, run_dir=run_dir, logger=logger, flag=flag)

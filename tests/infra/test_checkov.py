@@ -16,7 +16,8 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from infra.tf_testing import REPO, TERRAFORM_DIR
+
+from llmops_testing.terraform import REPO, TERRAFORM_DIR
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from infra.tf_testing import TERRAFORM_DIR
+
+from llmops_testing.terraform import TERRAFORM_DIR
 
 hcl2 = pytest.importorskip("hcl2", reason="python-hcl2 is not installed (pip install -e '.[test]')")
 

@@ -11,7 +11,8 @@ from __future__ import annotations
 import re
 
 import pytest
-from infra.tf_testing import TERRAFORM_DIR, run_tf, tf_init
+
+from llmops_testing.terraform import TERRAFORM_DIR, run_tf, tf_init
 
 pytestmark = pytest.mark.terraform
 

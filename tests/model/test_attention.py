@@ -11,7 +11,7 @@ import pytest
 SCRIPT = textwrap.dedent("""
     import os, torch, torch.distributed as dist
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=os.environ["PORT"], RANK="0", WORLD_SIZE="1")
-    from llmops_model import cpu_compat
+    from llmops_model.compat import cpu as cpu_compat
     cpu_compat.activate()
     dist.init_process_group("gloo")
     from megatron.core import parallel_state

@@ -11,14 +11,14 @@ import time
 
 import pytest
 
-from llmops.rundir import RunDir
-from llmops.spec import parse_spec
+from llmops.runs.rundir import RunDir
+from llmops.spec.load import parse_spec
 from llmops_testing import tiny_spec
 
 
 @pytest.mark.parametrize("notice", [signal.SIGTERM, signal.SIGUSR1], ids=["SIGTERM", "SIGUSR1"])
 def test_notice_to_the_launcher_checkpoints_and_exits_75(tmp_path, notice):
-    run = RunDir.create(parse_spec(tiny_spec("launch", tp=1, pp=2, steps=5000)), tmp_path)
+    run = RunDir.create(parse_spec(tiny_spec("launch", tp=1, pp=2, steps=5000)), tmp_path / "launch-1")
     proc = subprocess.Popen([sys.executable, "-m", "llmops_model.launch", "--standalone", "--nnodes", "1",
                              "--nproc-per-node", "2", str(run.path)],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)

@@ -1,15 +1,12 @@
-"""Fixtures for the data-preparation tests; the helpers live in prepare_testing.py beside this file."""
+"""Fixtures for the data-preparation tests; the helpers live in llmops_testing.prepare."""
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))
-
-from prepare_testing import make_corpus, write_jsonl  # noqa: E402
+from llmops_testing.prepare import make_corpus, write_jsonl
 
 
 @pytest.fixture

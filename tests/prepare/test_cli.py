@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from llmops_testing import llmops
-from prepare_testing import make_corpus, write_jsonl
+from llmops_testing.prepare import make_corpus, write_jsonl
 
 
 def write(path: Path, inputs: str, out: Path, **prepare) -> Path:

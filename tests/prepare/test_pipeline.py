@@ -11,11 +11,11 @@ import zstandard
 
 from llmops.errors import UserError
 from llmops.prepare import phases
-from llmops.prepare.config import EOS_ID
 from llmops.prepare.executor import run_all
 from llmops.prepare.pipeline import PHASES, run_phase
 from llmops.prepare.progress import Display
-from prepare_testing import make_corpus, prepare_spec, write_jsonl
+from llmops.spec.prepare import EOS_ID
+from llmops_testing.prepare import make_corpus, prepare_spec, write_jsonl
 
 
 def run_sharded(spec, n: int) -> None:

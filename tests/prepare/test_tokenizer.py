@@ -10,9 +10,9 @@ import pytest
 import sentencepiece as spm
 
 from llmops.errors import UserError
-from llmops.prepare.config import TokenizerSpec
 from llmops.prepare.tokenizer import ModelError, install, load, read_model_facts, sampled, train, training_lines
-from prepare_testing import make_text
+from llmops.spec.prepare import TokenizerSpec
+from llmops_testing.prepare import make_text
 
 TEXTS = [make_text(random.Random(k), 150) + "\n\n    indented = {'code': 1}\n" for k in range(60)]
 

@@ -14,7 +14,7 @@ trap 'status=$?; [ "$status" = 0 ] || [ ${#SUBMITTED[@]} = 0 ] || scancel "${SUB
 if [ -e slurm/prepare.finished ]; then
     echo "prepare finished"
 else
-    ids=$(python3 -m llmops.backends.slurm_fanout "$RUN_DIR" prepare ${DEP:+--dependency="$DEP"})
+    ids=$(python3 -m llmops.backends.slurm.fanout "$RUN_DIR" prepare ${DEP:+--dependency="$DEP"})
     SUBMITTED+=($ids)
     echo "prepare $ids"
     DEP="afterok:${ids##* }"

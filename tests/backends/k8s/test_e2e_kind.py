@@ -14,12 +14,13 @@ import time
 import pytest
 import yaml
 
-from llmops import runs
-from llmops.backends.k8s_api import Cluster
-from llmops.backends.k8s_objects import RunNames
+from llmops import runner
+from llmops.backends.k8s.api import Cluster
+from llmops.backends.k8s.objects import RunNames
 from llmops.errors import UserError
-from llmops.rundir import TERMINAL
-from llmops.spec import parse_spec
+from llmops.runs.logs import parse_step_line
+from llmops.runs.rundir import TERMINAL
+from llmops.spec.load import parse_spec
 from llmops_testing import REPO
 
 pytestmark = pytest.mark.k8s
@@ -59,7 +60,7 @@ def _spec(tmp_path) -> dict:
 
 
 def _latest_step(run) -> int:
-    steps = [p.step for line in runs.logs(run, follow=False) if (p := runs.parse_step_line(line))]
+    steps = [p.step for line in runner.logs(run, follow=False) if (p := parse_step_line(line))]
     return max(steps, default=0)
 
 
@@ -71,7 +72,7 @@ def _wait(predicate, *, timeout: float, what: str) -> None:
 
 
 def test_tiny_run_trains_survives_a_deleted_pod_and_resumes(cluster, tmp_path):
-    run = runs.submit(runs.plan(parse_spec(_spec(tmp_path)), root=tmp_path / "runs"))
+    run = runner.submit(runner.plan(parse_spec(_spec(tmp_path)), root=tmp_path / "runs"))
     names = RunNames.of(run.id, NAMESPACE)
     try:
         _wait(lambda: _latest_step(run) >= 12, timeout=900, what="training to pass step 12")
@@ -79,11 +80,11 @@ def test_tiny_run_trains_survives_a_deleted_pod_and_resumes(cluster, tmp_path):
                       if p.metadata.annotations.get("batch.kubernetes.io/job-completion-index") == "1"
                       and p.status.phase == "Running")
         cluster.delete("Pod", victim.metadata.name)  # SIGTERM: the gang checkpoints and exits 75
-        _wait(lambda: runs.status(run).state in TERMINAL, timeout=900, what="the run to finish")
-        final = runs.status(run)
+        _wait(lambda: runner.status(run).state in TERMINAL, timeout=900, what="the run to finish")
+        final = runner.status(run)
         assert final.state == "SUCCEEDED", final.message
         assert final.restarts >= 1
-        log = list(runs.logs(run, follow=False))
+        log = list(runner.logs(run, follow=False))
         assert any("resumed from" in line for line in log), "\n".join(log[-50:])
         assert _latest_step(run) == 60
     finally:

@@ -10,7 +10,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from llmops.backends.k8s_spec import K8sSpec
+from llmops.backends.k8s.spec import K8sSpec
 from llmops_testing import REPO
 
 CLUSTER = REPO / "cluster" / "k8s"

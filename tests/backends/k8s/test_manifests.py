@@ -13,9 +13,8 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from llmops.backends.k8s import K8sBackend
-from llmops.rundir import RunDir
-from llmops.spec import parse_spec
+from llmops import runner
+from llmops.spec.load import dump_spec, parse_spec
 from llmops_testing import llmops, tiny_spec, write_spec
 
 GOLDEN = Path(__file__).parent / "golden"
@@ -69,9 +68,8 @@ CASES = {
 
 
 def render(case: str, tmp_path: Path, run_id: str = RUN_ID):
-    spec = parse_spec(CASES[case])
-    run = RunDir.create(spec, tmp_path, path=tmp_path / run_id)
-    return K8sBackend().dry_run(spec, run)
+    """The dry run of a case, built in memory as `llmops submit --dry-run` builds it."""
+    return runner.plan(parse_spec(CASES[case]), path=tmp_path / run_id)
 
 
 def objects(case: str, tmp_path: Path) -> dict[str, dict]:
@@ -111,7 +109,8 @@ def _golden_view(name: str, text: str, spec_text: str) -> str:
 @pytest.mark.parametrize("case", CASES)
 def test_rendered_objects_match_golden_files(case, tmp_path):
     request = render(case, tmp_path)
-    spec_text = request.run.spec_path.read_text()
+    assert not (tmp_path / RUN_ID).exists()  # a dry run writes nothing
+    spec_text = dump_spec(request.spec)
     files = {name: _golden_view(name, text, spec_text) for name, text in request.files().items()}
     folder = GOLDEN / case
     if os.environ.get("LLMOPS_REGEN_GOLDEN") == "1":

@@ -21,9 +21,8 @@ from pathlib import Path
 
 import pytest
 
-from llmops.backends.k8s import K8sBackend
-from llmops.rundir import RunDir
-from llmops.spec import parse_spec
+from llmops import runner
+from llmops.spec.load import parse_spec
 from llmops_testing import tiny_spec
 
 RUN_ID = "tiny-k8s-20250101-000000"
@@ -120,8 +119,7 @@ def rendered(tmp_path):
                                    checkpoint={"interval": 100}, restarts={"max_restarts": 2}),
                        "backend": "k8s", "resources": {"nodes": 2, "cpu": True, "processes_per_node": 2},
                        "k8s": {"image": "unused:0", "mount_path": str(tmp_path / "volume")}})
-    run = RunDir.create(spec, tmp_path / "laptop", path=tmp_path / "laptop" / RUN_ID)
-    return K8sBackend().dry_run(spec, run), tmp_path / "volume" / "runs" / RUN_ID
+    return runner.plan(spec, path=tmp_path / "laptop" / RUN_ID), tmp_path / "volume" / "runs" / RUN_ID
 
 
 def test_pods_rendezvous_train_survive_sigterm_and_resume(rendered, tmp_path):
@@ -161,8 +159,8 @@ def _prepare_request(tmp_path: Path, *, builtin: bool):
                        "prepare": {"input": source, "output": {"dir": str(tmp_path / "volume" / "corpus")},
                                    "tokenizer": {"vocab_size": 512}, "num_shards": 2},
                        "k8s": {"image": "unused:0", "mount_path": str(tmp_path / "volume")}})
-    run = RunDir.create(spec, tmp_path / "laptop", path=tmp_path / "laptop" / "prep-k8s-20250101-000000")
-    return K8sBackend().dry_run(spec, run), tmp_path / "volume" / "runs" / run.id
+    request = runner.plan(spec, path=tmp_path / "laptop" / "prep-k8s-20250101-000000")
+    return request, tmp_path / "volume" / "runs" / request.run_id
 
 
 def test_preparation_pods_run_each_shard_and_the_next_phase_waits_for_all(tmp_path):

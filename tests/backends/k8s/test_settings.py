@@ -7,15 +7,16 @@ import sys
 
 import pytest
 
-from llmops.backends import k8s_pod
-from llmops.backends.k8s_spec import parse_profile_section, with_overrides
+from llmops.backends.k8s import pod as k8s_pod
+from llmops.backends.k8s.backend import K8sBackend
+from llmops.backends.k8s.spec import parse_profile_section
 from llmops.errors import SpecError
-from llmops.spec import parse_spec
+from llmops.spec.load import parse_spec
 from llmops_testing import REPO, llmops, tiny_spec, write_spec
 
 
 def test_control_plane_loads_the_kubernetes_client_only_when_the_backend_is_used():
-    code = "import sys, llmops.cli, llmops.spec; print('kubernetes' in sys.modules)"
+    code = "import sys, llmops.cli, llmops.spec.load, llmops.runner; print('kubernetes' in sys.modules)"
     res = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
     assert res.stdout.strip() == "False", res.stderr
 
@@ -37,11 +38,21 @@ def test_a_fabric_without_its_devices_is_refused():
 
 
 def test_command_line_overrides_are_validated_like_the_file():
-    spec = parse_spec(tiny_spec("x"))
-    assert with_overrides(spec, namespace="team-a").k8s.namespace == "team-a"
+    spec = parse_spec({**tiny_spec("x"), "backend": "k8s", "k8s": {"image": "i:1"}})
+    overridden = K8sBackend().with_options(spec, {"namespace": "team-a"})
+    assert overridden.k8s.namespace == "team-a" and overridden.k8s.image == "i:1"
     with pytest.raises(SpecError) as info:
-        with_overrides(spec, namespace="Team_A")
-    assert "k8s.namespace" in info.value.render()
+        K8sBackend().with_options(spec, {"namespace": "Team_A"})
+    assert "k8s.namespace" in info.value.render() and "command line" in info.value.render()
+
+
+def test_the_kubernetes_options_are_offered_and_refused_for_another_backend(tmp_path):
+    res = llmops("submit", "--help")
+    assert res.returncode == 0 and "k8s backend" in res.stdout and "--namespace" in res.stdout
+    spec = write_spec(tmp_path / "s.yaml", tiny_spec("x"))
+    res = llmops("submit", str(spec), "--namespace", "team-a", "--dry-run", "--runs-dir", str(tmp_path / "runs"))
+    assert res.returncode == 2 and "--namespace" in res.stderr and "k8s backend" in res.stderr
+    assert not (tmp_path / "runs").exists()
 
 
 def test_schema_documents_the_k8s_section(tmp_path):

@@ -1,4 +1,4 @@
-"""Fixtures for the Slurm tests; helpers live in slurm_testing.py beside this file.
+"""Fixtures for the Slurm tests; helpers live in llmops_testing.slurm.
 
 Tests marked `slurm` need the dev cluster (a real slurmctld and slurmd nodes on this machine):
 
@@ -13,14 +13,11 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))
-
-from slurm_testing import cancel_jobs
+from llmops_testing.slurm import cancel_jobs
 
 DEV_CONF = Path(os.environ.get("LLMOPS_SLURM_DEV_DIR", "/tmp/llmops-slurm-dev")) / "slurm.conf"
 UP = "start it with `cluster/slurm/dev-cluster.sh up`"

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from llmops_testing import llmops, write_spec
-from slurm_testing import (
+from llmops_testing.slurm import (
     ended_state,
     events,
     job_ids,

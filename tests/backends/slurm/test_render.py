@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from llmops import runs
-from llmops.spec import load_spec
+from llmops import runner
+from llmops.spec.load import load_spec
 
 HERE = Path(__file__).parent
 SPECS = sorted((HERE / "specs").glob("*.yaml"))
@@ -25,7 +25,7 @@ def render(spec_path: Path, tmp_path: Path, *, neutral: bool = True) -> dict[str
     """Render a spec as `llmops render` does; `neutral` writes the local run directory as <run-dir>."""
     spec = load_spec(spec_path)
     out = tmp_path / f"{spec.name}-20260101-000000"
-    written = runs.render(spec, out=out)
+    written = runner.render(runner.plan(spec, path=out))
     local = str(out.resolve())
     return {p.relative_to(out).as_posix(): p.read_text().replace(local, "<run-dir>" if neutral else local)
             for p in written}
@@ -57,7 +57,7 @@ def test_chain_submits_each_stage_after_the_one_before(tmp_path: Path) -> None:
     submit = files["slurm/submit.sh"]
     order = [submit.index(f"# Stage {i}: {s}") for i, s in enumerate(("prepare", "pretrain", "sft"), 1)]
     assert order == sorted(order)
-    assert "-m llmops.backends.slurm_fanout \"$RUN_DIR\" prepare" in submit
+    assert "-m llmops.backends.slurm.fanout \"$RUN_DIR\" prepare" in submit
     assert submit.count('${DEP:+--dependency="$DEP"}') == 3 and submit.count('DEP="afterok:${ids##* }"') == 3
     assert 'STAGE=sft' in files["slurm/sft.sbatch"] and 'LLMOPS_STAGE="$STAGE"' in files["slurm/sft.sbatch"]
 

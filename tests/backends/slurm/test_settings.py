@@ -7,16 +7,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from llmops.backends.slurm_cluster import check_fit, parse_sinfo
-from llmops.backends.slurm_spec import (
-    SlurmProfile,
-    SlurmSpec,
-    parse_profile_section,
-    resolve,
-    time_limit_seconds,
-)
+from llmops.backends.slurm.cluster import check_fit, parse_sinfo
+from llmops.backends.slurm.spec import SlurmProfile, SlurmSpec, parse_profile_section, resolve, time_limit_seconds
 from llmops.errors import SpecError
-from llmops.spec import parse_spec
+from llmops.spec.load import parse_spec
 from llmops_testing import llmops, tiny_spec, write_spec
 
 
@@ -70,7 +64,7 @@ def test_bad_profile_section_names_the_key_and_lists_the_allowed_ones() -> None:
     with pytest.raises(SpecError) as err:
         parse_profile_section({"defaults": {"partition": "a", "acount": "b"}, "gpus": 8}, "cluster profile x")
     text = err.value.render()
-    assert "slurm.defaults.acount" in text and "allowed keys here: partition, account" in text
+    assert "slurm.defaults.acount" in text and "did you mean 'account'?" in text
     assert "slurm.gpus" in text and "gpus_per_node" in text
 
 

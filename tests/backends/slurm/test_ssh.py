@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from llmops_testing import llmops, write_spec
-from slurm_testing import ended_state, events, two_node_spec
+from llmops_testing.slurm import ended_state, events, two_node_spec
 
 pytestmark = pytest.mark.slurm
 

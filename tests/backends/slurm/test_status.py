@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from llmops.backends.slurm_status import (
+from llmops.backends.slurm.status import (
     Job,
     StageView,
     combine,

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from llmops import align_corpus
-from llmops.prepare.config import TokenizerSpec
+from llmops.prepare import align_corpus
 from llmops.prepare.tokenizer import train
+from llmops.spec.prepare import TokenizerSpec
 
 VOCAB, SEQ = 1024, 128
 # Lines no trainer should accept: each is counted under its reason and quarantined.

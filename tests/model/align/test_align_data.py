@@ -10,11 +10,11 @@ import sys
 import pytest
 import torch
 
-from llmops import align_corpus
-from llmops.align_spec import AlignSpec, ChatTokens
 from llmops.errors import SpecError, UserError
+from llmops.prepare import align_corpus
 from llmops.prepare.sources import stdlib_root
-from llmops.spec import parse_spec
+from llmops.spec.align import AlignSpec, ChatTokens
+from llmops.spec.load import parse_spec
 from llmops_model.align import examples
 from llmops_model.align.chat import ChatTokenizer
 from llmops_model.align.dpo_loss import preference_loss
@@ -191,7 +191,7 @@ def test_align_spec_rules_name_the_field_and_the_fix(assets):
 
 
 def test_control_plane_imports_without_torch():
-    code = ("import sys, llmops.spec, llmops.align_spec, llmops.align_corpus; "
+    code = ("import sys, llmops.spec.load, llmops.spec.align, llmops.prepare.align_corpus; "
             "print(any(m.startswith(('torch', 'megatron')) for m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.stdout.strip() == "False", out.stderr

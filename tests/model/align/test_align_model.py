@@ -19,14 +19,14 @@ import pytest
 SCRIPT = textwrap.dedent("""
     import json, math, os, torch, torch.distributed as dist
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=os.environ["PORT"], RANK="0", WORLD_SIZE="1")
-    from llmops_model import cpu_compat
+    from llmops_model.compat import cpu as cpu_compat
     cpu_compat.activate()
     dist.init_process_group("gloo")
     from megatron.core import parallel_state
     parallel_state.initialize_model_parallel(1, 1)
     cpu_compat.seed_model_parallel_rng(0)
-    from llmops.align_spec import DPOOptions
-    from llmops.spec import parse_spec
+    from llmops.spec.align import DPOOptions
+    from llmops.spec.load import parse_spec
     from llmops_model import gpt
     from llmops_model.align.examples import Ragged
     from llmops_model.align.objectives import DPO, SFT

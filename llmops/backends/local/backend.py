@@ -1,0 +1,156 @@
+"""The local backend: the run's stages on this machine, watched by a detached supervisor.
+
+``submit`` starts :mod:`llmops.backends.local.supervisor` in its own session,
+so the run outlives the terminal that started it; the supervisor runs the
+stages in order (data preparation as ``llmops prepare``, training stages as
+torchrun), restarts a stage after a crash or preemption (up to
+``restarts.max_restarts``) and keeps ``status.json`` current.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from llmops.backends.base import Backend, Request
+from llmops.errors import Problem, UserError
+from llmops.procs import alive, children, descendants
+from llmops.runs.logs import follow_logs
+from llmops.runs.rundir import TERMINAL, RunDir
+from llmops.spec.run import RunSpec
+
+
+def first_pending(run: RunDir, spec: RunSpec) -> str:
+    """The first stage that has not succeeded yet (where a started or resumed run begins)."""
+    done = run.read_status().stages
+    return next((s for s in spec.stages if done.get(s, {}).get("state") != "SUCCEEDED"), spec.stages[-1])
+
+
+def prepare_command(run_path: Path) -> list[str]:
+    """The data-preparation stage: `llmops prepare` on the resolved spec (workers: one per core)."""
+    return [sys.executable, "-m", "llmops", "prepare", "--resolved", str(run_path.resolve() / "spec.yaml")]
+
+
+def launch_command(spec: RunSpec, run_path: Path) -> list[str]:
+    """The per-node launcher (torchrun with exit-code mapping) for a single-node run."""
+    return [
+        sys.executable, "-m", "llmops_model.launch",
+        "--standalone", "--nnodes", "1", "--nproc-per-node", str(spec.resources.procs_per_node),
+        str(run_path.resolve()),
+    ]
+
+
+@dataclass
+class LocalRequest(Request):
+    command: list[str]
+    env: dict[str, str]
+
+    def files(self) -> dict[str, str]:
+        env = "".join(f"export {k}={shlex.quote(v)}\n" for k, v in sorted(self.env.items()))
+        script = (f"#!/usr/bin/env bash\n# llmops local run {self.run_id}: one torchrun agent on this machine.\n"
+                  f"set -euo pipefail\n{env}exec {shlex.join(self.command)}\n")
+        return {"launch.sh": script}
+
+
+def job_env(spec: RunSpec) -> dict[str, str]:
+    env = {"PYTHONUNBUFFERED": "1"}
+    if spec.resources.cpu:
+        env["CUDA_VISIBLE_DEVICES"] = ""  # a CPU run stays on the CPU even on a GPU machine
+        # Each process gets its share of the cores; oversubscription slows gloo collectives badly.
+        env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // spec.resources.procs_per_node))
+    return env
+
+
+class LocalBackend(Backend):
+    name = "local"
+
+    def validate(self, spec: RunSpec) -> list[Problem]:
+        if spec.resources.nodes != 1:
+            return [Problem("resources.nodes", spec.resources.nodes, "is more than the one node the local backend "
+                            "runs on", "set resources.nodes: 1, or use backend: slurm or k8s for multi-node runs")]
+        return []
+
+    def dry_run(self, spec: RunSpec, run_path: Path) -> LocalRequest:
+        if spec.training_stages and not spec.resources.cpu:
+            _check_gpus(spec.resources.gpus_per_node)
+        return LocalRequest(backend=self.name, spec=spec, run_path=run_path,
+                            command=launch_command(spec, run_path), env=job_env(spec))
+
+    def submit(self, request: LocalRequest, run: RunDir) -> None:
+        log = open(run.logs / "supervisor.log", "ab")
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "llmops.backends.local.supervisor", str(run.path)],
+            stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+            start_new_session=True, env={**os.environ, **request.env},
+        )
+        log.close()
+        run.update_status(supervisor_pid=proc.pid, job_id=str(proc.pid), stage=first_pending(run, request.spec))
+
+    def refresh(self, run: RunDir) -> None:
+        status = run.read_status()
+        if status.state not in TERMINAL and status.supervisor_pid and not alive(status.supervisor_pid):
+            run.update_status(state="FAILED", message="the supervisor process is gone (killed, or the machine "
+                              "restarted); resume the run with `llmops resume`", ended_at=time.time())
+
+    def logs(self, run: RunDir, *, follow: bool, stage: str = "pretrain") -> Iterator[str]:
+        yield from follow_logs(run, stage=stage, follow=follow, is_done=lambda: self._done(run, stage))
+
+    def _done(self, run: RunDir, stage: str) -> bool:
+        """The stage (or the whole run) has ended: its log will not grow any more."""
+        self.refresh(run)
+        return run.read_status().ended(stage)
+
+    def cancel(self, run: RunDir, *, force: bool = False) -> None:
+        status = run.read_status()
+        if status.state in TERMINAL:
+            return
+        run.cancel_marker.touch()
+        if status.job_pgid:
+            signal_job(status.job_pgid, signal.SIGKILL if force else signal.SIGTERM, stage=status.stage)
+        if force and status.supervisor_pid and alive(status.supervisor_pid):
+            os.kill(status.supervisor_pid, signal.SIGTERM)
+
+
+def signal_job(launcher_pid: int, sig: int, *, stage: str | None = None) -> None:
+    """Signal the training workers (the launcher's children) so they checkpoint and exit.
+
+    The torchrun agent then sees its workers exit 75 and reports a preemption.
+    With SIGKILL, or for data preparation (which resumes from its finished
+    shards), the whole process group gets the signal at once.
+    """
+    if sig == signal.SIGKILL or stage == "prepare":
+        tree = descendants(launcher_pid)  # read before the kill: orphans are re-parented away
+        try:
+            os.killpg(launcher_pid, sig)
+        except ProcessLookupError:
+            pass
+        for pid in tree:
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
+        return
+    targets = children(launcher_pid) or [launcher_pid]
+    for pid in targets:
+        try:
+            os.kill(pid, sig)
+        except ProcessLookupError:
+            pass
+
+
+def _check_gpus(wanted: int | None) -> None:
+    try:
+        out = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=20).stdout
+        have = len([line for line in out.splitlines() if line.startswith("GPU ")])
+    except (OSError, subprocess.SubprocessError):
+        have = 0
+    if wanted and have < wanted:
+        raise UserError(f"resources.gpus_per_node = {wanted}, but this machine has {have} GPU(s)",
+                        "lower gpus_per_node, or set cpu: true with processes_per_node for a CPU run")

@@ -1,0 +1,256 @@
+"""The Slurm backend: sbatch scripts that requeue themselves, submitted here or over SSH.
+
+``dry_run`` resolves the spec's `slurm:` section against the cluster profile,
+refuses what the profile says the nodes cannot do, and renders one batch
+script per torchrun stage plus ``slurm/submit.sh``, which chains the stages
+with ``--dependency=afterok`` (data preparation fans out through submitit,
+see :mod:`llmops.backends.slurm.fanout`). ``submit`` asks the cluster itself
+(`sinfo`) whether the request fits, then runs that very ``submit.sh``.
+
+State lives where the jobs write it, the run directory: ``refresh`` combines
+squeue with the events the batch scripts record (:mod:`.status`), so
+no accounting database (sacct) is needed.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from llmops.backends.base import Backend, Request
+from llmops.backends.slurm.cluster import (
+    check_fit,
+    jobs_from,
+    parse_sinfo,
+    profile_facts,
+    sinfo_command,
+    squeue_command,
+)
+from llmops.backends.slurm.render import FANOUT_STAGES, Target, render_stage, render_submit
+from llmops.backends.slurm.rules import static_problems
+from llmops.backends.slurm.spec import OPTIONS, SlurmProfile, SlurmSpec, parse_profile_section, resolve
+from llmops.backends.slurm.status import combine, fanout_stage, parse_events, read_text, torchrun_stage
+from llmops.backends.slurm.transport import LocalTransport, SshTransport
+from llmops.errors import Problem, SpecError, UserError
+from llmops.runs.logs import follow_logs
+from llmops.runs.rundir import PENDING, TERMINAL, RunDir
+from llmops.spec.run import RunSpec
+
+JOBS_FILE = "slurm/jobs.json"
+
+
+@dataclass
+class SlurmRequest(Request):
+    slurm: SlurmSpec
+    scripts: dict[str, str] = field(default_factory=dict)
+
+    def files(self) -> dict[str, str]:
+        return dict(self.scripts)
+
+
+def transport_for(slurm: SlurmSpec) -> LocalTransport | SshTransport:
+    if slurm.login:
+        return SshTransport(slurm.login, slurm.remote_root or "", list(slurm.ssh_options))
+    return LocalTransport()
+
+
+class SlurmBackend(Backend):
+    name = "slurm"
+    section = SlurmSpec
+    options = OPTIONS
+    poll_seconds = 2.0
+    """How often `logs --follow` asks the cluster whether the run has ended."""
+
+    def validate(self, spec: RunSpec) -> list[Problem]:
+        """The settings themselves, and against what the cluster profile says its nodes offer."""
+        profile, env, profile_name = _profile(spec)
+        slurm = resolve(spec.slurm, profile, env)
+        problems = static_problems(slurm)
+        if profile is not None:
+            problems += check_fit(spec, slurm, profile_facts(profile_name, profile.partitions, profile.gpus_per_node,
+                                                              profile.cpus_per_node, slurm.partition))
+        return problems
+
+    def dry_run(self, spec: RunSpec, run_path: Path) -> SlurmRequest:
+        profile, env, _ = _profile(spec)
+        slurm = resolve(spec.slurm, profile, env)
+        # The profile is read once, here: the run directory keeps the merged settings for every restart.
+        spec = spec.model_copy(update={"slurm": slurm})
+        transport = transport_for(slurm)
+        python = slurm.python or (sys.executable if isinstance(transport, LocalTransport) else "python3")
+        target = Target(run_dir=transport.cluster_path(run_path), python=python,
+                        run_id=run_path.name)
+        scripts = {f"slurm/{stage}.sbatch": render_stage(spec, slurm, stage=stage, target=target)
+                   for stage in spec.stages if stage not in FANOUT_STAGES}
+        scripts["slurm/submit.sh"] = render_submit(spec, target=target)
+        return SlurmRequest(backend=self.name, spec=spec, run_path=run_path, slurm=slurm, scripts=scripts)
+
+    def submit(self, request: SlurmRequest, run: RunDir) -> None:
+        slurm = request.slurm
+        transport = transport_for(slurm)
+        for name, text in request.files().items():
+            (run.path / name).parent.mkdir(parents=True, exist_ok=True)
+            (run.path / name).write_text(text)
+        self._check_live(request, transport)
+        transport.push(run, ["spec.yaml", *request.files()])
+        remote = transport.cluster_path(run.path)
+        transport.run(["rm", "-f", f"{remote}/cancel-requested"])  # a resume starts without the old request
+        res = transport.run(["bash", f"{remote}/slurm/submit.sh"], timeout=300)
+        if res.returncode != 0:
+            raise UserError(f"Slurm refused the run: {_last_lines(res.stderr)}",
+                            "fix the request (partition, account, qos, time, resources) and submit again")
+        stages = _parse_submitted(res.stdout)
+        (run.path / JOBS_FILE).write_text(json.dumps({"stages": stages, "submitted_at": time.time()}, indent=1))
+        ids = [i for stage_ids in stages.values() for i in stage_ids]
+        run.update_status(state=PENDING, backend=self.name, job_id=",".join(ids), exit_code=None, ended_at=None,
+                          message=f"submitted as job(s) {', '.join(ids) or '(none: every stage had finished)'}")
+
+    def _check_live(self, request: SlurmRequest, transport) -> None:
+        """Ask the cluster whether the request fits, before anything is queued."""
+        res = transport.run(sinfo_command())
+        if res.returncode != 0:
+            raise UserError(f"cannot reach Slurm (`sinfo` failed: {_last_lines(res.stderr)})",
+                            "run llmops where the Slurm clients work (the login node), or set slurm.login")
+        problems = check_fit(request.spec, request.slurm, parse_sinfo(res.stdout))
+        if problems:
+            raise SpecError(f"{request.spec.name} (checked against the cluster)", problems)
+
+    def refresh(self, run: RunDir) -> None:
+        record = _jobs_record(run)
+        if record is None:
+            return  # planned or rendered, never submitted
+        spec = run.read_spec()
+        transport = transport_for(spec.slurm or SlurmSpec())
+        status = run.read_status()
+        stages: dict[str, list[str]] = record["stages"]
+        ids = [i for stage_ids in stages.values() for i in stage_ids]
+        jobs = jobs_from(transport.run(squeue_command(ids))) if ids else {}
+        if status.state in TERMINAL and not any(jobs[i].alive for i in ids if i in jobs):
+            return  # decided when the jobs ended, with facts squeue may have forgotten since
+        transport.pull(run)
+        events = parse_events(read_text(run.path / "slurm/events.log"))
+        cancel = run.cancel_marker.exists()
+        views = []
+        for stage in spec.stages:
+            finished = (run.path / "slurm" / f"{stage}.finished").exists()
+            if stage in FANOUT_STAGES:
+                done, expected, failures = _shard_markers(run, stage)
+                views.append((stage, fanout_stage(stage, stages.get(stage, []), jobs, finished=finished,
+                                                  shards_expected=expected, shards_done=len(done),
+                                                  failures=failures, cancel_requested=cancel)))
+            else:
+                job_id = (stages.get(stage) or [""])[-1]
+                views.append((stage, torchrun_stage(stage, job_id, events, jobs.get(job_id), finished=finished,
+                                                    cancel_requested=cancel)))
+        stage, view = combine(views)
+        starts = [e.time for e in events if e.kind == "start" and e.time >= record["submitted_at"] - 5]
+        per_stage = {name: {"state": v.state, "restarts": v.restart, "exit_code": v.code, "message": v.message}
+                     for name, v in views}
+        run.update_status(state=view.state, restarts=view.restart, exit_code=view.code, stage=stage,
+                          stages=per_stage, message=view.message if len(views) == 1 else f"{stage}: {view.message}",
+                          started_at=min(starts) if starts else None,
+                          ended_at=(events[-1].time if events else time.time()) if view.state in TERMINAL else None)
+
+    def logs(self, run: RunDir, *, follow: bool, stage: str = "pretrain") -> Iterator[str]:
+        checked = {"at": 0.0, "done": False}
+
+        def is_done() -> bool:
+            if time.monotonic() - checked["at"] >= self.poll_seconds:
+                self.refresh(run)  # also brings the logs over from the cluster when it is remote
+                checked.update(at=time.monotonic(), done=run.read_status().ended(stage))
+            return checked["done"]
+
+        is_done()
+        if stage in FANOUT_STAGES:
+            yield from _task_logs(run, stage=stage, follow=follow, is_done=is_done)
+        else:
+            yield from follow_logs(run, stage=stage, follow=follow, is_done=is_done)
+
+    def cancel(self, run: RunDir, *, force: bool = False) -> None:
+        record = _jobs_record(run)
+        if record is None or run.read_status().state in TERMINAL:
+            return
+        spec = run.read_spec()
+        transport = transport_for(spec.slurm or SlurmSpec())
+        run.cancel_marker.touch()
+        transport.run(["touch", f"{transport.cluster_path(run.path)}/cancel-requested"])
+        batch = [i for s, ids in record["stages"].items() if s not in FANOUT_STAGES for i in ids]
+        arrays = [i for s, ids in record["stages"].items() if s in FANOUT_STAGES for i in ids]
+        if force:
+            if batch:
+                transport.run(["scancel", "--signal=KILL", "--full", *batch])
+            transport.run(["scancel", *batch, *arrays])
+            return
+        # Waiting jobs go at once. In running ones SIGTERM goes to the training processes only (their steps):
+        # they checkpoint and exit, and the batch script sees the cancel marker and does not requeue.
+        # Not to the batch script with --full: srun, which runs there, ends its step on SIGTERM at once.
+        if batch:
+            transport.run(["scancel", "--state=PENDING", *batch])
+            transport.run(["scancel", "--state=RUNNING", "--signal=TERM", *batch])
+        if arrays:
+            transport.run(["scancel", *arrays])  # shards are idempotent: a resume redoes the unfinished ones
+
+
+def _profile(spec: RunSpec) -> tuple[SlurmProfile | None, dict[str, str], str]:
+    if not spec.profile:
+        return None, {}, ""
+    from llmops.profiles import load_profile
+
+    profile = load_profile(spec.profile)
+    return parse_profile_section(profile.slurm, f"cluster profile {profile.name}"), profile.env, profile.name
+
+
+def _jobs_record(run: RunDir) -> dict | None:
+    try:
+        return json.loads((run.path / JOBS_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _parse_submitted(stdout: str) -> dict[str, list[str]]:
+    stages: dict[str, list[str]] = {}
+    for line in stdout.splitlines():
+        stage, _, rest = line.strip().partition(" ")
+        if stage:
+            stages[stage] = [] if rest == "finished" else rest.split()
+    return stages
+
+
+def _shard_markers(run: RunDir, stage: str) -> tuple[list[str], int, list[tuple[str, str]]]:
+    """(done shards, shards expected, (shard, reason) failures) of a fan-out stage."""
+    folder = run.path / "slurm" / f"{stage}.shards"
+    try:
+        plan = json.loads((run.path / "slurm" / f"{stage}.plan.json").read_text())
+        expected = sum(p["num_shards"] for p in plan["phases"])
+    except (OSError, ValueError, KeyError):
+        expected = 0
+    done = sorted(p.stem for p in folder.glob("*.done"))
+    failures = [(p.stem, read_text(p).strip()) for p in sorted(folder.glob("*.failed")) if p.stem not in done]
+    return done, expected, failures
+
+
+def _task_logs(run: RunDir, *, stage: str, follow: bool, is_done, poll: float = 0.5) -> Iterator[str]:
+    """Lines of a fan-out stage's per-task logs (`logs/<stage>.<phase>-<shard>.restart-<n>.log`), each
+    prefixed with its task; with follow, new lines as they are written, until the run ends."""
+    offsets: dict[Path, int] = {}
+    while True:
+        done = not follow or is_done()  # asked before reading, so nothing written in between is missed
+        for path in sorted(run.logs.glob(f"{stage}.*.restart-*.log"), key=lambda p: p.stat().st_mtime):
+            with open(path, "rb") as f:
+                f.seek(offsets.get(path, 0))
+                data = f.read()
+            complete = data if done else data[:data.rfind(b"\n") + 1]
+            offsets[path] = offsets.get(path, 0) + len(complete)
+            task = path.name[len(stage) + 1:].rsplit(".restart-", 1)[0]
+            yield from (f"[{task}] {line}" for line in complete.decode(errors="replace").splitlines())
+        if done:
+            return
+        time.sleep(poll)
+
+
+def _last_lines(text: str, n: int = 3) -> str:
+    return " ".join(text.strip().splitlines()[-n:]) or "no message"

@@ -1,0 +1,198 @@
+"""Configuration of the Slurm backend: the run spec's `slurm:` section and a profile's.
+
+* :class:`SlurmSpec` is what a user writes in a run spec (partition, time
+  limit, container, SSH login, ...). :mod:`llmops.spec.run` embeds it as
+  ``RunSpec.slurm``, so this module stays light (pydantic only).
+  :data:`OPTIONS` are the command-line flags that override its fields.
+* :class:`SlurmProfile` is the ``slurm:`` section of a cluster profile: the
+  site's defaults for those same settings plus facts about its nodes (GPUs
+  per node, partitions) that let llmops refuse an impossible request before
+  anything reaches the queue. :mod:`llmops.profiles` keeps the section
+  free-form; :func:`parse_profile_section` types it here.
+
+:func:`resolve` merges the two: the spec wins, lists and environments add up.
+The result is written into the run directory's ``spec.yaml`` when the run is
+planned, so restarts and resumes never read the profile again.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Literal
+
+from pydantic import Field, ValidationError, field_validator, model_validator
+
+from llmops.backends.base import Option
+from llmops.errors import SpecError
+from llmops.spec.base import SpecModel, problems_from
+
+# Slurm's --time formats: M, M:S, H:M:S, D-H, D-H:M, D-H:M:S.
+_TIME = re.compile(r"^(?:(\d+)-)?(\d+)(?::(\d+))?(?::(\d+))?$")
+_MOUNT = r"^[^:,]+:[^:,]+(:[a-z+]+)?$"
+_MEM = r"^\d+[KMGT]?$"
+
+
+def time_limit_seconds(value: str) -> int:
+    """Seconds in a Slurm time limit (`30`, `4:00:00`, `2-00:00:00`), as sbatch reads it."""
+    m = _TIME.match(value)
+    if not m:
+        raise ValueError(f"'{value}' is not a Slurm time limit (use minutes, HH:MM:SS or D-HH:MM:SS)")
+    days, a, b, c = m.groups()
+    if days is not None:  # D-H, D-H:M, D-H:M:S
+        hours, minutes, seconds = int(a), int(b or 0), int(c or 0)
+        return ((int(days) * 24 + hours) * 60 + minutes) * 60 + seconds
+    if b is None:  # M
+        return int(a) * 60
+    if c is None:  # M:S
+        return int(a) * 60 + int(b)
+    return (int(a) * 60 + int(b)) * 60 + int(c)  # H:M:S
+
+
+class ContainerSpec(SpecModel):
+    """A container for the training processes, started by pyxis/enroot (`srun --container-image`)."""
+
+    image: str
+    """Enroot image: a registry reference (`nvcr.io#nvidia/pytorch:24.07-py3`) or a `.sqsh` path on the nodes."""
+    mounts: list[str] = Field(default_factory=list)
+    """Bind mounts `SRC:DST[:FLAGS]`; the runs folder is always mounted at its own path."""
+    workdir: str | None = None
+    """Working directory inside the container; unset means the run directory."""
+
+    @field_validator("mounts")
+    @classmethod
+    def _mount_syntax(cls, mounts: list[str]) -> list[str]:
+        for m in mounts:
+            if not re.match(_MOUNT, m):
+                raise ValueError(f"mount '{m}' is not SRC:DST or SRC:DST:FLAGS (flags like ro or ro+rprivate)")
+        return mounts
+
+
+class SlurmSpec(SpecModel):
+    """Where and how a run lands on a Slurm cluster (used when backend is slurm).
+
+    Unset fields take the cluster profile's value, then Slurm's own default."""
+
+    partition: str | None = None
+    """Partition to submit to (`--partition`); unset: the profile's, else the cluster's default."""
+    account: str | None = None
+    """Account charged for the job (`--account`)."""
+    qos: str | None = None
+    """Quality of service (`--qos`)."""
+    time: str | None = None
+    """Time limit of each job (`--time`: minutes, HH:MM:SS or D-HH:MM:SS); a longer run requeues itself."""
+    exclusive: bool | None = None
+    """Whole nodes for the job (`--exclusive`); unset: exclusive for GPU runs, shared for CPU runs."""
+    cpus_per_task: int | None = Field(None, ge=1)
+    """CPUs for each node's task, i.e. for its torchrun agent and all its workers (`--cpus-per-task`)."""
+    mem: str | None = Field(None, pattern=_MEM)
+    """Memory per node (`--mem`, e.g. 64G); unset: Slurm's default (all of it on exclusive nodes)."""
+    constraint: str | None = None
+    """Node features the job needs (`--constraint`, e.g. `h100&ib`)."""
+    gpu_type: str | None = None
+    """GPU type in the request (`--gpus-per-node=h100:8`); unset requests any GPU."""
+    gpu_request: Literal["gpus-per-node", "gres"] = "gpus-per-node"
+    """How GPUs are requested: `--gpus-per-node` (select/cons_tres) or `--gres=gpu:N` (older sites)."""
+    container: ContainerSpec | None = None
+    """Run the training processes in this container image through pyxis; unset runs in the node's environment."""
+    container_runtime: Literal["auto", "pyxis", "none"] = "auto"
+    """auto: use pyxis when the nodes' srun has it, else warn and run without the container; none: no containers."""
+    signal_lead: int = Field(300, ge=30)
+    """Seconds before the time limit that the job is sent SIGUSR1 to checkpoint and requeue; must cover one
+    step plus a checkpoint save. Slurm checks time limits periodically, so it can arrive up to a minute earlier."""
+    prepare_shards: int = Field(8, ge=1)
+    """Array tasks of each map phase of data preparation (clean, tokenize), unless prepare.num_shards is set."""
+    prepare_cpus_per_task: int = Field(4, ge=1)
+    """CPUs of each data-preparation task (one shard each; the tokenizer trainer uses them all)."""
+    python: str | None = None
+    """Python with llmops installed on the nodes; unset: this interpreter (on the login node) or `python3` (SSH)."""
+    setup: list[str] = Field(default_factory=list)
+    """Shell lines the batch script runs before launching, e.g. `module load cuda` or `source venv/bin/activate`."""
+    env: dict[str, str] = Field(default_factory=dict)
+    """Environment for the training processes, on top of the profile's `env` (NCCL, EFA, InfiniBand)."""
+    sbatch_args: list[str] = Field(default_factory=list)
+    """Further sbatch options written as `#SBATCH` lines, e.g. `--reservation=big-run`."""
+    login: str | None = None
+    """SSH host of a login node (a name from your ~/.ssh/config); unset runs the Slurm commands on this machine."""
+    remote_root: str | None = None
+    """Folder for run directories on the cluster's shared filesystem; required with `login`."""
+    ssh_options: list[str] = Field(default_factory=list)
+    """Options for both ssh and scp, e.g. `[-F, site/ssh_config]` or `[-o, ProxyJump=bastion]`."""
+
+    @field_validator("time")
+    @classmethod
+    def _time_syntax(cls, value: str | None) -> str | None:
+        if value is not None:
+            time_limit_seconds(value)
+        return value
+
+    @field_validator("sbatch_args")
+    @classmethod
+    def _long_options(cls, args: list[str]) -> list[str]:
+        for a in args:
+            if not a.startswith("--") or "\n" in a:
+                raise ValueError(f"'{a}' is not a long sbatch option (write it as --name=value)")
+        return args
+
+    @model_validator(mode="after")
+    def _lead_below_limit(self) -> SlurmSpec:
+        if self.time is not None and self.signal_lead >= time_limit_seconds(self.time):
+            raise ValueError(f"signal_lead={self.signal_lead}s is not below the time limit {self.time}: "
+                             "the job would be told to stop as soon as it starts")
+        return self
+
+    @property
+    def time_seconds(self) -> int | None:
+        return None if self.time is None else time_limit_seconds(self.time)
+
+
+class SlurmProfile(SpecModel):
+    """The `slurm:` section of a cluster profile: defaults for every run, and what the nodes offer."""
+
+    defaults: SlurmSpec = SlurmSpec()
+    """Values for the run spec's `slurm:` fields that a run does not set (partition, account, container, ...)."""
+    partitions: list[str] | None = None
+    """Partitions users may name; a run naming another is refused before submission."""
+    gpus_per_node: int | None = Field(None, ge=0)
+    """GPUs on each node; a run asking for more is refused before submission."""
+    cpus_per_node: int | None = Field(None, ge=1)
+    """CPUs on each node; a run asking for more CPU processes or cpus_per_task is refused."""
+
+
+def parse_profile_section(data: dict[str, Any], source: str) -> SlurmProfile:
+    """Validate a profile's free-form `slurm:` mapping, naming every bad key and how to fix it."""
+    try:
+        return SlurmProfile.model_validate(data or {})
+    except ValidationError as exc:
+        raise SpecError(source, problems_from(exc, SlurmProfile, prefix=["slurm"],
+                                              fix="see `llmops schema` (the slurm section) for the allowed values")
+                        ) from None
+
+
+def resolve(spec: SlurmSpec | None, profile: SlurmProfile | None, profile_env: dict[str, str]) -> SlurmSpec:
+    """The spec's settings over the profile's defaults; setup lines, mounts and environments add up.
+
+    Idempotent: resolving an already resolved spec (a resume) against the same profile changes nothing.
+    """
+    own = spec.model_dump(exclude_unset=True) if spec is not None else {}
+    base = profile.defaults.model_dump(exclude_unset=True) if profile is not None else {}
+    merged = {**base, **own}
+    merged["setup"] = _unique([*base.get("setup", []), *own.get("setup", [])])
+    merged["env"] = {**profile_env, **base.get("env", {}), **own.get("env", {})}
+    merged["sbatch_args"] = _unique([*base.get("sbatch_args", []), *own.get("sbatch_args", [])])
+    site_container, own_container = base.get("container") or {}, own.get("container") or {}
+    if own_container:
+        mounts = [*site_container.get("mounts", []), *own_container.get("mounts", [])]
+        merged["container"] = {**site_container, **own_container, "mounts": _unique(mounts)}
+    return SlurmSpec.model_validate(merged)
+
+
+def _unique(items: list[str]) -> list[str]:
+    return list(dict.fromkeys(items))
+
+
+OPTIONS = (
+    Option("partition", "Partition to submit to."),
+    Option("account", "Account charged for the jobs."),
+    Option("qos", "Quality of service of the jobs."),
+    Option("time", "Time limit of each job (minutes, HH:MM:SS or D-HH:MM:SS); a longer run requeues itself."),
+)

@@ -1,0 +1,155 @@
+"""Alignment examples from the standard library's docstrings: real text, no download, deterministic.
+
+Each public function or class of this Python's standard library with a
+docstring gives a question and its answer: "What does `json.dumps` do?",
+answered with the first sentence of its docstring. SFT conversations use
+that answer (some with a system message, some with a second turn, some in
+the prompt/response form); a preference pair takes it as the chosen
+response and the answer about another name as the rejected one. Modules
+are parsed with :mod:`ast`, never imported (importing the standard library
+wholesale has side effects). The same Python and seed give the same set.
+
+Command line (writes JSONL for ``align.data.path``)::
+
+    python -m llmops.prepare.align_corpus sft conversations.jsonl [--examples N] [--seed S]
+    python -m llmops.prepare.align_corpus dpo preferences.jsonl
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import functools
+import json
+import re
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from llmops.prepare.sources import docstring_units
+
+SYSTEM = "You answer questions about the Python standard library in one sentence."
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s")
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One documented name and the first sentence of its docstring."""
+
+    name: str
+    """Qualified name, e.g. json.dumps."""
+    module: str
+    kind: str
+    """function or class."""
+    summary: str
+
+
+def _summary(doc: str) -> str | None:
+    """The docstring's first sentence, or None when it is too short or not prose."""
+    first = " ".join(doc.strip().split("\n\n")[0].split())
+    sentence = _SENTENCE_END.split(first, maxsplit=1)[0]
+    if len(sentence) < 20 or not sentence[0].isalpha() or ">>>" in sentence:
+        return None
+    return sentence
+
+
+def _module_name(rel_path: str) -> str:
+    parts = rel_path[:-3].split("/")
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+@functools.cache
+def _documented() -> tuple[Entry, ...]:
+    """Every public module-level function and class with a usable first sentence, sorted by name;
+    distinct sentences only (the first name in file order keeps one)."""
+    found: dict[str, Entry] = {}
+    for unit in docstring_units():
+        module = _module_name(unit.source)
+        if any(part.startswith("_") for part in module.split(".")):
+            continue
+        try:
+            tree = ast.parse(Path(unit.path).read_bytes())
+        except (SyntaxError, ValueError):
+            continue
+        for node in tree.body:
+            if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)) or node.name[0] == "_":
+                continue
+            summary = _summary(ast.get_docstring(node) or "")
+            if summary is not None and summary not in found:
+                kind = "class" if isinstance(node, ast.ClassDef) else "function"
+                found[summary] = Entry(f"{module}.{node.name}", module, kind, summary)
+    return tuple(sorted(found.values(), key=lambda e: e.name))
+
+
+def entries(max_chars: int = 160) -> tuple[Entry, ...]:
+    """The documented names whose first sentence has at most `max_chars` characters."""
+    return tuple(e for e in _documented() if len(e.summary) <= max_chars)
+
+
+def _pick(n: int, seed: int, max_chars: int) -> list[Entry]:
+    pool = entries(max_chars)
+    order = np.random.default_rng(seed).permutation(len(pool))
+    return [pool[i] for i in order[:n]]
+
+
+def _question(e: Entry) -> str:
+    return f"What does the {e.kind} `{e.name}` do?"
+
+
+def sft_records(n: int, *, seed: int = 0, max_chars: int = 160) -> list[dict]:
+    """`n` conversations in the forms users bring: messages (with or without a system turn, one or two
+    questions) and prompt/response pairs."""
+    out = []
+    for i, e in enumerate(_pick(n, seed, max_chars)):
+        form = i % 4
+        if form == 3:
+            out.append({"prompt": _question(e), "response": e.summary})
+            continue
+        messages = [{"role": "system", "content": SYSTEM}] if form == 1 else []
+        messages += [{"role": "user", "content": _question(e)}, {"role": "assistant", "content": e.summary}]
+        if form == 2:
+            messages += [{"role": "user", "content": "Which module is it in?"},
+                         {"role": "assistant", "content": f"It is in the `{e.module}` module."}]
+        out.append({"messages": messages})
+    return out
+
+
+def preference_records(n: int, *, seed: int = 0, max_chars: int = 160) -> list[dict]:
+    """`n` pairs: the right docstring sentence is chosen, the one of another module's name rejected."""
+    picked = _pick(n, seed, max_chars)
+    rng = np.random.default_rng((seed, 1))
+    out = []
+    for e in picked:
+        j = int(rng.integers(len(picked)))
+        while picked[j].module == e.module:
+            j = (j + 1) % len(picked)
+        out.append({"prompt": _question(e), "chosen": e.summary, "rejected": picked[j].summary})
+    return out
+
+
+def write_jsonl(records: list[dict], path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", encoding="utf-8") as f:
+        for r in records:
+            f.write(json.dumps(r, ensure_ascii=False) + "\n")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m llmops.prepare.align_corpus", description=__doc__.split("\n\n")[0])
+    parser.add_argument("kind", choices=("sft", "dpo"))
+    parser.add_argument("out", type=Path)
+    parser.add_argument("--examples", type=int, default=512)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--max-chars", type=int, default=160, help="longest answer, in characters")
+    args = parser.parse_args(argv)
+    make = sft_records if args.kind == "sft" else preference_records
+    records = make(args.examples, seed=args.seed, max_chars=args.max_chars)
+    write_jsonl(records, args.out)
+    print(f"wrote {len(records)} {args.kind} examples to {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

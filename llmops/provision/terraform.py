@@ -1,0 +1,176 @@
+"""Create (or destroy) a GPU cluster with infra/terraform, then hand it back.
+
+One cluster is one working directory (``$LLMOPS_CLUSTERS_DIR/<name>``,
+default ``~/.local/share/llmops/clusters/<name>``) holding a copy of the
+Terraform modules and the cloud's environment folder, the
+``llmops.auto.tfvars.json`` written from the command line, the Terraform
+state, the kubeconfig and the post-apply manifests. The copy makes the
+folder self-contained: ``--destroy`` later uses the exact code that created
+the cluster, whatever the repository looks like by then.
+
+Everything that can be checked before Terraform starts is checked first
+(arguments, the terraform binary, cloud credentials) and fails with exit
+code 2 and the fix. Terraform itself runs with its own output on the
+terminal, so the user sees its plan and progress.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from llmops.errors import EXIT_FAILED, UserError
+from llmops.provision.checks import check_credentials, find_kubectl, find_terraform, validate
+from llmops.provision.outputs import SHARED_CLAIM, kubeconfig, profile, shared_volume
+from llmops.provision.request import Request
+
+TFVARS = "llmops.auto.tfvars.json"
+_REPO_TERRAFORM = Path(__file__).resolve().parents[2] / "infra" / "terraform"
+_REPO_K8S = Path(__file__).resolve().parents[2] / "cluster" / "k8s" / "overlays"
+
+
+class ProvisionFailed(UserError):
+    """Terraform or kubectl failed after starting: exit 1, with what to do next."""
+
+    exit_code = EXIT_FAILED
+
+
+def terraform_source() -> Path:
+    """The infra/terraform tree to copy ($LLMOPS_TERRAFORM_DIR, else this checkout's)."""
+    src = Path(os.environ.get("LLMOPS_TERRAFORM_DIR") or _REPO_TERRAFORM)
+    if not (src / "modules").is_dir() or not (src / "environments").is_dir():
+        raise UserError(f"the Terraform code was not found in {src}",
+                        "run llmops from a checkout of the repository, or set LLMOPS_TERRAFORM_DIR "
+                        "to its infra/terraform folder")
+    return src
+
+
+def prepare(req: Request) -> Path:
+    """Copy the Terraform code into the cluster's folder and write the tfvars; returns the env folder.
+
+    Files the user added to the folder (a backend.tf for remote state, say)
+    are left alone; state, provider links and plans are never copied.
+    """
+    src = terraform_source()
+    skip = shutil.ignore_patterns(".terraform", "*.tfstate*", "*.tfplan", ".terraform.lock.hcl", TFVARS, "tests")
+    for part in ("modules", f"environments/{req.cloud}"):
+        shutil.copytree(src / part, req.root / "terraform" / part, ignore=skip, dirs_exist_ok=True)
+    (req.env_dir / TFVARS).write_text(json.dumps(req.tfvars(), indent=2, sort_keys=True) + "\n")
+    return req.env_dir
+
+
+def run(req: Request, *, say: Callable[[str], None] = print) -> None:
+    """Do what the request asks: plan, apply (then hand back the cluster) or destroy."""
+    validate(req)
+    terraform = find_terraform()
+    check_credentials(req.cloud)
+    if req.action == "destroy":
+        _destroy(req, terraform, say)
+        return
+    env_dir = prepare(req)
+    say(f"Terraform folder: {env_dir}")
+    _terraform(terraform, env_dir, "init", "-input=false")
+    if req.action == "plan":
+        _terraform(terraform, env_dir, "plan", "-input=false", "-out=llmops.tfplan")
+        say(f"plan saved in {env_dir / 'llmops.tfplan'}; run without --plan to create the cluster")
+        return
+    _terraform(terraform, env_dir, "apply", "-input=false", *(["-auto-approve"] if req.yes else []))
+    facts = read_facts(terraform, env_dir)
+    hand_back(req, facts, say=say)
+
+
+def _destroy(req: Request, terraform: str, say: Callable[[str], None]) -> None:
+    if not (req.env_dir / "terraform.tfstate").is_file():
+        raise UserError(f"there is no cluster '{req.name}' to destroy: no Terraform state in {req.env_dir}",
+                        "check --name (and LLMOPS_CLUSTERS_DIR or --workdir), or destroy by hand with "
+                        "`terraform destroy` in the folder that holds the state")
+    _terraform(terraform, req.env_dir, "init", "-input=false")
+    _terraform(terraform, req.env_dir, "destroy", "-input=false", *(["-auto-approve"] if req.yes else []))
+    for stale in (req.root / "kubeconfig", req.profile_path):
+        stale.unlink(missing_ok=True)
+    say(f"cluster '{req.name}' destroyed; its profile and kubeconfig were removed "
+        f"(the bucket is kept unless force_destroy_bucket was set)")
+
+
+def _terraform(terraform: str, cwd: Path, *args: str) -> None:
+    """Run one Terraform command with its output on our terminal; failure is exit 1."""
+    proc = subprocess.run([terraform, *args], cwd=cwd)
+    if proc.returncode != 0:
+        raise ProvisionFailed(f"`terraform {args[0]}` failed (exit {proc.returncode}) in {cwd}",
+                              "read Terraform's message above, fix the cause, and run the same "
+                              "`llmops provision` again: Terraform resumes from its state")
+
+
+def read_facts(terraform: str, env_dir: Path) -> dict[str, Any]:
+    """The environment's `cluster` output (see environments/<cloud>/outputs.tf)."""
+    proc = subprocess.run([terraform, "output", "-json", "cluster"], cwd=env_dir, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise ProvisionFailed(f"`terraform output` failed in {env_dir}: {proc.stderr.strip()}",
+                              "run `terraform output cluster` there to see why")
+    return json.loads(proc.stdout)
+
+
+def hand_back(req: Request, facts: dict[str, Any], *, say: Callable[[str], None] = print) -> None:
+    """Write kubeconfig, profile and manifests, then install the add-ons when the API is reachable."""
+    kube = req.root / "kubeconfig"
+    _write_yaml(kube, kubeconfig(facts), mode=0o600)
+    _write_yaml(req.profile_path, profile(facts))
+    say(f"kubeconfig: {kube}\nprofile '{req.name}': {req.profile_path}")
+    kubectl = shutil.which(os.environ.get("LLMOPS_KUBECTL") or "kubectl")
+    steps = _addon_steps(req, facts, kubectl)
+    if not facts.get("endpoint_public"):
+        say("The Kubernetes API is private. From a machine inside the network (VPN, bastion), finish with:\n"
+            + "\n".join(f"  KUBECONFIG={kube} {' '.join(s)}" for s in steps))
+        return
+    kubectl = kubectl or find_kubectl()  # raises with the fix
+    for step in steps:
+        proc = subprocess.run([kubectl, *step[1:]], env=os.environ | {"KUBECONFIG": str(kube)})
+        if proc.returncode != 0:
+            raise ProvisionFailed(f"`{' '.join(step)}` failed (exit {proc.returncode}); the cluster exists",
+                                  f"fix the cause and run it again with KUBECONFIG={kube}")
+    say(f"cluster '{req.name}' is ready: set `profile: {req.name}` in a run spec with backend k8s")
+
+
+def _addon_steps(req: Request, facts: dict[str, Any], kubectl: str | None) -> list[list[str]]:
+    """kubectl commands after apply: device plugins, the platform overlay, the shared volume.
+
+    The platform overlay (cluster/k8s/overlays/<cloud>: namespace, RBAC,
+    service account, priority class...) is rendered here without its shared
+    claim and storage classes: those provision a new file system
+    dynamically, while this cluster already has one, bound statically.
+    """
+    folder = req.root / "k8s"
+    folder.mkdir(parents=True, exist_ok=True)
+    apply = ["kubectl", "apply", "--server-side", "--field-manager=llmops-provision"]
+    steps = [apply + ["-k", str(req.env_dir / "addons")]]
+    overlay = _REPO_K8S / req.cloud
+    if kubectl and (overlay / "kustomization.yaml").is_file():
+        proc = subprocess.run([kubectl, "kustomize", str(overlay)], capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise ProvisionFailed(f"`kubectl kustomize {overlay}` failed: {proc.stderr.strip()}",
+                                  "fix the overlay (or run from a clean checkout) and run again")
+        kept = [o for o in yaml.safe_load_all(proc.stdout) if o and not _provisioned_elsewhere(o)]
+        (folder / "platform.yaml").write_text(yaml.safe_dump_all(kept, sort_keys=False))
+        steps.append(apply + ["-f", str(folder / "platform.yaml")])
+    (folder / "shared-volume.yaml").write_text(yaml.safe_dump_all(shared_volume(facts), sort_keys=False))
+    steps.append(apply + ["-f", str(folder / "shared-volume.yaml")])
+    return steps
+
+
+def _provisioned_elsewhere(obj: dict[str, Any]) -> bool:
+    """Objects of the platform overlay that the Terraform-made file system replaces."""
+    return obj.get("kind") == "StorageClass" or (
+        obj.get("kind") == "PersistentVolumeClaim" and obj["metadata"]["name"] == SHARED_CLAIM)
+
+
+def _write_yaml(path: Path, data: dict[str, Any], *, mode: int = 0o644) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    path.chmod(mode)

@@ -1,0 +1,150 @@
+"""Library functions behind the CLI: plan, submit, render, follow, cancel and resume runs.
+
+A spec travels one way: the loaded (resolved) spec goes to :func:`plan`,
+which applies the backend's command-line options, checks the backend's rules
+and takes its dry run, all in memory. The request it returns carries the
+backend and the spec the run will keep; :func:`submit` and :func:`render`
+are the only places that create a run directory, and they write that spec
+into it once.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict
+from pathlib import Path
+
+from llmops.backends.base import Backend, Request
+from llmops.backends.registry import get_backend
+from llmops.errors import SpecError, UserError
+from llmops.runs.rundir import PENDING, TERMINAL, RunDir, Status, new_run_path
+from llmops.spec.run import RunSpec
+
+
+def check(spec: RunSpec, options: dict[str, dict[str, str]] | None = None) -> tuple[Backend, RunSpec]:
+    """The spec's backend and the spec with that backend's command-line options applied, after the backend's
+    own rules; SpecError (exit 2) with every problem, or with an option that belongs to another backend."""
+    backend = get_backend(spec.backend)
+    for name, values in (options or {}).items():
+        if values and name != backend.name:
+            flags = ", ".join(f"--{k.replace('_', '-')}" for k in values)
+            raise UserError(f"{flags}: option(s) of the {name} backend, but this run uses the {backend.name} backend",
+                            f"leave them out, or pass --backend {name}")
+    spec = backend.with_options(spec, (options or {}).get(backend.name, {}))
+    problems = backend.validate(spec)
+    if problems:
+        raise SpecError(f"{spec.name} (backend {backend.name})", problems)
+    return backend, spec
+
+
+def plan(spec: RunSpec, *, root: Path | None = None, path: Path | None = None,
+         options: dict[str, dict[str, str]] | None = None) -> Request:
+    """The backend's request for a new run of `spec` (in a new folder under `root`, or at `path`), built in
+    memory: nothing is written and nothing starts."""
+    backend, spec = check(spec, options)
+    run_path = path.absolute() if path is not None else new_run_path(spec.name, root or Path("runs"))
+    return backend.dry_run(spec, run_path)
+
+
+def submit(request: Request) -> RunDir:
+    """Create the run directory with the request's spec and start the run; a refused submit leaves nothing."""
+    if request.run_path.exists():
+        raise UserError(f"{request.run_path} exists already", "submit again: a new run gets a new directory")
+    run = RunDir.create(request.spec, request.run_path)
+    try:
+        get_backend(request.backend).submit(request, run)
+    except UserError:  # refused before anything started: the folder is ours, just created, and empty of work
+        shutil.rmtree(run.path, ignore_errors=True)
+        raise
+    return run
+
+
+def render(request: Request) -> list[Path]:
+    """Write the resolved spec and the backend's artefacts into the request's folder; returns the files.
+
+    A rendered folder is not a run (no status.json), and an existing run directory is never written into.
+    """
+    out = request.run_path
+    if (out / "status.json").exists():
+        raise UserError(f"{out} is a run directory", "render into a new folder (--out)")
+    run = RunDir.create(request.spec, out, status=False)
+    written = [run.spec_path]
+    for name, text in request.files().items():
+        target = out / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(text)
+        if text.startswith("#!"):
+            target.chmod(0o755)
+        written.append(target)
+    return written
+
+
+def status(run: RunDir) -> Status:
+    get_backend(run.read_spec().backend).refresh(run)
+    return run.read_status()
+
+
+def logs(run: RunDir, *, follow: bool, stage: str | None = None) -> Iterator[str]:
+    """One stage's log lines (default: the stage running now); with follow, until that stage ends."""
+    spec = run.read_spec()
+    stage = stage or run.read_status().stage or spec.stages[0]
+    if stage not in spec.stages:
+        raise UserError(f"run {run.id} has no '{stage}' stage (its stages: {', '.join(spec.stages)})",
+                        f"pass --stage with one of {', '.join(spec.stages)}")
+    return get_backend(spec.backend).logs(run, follow=follow, stage=stage)
+
+
+def cancel(run: RunDir, *, force: bool = False, wait: float = 120.0) -> Status:
+    """Ask the run to checkpoint and stop; wait until nothing of it runs any more."""
+    backend = get_backend(run.read_spec().backend)
+    backend.cancel(run, force=force)
+    deadline = time.time() + wait
+    while time.time() < deadline:
+        backend.refresh(run)
+        st = run.read_status()
+        if st.state in TERMINAL:
+            return st
+        time.sleep(0.5)
+    backend.cancel(run, force=True)
+    time.sleep(1.0)
+    backend.refresh(run)
+    return run.read_status()
+
+
+def resume(run: RunDir) -> RunDir:
+    """Start a stopped run again from the spec it was submitted with; it continues from its latest complete
+    checkpoint. A resume the backend refuses leaves the run's record as it was."""
+    spec = run.read_spec()
+    backend = get_backend(spec.backend)
+    backend.refresh(run)
+    before = run.read_status()
+    if before.state not in TERMINAL:
+        raise UserError(f"run {run.id} is {before.state}, not stopped",
+                        f"follow it with `llmops logs {run.id} -f`, or cancel it first")
+    request = backend.dry_run(spec, run.path.absolute())
+    run.cancel_marker.unlink(missing_ok=True)
+    run.update_status(state=PENDING, restarts=before.restarts + 1, exit_code=None, message="resumed by the user")
+    try:
+        backend.submit(request, run)
+    except UserError:  # refused before anything started
+        run.write_status(Status(**asdict(before)))
+        raise
+    return run
+
+
+def follow(run: RunDir, *, on_line: Callable[[str], None]) -> Status:
+    """Stream the log of each stage, from the one running now, to `on_line` until the run ends."""
+    spec = run.read_spec()
+    stages = spec.stages
+    i = stages.index(run.read_status().stage) if run.read_status().stage in stages else 0
+    while True:
+        if len(stages) > 1:
+            on_line(f"[llmops] ---- stage {stages[i]} ({i + 1}/{len(stages)})")
+        for line in logs(run, follow=True, stage=stages[i]):
+            on_line(line)
+        st = status(run)
+        if i + 1 == len(stages) or (st.state in TERMINAL and stages[i + 1] not in st.stages):
+            return st  # the last stage, or the run ended before the next one started
+        i += 1

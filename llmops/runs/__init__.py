@@ -1,0 +1,7 @@
+"""Runs as the control plane keeps them: the run directory, its status, logs, checkpoints and report.
+
+* :mod:`~llmops.runs.rundir`: the run directory's layout, ``status.json`` and finding a run by id;
+* :mod:`~llmops.runs.logs`: following a stage's logs and parsing the trainer's step lines;
+* :mod:`~llmops.runs.checkpoints`: listing and verifying checkpoints without Megatron;
+* :mod:`~llmops.runs.report`: each stage's figures and the HTML report.
+"""

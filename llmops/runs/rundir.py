@@ -1,0 +1,223 @@
+"""The run directory: the one place a run's state lives, for every backend.
+
+::
+
+    runs/<name>-<YYYYmmdd-HHMMSS>/
+        spec.yaml          the resolved spec, written once at submit; every stage and restart reads it
+        status.json        state, backend, restarts, exit code (written by the backend's supervisor)
+        logs/              <stage>.restart-<n>.log: a restart never overwrites an earlier log
+        stages/<stage>/    per stage:
+            metrics.jsonl  one row per logged step (see llmops_model.train.metrics)
+            progress.json  the latest row
+            eval.jsonl     held-out evaluations (align stages)
+        checkpoints/       pretrain's, unless checkpoint.dir points elsewhere
+        checkpoints-<s>/   align stage s's, unless its checkpoint_dir does
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from llmops.errors import UserError
+from llmops.spec.load import dump_spec, read_resolved
+from llmops.spec.run import RunSpec
+
+DEFAULT_RUNS_DIR = "runs"
+
+# Run states. Terminal ones never change again unless the run is resumed.
+PENDING, RUNNING, SUCCEEDED, FAILED, CANCELLED = "PENDING", "RUNNING", "SUCCEEDED", "FAILED", "CANCELLED"
+TERMINAL = {SUCCEEDED, FAILED, CANCELLED}
+
+
+def runs_root(override: str | os.PathLike | None = None) -> Path:
+    return Path(override or os.environ.get("LLMOPS_RUNS_DIR") or DEFAULT_RUNS_DIR)
+
+
+@dataclass
+class Status:
+    state: str = PENDING
+    backend: str = "local"
+    restarts: int = 0
+    exit_code: int | None = None
+    message: str = ""
+    supervisor_pid: int | None = None
+    job_pgid: int | None = None
+    job_id: str | None = None
+    stage: str | None = None
+    """The stage running now (or the last one that ran)."""
+    stages: dict[str, dict] = field(default_factory=dict)
+    """Per stage, as far as the backend knows: state, restarts, started_at, ended_at, exit_code, message."""
+    submitted_at: float = field(default_factory=time.time)
+    started_at: float | None = None
+    ended_at: float | None = None
+
+    def ended(self, stage: str | None = None) -> bool:
+        """The run, or the stage, has ended: its logs will not grow any more."""
+        return self.state in TERMINAL or (stage is not None and self.stages.get(stage, {}).get("state") in TERMINAL)
+
+
+class RunDir:
+    """Reads and writes one run's directory. All writes are atomic replaces."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+
+    @property
+    def id(self) -> str:
+        return self.path.name
+
+    @property
+    def spec_path(self) -> Path:
+        return self.path / "spec.yaml"
+
+    @property
+    def logs(self) -> Path:
+        return self.path / "logs"
+
+    def log_path(self, stage: str, restart: int) -> Path:
+        return self.logs / f"{stage}.restart-{restart}.log"
+
+    def log_files(self, stage: str = "pretrain") -> list[Path]:
+        def restart_of(p: Path) -> int:
+            return int(p.name.rsplit("restart-", 1)[1].split(".")[0])
+
+        return sorted(self.logs.glob(f"{stage}.restart-*.log"), key=restart_of)
+
+    @classmethod
+    def create(cls, spec: RunSpec, path: Path, *, status: bool = True) -> RunDir:
+        """The run directory at `path` with the resolved spec (and, for a run, its first status.json)."""
+        path.mkdir(parents=True, exist_ok=True)
+        (path / "logs").mkdir(exist_ok=True)
+        run = cls(path)
+        _atomic_write(run.spec_path, dump_spec(spec))
+        if status:
+            run.write_status(Status(backend=spec.backend))
+        return run
+
+    def read_spec(self) -> RunSpec:
+        """The spec the run was submitted with (validated, never resolved again)."""
+        if not self.spec_path.is_file():
+            raise UserError(f"{self.path} is not a run directory (no spec.yaml)",
+                            "pass a run id from `llmops status` or the path of a run directory")
+        return read_resolved(self.spec_path)
+
+    def read_status(self) -> Status:
+        try:
+            data = json.loads((self.path / "status.json").read_text())
+        except (OSError, ValueError):
+            return Status()
+        return Status(**{k: v for k, v in data.items() if k in Status.__dataclass_fields__})
+
+    def write_status(self, status: Status) -> None:
+        _atomic_write(self.path / "status.json", json.dumps(asdict(status), indent=1))
+
+    def update_status(self, **changes) -> Status:
+        status = self.read_status()
+        for key, value in changes.items():
+            setattr(status, key, value)
+        self.write_status(status)
+        return status
+
+    def stage_dir(self, stage: str) -> Path:
+        """The stage's metrics and markers (created by whoever writes there first)."""
+        return self.path / "stages" / stage
+
+    def update_stage(self, stage: str, **changes) -> Status:
+        """Change one stage's record (and make it the current stage)."""
+        status = self.read_status()
+        status.stages = {**status.stages, stage: {**status.stages.get(stage, {}), **changes}}
+        status.stage = stage
+        self.write_status(status)
+        return status
+
+    def progress(self, stage: str | None = None) -> dict | None:
+        """The latest logged step of `stage`, or of the stage running now (the last one to log)."""
+        if stage is None:
+            stage = self.read_status().stage
+            if stage is None:
+                found = sorted(self.path.glob("stages/*/progress.json"), key=lambda p: p.stat().st_mtime)
+                stage = found[-1].parent.name if found else None
+        if stage is None:
+            return None
+        try:
+            return json.loads((self.stage_dir(stage) / "progress.json").read_text())
+        except (OSError, ValueError):
+            return None
+
+    def metrics(self, stage: str = "pretrain", name: str = "metrics.jsonl") -> list[dict]:
+        """Logged steps of `stage`, the latest row for each step (a re-run step replaces the earlier row)."""
+        rows: dict[int, dict] = {}
+        try:
+            lines = (self.stage_dir(stage) / name).read_text().splitlines()
+        except OSError:
+            return []
+        for line in lines:
+            try:
+                row = json.loads(line)
+            except ValueError:
+                continue  # a line cut off by a kill mid-write
+            rows[row["step"]] = row
+        return [rows[s] for s in sorted(rows)]
+
+    @property
+    def cancel_marker(self) -> Path:
+        return self.path / "cancel-requested"
+
+
+def new_run_path(name: str, root: Path) -> Path:
+    """A run directory's path under root that is not taken: <name>-<YYYYmmdd-HHMMSS>[-n]."""
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    path, n = root / f"{name}-{stamp}", 1
+    while path.exists():
+        n += 1
+        path = root / f"{name}-{stamp}-{n}"
+    return path.absolute()
+
+
+def resolve_run(ref: str, root: Path) -> RunDir:
+    """A run from a path, an exact id under root, or a name (its newest run)."""
+    as_path = Path(ref)
+    if (as_path / "spec.yaml").is_file():
+        return RunDir(as_path)
+    if (root / ref / "spec.yaml").is_file():
+        return RunDir(root / ref)
+    candidates = sorted(p for p in root.glob(f"{ref}-*") if (p / "spec.yaml").is_file()) if root.is_dir() else []
+    if candidates:
+        return RunDir(max(candidates, key=lambda p: p.stat().st_mtime))
+    raise UserError(f"no run '{ref}' under {root}",
+                    "list runs with `llmops status`, or pass --runs-dir where the run was started")
+
+
+def list_runs(root: Path) -> list[RunDir]:
+    if not root.is_dir():
+        return []
+    runs = [RunDir(p) for p in root.iterdir() if (p / "spec.yaml").is_file()]
+    return sorted(runs, key=lambda r: r.read_status().submitted_at)
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def checkpoint_root(spec: RunSpec, stage: str, run_dir: os.PathLike | str) -> str:
+    """Where training stage `stage` saves and resumes (pretrain or an align stage's name)."""
+    if stage == "pretrain":
+        return spec.checkpoint.dir or os.path.join(run_dir, "checkpoints")
+    a = spec.align_stage(stage)
+    return a.checkpoint_dir or os.path.join(run_dir, f"checkpoints-{a.stage}")
+
+
+def start_root(spec: RunSpec, stage: str, run_dir: os.PathLike | str) -> str:
+    """What align stage `stage` starts from: its start_from, else the previous training stage's checkpoints."""
+    a = spec.align_stage(stage)
+    if a.start_from is not None:
+        return a.start_from
+    order = spec.training_stages
+    before = order[order.index(stage) - 1] if order.index(stage) > 0 else "pretrain"
+    return checkpoint_root(spec, before, run_dir)

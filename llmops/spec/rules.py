@@ -1,0 +1,321 @@
+"""The rules that span the run spec's components, each violation with its field path, value and fix.
+
+Per-field checks live on the fields (:mod:`llmops.spec.run` and its
+sections); what only makes sense across sections lives here: the world size
+against the parallel layout, batch sizes against data parallelism, the
+prepare stage against what pretraining reads, each align stage against the
+tokenizer and the stage it starts from. :func:`check_rules` reports every
+problem at once, and fills in what the spec leaves to be derived (the
+prepared data and vocabulary, absolute paths): its result is the resolved
+spec. A backend's own rules (the shared volume of Kubernetes, Slurm's
+settings) are the backend's (:meth:`llmops.backends.base.Backend.validate`).
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import re
+from dataclasses import dataclass
+
+from llmops.errors import Problem, UserError
+from llmops.spec.align import AlignSpec
+from llmops.spec.base import absolute_path
+from llmops.spec.prepare import EOS_ID, PrepareSpec
+from llmops.spec.presets import PRESETS
+from llmops.spec.run import DataSpec, IndexedData, RunSpec
+
+
+def check_rules(spec: RunSpec) -> list[Problem]:
+    """The cross-component rules users get wrong, every violation at once."""
+    linked = _prepare_rules(spec)  # first: it fills data and model.vocab_size from the prepare stage
+    out = _model_rules(spec)
+    if out:
+        return linked + out  # the remaining rules need a complete model shape
+    out += linked + _resource_rules(spec) + _parallel_rules(spec)
+    if not spec.stages:
+        out.append(Problem("(top level)", None, "names no stage to run", "add a train: or prepare: section"))
+    if spec.train is not None:
+        out += _train_rules(spec)
+    if spec.align:
+        out += align_rules(spec)
+    return out + _data_rules(spec)
+
+
+def _prepare_rules(spec: RunSpec) -> list[Problem]:
+    """Make prepare: paths absolute; with train:, train on what prepare writes.
+
+    Unless the spec sets them, data.indexed (the prepared prefix and eod id) and
+    model.vocab_size (the tokenizer's) are filled in, so the resolved spec
+    names exactly what pretraining reads; values the spec sets must agree.
+    """
+    if spec.prepare is None:
+        return []
+    spec.prepare = spec.prepare.model_copy(update=spec.prepare.absolutized())
+    if spec.train is None:
+        return []
+    if spec.prepare.tokenizer is None:
+        return [Problem("prepare.tokenizer", None, "is null, so prepare writes no token files for train:",
+                        "give a tokenizer: section, or leave train: out of this spec")]
+    try:
+        facts = _training_facts(spec.prepare)
+    except UserError as exc:
+        reason = getattr(exc, "reason", exc.message)
+        return [Problem("prepare.tokenizer.model", spec.prepare.tokenizer.model, reason, exc.fix or "check the file")]
+    out: list[Problem] = []
+    ix = spec.data.indexed
+    if "data" not in spec.model_fields_set:
+        spec.data = DataSpec(indexed=IndexedData(paths=[facts.prefix], eod_id=facts.eod_id))
+    elif ix is None or facts.prefix not in map(absolute_path, ix.paths) or ix.eod_id != facts.eod_id:
+        out.append(Problem("data", None, "does not train on what prepare: writes",
+                           f"leave data: out (it is filled in), or write data: {{indexed: {{paths: "
+                           f"['{facts.prefix}'], eod_id: {facts.eod_id}}}}}"))
+    if "vocab_size" not in spec.model.model_fields_set:
+        spec.model.vocab_size = facts.vocab_size
+    elif (spec.model.vocab_size or 0) < facts.vocab_size:
+        out.append(Problem("model.vocab_size", spec.model.vocab_size,
+                           f"is smaller than the tokenizer's vocabulary ({facts.vocab_size})",
+                           f"leave model.vocab_size out (it is filled in), or set it to {facts.vocab_size}"))
+    return out
+
+
+@dataclass(frozen=True)
+class _TrainingFacts:
+    prefix: str
+    eod_id: int
+    vocab_size: int
+
+
+def _training_facts(prepare: PrepareSpec) -> _TrainingFacts:
+    """What the pretrain stage needs from the prepare stage's output, known before it runs.
+
+    A trained tokenizer's ids are ours to choose; an existing model is read (UserError when it cannot be).
+    """
+    tok = prepare.tokenizer
+    if tok.model is None:
+        return _TrainingFacts(prefix=absolute_path(prepare.prefix), eod_id=EOS_ID, vocab_size=tok.vocab_size)
+    from llmops.prepare.tokenizer import read_model_facts
+
+    facts = read_model_facts(tok.model)
+    return _TrainingFacts(prefix=absolute_path(prepare.prefix), eod_id=facts.eos_id, vocab_size=facts.vocab_size)
+
+
+def _model_rules(spec: RunSpec) -> list[Problem]:
+    m = spec.model
+    if m.preset is not None and m.preset not in PRESETS:
+        close = difflib.get_close_matches(m.preset, PRESETS, n=1)
+        hint = f"did you mean '{close[0]}'? " if close else ""
+        return [Problem("model.preset", m.preset, "is not a known preset",
+                        f"{hint}use one of {', '.join(PRESETS)}, or set preset: null and give every field")]
+    missing = [f for f in ("num_layers", "hidden_size", "num_attention_heads", "ffn_hidden_size",
+                           "seq_length", "vocab_size") if getattr(m, f) is None]
+    if missing:
+        return [Problem("model", None, f"has no preset and is missing {', '.join(missing)}",
+                        "name a preset (model.preset: tiny) or give those fields")]
+    if m.hidden_size % m.num_attention_heads:
+        return [Problem("model.hidden_size", m.hidden_size,
+                        f"is not divisible by num_attention_heads={m.num_attention_heads}",
+                        "make the width a multiple of the head count")]
+    if m.num_query_groups and m.num_attention_heads % m.num_query_groups:
+        return [Problem("model.num_query_groups", m.num_query_groups,
+                        f"does not divide num_attention_heads={m.num_attention_heads}",
+                        "use a divisor of the attention head count")]
+    return []
+
+
+def _resource_rules(spec: RunSpec) -> list[Problem]:
+    res, out = spec.resources, []
+    if res.cpu and res.gpus_per_node is not None:
+        out.append(Problem("resources.gpus_per_node", res.gpus_per_node, "is set while resources.cpu is true",
+                           "remove gpus_per_node for a CPU run, or set cpu: false to use GPUs"))
+    if not res.cpu and res.processes_per_node is not None:
+        out.append(Problem("resources.processes_per_node", res.processes_per_node,
+                           "only applies to CPU runs", "use gpus_per_node for GPU runs, or set cpu: true"))
+    if not res.cpu and res.gpus_per_node is None:
+        out.append(Problem("resources", None, "names neither gpus_per_node nor cpu: true",
+                           "add gpus_per_node: N, or cpu: true with processes_per_node: N"))
+    return out
+
+
+def _parallel_rules(spec: RunSpec) -> list[Problem]:
+    res, par, m, out = spec.resources, spec.parallelism, spec.model, []
+    tp, pp, world = par.tensor, par.pipeline, res.world_size
+    if world % (tp * pp):
+        out.append(Problem("parallelism", f"tensor={tp} pipeline={pp}",
+                           f"tensor x pipeline = {tp * pp} does not divide the world size {world} "
+                           f"({res.nodes} node(s) x {res.procs_per_node} process(es))",
+                           f"choose tensor and pipeline whose product divides {world}, or change resources"))
+    if m.num_attention_heads % tp:
+        out.append(Problem("model.num_attention_heads", m.num_attention_heads,
+                           f"is not divisible by parallelism.tensor={tp}",
+                           "make the head count a multiple of the tensor-parallel size"))
+    elif (m.num_query_groups or m.num_attention_heads) % tp:
+        out.append(Problem("model.num_query_groups", m.num_query_groups, f"is not divisible by parallelism.tensor={tp}",
+                           "make the key/value head count a multiple of the tensor-parallel size"))
+    if m.ffn_hidden_size % tp:
+        out.append(Problem("model.ffn_hidden_size", m.ffn_hidden_size, f"is not divisible by parallelism.tensor={tp}",
+                           "make the MLP width a multiple of the tensor-parallel size"))
+    if m.num_layers % pp:
+        out.append(Problem("model.num_layers", m.num_layers, f"is not divisible by parallelism.pipeline={pp}",
+                           "make the layer count a multiple of the pipeline-parallel size"))
+    if m.padded_vocab_size % tp:
+        out.append(Problem("parallelism.tensor", tp, f"does not divide the padded vocabulary {m.padded_vocab_size}",
+                           "use a power-of-two tensor-parallel size"))
+    if par.sequence_parallel and tp == 1:
+        out.append(Problem("parallelism.sequence_parallel", True, "needs parallelism.tensor > 1",
+                           "set sequence_parallel: false or raise tensor"))
+    if par.sequence_parallel and m.seq_length % tp:
+        out.append(Problem("model.seq_length", m.seq_length, f"is not divisible by parallelism.tensor={tp} "
+                           "(sequence parallelism splits the sequence)", "use a multiple of the tensor size"))
+    return out
+
+
+def _train_rules(spec: RunSpec) -> list[Problem]:
+    out: list[Problem] = []
+    res, tr, par = spec.resources, spec.train, spec.parallelism
+    tp, pp, world = par.tensor, par.pipeline, res.world_size
+    dp = spec.data_parallel
+    if world % (tp * pp) == 0 and tr.global_batch_size % (tr.micro_batch_size * dp):
+        rows = tr.micro_batch_size * dp
+        out.append(Problem("train.global_batch_size", tr.global_batch_size,
+                           f"is not divisible by micro_batch_size x data-parallel size = "
+                           f"{tr.micro_batch_size} x {dp} = {rows}",
+                           f"use a multiple of {rows}, e.g. {max(1, round(tr.global_batch_size / rows)) * rows}"))
+    if tr.min_lr > tr.lr:
+        out.append(Problem("train.min_lr", tr.min_lr, f"is larger than train.lr={tr.lr}",
+                           "the cosine decay ends at min_lr: make it at most lr"))
+    if tr.warmup_steps >= tr.steps:
+        out.append(Problem("train.warmup_steps", tr.warmup_steps, f"is not below train.steps={tr.steps}",
+                           "warm up for a fraction of the run (a few percent of steps is typical)"))
+    if res.cpu and tr.precision == "bf16":
+        out.append(Problem("train.precision", "bf16", "is not supported on CPU runs",
+                           "use precision: auto or fp32 with cpu: true"))
+    if res.cpu and spec.model.compile is True:
+        out.append(Problem("model.compile", True, "is not supported on CPU runs",
+                           "leave compile: auto (or set false) for cpu: true"))
+    if res.cpu and spec.checkpoint.async_save:
+        out.append(Problem("checkpoint.async_save", True, "is not supported on CPU runs",
+                           "set async_save: false for cpu: true"))
+    return out
+
+
+def _data_rules(spec: RunSpec) -> list[Problem]:
+    out: list[Problem] = []
+    d = spec.data
+    if (d.synthetic is None) == (d.indexed is None):
+        out.append(Problem("data", None, "must name exactly one source",
+                           "give either data.synthetic: {} or data.indexed: {paths: [...]}"))
+    elif d.indexed is not None:
+        ix = d.indexed
+        if ix.weights is not None and len(ix.weights) != len(ix.paths):
+            out.append(Problem("data.indexed.weights", ix.weights,
+                               f"has {len(ix.weights)} entries for {len(ix.paths)} paths",
+                               "give one weight per path, or leave weights out"))
+        if not re.fullmatch(r"\d+(\.\d+)?,\d+(\.\d+)?,\d+(\.\d+)?", ix.split.replace(" ", "")):
+            out.append(Problem("data.indexed.split", ix.split, "is not three comma-separated numbers",
+                               "write it like '969,30,1' (train,validation,test)"))
+    return out
+
+
+def align_rules(spec: RunSpec) -> list[Problem]:
+    """The rules that tie each `align:` stage to the rest of the spec. Fills in tokenizers from `prepare:`."""
+    out = _name_rules(spec)
+    for i, a in enumerate(list(spec.align)):
+        where = "align" if len(spec.align) == 1 else f"align.{i}"
+        a = a.model_copy(update=a.absolutized())
+        problems = _batch_rules(spec, a) + (_start_rules(spec) if i == 0 else [])
+        prepared = (os.path.join(spec.prepare.output.dir, "tokenizer.model")
+                    if spec.prepare is not None and spec.prepare.tokenizer is not None else None)
+        if prepared is not None and a.tokenizer in (None, prepared):  # written by this run's prepare stage
+            a = a.model_copy(update={"tokenizer": prepared})
+            problems += _prepared_tokenizer_rules(spec, a)
+        elif a.tokenizer is None:
+            problems.append(Problem("align.tokenizer", None, "is unset and no prepare: stage writes a tokenizer",
+                                    "set align.tokenizer to the tokenizer.model the model was pre-trained with"))
+        elif os.path.exists(a.tokenizer):
+            problems += _tokenizer_file_rules(spec, a, a.tokenizer)
+        elif spec.backend == "local":
+            problems.append(Problem("align.tokenizer", a.tokenizer, "does not exist", "check the path"))
+        if a.data.path is not None and spec.backend == "local" and not os.path.isfile(a.data.path):
+            problems.append(Problem("align.data.path", a.data.path, "is not a file",
+                                    "check the path (relative paths start from the folder you run llmops in)"))
+        spec.align[i] = a
+        out += [Problem(where + p.path[len("align"):], p.value, p.message, p.fix)
+                if p.path.startswith("align.") else p for p in problems]
+    return out
+
+
+def _name_rules(spec: RunSpec) -> list[Problem]:
+    seen: dict[str, int] = {}
+    out = []
+    for i, a in enumerate(spec.align):
+        if a.stage in ("prepare", "pretrain"):
+            out.append(Problem(f"align.{i}.name", a.stage, "is the name of another stage kind",
+                               "name align stages after what they do, e.g. sft-chat"))
+        elif a.stage in seen:
+            out.append(Problem(f"align.{i}.name", a.name, f"repeats the stage name of align.{seen[a.stage]}",
+                               f"give each {a.method} stage its own name:, e.g. {a.method}-{i + 1}"))
+        seen.setdefault(a.stage, i)
+    return out
+
+
+def _batch_rules(spec: RunSpec, a: AlignSpec) -> list[Problem]:
+    out = []
+    dp = spec.data_parallel
+    unit = a.micro_batch_size * dp
+    if a.global_batch_size % unit:
+        out.append(Problem("align.global_batch_size", a.global_batch_size,
+                           f"is not divisible by micro_batch_size x data-parallel size = "
+                           f"{a.micro_batch_size} x {dp} = {unit}",
+                           f"use a multiple of {unit}, e.g. {max(1, round(a.global_batch_size / unit)) * unit}"))
+    if a.warmup_steps >= a.steps:
+        out.append(Problem("align.warmup_steps", a.warmup_steps, f"is not below align.steps={a.steps}",
+                           "warm up for a fraction of the stage"))
+    if a.min_lr > a.lr:
+        out.append(Problem("align.min_lr", a.min_lr, f"is larger than align.lr={a.lr}", "make it at most lr"))
+    return out
+
+
+def _start_rules(spec: RunSpec) -> list[Problem]:
+    a = spec.align[0]
+    if a.start_from is None and spec.train is None and spec.checkpoint.dir is None:
+        return [Problem("align.start_from", None, "is unset and this spec has no train: stage to start from",
+                        "set align.start_from to a pre-training checkpoint folder (or its checkpoint root)")]
+    return []
+
+
+def _prepared_tokenizer_rules(spec: RunSpec, a: AlignSpec) -> list[Problem]:
+    """The prepare stage trains the tokenizer later: check what it is asked to reserve."""
+    tok, template = spec.prepare.tokenizer, a.template.tokens()
+    if tok.model is not None:
+        return _tokenizer_file_rules(spec, a, tok.model) if os.path.exists(tok.model) else []
+    missing = [t for t in template.values() if t not in tok.special_tokens]
+    if missing:
+        return [Problem("prepare.tokenizer.special_tokens", tok.special_tokens,
+                        f"does not reserve the chat template's {', '.join(missing)}",
+                        "add them, or set align.template to tokens the tokenizer reserves")]
+    return _vocab_rule(spec, tok.vocab_size)
+
+
+def _tokenizer_file_rules(spec: RunSpec, a: AlignSpec, path: str) -> list[Problem]:
+    from llmops.prepare.tokenizer import read_model_facts  # sentencepiece, only for a spec that names a file
+
+    try:
+        facts = read_model_facts(path)
+    except UserError as exc:
+        return [Problem("align.tokenizer", path, getattr(exc, "reason", exc.message), exc.fix or "check the file")]
+    out = _vocab_rule(spec, facts.vocab_size)
+    for role, token in a.template.tokens().items():
+        if token not in facts.special_tokens:
+            out.append(Problem(f"align.template.{role}", token, "is not a special (control) token of the tokenizer",
+                               f"use one of {sorted(facts.special_tokens)}, or a tokenizer trained with it "
+                               f"in prepare.tokenizer.special_tokens"))
+    return out
+
+
+def _vocab_rule(spec: RunSpec, vocab_size: int) -> list[Problem]:
+    if (spec.model.vocab_size or 0) < vocab_size:
+        return [Problem("model.vocab_size", spec.model.vocab_size,
+                        f"is smaller than the alignment tokenizer's vocabulary ({vocab_size})",
+                        f"set model.vocab_size to the one the model was pre-trained with (at least {vocab_size})")]
+    return []

@@ -1,0 +1,255 @@
+"""Sharded checkpoints with Megatron ``dist_checkpointing`` and crash-safe completion.
+
+Layout of a checkpoint root::
+
+    iter_0000100/                       a complete checkpoint (torch_dist format)
+        llmops-manifest.json            written last: step, layout, every file and its size
+    iter_0000200.partial/               being written, or left behind by a crash
+    latest_checkpointed_iteration.txt   Megatron's tracker, replaced atomically
+
+A checkpoint is written under ``.partial`` and renamed only after every rank
+finished and the manifest is on disk, so a directory named ``iter_N`` is
+complete when it was made. The manifest's sizes catch what can happen to it
+later (a truncated copy, a deleted shard): :func:`find_latest` walks back
+from the newest checkpoint to the first one that verifies, and says why it
+skipped the others. Because the tensors are saved as ShardedTensors with
+global shapes, a checkpoint loads into any tensor/pipeline layout.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import torch.distributed as dist
+from torch.distributed.checkpoint.api import CheckpointException
+
+# What a checkpoint is, and how it is checked, is shared with the control plane (no torch needed there).
+from llmops.runs.checkpoints import (
+    MANIFEST,
+    TRACKER,
+    Found,
+    checkpoint_dir,
+    find_latest,
+    list_checkpoints,
+    read_manifest,
+    verify,
+)
+
+__all__ = [
+    "MANIFEST",
+    "TRACKER",
+    "Found",
+    "checkpoint_dir",
+    "commit",
+    "find_latest",
+    "list_checkpoints",
+    "load",
+    "prune",
+    "read_manifest",
+    "SaveFailed",
+    "save",
+    "verify",
+]
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def commit(root: Path, step: int, *, meta: dict[str, Any], keep_last: int) -> Path:
+    """Seal a fully written ``.partial`` checkpoint: manifest, rename, tracker, prune.
+
+    Runs on one rank after every rank's shards are on disk.
+    """
+    final = checkpoint_dir(root, step)
+    partial = final.with_name(final.name + ".partial")
+    files = {str(p.relative_to(partial)): p.stat().st_size for p in sorted(partial.rglob("*")) if p.is_file()}
+    _write_atomic(partial / MANIFEST, json.dumps({**meta, "step": step, "files": files,
+                                                  "saved_at": time.time()}, indent=1))
+    if final.exists():  # an older save of the same step (a resumed run re-saving): replace it
+        shutil.rmtree(final)
+    os.replace(partial, final)
+    _fsync_dir(root)
+    _write_atomic(root / TRACKER, f"{step}\n")
+    prune(root, keep_last=keep_last)
+    return final
+
+
+def prune(root: Path, *, keep_last: int) -> list[Path]:
+    """Delete complete checkpoints beyond the newest `keep_last`, and leftover partial ones."""
+    removed = []
+    complete = [p for _, p in list_checkpoints(root) if verify(p) is None]
+    for path in complete[keep_last:]:
+        shutil.rmtree(path, ignore_errors=True)
+        removed.append(path)
+    for path in root.glob("iter_*.partial"):
+        shutil.rmtree(path, ignore_errors=True)
+        removed.append(path)
+    return removed
+
+
+class Saver:
+    """What successive saves of one training process share, so that only the first pays for planning.
+
+    Megatron's torch_dist strategy can cache the global save plan once two
+    saves agreed on it (``cached_metadata``): later saves skip gathering every
+    rank's plan. The access-integrity check (every tensor saved exactly once)
+    runs on the first save only; the model's structure does not change after it.
+    """
+
+    def __init__(self) -> None:
+        self.strategy = None
+        self.saves = 0
+
+    def kwargs(self) -> dict[str, Any]:
+        if self.strategy is None:
+            from megatron.core.dist_checkpointing.strategies.torch import TorchDistSaveShardedStrategy
+
+            self.strategy = TorchDistSaveShardedStrategy("torch_dist", 1, cached_metadata=True)
+        return {"sharded_strategy": self.strategy, "validate_access_integrity": self.saves == 0}
+
+
+def save(root: Path, step: int, *, state: dict[str, Any], meta: dict[str, Any], keep_last: int,
+         async_queue=None, saver: Saver | None = None) -> None:
+    """Collective: every rank calls this with its sharded state dict.
+
+    With `async_queue` (a Megatron ``AsyncCallsQueue``) the shards are written
+    in the background and the checkpoint is sealed when the queue finalizes it;
+    otherwise this returns once the checkpoint is sealed.
+    """
+    from megatron.core import dist_checkpointing
+
+    root.mkdir(parents=True, exist_ok=True)
+    partial = _partial(root, step)
+    rank = dist.get_rank()
+    if rank == 0:
+        if partial.exists():
+            shutil.rmtree(partial)
+        partial.mkdir(parents=True)
+    dist.barrier()
+
+    def seal() -> None:
+        dist.barrier()
+        failure = None
+        if rank == 0:
+            try:
+                commit(root, step, meta=meta, keep_last=keep_last)
+            except OSError as exc:  # the manifest or the rename: nothing is sealed
+                failure = exc
+        _agree(failure, partial, rank)
+
+    if async_queue is None:
+        options = saver.kwargs() if saver is not None else {}
+        try:
+            dist_checkpointing.save(state, str(partial), **options)
+            failure = None
+        except (Exception, CheckpointException) as exc:  # noqa: BLE001 (disk full, quota, I/O error: every
+            failure = exc  # rank must learn of it; torch's CheckpointException is a BaseException)
+        _agree(failure, partial, rank)
+        seal()
+        if saver is not None:
+            saver.saves += 1
+        return
+    def seal_async() -> None:
+        # Runs on every rank once all ranks' shards are written (the queue checks collectively),
+        # after Megatron's own finalize steps have written the checkpoint metadata; a failure
+        # raises SaveFailed on every rank out of the queue's maybe_finalize_async_calls.
+        seal()
+
+    options = saver.kwargs() if saver is not None else {}
+    request = dist_checkpointing.save(state, str(partial), async_sharded_save=True, **options)
+    request.add_finalize_fn(seal_async)
+    async_queue.schedule_async_request(request)
+    if saver is not None:
+        saver.saves += 1
+
+
+def _partial(root: Path, step: int) -> Path:
+    final = checkpoint_dir(root, step)
+    return final.with_name(final.name + ".partial")
+
+
+class SaveFailed(Exception):
+    """A checkpoint could not be written on some rank; its partial folder is removed, nothing was sealed."""
+
+
+def abandon(root: Path, step: int, failure: BaseException) -> None:
+    """Collective: after a background save failed on some rank (every rank saw the failure), remove
+    its partial folder and raise SaveFailed on every rank."""
+    _agree(failure, _partial(root, step), dist.get_rank())
+
+
+def start_writer(async_queue) -> None:
+    """Collective: start the queue's background writer process now, so that its start-up (a fresh
+    interpreter importing torch and Megatron) overlaps training instead of stalling the first save."""
+    from megatron.core.dist_checkpointing.strategies.async_utils import AsyncRequest
+
+    async_queue.schedule_async_request(AsyncRequest(async_fn=_ready, async_fn_args=(), finalize_fns=[]))
+
+
+def _ready() -> None:
+    """What the background writer runs to start (it must be importable there)."""
+
+
+def _agree(failure: BaseException | None, partial: Path, rank: int) -> None:
+    """Collective: raise SaveFailed on every rank when the save failed on any, after removing the leftovers."""
+    import torch
+
+    device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
+    flag = torch.tensor([0 if failure is None else 1], dtype=torch.int32, device=device)
+    dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+    if not flag.item():
+        return
+    dist.barrier()
+    if rank == 0:
+        shutil.rmtree(partial, ignore_errors=True)  # frees the space the shards took
+    dist.barrier()
+    raise SaveFailed(_reason(failure) if failure is not None else "another rank could not write its shards")
+
+
+def _reason(exc: BaseException) -> str:
+    """The OS error at the root of a (possibly wrapped) save failure, else the exception itself."""
+    pending = [exc]
+    while pending:
+        seen = pending.pop(0)
+        if isinstance(seen, OSError):
+            return f"{seen.strerror or seen} ({seen.filename})" if seen.filename else str(seen)
+        if isinstance(seen, CheckpointException):  # the ranks' own failures, maybe wrapped with a traceback
+            for failure in seen.failures.values():
+                failure = failure[0] if isinstance(failure, tuple) else getattr(failure, "exception", failure)
+                if isinstance(failure, BaseException):
+                    pending.append(failure)
+        pending += [e for e in (seen.__cause__, seen.__context__) if e is not None]
+    text = f"{exc} {getattr(exc, 'failures', '')}"
+    for hint in ("No space left on device", "Disk quota exceeded", "File too large"):
+        if hint in text:
+            return hint
+    if isinstance(exc, CheckpointException):  # its str() carries every rank's traceback: keep the messages
+        lines = {str(f[0] if isinstance(f, tuple) else f).strip().splitlines()[-1] for f in exc.failures.values()}
+        return "; ".join(sorted(lines)) or "the ranks could not write their shards"
+    return f"{type(exc).__name__}: {exc}"
+
+
+def load(path: Path, *, sharded_state: dict[str, Any]) -> dict[str, Any]:
+    """Collective: load a checkpoint into this rank's layout (resharding as needed)."""
+    from megatron.core import dist_checkpointing
+
+    return dist_checkpointing.load(sharded_state, str(path))

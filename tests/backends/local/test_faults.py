@@ -1,0 +1,269 @@
+"""Fault injection on the local backend: real training (Megatron-Core on gloo, torchrun), real signals.
+
+Every case ends with the run finished and its loss curve equal to an
+uninterrupted run's (training on CPU is deterministic, so a step re-run from
+a checkpoint gives the same loss), and the lost work reported by the run
+report. The runs are started side by side to keep the file's wall time down.
+
+1. SIGKILL of one training rank mid-step: torchrun tears the group down, the
+   supervisor restarts the stage from the last checkpoint.
+2. SIGTERM to the job (a preemption notice): checkpoint at the step boundary,
+   exit 75, restart: no step is lost.
+4. The newest checkpoint truncated on disk: resume falls back to the one before.
+5. Disk full while saving (a real, full tmpfs): the save fails cleanly, the
+   previous checkpoint stays the latest, training goes on; the final save
+   fails with a message naming the fix; after space is freed the run resumes.
+6. A crash in the middle of data preparation: the restart skips finished
+   shards and the output is byte-identical to an uninterrupted preparation.
+7. A cancel: nothing of the run keeps running, nothing incomplete is marked complete.
+"""
+
+from __future__ import annotations
+
+import filecmp
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from llmops.runs.report import summarize
+from llmops.runs.rundir import RunDir
+from llmops_testing import (
+    llmops,
+    log_text,
+    losses,
+    start,
+    status,
+    tiny_spec,
+    wait_state,
+    wait_step,
+    write_spec,
+)
+
+STEPS = 30
+INTERVAL = 10
+
+
+def _spec(name: str, **overrides) -> dict:
+    spec = tiny_spec(name, tp=2, pp=1, steps=STEPS, checkpoint={"interval": INTERVAL, "keep_last": 3},
+                     restarts={"max_restarts": 2})
+    spec["train"]["log_interval"] = 1
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(spec.get(key), dict):
+            spec[key].update(value)
+        else:
+            spec[key] = value
+    return spec
+
+
+def workers(run_dir: Path) -> list[psutil.Process]:
+    """The training processes of a run (torchrun's workers), found by their command line."""
+    out = []
+    for p in psutil.process_iter(["cmdline"]):
+        cmd = p.info["cmdline"] or []
+        if "llmops_model.entrypoint" in cmd and str(run_dir.resolve()) in cmd:
+            out.append(p)
+    return out
+
+
+def run_processes(run_dir: Path) -> list[psutil.Process]:
+    """Every process of the run still alive: supervisor, launcher, torchrun, workers, prepare."""
+    key = str(run_dir.resolve())
+    found = []
+    for p in psutil.process_iter(["cmdline"]):
+        try:
+            if any(key in part for part in p.info["cmdline"] or []):
+                found.append(p)
+        except psutil.Error:
+            continue
+    return found
+
+
+def rank_of(p: psutil.Process) -> int:
+    return int(p.environ().get("RANK", "-1"))
+
+
+def wait_restart(run_dir: Path, stage: str = "pretrain", timeout: float = 120) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if status(run_dir).get("stages", {}).get(stage, {}).get("restarts", 0) >= 1:
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"{run_dir.name} was not restarted: {status(run_dir)}")
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("faults")
+
+
+@pytest.fixture(scope="module")
+def faulted(workdir: Path) -> dict:
+    """The reference run and the runs hit by a SIGKILL of one rank and by a preemption signal."""
+    runs = workdir / "runs"
+    ref = start(write_spec(workdir / "ref.yaml", _spec("reference")), runs)
+    killed = start(write_spec(workdir / "killed.yaml", _spec("rank-killed")), runs)
+    preempted = start(write_spec(workdir / "preempted.yaml", _spec("preempted")), runs)
+    facts: dict = {"reference": ref, "killed": killed, "preempted": preempted}
+
+    wait_step(killed, INTERVAL + 3)
+    victim = next(p for p in workers(killed) if rank_of(p) == 1)
+    facts["killed_after"] = RunDir(killed).progress("pretrain")["step"]
+    victim.send_signal(signal.SIGKILL)
+
+    wait_step(preempted, INTERVAL + 3)
+    facts["preempted_after"] = RunDir(preempted).progress("pretrain")["step"]
+    os.kill(status(preempted)["job_pgid"], signal.SIGTERM)  # the launcher forwards it to every worker
+
+    for run in (ref, killed, preempted):
+        wait_state(run, {"SUCCEEDED", "FAILED", "CANCELLED"}, timeout=400)
+    return facts
+
+
+def _same_curve(run: Path, reference: Path) -> None:
+    ref, got = losses(reference), losses(run)
+    assert sorted(got) == list(range(1, STEPS + 1))
+    for step in got:
+        assert got[step] == pytest.approx(ref[step], rel=1e-6, abs=1e-7), step
+
+
+def test_sigkill_of_one_rank_restarts_from_the_last_checkpoint(faulted):
+    run = faulted["killed"]
+    st = status(run)
+    assert st["state"] == "SUCCEEDED", st
+    (reason,) = st["stages"]["pretrain"]["restart_reasons"]
+    assert reason.startswith("crashed with exit code")
+    assert f"resumed from iter_{INTERVAL:07d}" in (run / "logs" / "pretrain.restart-1.log").read_text()
+    _same_curve(run, faulted["reference"])
+    (stage,) = [s for s in summarize(RunDir(run))["stages"] if s.name == "pretrain"]
+    # The steps after the checkpoint at INTERVAL that the killed attempt had logged were run again.
+    lost = stage.lost_steps
+    assert faulted["killed_after"] - INTERVAL <= lost <= faulted["killed_after"] - INTERVAL + 2, lost
+    assert stage.time["lost"] > 0 and len(stage.resume_seconds) == 1
+    assert not workers(run)
+
+
+def test_preemption_signal_loses_no_step(faulted):
+    run = faulted["preempted"]
+    st = status(run)
+    assert st["state"] == "SUCCEEDED", st
+    assert st["stages"]["pretrain"]["restart_reasons"] == ["preempted"]
+    first = (run / "logs" / "pretrain.restart-0.log").read_text()
+    assert "preemption signal" in first and "exiting with 75" in first
+    _same_curve(run, faulted["reference"])
+    (stage,) = [s for s in summarize(RunDir(run))["stages"] if s.name == "pretrain"]
+    assert stage.lost_steps == 0 and stage.time["lost"] == 0
+    resumed = (run / "logs" / "pretrain.restart-1.log").read_text()
+    saved_at = int(resumed.split("resumed from iter_")[1][:7])
+    assert saved_at >= faulted["preempted_after"]  # checkpointed at the step boundary after the signal
+
+
+def test_truncated_newest_checkpoint_falls_back_to_the_previous(workdir, faulted):
+    runs = workdir / "runs"
+    run = start(write_spec(workdir / "corrupt.yaml", _spec("corrupted")), runs)
+    wait_step(run, 2 * INTERVAL + 2)
+    res = llmops("cancel", run.name, "--force", "--runs-dir", str(runs))
+    assert res.returncode == 0, res.stderr
+    assert status(run)["state"] == "CANCELLED" and not run_processes(run)
+    newest = run / "checkpoints" / f"iter_{2 * INTERVAL:07d}"
+    shard = sorted(newest.glob("*.distcp"))[0]
+    with open(shard, "r+b") as f:
+        f.truncate(shard.stat().st_size // 3)
+    listing = llmops("checkpoints", run.name, "--runs-dir", str(runs))
+    assert "truncated" in listing.stdout and "latest" in listing.stdout
+    assert llmops("checkpoints", run.name, "--verify", str(2 * INTERVAL), "--runs-dir", str(runs)).returncode == 1
+
+    res = llmops("resume", run.name, "--detach", "--runs-dir", str(runs))
+    assert res.returncode == 0, res.stderr
+    assert wait_state(run, {"SUCCEEDED", "FAILED"}, timeout=300)["state"] == "SUCCEEDED"
+    text = log_text(run)
+    assert f"skipping checkpoint iter_{2 * INTERVAL:07d}: file {shard.name}" in text
+    assert f"resumed from iter_{INTERVAL:07d}" in text
+    _same_curve(run, faulted["reference"])
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path, faulted):
+    """A real tmpfs with room for one checkpoint of the test model, not two."""
+    one = sum(f.stat().st_size for f in (faulted["reference"] / "checkpoints" / f"iter_{INTERVAL:07d}").rglob("*"))
+    mount = tmp_path / "small-disk"
+    mount.mkdir()
+    size = f"{int(one * 1.6) // 4096 * 4}k"
+    res = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mount)], capture_output=True,
+                         text=True)
+    if res.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here ({res.stderr.strip()}); needs root or CAP_SYS_ADMIN")
+    yield mount
+    subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def test_disk_full_while_saving_keeps_the_previous_checkpoint(workdir, faulted, small_disk, tmp_path):
+    runs = workdir / "runs"
+    spec = _spec("disk-full", checkpoint={"dir": str(small_disk), "keep_last": 5})
+    run = start(write_spec(tmp_path / "full.yaml", spec), runs)
+    final = wait_state(run, {"SUCCEEDED", "FAILED", "CANCELLED"}, timeout=300)
+    assert final["state"] == "FAILED", final
+    assert final["stages"]["pretrain"]["restarts"] == 0  # a full disk is not retried blindly
+    # which write meets the full disk decides the writer's own words ('No space left on device', or torch's
+    # zip writer's 'unexpected pos'), so the message leads with what the trainer measured
+    assert "could not be written: the disk is full: " in final["message"]
+    text = log_text(run)
+    assert f"checkpoint step={2 * INTERVAL} could not be written" in text and "training goes on" in text
+    assert "Fix: free space under" in text and "Traceback" not in text
+    assert sorted(p.name for p in small_disk.iterdir()) == ["iter_0000010", "latest_checkpointed_iteration.txt"]
+    assert (small_disk / "latest_checkpointed_iteration.txt").read_text().strip() == str(INTERVAL)
+    assert losses(run)[STEPS] == pytest.approx(losses(faulted["reference"])[STEPS], rel=1e-6)  # it trained on
+
+    subprocess.run(["mount", "-o", "remount,size=64m", str(small_disk)], check=True)  # space freed
+    res = llmops("resume", run.name, "--detach", "--runs-dir", str(runs))
+    assert res.returncode == 0, res.stderr
+    assert wait_state(run, {"SUCCEEDED", "FAILED"}, timeout=300)["state"] == "SUCCEEDED"
+    assert f"resumed from iter_{INTERVAL:07d}" in (run / "logs" / "pretrain.restart-1.log").read_text()
+    _same_curve(run, faulted["reference"])
+
+
+def test_cancel_leaves_nothing_running_and_nothing_falsely_complete(workdir):
+    runs = workdir / "runs"
+    run = start(write_spec(workdir / "cancel.yaml", _spec("cancelled", train={"steps": 400})), runs)
+    wait_step(run, INTERVAL + 2)
+    res = llmops("cancel", run.name, "--runs-dir", str(runs))
+    assert res.returncode == 0, res.stderr
+    st = status(run)
+    assert st["state"] == "CANCELLED" and st["stages"]["pretrain"]["state"] == "CANCELLED"
+    assert "checkpointed" in st["message"]
+    time.sleep(1.0)
+    assert not run_processes(run), [p.info["cmdline"] for p in run_processes(run)]
+    ckpts = run / "checkpoints"
+    assert not list(ckpts.glob("*.partial"))
+    step = int((ckpts / "latest_checkpointed_iteration.txt").read_text())
+    assert INTERVAL < step < 400 and (ckpts / f"iter_{step:07d}" / "llmops-manifest.json").is_file()
+    assert not (run / "report.html").read_text().count("SUCCEEDED")
+
+
+def test_crash_mid_preparation_resumes_to_identical_output(tmp_path):
+    prepare = {"input": {"builtin": "python-docstrings"}, "filters": {"min_words": 20}, "num_shards": 4,
+               "workers": 1, "tokenizer": {"vocab_size": 512}}
+    ref_spec = {"name": "prep-ref", "prepare": {**prepare, "output": {"dir": str(tmp_path / "ref")}},
+                "resources": {"cpu": True, "processes_per_node": 1}}
+    cut_spec = {"name": "prep-cut", "prepare": {**prepare, "output": {"dir": str(tmp_path / "cut")}},
+                "resources": {"cpu": True, "processes_per_node": 1}, "restarts": {"max_restarts": 1}}
+    res = llmops("prepare", str(write_spec(tmp_path / "ref.yaml", ref_spec)), timeout=600)
+    assert res.returncode == 0, res.stderr
+    run = start(write_spec(tmp_path / "cut.yaml", cut_spec), tmp_path / "runs")
+    done = tmp_path / "cut" / "work" / "done"
+    deadline = time.time() + 120
+    while not list(done.glob("clean-*")) and time.time() < deadline:
+        time.sleep(0.05)
+    assert list(done.glob("clean-*")), status(run)
+    os.killpg(status(run)["job_pgid"], signal.SIGKILL)  # the whole preparation, mid-phase
+    st = wait_state(run, {"SUCCEEDED", "FAILED"}, timeout=300)
+    assert st["state"] == "SUCCEEDED" and st["stages"]["prepare"]["restarts"] == 1, st
+    again = (run / "logs" / "prepare.restart-1.log").read_text()
+    assert "shards done earlier, skipped" in again  # the finished shards were not redone
+    for name in ("corpus_text_document.bin", "corpus_text_document.idx", "tokenizer.model",
+                 "documents.jsonl.zst", "duplicates.jsonl", "quarantine.jsonl"):
+        assert filecmp.cmp(tmp_path / "ref" / name, tmp_path / "cut" / name, shallow=False), name

@@ -1,0 +1,28 @@
+"""The local backend's supervisor: what status says when it is gone."""
+
+from __future__ import annotations
+
+import os
+import signal
+
+import psutil
+
+from llmops_testing import llmops, start, status, tiny_spec, wait_step, write_spec
+
+
+def test_lost_supervisor_is_reported(tmp_path):
+    runs = tmp_path / "runs"
+    run_dir = start(write_spec(tmp_path / "long.yaml", tiny_spec("lost", steps=2000)), runs)
+    wait_step(run_dir, 1)
+    st = status(run_dir)
+    # As a reboot would: every process of the run goes, the workers too (torchrun starts them in sessions
+    # of their own, so the launcher's process group does not hold them).
+    workers = psutil.Process(st["job_pgid"]).children(recursive=True)
+    os.killpg(st["job_pgid"], signal.SIGKILL)
+    os.kill(st["supervisor_pid"], signal.SIGKILL)
+    for p in workers:
+        p.kill()
+    psutil.wait_procs(workers, timeout=30)
+    res = llmops("status", run_dir.name, "--json", "--runs-dir", str(runs))
+    assert res.returncode == 0
+    assert '"state": "FAILED"' in res.stdout and "supervisor process is gone" in res.stdout

@@ -1,0 +1,215 @@
+"""A small in-memory Kubernetes API server on 127.0.0.1 for the official client to talk to.
+
+:func:`serve` starts one; the Kubernetes tests' ``fake_cluster`` fixture hands it to a test with a
+kubeconfig that points at it.
+
+It serves the real REST paths the backend uses (core, batch, networking,
+authorization, JobSet and Kueue groups) with real Status objects for errors,
+and insists on server-side apply (PATCH with application/apply-patch+yaml,
+fieldManager and force). Tests set up the cluster's state (namespaces, claims,
+nodes, denied permissions, refused objects) and play the controllers' part by
+editing stored objects (pods, Job conditions). It does not pretend to schedule
+or run anything.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+import uuid
+from datetime import UTC, datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from urllib.parse import parse_qs, urlparse
+
+import yaml
+
+COLLECTIONS = {  # path segment -> (group/version path, kind)
+    "configmaps": ("api/v1", "ConfigMap"), "services": ("api/v1", "Service"), "pods": ("api/v1", "Pod"),
+    "events": ("api/v1", "Event"), "persistentvolumeclaims": ("api/v1", "PersistentVolumeClaim"),
+    "networkpolicies": ("apis/networking.k8s.io/v1", "NetworkPolicy"), "jobs": ("apis/batch/v1", "Job"),
+    "jobsets": ("apis/jobset.x-k8s.io/v1alpha2", "JobSet"),
+    "localqueues": ("apis/kueue.x-k8s.io/v1beta1", "LocalQueue"),
+}
+ITEM = re.compile(r"^/(api/v1|apis/[^/]+/[^/]+)/namespaces/([^/]+)/([^/]+)(?:/([^/]+))?(?:/(log))?$")
+
+
+def status(code: int, reason: str, message: str) -> dict:
+    return {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure", "message": message,
+            "reason": reason, "code": code}
+
+
+class FakeCluster:
+    """The state behind the server, which tests arrange and inspect."""
+
+    def __init__(self):
+        self.namespaces = {"llmops"}
+        self.objects: dict[tuple[str, str, str], dict] = {}  # (resource, namespace, name) -> object
+        self.nodes: list[dict] = [node("cpu-1", cpu="8", memory="32Gi")]
+        self.denied: set[tuple[str, str]] = set()  # (verb, resource) the user may not do
+        self.refuse: dict[str, tuple[int, str, str]] = {}  # resource -> Status on apply
+        self.installed = {"jobsets", "localqueues"}
+        self.logs: dict[str, str] = {}
+        self.applies: list[tuple[str, str]] = []  # (resource, fieldManager) of each apply
+        self.add("persistentvolumeclaims", "llmops-shared", {"spec": {"accessModes": ["ReadWriteMany"]}})
+
+    def add(self, resource: str, name: str, body: dict, namespace: str = "llmops") -> dict:
+        meta = body.setdefault("metadata", {})
+        meta.update(name=name, namespace=namespace)
+        meta.setdefault("uid", str(uuid.uuid4()))
+        meta.setdefault("creationTimestamp", datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"))
+        meta["resourceVersion"] = str(len(self.applies) + len(self.objects) + 1)
+        body.setdefault("apiVersion", COLLECTIONS[resource][0].split("/", 1)[-1])
+        body.setdefault("kind", COLLECTIONS[resource][1])
+        self.objects[(resource, namespace, name)] = body
+        return body
+
+    node = staticmethod(lambda name, **allocatable: node(name, **allocatable))
+
+    def kinds(self, namespace: str = "llmops") -> list[str]:
+        """What a run left behind (claims are the cluster's own)."""
+        return sorted(o["kind"] for (r, ns, _), o in self.objects.items()
+                      if ns == namespace and r != "persistentvolumeclaims")
+
+
+def node(name: str, **allocatable: str) -> dict:
+    return {"apiVersion": "v1", "kind": "Node", "metadata": {"name": name, "labels": {}},
+            "spec": {}, "status": {"allocatable": allocatable}}
+
+
+def _matches(obj: dict, selector: str | None) -> bool:
+    labels = obj.get("metadata", {}).get("labels") or {}
+    for term in filter(None, (selector or "").split(",")):
+        key, _, value = term.partition("=")
+        if labels.get(key) != value:
+            return False
+    return True
+
+
+class Handler(BaseHTTPRequestHandler):
+    cluster: FakeCluster
+
+    def log_message(self, *args):  # keep pytest output clean
+        pass
+
+    def _send(self, code: int, body, content_type: str = "application/json") -> None:
+        data = body.encode() if isinstance(body, str) else json.dumps(body).encode()
+        self.send_response(code)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def _body(self) -> dict:
+        return yaml.safe_load(self.rfile.read(int(self.headers.get("Content-Length", 0))) or b"{}")
+
+    def do_GET(self):
+        url = urlparse(self.path)
+        query = {k: v[0] for k, v in parse_qs(url.query).items()}
+        if url.path in ("/version", "/version/"):  # the client asks for /version/
+            return self._send(200, {"major": "1", "minor": "32", "gitVersion": "v1.32.0", "gitCommit": "fake",
+                                    "gitTreeState": "clean", "buildDate": "2025-01-01T00:00:00Z",
+                                    "goVersion": "go1.23", "compiler": "gc", "platform": "linux/amd64"})
+        if url.path == "/api/v1/nodes":
+            items = [n for n in self.cluster.nodes if _matches(n, query.get("labelSelector"))]
+            return self._send(200, {"kind": "NodeList", "apiVersion": "v1", "metadata": {}, "items": items})
+        if m := re.match(r"^/api/v1/namespaces/([^/]+)$", url.path):
+            if m.group(1) not in self.cluster.namespaces:
+                return self._send(404, status(404, "NotFound", f'namespaces "{m.group(1)}" not found'))
+            return self._send(200, {"kind": "Namespace", "apiVersion": "v1", "metadata": {"name": m.group(1)}})
+        route = self._route(url.path)
+        if route is None:
+            return
+        resource, ns, name, log = route
+        if name is None:
+            items = [o for (r, n, _), o in self.cluster.objects.items()
+                     if r == resource and n == ns and _matches(o, query.get("labelSelector"))]
+            if resource == "events":  # field selectors: only what the backend asks for
+                items = [e for e in items if f"involvedObject.name={e['involvedObject']['name']}"
+                         in query.get("fieldSelector", "")]
+            kind = COLLECTIONS[resource][1] + "List"
+            return self._send(200, {"kind": kind, "apiVersion": "v1", "metadata": {"resourceVersion": "1"},
+                                    "items": items})
+        obj = self.cluster.objects.get((resource, ns, name))
+        if obj is None:
+            return self._send(404, status(404, "NotFound", f'{resource} "{name}" not found'))
+        if log:
+            return self._send(200, self.cluster.logs.get(name, ""), "text/plain")
+        return self._send(200, obj)
+
+    def _route(self, path: str):
+        m = ITEM.match(path)
+        if not m:
+            self._send(404, status(404, "NotFound", "the server could not find the requested resource"))
+            return None
+        _gv, ns, resource, name, log = m.groups()
+        if resource not in COLLECTIONS or (resource in ("jobsets", "localqueues")
+                                            and resource not in self.cluster.installed):
+            self._send(404, status(404, "NotFound", "the server could not find the requested resource"))
+            return None
+        return resource, ns, name, log
+
+    def do_PATCH(self):
+        url = urlparse(self.path)
+        query = {k: v[0] for k, v in parse_qs(url.query).items()}
+        route = self._route(url.path)
+        if route is None:
+            return
+        resource, ns, name, _ = route
+        if self.headers.get("Content-Type") != "application/apply-patch+yaml" or "fieldManager" not in query:
+            return self._send(415, status(415, "UnsupportedMediaType", "only server-side apply is served here"))
+        if query.get("force") != "true" or query.get("fieldValidation") != "Strict":
+            return self._send(400, status(400, "BadRequest", "expected force=true and fieldValidation=Strict"))
+        if ("create", resource) in self.cluster.denied:
+            return self._send(403, status(403, "Forbidden", f'{resource} "{name}" is forbidden: User "me" cannot '
+                                          f'create resource "{resource}" in the namespace "{ns}"'))
+        if ns not in self.cluster.namespaces:
+            return self._send(404, status(404, "NotFound", f'namespaces "{ns}" not found'))
+        if resource in self.cluster.refuse:
+            return self._send(*self.cluster.refuse[resource][:1], status(*self.cluster.refuse[resource]))
+        self.cluster.applies.append((resource, query["fieldManager"]))
+        self._send(200, self.cluster.add(resource, name, self._body(), ns))
+
+    def do_DELETE(self):
+        route = self._route(urlparse(self.path).path)
+        if route is None:
+            return
+        resource, ns, name, _ = route
+        obj = self.cluster.objects.pop((resource, ns, name), None)
+        if obj is None:
+            return self._send(404, status(404, "NotFound", f'{resource} "{name}" not found'))
+        if resource == "jobs":  # the garbage collector removes the Job's pods (Background propagation)
+            for key in [k for k, o in self.cluster.objects.items() if k[0] == "pods"
+                        and (o["metadata"].get("labels") or {}).get("job-name") == name]:
+                del self.cluster.objects[key]
+        self._send(200, obj)
+
+    def do_POST(self):
+        if self.path.startswith("/apis/authorization.k8s.io/v1/selfsubjectaccessreviews"):
+            review = self._body()
+            attrs = review["spec"]["resourceAttributes"]
+            resource = attrs["resource"] + (f"/{attrs['subresource']}" if attrs.get("subresource") else "")
+            review["status"] = {"allowed": (attrs["verb"], resource) not in self.cluster.denied}
+            return self._send(201, review)
+        self._send(405, status(405, "MethodNotAllowed", "not served here"))
+
+
+def write_kubeconfig(path: Path, server: str, context: str = "fake") -> Path:
+    path.write_text(yaml.safe_dump({
+        "apiVersion": "v1", "kind": "Config", "current-context": context,
+        "clusters": [{"name": context, "cluster": {"server": server}}],
+        "users": [{"name": "me", "user": {"token": "not-a-secret"}}],
+        "contexts": [{"name": context, "context": {"cluster": context, "user": "me", "namespace": "llmops"}}],
+    }))
+    return path
+
+
+def serve(cluster: FakeCluster) -> ThreadingHTTPServer:
+    """Serve `cluster` on a free loopback port, from a daemon thread; sets ``cluster.url``."""
+    handler = type("BoundHandler", (Handler,), {"cluster": cluster})
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    cluster.url = f"http://127.0.0.1:{server.server_address[1]}"
+    return server

@@ -1,0 +1,156 @@
+"""Reading: every format and compression, and every kind of bad record, counted and never raised."""
+
+from __future__ import annotations
+
+import gzip
+import json
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import zstandard
+
+from llmops.prepare.document import Document
+from llmops.prepare.sources import discover
+from llmops.prepare.steps.readers import Bad, Reader, read_unit
+from llmops.spec.prepare import InputSpec
+from llmops_testing.prepare import make_corpus, write_jsonl
+
+
+def records(path: Path, **spec) -> list[Document | Bad]:
+    units, _ = discover(InputSpec(paths=[str(path)], **spec))
+    return [r for u in units for r, _ in read_unit(u, InputSpec(paths=[str(path)], **spec))]
+
+
+def test_each_bad_jsonl_record_gets_its_reason_and_the_good_ones_survive(tmp_path):
+    path = tmp_path / "mixed.jsonl"
+    lines = [
+        json.dumps({"id": "ok-1", "text": "first good document"}).encode(),
+        b'{"id": "bad-utf8", "text": "caf\xe9"}',
+        b'{"id": "truncated", "text": "no end',
+        b'["a list", "not an object"]',
+        json.dumps({"id": "no-text", "body": "x"}).encode(),
+        json.dumps({"id": "number", "text": 42}).encode(),
+        json.dumps({"id": "blank", "text": "  \n\t "}).encode(),
+        json.dumps({"id": "huge", "text": "x" * 5000}).encode(),
+        b'{"id": "surrogate", "text": "\\ud800 lone"}',
+        b"",
+        json.dumps({"text": "good document without an id"}).encode(),
+    ]
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    got = records(path, max_document_bytes=1000)
+    reasons = [r.reason if isinstance(r, Bad) else r.id for r in got]
+    offset = sum(len(x) + 1 for x in lines[:10])
+    assert reasons == ["ok-1", "invalid_utf8", "malformed_json", "malformed_json", "missing_text_field",
+                       "text_not_a_string", "empty", "too_large", "invalid_utf8", f"{path}#{offset}"]
+    bad = got[1]
+    assert bad.source == str(path) and bad.position == len(lines[0]) + 1 and "caf" in bad.raw
+
+
+def test_a_line_longer_than_the_limit_is_skipped_without_losing_the_next(tmp_path):
+    # Past 3 x max_document_bytes + 1 MiB a line is not even parsed: it is skipped in pieces.
+    path = write_jsonl(tmp_path / "long.jsonl", [{"text": "y" * 1_200_000}, {"text": "z" * 5000},
+                                                 {"id": "after", "text": "still read"}])
+    got = records(path, max_document_bytes=1000)
+    assert isinstance(got[0], Bad) and got[0].reason == "too_large" and got[0].detail == "a line of 1,200,013 bytes"
+    assert isinstance(got[1], Bad) and got[1].reason == "too_large" and got[1].detail.startswith("5,000 bytes")
+    assert isinstance(got[2], Document) and got[2].id == "after"
+
+
+def test_compressed_files_read_like_plain_ones(tmp_path):
+    docs = make_corpus(30, seed=1)
+    plain = write_jsonl(tmp_path / "a.jsonl", docs)
+    data = plain.read_bytes()
+    (tmp_path / "b.jsonl.gz").write_bytes(gzip.compress(data))
+    (tmp_path / "c.jsonl.zst").write_bytes(zstandard.ZstdCompressor().compress(data))
+    texts = {name: [(d.id, d.text, d.position) for d in records(tmp_path / name)]
+             for name in ("a.jsonl", "b.jsonl.gz", "c.jsonl.zst")}
+    assert texts["a.jsonl"] == texts["b.jsonl.gz"] == texts["c.jsonl.zst"]
+    assert [t[0] for t in texts["a.jsonl"]] == [d["id"] for d in docs]
+
+
+def test_a_truncated_archive_keeps_what_was_read_and_quarantines_the_rest(tmp_path):
+    data = gzip.compress(b"".join(json.dumps(d).encode() + b"\n" for d in make_corpus(200, seed=2)))
+    (tmp_path / "cut.jsonl.gz").write_bytes(data[: len(data) // 2])
+    got = records(tmp_path / "cut.jsonl.gz")
+    assert 0 < sum(isinstance(r, Document) for r in got) < 200
+    assert isinstance(got[-1], Bad) and got[-1].reason == "unreadable_file" and "EOFError" in got[-1].detail
+
+
+def test_chunks_of_a_large_file_read_every_line_exactly_once(tmp_path):
+    docs = make_corpus(200, seed=4)
+    path = write_jsonl(tmp_path / "big.jsonl", docs)
+    units, _ = discover(InputSpec(paths=[str(path)], chunk_bytes=65536))
+    assert len(units) > 2 and units[0].end == units[1].start
+    got = [r for u in units for r, _ in read_unit(u, InputSpec(paths=[str(path)]))]
+    assert [d.id for d in got] == [d["id"] for d in docs]
+
+
+def test_text_files_are_one_document_each_and_bad_bytes_are_quarantined(tmp_path):
+    (tmp_path / "docs" / "sub").mkdir(parents=True)
+    (tmp_path / "docs" / "a.txt").write_text("A whole file is one document.\nWith two lines.")
+    (tmp_path / "docs" / "sub" / "b.md").write_bytes("b file \u00e9".encode())
+    (tmp_path / "docs" / "sub" / "c.rst").write_bytes(b"latin-1 \xe9 bytes")
+    (tmp_path / "docs" / "image.png").write_bytes(b"\x89PNG")
+    (tmp_path / "docs" / ".hidden.txt").write_text("never read")
+    units, skipped = discover(InputSpec(paths=[str(tmp_path / "docs")]))
+    assert [Path(u.path).name for u in units] == ["a.txt", "b.md", "c.rst"]
+    assert [Path(p).name for p in skipped] == ["image.png"]
+    got = [r for u in units for r, _ in read_unit(u, InputSpec(paths=["x"]))]
+    assert got[0].text.endswith("With two lines.") and got[0].id == units[0].source
+    assert got[1].text == "b file \u00e9"
+    assert isinstance(got[2], Bad) and got[2].reason == "invalid_utf8"
+
+
+def test_parquet_row_groups_are_units_with_ids_and_missing_texts_reported(tmp_path):
+    table = pa.table({"id": ["p0", "p1", "p2", "p3"], "text": ["zero", None, "two", "three"]})
+    pq.write_table(table, tmp_path / "t.parquet", row_group_size=2)
+    units, _ = discover(InputSpec(paths=[str(tmp_path / "t.parquet")]))
+    assert [(u.start, u.end) for u in units] == [(0, 1), (1, 2)]
+    got = records(tmp_path / "t.parquet")
+    assert [r.id if isinstance(r, Document) else r.reason for r in got] == ["p0", "missing_text_field", "p2", "p3"]
+    assert got[3].position == 3
+    pq.write_table(pa.table({"body": ["x", "y"]}), tmp_path / "wrong.parquet")
+    assert [r.reason for r in records(tmp_path / "wrong.parquet")] == ["missing_text_field"] * 2
+    got = records(tmp_path / "wrong.parquet", text_field="body")
+    assert [r.id for r in got] == [f"{tmp_path / 'wrong.parquet'}#0", f"{tmp_path / 'wrong.parquet'}#1"]
+
+
+def test_the_builtin_corpus_is_this_pythons_docstrings():
+    units, _ = discover(InputSpec(builtin="python-docstrings"))
+    assert not any("/test/" in f"/{u.source}" or u.source.startswith("test") for u in units)
+    json_unit = next(u for u in units if u.source == "json/__init__.py")
+    docs = {d.id: d.text for d, _ in read_unit(json_unit, InputSpec(builtin="python-docstrings"))}
+    import json as module
+
+    assert docs["python-docstrings:json/__init__.py:<module>"] == module.__doc__.strip()
+    assert "python-docstrings:json/__init__.py:dumps" in docs
+
+
+def test_the_reader_step_counts_quarantines_and_reports_progress(tmp_path):
+    path = write_jsonl(tmp_path / "r.jsonl", [{"text": "good one"}, "oops", {"text": "good two"}])
+    units, _ = discover(InputSpec(paths=[str(path)]))
+    quarantined, progress = [], []
+    reader = Reader(units, InputSpec(paths=[str(path)]), quarantined.append, progress.append)
+    docs = list(reader.run(None, 0, 1))
+    assert [d.text for d in docs] == ["good one", "good two"]
+    assert [q.reason for q in quarantined] == ["malformed_json"]
+    s = reader.stats
+    assert (s.docs_in, s.docs_out, dict(s.dropped)) == (3, 2, {"malformed_json": 1})
+    assert s.bytes_in == path.stat().st_size and sum(progress) == path.stat().st_size
+
+
+@pytest.mark.parametrize("entry, message", [
+    ("missing.jsonl", "no such file or folder"),
+    ("*.nothing", "matches no file"),
+    ("data.csv", "cannot tell the format"),
+])
+def test_bad_input_paths_name_the_entry_and_the_problem(tmp_path, monkeypatch, entry, message):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "data.csv").write_text("a,b\n")
+    from llmops.errors import UserError
+
+    with pytest.raises(UserError, match=message) as exc:
+        discover(InputSpec(paths=[entry]))
+    assert "input.paths[0]" in exc.value.message and exc.value.fix

@@ -1,0 +1,187 @@
+"""`llmops provision` end to end through the real CLI process, never reaching a cloud.
+
+Error paths run for real (no terraform on PATH, no credentials, bad
+arguments). The success paths use stand-ins for terraform and kubectl that
+record what llmops asked of them; the tfvars llmops writes are then planned
+by the real Terraform against the mocked AWS provider, so that the file and
+the environment's variables cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from llmops_testing.provision import AWS_FACTS, base_env, calls, install_fakes
+from llmops_testing.terraform import run_tf, tf_init
+
+AWS_ARGS = ["aws", "--name", "llm", "--nodes", "4", "--gpu-type", "p5.48xlarge", "--region", "us-east-1"]
+
+
+def provision(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "llmops", "provision", *args], env=env, capture_output=True,
+                          text=True, timeout=120)
+
+
+@pytest.fixture
+def env(tmp_path) -> dict[str, str]:
+    return base_env(tmp_path) | install_fakes(tmp_path / "bin")
+
+
+@pytest.mark.parametrize("args, message", [
+    (["aws", "--nodes", "0", "--gpu-type", "p5.48xlarge", "--region", "us-east-1"], "--nodes 0 is out of range"),
+    (["aws", "--nodes", "2", "--gpu-type", "m5.large", "--region", "us-east-1"], "not an AWS GPU instance type"),
+    (["aws", "--nodes", "2", "--gpu-type", "p5.48xlarge"], "no region given"),
+    (["aws", "--nodes", "2", "--gpu-type", "p5.48xlarge", "--region", "us-east-1", "--name", "My_Cluster"],
+     "not a valid cluster name"),
+    (["aws", "--nodes", "2", "--gpu-type", "p5.48xlarge", "--region", "us-east-1", "--api-cidr", "0.0.0.0/0"],
+     "whole internet"),
+    (["aws", "--nodes", "2", "--gpu-type", "p5.48xlarge", "--region", "us-east-1", "--reservation",
+      "cr-0123456789abcdef0"], "--reservation needs --zone"),
+    (["gcp", "--nodes", "2", "--gpu-type", "a3-highgpu-8g", "--region", "us-central1"], "unknown cloud 'gcp'"),
+    (["oci", "--nodes", "2", "--gpu-type", "BM.GPU.H100.8", "--region", "us-ashburn-1"], "--tenancy is missing"),
+    (["oci", "--nodes", "2", "--gpu-type", "VM.GPU.A10.1", "--region", "us-ashburn-1"], "not an RDMA bare-metal"),
+    (["aws", "--plan", "--destroy", "--gpu-type", "p5.48xlarge", "--region", "us-east-1"], "both given"),
+])
+def test_bad_arguments_exit_2_with_the_fix_before_terraform_runs(args, message, env):
+    proc = provision(*args, env=env)
+    assert proc.returncode == 2, proc.stderr
+    assert message in proc.stderr and "Fix:" in proc.stderr and "Traceback" not in proc.stderr
+    assert calls(env) == []
+
+
+def test_missing_terraform_exits_2(env):
+    env = env | {"PATH": str(Path(sys.executable).parent)}
+    env.pop("LLMOPS_TERRAFORM")
+    proc = provision(*AWS_ARGS, env=env)
+    assert proc.returncode == 2 and "Terraform is not installed" in proc.stderr and "LLMOPS_TERRAFORM" in proc.stderr
+
+
+def test_missing_aws_credentials_exit_2(env):
+    for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+        env.pop(key)
+    proc = provision(*AWS_ARGS, env=env)
+    assert proc.returncode == 2 and "no AWS credentials found" in proc.stderr
+    assert [c["argv"][0] for c in calls(env)] == ["version"]  # only the version check ran
+
+
+def test_aws_profile_in_the_config_file_counts_as_credentials(env):
+    for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+        env.pop(key)
+    aws = Path(env["HOME"]) / ".aws"
+    aws.mkdir()
+    (aws / "config").write_text("[profile sso]\nsso_session = corp\nregion = us-east-1\n")
+    assert provision(*AWS_ARGS, "--plan", env=env).returncode == 0
+
+
+def test_missing_oci_config_exits_2(env):
+    proc = provision("oci", "--nodes", "2", "--gpu-type", "BM.GPU.H100.8", "--region", "us-ashburn-1",
+                     "--tenancy", "ocid1.tenancy.oc1..a", "--compartment", "ocid1.compartment.oc1..b",
+                     "--gpu-image", "ocid1.image.oc1..c", env=env)
+    assert proc.returncode == 2 and "no OCI credentials found" in proc.stderr and "oci setup config" in proc.stderr
+
+
+def test_plan_writes_the_folder_and_runs_init_then_plan_only(env, tmp_path):
+    proc = provision(*AWS_ARGS, "--zone", "us-east-1b", "--reservation", "cr-0123456789abcdef0",
+                     "--capacity-block", "--api-cidr", "203.0.113.0/24", "--plan", env=env)
+    assert proc.returncode == 0, proc.stderr
+    env_dir = tmp_path / "clusters" / "llm" / "terraform" / "environments" / "aws"
+    assert [c["argv"][0] for c in calls(env) if c["argv"][0] != "version"] == ["init", "plan"]
+    assert all(c["cwd"] == str(env_dir) for c in calls(env) if c["argv"][0] != "version")
+    assert "-out=llmops.tfplan" in calls(env)[-1]["argv"]
+    tfvars = json.loads((env_dir / "llmops.auto.tfvars.json").read_text())
+    assert tfvars == {"name": "llm", "region": "us-east-1", "gpu_node_count": 4, "gpu_instance_type": "p5.48xlarge",
+                      "gpu_availability_zone": "us-east-1b",
+                      "capacity_reservation": {"id": "cr-0123456789abcdef0", "type": "capacity-block"},
+                      "endpoint_public_access_cidrs": ["203.0.113.0/24"]}
+    copied = env_dir.parents[1] / "modules" / "aws-gpu-nodes"
+    assert (copied / "main.tf").is_file() and not (copied / "tests").exists()
+    assert not (Path(env["HOME"]) / ".config" / "llmops" / "profiles" / "llm.yaml").exists()
+
+
+def test_apply_hands_back_kubeconfig_profile_and_addons(env, tmp_path):
+    facts = tmp_path / "facts.json"
+    facts.write_text(json.dumps(AWS_FACTS))
+    proc = provision(*AWS_ARGS, "--yes", env=env | {"FAKE_FACTS": str(facts)})
+    assert proc.returncode == 0, proc.stderr
+    root = tmp_path / "clusters" / "llm"
+    tf = [c["argv"] for c in calls(env) if c["tool"] == "terraform" and c["argv"][0] != "version"]
+    assert tf == [["init", "-input=false"], ["apply", "-input=false", "-auto-approve"], ["output", "-json", "cluster"]]
+    kube = root / "kubeconfig"
+    assert kube.stat().st_mode & 0o777 == 0o600
+    assert yaml.safe_load(kube.read_text())["clusters"][0]["cluster"]["server"] == AWS_FACTS["endpoint"]
+    profile = yaml.safe_load((Path(env["HOME"]) / ".config/llmops/profiles/llm.yaml").read_text())
+    assert profile["k8s"]["network"] == "efa" and profile["k8s"]["efa_per_node"] == 32
+    kubectl = [c["argv"] for c in calls(env) if c["tool"] == "kubectl"]
+    applied = [a[a.index("-k") + 1] if "-k" in a else a[a.index("-f") + 1] for a in kubectl if a[0] == "apply"]
+    assert applied[0].endswith("environments/aws/addons") and applied[-1].endswith("k8s/shared-volume.yaml")
+    if (Path(__file__).resolve().parents[2] / "cluster/k8s/overlays/aws/kustomization.yaml").is_file():
+        platform = list(yaml.safe_load_all((root / "k8s" / "platform.yaml").read_text()))
+        assert [o["kind"] for o in platform] == ["Namespace", "ServiceAccount"]  # no dynamic claim or class
+        assert any(p.endswith("k8s/platform.yaml") for p in applied)
+    assert "is ready" in proc.stderr
+
+
+def test_private_api_prints_the_remaining_steps_instead_of_failing(env, tmp_path):
+    facts = tmp_path / "facts.json"
+    facts.write_text(json.dumps(AWS_FACTS | {"endpoint_public": False}))
+    proc = provision(*AWS_ARGS, "--yes", env=env | {"FAKE_FACTS": str(facts)})
+    assert proc.returncode == 0, proc.stderr
+    assert not [c for c in calls(env) if c["tool"] == "kubectl" and c["argv"][0] == "apply"]
+    assert "The Kubernetes API is private" in proc.stderr and "kubectl apply --server-side" in proc.stderr
+
+
+def test_terraform_failure_exits_1_and_says_how_to_resume(env):
+    proc = provision(*AWS_ARGS, "--yes", env=env | {"FAKE_FAIL": "apply"})
+    assert proc.returncode == 1
+    assert "`terraform apply` failed" in proc.stderr and "resumes from its state" in proc.stderr
+
+
+def test_destroy_needs_state_then_removes_profile_and_kubeconfig(env, tmp_path):
+    proc = provision("aws", "--name", "llm", "--destroy", env=env)
+    assert proc.returncode == 2 and "no cluster 'llm' to destroy" in proc.stderr
+    facts = tmp_path / "facts.json"
+    facts.write_text(json.dumps(AWS_FACTS | {"endpoint_public": False}))
+    assert provision(*AWS_ARGS, "--yes", env=env | {"FAKE_FACTS": str(facts)}).returncode == 0
+    profile = Path(env["HOME"]) / ".config/llmops/profiles/llm.yaml"
+    assert profile.exists()
+    proc = provision("aws", "--name", "llm", "--destroy", "--yes", env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert calls(env)[-1]["argv"] == ["destroy", "-input=false", "-auto-approve"]
+    assert not profile.exists() and not (tmp_path / "clusters/llm/kubeconfig").exists()
+
+
+@pytest.mark.terraform
+def test_tfvars_written_by_llmops_plan_with_real_terraform(env, tmp_path, aws_plugins):
+    """The folder llmops prepares, planned by real Terraform (mocked provider): inputs arrive intact."""
+    proc = provision(*AWS_ARGS, "--zone", "us-east-1c", "--reservation", "cr-0123456789abcdef0", "--plan", env=env)
+    assert proc.returncode == 0, proc.stderr
+    env_dir = tmp_path / "clusters" / "llm" / "terraform" / "environments" / "aws"
+    repo_tests = Path(__file__).resolve().parents[2] / "infra/terraform/environments/aws/tests/inputs.tftest.hcl"
+    mock = repo_tests.read_text()
+    mock = mock[mock.index("mock_provider"):mock.index("variables {")]
+    (env_dir / "tests").mkdir()
+    (env_dir / "tests" / "llmops.tftest.hcl").write_text(mock + '''
+run "llmops_inputs_reach_the_plan" {
+  command = plan
+  assert {
+    condition     = output.cluster.gpu_node_count == 4 && output.cluster.gpu_instance_type == "p5.48xlarge"
+    error_message = "node count or instance type lost"
+  }
+  assert {
+    condition     = output.cluster.gpu_zone == "us-east-1c" && output.gpu_placement_group == null
+    error_message = "zone or reservation lost"
+  }
+}
+''')
+    tf_init(env_dir, aws_plugins)
+    result = run_tf("test", cwd=env_dir)
+    assert result.returncode == 0 and re.search(r"1 passed, 0 failed", result.stdout), result.stdout + result.stderr
+    shutil.rmtree(env_dir / ".terraform")

@@ -1,0 +1,32 @@
+"""The run directory keeps the spec a run was submitted with: read back, never resolved again."""
+
+from __future__ import annotations
+
+from llmops import runner
+from llmops.runs.rundir import RunDir
+from llmops.spec.load import parse_spec
+from llmops_testing import llmops, tiny_spec
+
+
+def _aligned_spec(tmp_path) -> dict:
+    data = tmp_path / "sft.jsonl"
+    data.write_text('{"prompt": "a", "response": "b"}\n')
+    spec = tiny_spec("kept")
+    spec["prepare"] = {"input": {"paths": [str(tmp_path / "raw")]}, "output": {"dir": str(tmp_path / "prepared")},
+                       "tokenizer": {"vocab_size": 512}}
+    spec["align"] = {"method": "sft", "data": {"path": str(data)}, "steps": 2, "global_batch_size": 8,
+                     "micro_batch_size": 2}
+    return spec
+
+
+def test_the_resolved_spec_is_read_back_as_written_even_when_its_files_are_gone(tmp_path, monkeypatch):
+    spec = parse_spec(_aligned_spec(tmp_path))
+    request = runner.plan(spec, path=tmp_path / "runs" / "kept-1")
+    run = RunDir.create(request.spec, request.run_path)
+    (tmp_path / "sft.jsonl").unlink()  # the spec would no longer validate as a new run
+    monkeypatch.chdir(tmp_path / "runs")  # nor would relative paths resolve the same
+    again = run.read_spec()
+    assert again == request.spec
+    assert again.data.indexed.paths == [str(tmp_path / "prepared" / "corpus_text_document")]
+    res = llmops("status", str(run.path))
+    assert res.returncode == 0, res.stderr

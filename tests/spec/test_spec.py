@@ -1,0 +1,127 @@
+"""The run spec: presets, resolution, and a clear message for each typical mistake."""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import pytest
+import yaml
+
+from llmops.errors import SpecError
+from llmops.spec.load import dump_spec, json_schema, load_spec, parse_spec
+from llmops_testing import REPO, tiny_spec
+
+
+def test_examples_validate():
+    tiny = load_spec(REPO / "examples" / "tiny-cpu.yaml")
+    assert (tiny.parallelism.tensor, tiny.parallelism.pipeline, tiny.data_parallel) == (2, 2, 1)
+    assert tiny.model.num_layers == 4 and tiny.num_microbatches == 4
+    big = load_spec(REPO / "examples" / "gpt-1.3b-8gpu.yaml")
+    assert big.resources.world_size == 8 and big.model.hidden_size == 2048
+
+
+def test_preset_fills_fields_and_explicit_fields_win():
+    spec = parse_spec(tiny_spec("x", model={"preset": "gpt-350m", "seq_length": 1024}))
+    assert spec.model.num_layers == 24 and spec.model.hidden_size == 1024
+    assert spec.model.seq_length == 1024
+    assert spec.model.padded_vocab_size == 50304  # 50257 rounded up to a multiple of 128
+
+
+def test_resolved_spec_round_trips():
+    spec = parse_spec(tiny_spec("x", tp=2, pp=2))
+    again = parse_spec(yaml.safe_load(dump_spec(spec)))
+    assert again == spec
+    assert "num_layers" in dump_spec(spec)  # every preset value is written out
+
+
+def test_schema_has_field_descriptions():
+    schema = json_schema()
+    train = schema["$defs"]["TrainSpec"]["properties"]
+    assert "Sequences per optimizer step" in train["global_batch_size"]["description"]
+    json.dumps(schema)
+
+
+def _mutate(base: dict, path: str, value) -> dict:
+    spec = copy.deepcopy(base)
+    keys = path.split(".")
+    node = spec
+    for k in keys[:-1]:
+        node = node.setdefault(k, {})
+    node[keys[-1]] = value
+    return spec
+
+
+BASE = tiny_spec("ok", tp=2, pp=2)
+
+# (mutation path, value, expected field path in the message, a word of the fix)
+MISTAKES = [
+    ("resources.processes_per_node", 3, "parallelism", "divides"),
+    ("parallelism.tensor", 3, "model.num_attention_heads", "multiple of the tensor-parallel size"),
+    ("model.num_layers", 3, "model.num_layers", "multiple of the pipeline-parallel size"),
+    ("train.global_batch_size", 7, "train.global_batch_size", "multiple of 2"),
+    ("train.min_lr", 1.0, "train.min_lr", "at most lr"),
+    ("train.warmup_steps", 10, "train.warmup_steps", "fraction of the run"),
+    ("model.preset", "gpt-1.3", "model.preset", "did you mean 'gpt-1.3b'"),
+    ("model.hiden_size", 64, "model.hiden_size", "did you mean 'hidden_size'"),
+    ("name", "My_Run", "name", "lowercase letters"),
+    ("backend", "aws", "backend", "use one of"),
+    ("train.precision", "bf16", "train.precision", "fp32"),
+    ("parallelism.sequence_parallel", True, "parallelism.sequence_parallel", "raise tensor"),
+    ("model.num_query_groups", 3, "model.num_query_groups", "divisor"),
+    ("train.steps", 0, "train.steps", "bound"),
+    ("data", {"synthetic": {}, "indexed": {"paths": ["a"]}}, "data", "exactly one"),
+    ("resources.gpus_per_node", 8, "resources.gpus_per_node", "remove gpus_per_node"),
+    ("model.compile", True, "model.compile", "compile: auto"),
+]
+
+
+@pytest.mark.parametrize("path,value,where,fix", MISTAKES, ids=[m[0] + "=" + str(m[1]) for m in MISTAKES])
+def test_typical_mistake_names_field_value_and_fix(path, value, where, fix):
+    bad = _mutate(BASE, path, value)
+    if path == "parallelism.sequence_parallel":
+        bad["parallelism"]["tensor"] = 1
+        bad["resources"]["processes_per_node"] = 2
+    with pytest.raises(SpecError) as info:
+        parse_spec(bad, "spec.yaml")
+    rendered = info.value.render()
+    assert any(p.path == where for p in info.value.problems), rendered
+    assert fix in rendered, rendered
+    assert "Traceback" not in rendered
+
+
+def test_every_problem_is_reported_at_once():
+    bad = _mutate(_mutate(BASE, "model.num_layers", 3), "train.min_lr", 1.0)
+    with pytest.raises(SpecError) as info:
+        parse_spec(bad)
+    assert {p.path for p in info.value.problems} >= {"model.num_layers", "train.min_lr"}
+
+
+def test_missing_file_and_bad_yaml(tmp_path):
+    with pytest.raises(SpecError) as info:
+        load_spec(tmp_path / "nope.yaml")
+    assert "cannot be read" in info.value.render()
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("name: x\ntrain: [1, 2\n")
+    with pytest.raises(SpecError) as info:
+        load_spec(broken)
+    assert "line" in info.value.render() and "not valid YAML" in info.value.render()
+
+
+def test_gpu_speed_defaults_resolve_by_device():
+    """CUDA graphs are on and layer compilation follows them (auto); a CPU spec keeps both defaults valid."""
+    cpu = parse_spec(BASE)
+    assert cpu.train.cuda_graphs is True and cpu.model.compile == "auto"
+    gpu = parse_spec({"name": "g", "resources": {"gpus_per_node": 1}, "model": {"preset": "gpt-125m"},
+                      "train": {"steps": 10, "global_batch_size": 8}})
+    assert gpu.train.cuda_graphs is True and gpu.model.compile == "auto"
+    off = parse_spec(_mutate(_mutate(BASE, "model.compile", False), "train.cuda_graphs", False))
+    assert off.model.compile is False and off.train.cuda_graphs is False
+    pytest.importorskip("megatron.core")
+    from llmops_model.gpt import compiles_layers
+
+    assert compiles_layers(gpu, graphed=True) and not compiles_layers(gpu, graphed=False)
+    forced = parse_spec({"name": "g", "resources": {"gpus_per_node": 1},
+                         "model": {"preset": "gpt-125m", "compile": True},
+                         "train": {"steps": 10, "global_batch_size": 8}})
+    assert compiles_layers(forced, graphed=False)

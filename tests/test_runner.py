@@ -1,0 +1,82 @@
+"""The spec travels one way: file -> resolved spec -> request in memory -> run directory -> processes."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from llmops import runner
+from llmops.errors import SpecError, UserError
+from llmops.spec.load import load_spec, parse_spec
+from llmops_testing import llmops, tiny_spec, write_spec
+
+
+def test_a_dry_run_creates_nothing_on_disk(tmp_path):
+    request = runner.plan(parse_spec(tiny_spec("dry")), root=tmp_path / "runs")
+    assert request.backend == "local" and request.run_path.parent == (tmp_path / "runs").absolute()
+    assert "llmops_model.launch" in request.render() and request.spec.model.num_layers == 4
+    assert not (tmp_path / "runs").exists()
+
+
+def test_submit_writes_the_requests_spec_once_and_a_refused_submit_leaves_nothing(tmp_path, monkeypatch):
+    from llmops.backends.local.backend import LocalBackend
+
+    request = runner.plan(parse_spec(tiny_spec("refused")), root=tmp_path / "runs")
+
+    def refuse(self, request, run):
+        assert (run.path / "spec.yaml").read_text().startswith("version: 1")
+        raise UserError("the cluster said no", "ask again later")
+
+    monkeypatch.setattr(LocalBackend, "submit", refuse)
+    with pytest.raises(UserError, match="the cluster said no"):
+        runner.submit(request)
+    assert not request.run_path.exists()
+
+
+def test_render_never_writes_into_a_run_directory_and_keeps_other_files(tmp_path):
+    spec = write_spec(tmp_path / "s.yaml", tiny_spec("render"))
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    res = llmops("render", str(spec), "--out", str(out))
+    assert res.returncode == 0, res.stderr
+    assert (out / "notes.txt").read_text() == "mine" and (out / "launch.sh").exists()
+    assert not (out / "status.json").exists()  # a rendered folder is not a run
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "spec.yaml").write_text("name: theirs\n")
+    (run / "status.json").write_text("{}")
+    res = llmops("render", str(spec), "--out", str(run))
+    assert res.returncode == 2 and "is a run directory" in res.stderr
+    assert (run / "spec.yaml").read_text() == "name: theirs\n" and (run / "status.json").exists()
+
+
+def test_backend_rules_are_the_backends_and_validate_reports_them(tmp_path):
+    spec = {**tiny_spec("k8s-rules"), "backend": "k8s", "checkpoint": {"dir": "/elsewhere/ckpt"}}
+    with pytest.raises(SpecError) as info:
+        runner.plan(parse_spec(spec), root=tmp_path)
+    text = info.value.render()
+    assert "k8s.image" in text and "checkpoint.dir = '/elsewhere/ckpt'" in text and "k8s.mount_path" in text
+    parse_spec(spec)  # the generic spec knows nothing of Kubernetes' shared volume
+    res = llmops("validate", str(write_spec(tmp_path / "s.yaml", spec)))
+    assert res.returncode == 2 and "k8s.image" in res.stderr and "checkpoint.dir" in res.stderr
+
+
+def test_backend_override_resolves_the_spec_for_that_backend(tmp_path):
+    path = write_spec(tmp_path / "s.yaml", {**tiny_spec("over"), "slurm": {"partition": "batch"}})
+    spec = load_spec(path, backend="slurm")
+    assert spec.backend == "slurm"
+    request = runner.plan(spec, path=tmp_path / "out", options={"slurm": {"partition": "debug", "time": "1:00:00"}})
+    assert request.spec.slurm.partition == "debug" and request.spec.slurm.time == "1:00:00"
+    assert "#SBATCH --partition=debug" in request.files()["slurm/pretrain.sbatch"]
+    written = runner.render(request)
+    assert yaml.safe_load((tmp_path / "out" / "spec.yaml").read_text())["slurm"]["partition"] == "debug"
+    assert {p.name for p in written} >= {"spec.yaml", "pretrain.sbatch", "submit.sh"}
+
+
+def test_a_bad_option_value_is_named_like_a_spec_field(tmp_path):
+    spec = write_spec(tmp_path / "s.yaml", tiny_spec("opt"))
+    res = llmops("render", str(spec), "--backend", "slurm", "--time", "forever", "--out", str(tmp_path / "o"))
+    assert res.returncode == 2 and "slurm.time" in res.stderr and "command line" in res.stderr
+    assert not (tmp_path / "o").exists()

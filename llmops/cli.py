@@ -18,6 +18,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from llmops import __version__
 from llmops.backends.registry import options as backend_options
@@ -32,7 +33,7 @@ app = typer.Typer(
 )
 out = Console(highlight=False)
 err = Console(stderr=True, highlight=False)
-_state = {"debug": False}
+_state = {"debug": False, "strict": False}
 
 SpecArg = Annotated[Path, typer.Argument(help="Run spec (YAML).", show_default=False)]
 RunArg = Annotated[str, typer.Argument(help="Run id, run name (its newest run) or run directory.")]
@@ -52,10 +53,14 @@ def _version(value: bool) -> None:
 @app.callback()
 def _main(
     debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks for errors.")] = False,
+    strict: Annotated[bool, typer.Option(
+        "--strict", help="Refuse spec fields that run commands by design (Slurm setup lines, ssh options); "
+        "for specs from CI or shared repositories (env: LLMOPS_STRICT=1).")] = False,
     version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
                                           help="Print the version and exit.")] = False,
 ) -> None:
     _state["debug"] = debug
+    _state["strict"] = strict
 
 
 def _with_backend_options(command):
@@ -96,8 +101,8 @@ def validate(spec: SpecArg, backend: BackendOpt = None) -> None:
     from llmops import runner
     from llmops.spec.load import load_spec
 
-    _, s = runner.check(load_spec(spec, backend=backend))
-    summary = f"[green]ok[/green] {spec}: run '{s.name}' on {s.backend}, stages {' -> '.join(s.stages)}"
+    _, s = runner.check(load_spec(spec, backend=backend), strict=_state["strict"])
+    summary = f"[green]ok[/green] {escape(str(spec))}: run '{s.name}' on {s.backend}, stages {' -> '.join(s.stages)}"
     if s.training_stages:
         summary += (f"; {s.resources.nodes} node(s) x {s.resources.procs_per_node} "
                     f"{'CPU process(es)' if s.resources.cpu else 'GPU(s)'}, "
@@ -154,7 +159,7 @@ def render(
     from llmops import runner
     from llmops.spec.load import load_spec
 
-    request = runner.plan(load_spec(spec, backend=backend), path=out, options=options)
+    request = runner.plan(load_spec(spec, backend=backend), path=out, options=options, strict=_state["strict"])
     for path in runner.render(request):
         sys.stdout.write(f"{path}\n")
 
@@ -194,12 +199,13 @@ def _submit(spec_path: Path, *, backend: str | None, detach: bool, dry_run: bool
     from llmops.runs.rundir import runs_root
     from llmops.spec.load import load_spec
 
-    request = runner.plan(load_spec(spec_path, backend=backend), root=runs_root(runs_dir), options=options)
+    request = runner.plan(load_spec(spec_path, backend=backend), root=runs_root(runs_dir), options=options,
+                          strict=_state["strict"])
     if dry_run:
         sys.stdout.write(request.render())
         return
     run_dir = runner.submit(request)
-    err.print(f"run [bold]{run_dir.id}[/bold] started in {escape(str(run_dir.path))}")
+    err.print(f"run [bold]{escape(run_dir.id)}[/bold] started in {escape(str(run_dir.path))}")
     if detach:
         err.print(f"follow it with `llmops logs {run_dir.id} -f`; stop it with `llmops cancel {run_dir.id}`")
         sys.stdout.write(run_dir.id + "\n")
@@ -217,6 +223,7 @@ def _follow(run_dir) -> None:
         cancelled = True
         err.print("\n[yellow]interrupted: asking the run to checkpoint and stop...[/yellow]")
         final = runner.cancel(run_dir)
+        _still_stopping(run_dir, final)
     _report_final(run_dir, final, cancelled)
 
 
@@ -228,7 +235,7 @@ def _print_line(line: str) -> None:
         out.print(line, markup=False, soft_wrap=True)
         return
     pct = 100 * parsed.step / max(parsed.steps, 1)
-    f = parsed.fields
+    f = {k: escape(v) for k, v in parsed.fields.items()}  # what a log line says is text, never markup
     out.print(f"[bold]{parsed.step:>6}/{parsed.steps}[/bold] {pct:5.1f}%  loss [cyan]{f.get('loss')}[/cyan]  "
               f"lr {f.get('lr')}  grad_norm {f.get('grad_norm')}  {f.get('tok/s')} tok/s"
               + (f"  MFU {f['mfu']}" if "mfu" in f else "")
@@ -237,7 +244,7 @@ def _print_line(line: str) -> None:
 
 def _report_final(run_dir, final, interrupted: bool) -> None:
     colour = {"SUCCEEDED": "green", "FAILED": "red", "CANCELLED": "yellow"}.get(final.state, "white")
-    err.print(f"run {run_dir.id}: [{colour}]{final.state}[/{colour}] {escape(final.message)}")
+    err.print(f"run {escape(run_dir.id)}: [{colour}]{final.state}[/{colour}] {escape(final.message)}")
     deadline = time.time() + (5 if final.backend == "local" else 0)  # its supervisor writes it as it ends
     while not (run_dir.path / "report.html").exists() and time.time() < deadline:
         time.sleep(0.2)
@@ -286,8 +293,8 @@ def status(
     for r, st, p in rows:
         step = f"{p['step']}/{p['steps']}" if p else "-"
         loss = f"{p['loss']:.4f}" if p and p.get("loss") == p.get("loss") else "-"
-        table.add_row(r.id, st.backend, st.state, step, loss, str(st.restarts),
-                      _age(st.submitted_at), st.message)
+        table.add_row(*_text(r.id, st.backend, st.state, step, loss, str(st.restarts),
+                             _age(st.submitted_at), st.message))
     out.print(table)
     if run and len(rows) == 1:
         _print_stages(*rows[0][:2])
@@ -309,9 +316,14 @@ def _print_stages(r, st) -> None:
         tokens = f"{p['tokens']:,}" if p and p.get("tokens") else "-"
         loss = f"{p['loss']:.4f}" if p and p.get("loss") == p.get("loss") else "-"
         state = rec.get("state") or ("PENDING" if st.state not in ("SUCCEEDED", "FAILED", "CANCELLED") else "-")
-        table.add_row(("> " if name == st.stage and st.state == "RUNNING" else "  ") + name, state, step, tokens,
-                      loss, str(rec.get("restarts", 0)), rec.get("message", ""))
+        table.add_row(*_text(("> " if name == st.stage and st.state == "RUNNING" else "  ") + name, state, step,
+                             tokens, loss, str(rec.get("restarts", 0)), rec.get("message", "")))
     out.print(table)
+
+
+def _text(*cells: object) -> list[Text]:
+    """Table cells shown as written: run ids, messages and log text are never read as rich markup."""
+    return [Text(str(c)) for c in cells]
 
 
 def _age(t: float) -> str:
@@ -352,7 +364,18 @@ def cancel(
 
     r = resolve_run(run, runs_root(runs_dir))
     final = runner.cancel(r, force=force)
-    err.print(f"run {r.id}: {final.state} {escape(final.message)}")
+    err.print(f"run {escape(r.id)}: {final.state} {escape(final.message)}")
+    _still_stopping(r, final)
+
+
+def _still_stopping(run, final) -> None:
+    """A run that has not stopped within the wait: say so and how to end it, exit 1 (nothing is killed unasked)."""
+    from llmops.runs.rundir import TERMINAL
+
+    if final.state not in TERMINAL:
+        err.print(f"run {run.id} is still stopping (a step or a checkpoint save can take a while); check it with "
+                  f"`llmops status {run.id}`, or kill it at once with `llmops cancel --force {run.id}`")
+        raise typer.Exit(EXIT_FAILED)
 
 
 @app.command()
@@ -366,7 +389,7 @@ def resume(
     from llmops.runs.rundir import resolve_run, runs_root
 
     r = runner.resume(resolve_run(run, runs_root(runs_dir)))
-    err.print(f"run [bold]{r.id}[/bold] resumed")
+    err.print(f"run [bold]{escape(r.id)}[/bold] resumed")
     if not detach:
         _follow(r)
 
@@ -389,7 +412,7 @@ def report(
     except UserError as exc:
         err.print(f"[yellow](from the files already here: {escape(exc.message)})[/yellow]")
     summary = rep.summarize(r)
-    out.print(f"[bold]{r.id}[/bold]: {summary['state']} in {summary['wall']:.0f} s")
+    out.print(f"[bold]{escape(r.id)}[/bold]: {summary['state']} in {summary['wall']:.0f} s")
     stages = Table(box=None, header_style="bold")
     times = Table(box=None, header_style="bold", title="where the time went (s)", title_justify="left")
     for col in ("stage", "state", "step", "loss", "tokens/s", "restarts", "lost steps"):

@@ -24,9 +24,14 @@ class Problem:
     fix: str
 
     def render(self) -> str:
-        shown = "" if self.value is None else f" = {self.value!r}"
+        """One line; a long path, value or message is cut short (a spec may hold megabytes in one value)."""
+        shown = "" if self.value is None else f" = {_cut(repr(self.value), 120)}"
         fix = self.fix if self.fix.endswith((".", "?", "!")) else self.fix + "."
-        return f"{self.path}{shown}: {self.message}. Fix: {fix}"
+        return f"{_cut(self.path, 120)}{shown}: {_cut(self.message, 400)}. Fix: {fix}"
+
+
+def _cut(text: str, limit: int) -> str:
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text):,} characters)"
 
 
 class UserError(Exception):

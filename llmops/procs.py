@@ -22,11 +22,24 @@ def descendants(pid: int) -> list[int]:
         return []
 
 
-def alive(pid: int) -> bool:
-    """Whether the process exists and is not a zombie."""
+def started(pid: int) -> float | None:
+    """When the process started (its identity together with its pid), or None when it is gone."""
     try:
-        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
+        return psutil.Process(pid).create_time()
+    except psutil.Error:
+        return None
+
+
+def is_ours(pid: int | None, *, started_at: float | None, token: str) -> bool:
+    """Whether `pid` is still the process that was recorded: alive, started at `started_at`, and `token`
+    (the run's id) in its command line. A pid read back from status.json may belong to another
+    process by now (after a reboot, or on a file system shared between machines): that one is never
+    signalled."""
+    if not pid or started_at is None:
         return False
-    except psutil.Error:  # exists, but is not ours to inspect
-        return True
+    try:
+        p = psutil.Process(pid)
+        return (abs(p.create_time() - started_at) < 0.05 and p.status() != psutil.STATUS_ZOMBIE
+                and any(token in part for part in p.cmdline()))
+    except psutil.Error:
+        return False

@@ -40,6 +40,9 @@ class ClusterProfile(BaseModel):
     """What cluster this describes."""
     env: dict[str, str] = Field(default_factory=dict)
     """Environment for every training process (NCCL, EFA/libfabric, InfiniBand settings)."""
+    strict: bool = False
+    """Refuse specs whose own fields run commands by design (Slurm setup lines, ssh options, ...): for clusters
+    that take specs from CI or shared repositories. The profile's own settings are the platform team's."""
     slurm: dict[str, Any] = Field(default_factory=dict)
     """Slurm settings, read by the Slurm backend."""
     k8s: dict[str, Any] = Field(default_factory=dict)

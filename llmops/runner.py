@@ -10,12 +10,14 @@ into it once.
 
 from __future__ import annotations
 
+import os
 import shutil
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict
 from pathlib import Path
 
+from llmops import secrets
 from llmops.backends.base import Backend, Request
 from llmops.backends.registry import get_backend
 from llmops.errors import SpecError, UserError
@@ -23,9 +25,13 @@ from llmops.runs.rundir import PENDING, TERMINAL, RunDir, Status, new_run_path
 from llmops.spec.run import RunSpec
 
 
-def check(spec: RunSpec, options: dict[str, dict[str, str]] | None = None) -> tuple[Backend, RunSpec]:
+def check(spec: RunSpec, options: dict[str, dict[str, str]] | None = None, *,
+          strict: bool = False) -> tuple[Backend, RunSpec]:
     """The spec's backend and the spec with that backend's command-line options applied, after the backend's
-    own rules; SpecError (exit 2) with every problem, or with an option that belongs to another backend."""
+    own rules; SpecError (exit 2) with every problem, or with an option that belongs to another backend.
+
+    `strict` (or a cluster profile with `strict: true`, or LLMOPS_STRICT=1) also refuses the spec's own
+    fields that run commands by design (docs/trust-model.md)."""
     backend = get_backend(spec.backend)
     for name, values in (options or {}).items():
         if values and name != backend.name:
@@ -34,16 +40,26 @@ def check(spec: RunSpec, options: dict[str, dict[str, str]] | None = None) -> tu
                             f"leave them out, or pass --backend {name}")
     spec = backend.with_options(spec, (options or {}).get(backend.name, {}))
     problems = backend.validate(spec)
+    if strict or os.environ.get("LLMOPS_STRICT") == "1" or _strict_profile(spec):
+        problems += backend.shell_fields(spec)
     if problems:
         raise SpecError(f"{spec.name} (backend {backend.name})", problems)
     return backend, spec
 
 
+def _strict_profile(spec: RunSpec) -> bool:
+    if spec.profile is None:
+        return False
+    from llmops.profiles import load_profile
+
+    return load_profile(spec.profile).strict
+
+
 def plan(spec: RunSpec, *, root: Path | None = None, path: Path | None = None,
-         options: dict[str, dict[str, str]] | None = None) -> Request:
+         options: dict[str, dict[str, str]] | None = None, strict: bool = False) -> Request:
     """The backend's request for a new run of `spec` (in a new folder under `root`, or at `path`), built in
     memory: nothing is written and nothing starts."""
-    backend, spec = check(spec, options)
+    backend, spec = check(spec, options, strict=strict)
     run_path = path.absolute() if path is not None else new_run_path(spec.name, root or Path("runs"))
     return backend.dry_run(spec, run_path)
 
@@ -52,6 +68,7 @@ def submit(request: Request) -> RunDir:
     """Create the run directory with the request's spec and start the run; a refused submit leaves nothing."""
     if request.run_path.exists():
         raise UserError(f"{request.run_path} exists already", "submit again: a new run gets a new directory")
+    request.secrets = secrets.read(request.spec)  # before anything is written: a missing one is exit 2
     run = RunDir.create(request.spec, request.run_path)
     try:
         get_backend(request.backend).submit(request, run)
@@ -61,15 +78,27 @@ def submit(request: Request) -> RunDir:
     return run
 
 
+RENDERED = ".llmops-render"
+"""Left in a rendered folder, with the run id: a later render of the same run may write there again."""
+
+
 def render(request: Request) -> list[Path]:
     """Write the resolved spec and the backend's artefacts into the request's folder; returns the files.
 
-    A rendered folder is not a run (no status.json), and an existing run directory is never written into.
+    A rendered folder is not a run (no status.json). Only an empty folder, or one an earlier render of the
+    same run wrote, is written into; nothing in it is deleted.
     """
     out = request.run_path
     if (out / "status.json").exists():
         raise UserError(f"{out} is a run directory", "render into a new folder (--out)")
+    marker = out / RENDERED
+    if out.is_dir() and any(out.iterdir()) and not (marker.is_file() and marker.read_text() == request.run_id):
+        raise UserError(f"{out} is not empty, and not an earlier render of run {request.run_id}: llmops does not "
+                        "write among files it did not make", "render into a new or empty folder (--out)")
+    if out.exists() and not out.is_dir():
+        raise UserError(f"{out} is a file", "render into a new or empty folder (--out)")
     run = RunDir.create(request.spec, out, status=False)
+    marker.write_text(request.run_id)
     written = [run.spec_path]
     for name, text in request.files().items():
         target = out / name
@@ -97,20 +126,18 @@ def logs(run: RunDir, *, follow: bool, stage: str | None = None) -> Iterator[str
 
 
 def cancel(run: RunDir, *, force: bool = False, wait: float = 120.0) -> Status:
-    """Ask the run to checkpoint and stop; wait until nothing of it runs any more."""
+    """Ask the run to checkpoint and stop (with `force`, kill it); wait until nothing of it runs any more, or
+    for `wait` seconds. It never escalates to a kill by itself: a run still stopping then is returned as it
+    is, for the caller to say so."""
     backend = get_backend(run.read_spec().backend)
     backend.cancel(run, force=force)
     deadline = time.time() + wait
-    while time.time() < deadline:
+    while True:
         backend.refresh(run)
         st = run.read_status()
-        if st.state in TERMINAL:
+        if st.state in TERMINAL or time.time() >= deadline:
             return st
         time.sleep(0.5)
-    backend.cancel(run, force=True)
-    time.sleep(1.0)
-    backend.refresh(run)
-    return run.read_status()
 
 
 def resume(run: RunDir) -> RunDir:
@@ -124,6 +151,7 @@ def resume(run: RunDir) -> RunDir:
         raise UserError(f"run {run.id} is {before.state}, not stopped",
                         f"follow it with `llmops logs {run.id} -f`, or cancel it first")
     request = backend.dry_run(spec, run.path.absolute())
+    request.secrets = secrets.read(spec)
     run.cancel_marker.unlink(missing_ok=True)
     run.update_status(state=PENDING, restarts=before.restarts + 1, exit_code=None, message="resumed by the user")
     try:

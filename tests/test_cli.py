@@ -99,3 +99,15 @@ def test_dry_run_starts_nothing(tmp_path):
     assert res.returncode == 0
     assert "llmops_model.launch" in res.stdout
     assert not list(runs.glob("*/spec.yaml")), "a dry run left a run directory behind"
+
+
+def test_status_of_all_runs_survives_a_message_that_looks_like_markup(tmp_path):
+    from llmops.runs.rundir import RunDir, Status
+    from llmops.spec.load import parse_spec
+
+    for name, message in (("calm", "finished"), ("loud", "boom [/tmp/x] [red] [/]")):
+        run = RunDir.create(parse_spec(tiny_spec(name)), tmp_path / "runs" / f"{name}-1")
+        run.write_status(Status(state="FAILED", message=message, exit_code=1))
+    res = llmops("status", "--runs-dir", str(tmp_path / "runs"))
+    assert res.returncode == 0, res.stderr
+    assert "calm-1" in res.stdout and "boom [/tmp/x] [red] [/]" in " ".join(res.stdout.split())

@@ -33,15 +33,23 @@ def test_submit_writes_the_requests_spec_once_and_a_refused_submit_leaves_nothin
     assert not request.run_path.exists()
 
 
-def test_render_never_writes_into_a_run_directory_and_keeps_other_files(tmp_path):
+def test_render_writes_only_where_it_may_and_deletes_nothing(tmp_path):
     spec = write_spec(tmp_path / "s.yaml", tiny_spec("render"))
     out = tmp_path / "out"
-    out.mkdir()
-    (out / "notes.txt").write_text("mine")
-    res = llmops("render", str(spec), "--out", str(out))
+    assert llmops("render", str(spec), "--out", str(out)).returncode == 0
+    assert (out / "launch.sh").exists() and not (out / "status.json").exists()  # a rendered folder is not a run
+    res = llmops("render", str(spec), "--out", str(out))  # the same run's folder: rendered again
     assert res.returncode == 0, res.stderr
-    assert (out / "notes.txt").read_text() == "mine" and (out / "launch.sh").exists()
-    assert not (out / "status.json").exists()  # a rendered folder is not a run
+
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("mine")
+    res = llmops("render", str(spec), "--out", str(mine))
+    assert res.returncode == 2 and "not empty" in res.stderr
+    assert [p.name for p in mine.iterdir()] == ["notes.txt"]
+    # A spec the backend refuses leaves the folder as it was (it used to be deleted, user files and all).
+    res = llmops("render", str(spec), "--backend", "k8s", "--out", str(mine))
+    assert res.returncode == 2 and [p.name for p in mine.iterdir()] == ["notes.txt"]
 
     run = tmp_path / "run"
     run.mkdir()

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -52,6 +52,8 @@ class Request:
     spec: RunSpec
     run_path: Path
     """The run directory this request is for (created by submit or render, not by the dry run)."""
+    secrets: dict[str, str] = field(default_factory=dict, repr=False, kw_only=True)
+    """The values of spec.secrets, read by submit and resume only: a dry run and a render never hold them."""
 
     @property
     def run_id(self) -> str:
@@ -75,6 +77,11 @@ class Backend(ABC):
 
     def validate(self, spec: RunSpec) -> list[Problem]:
         """What is wrong with the spec for this backend, every problem at once (nothing is contacted)."""
+        return []
+
+    def shell_fields(self, spec: RunSpec) -> list[Problem]:
+        """The spec's own fields that run commands of the user's choosing by design (setup lines, ssh options):
+        refused in strict mode, for specs from CI and shared repositories (docs/trust-model.md)."""
         return []
 
     def with_options(self, spec: RunSpec, values: dict[str, str]) -> RunSpec:

@@ -10,7 +10,6 @@ for any number of shards.
 
 from __future__ import annotations
 
-import glob
 import os
 import sysconfig
 from dataclasses import asdict, dataclass
@@ -73,7 +72,7 @@ def discover(spec: InputSpec) -> tuple[list[Unit], list[str]]:
 def _expand(entry: str, i: int) -> list[tuple[str, bool]]:
     """(file, named explicitly) pairs for one input.paths entry."""
     if any(c in entry for c in "*?["):
-        matches = sorted(p for p in glob.glob(entry, recursive=True) if os.path.isfile(p))
+        matches = _glob(entry)
         if not matches:
             raise UserError(f"input.paths[{i}] = {entry!r}: the pattern matches no file",
                             "check the pattern, or the folder it starts from")
@@ -82,12 +81,33 @@ def _expand(entry: str, i: int) -> list[tuple[str, bool]]:
     if path.is_file():
         return [(entry, True)]
     if path.is_dir():
-        files = sorted(str(p) for p in path.rglob("*") if p.is_file() and not _hidden(p.relative_to(path)))
+        files = _once(p for p in path.rglob("*") if p.is_file() and not _hidden(p.relative_to(path)))
         if not files:
             raise UserError(f"input.paths[{i}] = {entry!r}: the folder holds no file", "point at a folder with data")
         return [(f, False) for f in files]
     raise UserError(f"input.paths[{i}] = {entry!r}: no such file or folder",
                     "check the path (relative paths start from the folder you run llmops in)")
+
+
+def _glob(pattern: str) -> list[str]:
+    """Files matching a glob pattern. `**` descends into real folders only, never through a symlinked one
+    (glob.glob follows them: a link to a parent folder made it read each file forty times over)."""
+    parts = Path(pattern).parts
+    first = next(i for i, part in enumerate(parts) if any(c in part for c in "*?["))
+    anchor = Path(*parts[:first]) if first else Path(".")
+    return _once(p for p in anchor.glob(str(Path(*parts[first:]))) if p.is_file())
+
+
+def _once(paths) -> list[str]:
+    """Each file once, by its real path (two links to one file are one input), in name order."""
+    seen: set[str] = set()
+    out = []
+    for p in sorted(paths):
+        real = os.path.realpath(p)
+        if real not in seen:
+            seen.add(real)
+            out.append(str(p))
+    return out
 
 
 def _hidden(rel: Path) -> bool:

@@ -9,8 +9,10 @@ kept: the text the model sees is the text we cleaned, byte for byte.
 from __future__ import annotations
 
 import io
+import os
 import re
 import shutil
+import stat
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,9 +56,23 @@ def read_model_facts(path: str | Path) -> ModelFacts:
     return ModelFacts(sp.get_piece_size(), sp.eos_id(), pad, sp.bos_id(), sp.unk_id(), specials)
 
 
+MAX_MODEL_BYTES = 1 << 30
+"""Larger files are not tokenizer models (SentencePiece models are kilobytes to megabytes)."""
+
+
 def load(path: str | Path):
+    """The SentencePiece model in a regular file (not a FIFO or a device: reading /dev/zero never ends)."""
     import sentencepiece as spm
 
+    try:
+        info = os.stat(path)
+    except OSError as exc:
+        raise ModelError(path, f"cannot be read ({exc.strerror})", "check the path") from None
+    if not stat.S_ISREG(info.st_mode):
+        raise ModelError(path, "is not a regular file", "point at a .model file written by SentencePiece")
+    if info.st_size > MAX_MODEL_BYTES:
+        raise ModelError(path, f"is {info.st_size:,} bytes, too large for a tokenizer model",
+                         "point at a .model file written by SentencePiece")
     try:
         return spm.SentencePieceProcessor(model_file=str(path))
     except (OSError, RuntimeError) as exc:

@@ -148,8 +148,13 @@ def _addon_steps(req: Request, facts: dict[str, Any], kubectl: str | None) -> li
     """
     folder = req.root / "k8s"
     folder.mkdir(parents=True, exist_ok=True)
-    apply = ["kubectl", "apply", "--server-side", "--field-manager=llmops-provision"]
-    steps = [apply + ["-k", str(req.env_dir / "addons")]]
+    # One field manager per file: under server-side apply a manager's apply removes the fields it set before
+    # and leaves out now, so the shared volume's bare Namespace, applied by the platform file's manager, would
+    # strip the Pod Security labels the platform file set on it.
+    def apply(manager: str) -> list[str]:
+        return ["kubectl", "apply", "--server-side", f"--field-manager=llmops-provision-{manager}"]
+
+    steps = [apply("addons") + ["-k", str(req.env_dir / "addons")]]
     overlay = _REPO_K8S / req.cloud
     if kubectl and (overlay / "kustomization.yaml").is_file():
         proc = subprocess.run([kubectl, "kustomize", str(overlay)], capture_output=True, text=True)
@@ -158,9 +163,9 @@ def _addon_steps(req: Request, facts: dict[str, Any], kubectl: str | None) -> li
                                   "fix the overlay (or run from a clean checkout) and run again")
         kept = [o for o in yaml.safe_load_all(proc.stdout) if o and not _provisioned_elsewhere(o)]
         (folder / "platform.yaml").write_text(yaml.safe_dump_all(kept, sort_keys=False))
-        steps.append(apply + ["-f", str(folder / "platform.yaml")])
+        steps.append(apply("platform") + ["-f", str(folder / "platform.yaml")])
     (folder / "shared-volume.yaml").write_text(yaml.safe_dump_all(shared_volume(facts), sort_keys=False))
-    steps.append(apply + ["-f", str(folder / "shared-volume.yaml")])
+    steps.append(apply("storage") + ["-f", str(folder / "shared-volume.yaml")])
     return steps
 
 

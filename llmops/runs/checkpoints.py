@@ -8,6 +8,7 @@ decisions work on a laptop. Layout of a checkpoint root::
         llmops-manifest.json            written last: step, layout, model, every file and its size
     iter_0000200.partial/               being written, or left behind by a crash
     latest_checkpointed_iteration.txt   Megatron's tracker, replaced atomically
+    llmops-owner.json                   the run and stage that save here (see :func:`claim`)
 
 :func:`verify` is the check every resume makes (manifest present, every file
 there with its recorded size). :func:`verify_deep` also reads the torch_dist
@@ -19,13 +20,18 @@ in the manifest but not its contents' extent (it needs torch).
 from __future__ import annotations
 
 import json
+import os
 import re
+import socket
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from llmops.errors import UserError
+
 MANIFEST = "llmops-manifest.json"
 TRACKER = "latest_checkpointed_iteration.txt"
+OWNER = "llmops-owner.json"
 _ITER_RE = re.compile(r"^iter_(\d{7,})(\.partial)?$")
 
 
@@ -54,6 +60,46 @@ class Info:
     def as_json(self) -> dict[str, Any]:
         return {"path": str(self.path), "step": self.step, "complete": self.complete, "problem": self.problem,
                 "layout": self.layout, "size": self.size, "saved_at": self.saved_at, "latest": self.latest}
+
+
+def claim(root: Path, *, run: str, stage: str) -> None:
+    """Make `root` the checkpoint folder of `run`'s `stage`, or refuse one another run or stage owns.
+
+    A stage resumes from the newest checkpoint in its folder and prunes the old ones: two owners of one
+    folder would resume from and delete each other's work (an align stage pointed at pretraining's folder
+    resumed at pretraining's last step and trained nothing). The first to claim writes the owner file with
+    a hard link, which fails when one exists, so concurrent ranks on a shared file system agree.
+    Precondition: every rank of the stage calls it before it loads or saves (they all raise alike).
+    """
+    mine = {"run": run, "stage": stage}
+    path = root / OWNER
+    if not path.exists():
+        root.mkdir(parents=True, exist_ok=True)
+        tmp = root / f".{OWNER}.{socket.gethostname()}.{os.getpid()}"
+        tmp.write_text(json.dumps(mine) + "\n")
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            pass  # another rank, or another owner, was first: read what it wrote
+        finally:
+            tmp.unlink(missing_ok=True)
+    owner = owner_of(root)
+    if owner != mine:
+        who = f"run {owner['run']} (stage {owner['stage']})" if owner else "an unreadable owner file"
+        raise UserError(f"the checkpoint folder {root} belongs to {who}, not to run {run} (stage {stage}): "
+                        "two owners would resume from and delete each other's checkpoints",
+                        "give this stage a folder of its own (checkpoint.dir, or the align stage's checkpoint_dir)"
+                        + (f", or continue that run with `llmops resume {owner['run']}`" if owner else "")
+                        + f"; to hand the folder over on purpose, delete {path}")
+
+
+def owner_of(root: Path) -> dict[str, str] | None:
+    """The run and stage that own a checkpoint folder, if it says."""
+    try:
+        data = json.loads((root / OWNER).read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) and set(data) == {"run", "stage"} else None
 
 
 def checkpoint_dir(root: Path, step: int) -> Path:

@@ -45,7 +45,10 @@ class Status:
     exit_code: int | None = None
     message: str = ""
     supervisor_pid: int | None = None
+    supervisor_started: float | None = None
+    """When the supervisor process started: with its pid, what identifies it (the local backend)."""
     job_pgid: int | None = None
+    job_started: float | None = None
     job_id: str | None = None
     stage: str | None = None
     """The stage running now (or the last one that ran)."""

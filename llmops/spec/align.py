@@ -25,7 +25,7 @@ class AlignData(SpecModel):
     builtin: Literal["python-docstrings"] | None = None
     """Generate the examples instead: questions about this Python's standard library, answered with its
     docstrings (DPO: the right docstring is chosen, another one rejected). Deterministic; no download."""
-    builtin_examples: int = Field(512, ge=8)
+    builtin_examples: int = Field(512, ge=8, le=10**7)
     """How many examples the built-in set holds."""
     valid_fraction: float = Field(0.05, ge=0.0, lt=0.5)
     """Share of the examples held out (seeded shuffle) for the validation loss; 0 turns validation off."""
@@ -72,7 +72,7 @@ class SFTOptions(SpecModel):
 class DPOOptions(SpecModel):
     """Direct Preference Optimization (Rafailov et al., 2023) against the frozen starting model."""
 
-    beta: float = Field(0.1, gt=0.0)
+    beta: float = Field(0.1, gt=0.0, le=1e4)
     """Strength of the implicit KL penalty: rewards are beta x (policy - reference) log-probabilities."""
     loss: Literal["sigmoid", "ipo"] = "sigmoid"
     """sigmoid: the DPO loss; ipo: the IPO loss (Azar et al., 2023) on per-token average log-probabilities."""
@@ -103,24 +103,24 @@ class AlignSpec(SpecModel):
     else the pretrain stage's: checkpoint.dir, or checkpoints/ in the run)."""
     checkpoint_dir: str | None = None
     """Where this stage saves and resumes; unset: checkpoints-<stage>/ in the run directory."""
-    steps: int = Field(ge=1)
+    steps: int = Field(ge=1, le=10**9)
     """Optimizer steps."""
-    global_batch_size: int = Field(ge=1)
+    global_batch_size: int = Field(ge=1, le=10**8)
     """Per step, over all data-parallel replicas: sequences for SFT (packed ones when packing), pairs for DPO."""
-    micro_batch_size: int = Field(1, ge=1)
+    micro_batch_size: int = Field(1, ge=1, le=10**6)
     """Sequences (SFT) or pairs (DPO; both responses of a pair travel in the same micro-batch) per forward."""
-    lr: float = Field(1e-5, gt=0.0)
+    lr: float = Field(1e-5, gt=0.0, le=10.0)
     """Peak learning rate."""
-    min_lr: float = Field(0.0, ge=0.0)
+    min_lr: float = Field(0.0, ge=0.0, le=10.0)
     """Learning rate at the end of the cosine decay."""
-    warmup_steps: int = Field(0, ge=0)
-    weight_decay: float = Field(0.0, ge=0.0)
-    grad_clip: float = Field(1.0, ge=0.0)
+    warmup_steps: int = Field(0, ge=0, le=10**9)
+    weight_decay: float = Field(0.0, ge=0.0, le=10.0)
+    grad_clip: float = Field(1.0, ge=0.0, le=1e6)
     """Clip the global gradient norm to this value (0 turns clipping off)."""
-    seed: int = 1234
+    seed: int = Field(1234, ge=0, le=2**32 - 1)
     """Seeds the data order and the train/validation split."""
-    log_interval: int = Field(1, ge=1)
-    eval_interval: int | None = Field(None, ge=1)
+    log_interval: int = Field(1, ge=1, le=10**9)
+    eval_interval: int | None = Field(None, ge=1, le=10**9)
     """Evaluate on the held-out examples every this many steps; always at the end."""
     sft: SFTOptions = SFTOptions()
     dpo: DPOOptions = DPOOptions()

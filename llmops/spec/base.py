@@ -20,9 +20,11 @@ from llmops.errors import Problem
 
 
 class SpecModel(BaseModel):
-    """A section of the spec: unknown keys are errors, field docstrings become the schema's descriptions."""
+    """A section of the spec: unknown keys are errors, field docstrings become the schema's descriptions, and
+    no number is infinite or NaN (every numeric field also has an upper bound of its own)."""
 
-    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True, validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True, validate_assignment=True,
+                              allow_inf_nan=False)
 
 
 def absolute_path(path: str) -> str:
@@ -82,6 +84,8 @@ def _fix_for(kind: str, err: dict) -> str:
         return f"use one of {ctx.get('expected')}"
     if kind.startswith(("greater", "less")):
         return "change the value to satisfy the bound"
+    if kind == "finite_number":
+        return "give a finite number"
     if kind == "string_pattern_mismatch":
         return "use lowercase letters, digits and dashes, starting and ending with a letter or digit"
     if kind.endswith(("_parsing", "_type")):

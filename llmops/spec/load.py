@@ -12,6 +12,8 @@ files it named have changed since.
 
 from __future__ import annotations
 
+import os
+import stat
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +55,13 @@ def json_schema() -> dict:
     return RunSpec.model_json_schema()
 
 
+MAX_BYTES = 1 << 20
+"""A spec file larger than this is refused: run specs are a few kilobytes."""
+MAX_NODES = 20_000
+"""YAML nodes a spec may hold once its aliases are expanded (an alias bomb of a few hundred bytes holds billions)."""
+_TAGS = {f"tag:yaml.org,2002:{t}" for t in ("str", "int", "float", "bool", "null", "map", "seq")}
+
+
 def _validate(data: Any, source: str, *, backend: str | None = None) -> RunSpec:
     if not isinstance(data, dict):
         raise SpecError(source, [Problem("(top level)", type(data).__name__, "is not a mapping",
@@ -66,15 +75,80 @@ def _validate(data: Any, source: str, *, backend: str | None = None) -> RunSpec:
 
 
 def _read_yaml(path: Path) -> Any:
+    """The file's YAML, bounded: a regular file of at most MAX_BYTES of UTF-8, the standard tags only, at most
+    MAX_NODES nodes with aliases expanded and no alias that contains itself. SpecError (exit 2) otherwise."""
+    text = _read_text(path)
+    loader = None
     try:
-        text = path.read_text()
-    except OSError as exc:
-        raise SpecError(str(path), [Problem("(file)", str(path), f"cannot be read: {exc.strerror}",
-                                            "check the path")]) from None
-    try:
-        return yaml.safe_load(text)
+        # libyaml where present: the pure-Python scanner takes seconds for a few kilobytes of nested brackets.
+        loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)(text)
+        node = loader.get_single_node()
+        if node is not None:
+            _check_nodes(node, str(path))
+        return None if node is None else loader.construct_document(node)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "unknown position"
         raise SpecError(str(path), [Problem("(yaml)", where, f"is not valid YAML: {getattr(exc, 'problem', exc)}",
                                             "fix the YAML syntax at that position")]) from None
+    except RecursionError:
+        raise SpecError(str(path), [Problem("(yaml)", None, "is nested too deeply", "a run spec is a few levels "
+                                            "of mappings and lists; flatten the file")]) from None
+    except (ValueError, TypeError, AttributeError) as exc:  # a standard tag with a value it cannot take
+        raise SpecError(str(path), [Problem("(yaml)", None, f"holds a value YAML cannot read: {exc}",
+                                            "remove the explicit tag (!!int, !!float, ...) or fix its value")
+                                    ]) from None
+    finally:
+        if loader is not None:
+            loader.dispose()
+
+
+def _read_text(path: Path) -> str:
+    def refuse(message: str, fix: str) -> SpecError:
+        return SpecError(str(path), [Problem("(file)", str(path), message, fix)])
+
+    try:
+        info = os.stat(path)
+        if not stat.S_ISREG(info.st_mode):
+            raise refuse("is not a regular file", "give the path of a YAML file")
+        if info.st_size > MAX_BYTES:
+            raise refuse(f"is {info.st_size:,} bytes, more than a run spec's limit of {MAX_BYTES:,}",
+                         "a run spec is a few kilobytes of YAML: check that this is the right file")
+        with open(path, "rb") as f:
+            data = f.read(MAX_BYTES + 1)
+    except OSError as exc:
+        raise refuse(f"cannot be read: {exc.strerror}", "check the path") from None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise refuse(f"is not UTF-8 text (byte {exc.start} is not)", "save the spec as UTF-8 YAML") from None
+
+
+def _check_nodes(root: yaml.Node, source: str) -> None:
+    """Count the nodes with aliases expanded (each shared node counted once per use) and check the tags."""
+    sizes: dict[int, int] = {}
+    pending: set[int] = set()
+
+    def size(node: yaml.Node) -> int:
+        key = id(node)
+        if key in sizes:
+            return sizes[key]
+        if key in pending:
+            raise SpecError(source, [Problem("(yaml)", None, "holds an alias inside its own anchor",
+                                             "a run spec cannot refer to itself; write the value out")])
+        if node.tag not in _TAGS:
+            raise SpecError(source, [Problem("(yaml)", node.tag, "is a tag run specs do not take",
+                                             "remove the tag: plain strings, numbers, booleans, lists and "
+                                             "mappings only")])
+        pending.add(key)
+        children = [v for pair in node.value for v in pair] if isinstance(node, yaml.MappingNode) else \
+            node.value if isinstance(node, yaml.SequenceNode) else []
+        total = 1 + sum(size(child) for child in children)
+        pending.discard(key)
+        if total > MAX_NODES:
+            raise SpecError(source, [Problem("(yaml)", None, f"holds more than {MAX_NODES:,} values once its "
+                                             "aliases are expanded", "write the spec without nested aliases")])
+        sizes[key] = total
+        return total
+
+    size(root)

@@ -36,9 +36,9 @@ class InputSpec(SpecModel):
     """The JSONL key or Parquet column that holds the document text."""
     id_field: str | None = "id"
     """The key or column with each document's id; documents without one get `<source>#<position>`."""
-    max_document_bytes: int = Field(5_000_000, ge=1)
+    max_document_bytes: int = Field(5_000_000, ge=1, le=2**31)
     """Longer documents are quarantined as `too_large` (they are usually dumps, not prose)."""
-    chunk_bytes: int = Field(32 * 2**20, ge=2**16)
+    chunk_bytes: int = Field(32 * 2**20, ge=2**16, le=2**31)
     """Uncompressed JSONL files larger than this are read in chunks of this size, in parallel."""
 
     @model_validator(mode="after")
@@ -70,15 +70,15 @@ class FilterSpec(SpecModel):
 
     enabled: bool = True
     """Switch every quality rule off at once."""
-    min_words: int | None = Field(50, ge=0)
+    min_words: int | None = Field(50, ge=0, le=10**9)
     """Drop documents with fewer words (reason `too_few_words`)."""
-    max_words: int | None = Field(100_000, ge=1)
+    max_words: int | None = Field(100_000, ge=1, le=10**9)
     """Drop documents with more words (reason `too_many_words`)."""
-    min_mean_word_length: float | None = Field(3.0, ge=0)
+    min_mean_word_length: float | None = Field(3.0, ge=0, le=1e6)
     """Drop documents whose mean word length is below this (reason `mean_word_length`)."""
-    max_mean_word_length: float | None = Field(10.0, ge=0)
+    max_mean_word_length: float | None = Field(10.0, ge=0, le=1e6)
     """Drop documents whose mean word length is above this (reason `mean_word_length`)."""
-    max_symbol_ratio: float | None = Field(0.5, ge=0)
+    max_symbol_ratio: float | None = Field(0.5, ge=0, le=1e6)
     """Drop documents with more symbol characters per letter or digit than this (reason `symbol_ratio`)."""
     min_alpha_word_fraction: float | None = Field(0.8, ge=0, le=1)
     """Drop documents where fewer words contain a letter (reason `alpha_words`)."""
@@ -100,17 +100,17 @@ class DedupSpec(SpecModel):
     """Drop documents whose normalised text (lower-cased words, no punctuation) hashes like an earlier one."""
     near: bool = True
     """Drop near-duplicates found with MinHash LSH (datasketch) over word n-gram shingles."""
-    ngram: int = Field(5, ge=1)
+    ngram: int = Field(5, ge=1, le=100)
     """Words per shingle."""
-    num_perm: int = Field(128, ge=8)
+    num_perm: int = Field(128, ge=8, le=10_000)
     """MinHash permutations (signature length)."""
-    bands: int | None = Field(None, ge=2)
+    bands: int | None = Field(None, ge=2, le=10_000)
     """LSH bands; with `rows`, overrides the bands that `threshold` implies."""
-    rows: int | None = Field(None, ge=1)
+    rows: int | None = Field(None, ge=1, le=10_000)
     """Rows (signature values) per LSH band."""
     threshold: float = Field(0.7, gt=0, le=1)
     """Candidate pairs whose estimated Jaccard similarity is at least this are duplicates."""
-    seed: int = 1
+    seed: int = Field(1, ge=0, le=2**32 - 1)
     """Seeds the MinHash permutations; all shards of one run must use the same."""
 
     @model_validator(mode="after")
@@ -140,7 +140,7 @@ class TokenizerSpec(SpecModel):
     """An existing SentencePiece `.model` file; when set, nothing is trained."""
     type: Literal["bpe", "unigram"] = "bpe"
     """SentencePiece model type to train."""
-    vocab_size: int = Field(32_000, ge=64)
+    vocab_size: int = Field(32_000, ge=64, le=10_000_000)
     """Vocabulary size to train, including the reserved and special tokens."""
     byte_fallback: bool = True
     """Encode characters outside the vocabulary as UTF-8 bytes instead of <unk>."""
@@ -148,7 +148,7 @@ class TokenizerSpec(SpecModel):
     """Share of characters the vocabulary must cover (the rest fall back to bytes)."""
     split_digits: bool = True
     """Give every digit its own piece (better arithmetic, as in Llama)."""
-    sample_bytes: int = Field(100_000_000, ge=1000)
+    sample_bytes: int = Field(100_000_000, ge=1000, le=2**40)
     """Train on about this many bytes of the deduplicated corpus, sampled by document id."""
     special_tokens: list[str] = list(DEFAULT_SPECIAL_TOKENS)
     """Control tokens reserved for chat and alignment (after <unk>, <s>, </s>, <pad>); text never encodes to them."""
@@ -179,9 +179,9 @@ class PrepareSpec(SpecModel):
     tokenizer: TokenizerSpec | None = TokenizerSpec()
     """Null writes only the documents JSONL (no tokenizer, no token files)."""
     output: OutputSpec
-    workers: int | None = Field(None, ge=1)
+    workers: int | None = Field(None, ge=1, le=4096)
     """Processes on this machine; unset means one per CPU core."""
-    num_shards: int | None = Field(None, ge=1)
+    num_shards: int | None = Field(None, ge=1, le=1_000_000)
     """Shards per phase for a local run; unset means four per worker (smaller shards balance better)."""
     max_error_rate: float = Field(0.01, ge=0, le=1)
     """Fail the run when more than this share of input records is quarantined (unreadable, empty, too large)."""

@@ -39,7 +39,29 @@ def check_rules(spec: RunSpec) -> list[Problem]:
         out += _train_rules(spec)
     if spec.align:
         out += align_rules(spec)
-    return out + _data_rules(spec)
+    return out + _data_rules(spec) + _checkpoint_rules(spec)
+
+
+def _checkpoint_rules(spec: RunSpec) -> list[Problem]:
+    """Each training stage saves into a folder of its own: one inside another's would resume from and prune
+    the other's checkpoints. (Folders left unset are distinct folders of the run directory.)"""
+    if spec.checkpoint.dir is not None:
+        spec.checkpoint = spec.checkpoint.model_copy(update={"dir": absolute_path(spec.checkpoint.dir)})
+    roots = [("checkpoint.dir", "pretrain", spec.checkpoint.dir)] if spec.train is not None else []
+    roots += [(("align" if len(spec.align) == 1 else f"align.{i}") + ".checkpoint_dir", a.stage, a.checkpoint_dir)
+              for i, a in enumerate(spec.align)]
+    out, seen = [], []
+    for where, stage, root in roots:
+        if root is None:
+            continue
+        clash = next(((w, s) for w, s, r in seen if os.path.commonpath([r, root]) in (r, root)), None)
+        if clash:
+            out.append(Problem(where, root, f"overlaps {clash[0]} (stage {clash[1]}): the two stages would resume "
+                               "from and delete each other's checkpoints",
+                               f"give the {stage} stage a folder of its own, or leave it unset "
+                               "(a folder of the run directory)"))
+        seen.append((where, stage, root))
+    return out
 
 
 def _prepare_rules(spec: RunSpec) -> list[Problem]:

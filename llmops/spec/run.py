@@ -15,6 +15,7 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
+from llmops import shell
 from llmops.backends.k8s.spec import K8sSpec
 from llmops.backends.slurm.spec import SlurmSpec
 from llmops.spec.align import AlignSpec
@@ -28,13 +29,13 @@ SPEC_VERSION = 1
 class Resources(SpecModel):
     """Where the processes run: nodes, and GPUs or CPU processes on each."""
 
-    nodes: int = Field(1, ge=1)
+    nodes: int = Field(1, ge=1, le=100_000)
     """Number of nodes (one torchrun agent per node)."""
-    gpus_per_node: int | None = Field(None, ge=1)
+    gpus_per_node: int | None = Field(None, ge=1, le=64)
     """GPUs per node; one training process per GPU. Leave unset with `cpu: true`."""
     cpu: bool = False
     """Train on CPUs over gloo instead of GPUs over NCCL (laptops, CI)."""
-    processes_per_node: int | None = Field(None, ge=1)
+    processes_per_node: int | None = Field(None, ge=1, le=1024)
     """Training processes per node in CPU mode."""
 
     @property
@@ -51,9 +52,9 @@ class Resources(SpecModel):
 class Parallelism(SpecModel):
     """How the model is split. Data parallelism is what remains of the world size."""
 
-    tensor: int = Field(1, ge=1)
+    tensor: int = Field(1, ge=1, le=1024)
     """Tensor-parallel size: each layer's matrices are split across this many processes."""
-    pipeline: int = Field(1, ge=1)
+    pipeline: int = Field(1, ge=1, le=1024)
     """Pipeline-parallel size: the layers are split into this many stages."""
     sequence_parallel: bool = False
     """Shard layer-norm and dropout activations along the sequence (needs tensor > 1)."""
@@ -64,19 +65,19 @@ class ModelSpec(SpecModel):
 
     preset: str | None = "tiny"
     """Named shape: tiny, gpt-125m, gpt-350m, gpt-760m, gpt-1.3b, gpt-2.7b, gpt-6.7b, gpt-13b."""
-    num_layers: int | None = Field(None, ge=1)
+    num_layers: int | None = Field(None, ge=1, le=10_000)
     """Transformer layers."""
-    hidden_size: int | None = Field(None, ge=1)
+    hidden_size: int | None = Field(None, ge=1, le=1_000_000)
     """Model width."""
-    num_attention_heads: int | None = Field(None, ge=1)
+    num_attention_heads: int | None = Field(None, ge=1, le=100_000)
     """Attention heads."""
-    num_query_groups: int | None = Field(None, ge=1)
+    num_query_groups: int | None = Field(None, ge=1, le=100_000)
     """Key/value heads for grouped-query attention; unset means one per attention head."""
-    ffn_hidden_size: int | None = Field(None, ge=1)
+    ffn_hidden_size: int | None = Field(None, ge=1, le=10_000_000)
     """Width of the MLP's hidden layer."""
-    seq_length: int | None = Field(None, ge=8)
+    seq_length: int | None = Field(None, ge=8, le=10_000_000)
     """Tokens per training sequence."""
-    vocab_size: int | None = Field(None, ge=8)
+    vocab_size: int | None = Field(None, ge=8, le=100_000_000)
     """Tokenizer vocabulary size (padded to a multiple of 128 when the model is built)."""
     normalization: Literal["LayerNorm", "RMSNorm"] = "LayerNorm"
     """Normalization layer."""
@@ -88,7 +89,7 @@ class ModelSpec(SpecModel):
     """Share the input embedding with the output layer."""
     dropout: float = Field(0.0, ge=0.0, lt=1.0)
     """Hidden and attention dropout probability."""
-    init_std: float = Field(0.02, gt=0.0)
+    init_std: float = Field(0.02, gt=0.0, le=10.0)
     """Standard deviation of the normal weight initialisation."""
     attention: Literal["auto", "te", "sdpa", "megatron"] = "auto"
     """Core attention: te (Transformer Engine), sdpa (fused torch kernels), megatron (unfused reference);
@@ -117,7 +118,7 @@ class ModelSpec(SpecModel):
 class SyntheticData(SpecModel):
     """Random token sequences for smoke runs; each sample is a function of (seed, index)."""
 
-    num_samples: int = Field(1_000_000, ge=1)
+    num_samples: int = Field(1_000_000, ge=1, le=10**15)
     """How many distinct samples the source holds."""
 
 
@@ -130,7 +131,7 @@ class IndexedData(SpecModel):
     """Blend weights, one per path; unset means proportional to size."""
     split: str = "969,30,1"
     """Train/validation/test split of each dataset, as Megatron writes it."""
-    eod_id: int = Field(0, ge=0)
+    eod_id: int = Field(0, ge=0, le=100_000_000)
     """Token id that ends each document in the `.bin` files."""
 
 
@@ -146,29 +147,29 @@ class DataSpec(SpecModel):
 class TrainSpec(SpecModel):
     """The optimisation: steps, batch sizes, learning-rate schedule, precision."""
 
-    steps: int = Field(ge=1)
+    steps: int = Field(ge=1, le=10**9)
     """Optimizer steps to train for."""
-    global_batch_size: int = Field(ge=1)
+    global_batch_size: int = Field(ge=1, le=10**8)
     """Sequences per optimizer step, over all data-parallel replicas."""
-    micro_batch_size: int = Field(1, ge=1)
+    micro_batch_size: int = Field(1, ge=1, le=10**6)
     """Sequences per forward pass on one process."""
-    lr: float = Field(3e-4, gt=0.0)
+    lr: float = Field(3e-4, gt=0.0, le=10.0)
     """Peak learning rate."""
-    min_lr: float = Field(3e-5, ge=0.0)
+    min_lr: float = Field(3e-5, ge=0.0, le=10.0)
     """Learning rate at the end of the cosine decay."""
-    warmup_steps: int = Field(0, ge=0)
+    warmup_steps: int = Field(0, ge=0, le=10**9)
     """Linear warmup steps before the cosine decay."""
-    weight_decay: float = Field(0.1, ge=0.0)
+    weight_decay: float = Field(0.1, ge=0.0, le=10.0)
     """AdamW weight decay."""
     adam_beta1: float = Field(0.9, gt=0.0, lt=1.0)
     adam_beta2: float = Field(0.95, gt=0.0, lt=1.0)
-    grad_clip: float = Field(1.0, ge=0.0)
+    grad_clip: float = Field(1.0, ge=0.0, le=1e6)
     """Clip the global gradient norm to this value (0 turns clipping off)."""
-    seed: int = 1234
+    seed: int = Field(1234, ge=0, le=2**32 - 1)
     """Seeds weight initialisation and the data order."""
     precision: Literal["auto", "bf16", "fp32"] = "auto"
     """auto: bf16 on GPUs, fp32 on CPUs."""
-    log_interval: int = Field(1, ge=1)
+    log_interval: int = Field(1, ge=1, le=10**9)
     """Print a step line every this many steps."""
     distributed_optimizer: bool = True
     """Shard optimizer state across data-parallel ranks (GPU only; CPU runs use the plain optimizer)."""
@@ -192,9 +193,9 @@ class CheckpointSpec(SpecModel):
 
     dir: str | None = None
     """Checkpoint directory; unset means `checkpoints/` inside the run directory."""
-    interval: int = Field(100, ge=1)
+    interval: int = Field(100, ge=1, le=10**9)
     """Save every this many steps (and always at the end and on preemption)."""
-    keep_last: int = Field(3, ge=1)
+    keep_last: int = Field(3, ge=1, le=10_000)
     """Keep this many complete checkpoints; older ones are deleted after a save."""
     async_save: bool = False
     """Write checkpoints in the background while training continues (GPU only)."""
@@ -205,8 +206,25 @@ class CheckpointSpec(SpecModel):
 class RestartSpec(SpecModel):
     """What the backend does when a training process exits early."""
 
-    max_restarts: int = Field(3, ge=0)
+    max_restarts: int = Field(3, ge=0, le=10_000)
     """Restarts after a crash or preemption before the run is marked failed."""
+
+
+class SecretSource(SpecModel):
+    """Where a secret's value is read when the run is submitted (and again when it is resumed)."""
+
+    env: str | None = None
+    """The variable of your environment that holds it; unset: the variable of the secret's own name."""
+    file: str | None = None
+    """A file that holds it instead (its content; a trailing newline is dropped)."""
+
+    @model_validator(mode="after")
+    def _one_source(self) -> SecretSource:
+        if self.env is not None and self.file is not None:
+            raise ValueError("give env or file, not both")
+        if self.env is not None:
+            shell.check_env_key(self.env, "secrets.env")
+        return self
 
 
 class RunSpec(SpecModel):
@@ -237,6 +255,20 @@ class RunSpec(SpecModel):
     """Kubernetes settings (namespace, image, flavour, queue), read when backend is k8s."""
     slurm: SlurmSpec | None = None
     """Slurm settings (partition, time limit, container, SSH login), read when backend is slurm."""
+    secrets: dict[str, SecretSource] = {}
+    """Environment variables the jobs need but no file may hold (tokens, keys), by name: `{HF_TOKEN: {}}` reads
+    $HF_TOKEN of the submitter, `{KEY: {file: ~/.key}}` a file. Read at submit and resume and handed to the jobs
+    as a Kubernetes Secret or a mode-0600 file in the run directory: never in spec.yaml, a script, a ConfigMap
+    or a log. A list of names is short for reading each from the variable of that name."""
+
+    @field_validator("secrets", mode="before")
+    @classmethod
+    def _secret_names(cls, value: Any) -> Any:
+        if isinstance(value, list):
+            value = {name: {} for name in value}
+        for name in value if isinstance(value, dict) else []:
+            shell.check_env_key(str(name), "secret name")
+        return value
 
     @property
     def data_parallel(self) -> int:

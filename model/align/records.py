@@ -46,18 +46,26 @@ def parse_lines(lines: Iterable[str]) -> Iterator[tuple[int, str, dict | BadReco
         except ValueError as exc:
             yield number, raw, BadRecord("malformed_json", str(exc))
             continue
+        except RecursionError:
+            yield number, raw, BadRecord("malformed_json", "nested too deeply")
+            continue
         yield number, raw, obj if isinstance(obj, dict) else BadRecord("not_an_object", type(obj).__name__)
 
 
 def _text(value, where: str) -> str:
     if not isinstance(value, str):
         raise BadRecord("bad_message", f"{where} is {type(value).__name__}, not text")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate from a "\ud800" escape: no tokenizer can encode it
+        raise BadRecord("invalid_unicode", f"{where} holds a lone surrogate (an unpaired \\ud800-\\udfff escape)"
+                        ) from None
     return value
 
 
 def _messages(value, where: str) -> list[Message]:
     if isinstance(value, str):
-        return [Message("user", value)]
+        return [Message("user", _text(value, where))]
     if not isinstance(value, list) or not value:
         raise BadRecord("bad_message", f"{where} is neither text nor a non-empty list of messages")
     out = []

@@ -170,6 +170,7 @@ def align(spec: RunSpec, *, run_dir: Path, layout: Layout, device: torch.device,
     d = load_data(spec, run_dir=run_dir, layout=layout, logger=logger)
     start = start_checkpoint(spec, run_dir=run_dir)
     ckpt_root = Path(a.checkpoint_dir)
+    checkpoint.claim(ckpt_root, run=run_dir.name, stage=a.stage)
     # Alignment steps run eagerly: their objectives have not been made (or tested) safe to capture.
     t = loop.build(spec, layout=layout, device=device, ckpt_root=ckpt_root, per_token_loss=True, step_graph=False)
     loaded = False

@@ -325,6 +325,7 @@ def pretrain(spec: RunSpec, *, run_dir: Path, layout: Layout, device: torch.devi
     logger = StepLogger(spec, run_dir, enabled=layout.is_logger, world_size=layout.world, restart=restart)
     logger.event("start", process_started=process_started())
     flag = PreemptionFlag().install()
+    checkpoint.claim(ckpt_root, run=run_dir.name, stage="pretrain")
     t = build(spec, layout=layout, device=device, ckpt_root=ckpt_root)
     n_params = sum(p.numel() for p in t.model.parameters())
     logger.info(f"model {spec.model.preset or 'custom'}: {spec.model.num_layers} layers, hidden "

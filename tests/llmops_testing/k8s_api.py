@@ -27,6 +27,7 @@ import yaml
 
 COLLECTIONS = {  # path segment -> (group/version path, kind)
     "configmaps": ("api/v1", "ConfigMap"), "services": ("api/v1", "Service"), "pods": ("api/v1", "Pod"),
+    "secrets": ("api/v1", "Secret"),
     "events": ("api/v1", "Event"), "persistentvolumeclaims": ("api/v1", "PersistentVolumeClaim"),
     "networkpolicies": ("apis/networking.k8s.io/v1", "NetworkPolicy"), "jobs": ("apis/batch/v1", "Job"),
     "jobsets": ("apis/jobset.x-k8s.io/v1alpha2", "JobSet"),

@@ -60,7 +60,7 @@ else:
     if args[:1] == ["kustomize"]:
         print("""apiVersion: v1
 kind: Namespace
-metadata: {{name: llmops}}
+metadata: {{name: llmops, labels: {{pod-security.kubernetes.io/enforce: restricted}}}}
 ---
 apiVersion: v1
 kind: PersistentVolumeClaim

@@ -127,6 +127,26 @@ def test_apply_hands_back_kubeconfig_profile_and_addons(env, tmp_path):
         assert [o["kind"] for o in platform] == ["Namespace", "ServiceAccount"]  # no dynamic claim or class
         assert any(p.endswith("k8s/platform.yaml") for p in applied)
     assert "is ready" in proc.stderr
+    assert _labels_after_server_side_apply(kubectl, root, "Namespace", "llmops").get(
+        "pod-security.kubernetes.io/enforce") == ("restricted" if any("platform" in p for p in applied) else None)
+
+
+def _labels_after_server_side_apply(kubectl: list[list[str]], root: Path, kind: str, name: str) -> dict:
+    """An object's labels after the applies in order, merged as server-side apply does: each field manager owns
+    the labels it applied last; an apply drops the labels its manager set before and leaves out now, and keeps
+    every other manager's."""
+    owned: dict[str, dict] = {}
+    for argv in kubectl:
+        if argv[0] != "apply" or "-f" not in argv:
+            continue
+        manager = next(a.split("=", 1)[1] for a in argv if a.startswith("--field-manager="))
+        for obj in yaml.safe_load_all(Path(argv[argv.index("-f") + 1]).read_text()):
+            if obj and obj["kind"] == kind and obj["metadata"]["name"] == name:
+                owned[manager] = obj["metadata"].get("labels") or {}
+    merged: dict = {}
+    for labels in owned.values():
+        merged |= labels
+    return merged
 
 
 def test_private_api_prints_the_remaining_steps_instead_of_failing(env, tmp_path):

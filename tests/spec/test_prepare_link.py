@@ -88,4 +88,4 @@ def test_an_existing_tokenizer_model_sets_vocab_and_eod(tmp_path):
     with pytest.raises(SpecError) as exc:
         parse_spec(d)
     text = exc.value.render()
-    assert "prepare.tokenizer.model = " in text and "not a readable SentencePiece model" in text
+    assert "prepare.tokenizer.model = " in text and "cannot be read (No such file or directory)" in text

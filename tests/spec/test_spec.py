@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import copy
 import json
+import os
+import time
 
 import pytest
 import yaml
@@ -125,3 +127,47 @@ def test_gpu_speed_defaults_resolve_by_device():
                          "model": {"preset": "gpt-125m", "compile": True},
                          "train": {"steps": 10, "global_batch_size": 8}})
     assert compiles_layers(forced, graphed=False)
+
+
+def test_stages_sharing_a_checkpoint_folder_are_refused():
+    spec = {**tiny_spec("shared"), "checkpoint": {"dir": "/data/ckpt"},
+            "align": {"method": "sft", "data": {"builtin": "python-docstrings"}, "tokenizer": "/dev/null",
+                      "checkpoint_dir": "/data/ckpt/sft", "steps": 2, "global_batch_size": 8}}
+    with pytest.raises(SpecError) as info:
+        parse_spec(spec)
+    text = info.value.render()
+    assert "align.checkpoint_dir = '/data/ckpt/sft': overlaps checkpoint.dir (stage pretrain)" in text
+
+
+# A few hundred bytes that stand for 9**8 values (each line repeats the one before nine times).
+BILLION_LAUGHS = "a: &a [x, x, x, x, x, x, x, x, x]\n" + "".join(
+    f"{c}: &{c} [{', '.join([f'*{p}'] * 9)}]\n" for p, c in zip("abcdefg", "bcdefgh")) + "name: [*h, *h, *h]\n"
+
+
+@pytest.mark.parametrize("content, says", [
+    (BILLION_LAUGHS, "once its aliases are expanded"),
+    ("&a [*a]", "an alias inside its own anchor"),
+    ("name: !!int abc", "a value YAML cannot read"),
+    ("name: !!python/object/apply:os.system [id]", "a tag run specs do not take"),
+    ("[" * 100_000 + "]" * 100_000, "nesting depth"),
+    ("name: x\ntrain: {steps: 1" + "0" * 5000 + ", global_batch_size: 8}", "a value YAML cannot read"),
+    ("name: a\x00b", "not valid YAML"),
+    (b"\xff\xfe\x00n\x00a\x00m\x00e", "is not UTF-8 text"),
+    ("# " + "x" * (1 << 20), "more than a run spec's limit"),
+])
+def test_hostile_spec_files_are_refused_quickly_with_exit_2(tmp_path, content, says):
+    """Each of these ran for minutes, took gigabytes, or ended in a traceback."""
+    path = tmp_path / "hostile.yaml"
+    path.write_bytes(content if isinstance(content, bytes) else content.encode())
+    started = time.monotonic()
+    with pytest.raises(SpecError) as info:
+        load_spec(path)
+    assert says in info.value.render() and time.monotonic() - started < 5
+    assert len(info.value.render()) < 2000
+
+
+def test_a_spec_path_that_is_not_a_regular_file_is_refused(tmp_path):
+    fifo = tmp_path / "spec.yaml"
+    os.mkfifo(fifo)  # reading it would wait forever
+    with pytest.raises(SpecError, match="problem"):
+        load_spec(fifo)

@@ -34,6 +34,7 @@ RBAC_FIX = ("ask the platform team to bind the `llmops-submitter` Role (cluster/
 # kind -> (API group for RBAC, resource plural, client class, method suffix); JobSet goes through CustomObjectsApi.
 KINDS: dict[str, tuple[str, str, str, str]] = {
     "ConfigMap": ("", "configmaps", "CoreV1Api", "config_map"),
+    "Secret": ("", "secrets", "CoreV1Api", "secret"),
     "Service": ("", "services", "CoreV1Api", "service"),
     "NetworkPolicy": ("networking.k8s.io", "networkpolicies", "NetworkingV1Api", "network_policy"),
     "Job": ("batch", "jobs", "BatchV1Api", "job"),
@@ -182,11 +183,14 @@ class Cluster:
     def pods(self, selector: str) -> list[k.V1Pod]:
         return self.call("listing pods", self.core.list_namespaced_pod, self.namespace, label_selector=selector).items
 
-    def delete_run(self, selector: str, *, jobset: bool, grace: int | None = None) -> int:
-        """Delete every object of a run; returns how many there were."""
+    def delete_run(self, selector: str, *, jobset: bool, grace: int | None = None, secret: str | None = None) -> int:
+        """Delete every object of a run; returns how many there were. Its Secret (if any) goes by name: listing
+        secrets would mean reading them, a right submitters do not need."""
         objects = self.run_objects(selector, jobset=jobset)
         for kind, name in objects:
             self.delete(kind, name, grace=grace)
+        if secret is not None:
+            self.delete("Secret", secret)
         if grace == 0:
             for pod in self.pods(selector):
                 self.delete("Pod", pod.metadata.name, grace=0)

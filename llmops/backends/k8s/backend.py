@@ -27,8 +27,8 @@ from llmops.backends.base import Backend, Request
 from llmops.backends.k8s import rules
 from llmops.backends.k8s.api import Cluster, ClusterError
 from llmops.backends.k8s.jobs import Stage, indexed_jobs, jobset, stages_of
-from llmops.backends.k8s.objects import STAGE_LABEL, RunNames, config_map, headless_service, network_policy
-from llmops.backends.k8s.spec import OPTIONS, K8sProfile, K8sSpec, parse_profile_section
+from llmops.backends.k8s.objects import STAGE_LABEL, RunNames, config_map, headless_service, network_policy, secret
+from llmops.backends.k8s.spec import OPTIONS, K8sSpec, resolve
 from llmops.errors import Problem
 from llmops.runs.rundir import CANCELLED, FAILED, PENDING, RUNNING, SUCCEEDED, TERMINAL, RunDir
 from llmops.spec.load import dump_spec
@@ -69,27 +69,18 @@ class K8sRequest(Request):
                 header + yaml.dump(o, Dumper=_Dumper, sort_keys=False) for i, o in enumerate(self.objects, 1)}
 
 
-def settings(spec: RunSpec) -> tuple[K8sSpec, K8sProfile, dict[str, str]]:
-    """The spec's k8s section, the profile's (typed here) and the profile's process environment."""
-    k8s = spec.k8s or K8sSpec()
-    if spec.profile is None:
-        return k8s, K8sProfile(), {}
-    from llmops.profiles import load_profile
-
-    profile = load_profile(spec.profile)
-    return k8s, parse_profile_section(profile.k8s, f"cluster profile '{profile.name}'"), dict(profile.env)
-
-
 class K8sBackend(Backend):
     name = "k8s"
     section = K8sSpec
     options = OPTIONS
 
     def validate(self, spec: RunSpec) -> list[Problem]:
-        return rules.problems(spec)
+        k8s, profile, _ = resolve(spec)
+        return rules.problems(spec, k8s, profile)
 
     def dry_run(self, spec: RunSpec, run_path: Path) -> K8sRequest:
-        k8s, profile, env = settings(spec)
+        k8s, profile, env = resolve(spec)
+        spec = spec.model_copy(update={"k8s": k8s})  # the profile's defaults, kept by the run directory
         run_id = run_path.name
         names = RunNames.of(run_id, k8s.namespace)
         common = dict(names=names, spec=spec, k8s=k8s, profile=profile, profile_env=env,
@@ -112,13 +103,15 @@ class K8sBackend(Backend):
         names, jobset_flavor = request.names, request.flavor == "jobset"
         cluster = Cluster.connect(context=request.context, namespace=names.namespace)
         notes = preflight(cluster, objects=request.objects, pvc=request.pvc, queue=request.queue,
-                          node_selector=request.node_selector, pod_resources=request.pod_resources)
+                          node_selector=request.node_selector, pod_resources=request.pod_resources,
+                          secrets=bool(request.secrets))
         # A resumed run applies its objects again: the old Jobs (finished or failed) must go first.
         if cluster.delete_run(names.selector, jobset=jobset_flavor) and not cluster.wait_gone(
                 names.selector, jobset=jobset_flavor):
             raise ClusterError(f"the pods of an earlier attempt of {names.base} are still terminating",
                                "wait a minute and resume again")
-        cluster.apply_all(request.objects)
+        # The Secret first, so that no pod starts without it; it is created here only, never rendered.
+        cluster.apply_all(([secret(names, request.secrets)] if request.secrets else []) + request.objects)
         where = f"namespace {names.namespace} on {cluster.where}"
         run.update_status(state=PENDING, job_id=f"{names.namespace}/{names.base}",
                                   message="; ".join([f"submitted to {where}", *notes]), ended_at=None)
@@ -179,7 +172,7 @@ class K8sBackend(Backend):
         run.cancel_marker.touch()
         cluster, names, spec = self._cluster(run)
         cluster.delete_run(names.selector, jobset=(spec.k8s or K8sSpec()).flavor == "jobset",
-                           grace=0 if force else None)
+                           grace=0 if force else None, secret=names.secret if spec.secrets else None)
 
 
 def _stage_records(stages: list[str], seen) -> dict:

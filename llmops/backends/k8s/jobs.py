@@ -118,7 +118,7 @@ def _plan(*, names: RunNames, spec, k8s: K8sSpec, profile: K8sProfile, profile_e
         nnodes=stage.indexes, procs_per_node=stage.procs_per_node, gpus_per_node=stage.gpus_per_node,
         max_restarts=spec.restarts.max_restarts, rdzv_host=rdzv_host,
         after=f"{previous.name}:{previous.indexes}" if previous else "", flavor_env=flavor_env,
-        subdomain=None if jobset else names.base,
+        subdomain=None if jobset else names.base, secrets=sorted(spec.secrets),
     )
 
 

@@ -21,7 +21,7 @@ Pod layout (one pod per node of a stage):
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from kubernetes import client as k
@@ -67,6 +67,11 @@ class RunNames:
     @property
     def config_map(self) -> str:
         return f"{self.base}-spec"
+
+    @property
+    def secret(self) -> str:
+        """The Secret that `submit` creates when the spec names secrets (never rendered: it holds values)."""
+        return f"{self.base}-secrets"
 
     def job(self, stage: str) -> str:
         return f"{self.base}-{stage}"
@@ -140,6 +145,7 @@ class PodPlan:
     after: str  # "<previous stage>:<index count>", or "" for the first stage
     flavor_env: list[k.V1EnvVar]
     subdomain: str | None  # the headless Service (indexed-job); JobSet sets its own
+    secrets: list[str] = field(default_factory=list)  # names of spec.secrets, from the run's Secret
 
 
 def resources(plan: PodPlan) -> k.V1ResourceRequirements:
@@ -223,7 +229,18 @@ def trainer_env(plan: PodPlan) -> list[k.V1EnvVar]:
     if plan.kind == "torchrun":
         values.update(plan.profile_env)  # the site's NCCL/libfabric settings concern training processes
     env = [k.V1EnvVar(name=n, value=v) for n, v in values.items()]
+    env += [k.V1EnvVar(name=n, value_from=k.V1EnvVarSource(secret_key_ref=k.V1SecretKeySelector(
+        name=plan.names.secret, key=n))) for n in plan.secrets]
     return env + plan.flavor_env
+
+
+def secret(names: RunNames, values: dict[str, str]) -> dict:
+    """The run's Secret: created by `submit` only, never rendered or written to disk."""
+    import base64
+
+    data = {n: base64.b64encode(v.encode()).decode() for n, v in sorted(values.items())}
+    return to_dict(k.V1Secret(api_version="v1", kind="Secret", type="Opaque", data=data,
+                              metadata=names.metadata(names.secret)))
 
 
 def setup_container(plan: PodPlan, image: str) -> k.V1Container:

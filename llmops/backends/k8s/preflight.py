@@ -19,12 +19,12 @@ from llmops.backends.k8s.api import JOBSET, KINDS, LOCALQUEUE, RBAC_FIX, Cluster
 
 
 def preflight(cluster: Cluster, *, objects: list[dict], pvc: str, queue: str | None,
-              node_selector: dict[str, str], pod_resources: list[dict[str, str]]) -> list[str]:
+              node_selector: dict[str, str], pod_resources: list[dict[str, str]], secrets: bool = False) -> list[str]:
     """Raise ClusterError on the first problem; return notes about checks that could not run."""
     notes: list[str] = []
     cluster.call("asking the API server for its version", k.VersionApi(cluster.api).get_code)
     _namespace(cluster, notes)
-    _permissions(cluster, kinds={o["kind"] for o in objects})
+    _permissions(cluster, kinds={o["kind"] for o in objects}, secrets=secrets)
     _claim(cluster, pvc)
     if any(o["kind"] == "JobSet" for o in objects):
         _jobset_api(cluster)
@@ -47,10 +47,12 @@ def _namespace(cluster: Cluster, notes: list[str]) -> None:
         notes.append("namespace not checked (no right to read namespaces)")
 
 
-def _permissions(cluster: Cluster, *, kinds: set[str]) -> None:
+def _permissions(cluster: Cluster, *, kinds: set[str], secrets: bool = False) -> None:
     """SelfSubjectAccessReview for every verb a submit, status, logs and cancel need."""
     wanted = [("list", "", "pods", None), ("get", "", "pods", "log"), ("list", "", "events", None),
               ("delete", "", "pods", None)]
+    if secrets:  # the run's own Secret: written and deleted, never read back
+        wanted += [(verb, "", "secrets", None) for verb in ("create", "patch", "delete")]
     for kind in sorted(kinds):
         group, plural = (JOBSET[0], JOBSET[2]) if kind == "JobSet" else KINDS[kind][:2]
         wanted += [(verb, group, plural, None) for verb in ("create", "patch", "get", "list", "delete")]

@@ -8,21 +8,27 @@ lie under that mount, and the image that has llmops installed must be named.
 
 from __future__ import annotations
 
-from llmops.backends.k8s.spec import K8sSpec
+import posixpath
+
+from llmops.backends.k8s.spec import K8sProfile, K8sSpec
 from llmops.errors import Problem
 from llmops.spec.run import RunSpec
 
 
-def problems(spec: RunSpec) -> list[Problem]:
-    """Every reason the spec cannot run on Kubernetes, at once."""
-    k8s = spec.k8s or K8sSpec()
+def problems(spec: RunSpec, k8s: K8sSpec, profile: K8sProfile) -> list[Problem]:
+    """Every reason the spec (its `k8s:` section resolved against the profile) cannot run on Kubernetes."""
     out: list[Problem] = []
     if k8s.image is None:
         out.append(Problem("k8s.image", None, "is required for backend: k8s",
                            "build an image from infra/docker/ and set k8s.image: <registry>/<name>:<tag>"))
-    root = k8s.mount_path.rstrip("/") + "/"
+    if k8s.run_as_user == 0 and not profile.allow_root:
+        out.append(Problem("k8s.run_as_user", 0, "runs the containers as root, which the cluster profile does not "
+                           "allow (allow_root)", "leave run_as_user at its default (1000), or ask the platform team "
+                           "to set allow_root: true in the profile"))
+    root = posixpath.normpath(k8s.mount_path).rstrip("/") + "/"
     for where, path in _paths(spec):
-        if path is not None and not path.startswith(root):
+        # Normalised first: '/llmops/../etc' starts with '/llmops/' and is not on the volume.
+        if path is not None and not posixpath.normpath(path).startswith(root):
             out.append(Problem(where, path, f"is not on the shared volume mounted at k8s.mount_path={k8s.mount_path}",
                                f"put it under {root} (pods see nothing else that outlives them)"))
     return out

@@ -59,23 +59,23 @@ class K8sSpec(SpecModel):
     """Memory request and limit of each pod; unset: derived like cpu (2Gi per CPU process + 1Gi)."""
     shm_size: str | None = Field(None, pattern=_QUANTITY)
     """Size of the memory-backed /dev/shm (counts against memory); unset: 1Gi on CPU, 16Gi per GPU."""
-    prepare_shards: int = Field(8, ge=1)
+    prepare_shards: int = Field(8, ge=1, le=100_000)
     """Pods of each map phase of data preparation (clean, tokenize), unless prepare.num_shards is set."""
     prepare_cpu: str = Field("2", pattern=_QUANTITY)
     """CPU request and limit of each data-preparation pod (one shard each)."""
     prepare_memory: str = Field("8Gi", pattern=_QUANTITY)
     """Memory request and limit of each data-preparation pod."""
-    run_as_user: int | None = Field(1000, ge=0)
+    run_as_user: int | None = Field(1000, ge=0, le=2**31 - 1)
     """UID the containers run as (non-root by default); null keeps the image's user, for images that need root."""
-    termination_grace_seconds: int = Field(180, ge=10)
+    termination_grace_seconds: int = Field(180, ge=10, le=7 * 86400)
     """Time between SIGTERM and SIGKILL: enough to finish a step and write a checkpoint."""
     rendezvous_port: int = Field(29400, ge=1024, le=65535)
     """Port of the torchrun c10d rendezvous on the first pod of a stage."""
-    rendezvous_timeout: int = Field(900, ge=60)
+    rendezvous_timeout: int = Field(900, ge=60, le=86400)
     """Seconds the nodes wait for each other to join (pods can be scheduled minutes apart)."""
-    stage_wait_timeout: int = Field(7 * 86400, ge=60)
+    stage_wait_timeout: int = Field(7 * 86400, ge=60, le=365 * 86400)
     """Seconds a stage's pods wait for the previous stage to finish before giving up."""
-    ttl_after_finished: int | None = Field(None, ge=0)
+    ttl_after_finished: int | None = Field(None, ge=0, le=365 * 86400)
     """Delete finished Jobs (and their pods and logs) this many seconds after they end; unset keeps them."""
 
 
@@ -91,11 +91,17 @@ class Toleration(SpecModel):
 class K8sProfile(SpecModel):
     """The `k8s:` section of a cluster profile: facts about the cluster that every run shares."""
 
+    namespace: str | None = Field(None, pattern=_DNS_LABEL)
+    """Namespace for this profile's runs unless the spec names one (OCI's RDMA runs: `llmops-rdma`, the one
+    namespace whose Pod Security admits host networking)."""
+    allow_root: bool = False
+    """Whether a spec may run its containers as root (`k8s.run_as_user: 0`); off, such specs are refused."""
+
     network: Literal["none", "efa", "rdma"] = "none"
     """GPU fabric: AWS EFA, RDMA over InfiniBand/RoCE (OCI), or plain pod networking."""
     gpu_resource: str = "nvidia.com/gpu"
     """Extended resource name the GPU device plugin advertises."""
-    efa_per_node: int = Field(0, ge=0)
+    efa_per_node: int = Field(0, ge=0, le=64)
     """`vpc.amazonaws.com/efa` devices each pod requests (p4d: 4, p5: 32); needed with network: efa."""
     rdma_resource: str | None = None
     """Extended resource of the RDMA device plugin that mounts /dev/infiniband (e.g. rdma/rdma_shared_device_a)."""
@@ -105,9 +111,9 @@ class K8sProfile(SpecModel):
     """Labels a node must carry to run training pods (e.g. an instance type or a node pool)."""
     tolerations: list[Toleration] = Field(default_factory=list)
     """Taints of GPU nodes that training pods tolerate."""
-    cpu_per_gpu: int = Field(8, ge=1)
+    cpu_per_gpu: int = Field(8, ge=1, le=1024)
     """CPUs a GPU pod requests per GPU, when the spec sets no k8s.cpu."""
-    memory_gib_per_gpu: int = Field(64, ge=1)
+    memory_gib_per_gpu: int = Field(64, ge=1, le=100_000)
     """Memory (GiB) a GPU pod requests per GPU, when the spec sets no k8s.memory."""
     shm_size: str | None = Field(None, pattern=_QUANTITY)
     """/dev/shm size for GPU pods when the spec sets none."""
@@ -139,3 +145,19 @@ OPTIONS = (
     Option("namespace", "Namespace of the run's objects."),
     Option("flavor", "indexed-job (no CRD needed) or jobset."),
 )
+
+
+def resolve(spec) -> tuple[K8sSpec, K8sProfile, dict[str, str]]:
+    """The spec's `k8s:` section with the profile's defaults in (its namespace), the profile's section (typed
+    here) and the profile's process environment. The profile is read once, when a run is planned: the run
+    directory keeps the resolved section for status, logs and restarts."""
+    from llmops.profiles import load_profile  # this module stays importable from the spec's own model
+
+    k8s = spec.k8s or K8sSpec()
+    if spec.profile is None:
+        return k8s, K8sProfile(), {}
+    loaded = load_profile(spec.profile)
+    profile = parse_profile_section(loaded.k8s, f"cluster profile '{loaded.name}'")
+    if profile.namespace and "namespace" not in k8s.model_fields_set:
+        k8s = k8s.model_copy(update={"namespace": profile.namespace})
+    return k8s, profile, dict(loaded.env)

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from llmops.backends.base import Backend, Request
 from llmops.errors import Problem, UserError
-from llmops.procs import alive, children, descendants
+from llmops.procs import children, descendants, is_ours, started
 from llmops.runs.logs import follow_logs
 from llmops.runs.rundir import TERMINAL, RunDir
 from llmops.spec.run import RunSpec
@@ -88,14 +88,16 @@ class LocalBackend(Backend):
         proc = subprocess.Popen(
             [sys.executable, "-m", "llmops.backends.local.supervisor", str(run.path)],
             stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-            start_new_session=True, env={**os.environ, **request.env},
+            # The secrets live in the supervisor's environment only, which its stages inherit.
+            start_new_session=True, env={**os.environ, **request.env, **request.secrets},
         )
         log.close()
-        run.update_status(supervisor_pid=proc.pid, job_id=str(proc.pid), stage=first_pending(run, request.spec))
+        run.update_status(supervisor_pid=proc.pid, supervisor_started=started(proc.pid), job_id=str(proc.pid),
+                          stage=first_pending(run, request.spec))
 
     def refresh(self, run: RunDir) -> None:
         status = run.read_status()
-        if status.state not in TERMINAL and status.supervisor_pid and not alive(status.supervisor_pid):
+        if status.state not in TERMINAL and status.supervisor_pid and not _supervisor_alive(run, status):
             run.update_status(state="FAILED", message="the supervisor process is gone (killed, or the machine "
                               "restarted); resume the run with `llmops resume`", ended_at=time.time())
 
@@ -108,14 +110,19 @@ class LocalBackend(Backend):
         return run.read_status().ended(stage)
 
     def cancel(self, run: RunDir, *, force: bool = False) -> None:
+        """Signal the run's processes, each checked to still be the run's own (pid, start time, run path)."""
         status = run.read_status()
         if status.state in TERMINAL:
             return
         run.cancel_marker.touch()
-        if status.job_pgid:
+        if is_ours(status.job_pgid, started_at=status.job_started, token=run.id):
             signal_job(status.job_pgid, signal.SIGKILL if force else signal.SIGTERM, stage=status.stage)
-        if force and status.supervisor_pid and alive(status.supervisor_pid):
+        if force and _supervisor_alive(run, status):
             os.kill(status.supervisor_pid, signal.SIGTERM)
+
+
+def _supervisor_alive(run: RunDir, status) -> bool:
+    return is_ours(status.supervisor_pid, started_at=status.supervisor_started, token=run.id)
 
 
 def signal_job(launcher_pid: int, sig: int, *, stage: str | None = None) -> None:

@@ -28,6 +28,7 @@ from pathlib import Path
 
 from llmops.backends.local.backend import launch_command, prepare_command, signal_job
 from llmops.errors import EXIT_BAD_INPUT, EXIT_OK, EXIT_REQUEUE
+from llmops.procs import started
 from llmops.runs import report
 from llmops.runs.rundir import CANCELLED, FAILED, RUNNING, SUCCEEDED, RunDir
 
@@ -49,7 +50,8 @@ class Supervisor:
         signal.signal(signal.SIGTERM, self.on_signal)
         signal.signal(signal.SIGINT, self.on_signal)
         run.update_status(state=RUNNING, started_at=run.read_status().started_at or time.time(),
-                          supervisor_pid=os.getpid(), ended_at=None, exit_code=None, message="")
+                          supervisor_pid=os.getpid(), supervisor_started=started(os.getpid()), ended_at=None,
+                          exit_code=None, message="")
         done = {s for s, rec in run.read_status().stages.items() if rec.get("state") == SUCCEEDED}
         for stage in self.spec.stages:
             if stage in done:
@@ -101,9 +103,9 @@ class Supervisor:
         with open(run.log_path(stage, attempt), "ab") as log:
             self.child = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                                           start_new_session=True, env=env)
-        run.update_status(job_pgid=self.child.pid)
+        run.update_status(job_pgid=self.child.pid, job_started=started(self.child.pid))
         code = self.child.wait()
-        run.update_status(job_pgid=None)
+        run.update_status(job_pgid=None, job_started=None)
         return code
 
     def end_stage(self, stage: str, state: str, code: int | None, message: str) -> tuple[str, int | None, str]:

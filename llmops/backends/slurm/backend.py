@@ -21,6 +21,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from llmops import secrets
 from llmops.backends.base import Backend, Request
 from llmops.backends.slurm.cluster import (
     check_fit,
@@ -31,7 +32,7 @@ from llmops.backends.slurm.cluster import (
     squeue_command,
 )
 from llmops.backends.slurm.render import FANOUT_STAGES, Target, render_stage, render_submit
-from llmops.backends.slurm.rules import static_problems
+from llmops.backends.slurm.rules import run_dir_problems, static_problems
 from llmops.backends.slurm.spec import OPTIONS, SlurmProfile, SlurmSpec, parse_profile_section, resolve
 from llmops.backends.slurm.status import combine, fanout_stage, parse_events, read_text, torchrun_stage
 from llmops.backends.slurm.transport import LocalTransport, SshTransport
@@ -75,6 +76,15 @@ class SlurmBackend(Backend):
                                                               profile.cpus_per_node, slurm.partition))
         return problems
 
+    def shell_fields(self, spec: RunSpec) -> list[Problem]:
+        own = spec.slurm or SlurmSpec()
+        why = {"setup": "runs its lines as shell in the batch script",
+               "ssh_options": "passes options to ssh (ProxyCommand runs a command here)",
+               "python": "names the program every node runs", "sbatch_args": "passes options to sbatch"}
+        return [Problem(f"slurm.{name}", getattr(own, name), f"{reason}, which strict mode refuses",
+                        "leave it to the cluster profile (the platform team's), or run without --strict")
+                for name, reason in why.items() if getattr(own, name)]
+
     def dry_run(self, spec: RunSpec, run_path: Path) -> SlurmRequest:
         profile, env, _ = _profile(spec)
         slurm = resolve(spec.slurm, profile, env)
@@ -82,8 +92,10 @@ class SlurmBackend(Backend):
         spec = spec.model_copy(update={"slurm": slurm})
         transport = transport_for(slurm)
         python = slurm.python or (sys.executable if isinstance(transport, LocalTransport) else "python3")
-        target = Target(run_dir=transport.cluster_path(run_path), python=python,
-                        run_id=run_path.name)
+        target = Target(run_dir=transport.cluster_path(run_path), python=python, run_id=run_path.name)
+        problems = run_dir_problems(target.run_dir)
+        if problems:
+            raise SpecError(f"{spec.name} (backend slurm)", problems)
         scripts = {f"slurm/{stage}.sbatch": render_stage(spec, slurm, stage=stage, target=target)
                    for stage in spec.stages if stage not in FANOUT_STAGES}
         scripts["slurm/submit.sh"] = render_submit(spec, target=target)
@@ -96,7 +108,15 @@ class SlurmBackend(Backend):
             (run.path / name).parent.mkdir(parents=True, exist_ok=True)
             (run.path / name).write_text(text)
         self._check_live(request, transport)
-        transport.push(run, ["spec.yaml", *request.files()])
+        pushed = ["spec.yaml", *request.files()]
+        if request.secrets:
+            secrets.write_env_file(run.path / secrets.FILE, request.secrets)
+            pushed.append(secrets.FILE)
+        try:
+            transport.push(run, pushed)
+        finally:
+            if isinstance(transport, SshTransport):  # the cluster's copy is the one the jobs read
+                (run.path / secrets.FILE).unlink(missing_ok=True)
         remote = transport.cluster_path(run.path)
         transport.run(["rm", "-f", f"{remote}/cancel-requested"])  # a resume starts without the old request
         res = transport.run(["bash", f"{remote}/slurm/submit.sh"], timeout=300)

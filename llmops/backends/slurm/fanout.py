@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -34,6 +33,8 @@ import submitit
 from llmops.backends.slurm.spec import SlurmSpec
 from llmops.errors import EXIT_BAD_INPUT, UserError
 from llmops.runs.rundir import RunDir
+from llmops.secrets import FILE as SECRETS_FILE
+from llmops.shell import quote
 from llmops.spec.run import RunSpec
 
 STAGE = "prepare"
@@ -97,7 +98,9 @@ def executor(spec: RunSpec, slurm: SlurmSpec, run: RunDir, *, python: str) -> su
     for name in ("account", "qos", "constraint"):
         if getattr(slurm, name):
             extra[name] = getattr(slurm, name)
-    setup = list(slurm.setup) + [f"export {k}={shlex.quote(v)}" for k, v in sorted(slurm.env.items())]
+    setup = list(slurm.setup) + [f"export {k}={quote(v)}" for k, v in sorted(slurm.env.items())]
+    if spec.secrets:
+        setup.append(f"set -a; . {quote(str(run.path / SECRETS_FILE))}; set +a")
     ex.update_parameters(
         partition=slurm.partition, nodes=1, ntasks_per_node=1, cpus_per_task=slurm.prepare_cpus_per_task,
         time=max(1, (slurm.time_seconds or 4 * 3600) // 60), signal_delay_s=slurm.signal_lead,

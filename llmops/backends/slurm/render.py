@@ -12,11 +12,12 @@ bounded number of requeues (``restarts.max_restarts``).
 
 from __future__ import annotations
 
-import shlex
 from dataclasses import dataclass
 
 from llmops.backends.slurm.spec import SlurmSpec
 from llmops.errors import EXIT_BAD_INPUT, EXIT_REQUEUE
+from llmops.secrets import FILE as SECRETS_FILE
+from llmops.shell import quote as q
 from llmops.spec.run import RunSpec
 
 # Stages that are Python functions over shards rather than torchrun jobs; submitted through submitit.
@@ -33,13 +34,6 @@ class Target:
     run_dir: str
     python: str
     run_id: str
-
-
-def q(value: object) -> str:
-    """Shell-quoted; values with `=` or `,` (NCCL's `=mlx5_0,...`) are quoted too, to read unambiguously."""
-    text = str(value)
-    quoted = shlex.quote(text)
-    return quoted if quoted != text or not any(c in text for c in "=,") else f"'{text}'"
 
 
 def sbatch_options(spec: RunSpec, slurm: SlurmSpec, *, stage: str, run_dir: str) -> list[tuple[str, str]]:
@@ -82,9 +76,9 @@ def render_stage(spec: RunSpec, slurm: SlurmSpec, *, stage: str, target: Target)
     # Comments go on lines of their own: sbatch reads everything after `#SBATCH ` as options.
     sbatch = [line for option, comment in sbatch_options(spec, slurm, stage=stage, run_dir=target.run_dir)
               for line in ([f"# {comment}"] if comment else []) + [f"#SBATCH {option}"]]
-    launch = (f'bash -c "exec {q(target.python)} -m llmops_model.launch --node-rank=\\$SLURM_NODEID '
-              f'--nnodes={res.nodes} --nproc-per-node={res.procs_per_node} \\\n'
-              f'        --rdzv-backend=static --rdzv-endpoint=$HEAD:$PORT \\"$RUN_DIR\\""')
+    launch = ("bash -c 'exec \"$1\" -m llmops_model.launch --node-rank=\"$SLURM_NODEID\" \"${@:2}\"' node \\\n"
+              f"        {q(target.python)} --nnodes={res.nodes} --nproc-per-node={res.procs_per_node} \\\n"
+              '        --rdzv-backend=static --rdzv-endpoint="$HEAD:$PORT" "$RUN_DIR"')
     parts = [
         header,
         "\n".join(sbatch),
@@ -144,6 +138,14 @@ def _environment(spec: RunSpec, slurm: SlurmSpec) -> str:
     lines = []
     if slurm.setup:
         lines += ["# Site and user setup (slurm.setup)."] + slurm.setup + [""]
+    if spec.secrets:
+        lines += [f"# Secrets ({', '.join(sorted(spec.secrets))}): from a mode-0600 file `llmops submit` wrote, never",
+                  "# from this script.",
+                  f'if ! [ -r "$RUN_DIR/{SECRETS_FILE}" ]; then',
+                  '    event failed code=2 "reason=the secrets file is gone; `llmops resume` writes it again"',
+                  "    exit 2",
+                  "fi",
+                  f'set -a; . "$RUN_DIR/{SECRETS_FILE}"; set +a', ""]
     lines += ["# Environment of the training processes.",
               "export PYTHONUNBUFFERED=1",
               'export LLMOPS_RESTART="$RESTART" LLMOPS_STAGE="$STAGE"']
@@ -182,7 +184,8 @@ if srun --help 2>&1 | grep -q -- --container-image; then
 {lines}
     )
 else
-    echo "llmops: pyxis is not installed on this cluster; running without the container image {c.image}" >&2
+    printf 'llmops: pyxis is not installed on this cluster; running without the container image %s\\n' \\
+        {q(c.image)} >&2
     CONTAINER=()
 fi"""
 
@@ -204,7 +207,8 @@ CODE=@REQUEUE@   # a notice before the launch: nothing to lose, requeue; otherwi
 if [ "$NOTICE" = 0 ] && [ "$STOPPED" = 0 ]; then
     # --wait: once one node's agent has exited, the others get 60 s before they are killed
     # (a crash on one node must not leave the others waiting in a collective).
-    # bash -c: each task's own shell expands \$SLURM_NODEID (its node rank); this script the rest.
+    # bash -c runs a fixed script in each task, whose own shell reads $SLURM_NODEID (its node rank); every
+    # value reaches it as an argument, never as part of the script's text.
     # --cpus-per-task: the node's CPUs for its agent and workers (srun does not inherit sbatch's since 22.05).
     srun --ntasks-per-node=1 --cpus-per-task="${SLURM_CPUS_PER_TASK:-$SLURM_CPUS_ON_NODE}" \
         --kill-on-bad-exit=0 --wait=60 "${CONTAINER[@]}" \

@@ -22,6 +22,7 @@ from typing import Any, Literal
 
 from pydantic import Field, ValidationError, field_validator, model_validator
 
+from llmops import shell
 from llmops.backends.base import Option
 from llmops.errors import SpecError
 from llmops.spec.base import SpecModel, problems_from
@@ -62,9 +63,23 @@ class ContainerSpec(SpecModel):
     @classmethod
     def _mount_syntax(cls, mounts: list[str]) -> list[str]:
         for m in mounts:
+            shell.check_text(m, "mount")
             if not re.match(_MOUNT, m):
                 raise ValueError(f"mount '{m}' is not SRC:DST or SRC:DST:FLAGS (flags like ro or ro+rprivate)")
         return mounts
+
+    @field_validator("image")
+    @classmethod
+    def _image(cls, image: str) -> str:
+        shell.check_text(image, "container image")
+        if " " in image:
+            raise ValueError(f"container image {image!r} holds a space; enroot image references have none")
+        return image
+
+    @field_validator("workdir")
+    @classmethod
+    def _workdir(cls, workdir: str | None) -> str | None:
+        return None if workdir is None else shell.check_absolute(workdir, "container workdir")
 
 
 class SlurmSpec(SpecModel):
@@ -82,7 +97,7 @@ class SlurmSpec(SpecModel):
     """Time limit of each job (`--time`: minutes, HH:MM:SS or D-HH:MM:SS); a longer run requeues itself."""
     exclusive: bool | None = None
     """Whole nodes for the job (`--exclusive`); unset: exclusive for GPU runs, shared for CPU runs."""
-    cpus_per_task: int | None = Field(None, ge=1)
+    cpus_per_task: int | None = Field(None, ge=1, le=100_000)
     """CPUs for each node's task, i.e. for its torchrun agent and all its workers (`--cpus-per-task`)."""
     mem: str | None = Field(None, pattern=_MEM)
     """Memory per node (`--mem`, e.g. 64G); unset: Slurm's default (all of it on exclusive nodes)."""
@@ -96,12 +111,12 @@ class SlurmSpec(SpecModel):
     """Run the training processes in this container image through pyxis; unset runs in the node's environment."""
     container_runtime: Literal["auto", "pyxis", "none"] = "auto"
     """auto: use pyxis when the nodes' srun has it, else warn and run without the container; none: no containers."""
-    signal_lead: int = Field(300, ge=30)
+    signal_lead: int = Field(300, ge=30, le=30 * 86400)
     """Seconds before the time limit that the job is sent SIGUSR1 to checkpoint and requeue; must cover one
     step plus a checkpoint save. Slurm checks time limits periodically, so it can arrive up to a minute earlier."""
-    prepare_shards: int = Field(8, ge=1)
+    prepare_shards: int = Field(8, ge=1, le=100_000)
     """Array tasks of each map phase of data preparation (clean, tokenize), unless prepare.num_shards is set."""
-    prepare_cpus_per_task: int = Field(4, ge=1)
+    prepare_cpus_per_task: int = Field(4, ge=1, le=100_000)
     """CPUs of each data-preparation task (one shard each; the tokenizer trainer uses them all)."""
     python: str | None = None
     """Python with llmops installed on the nodes; unset: this interpreter (on the login node) or `python3` (SSH)."""
@@ -125,13 +140,67 @@ class SlurmSpec(SpecModel):
             time_limit_seconds(value)
         return value
 
+    @field_validator("partition")
+    @classmethod
+    def _partition(cls, value: str | None) -> str | None:
+        return None if value is None else shell.check_name(value, "partition", several=True)
+
+    @field_validator("account", "qos", "gpu_type")
+    @classmethod
+    def _names(cls, value: str | None, info) -> str | None:
+        return None if value is None else shell.check_name(value, info.field_name)
+
+    @field_validator("constraint")
+    @classmethod
+    def _constraint(cls, value: str | None) -> str | None:
+        return None if value is None else shell.check_features(value, "constraint")
+
+    @field_validator("python")
+    @classmethod
+    def _python(cls, value: str | None) -> str | None:
+        return None if value is None else shell.check_text(value, "python")
+
+    @field_validator("env")
+    @classmethod
+    def _env(cls, env: dict[str, str]) -> dict[str, str]:
+        for key, value in env.items():
+            shell.check_env_key(key)
+            if "\x00" in value:
+                raise ValueError(f"the value of {key} holds a NUL character, which no environment can carry")
+        return env
+
     @field_validator("sbatch_args")
     @classmethod
     def _long_options(cls, args: list[str]) -> list[str]:
         for a in args:
-            if not a.startswith("--") or "\n" in a:
+            shell.check_text(a, "sbatch option")
+            if not a.startswith("--"):
                 raise ValueError(f"'{a}' is not a long sbatch option (write it as --name=value)")
         return args
+
+    @field_validator("login")
+    @classmethod
+    def _login(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        shell.check_text(value, "login")
+        if value.startswith("-") or " " in value:
+            raise ValueError(f"login {value!r} is not an SSH host (a name from ~/.ssh/config, or user@host); "
+                             "options go in slurm.ssh_options")
+        return value
+
+    @field_validator("remote_root")
+    @classmethod
+    def _remote_root(cls, value: str | None) -> str | None:
+        return None if value is None else shell.check_absolute(value, "remote_root")
+
+    @field_validator("ssh_options", "setup")
+    @classmethod
+    def _no_control(cls, items: list[str], info) -> list[str]:
+        for item in items:
+            if info.field_name == "ssh_options" or "\x00" in item:
+                shell.check_text(item, info.field_name)
+        return items
 
     @model_validator(mode="after")
     def _lead_below_limit(self) -> SlurmSpec:
@@ -152,9 +221,9 @@ class SlurmProfile(SpecModel):
     """Values for the run spec's `slurm:` fields that a run does not set (partition, account, container, ...)."""
     partitions: list[str] | None = None
     """Partitions users may name; a run naming another is refused before submission."""
-    gpus_per_node: int | None = Field(None, ge=0)
+    gpus_per_node: int | None = Field(None, ge=0, le=64)
     """GPUs on each node; a run asking for more is refused before submission."""
-    cpus_per_node: int | None = Field(None, ge=1)
+    cpus_per_node: int | None = Field(None, ge=1, le=100_000)
     """CPUs on each node; a run asking for more CPU processes or cpus_per_task is refused."""
 
 

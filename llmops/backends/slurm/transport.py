@@ -14,11 +14,13 @@ authenticated (MFA) connection open for all the short commands that follow.
 
 from __future__ import annotations
 
-import shlex
 import subprocess
+import sys
 from dataclasses import dataclass, field
-from pathlib import Path
+from fnmatch import fnmatchcase
+from pathlib import Path, PurePosixPath
 
+from llmops import shell
 from llmops.errors import UserError
 from llmops.runs.rundir import RunDir
 
@@ -59,7 +61,7 @@ class SshTransport:
 
     def run(self, argv: list[str], *, timeout: float = 120) -> subprocess.CompletedProcess:
         # A login shell, so that the site's profile (modules, PATH to the Slurm clients) applies.
-        remote = "bash -lc " + shlex.quote(shlex.join(argv))
+        remote = "bash -lc " + shell.quote(shell.join(argv))
         res = self._ssh(remote, timeout=timeout)
         if res.returncode == 255:  # ssh's own failure (connection, authentication), not the command's
             self._check(res, f"run `{argv[0]}` on {self.host}")
@@ -72,7 +74,7 @@ class SshTransport:
     def push(self, run: RunDir, names: list[str]) -> None:
         """Copy the named files of the local run directory to the cluster's, creating it."""
         remote = self.cluster_path(run.path)
-        made = self._ssh(shlex.join(["mkdir", "-p", f"{remote}/logs", f"{remote}/slurm"]))
+        made = self._ssh(shell.join(["mkdir", "-p", f"{remote}/logs", f"{remote}/slurm"]))
         self._check(made, f"create {remote} on {self.host}")
         by_folder: dict[str, list[str]] = {}
         for name in names:
@@ -84,11 +86,17 @@ class SshTransport:
             self._check(copied, f"copy {', '.join(Path(f).name for f in files)} to {dest}")
 
     def pull(self, run: RunDir) -> None:
-        """Bring the cluster's logs, events and progress into the local run directory (new bytes only)."""
+        """Bring the cluster's logs, events and progress into the local run directory (new bytes only).
+
+        What the cluster sends is untrusted: only files of the known kinds are written, never the run's
+        spec.yaml or status.json, and a name that cannot be used is skipped and reported."""
         script = _pull_script(self.cluster_path(run.path), run.path)
         res = _call(["ssh", *self.options, self.host, "--", script], timeout=300, binary=True)
         self._check(res, f"read {self.cluster_path(run.path)} on {self.host}")
-        _apply_frames(run.path, res.stdout)
+        skipped = _apply_frames(run.path, res.stdout)
+        if skipped:
+            print(f"llmops: skipped {len(skipped)} file(s) on the cluster that are not a run's logs or progress: "
+                  + ", ".join(skipped[:5]), file=sys.stderr)
 
     def _ssh(self, remote_command: str, *, timeout: float = 120) -> subprocess.CompletedProcess:
         return _call(["ssh", *self.options, self.host, "--", remote_command], timeout=timeout)
@@ -117,16 +125,18 @@ def _call(argv: list[str], *, timeout: float, binary: bool = False) -> subproces
 
 
 def _pull_script(remote: str, local: Path) -> str:
-    """A POSIX sh script that prints each changed file as `<name> <offset> <length>\\n<bytes>`."""
+    """A POSIX sh script that prints each changed file as a frame: `<name>\\0<offset>\\0<length>\\0<bytes>`.
+
+    NUL is the one byte no file name can hold, so no name can forge a frame."""
     sizes = []
     for pattern in _GROWING:
         for path in sorted(local.glob(pattern)):
             if path.is_file():
-                sizes.append(f"{shlex.quote(str(path.relative_to(local)))}) off={path.stat().st_size} ;;")
+                sizes.append(f"{shell.quote(str(path.relative_to(local)))}) off={path.stat().st_size} ;;")
     known = "\n".join(sizes)
     growing = " ".join(_GROWING)
     replaced = " ".join(_REPLACED)
-    return f"""cd {shlex.quote(remote)} || exit 3
+    return f"""cd {shell.quote(remote)} || exit 3
 for f in {growing}; do
     [ -f "$f" ] || continue
     off=0
@@ -137,31 +147,53 @@ for f in {growing}; do
     [ "$size" -ge "$off" ] || off=0
     n=$(( size - off ))
     [ "$n" -gt 0 ] || continue
-    printf '%s %s %s\\n' "$f" "$off" "$n"
+    printf '%s\\0%s\\0%s\\0' "$f" "$off" "$n"
     tail -c +$(( off + 1 )) "$f" | head -c "$n"
 done
 for f in {replaced}; do
     [ -f "$f" ] || continue
     n=$(( $(wc -c < "$f") ))
-    printf '%s 0 %s\\n' "$f" "$n"
+    printf '%s\\0%s\\0%s\\0' "$f" 0 "$n"
     head -c "$n" "$f"
 done
 """
 
 
-def _apply_frames(root: Path, data: bytes) -> None:
-    """Write the frames of :func:`_pull_script` into the local mirror."""
+def _wanted(name: str) -> bool:
+    """Whether a name the cluster sent is a file the mirror takes: relative, no `..`, no control characters,
+    and of one of the known kinds (each pattern matched part by part)."""
+    parts = PurePosixPath(name).parts
+    if not parts or name.startswith("/") or ".." in parts or any(ord(c) < 32 or c == "\x7f" for c in name):
+        return False
+    return any(len(p := PurePosixPath(pattern).parts) == len(parts) and all(map(fnmatchcase, parts, p))
+               for pattern in _GROWING + _REPLACED)
+
+
+def _apply_frames(root: Path, data: bytes) -> list[str]:
+    """Write the frames of :func:`_pull_script` into the local mirror; returns what was skipped, and why."""
+    skipped: list[str] = []
     pos = 0
     while pos < len(data):
-        end = data.index(b"\n", pos)
-        name, offset, length = data[pos:end].decode().rsplit(" ", 2)
-        body = data[end + 1:end + 1 + int(length)]
-        pos = end + 1 + int(length)
+        fields = data[pos:pos + 4200].split(b"\0", 3)  # name (at most PATH_MAX), offset, length, body
+        try:
+            raw, offset, length = fields[0], int(fields[1]), int(fields[2])
+        except (IndexError, ValueError):
+            skipped.append(f"(unreadable data at byte {pos})")
+            break
+        start = pos + len(raw) + len(fields[1]) + len(fields[2]) + 3
+        body, pos = data[start:start + length], start + length
+        try:
+            name = raw.decode()
+        except UnicodeDecodeError:
+            skipped.append(f"{raw!r} (not UTF-8)")
+            continue
+        if not _wanted(name):
+            skipped.append(repr(name))
+            continue
         target = root / name
-        if not target.resolve().is_relative_to(root.resolve()):
-            continue  # never write outside the run directory, whatever the other side sent
         target.parent.mkdir(parents=True, exist_ok=True)
         with open(target, "r+b" if target.exists() else "wb") as f:
-            f.seek(int(offset))
+            f.seek(offset)
             f.write(body)
             f.truncate()
+    return skipped

@@ -74,10 +74,47 @@ def _open(unit: Unit) -> tuple[BinaryIO, BinaryIO]:
     if unit.compression == "gzip":
         return gzip.GzipFile(fileobj=raw, mode="rb"), raw
     if unit.compression == "zstd":
+        return io.BufferedReader(_Zstd(raw), 1 << 20), raw
+    return raw, raw
+
+
+class _Zstd(io.RawIOBase):
+    """A zstd file, frame after frame. zstandard's stream reader ends silently where a truncated file ends
+    inside a frame (every record of a cut download vanishes, none quarantined); this one raises EOFError
+    there, and ValueError for data that is not zstd, after handing over what came before."""
+
+    def __init__(self, raw: BinaryIO):
         import zstandard
 
-        return io.BufferedReader(zstandard.ZstdDecompressor().stream_reader(raw), 1 << 20), raw
-    return raw, raw
+        self._raw, self._error = raw, zstandard.ZstdError
+        self._new = zstandard.ZstdDecompressor().decompressobj
+        self._frame, self._in_frame, self._out = self._new(), False, b""
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        while not self._out:
+            chunk = self._raw.read(1 << 20)
+            if not chunk:
+                if self._in_frame:
+                    raise EOFError("the zstd data ends inside a frame: the file is truncated")
+                return 0
+            self._feed(chunk)
+        n = min(len(buffer), len(self._out))
+        buffer[:n], self._out = self._out[:n], self._out[n:]
+        return n
+
+    def _feed(self, data: bytes) -> None:
+        while data:
+            try:
+                self._out += self._frame.decompress(data)
+            except self._error as exc:
+                raise ValueError(f"not zstd data, or corrupt: {exc}") from None
+            self._in_frame = not self._frame.eof
+            data = b""
+            if self._frame.eof:
+                data, self._frame = self._frame.unused_data, self._new()
 
 
 def _jsonl(unit: Unit, spec: InputSpec, progress: Advance) -> Iterator[tuple[Document | Bad, int]]:
@@ -118,6 +155,8 @@ def _json_record(line: bytes, source: str, pos: int, spec: InputSpec) -> Documen
         obj = json.loads(s)
     except ValueError as exc:
         return Bad(source, pos, "malformed_json", str(exc), s[:RAW_KEEP])
+    except RecursionError:
+        return Bad(source, pos, "malformed_json", "nested too deeply", s[:RAW_KEEP])
     if not isinstance(obj, dict):
         return Bad(source, pos, "malformed_json", f"a JSON {type(obj).__name__}, not an object", s[:RAW_KEEP])
     doc_id = obj.get(spec.id_field) if spec.id_field else None

@@ -50,7 +50,7 @@ def test_overlay_output_passes_the_official_schema_strictly(overlay, version):
 def test_overlay_provides_what_the_backend_defaults_name(overlay):
     kinds = by_kind(kustomize(CLUSTER / "overlays" / overlay))
     defaults = K8sSpec()
-    assert [n["metadata"]["name"] for n in kinds["Namespace"]] == [defaults.namespace]
+    assert defaults.namespace in [n["metadata"]["name"] for n in kinds["Namespace"]]
     claim = kinds["PersistentVolumeClaim"][0]
     assert claim["metadata"]["name"] == defaults.checkpoint_pvc and claim["spec"]["accessModes"] == ["ReadWriteMany"]
     assert claim["spec"].get("storageClassName") is not None  # every overlay picks RWX storage explicitly
@@ -71,10 +71,18 @@ def test_training_account_has_no_api_rights_and_runs_are_isolated(overlay):
     assert all("*" not in r["verbs"] and "*" not in r["resources"] for r in role["rules"])
 
 
-def test_pod_security_is_restricted_except_where_rdma_needs_more():
-    levels = {o: kinds["Namespace"][0]["metadata"]["labels"]["pod-security.kubernetes.io/enforce"]
-              for o in OVERLAYS for kinds in [by_kind(kustomize(CLUSTER / "overlays" / o))]}
-    assert levels == {"aws": "restricted", "kind": "restricted", "oci": "privileged"}
+def test_pod_security_is_restricted_except_in_the_namespace_rdma_needs():
+    """The shared namespace, where every submitter may create pods, is `restricted` everywhere; OCI's RDMA pods
+    (host networking, IPC_LOCK) get a namespace of their own, for a submitter group of its own."""
+    levels = {(o, ns["metadata"]["name"]): ns["metadata"]["labels"]["pod-security.kubernetes.io/enforce"]
+              for o in OVERLAYS for ns in by_kind(kustomize(CLUSTER / "overlays" / o))["Namespace"]}
+    assert levels == {("aws", "llmops"): "restricted", ("kind", "llmops"): "restricted",
+                      ("oci", "llmops"): "restricted", ("oci", "llmops-rdma"): "privileged"}
+    bindings = by_kind(kustomize(CLUSTER / "overlays" / "oci"))["RoleBinding"]
+    groups = {b["metadata"]["namespace"]: [s["name"] for s in b["subjects"]] for b in bindings}
+    assert groups == {"llmops": ["llmops-submitters"], "llmops-rdma": ["llmops-rdma-submitters"]}
+    profile = yaml.safe_load((CLUSTER / "profiles" / "oci-bm-gpu-h100.yaml").read_text())
+    assert profile["k8s"]["namespace"] == "llmops-rdma"
 
 
 def test_kind_volume_binds_to_the_shared_claim():

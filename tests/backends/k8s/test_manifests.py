@@ -270,6 +270,10 @@ def test_cli_render_writes_manifests_with_overrides(tmp_path):
     ({}, ["--flavor", "helm"], "k8s.flavor"),
     ({"k8s": {}}, [], "k8s.image: is required"),
     ({"checkpoint": {"dir": "/home/me/ckpt"}}, [], "checkpoint.dir = '/home/me/ckpt': is not on the shared volume"),
+    # A path that only looks as if it were on the volume.
+    ({"data": {"indexed": {"paths": ["/llmops/../etc/corpus"]}}}, [],
+     "data.indexed.paths.0 = '/llmops/../etc/corpus': is not on the shared volume"),
+    ({"k8s": {"image": "i:1", "run_as_user": 0}}, [], "k8s.run_as_user = 0: runs the containers as root"),
 ])
 def test_cli_render_refuses_bad_k8s_input_with_exit_2(tmp_path, change, args, expected):
     spec = write_spec(tmp_path / "s.yaml", {**_cpu(), **change})
@@ -313,3 +317,18 @@ def test_preparation_paths_off_the_shared_volume_are_refused(tmp_path):
     res = llmops("render", str(write_spec(tmp_path / "s.yaml", spec)), "--out", str(tmp_path / "out"))
     assert res.returncode == 2
     assert "prepare.output.dir = '/data/corpus': is not on the shared volume" in " ".join(res.stderr.split())
+
+
+def test_a_profile_sends_its_runs_to_its_namespace_and_may_allow_root(tmp_path, monkeypatch):
+    profiles = tmp_path / "profiles"
+    profiles.mkdir()
+    (profiles / "rdma-site.yaml").write_text(yaml.safe_dump(
+        {"k8s": {"namespace": "llmops-rdma", "allow_root": True, "network": "rdma", "rdma_resource": "rdma/x"}}))
+    monkeypatch.setenv("LLMOPS_PROFILE_PATH", str(profiles))
+    spec = {**_cpu(), "profile": "rdma-site"}
+    spec["k8s"] = {**spec["k8s"], "run_as_user": 0}
+    request = runner.plan(parse_spec(spec), path=tmp_path / RUN_ID)
+    assert request.spec.k8s.namespace == "llmops-rdma"  # recorded: status and cancel look there later
+    assert {o["metadata"]["namespace"] for o in request.objects} == {"llmops-rdma"}
+    spec["k8s"] = {**spec["k8s"], "namespace": "team-a"}  # the spec's own choice wins
+    assert runner.plan(parse_spec(spec), path=tmp_path / RUN_ID).spec.k8s.namespace == "team-a"

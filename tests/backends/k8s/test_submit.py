@@ -4,6 +4,7 @@ nothing left behind on the cluster."""
 
 from __future__ import annotations
 
+import base64
 import socket
 from pathlib import Path
 
@@ -210,3 +211,24 @@ def test_a_failed_stage_removes_the_stages_waiting_for_it(fake_cluster, tmp_path
     assert st.state == "FAILED" and "stage 'prepare-dedup' failed" in st.message
     left = sorted(name.removeprefix(f"{run.id}-") for (r, _, name) in fake_cluster.objects if r == "jobs")
     assert left == ["prepare-clean", "prepare-dedup"]  # kept for their logs; the waiting ones are gone
+
+
+SECRET = "hf_s3cr3t-value-that-must-not-leak"
+
+
+def test_kubernetes_gets_a_secret_object_at_submit_only(fake_cluster, tmp_path, monkeypatch):
+    """Pods read it by reference; the rendered objects, the ConfigMap and the run directory never hold it."""
+    monkeypatch.setenv("HF_TOKEN", SECRET)
+    spec = {**tiny_spec("k8s-secret"), "backend": "k8s", "k8s": {"image": "llmops:dev"}, "secrets": ["HF_TOKEN"]}
+    request = runner.plan(parse_spec(spec), root=tmp_path / "runs")
+    assert SECRET not in request.render()
+    env = request.objects[-1]["spec"]["template"]["spec"]["containers"][0]["env"]
+    assert {"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {"name": f"{request.run_id}-secrets",
+                                                               "key": "HF_TOKEN"}}} in env
+    run = runner.submit(request)
+    stored = fake_cluster.objects[("secrets", "llmops", f"{run.id}-secrets")]
+    assert base64.b64decode(stored["data"]["HF_TOKEN"]).decode() == SECRET
+    assert SECRET not in "".join(p.read_text() for p in run.path.rglob("*") if p.is_file())
+    assert SECRET not in fake_cluster.objects[("configmaps", "llmops", f"{run.id}-spec")]["data"]["spec.yaml"]
+    runner.cancel(run, wait=0)
+    assert ("secrets", "llmops", f"{run.id}-secrets") not in fake_cluster.objects

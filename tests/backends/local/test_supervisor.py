@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
 
 import psutil
 
@@ -26,3 +27,22 @@ def test_lost_supervisor_is_reported(tmp_path):
     res = llmops("status", run_dir.name, "--json", "--runs-dir", str(runs))
     assert res.returncode == 0
     assert '"state": "FAILED"' in res.stdout and "supervisor process is gone" in res.stdout
+
+
+def test_cancel_never_signals_a_process_that_is_not_the_runs(tmp_path):
+    """Pids in status.json go stale (a reboot, a file system shared between machines): check before killing."""
+    from llmops.runs.rundir import RunDir
+    from llmops.spec.load import parse_spec
+
+    stranger = subprocess.Popen(["sleep", "120"])
+    try:
+        run = RunDir.create(parse_spec(tiny_spec("stale")), tmp_path / "runs" / "stale-1")
+        born = psutil.Process(stranger.pid).create_time()
+        run.update_status(state="RUNNING", supervisor_pid=stranger.pid, supervisor_started=born,
+                          job_pgid=stranger.pid, job_started=born, stage="pretrain")
+        res = llmops("cancel", "--force", str(run.path))
+        assert res.returncode == 0, res.stderr
+        assert stranger.poll() is None, "cancel killed a process that was not the run's"
+        assert run.read_status().state == "FAILED" and "supervisor process is gone" in run.read_status().message
+    finally:
+        stranger.kill()

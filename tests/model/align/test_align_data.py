@@ -215,3 +215,21 @@ def test_a_missing_or_different_starting_checkpoint_is_refused_with_the_fix(asse
     (tmp_path / "ckpts" / "iter_0000005" / "llmops-manifest.json").write_text(json.dumps(
         {"files": {}, "model": saved, "layout": {"tp": 1, "pp": 1, "dp": 1}}))
     assert start_checkpoint(spec, run_dir=tmp_path).name == "iter_0000005"
+
+
+def test_lines_that_crashed_tokenizing_are_quarantined(assets, tmp_path):
+    """A lone surrogate reached SentencePiece and stopped the stage; deep nesting raised RecursionError."""
+    good = [json.dumps({"prompt": f"question {i}", "response": "an answer"}) for i in range(20)]
+    data = tmp_path / "hostile.jsonl"
+    data.write_text("\n".join(good + ['{"prompt": "hi \\ud800", "response": "there"}',
+                                      '{"prompt": "hi", "response": "x\\udfff"}',
+                                      '{"messages": ' + "[" * 50_000 + "]" * 50_000 + "}"]) + "\n")
+    for method, line in (("sft", None), ("dpo", '{"prompt": "q", "chosen": "\\ud800", "rejected": "b"}')):
+        if line:
+            data.write_text("\n".join(json.dumps({"prompt": f"q{i}", "chosen": "yes", "rejected": "no"})
+                                      for i in range(10)) + "\n" + line + "\n")
+        a = AlignSpec(method=method, data={"path": str(data), "valid_fraction": 0.0},
+                      tokenizer=str(assets.tokenizer), steps=1, global_batch_size=1)
+        stats = examples.build(a, seq_length=SEQ, out=tmp_path / method, fp="x")
+        expected = {"invalid_unicode": 2, "malformed_json": 1} if method == "sft" else {"invalid_unicode": 1}
+        assert stats["quarantined"] == expected and stats["examples"] == (20 if method == "sft" else 10)

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from llmops.runs.checkpoints import OWNER
 from llmops_testing import (
     REPO,
     llmops,
@@ -49,6 +50,7 @@ def reference_and_preempted(workdir: Path) -> dict[str, Path]:
     assert "checkpointed" in cancelled.get("message", ""), f"the cancel did not land mid-run: {cancelled}"
     snapshot = workdir / "preempted-checkpoints"
     shutil.copytree(cut_dir / "checkpoints", snapshot)
+    (snapshot / OWNER).unlink()  # handed over on purpose to the run that resumes it on another layout
     res = llmops("resume", cut_dir.name, "--detach", "--runs-dir", str(runs))
     assert res.returncode == 0, res.stderr
     wait_state(ref_dir, {"SUCCEEDED"})
@@ -128,6 +130,7 @@ def test_tp2pp2_checkpoint_resumes_as_tp1pp2(workdir, reference_and_preempted):
 def test_corrupt_newest_checkpoint_is_skipped(workdir, reference_and_preempted):
     ckpts = workdir / "corrupt-checkpoints"
     shutil.copytree(reference_and_preempted["reference"] / "checkpoints", ckpts)
+    (ckpts / OWNER).unlink()
     shard = sorted((ckpts / f"iter_{STEPS:07d}").glob("*.distcp"))[0]
     shard.write_bytes(shard.read_bytes()[: shard.stat().st_size // 2])
     spec = tiny_spec("fallback", tp=2, pp=2, steps=STEPS, checkpoint={"dir": str(ckpts), "keep_last": 2})
@@ -138,3 +141,14 @@ def test_corrupt_newest_checkpoint_is_skipped(workdir, reference_and_preempted):
     assert f"resumed from iter_{STEPS - 5:07d}" in text
     reference = losses(reference_and_preempted["reference"])
     assert losses(run_dir) == {s: reference[s] for s in range(STEPS - 4, STEPS + 1)}
+
+
+def test_a_checkpoint_folder_of_another_run_is_refused_with_the_fix(workdir, reference_and_preempted):
+    """Two runs in one folder would resume from and prune each other's checkpoints."""
+    theirs = reference_and_preempted["reference"] / "checkpoints"
+    before = sorted(p.name for p in theirs.iterdir())
+    spec = tiny_spec("intruder", tp=2, pp=2, steps=STEPS, checkpoint={"dir": str(theirs)})
+    run_dir = start(write_spec(workdir / "intruder.yaml", spec), workdir / "intruder-runs")
+    st = wait_state(run_dir, {"FAILED"})
+    assert st["exit_code"] == 2 and "belongs to run" in st["message"] and "llmops resume" in st["message"]
+    assert sorted(p.name for p in theirs.iterdir()) == before

@@ -154,3 +154,32 @@ def test_bad_input_paths_name_the_entry_and_the_problem(tmp_path, monkeypatch, e
     with pytest.raises(UserError, match=message) as exc:
         discover(InputSpec(paths=[entry]))
     assert "input.paths[0]" in exc.value.message and exc.value.fix
+
+
+def test_input_that_could_crash_a_reader_is_quarantined_instead(tmp_path):
+    good = [json.dumps({"id": f"ok-{i}", "text": f"document number {i}"}) for i in range(200)]
+    deep = tmp_path / "deep.jsonl"
+    deep.write_text("\n".join([good[0], "[" * 100_000 + "]" * 100_000, good[1]]) + "\n")
+    got = records(deep)
+    assert [r.reason if isinstance(r, Bad) else r.id for r in got] == ["ok-0", "malformed_json", "ok-1"]
+
+    garbage = tmp_path / "garbage.jsonl.zst"
+    garbage.write_bytes(b"this is not zstd data" * 100)
+    (bad,) = records(garbage)
+    assert bad.reason == "unreadable_file" and "not zstd" in bad.detail
+
+    whole = zstandard.ZstdCompressor().compress(("\n".join(good) + "\n").encode())
+    cut = tmp_path / "cut.jsonl.zst"
+    cut.write_bytes(whole[: len(whole) * 2 // 3])  # a download that stopped early
+    got = records(cut)
+    assert isinstance(got[-1], Bad) and got[-1].reason == "unreadable_file" and "truncated" in got[-1].detail
+    assert all(isinstance(r, Document) for r in got[:-1])
+
+
+def test_a_symlink_loop_reads_each_file_once(tmp_path):
+    folder = tmp_path / "corpus" / "a"
+    write_jsonl(folder / "docs.jsonl", make_corpus(3))
+    (folder / "up").symlink_to("..")  # a/up -> corpus: glob.glob's ** followed it forty levels deep
+    for entry in (str(tmp_path / "corpus" / "**" / "*.jsonl"), str(tmp_path / "corpus")):
+        units, _ = discover(InputSpec(paths=[entry]))
+        assert [u.path for u in units] == [str(folder / "docs.jsonl")], entry

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import os
 import random
 from pathlib import Path
 
@@ -89,3 +90,17 @@ def test_an_existing_tokenizer_model_sets_vocab_and_eod(tmp_path):
         parse_spec(d)
     text = exc.value.render()
     assert "prepare.tokenizer.model = " in text and "cannot be read (No such file or directory)" in text
+
+
+@pytest.mark.parametrize("kind", ["fifo", "device"])
+def test_a_tokenizer_that_is_not_a_regular_file_is_refused_not_read_forever(tmp_path, kind):
+    path = tmp_path / "tok.model"
+    if kind == "fifo":
+        os.mkfifo(path)  # reading it waits for a writer that never comes
+    else:
+        path = Path("/dev/zero")  # reading it never ends
+    d = spec_dict(tmp_path)
+    d["prepare"]["tokenizer"] = {"model": str(path)}
+    with pytest.raises(SpecError) as exc:
+        parse_spec(d)
+    assert "is not a regular file" in exc.value.render()

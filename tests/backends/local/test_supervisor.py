@@ -8,7 +8,7 @@ import subprocess
 
 import psutil
 
-from llmops_testing import llmops, start, status, tiny_spec, wait_step, write_spec
+from llmops_testing import llmops, start, status, tiny_spec, wait_state, wait_step, write_spec
 
 
 def test_lost_supervisor_is_reported(tmp_path):
@@ -46,3 +46,17 @@ def test_cancel_never_signals_a_process_that_is_not_the_runs(tmp_path):
         assert run.read_status().state == "FAILED" and "supervisor process is gone" in run.read_status().message
     finally:
         stranger.kill()
+
+
+def test_a_cancel_that_outlasts_its_wait_is_reported_not_turned_into_a_kill(tmp_path):
+    """The run checkpoints at its next step boundary; a short wait ends before that, and nothing is killed."""
+    from llmops import runner
+    from llmops.runs.rundir import RunDir
+
+    runs = tmp_path / "runs"
+    run_dir = start(write_spec(tmp_path / "slow.yaml", tiny_spec("slow", steps=2000)), runs)
+    wait_step(run_dir, 1)
+    run = RunDir(run_dir)
+    final = runner.cancel(run, wait=0)
+    assert final.state == "RUNNING" and psutil.pid_exists(final.supervisor_pid)
+    assert wait_state(run_dir, {"CANCELLED"})["message"].startswith("cancelled by the user (checkpointed")

@@ -36,7 +36,7 @@ err = Console(stderr=True, highlight=False)
 _state = {"debug": False, "strict": False}
 
 SpecArg = Annotated[Path, typer.Argument(help="Run spec (YAML).", show_default=False)]
-RunArg = Annotated[str, typer.Argument(help="Run id, run name (its newest run) or run directory.")]
+RunArg = Annotated[str, typer.Argument(help="Run id, exact run name (its newest run) or run directory.")]
 BackendOpt = Annotated[str | None, typer.Option(help="Override the spec's backend: local, slurm or k8s.")]
 RunsDirOpt = Annotated[
     Path | None,
@@ -213,12 +213,12 @@ def _submit(spec_path: Path, *, backend: str | None, detach: bool, dry_run: bool
     _follow(run_dir)
 
 
-def _follow(run_dir) -> None:
+def _follow(run_dir, *, new_only: bool = False) -> None:
     from llmops import runner
 
     cancelled = False
     try:
-        final = runner.follow(run_dir, on_line=_print_line)
+        final = runner.follow(run_dir, on_line=_print_line, new_only=new_only)
     except KeyboardInterrupt:
         cancelled = True
         err.print("\n[yellow]interrupted: asking the run to checkpoint and stop...[/yellow]")
@@ -391,7 +391,7 @@ def resume(
     r = runner.resume(resolve_run(run, runs_root(runs_dir)))
     err.print(f"run [bold]{escape(r.id)}[/bold] resumed")
     if not detach:
-        _follow(r)
+        _follow(r, new_only=True)
 
 
 @app.command()

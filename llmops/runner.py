@@ -21,7 +21,7 @@ from llmops import secrets
 from llmops.backends.base import Backend, Request
 from llmops.backends.registry import get_backend
 from llmops.errors import SpecError, UserError
-from llmops.runs.rundir import PENDING, TERMINAL, RunDir, Status, new_run_path
+from llmops.runs.rundir import PENDING, SUCCEEDED, TERMINAL, RunDir, Status, new_run_path
 from llmops.spec.run import RunSpec
 
 
@@ -115,14 +115,15 @@ def status(run: RunDir) -> Status:
     return run.read_status()
 
 
-def logs(run: RunDir, *, follow: bool, stage: str | None = None) -> Iterator[str]:
-    """One stage's log lines (default: the stage running now); with follow, until that stage ends."""
+def logs(run: RunDir, *, follow: bool, stage: str | None = None, first_restart: int = 0) -> Iterator[str]:
+    """One stage's log lines (default: the stage running now), from attempt `first_restart` on; with follow,
+    until that stage ends."""
     spec = run.read_spec()
     stage = stage or run.read_status().stage or spec.stages[0]
     if stage not in spec.stages:
         raise UserError(f"run {run.id} has no '{stage}' stage (its stages: {', '.join(spec.stages)})",
                         f"pass --stage with one of {', '.join(spec.stages)}")
-    return get_backend(spec.backend).logs(run, follow=follow, stage=stage)
+    return get_backend(spec.backend).logs(run, follow=follow, stage=stage, first_restart=first_restart)
 
 
 def cancel(run: RunDir, *, force: bool = False, wait: float = 120.0) -> Status:
@@ -147,13 +148,21 @@ def resume(run: RunDir) -> RunDir:
     backend = get_backend(spec.backend)
     backend.refresh(run)
     before = run.read_status()
+    if before.state == SUCCEEDED:
+        raise UserError(f"run {run.id} has finished (SUCCEEDED): there is nothing to resume",
+                        f"look at it with `llmops report {run.id}`, or start a new run of its spec: "
+                        f"`llmops run {run.spec_path}`")
     if before.state not in TERMINAL:
         raise UserError(f"run {run.id} is {before.state}, not stopped",
                         f"follow it with `llmops logs {run.id} -f`, or cancel it first")
     request = backend.dry_run(spec, run.path.absolute())
     request.secrets = secrets.read(spec)
     run.cancel_marker.unlink(missing_ok=True)
-    run.update_status(state=PENDING, restarts=before.restarts + 1, exit_code=None, message="resumed by the user")
+    # The stages to run again are pending, not ended: a follower must wait for them, not replay their past.
+    stages = {name: rec if rec.get("state") == SUCCEEDED else {**rec, "state": PENDING, "message": "resumed"}
+              for name, rec in before.stages.items()}
+    run.update_status(state=PENDING, restarts=before.restarts + 1, exit_code=None, message="resumed by the user",
+                      stages=stages, ended_at=None)
     try:
         backend.submit(request, run)
     except UserError:  # refused before anything started
@@ -162,17 +171,23 @@ def resume(run: RunDir) -> RunDir:
     return run
 
 
-def follow(run: RunDir, *, on_line: Callable[[str], None]) -> Status:
-    """Stream the log of each stage, from the one running now, to `on_line` until the run ends."""
+def follow(run: RunDir, *, on_line: Callable[[str], None], new_only: bool = False, poll: float = 0.5) -> Status:
+    """Stream the log of each stage, from the one running now, to `on_line` until the run ends; returns its
+    final status. `new_only` (a resume) leaves out the attempts that ran before."""
     spec = run.read_spec()
     stages = spec.stages
+    first = {s: len(run.log_files(s)) if new_only else 0 for s in stages}
     i = stages.index(run.read_status().stage) if run.read_status().stage in stages else 0
     while True:
         if len(stages) > 1:
             on_line(f"[llmops] ---- stage {stages[i]} ({i + 1}/{len(stages)})")
-        for line in logs(run, follow=True, stage=stages[i]):
+        for line in logs(run, follow=True, stage=stages[i], first_restart=first[stages[i]]):
             on_line(line)
         st = status(run)
         if i + 1 == len(stages) or (st.state in TERMINAL and stages[i + 1] not in st.stages):
-            return st  # the last stage, or the run ended before the next one started
+            break  # the last stage, or the run ended before the next one started
         i += 1
+    while st.state not in TERMINAL:  # its last log is closed; the backend records the outcome a moment later
+        time.sleep(poll)
+        st = status(run)
+    return st

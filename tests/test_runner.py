@@ -88,3 +88,25 @@ def test_a_bad_option_value_is_named_like_a_spec_field(tmp_path):
     res = llmops("render", str(spec), "--backend", "slurm", "--time", "forever", "--out", str(tmp_path / "o"))
     assert res.returncode == 2 and "slurm.time" in res.stderr and "command line" in res.stderr
     assert not (tmp_path / "o").exists()
+
+
+def test_resuming_a_finished_run_is_refused_and_changes_nothing(tmp_path):
+    from llmops.runs.rundir import RunDir, Status
+
+    run = RunDir.create(parse_spec(tiny_spec("done")), tmp_path / "runs" / "done-1")
+    run.write_status(Status(state="SUCCEEDED", restarts=0, exit_code=0, message="finished", started_at=1.0,
+                            ended_at=147.0))
+    before = (run.path / "status.json").read_text()
+    res = llmops("resume", str(run.path))
+    assert res.returncode == 2 and "nothing to resume" in res.stderr
+    assert (run.path / "status.json").read_text() == before
+
+
+def test_a_spec_whose_input_is_missing_is_refused_before_any_run_exists(tmp_path):
+    spec = tiny_spec("noinput")
+    spec["prepare"] = {"input": {"paths": [str(tmp_path / "raw" / "*.jsonl")]}, "output": {"dir": str(tmp_path / "o")}}
+    path = write_spec(tmp_path / "s.yaml", spec)
+    res = llmops("validate", str(path))
+    assert res.returncode == 2 and "prepare.input.paths.0" in res.stderr and "matches no file" in res.stderr
+    res = llmops("run", str(path), "--runs-dir", str(tmp_path / "runs"))
+    assert res.returncode == 2 and not (tmp_path / "runs").exists() and not (tmp_path / "o").exists()

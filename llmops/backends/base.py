@@ -113,8 +113,8 @@ class Backend(ABC):
         """Bring status.json up to date with what the backend knows (no-op when it is live)."""
 
     @abstractmethod
-    def logs(self, run: RunDir, *, follow: bool, stage: str = "pretrain") -> Iterator[str]:
-        """The run's log lines, oldest first; with follow, until the run ends."""
+    def logs(self, run: RunDir, *, follow: bool, stage: str = "pretrain", first_restart: int = 0) -> Iterator[str]:
+        """The stage's log lines, oldest first, from attempt `first_restart` on; with follow, until it ends."""
 
     @abstractmethod
     def cancel(self, run: RunDir, *, force: bool = False) -> None:

@@ -61,7 +61,7 @@ def discover(spec: InputSpec) -> tuple[list[Unit], list[str]]:
             kind, compression = _format_of(path, spec.format)
             if kind is None:
                 if listed:
-                    raise UserError(f"input.paths[{i}] = {path!r}: cannot tell the format from the name",
+                    raise UserError(f"prepare.input.paths[{i}] = {path!r}: cannot tell the format from the name",
                                     "name it .jsonl/.parquet/.txt (optionally .gz/.zst), or set input.format")
                 skipped.append(path)
                 continue
@@ -74,7 +74,7 @@ def _expand(entry: str, i: int) -> list[tuple[str, bool]]:
     if any(c in entry for c in "*?["):
         matches = _glob(entry)
         if not matches:
-            raise UserError(f"input.paths[{i}] = {entry!r}: the pattern matches no file",
+            raise UserError(f"prepare.input.paths[{i}] = {entry!r}: the pattern matches no file",
                             "check the pattern, or the folder it starts from")
         return [(p, False) for p in matches]
     path = Path(entry)
@@ -83,10 +83,22 @@ def _expand(entry: str, i: int) -> list[tuple[str, bool]]:
     if path.is_dir():
         files = _once(p for p in path.rglob("*") if p.is_file() and not _hidden(p.relative_to(path)))
         if not files:
-            raise UserError(f"input.paths[{i}] = {entry!r}: the folder holds no file", "point at a folder with data")
+            raise UserError(f"prepare.input.paths[{i}] = {entry!r}: the folder holds no file",
+                            "point at a folder with data")
         return [(f, False) for f in files]
-    raise UserError(f"input.paths[{i}] = {entry!r}: no such file or folder",
+    raise UserError(f"prepare.input.paths[{i}] = {entry!r}: no such file or folder",
                     "check the path (relative paths start from the folder you run llmops in)")
+
+
+def missing(entry: str) -> str | None:
+    """Why an input.paths entry names no input (cheaply: the first match of a pattern is enough), or None."""
+    if any(c in entry for c in "*?["):
+        parts = Path(entry).parts
+        first = next(i for i, part in enumerate(parts) if any(c in part for c in "*?["))
+        anchor = Path(*parts[:first]) if first else Path(".")
+        hit = next((p for p in anchor.glob(str(Path(*parts[first:]))) if p.is_file()), None)
+        return None if hit else "matches no file"
+    return None if Path(entry).exists() else "does not exist"
 
 
 def _glob(pattern: str) -> list[str]:

@@ -34,10 +34,11 @@ def parse_step_line(line: str) -> StepLine | None:
     return StepLine(int(m.group(1)), int(m.group(2)), fields)
 
 
-def follow_logs(run: RunDir, *, stage: str, follow: bool, is_done: Callable[[], bool],
+def follow_logs(run: RunDir, *, stage: str, follow: bool, is_done: Callable[[], bool], first_restart: int = 0,
                 poll: float = 0.2) -> Iterator[str]:
-    """Lines of every restart's log in order; with follow, also what is written until the run ends."""
-    restart = 0
+    """Lines of every restart's log in order, from `first_restart` on; with follow, also what is written until
+    the stage ends."""
+    restart = first_restart
     while True:
         path = run.log_path(stage, restart)
         while not path.exists():

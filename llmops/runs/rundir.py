@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -181,18 +182,26 @@ def new_run_path(name: str, root: Path) -> Path:
     return path.absolute()
 
 
+_RUN_ID = re.compile(r"(?P<name>.+)-(?P<stamp>\d{8}-\d{6})(?:-(?P<n>\d+))?")  # see new_run_path
+
+
 def resolve_run(ref: str, root: Path) -> RunDir:
-    """A run from a path, an exact id under root, or a name (its newest run)."""
+    """A run from a path, an exact id under root, or an exact name (the newest run of exactly that name).
+
+    Never a prefix: with runs `tiny-cpu-...` and `tiny-cpu-synthetic-...`, `tiny-cpu` is the former only.
+    """
     as_path = Path(ref)
     if (as_path / "spec.yaml").is_file():
         return RunDir(as_path)
     if (root / ref / "spec.yaml").is_file():
         return RunDir(root / ref)
-    candidates = sorted(p for p in root.glob(f"{ref}-*") if (p / "spec.yaml").is_file()) if root.is_dir() else []
-    if candidates:
-        return RunDir(max(candidates, key=lambda p: p.stat().st_mtime))
-    raise UserError(f"no run '{ref}' under {root}",
-                    "list runs with `llmops status`, or pass --runs-dir where the run was started")
+    runs = [p for p in root.iterdir() if (p / "spec.yaml").is_file()] if root.is_dir() else []
+    named = [(m["stamp"], int(m["n"] or 1), p) for p in runs if (m := _RUN_ID.fullmatch(p.name)) and m["name"] == ref]
+    if named:
+        return RunDir(max(named)[2])  # the newest, by the time in its id
+    close = sorted(p.name for p in runs if p.name.startswith(ref))
+    raise UserError(f"no run '{ref}' under {root}" + (f"; runs that start so: {', '.join(close[:8])}" if close else ""),
+                    "pass a run's exact id or name (`llmops status` lists them), or --runs-dir where it was started")
 
 
 def list_runs(root: Path) -> list[RunDir]:

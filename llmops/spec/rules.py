@@ -74,17 +74,18 @@ def _prepare_rules(spec: RunSpec) -> list[Problem]:
     if spec.prepare is None:
         return []
     spec.prepare = spec.prepare.model_copy(update=spec.prepare.absolutized())
+    out = _input_rules(spec)
     if spec.train is None:
-        return []
+        return out
     if spec.prepare.tokenizer is None:
-        return [Problem("prepare.tokenizer", None, "is null, so prepare writes no token files for train:",
-                        "give a tokenizer: section, or leave train: out of this spec")]
+        return out + [Problem("prepare.tokenizer", None, "is null, so prepare writes no token files for train:",
+                              "give a tokenizer: section, or leave train: out of this spec")]
     try:
         facts = _training_facts(spec.prepare)
     except UserError as exc:
         reason = getattr(exc, "reason", exc.message)
-        return [Problem("prepare.tokenizer.model", spec.prepare.tokenizer.model, reason, exc.fix or "check the file")]
-    out: list[Problem] = []
+        return out + [Problem("prepare.tokenizer.model", spec.prepare.tokenizer.model, reason,
+                              exc.fix or "check the file")]
     ix = spec.data.indexed
     if "data" not in spec.model_fields_set:
         spec.data = DataSpec(indexed=IndexedData(paths=[facts.prefix], eod_id=facts.eod_id))
@@ -99,6 +100,18 @@ def _prepare_rules(spec: RunSpec) -> list[Problem]:
                            f"is smaller than the tokenizer's vocabulary ({facts.vocab_size})",
                            f"leave model.vocab_size out (it is filled in), or set it to {facts.vocab_size}"))
     return out
+
+
+def _input_rules(spec: RunSpec) -> list[Problem]:
+    """On this machine (the local backend), the prepare stage's input must exist before any process starts;
+    elsewhere the paths are the cluster's, checked where the stage runs."""
+    if spec.backend != "local":
+        return []
+    from llmops.prepare.sources import missing
+
+    return [Problem(f"prepare.input.paths.{i}", entry, reason, "check the path (relative paths start from the "
+                    "folder you run llmops in), or fetch the data first")
+            for i, entry in enumerate(spec.prepare.input.paths) if (reason := missing(entry))]
 
 
 @dataclass(frozen=True)

@@ -52,7 +52,7 @@ def test_bad_input_exits_2_with_a_message_and_no_traceback(tmp_path, problem):
     spec = write(tmp_path / "s.yaml", str(tmp_path / "in.jsonl"), tmp_path / "out")
     args = ["prepare", str(spec)]
     expected = {
-        "missing input": "input.paths[0]",
+        "missing input": "prepare.input.paths.0 = ",
         "no prepare section": "has no prepare: section",
         "bad phase": "is not a phase",
         "shard without phase": "--shard 1 needs --phase",

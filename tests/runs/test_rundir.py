@@ -30,3 +30,17 @@ def test_the_resolved_spec_is_read_back_as_written_even_when_its_files_are_gone(
     assert again.data.indexed.paths == [str(tmp_path / "prepared" / "corpus_text_document")]
     res = llmops("status", str(run.path))
     assert res.returncode == 0, res.stderr
+
+
+def test_a_run_is_found_by_exact_id_or_exact_name_never_by_prefix(tmp_path):
+    from llmops.runs.rundir import resolve_run
+
+    root = tmp_path / "runs"
+    for name, run_id in (("tiny-cpu", "tiny-cpu-20261203-100000"), ("tiny-cpu", "tiny-cpu-20261203-100000-2"),
+                         ("tiny-cpu-synthetic", "tiny-cpu-synthetic-20261203-110000")):
+        RunDir.create(parse_spec(tiny_spec(name)), root / run_id)
+    assert resolve_run("tiny-cpu", root).id == "tiny-cpu-20261203-100000-2"  # the newest of exactly that name
+    assert resolve_run("tiny-cpu-synthetic", root).id == "tiny-cpu-synthetic-20261203-110000"
+    assert resolve_run("tiny-cpu-20261203-100000", root).id == "tiny-cpu-20261203-100000"
+    res = llmops("status", "tiny", "--runs-dir", str(root))
+    assert res.returncode == 2 and "no run 'tiny'" in res.stderr and "tiny-cpu-synthetic-20261203-110000" in res.stderr

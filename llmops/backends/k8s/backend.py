@@ -150,7 +150,8 @@ class K8sBackend(Backend):
             _stop_later_stages(cluster, names, stages_of(spec), seen.stage)
         run.update_status(**changes)
 
-    def logs(self, run: RunDir, *, follow: bool, stage: str = "pretrain") -> Iterator[str]:
+    def logs(self, run: RunDir, *, follow: bool, stage: str = "pretrain", first_restart: int = 0) -> Iterator[str]:
+        # The pods of the stage's current Job hold its logs: earlier attempts' pods are gone already.
         from llmops.backends.k8s.status import follow_logs, pod_log, stage_pods
 
         cluster, names, _ = self._cluster(run)

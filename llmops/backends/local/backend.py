@@ -101,8 +101,9 @@ class LocalBackend(Backend):
             run.update_status(state="FAILED", message="the supervisor process is gone (killed, or the machine "
                               "restarted); resume the run with `llmops resume`", ended_at=time.time())
 
-    def logs(self, run: RunDir, *, follow: bool, stage: str = "pretrain") -> Iterator[str]:
-        yield from follow_logs(run, stage=stage, follow=follow, is_done=lambda: self._done(run, stage))
+    def logs(self, run: RunDir, *, follow: bool, stage: str = "pretrain", first_restart: int = 0) -> Iterator[str]:
+        yield from follow_logs(run, stage=stage, follow=follow, is_done=lambda: self._done(run, stage),
+                               first_restart=first_restart)
 
     def _done(self, run: RunDir, stage: str) -> bool:
         """The stage (or the whole run) has ended: its log will not grow any more."""

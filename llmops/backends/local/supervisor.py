@@ -19,6 +19,7 @@ later) is not run again. SIGTERM or SIGINT to the supervisor is a cancel.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -74,12 +75,15 @@ class Supervisor:
         while True:
             if run.cancel_marker.exists():
                 return self.end_stage(stage, CANCELLED, None, "cancelled before the stage started")
+            launched = time.time()
             code = self.launch(stage, attempt)
+            if code != EXIT_OK and stage != "prepare" and _finished_at(run, since=launched):
+                code = EXIT_OK  # the training finished its last step; the stop only reached its shutdown
+            if code == EXIT_OK:
+                return self.end_stage(stage, SUCCEEDED, code, "finished")
             if run.cancel_marker.exists():
                 note = "checkpointed; `llmops resume` continues it" if code == EXIT_REQUEUE else f"exit code {code}"
                 return self.end_stage(stage, CANCELLED, code, f"cancelled by the user ({note})")
-            if code == EXIT_OK:
-                return self.end_stage(stage, SUCCEEDED, code, "finished")
             if code == EXIT_BAD_INPUT:
                 reason = _error_line(run.log_path(stage, attempt)) or "the job rejected its input"
                 return self.end_stage(stage, FAILED, code, f"{reason} (see {run.log_path(stage, attempt)})")
@@ -119,6 +123,16 @@ class Supervisor:
         except Exception as exc:  # noqa: BLE001 (the report is a courtesy; the run's outcome stands)
             print(f"llmops: could not write the run report: {exc}", file=sys.stderr)
         return 0
+
+
+def _finished_at(run: RunDir, *, since: float) -> bool:
+    """Whether the attempt launched at `since` wrote its exit record with code 0 (rank 0 writes it after the
+    last step and the final checkpoint): a cancel or a signal that arrives after that is too late to stop it."""
+    try:
+        record = json.loads((run.path / "last_exit.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return record.get("code") == EXIT_OK and record.get("time", 0) >= since
 
 
 def _error_line(log: Path) -> str | None:

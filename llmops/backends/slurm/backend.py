@@ -175,7 +175,7 @@ class SlurmBackend(Backend):
                           started_at=min(starts) if starts else None,
                           ended_at=(events[-1].time if events else time.time()) if view.state in TERMINAL else None)
 
-    def logs(self, run: RunDir, *, follow: bool, stage: str = "pretrain") -> Iterator[str]:
+    def logs(self, run: RunDir, *, follow: bool, stage: str = "pretrain", first_restart: int = 0) -> Iterator[str]:
         checked = {"at": 0.0, "done": False}
 
         def is_done() -> bool:
@@ -188,7 +188,7 @@ class SlurmBackend(Backend):
         if stage in FANOUT_STAGES:
             yield from _task_logs(run, stage=stage, follow=follow, is_done=is_done)
         else:
-            yield from follow_logs(run, stage=stage, follow=follow, is_done=is_done)
+            yield from follow_logs(run, stage=stage, follow=follow, is_done=is_done, first_restart=first_restart)
 
     def cancel(self, run: RunDir, *, force: bool = False) -> None:
         record = _jobs_record(run)

@@ -60,3 +60,38 @@ def test_a_cancel_that_outlasts_its_wait_is_reported_not_turned_into_a_kill(tmp_
     final = runner.cancel(run, wait=0)
     assert final.state == "RUNNING" and psutil.pid_exists(final.supervisor_pid)
     assert wait_state(run_dir, {"CANCELLED"})["message"].startswith("cancelled by the user (checkpointed")
+
+
+def test_a_stop_that_reaches_a_finished_stage_leaves_it_succeeded(tmp_path, monkeypatch):
+    """The cancel came after the last step and the final checkpoint: the launcher died of the signal (-15),
+    but the training had written its exit record with code 0. The run finished; it was not cancelled."""
+    import json
+    import time
+
+    from llmops.backends.local.supervisor import Supervisor
+    from llmops.runs.rundir import RunDir
+    from llmops.spec.load import parse_spec
+
+    run = RunDir.create(parse_spec(tiny_spec("late")), tmp_path / "runs" / "late-1")
+
+    def launch(self, stage, attempt):
+        (run.path / "last_exit.json").write_text(json.dumps({"code": 0, "step": 4, "time": time.time()}))
+        run.cancel_marker.touch()
+        return -15
+
+    monkeypatch.setattr(Supervisor, "launch", launch)
+    monkeypatch.setattr("llmops.backends.local.supervisor.report.write", lambda run: None)
+    Supervisor(run).supervise()
+    st = run.read_status()
+    assert (st.state, st.stages["pretrain"]["state"]) == ("SUCCEEDED", "SUCCEEDED")
+
+
+def test_resume_in_the_foreground_follows_the_new_attempt_to_its_end(tmp_path):
+    spec = write_spec(tmp_path / "r.yaml", tiny_spec("again", steps=30, checkpoint={"interval": 5}))
+    run_dir = start(spec, tmp_path / "runs")
+    wait_step(run_dir, 2)
+    assert llmops("cancel", str(run_dir)).returncode == 0
+    res = llmops("resume", str(run_dir))
+    assert res.returncode == 0, res.stderr
+    assert "SUCCEEDED" in res.stderr and "exitcode: 75" not in res.stdout + res.stderr
+    assert "30/30" in res.stdout and "resumed from iter_" in res.stdout

@@ -111,7 +111,7 @@ class LocalBackend(Backend):
         return run.read_status().ended(stage)
 
     def cancel(self, run: RunDir, *, force: bool = False) -> None:
-        """Signal the run's processes, each checked to still be the run's own (pid, start time, run path)."""
+        """Signal the run's processes, each checked to still be the run's own (pid, start time, run id)."""
         status = run.read_status()
         if status.state in TERMINAL:
             return

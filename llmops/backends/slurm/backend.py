@@ -121,6 +121,8 @@ class SlurmBackend(Backend):
         transport.run(["rm", "-f", f"{remote}/cancel-requested"])  # a resume starts without the old request
         res = transport.run(["bash", f"{remote}/slurm/submit.sh"], timeout=300)
         if res.returncode != 0:
+            if request.secrets:  # nothing was queued: no job will read them
+                transport.run(["rm", "-f", f"{remote}/{secrets.FILE}"])
             raise UserError(f"Slurm refused the run: {_last_lines(res.stderr)}",
                             "fix the request (partition, account, qos, time, resources) and submit again")
         stages = _parse_submitted(res.stdout)

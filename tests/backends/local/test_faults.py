@@ -214,7 +214,8 @@ def test_disk_full_while_saving_keeps_the_previous_checkpoint(workdir, faulted, 
     text = log_text(run)
     assert f"checkpoint step={2 * INTERVAL} could not be written" in text and "training goes on" in text
     assert "Fix: free space under" in text and "Traceback" not in text
-    assert sorted(p.name for p in small_disk.iterdir()) == ["iter_0000010", "latest_checkpointed_iteration.txt"]
+    assert sorted(p.name for p in small_disk.iterdir()) == ["iter_0000010", "latest_checkpointed_iteration.txt",
+                                                            "llmops-owner.json"]
     assert (small_disk / "latest_checkpointed_iteration.txt").read_text().strip() == str(INTERVAL)
     assert losses(run)[STEPS] == pytest.approx(losses(faulted["reference"])[STEPS], rel=1e-6)  # it trained on
 

@@ -69,7 +69,8 @@ def test_background_save_on_a_full_disk_fails_cleanly_and_training_goes_on(small
     usual = statistics.median(times[s] for s in range(3, INTERVAL))
     for s in (INTERVAL, INTERVAL + 1):
         assert usual / 3 < times[s] < 3 * usual, (s, times)
-    assert sorted(p.name for p in mount.iterdir()) == ["iter_0000010", "latest_checkpointed_iteration.txt"]
+    assert sorted(p.name for p in mount.iterdir()) == ["iter_0000010", "latest_checkpointed_iteration.txt",
+                                                       "llmops-owner.json"]
     assert (mount / "latest_checkpointed_iteration.txt").read_text().strip() == str(INTERVAL)
     assert sorted(losses(run)) == list(range(1, STEPS + 1))  # it trained on to the end
     assert losses(run)[STEPS] == pytest.approx(losses(reference)[STEPS], rel=2e-2)

@@ -46,6 +46,8 @@ from pathlib import Path
 
 import yaml
 
+from llmops.runs.checkpoints import OWNER
+
 # Lent multi-GPU hosts share their GPUs: a program that uses NVLink multicast can put them out of service.
 NO_MULTICAST = {"NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1", "NVSHMEM_DISABLE_NVLS": "1"}
 
@@ -124,6 +126,7 @@ class Protocol:
             target = self.out / "checkpoints" / run.name
             shutil.rmtree(target, ignore_errors=True)
             shutil.copytree(source, target)
+            (target / OWNER).unlink(missing_ok=True)  # handed over to this run, on purpose, to load on another layout
         spec_path = self.out / "specs" / f"{run.name}.yaml"
         spec_path.parent.mkdir(parents=True, exist_ok=True)
         spec = self.spec(run, steps)

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import stat
 
+import psutil
 import pytest
 
 from llmops import runner
 from llmops.errors import SpecError, UserError
 from llmops.spec.load import parse_spec
-from llmops_testing import llmops, tiny_spec, write_spec
+from llmops_testing import llmops, start, status, tiny_spec, wait_step, write_spec
 
 VALUE = "hf_s3cr3t-value-that-must-not-leak"
 
@@ -21,12 +22,16 @@ def _everything_written(folder) -> str:
 def test_a_secret_is_read_at_submit_and_reaches_only_the_jobs_environment(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_TOKEN", VALUE)
     (tmp_path / "key").write_text("from-a-file\n")
-    spec = {**tiny_spec("secret"), "secrets": {"HF_TOKEN": {}, "OTHER": {"file": str(tmp_path / "key")}}}
-    res = llmops("run", str(write_spec(tmp_path / "s.yaml", spec)), "--runs-dir", str(tmp_path / "runs"))
-    assert res.returncode == 0, res.stderr
-    (run,) = (tmp_path / "runs").iterdir()
-    assert "HF_TOKEN" in (run / "spec.yaml").read_text() and VALUE not in _everything_written(run)
-    assert VALUE not in res.stdout + res.stderr
+    spec = {**tiny_spec("secret", steps=2000), "secrets": {"HF_TOKEN": {}, "OTHER": {"file": str(tmp_path / "key")}}}
+    run = start(write_spec(tmp_path / "s.yaml", spec), tmp_path / "runs")
+    try:
+        wait_step(run, 1)
+        workers = psutil.Process(status(run)["job_pgid"]).children(recursive=True)
+        env = next(p.environ() for p in workers if "llmops_model.entrypoint" in " ".join(p.cmdline()))
+        assert env["HF_TOKEN"] == VALUE and env["OTHER"] == "from-a-file"  # the training processes have them
+        assert "HF_TOKEN" in (run / "spec.yaml").read_text() and VALUE not in _everything_written(run)
+    finally:
+        llmops("cancel", "--force", str(run))
 
 
 def test_a_missing_secret_is_exit_2_before_anything_is_written(tmp_path, monkeypatch):

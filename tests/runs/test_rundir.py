@@ -11,6 +11,8 @@ from llmops_testing import llmops, tiny_spec
 def _aligned_spec(tmp_path) -> dict:
     data = tmp_path / "sft.jsonl"
     data.write_text('{"prompt": "a", "response": "b"}\n')
+    (tmp_path / "raw").mkdir()
+    (tmp_path / "raw" / "docs.jsonl").write_text('{"text": "a document"}\n')
     spec = tiny_spec("kept")
     spec["prepare"] = {"input": {"paths": [str(tmp_path / "raw")]}, "output": {"dir": str(tmp_path / "prepared")},
                        "tokenizer": {"vocab_size": 512}}

@@ -11,7 +11,7 @@ import time
 
 from llmops_testing import REPO
 
-SEED, CASES = 20261203, 400
+SEED, CASES = 20261203, 250
 
 
 def test_mutated_specs_end_in_exit_0_or_2_never_a_traceback(tmp_path):

@@ -48,20 +48,6 @@ def test_cancel_never_signals_a_process_that_is_not_the_runs(tmp_path):
         stranger.kill()
 
 
-def test_a_cancel_that_outlasts_its_wait_is_reported_not_turned_into_a_kill(tmp_path):
-    """The run checkpoints at its next step boundary; a short wait ends before that, and nothing is killed."""
-    from llmops import runner
-    from llmops.runs.rundir import RunDir
-
-    runs = tmp_path / "runs"
-    run_dir = start(write_spec(tmp_path / "slow.yaml", tiny_spec("slow", steps=2000)), runs)
-    wait_step(run_dir, 1)
-    run = RunDir(run_dir)
-    final = runner.cancel(run, wait=0)
-    assert final.state == "RUNNING" and psutil.pid_exists(final.supervisor_pid)
-    assert wait_state(run_dir, {"CANCELLED"})["message"].startswith("cancelled by the user (checkpointed")
-
-
 def test_a_stop_that_reaches_a_finished_stage_leaves_it_succeeded(tmp_path, monkeypatch):
     """The cancel came after the last step and the final checkpoint: the launcher died of the signal (-15),
     but the training had written its exit record with code 0. The run finished; it was not cancelled."""
@@ -86,11 +72,18 @@ def test_a_stop_that_reaches_a_finished_stage_leaves_it_succeeded(tmp_path, monk
     assert (st.state, st.stages["pretrain"]["state"]) == ("SUCCEEDED", "SUCCEEDED")
 
 
-def test_resume_in_the_foreground_follows_the_new_attempt_to_its_end(tmp_path):
+def test_cancel_waits_without_killing_and_resume_follows_the_new_attempt_to_its_end(tmp_path):
+    """A cancel whose wait ends before the next step boundary is reported, not turned into a kill: the run
+    still checkpoints and stops. `llmops resume` then follows only the new attempt, and exits 0."""
+    from llmops import runner
+    from llmops.runs.rundir import RunDir
+
     spec = write_spec(tmp_path / "r.yaml", tiny_spec("again", steps=30, checkpoint={"interval": 5}))
     run_dir = start(spec, tmp_path / "runs")
     wait_step(run_dir, 2)
-    assert llmops("cancel", str(run_dir)).returncode == 0
+    final = runner.cancel(RunDir(run_dir), wait=0)
+    assert final.state == "RUNNING" and psutil.pid_exists(final.supervisor_pid)
+    assert wait_state(run_dir, {"CANCELLED"})["message"].startswith("cancelled by the user (checkpointed")
     res = llmops("resume", str(run_dir))
     assert res.returncode == 0, res.stderr
     assert "SUCCEEDED" in res.stderr and "exitcode: 75" not in res.stdout + res.stderr

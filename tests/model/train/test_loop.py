@@ -150,5 +150,6 @@ def test_a_checkpoint_folder_of_another_run_is_refused_with_the_fix(workdir, ref
     spec = tiny_spec("intruder", tp=2, pp=2, steps=STEPS, checkpoint={"dir": str(theirs)})
     run_dir = start(write_spec(workdir / "intruder.yaml", spec), workdir / "intruder-runs")
     st = wait_state(run_dir, {"FAILED"})
-    assert st["exit_code"] == 2 and "belongs to run" in st["message"] and "llmops resume" in st["message"]
+    assert st["exit_code"] == 2 and "belongs to run" in st["message"]
+    assert "llmops resume" in log_text(run_dir)  # the fix, on the error's own line in the log
     assert sorted(p.name for p in theirs.iterdir()) == before

@@ -17,17 +17,26 @@ Time of a stage, per attempt (restart):
 * checkpointing: the time saves held training up;
 * lost work: steps run and then run again after a restart (they had not been
   checkpointed), counted in steps and in their seconds.
+
+The page shows, per stage, its figures in one line, one line per metrics
+tracker (``"event": "tracking"`` rows of ``events.jsonl``), and one chart per
+unit: loss, throughput and, for DPO, preference accuracy and reward margin,
+train and held-out (``eval.jsonl``, dashed with markers) on the same axes,
+restarts marked on the step axis with the steps they lost shaded. The charts
+are drawn by :mod:`llmops.runs.charts`.
 """
 
 from __future__ import annotations
 
 import html
 import json
+import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from llmops.runs.charts import Mark, Series, duration, human, line_chart, time_bar
 from llmops.runs.rundir import RunDir
 
 REPORT = "report.html"
@@ -68,6 +77,7 @@ class StageSummary:
     lost_steps: int
     resume_seconds: list[float]  # per restart: the previous attempt's last sign of life to the first new step
     tokens_per_s: float | None  # median over the logged steps
+    tracking: list[dict] = field(default_factory=list)  # the stage's "tracking" events (metrics trackers)
 
     @property
     def final_loss(self) -> float | None:
@@ -91,6 +101,8 @@ def _jsonl(path: Path) -> list[dict]:
 def _attempts(rows: list[dict], events: list[dict]) -> list[Attempt]:
     by: dict[int, Attempt] = {}
     for e in events:
+        if e.get("event") == "tracking":
+            continue  # the metrics tracker's tally, not a sign of the training process
         a = by.setdefault(e.get("restart", 0), Attempt(e.get("restart", 0)))
         a.last_at = max(a.last_at or 0.0, e["time"])
         if e["event"] == "start":
@@ -124,7 +136,8 @@ def summarize_stage(run: RunDir, name: str, record: dict, ready_at: float | None
     for r in raw:
         latest[r["step"]] = r
     rows = [latest[s] for s in sorted(latest)]
-    attempts = _attempts(raw, _jsonl(folder / "events.jsonl"))
+    events = _jsonl(folder / "events.jsonl")
+    attempts = _attempts(raw, events)
     t = dict.fromkeys(("queue", "startup", "training", "checkpointing", "lost"), 0.0)
     lost_steps, resume_seconds = 0, []
     previous: Attempt | None = None
@@ -152,6 +165,7 @@ def summarize_stage(run: RunDir, name: str, record: dict, ready_at: float | None
         steps=rows[-1].get("steps") if rows else None, rows=rows, evals=_jsonl(folder / "eval.jsonl"),
         attempts=attempts, time=t, lost_steps=lost_steps, resume_seconds=resume_seconds,
         tokens_per_s=_median([r.get("tokens_per_s") for r in rows]),
+        tracking=[e for e in events if e.get("event") == "tracking"],
     )
 
 
@@ -181,104 +195,173 @@ def _span(record: dict) -> float | None:
 
 # ---- HTML ------------------------------------------------------------------------------------------
 
-_COLOURS = {"queue": "#9aa5b1", "startup": "#f0b429", "training": "#2f80ed", "checkpointing": "#27ae60",
-            "lost": "#eb5757"}
+_TIME = {"queue": ("queue", "#9aa5b1"), "startup": ("start-up", "#f0b429"), "training": ("training", "#2f80ed"),
+         "checkpointing": ("checkpointing", "#27ae60"), "lost": ("lost work", "#eb5757")}
+TRAIN, HELD_OUT, POLICY, REFERENCE = "#2f6fdf", "#e8590c", "#2b9348", "#868e96"
+_TRACKERS = {"mlflow": "MLflow", "wandb": "W&B", "tensorboard": "TensorBoard"}
+_CSS = ("body{font:15px/1.45 system-ui,sans-serif;max-width:1200px;margin:0 auto;padding:16px 24px;color:#222}"
+        "h1{font-size:1.5em;overflow-wrap:anywhere}h2{margin:2em 0 .3em;border-bottom:1px solid #ddd}"
+        "h3{font-size:1em;margin:1.4em 0 .2em;color:#444}.scroll{overflow-x:auto}"
+        "table{border-collapse:collapse;font-size:14px}th{border-bottom:1px solid #aaa}"
+        "td,th{padding:3px 7px;text-align:right;white-space:nowrap}"
+        "td:nth-child(-n+2),th:nth-child(-n+2){text-align:left}.caption,.legend{font-size:13px;color:#555;margin:4px 0}"
+        ".sw{display:inline-block;width:10px;height:10px;margin:0 4px 0 14px}.sw:first-child{margin-left:0}"
+        ".tracking{margin:2px 0}.tracking.failed,.tracking.degraded{color:#b02a2a}")
+# What the DPO figures mean (llmops_model.align.objectives.DPO and align.dpo_loss).
+_ACCURACY = ("<b>accuracy</b>: the fraction of pairs whose implicit reward, &beta;&middot;(log &pi; &minus; "
+             "log &pi;<sub>ref</sub>), is higher for the chosen answer. <b>policy prefers</b> / <b>reference "
+             "prefers</b>: the fraction of held-out pairs to which the policy / the reference model gives the chosen "
+             "answer a higher log-probability than the rejected one (summed over its tokens; per token for IPO).")
+_MARGIN = ("<b>reward margin</b>: the chosen answer's implicit reward minus the rejected one's, averaged over the "
+           "pairs; it grows as the policy, relative to the reference model, favours the chosen answers.")
 
 
-def _svg_lines(series: list[tuple[str, list[tuple[float, float]]]], *, width: int = 560, height: int = 220,
-               marks: list[float] = (), y_label: str = "") -> str:
-    """A line chart of (x, y) series with optional vertical marks (restarts)."""
-    points = [p for _, pts in series for p in pts]
-    if not points:
-        return "<p><em>no logged steps</em></p>"
-    x0, x1 = min(p[0] for p in points), max(p[0] for p in points)
-    y0, y1 = min(p[1] for p in points), max(p[1] for p in points)
-    x1, y1 = (x1 if x1 > x0 else x0 + 1), (y1 if y1 > y0 else y0 + 1)
-    pad = 40
-
-    def sx(x: float) -> float:
-        return pad + (x - x0) / (x1 - x0) * (width - 2 * pad)
-
-    def sy(y: float) -> float:
-        return height - pad + (y - y0) / (y1 - y0) * (2 * pad - height)
-
-    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
-             f'font-family="sans-serif" font-size="11">',
-             f'<line x1="{pad}" y1="{height - pad}" x2="{width - pad}" y2="{height - pad}" stroke="#888"/>',
-             f'<line x1="{pad}" y1="{pad}" x2="{pad}" y2="{height - pad}" stroke="#888"/>',
-             f'<text x="{pad}" y="{height - pad + 14}">{x0:g}</text>',
-             f'<text x="{width - pad}" y="{height - pad + 14}" text-anchor="end">step {x1:g}</text>',
-             f'<text x="{pad - 4}" y="{height - pad}" text-anchor="end">{y0:.3g}</text>',
-             f'<text x="{pad - 4}" y="{pad + 4}" text-anchor="end">{y1:.3g}</text>',
-             f'<text x="{pad}" y="{pad - 8}">{html.escape(y_label)}</text>']
-    for m in marks:
-        parts.append(f'<line x1="{sx(m):.1f}" y1="{pad}" x2="{sx(m):.1f}" y2="{height - pad}" '
-                     f'stroke="#eb5757" stroke-dasharray="4 3"><title>restart at step {m:g}</title></line>')
-    for i, (label, pts) in enumerate(series):
-        colour = ("#2f80ed", "#f2994a", "#27ae60", "#9b51e0")[i % 4]
-        path = " ".join(f"{sx(x):.1f},{sy(y):.1f}" for x, y in pts)
-        parts.append(f'<polyline fill="none" stroke="{colour}" stroke-width="1.6" points="{path}"/>')
-        parts.append(f'<text x="{width - pad}" y="{pad + 14 * i}" text-anchor="end" fill="{colour}">'
-                     f'{html.escape(label)}</text>')
-    parts.append("</svg>")
-    return "".join(parts)
+def _points(rows: list[dict], *keys: str) -> list[tuple[float, float]]:
+    """(step, value) of the first of `keys` each row has, skipping missing and non-finite values."""
+    out = []
+    for r in rows:
+        v = next((r[k] for k in keys if k in r), None)
+        if isinstance(v, int | float) and math.isfinite(v) and "step" in r:
+            out.append((r["step"], float(v)))
+    return out
 
 
-def _time_bar(t: dict[str, float], width: int = 560) -> str:
-    total = sum(t.values())
-    if total <= 0:
+def _restart_marks(s: StageSummary) -> list[Mark]:
+    """A mark per restart at the step it resumed from, with the steps the attempt before it lost."""
+    marks = []
+    for before, a in zip(s.attempts, s.attempts[1:], strict=False):
+        if a.first_step is None:
+            continue  # it never reached a step: nowhere on the step axis to mark
+        at = a.resumed_from if a.resumed_from is not None else a.first_step - 1
+        redone = {r["step"] for r in before.rows if r["step"] >= a.first_step}
+        label = f"restart {a.restart}" + (f", {_count(len(redone), 'step')} lost" if redone else "")
+        tip = f"restart {a.restart}: resumed from step {at}" + (
+            f"; steps {min(redone)}-{max(redone)} had run and were run again" if redone else "")
+        marks.append(Mark(at, label, tip, (at, max(redone)) if redone else None))
+    return marks
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n:,} {noun}{'' if n == 1 else 's'}"
+
+
+def _tracking_lines(rows: list[dict]) -> list[tuple[str, str]]:
+    """(state, line) per tracker backend: its latest tally per attempt (tallies count up), summed over attempts."""
+    latest: dict[tuple[str, int], dict] = {}
+    for r in rows:
+        latest[(str(r.get("backend", "tracker")), r.get("restart", 0))] = r
+    by_backend: dict[str, list[dict]] = {}
+    for (backend, _), r in latest.items():
+        by_backend.setdefault(backend, []).append(r)
+    lines = []
+    for backend, tallies in by_backend.items():
+        name = _TRACKERS.get(backend.lower(), backend)
+        sent, dropped = (sum(int(r.get(k) or 0) for r in tallies) for k in ("sent", "dropped"))
+        states = {r.get("state", "ok") for r in tallies}
+        state = next((x for x in ("failed", "degraded") if x in states), "ok")
+        error = next((str(r["error"]) for r in reversed(tallies) if r.get("error")), "")
+        if state == "failed":
+            line = f"{name}: tracker unreachable, {_count(dropped, 'metric')} dropped" + (
+                f" ({sent:,} sent before)" if sent else "")
+        else:
+            line = f"{name}: {_count(sent, 'metric')} sent" + (f", {dropped:,} dropped" if dropped else "")
+        lines.append((state, line + (f": {error}" if error and state != "ok" else "")))
+    return lines
+
+
+def _facts(s: StageSummary) -> str:
+    last = f"step {s.rows[-1]['step']:,}" if s.rows else "no step logged yet"
+    facts = [f"{last} of {s.steps:,}" if s.rows and s.steps else last]
+    if s.final_loss is not None and math.isfinite(s.final_loss):
+        facts.append(f"final loss {human(s.final_loss, 4)}")
+    held = _points(s.evals, "loss")
+    if held:
+        facts.append(f"held-out loss {human(held[-1][1], 4)} at step {held[-1][0]:,}")
+    if s.tokens_per_s:
+        facts.append(f"median {human(s.tokens_per_s)} tokens/s")
+    if s.restarts:
+        lost = f": {_count(s.lost_steps, 'step')} lost ({duration(s.time['lost'])})" if s.lost_steps else ""
+        facts.append(f"{_count(s.restarts, 'restart')}{lost}")
+    return " &middot; ".join(html.escape(f) for f in facts)
+
+
+def _stage_charts(s: StageSummary) -> list[str]:
+    """One chart per unit; train and held-out curves of a quantity share one."""
+    if not s.rows and not s.evals:
+        return []  # the stage's line says so
+    marks = _restart_marks(s)
+    steps = [x for x, _ in _points(s.rows + s.evals, "loss", "tokens_per_s")]
+    charts = {"x_range": (0, max(steps)) if steps else None, "marks": marks}
+    dpo = any("accuracy" in r for r in s.rows + s.evals)
+
+    def held_out(label: str, colour: str, *keys: str) -> Series:
+        return Series(label, _points(s.evals, *keys), colour, dashed=True, markers=True)
+
+    out = ["<h3>Loss</h3>" + line_chart(
+        [Series("train loss", _points(s.rows, "loss"), TRAIN), held_out("held-out loss", HELD_OUT, "loss")],
+        y_title="loss (per pair)" if dpo else "loss (nats/token)", label=f"{s.name}: loss", **charts)]
+    if dpo:
+        out.append("<h3>Preference accuracy</h3>" + line_chart(
+            [Series("train accuracy", _points(s.rows, "accuracy"), TRAIN),
+             held_out("held-out accuracy", HELD_OUT, "accuracy"),
+             # The reference's ringed markers stay visible where the policy's dots fall on the same value.
+             replace(held_out("held-out: reference prefers", REFERENCE, "reference_prefers", "ref_prefers"),
+                     hollow=True),
+             held_out("held-out: policy prefers", POLICY, "policy_prefers", "prefers")],
+            y_title="fraction of pairs", y_range=(0.0, 1.0), label=f"{s.name}: preference accuracy", **charts)
+            + f"<p class=caption>{_ACCURACY}</p>")
+        out.append("<h3>Reward margin</h3>" + line_chart(
+            [Series("train margin", _points(s.rows, "margin"), TRAIN), held_out("held-out margin", HELD_OUT,
+                                                                               "margin")],
+            y_title="reward margin", y_zero=True, label=f"{s.name}: reward margin", **charts)
+            + f"<p class=caption>{_MARGIN}</p>")
+    out.append("<h3>Throughput</h3>" + line_chart(
+        [Series("tokens/s", _points(s.rows, "tokens_per_s"), TRAIN)], y_title="tokens/s", y_zero=True,
+        label=f"{s.name}: throughput", **charts))
+    return out
+
+
+def _time_html(t: dict[str, float]) -> str:
+    bar = time_bar([(_TIME[k][0], v, _TIME[k][1]) for k, v in t.items()])
+    if not bar:
         return ""
-    x, parts = 0.0, [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="22">']
-    for key, value in t.items():
-        w = value / total * width
-        parts.append(f'<rect x="{x:.1f}" y="0" width="{w:.1f}" height="22" fill="{_COLOURS[key]}">'
-                     f'<title>{key}: {value:.1f} s</title></rect>')
-        x += w
-    parts.append("</svg>")
-    legend = " ".join(f'<span style="color:{_COLOURS[k]}">&#9632;</span> {k} {v:.1f} s' for k, v in t.items())
-    return "".join(parts) + f"<div class=legend>{legend}</div>"
+    legend = "".join(f'<span class=sw style="background:{_TIME[k][1]}"></span>{_TIME[k][0]} {duration(v)}'
+                     for k, v in t.items())
+    return f"<h3>Where the time went</h3>{bar}<div class=legend>{legend}</div>"
+
+
+def _table_row(s: StageSummary | PrepareSummary) -> str:
+    e = html.escape
+    if isinstance(s, PrepareSummary):
+        return (f"<tr><td>{e(s.name)}</td><td>{e(s.state)}</td><td colspan=3>data preparation</td>"
+                f"<td>{s.restarts}</td><td>-</td><td>-</td><td>{duration(s.seconds)}</td></tr>")
+    steps = (f"{s.rows[-1]['step']:,}" + (f"/{s.steps:,}" if s.steps else "")) if s.rows else "-"
+    lost = f"{s.lost_steps:,} ({duration(s.time['lost'])})" if s.lost_steps else "0"
+    resume = ", ".join(duration(x) for x in s.resume_seconds) or "-"
+    cells = (s.name, s.state, steps, human(s.final_loss, 4), human(s.tokens_per_s), str(s.restarts), lost, resume,
+             duration(sum(s.time.values())))
+    return "<tr>" + "".join(f"<td>{e(c)}</td>" for c in cells) + "</tr>"
 
 
 def render_html(summary: dict[str, Any]) -> str:
     e = html.escape
     out = ["<!doctype html><meta charset=utf-8>",
-           f"<title>llmops run {e(summary['run'])}</title>",
-           "<style>body{font-family:sans-serif;max-width:960px;margin:2em auto;color:#222}"
-           "table{border-collapse:collapse}td,th{padding:2px 10px;text-align:right}th{border-bottom:1px solid #aaa}"
-           "td:first-child,th:first-child{text-align:left}.legend{font-size:12px;margin:4px 0 16px}</style>",
+           '<meta name="viewport" content="width=device-width, initial-scale=1">',
+           f"<title>llmops run {e(summary['run'])}</title>", f"<style>{_CSS}</style>",
            f"<h1>{e(summary['run'])}</h1>",
-           f"<p><b>{e(summary['state'])}</b> on {e(summary['backend'])} in {summary['wall']:.0f} s. "
+           f"<p><b>{e(summary['state'])}</b> on {e(summary['backend'])} in {duration(summary['wall'])}. "
            f"{e(summary['message'] or '')}</p>",
-           "<table><tr><th>stage</th><th>state</th><th>steps</th><th>final loss</th><th>tokens/s</th>"
-           "<th>restarts</th><th>lost steps</th><th>resume (s)</th></tr>"]
-    for s in summary["stages"]:
-        if isinstance(s, PrepareSummary):
-            secs = f"{s.seconds:.1f} s" if s.seconds is not None else "-"
-            out.append(f"<tr><td>{e(s.name)}</td><td>{e(s.state)}</td><td colspan=3>data preparation, "
-                       f"{secs}</td><td>{s.restarts}</td><td>-</td><td>-</td></tr>")
-            continue
-        steps = f"{s.rows[-1]['step']}/{s.steps}" if s.rows else "-"
-        loss = f"{s.final_loss:.4f}" if s.final_loss is not None else "-"
-        tps = f"{s.tokens_per_s:,.0f}" if s.tokens_per_s else "-"
-        resume = ", ".join(f"{x:.1f}" for x in s.resume_seconds) or "-"
-        out.append(f"<tr><td>{e(s.name)}</td><td>{e(s.state)}</td><td>{steps}</td><td>{loss}</td><td>{tps}</td>"
-                   f"<td>{s.restarts}</td><td>{s.lost_steps}</td><td>{resume}</td></tr>")
-    out.append("</table>")
+           "<div class=scroll><table><tr><th>stage</th><th>state</th><th>steps</th><th>final loss</th>"
+           "<th>tokens/s</th><th>restarts</th><th>lost steps</th><th>resume</th><th>time</th></tr>"]
+    out += [_table_row(s) for s in summary["stages"]]
+    out.append("</table></div>")
     for s in summary["stages"]:
         if isinstance(s, PrepareSummary):
             continue
-        out.append(f"<h2>{e(s.name)}</h2>")
-        marks = [a.first_step for a in s.attempts[1:] if a.first_step is not None]
-        series = [("train loss", [(r["step"], r["loss"]) for r in s.rows if r.get("loss") == r.get("loss")])]
-        if s.evals:
-            series.append(("held-out loss", [(r["step"], r["loss"]) for r in s.evals]))
-        out.append(_svg_lines(series, marks=marks, y_label="loss"))
-        if any("accuracy" in r for r in s.rows):
-            out.append(_svg_lines([("preference accuracy", [(r["step"], r["accuracy"]) for r in s.rows]),
-                                   ("margin", [(r["step"], r["margin"]) for r in s.rows])], y_label="DPO"))
-        out.append(_svg_lines([("tokens/s", [(r["step"], r["tokens_per_s"]) for r in s.rows])], marks=marks,
-                              y_label="throughput"))
-        out.append("<h3>where the time went</h3>" + _time_bar(s.time))
+        out.append(f"<section><h2>{e(s.name)}</h2><p>{_facts(s)}</p>")
+        out += [f"<p class='tracking {state}'>{e(line)}</p>" for state, line in _tracking_lines(s.tracking)]
+        out += _stage_charts(s)
+        out.append(_time_html(s.time) + "</section>")
     return "\n".join(out) + "\n"
 
 

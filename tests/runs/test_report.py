@@ -1,0 +1,282 @@
+"""The run report: its numbers for people, and its charts laid out right in a real browser.
+
+The browser tests open ``report.html`` in headless Chromium (Debian's
+``chromium``, driven by Playwright; never a downloaded browser) at 1400 and
+800 px and check the layout as a reader sees it: in every chart, every text
+label inside the chart, no two labels overlapping, no label or legend over
+the plotted data; no page wider than the window. The report is built from a
+synthetic run directory (pretrain, SFT, DPO; pretrain restarted once, after
+its last checkpoint had been overtaken), so no training runs here. A second
+page pushes the chart layout harder: long legends, restarts one step apart,
+tiny and huge numbers.
+
+Without Chromium (``/usr/bin/chromium`` or ``$LLMOPS_CHROMIUM``) or Playwright
+the browser tests skip; CI installs both (``.ci/run``, the ``test`` extra).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from llmops.runs import charts, report
+from llmops.runs.rundir import RunDir, Status
+from llmops.spec.load import parse_spec
+from llmops_testing import tiny_spec
+
+T0 = 1_800_000_000.0
+STEPS, CHECKPOINT, KILLED_AT = 60, 30, 37  # pretrain: saved at 30, killed after 37, resumed from 30
+
+
+# ---- numbers --------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize(("value", "text"), [
+    (46000, "46k"), (46123, "46.1k"), (6500, "6.5k"), (1_234_567, "1.23M"), (2.5e9, "2.5B"), (999.96, "1k"),
+    (0.0003, "3e\u22124"), (0.000312, "3.12e\u22124"), (6.9409, "6.94"), (0.5, "0.5"), (-0.4836, "\u22120.484"),
+    (120, "120"), (0, "0"), (None, "-"), (math.nan, "-"),
+])
+def test_numbers_read_as_a_person_writes_them(value, text):
+    assert charts.human(value) == text
+
+
+def test_ticks_are_round_steps_of_one_two_or_five_with_labels_in_one_unit():
+    assert charts.nice_ticks(0, 46000) == [0, 10000, 20000, 30000, 40000, 50000]
+    assert charts.tick_labels(charts.nice_ticks(0, 46000)) == ["0", "10k", "20k", "30k", "40k", "50k"]
+    assert charts.nice_ticks(5.4, 6.9) == [5.4, 5.6, 5.8, 6.0, 6.2, 6.4, 6.6, 6.8, 7.0]
+    assert charts.tick_labels([5.5, 6.0, 6.5]) == ["5.5", "6.0", "6.5"]
+    assert charts.tick_labels(charts.nice_ticks(0, 3e-4)) == ["0", "5e\u22125", "1e\u22124", "1.5e\u22124",
+                                                              "2e\u22124", "2.5e\u22124", "3e\u22124"]
+    assert charts.tick_labels(charts.nice_ticks(-0.48, 0.9)) == ["\u22120.6", "\u22120.4", "\u22120.2", "0", "0.2",
+                                                                 "0.4", "0.6", "0.8", "1.0"]
+    assert charts.tick_labels([4500, 5000, 5500]) == ["4.5k", "5.0k", "5.5k"]
+    assert charts.nice_ticks(3, 3) == [2.7, 2.8, 2.9, 3.0, 3.1, 3.2, 3.3]  # a flat line still gets an axis
+    for lo, hi in ((0, 46000), (0.001, 0.0123), (1, 1_000_000), (-3, 7)):
+        ticks = charts.nice_ticks(lo, hi)
+        steps = {round(b - a, 12) for a, b in zip(ticks, ticks[1:], strict=False)}
+        assert ticks[0] <= lo and ticks[-1] >= hi and len(steps) == 1 and 3 <= len(ticks) <= 11, ticks
+        assert "e+" not in " ".join(charts.tick_labels(ticks))
+
+
+def test_durations():
+    assert [charts.duration(s) for s in (0.42, 12.3, 161, 3900)] == ["0.4 s", "12 s", "2 min 41 s", "1 h 05 min"]
+
+
+# ---- a synthetic run -------------------------------------------------------------------------------
+
+def _write_jsonl(path: Path, rows: list[dict]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def _steps(stage: str, steps: range, *, restart: int, start: float, extra=lambda step: {}) -> list[dict]:
+    """metrics.jsonl rows as the trainer writes them (llmops_model.train.metrics), 0.5 s a step."""
+    return [{"step": s, "steps": STEPS, "loss": 7.0 * math.exp(-s / 40) + 0.05 * math.sin(s), "lr": 3e-4,
+             "grad_norm": 1.2, "tokens_per_s": 46000 + 900 * math.sin(s / 3), "tokens": s * 16384,
+             "step_time": 0.5, "stage": stage, "restart": restart, "time": start + 0.5 * (i + 1), **extra(s)}
+            for i, s in enumerate(steps)]
+
+
+def _dpo(step: int) -> dict:
+    acc = min(1.0, 0.3 + step / 70)
+    return {"loss": 0.69 - step / 150, "accuracy": acc, "margin": -0.2 + step / 40, "chosen_reward": step / 80,
+            "rejected_reward": 0.2 - step / 80, "policy_prefers": 0.4 + step / 200, "reference_prefers": 0.4,
+            "pairs": 8.0, "method": "dpo"}
+
+
+def make_run(root: Path) -> RunDir:
+    """pretrain (restarted once), sft and dpo, with held-out rows for each and tracker tallies for pretrain."""
+    (root / "raw").mkdir(parents=True)
+    (root / "raw" / "docs.jsonl").write_text('{"text": "a document"}\n')
+    (root / "sft.jsonl").write_text('{"prompt": "a", "response": "b"}\n')
+    (root / "dpo.jsonl").write_text('{"prompt": "a", "chosen": "b", "rejected": "c"}\n')
+    spec = tiny_spec("report", steps=STEPS)
+    spec["prepare"] = {"input": {"paths": [str(root / "raw")]}, "output": {"dir": str(root / "prepared")},
+                       "tokenizer": {"vocab_size": 512}}
+    spec["align"] = [{"method": m, "data": {"path": str(root / f"{m}.jsonl")}, "steps": STEPS,
+                      "global_batch_size": 8, "micro_batch_size": 2} for m in ("sft", "dpo")]
+    run = RunDir.create(parse_spec(spec), root / "report-20270115-093000")
+
+    pre = run.stage_dir("pretrain")
+    first = _steps("pretrain", range(1, KILLED_AT + 1), restart=0, start=T0 + 20)
+    second = _steps("pretrain", range(CHECKPOINT + 1, STEPS + 1), restart=1, start=T0 + 80)
+    _write_jsonl(pre / "metrics.jsonl", first + second)
+    _write_jsonl(pre / "events.jsonl", [
+        {"event": "start", "time": T0 + 18, "restart": 0, "process_started": T0 + 5},
+        *({"event": "save", "time": T0 + 20 + s / 2, "restart": 0, "step": s, "stall": 0.4} for s in (10, 20, 30)),
+        {"event": "tracking", "backend": "mlflow", "state": "ok", "sent": 80, "dropped": 0, "restart": 0},
+        {"event": "tracking", "backend": "wandb", "state": "failed", "sent": 0, "dropped": 25, "restart": 0,
+         "error": "connection refused (api.wandb.ai:443)"},
+        {"event": "start", "time": T0 + 75, "restart": 1, "process_started": T0 + 62},
+        {"event": "resumed", "time": T0 + 76, "restart": 1, "step": CHECKPOINT},
+        *({"event": "save", "time": T0 + 80 + (s - 30) / 2, "restart": 1, "step": s, "stall": 0.4}
+          for s in (40, 50, 60)),
+        {"event": "exit", "time": T0 + 96, "restart": 1, "code": 0, "step": STEPS},
+        {"event": "tracking", "backend": "mlflow", "state": "ok", "sent": 40, "dropped": 0, "restart": 1},
+        {"event": "tracking", "backend": "wandb", "state": "failed", "sent": 0, "dropped": 15, "restart": 1,
+         "error": "connection refused (api.wandb.ai:443)"},
+    ])
+    _write_jsonl(pre / "eval.jsonl", [{"step": s, "steps": STEPS, "loss": 7.1 * math.exp(-s / 40) + 0.1}
+                                      for s in (20, 40, 60)])
+    for i, (stage, extra) in enumerate((("sft", lambda s: {"method": "sft"}), ("dpo", _dpo))):
+        start = T0 + 100 + 60 * i
+        folder = run.stage_dir(stage)
+        _write_jsonl(folder / "metrics.jsonl", _steps(stage, range(1, STEPS + 1), restart=0, start=start + 10,
+                                                      extra=extra))
+        _write_jsonl(folder / "events.jsonl", [
+            {"event": "start", "time": start + 8, "restart": 0, "process_started": start + 1},
+            {"event": "exit", "time": start + 41, "restart": 0, "code": 0, "step": STEPS}])
+        _write_jsonl(folder / "eval.jsonl", [{"step": s, "steps": STEPS, **extra(s), "loss": 6 * math.exp(-s / 50)}
+                                             for s in (20, 40, 60)])
+    stages = {"prepare": (T0 + 1, T0 + 4, 0), "pretrain": (T0 + 4, T0 + 97, 1), "sft": (T0 + 100, T0 + 142, 0),
+              "dpo": (T0 + 160, T0 + 202, 0)}
+    run.write_status(Status(state="SUCCEEDED", message="finished", restarts=1, submitted_at=T0, started_at=T0 + 1,
+                            ended_at=T0 + 203, stage="dpo", stages={
+                                name: {"state": "SUCCEEDED", "started_at": a, "ended_at": b, "restarts": n,
+                                       "exit_code": 0} for name, (a, b, n) in stages.items()}))
+    return run
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory) -> RunDir:
+    return make_run(tmp_path_factory.mktemp("report"))
+
+
+def test_the_summary_counts_the_restart_and_its_lost_work_and_ignores_tracker_rows(run):
+    stages = {s.name: s for s in report.summarize(run)["stages"]}
+    pre = stages["pretrain"]
+    assert pre.restarts == 1 and pre.lost_steps == KILLED_AT - CHECKPOINT
+    assert pre.time["lost"] == pytest.approx(0.5 * (KILLED_AT - CHECKPOINT))
+    assert [a.restart for a in pre.attempts] == [0, 1] and len(pre.tracking) == 4
+    assert stages["dpo"].evals[-1]["step"] == STEPS
+
+
+def test_the_page_says_what_happened(run):
+    page = report.render_html(report.summarize(run))
+    assert all(f"<h2>{s}</h2>" in page for s in ("pretrain", "sft", "dpo"))
+    assert "restart 1, 7 steps lost" in page and "re-run after a restart" in page
+    assert "MLflow: 120 metrics sent" in page
+    assert "W&amp;B: tracker unreachable, 40 metrics dropped: connection refused (api.wandb.ai:443)" in page
+    assert "<b>policy prefers</b> / <b>reference prefers</b>: the fraction of held-out pairs" in page
+    assert page.count('class="chart"') == 2 + 2 + 4  # loss, throughput; + accuracy, margin for DPO
+    assert ">50k</text>" in page and "e+" not in page and "<script" not in page and "http://" not in page.replace(
+        'xmlns="http://www.w3.org/2000/svg"', "")
+
+
+# ---- in a real browser -----------------------------------------------------------------------------
+
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+
+def chromium() -> str | None:
+    found = os.environ.get("LLMOPS_CHROMIUM") or "/usr/bin/chromium"
+    return found if shutil.which(found) else None
+
+
+@pytest.fixture(scope="module")
+def browser(tmp_path_factory):
+    """One Chromium for the module, with a fresh profile; nothing reaches the network."""
+    executable = chromium()
+    if executable is None:
+        pytest.skip("no Chromium: install Debian's chromium (CI does) or point $LLMOPS_CHROMIUM at one")
+    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (the test extra)")
+    with sync_api.sync_playwright() as p:
+        context = p.chromium.launch_persistent_context(
+            str(tmp_path_factory.mktemp("chromium-profile")), executable_path=executable, headless=True,
+            args=CHROMIUM_FLAGS, viewport={"width": 1400, "height": 900})
+        yield context.new_page()
+        context.close()
+
+
+# What a reader would see wrong, measured by the browser: per chart, labels outside it or on top of each
+# other, legends or labels over the data (a line's or a marker's bounding box), restart lines through labels.
+LAYOUT = """() => {
+  const box = (e) => {
+    const r = e.getBoundingClientRect();
+    return {x0: r.left, y0: r.top, x1: r.right, y1: r.bottom};
+  };
+  const overlap = (a, b) => Math.min(a.x1, b.x1) - Math.max(a.x0, b.x0) > 0.5
+    && Math.min(a.y1, b.y1) - Math.max(a.y0, b.y0) > 0.5;
+  const name = (e) => JSON.stringify(e.textContent || e.tagName);
+  const problems = [], charts = [...document.querySelectorAll('svg.chart')];
+  charts.forEach((svg, i) => {
+    const chart = `chart ${i} (${svg.getAttribute('aria-label')})`, frame = box(svg);
+    const texts = [...svg.querySelectorAll('text')].map((e) => [e, box(e)]);
+    const data = [...svg.querySelectorAll('g.data > *')].map((e) => [e, box(e)]);
+    for (const [e, b] of texts) {
+      if (b.x0 < frame.x0 - 0.5 || b.y0 < frame.y0 - 0.5 || b.x1 > frame.x1 + 0.5 || b.y1 > frame.y1 + 0.5)
+        problems.push(`${chart}: ${name(e)} sticks out of the chart`);
+      for (const [d, db] of data) if (overlap(b, db)) problems.push(`${chart}: ${name(e)} is over the data`);
+    }
+    texts.forEach(([e, b], j) => texts.slice(j + 1).forEach(([f, c]) => {
+      if (overlap(b, c)) problems.push(`${chart}: ${name(e)} overlaps ${name(f)}`);
+    }));
+    for (const line of svg.querySelectorAll('g.marks > line')) {
+      const l = box(line);
+      for (const [e, b] of texts)
+        if (l.x0 > b.x0 + 0.5 && l.x0 < b.x1 - 0.5 && Math.min(l.y1, b.y1) - Math.max(l.y0, b.y0) > 0.5)
+          problems.push(`${chart}: a restart line crosses ${name(e)}`);
+    }
+    for (const legend of svg.querySelectorAll('g.legend'))
+      for (const [d, db] of data) if (overlap(box(legend), db)) problems.push(`${chart}: the legend is over the data`);
+  });
+  const body = getComputedStyle(document.body), content = document.body.clientWidth
+    - parseFloat(body.paddingLeft) - parseFloat(body.paddingRight);
+  return {problems, charts: charts.length, content,
+          widths: charts.map((s) => s.getBoundingClientRect().width),
+          font: Math.min(...[...document.querySelectorAll('svg.chart text')].map((t) => box(t).y1 - box(t).y0)),
+          overflow: document.documentElement.scrollWidth - document.documentElement.clientWidth};
+}"""
+
+
+def _check_layout(page, path: Path, width: int, charts_expected: int) -> dict:
+    page.set_viewport_size({"width": width, "height": 900})
+    page.goto(path.as_uri())
+    found = page.evaluate(LAYOUT)
+    assert found["problems"] == [], f"at {width} px:\n" + "\n".join(found["problems"])
+    assert found["charts"] == charts_expected
+    assert found["overflow"] <= 0, f"the page is {found['overflow']} px wider than a {width} px window"
+    assert min(found["widths"]) >= found["content"] - 1, (found["widths"], found["content"])  # full width
+    # Text boxes are about 1.15 em, rounded to whole pixels: 12 px is about an 11 px font.
+    assert found["font"] >= 11.9, f"labels {found['font']:.1f} px tall at {width} px"
+    return found
+
+
+@pytest.mark.parametrize("width", [1400, 800])
+def test_report_charts_are_laid_out_cleanly_in_chromium(browser, run, tmp_path, width):
+    path = report.write(run, tmp_path / "report.html")
+    found = _check_layout(browser, path, width, charts_expected=8)
+    assert 1100 <= found["content"] <= 1200 if width == 1400 else found["content"] < 800
+    labels = browser.locator("svg.chart text").all_text_contents()
+    assert "restart 1, 7 steps lost" in labels and "tokens/s" in labels and "fraction of pairs" in labels
+    browser.screenshot(path=tmp_path / f"report-{width}.png", full_page=True)
+
+
+def _stress_page(path: Path) -> Path:
+    """Charts that are hard to lay out: long legends, restarts a step apart, 1e-5 to 1e6, negative values."""
+    steps = range(0, 200_001, 5000)
+    marks = [charts.Mark(90_000, "restart 1, 1,200 steps lost", lost=(90_000, 91_200)),
+             charts.Mark(95_000, "restart 2"), charts.Mark(100_000, "restart 3, 40 steps lost", lost=(1e5, 100_040)),
+             charts.Mark(200_000, "restart 4")]
+    figures = [
+        ("learning rate", [charts.Series("lr", [(s, 3e-4 * min(1, s / 2e4) * (1 - s / 2.1e5)) for s in steps],
+                                         "#2f6fdf")], {}),
+        ("tokens/s", [charts.Series(f"series {i} with a long legend label", [(s, 1.2e6 + i * 4e4 * math.sin(s))
+                                                                            for s in steps], "#e8590c")
+                      for i in range(7)], {"y_zero": True}),
+        ("reward margin", [charts.Series("margin", [(s, -2 + s / 4e4) for s in steps], "#2b9348"),
+                           charts.Series("held-out", [(0, 0.5)], "#888", dashed=True, markers=True)], {}),
+    ]
+    body = "".join(charts.line_chart(series, y_title=title, marks=marks, **kw) for title, series, kw in figures)
+    path.write_text(f"<!doctype html><meta charset=utf-8><style>{report._CSS}</style>{body}")
+    return path
+
+
+@pytest.mark.parametrize("width", [1400, 800])
+def test_hard_charts_are_laid_out_cleanly_in_chromium(browser, tmp_path, width):
+    _check_layout(browser, _stress_page(tmp_path / "stress.html"), width, charts_expected=3)

@@ -33,7 +33,7 @@ app = typer.Typer(
 )
 out = Console(highlight=False)
 err = Console(stderr=True, highlight=False)
-_state = {"debug": False, "strict": False}
+_state = {"debug": False, "strict": False, "verbose": False}
 
 SpecArg = Annotated[Path, typer.Argument(help="Run spec (YAML).", show_default=False)]
 RunArg = Annotated[str, typer.Argument(help="Run id, exact run name (its newest run) or run directory.")]
@@ -53,6 +53,9 @@ def _version(value: bool) -> None:
 @app.callback()
 def _main(
     debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks for errors.")] = False,
+    verbose: Annotated[bool, typer.Option(
+        "--verbose", "-v", help="Show every line the run's processes print (library warnings, torchrun's "
+        "notices), not only llmops's own; the stage logs always keep them.")] = False,
     strict: Annotated[bool, typer.Option(
         "--strict", help="Refuse spec fields that run commands by design (Slurm setup lines, ssh options); "
         "for specs from CI or shared repositories (env: LLMOPS_STRICT=1).")] = False,
@@ -61,6 +64,7 @@ def _main(
 ) -> None:
     _state["debug"] = debug
     _state["strict"] = strict
+    _state["verbose"] = verbose
 
 
 def _with_backend_options(command):
@@ -205,7 +209,7 @@ def _submit(spec_path: Path, *, backend: str | None, detach: bool, dry_run: bool
         sys.stdout.write(request.render())
         return
     run_dir = runner.submit(request)
-    err.print(f"run [bold]{escape(run_dir.id)}[/bold] started in {escape(str(run_dir.path))}")
+    err.print(f"run [bold]{escape(run_dir.id)}[/bold] started in {escape(_shown(run_dir.path))}")
     if detach:
         err.print(f"follow it with `llmops logs {run_dir.id} -f`; stop it with `llmops cancel {run_dir.id}`")
         sys.stdout.write(run_dir.id + "\n")
@@ -215,44 +219,60 @@ def _submit(spec_path: Path, *, backend: str | None, detach: bool, dry_run: bool
 
 def _follow(run_dir, *, new_only: bool = False) -> None:
     from llmops import runner
+    from llmops.runs.view import TerminalView
 
-    cancelled = False
+    view = TerminalView(out, verbose=_state["verbose"], debug=_state["debug"])
     try:
-        final = runner.follow(run_dir, on_line=_print_line, new_only=new_only)
+        final = runner.follow(run_dir, on_line=view.line, on_stage=view.stage, new_only=new_only)
     except KeyboardInterrupt:
-        cancelled = True
         err.print("\n[yellow]interrupted: asking the run to checkpoint and stop...[/yellow]")
         final = runner.cancel(run_dir)
         _still_stopping(run_dir, final)
-    _report_final(run_dir, final, cancelled)
+    _report_final(run_dir, final, view)
 
 
-def _print_line(line: str) -> None:
-    from llmops.runs.logs import parse_step_line
+def _report_final(run_dir, final, view) -> None:
+    """The run's outcome in one line, why it failed if it did, where its model is and what to do next."""
+    from llmops.runs.checkpoints import find_latest
+    from llmops.runs.rundir import checkpoint_root
 
-    parsed = parse_step_line(line)
-    if parsed is None:
-        out.print(line, markup=False, soft_wrap=True)
-        return
-    pct = 100 * parsed.step / max(parsed.steps, 1)
-    f = {k: escape(v) for k, v in parsed.fields.items()}  # what a log line says is text, never markup
-    out.print(f"[bold]{parsed.step:>6}/{parsed.steps}[/bold] {pct:5.1f}%  loss [cyan]{f.get('loss')}[/cyan]  "
-              f"lr {f.get('lr')}  grad_norm {f.get('grad_norm')}  {f.get('tok/s')} tok/s"
-              + (f"  MFU {f['mfu']}" if "mfu" in f else "")
-              + "".join(f"  {k} {f[k]}" for k in ("acc", "margin") if k in f))
-
-
-def _report_final(run_dir, final, interrupted: bool) -> None:
     colour = {"SUCCEEDED": "green", "FAILED": "red", "CANCELLED": "yellow"}.get(final.state, "white")
-    err.print(f"run {escape(run_dir.id)}: [{colour}]{final.state}[/{colour}] {escape(final.message)}")
+    took = f" in {_duration(final.ended_at - final.started_at)}" if final.ended_at and final.started_at else ""
+    said = "" if final.state == "SUCCEEDED" and final.message in ("", "finished") else f": {final.message}"
+    err.print(f"run {escape(run_dir.id)} [{colour}]{final.state.lower()}[/{colour}]{took}{escape(said)}")
+    if final.state == "FAILED":
+        for line in view.failure():
+            err.print(Text(line, style="red" if not line.startswith(" ") else ""))
     deadline = time.time() + (5 if final.backend == "local" else 0)  # its supervisor writes it as it ends
     while not (run_dir.path / "report.html").exists() and time.time() < deadline:
         time.sleep(0.2)
+    spec = run_dir.read_spec()
+    trained = [s for s in spec.stages if s != "prepare" and final.stages.get(s, {}).get("state") == "SUCCEEDED"]
+    if trained:
+        found = find_latest(Path(checkpoint_root(spec, trained[-1], run_dir.path)))
+        if found.path is not None:
+            err.print(f"model:  {escape(_shown(found.path))} ({trained[-1]}, step {found.step})")
     if (run_dir.path / "report.html").exists():
-        err.print(f"report (loss curves, restarts, where the time went): {escape(str(run_dir.path / 'report.html'))}")
+        err.print(f"report: {escape(_shown(run_dir.path / 'report.html'))}")
     if final.state != "SUCCEEDED":
-        err.print(f"resume it with `llmops resume {run_dir.id}`; logs in {escape(str(run_dir.logs))}")
+        err.print(f"logs:   {escape(_shown(run_dir.logs))}" + (" (`llmops logs` prints them whole)" if view.hidden
+                                                               else ""))
+        err.print(f"next:   llmops resume {run_dir.id}")
         raise typer.Exit(EXIT_FAILED)
+    err.print(f"next:   llmops report {run_dir.id}\n        llmops checkpoints {run_dir.id}")
+
+
+def _shown(path: Path) -> str:
+    """A path as short as it can be said: relative to the working directory when it lies under it."""
+    try:
+        return str(Path(path).resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)
+
+
+def _duration(seconds: float) -> str:
+    s = int(round(seconds))
+    return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s" if s >= 60 else f"{s}s"
 
 
 @app.command()
@@ -286,16 +306,13 @@ def status(
     if not rows:
         err.print(f"no runs under {escape(str(root))}")
         return
-    table = Table(box=None, header_style="bold")
-    for col in ("run", "backend", "state", "step", "loss", "restarts", "age"):
-        table.add_column(col, no_wrap=True)  # ids must stay copyable whole
-    table.add_column("message", overflow="fold")
+    cells = []
     for r, st, p in rows:
         step = f"{p['step']}/{p['steps']}" if p else "-"
         loss = f"{p['loss']:.4f}" if p and p.get("loss") == p.get("loss") else "-"
-        table.add_row(*_text(r.id, st.backend, st.state, step, loss, str(st.restarts),
-                             _age(st.submitted_at), st.message))
-    out.print(table)
+        cells.append([r.id, st.backend, st.state, step, loss, str(st.restarts), _age(st.submitted_at), st.message])
+    out.print(_fitted_table(["run", "backend", "state", "step", "loss", "restarts", "age", "message"], cells,
+                            drop=["backend", "restarts", "age", "loss"]))
     if run and len(rows) == 1:
         _print_stages(*rows[0][:2])
 
@@ -305,10 +322,7 @@ def _print_stages(r, st) -> None:
     spec = r.read_spec()
     if len(spec.stages) < 2 and not st.stages:
         return
-    table = Table(box=None, header_style="bold")
-    for col in ("stage", "state", "step", "tokens", "loss", "restarts"):
-        table.add_column(col, no_wrap=True)
-    table.add_column("message", overflow="fold")
+    cells = []
     for name in spec.stages:
         rec = st.stages.get(name, {})
         p = r.progress(name) if name != "prepare" else None
@@ -316,14 +330,30 @@ def _print_stages(r, st) -> None:
         tokens = f"{p['tokens']:,}" if p and p.get("tokens") else "-"
         loss = f"{p['loss']:.4f}" if p and p.get("loss") == p.get("loss") else "-"
         state = rec.get("state") or ("PENDING" if st.state not in ("SUCCEEDED", "FAILED", "CANCELLED") else "-")
-        table.add_row(*_text(("> " if name == st.stage and st.state == "RUNNING" else "  ") + name, state, step,
-                             tokens, loss, str(rec.get("restarts", 0)), rec.get("message", "")))
-    out.print(table)
+        cells.append([("> " if name == st.stage and st.state == "RUNNING" else "  ") + name, state, step, tokens,
+                      loss, str(rec.get("restarts", 0)), rec.get("message", "")])
+    out.print(_fitted_table(["stage", "state", "step", "tokens", "loss", "restarts", "message"], cells,
+                            drop=["tokens", "restarts", "loss"]))
 
 
-def _text(*cells: object) -> list[Text]:
-    """Table cells shown as written: run ids, messages and log text are never read as rich markup."""
-    return [Text(str(c)) for c in cells]
+def _fitted_table(columns: list[str], rows: list[list[str]], *, drop: list[str]) -> Table:
+    """A table that fits the terminal: the columns in `drop` go, in that order, while it is too narrow;
+    every other column is shown whole (ids stay copyable) and the last one, the message, folds."""
+    widths = {c: max([len(c)] + [len(r[i]) for r in rows]) for i, c in enumerate(columns)}
+    flexible = columns[-1]
+    shown = list(columns)
+    for c in drop:
+        if sum(widths[x] + 2 for x in shown if x != flexible) + min(widths[flexible], 24) <= out.width:
+            break
+        shown.remove(c)
+    table = Table(box=None, header_style="bold", pad_edge=False)
+    for c in columns:
+        if c in shown:
+            table.add_column(c, no_wrap=c != flexible, overflow="fold" if c == flexible else "ellipsis")
+    for r in rows:
+        # Cells are shown as written: run ids, messages and log text are never read as rich markup.
+        table.add_row(*(Text(r[i]) for i, c in enumerate(columns) if c in shown))
+    return table
 
 
 def _age(t: float) -> str:

@@ -171,18 +171,21 @@ def resume(run: RunDir) -> RunDir:
     return run
 
 
-def follow(run: RunDir, *, on_line: Callable[[str], None], new_only: bool = False, poll: float = 0.5) -> Status:
-    """Stream the log of each stage, from the one running now, to `on_line` until the run ends; returns its
-    final status. `new_only` (a resume) leaves out the attempts that ran before."""
+def follow(run: RunDir, *, on_line: Callable[[str, str], None],
+           on_stage: Callable[[str, int, int], None] | None = None, new_only: bool = False,
+           poll: float = 0.5) -> Status:
+    """Stream the log of each stage, from the one running now, to `on_line(stage, line)` until the run ends;
+    returns its final status. `on_stage(name, number, count)` hears of each stage as its log starts (runs of
+    more than one stage). `new_only` (a resume) leaves out the attempts that ran before."""
     spec = run.read_spec()
     stages = spec.stages
     first = {s: len(run.log_files(s)) if new_only else 0 for s in stages}
     i = stages.index(run.read_status().stage) if run.read_status().stage in stages else 0
     while True:
-        if len(stages) > 1:
-            on_line(f"[llmops] ---- stage {stages[i]} ({i + 1}/{len(stages)})")
+        if len(stages) > 1 and on_stage is not None:
+            on_stage(stages[i], i + 1, len(stages))
         for line in logs(run, follow=True, stage=stages[i], first_restart=first[stages[i]]):
-            on_line(line)
+            on_line(stages[i], line)
         st = status(run)
         if i + 1 == len(stages) or (st.state in TERMINAL and stages[i + 1] not in st.stages):
             break  # the last stage, or the run ended before the next one started

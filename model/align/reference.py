@@ -72,7 +72,8 @@ def attach(t: loop.Trainer, sources: dict[str, DPOSource], *, objective: DPO, mi
     load_start()
     for name, source in sources.items():
         source.reference = compute(t, source, objective=objective, micro_batch_size=micro_batch_size)
-        logger.info(f"reference log-probabilities of {source.count} {name} pairs computed with the starting weights")
+        logger.info(f"reference log-probabilities of {source.count} {name} pairs: computed from the starting "
+                    "weights")
     if dist.get_rank() == 0:
         tmp = cache.with_name(cache.name + ".tmp.npz")
         np.savez(tmp, key=np.array(key), **{name: s.reference for name, s in sources.items()})

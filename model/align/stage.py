@@ -81,9 +81,10 @@ def load_data(spec: RunSpec, *, run_dir: Path, layout: Layout, logger: AlignLogg
     dist.barrier()
     stats = examples.cached_stats(folder, fp)
     q = stats["quarantined"]
+    bad = (f"; {sum(q.values())} quarantined ({', '.join(f'{k}: {v}' for k, v in q.items())}) in "
+           f"{folder / 'quarantine.jsonl'}" if q else "")
     logger.info(f"{a.method} data: {stats['lines']} lines, {stats['train']} training and {stats['valid']} "
-                f"held-out examples; {stats['truncated']} truncated; quarantined {sum(q.values())} "
-                f"({', '.join(f'{k}: {v}' for k, v in q.items()) or 'none'}) -> {folder / 'quarantine.jsonl'}")
+                f"held-out examples; {stats['truncated']} truncated{bad}")
     examples.check(stats, a=a, out=folder)
     train_ex, valid_ex = (examples.read(folder / f"{s}.npz", a.method) for s in ("train", "valid"))
     needed = a.steps * a.global_batch_size  # the training source is sized for every sample the stage takes
@@ -131,8 +132,10 @@ def load_start(t: loop.Trainer, path: Path, *, logger: AlignLogger) -> None:
     t.model.module.load_state_dict(state["model"])
     t.optimizer.reload_model_params()  # mixed-precision optimizers keep fp32 copies of the weights
     saved = checkpoint.read_manifest(path)["layout"]
-    logger.info(f"starting weights from {path} (saved as tp{saved['tp']}-pp{saved['pp']}-dp{saved['dp']}, "
-                f"now {t.layout.describe()})")
+    was = f"tp{saved['tp']}-pp{saved['pp']}-dp{saved['dp']}"
+    now = t.layout.describe()
+    logger.info(f"starting weights from {logger.where(path)} "
+                + (f"(layout {now})" if was == now else f"(saved as {was}, now {now})"))
 
 
 def evaluate(t: loop.Trainer, source, *, obj: SFT | DPO, step: int, logger: AlignLogger) -> None:

@@ -222,7 +222,7 @@ def save_checkpoint(t: Trainer, step: int, *, logger: StepLogger, final: bool = 
     if queue is not None:
         t.in_flight = step
     stall = time.perf_counter() - began
-    where = checkpoint.checkpoint_dir(t.ckpt_root, step)
+    where = logger.where(checkpoint.checkpoint_dir(t.ckpt_root, step))
     logger.event("save", step=step, stall=stall, background=queue is not None, waited=waited, describe=described,
                  optimizer_on=optimizer_on)
     if queue is None:
@@ -329,7 +329,8 @@ def pretrain(spec: RunSpec, *, run_dir: Path, layout: Layout, device: torch.devi
     t = build(spec, layout=layout, device=device, ckpt_root=ckpt_root)
     n_params = sum(p.numel() for p in t.model.parameters())
     logger.info(f"model {spec.model.preset or 'custom'}: {spec.model.num_layers} layers, hidden "
-                f"{spec.model.hidden_size}; {n_params:,} parameters on this stage; layout {layout.describe()}")
+                f"{spec.model.hidden_size}; {n_params:,} parameters in this process's shard; "
+                f"layout {layout.describe()}")
     step = resume(t, logger=logger) if spec.checkpoint.resume else 0
     source = data.build_source(spec, cache_dir=str(run_dir / "data-cache"))
     stream = data.batches(source, spec=spec, layout=layout, start_step=step, device=device)

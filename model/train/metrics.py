@@ -148,6 +148,7 @@ class StepLogger:
     def __init__(self, spec: RunSpec, run_dir: Path, *, enabled: bool, world_size: int, restart: int,
                  stage: str = "pretrain"):
         self.spec, self.enabled, self.world_size, self.restart, self.stage = spec, enabled, world_size, restart, stage
+        self.run_dir = Path(run_dir)
         self.folder = RunDir(run_dir).stage_dir(stage)
         if enabled:
             self.folder.mkdir(parents=True, exist_ok=True)
@@ -209,6 +210,14 @@ class StepLogger:
     def info(self, message: str) -> None:
         if self.enabled:
             print(f"[llmops] {message}", flush=True)
+
+    def where(self, path: Path | str) -> str:
+        """A path as a person reads it in the log: relative to the run directory when it lies inside it."""
+        path = Path(path)
+        try:
+            return str(path.relative_to(self.run_dir))
+        except ValueError:
+            return str(path)
 
     def close(self) -> None:
         if self.tb is not None:

@@ -84,7 +84,12 @@ def test_cancel_waits_without_killing_and_resume_follows_the_new_attempt_to_its_
     final = runner.cancel(RunDir(run_dir), wait=0)
     assert final.state == "RUNNING" and psutil.pid_exists(final.supervisor_pid)
     assert wait_state(run_dir, {"CANCELLED"})["message"].startswith("cancelled by the user (checkpointed")
-    res = llmops("resume", str(run_dir))
+    res = llmops("resume", str(run_dir), env={"COLUMNS": "80"})
     assert res.returncode == 0, res.stderr
-    assert "SUCCEEDED" in res.stderr and "exitcode: 75" not in res.stdout + res.stderr
+    assert f"run {run_dir.name} succeeded" in res.stderr and "exitcode: 75" not in res.stdout + res.stderr
     assert "30/30" in res.stdout and "resumed from iter_" in res.stdout
+    # Quiet and fitted: only llmops's own lines, none wider than the terminal, and where the model is.
+    shown = res.stdout + res.stderr
+    assert not any(word in shown for word in ("Warning", "warnings.warn", "torch.distributed", "Traceback"))
+    assert all(len(line) <= 80 for line in shown.splitlines()), max(shown.splitlines(), key=len)
+    assert "model:  " in res.stderr and "iter_0000030" in res.stderr and f"llmops report {run_dir.name}" in shown

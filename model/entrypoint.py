@@ -32,6 +32,9 @@ def main(argv: list[str] | None = None) -> int:
 
     _quiet_known_warnings()
     _skip_unused_imports(spec)
+    from llmops_model.compat import mcore
+
+    mcore.import_deferring_compiles()
     if os.environ.get("LLMOPS_LOG_LEVEL"):  # e.g. DEBUG: Megatron's own timings (checkpoint staging, writes)
         import logging
 

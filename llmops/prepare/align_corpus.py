@@ -20,7 +20,9 @@ from __future__ import annotations
 import argparse
 import ast
 import functools
+import hashlib
 import json
+import os
 import re
 import sys
 from dataclasses import dataclass
@@ -63,12 +65,46 @@ def _module_name(rel_path: str) -> str:
 @functools.cache
 def _documented() -> tuple[Entry, ...]:
     """Every public module-level function and class with a usable first sentence, sorted by name;
-    distinct sentences only (the first name in file order keeps one)."""
+    distinct sentences only (the first name in file order keeps one).
+
+    Parsing the whole standard library takes seconds (5 s of each align stage's start-up in the tiny CPU
+    run), so the result is kept in the user's cache folder, keyed by the interpreter and every module's
+    path, size and modification time; a cache that cannot be read or written is simply not used.
+    """
+    units = [u for u in docstring_units()
+             if not any(part.startswith("_") for part in _module_name(u.source).split("."))]
+    key = hashlib.sha256(json.dumps([sys.version, [(u.path, u.size, os.stat(u.path).st_mtime_ns) for u in units]])
+                         .encode()).hexdigest()[:24]
+    try:
+        cache = _cache_dir() / f"stdlib-docstrings-{key}.json"
+    except RuntimeError:  # a container with a made-up user id may have no home folder
+        cache = None
+    try:
+        if cache is not None:
+            return tuple(Entry(**e) for e in json.loads(cache.read_text()))
+    except (OSError, ValueError, TypeError):
+        pass
+    found = _parse(units)
+    if cache is None:
+        return found
+    try:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cache.with_name(f"{cache.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps([e.__dict__ for e in found]))
+        os.replace(tmp, cache)
+    except OSError:
+        pass
+    return found
+
+
+def _cache_dir() -> Path:
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "llmops"
+
+
+def _parse(units) -> tuple[Entry, ...]:
     found: dict[str, Entry] = {}
-    for unit in docstring_units():
+    for unit in units:
         module = _module_name(unit.source)
-        if any(part.startswith("_") for part in module.split(".")):
-            continue
         try:
             tree = ast.parse(Path(unit.path).read_bytes())
         except (SyntaxError, ValueError):

@@ -20,7 +20,22 @@ import torch
 ROW_LIMIT = 4096
 
 
+_class = None
+
+
+def __getattr__(name: str):
+    """``Choices`` is made on first use (importing Inductor costs seconds), yet picklable by reference: Inductor
+    pickles its configuration, the class included, for its compile cache and its compile workers, and a local
+    class made them warn "Can't pickle local object '_choices_class.<locals>.Choices'" on every compile."""
+    if name == "Choices":
+        return _choices_class()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 def _choices_class():
+    global _class
+    if _class is not None:
+        return _class
     from torch._inductor.choices import InductorChoices
     from torch._inductor.runtime.hints import ReductionHint
     from torch._inductor.virtualized import V
@@ -38,6 +53,8 @@ def _choices_class():
                 return torch._inductor.config.triton.persistent_reductions
             return InductorChoices.should_use_persistent_reduction(features, cooperative_reduction)
 
+    Choices.__module__, Choices.__qualname__ = __name__, "Choices"  # found again as this module's attribute
+    _class = Choices
     return Choices
 
 

@@ -64,3 +64,19 @@ def test_install_makes_the_choices_this_process_heuristics():
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_layer_norm_over_2048_wide_rows_compiles_to_a_persistent_reduction():
     _run(GPU)
+
+
+def test_the_choices_class_pickles_by_reference_in_a_fresh_process():
+    """Inductor pickles its config (the choices class in it) for its cache and compile workers; a local class
+    failed there with "Can't pickle local object" on every compile."""
+    import pickle
+    import subprocess
+    import sys
+
+    from llmops_model.fast import inductor
+
+    data = pickle.dumps(inductor._choices_class())
+    code = ("import pickle, sys; c = pickle.loads(sys.stdin.buffer.read()); "
+            "print(c.__module__, c.__qualname__, c().uuid())")
+    out = subprocess.run([sys.executable, "-c", code], input=data, capture_output=True, check=True).stdout.decode()
+    assert out.split() == ["llmops_model.fast.inductor", "Choices", f"llmops-persistent-rows-{inductor.ROW_LIMIT}"]

@@ -23,7 +23,7 @@ from llmops.spec.align import AlignSpec
 from llmops.spec.base import absolute_path
 from llmops.spec.prepare import EOS_ID, PrepareSpec
 from llmops.spec.presets import PRESETS
-from llmops.spec.run import DataSpec, IndexedData, RunSpec
+from llmops.spec.run import TRACKING_INSTALL, DataSpec, IndexedData, RunSpec
 
 
 def check_rules(spec: RunSpec) -> list[Problem]:
@@ -39,7 +39,7 @@ def check_rules(spec: RunSpec) -> list[Problem]:
         out += _train_rules(spec)
     if spec.align:
         out += align_rules(spec)
-    return out + _data_rules(spec) + _checkpoint_rules(spec)
+    return out + _data_rules(spec) + _checkpoint_rules(spec) + _tracking_rules(spec)
 
 
 def _checkpoint_rules(spec: RunSpec) -> list[Problem]:
@@ -62,6 +62,16 @@ def _checkpoint_rules(spec: RunSpec) -> list[Problem]:
                                "(a folder of the run directory)"))
         seen.append((where, stage, root))
     return out
+
+
+def _tracking_rules(spec: RunSpec) -> list[Problem]:
+    """A tracker whose client library is missing on this machine, for runs that train here (the local
+    backend): the training process would refuse to start. A cluster's jobs check their own environment."""
+    if spec.tracking is None or spec.backend != "local":
+        return []
+    return [Problem(f"tracking.{name}", None, f"needs the {name} client library, which is not installed",
+                    f"{TRACKING_INSTALL}, here and in the jobs' environment (docs/tracking.md)")
+            for name in spec.tracking.missing_libraries()]
 
 
 def _prepare_rules(spec: RunSpec) -> list[Problem]:

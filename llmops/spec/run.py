@@ -10,8 +10,11 @@ runs both.
 
 from __future__ import annotations
 
+import importlib.util
 import math
+import re
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import Field, field_validator, model_validator
 
@@ -227,6 +230,86 @@ class SecretSource(SpecModel):
         return self
 
 
+TRACKING_INSTALL = "pip install 'llmops[tracking]'"
+"""How to get the trackers' client libraries (mlflow-skinny, wandb); named wherever one is missing."""
+
+
+class MLflowTracking(SpecModel):
+    """An MLflow tracking server (or file store) that receives the run's metrics, spec and files."""
+
+    uri: str = Field(min_length=1, max_length=2000)
+    """Tracking URI: http(s)://host:port of a tracking server, or file:///path of a store on a file system the
+    jobs share. Credentials are never part of it: the jobs read MLFLOW_TRACKING_TOKEN (or MLFLOW_TRACKING_USERNAME
+    and MLFLOW_TRACKING_PASSWORD) from their environment; name them under `secrets:`."""
+    experiment: str | None = Field(None, min_length=1, max_length=500)
+    """Experiment the run is logged under; unset: the run's name."""
+
+    @field_validator("uri")
+    @classmethod
+    def _tracking_uri(cls, value: str) -> str:
+        if any(c.isspace() or not c.isprintable() for c in value):
+            raise ValueError("holds spaces or control characters")
+        parts = urlsplit(value)
+        if parts.scheme in ("http", "https") and parts.hostname:
+            if parts.username is not None or parts.password is not None:
+                raise ValueError("holds credentials, which would land in spec.yaml and the logs: give the URI "
+                                 "without user:password@, and the credentials under secrets: (docs/tracking.md)")
+            try:
+                port = parts.port  # raises on a port that is not a number from 0 to 65535
+            except ValueError:
+                port = 0
+            if port == 0:
+                raise ValueError("has a port that is not a number from 1 to 65535")
+            return value
+        if parts.scheme == "file" and parts.path.startswith("/"):
+            return value
+        raise ValueError("is not an http(s)://host[:port] URI of a tracking server or a file:///absolute/path "
+                         "of a file store")
+
+
+class WandbTracking(SpecModel):
+    """A Weights & Biases project that receives the run's metrics, spec and files."""
+
+    project: str
+    """W&B project: letters, digits, dots, dashes and underscores."""
+    entity: str | None = None
+    """W&B team or user that owns the project; unset: the API key's default entity."""
+    mode: Literal["online", "offline"] = "online"
+    """online sends as the run goes (the key comes from $WANDB_API_KEY: name it under `secrets:`); offline
+    writes the run under the run directory's wandb/ folder, for `wandb sync` later."""
+
+    @field_validator("project", "entity")
+    @classmethod
+    def _wandb_name(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}", value):
+            raise ValueError("is not a W&B name: use 1 to 128 letters, digits, dots, dashes and underscores, "
+                             "starting with a letter or digit")
+        return value
+
+
+class TrackingSpec(SpecModel):
+    """Experiment tracking: each training stage's metrics, the resolved spec and the stage's files, sent from the
+    logging rank to MLflow and/or W&B (docs/tracking.md). A tracker that is down never holds up or fails training:
+    what it misses is buffered, retried and reported in the stage's events."""
+
+    mlflow: MLflowTracking | None = None
+    """Send to MLflow: `{uri: http://host:5000}`."""
+    wandb: WandbTracking | None = None
+    """Send to Weights & Biases: `{project: my-project}`."""
+
+    @model_validator(mode="after")
+    def _some_tracker(self) -> TrackingSpec:
+        if self.mlflow is None and self.wandb is None:
+            raise ValueError("names no tracker: give mlflow: {uri: ...} and/or wandb: {project: ...}, "
+                             "or leave tracking: out")
+        return self
+
+    def missing_libraries(self) -> list[str]:
+        """The trackers this asks for whose client library cannot be imported here (found without importing)."""
+        asked = [name for name in ("mlflow", "wandb") if getattr(self, name) is not None]
+        return [name for name in asked if importlib.util.find_spec(name) is None]
+
+
 class RunSpec(SpecModel):
     """A training run: what to train, on what, and how."""
 
@@ -260,6 +343,8 @@ class RunSpec(SpecModel):
     $HF_TOKEN of the submitter, `{KEY: {file: ~/.key}}` a file. Read at submit and resume and handed to the jobs
     as a Kubernetes Secret or a mode-0600 file in the run directory: never in spec.yaml, a script, a ConfigMap
     or a log. A list of names is short for reading each from the variable of that name."""
+    tracking: TrackingSpec | None = None
+    """Send metrics, the resolved spec and the report to MLflow and/or Weights & Biases (docs/tracking.md)."""
 
     @field_validator("secrets", mode="before")
     @classmethod

@@ -59,6 +59,7 @@ class AlignLogger(StepLogger):
               f"{_extras(metrics, ('accuracy', 'margin', 'policy_prefers', 'reference_prefers'))}", flush=True)
         with open(self.eval_path, "a") as f:
             f.write(json.dumps(row) + "\n")
+        self.track(step, metrics, prefix="eval_")
         if self.tb is not None:
             self.tb.add_scalar(f"{self.method}/valid_loss", metrics["loss"], step)
 

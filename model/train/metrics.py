@@ -8,7 +8,9 @@ The step line is a stable, greppable format that backends and users parse::
 figures at full precision, one JSON object per logged step; a resumed run
 appends to it, so a step that was re-run after a crash appears twice and the
 later row wins. ``stages/<stage>/progress.json`` holds the latest row, for
-``llmops status``.
+``llmops status``. With ``tracking:`` in the spec, the rows (and the align
+stages' evaluations) also go to MLflow and/or W&B
+(:mod:`llmops_model.train.tracking`).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import torch
 
 from llmops.runs.rundir import RunDir
 from llmops.spec.run import RunSpec
+from llmops_model.train import tracking
 
 # Dense bf16 peak of the accelerators we know, FLOP/s. MFU is reported only for these.
 _PEAK_BF16 = {"H100": 989e12, "H200": 989e12, "H800": 989e12, "A100": 312e12, "A800": 312e12}
@@ -165,6 +168,12 @@ class StepLogger:
                 self.tb = SummaryWriter(str(run_dir / "tensorboard" / stage))
             except ImportError:  # tensorboard is optional; the step lines and metrics.jsonl remain
                 self.tb = None
+        self.tracker: tracking.Tracker | None = None
+        self.exit_code: int | None = None
+        if spec.tracking is not None:
+            tracking.require(spec.tracking)  # on every rank: a missing library stops all of them before training
+            if enabled:
+                self.tracker = tracking.Tracker(spec, run_dir, stage=stage, info=self.info)
 
     def log(self, *, step: int, loss: float, lr: float, grad_norm: float | None, step_time: float) -> None:
         if not self.enabled:
@@ -192,16 +201,24 @@ class StepLogger:
                     self.tb.add_scalar(f"train/{key}", row[key], step)
 
     def write_row(self, row: dict[str, Any]) -> None:
-        """Append a step row to metrics.jsonl and make it the stage's progress.json."""
+        """Append a step row to metrics.jsonl, make it the stage's progress.json, hand it to the trackers."""
         with open(self.metrics_path, "a") as f:
             f.write(json.dumps(row) + "\n")
         tmp = self.progress_path.with_suffix(".tmp")
         tmp.write_text(json.dumps(row))
         os.replace(tmp, self.progress_path)
+        self.track(row["step"], row)
+
+    def track(self, step: int, row: dict[str, Any], *, prefix: str = "") -> None:
+        """Queue a row's numbers for the trackers as `<stage>/<prefix><name>` (returns at once)."""
+        if self.tracker is not None:
+            self.tracker.log(step, tracking.metric_values(row, stage=self.stage, prefix=prefix))
 
     def event(self, kind: str, **fields: Any) -> None:
         """One line of the stage's ``events.jsonl`` (process start, resume, checkpoint save, exit), from
         which the run report tells where the time went."""
+        if kind == "exit":  # the process's own record of how it ends: the tracking run's status follows it
+            self.exit_code = fields.get("code")
         if self.enabled:
             row = {"event": kind, "time": time.time(), "restart": self.restart, **fields}
             with open(self.folder / "events.jsonl", "a") as f:
@@ -220,5 +237,12 @@ class StepLogger:
             return str(path)
 
     def close(self) -> None:
+        """Close TensorBoard; give the trackers their bounded time to send the rest, the stage's files and
+        the run's report, and record how each did as a `tracking` event."""
         if self.tb is not None:
             self.tb.close()
+        if self.tracker is not None:
+            files = [self.metrics_path, self.folder / "eval.jsonl", self.run_dir / "report.html"]
+            for outcome in self.tracker.close(files=files, code=self.exit_code):
+                self.event("tracking", **outcome)
+            self.tracker = None

@@ -141,14 +141,30 @@ def _fork_results_queue() -> None:
     forked manager has those modules already; it only relays queue items and
     never touches an accelerator, and Megatron forks its writers the same way.
     Megatron keeps the queue in a module global; if that ever goes, its own
-    queue is used and only the first save is slower.
+    queue is used and only the first save is slower. The manager ends with the
+    training process, also when that is killed and no finalizer runs.
     """
     import multiprocessing
+    from multiprocessing.managers import SyncManager
 
     from megatron.core.dist_checkpointing.strategies import filesystem_async
 
     if getattr(filesystem_async, "_results_queue", False) is None:
-        filesystem_async._results_queue = multiprocessing.get_context("fork").Manager().Queue()
+        manager = SyncManager(ctx=multiprocessing.get_context("fork"))
+        manager.start(_end_with_parent, (os.getpid(),))
+        filesystem_async._results_queue = manager.Queue()  # the queue's proxy keeps its manager alive
+
+
+def _end_with_parent(parent: int) -> None:
+    """In the manager process: exit once the process that started it is gone."""
+    import threading
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(1)
+        os._exit(0)
+
+    threading.Thread(target=watch, name="llmops-parent-watch", daemon=True).start()
 
 
 def save(root: Path, step: int, *, state: dict[str, Any], meta: dict[str, Any], keep_last: int,

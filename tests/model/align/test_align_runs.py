@@ -101,7 +101,7 @@ def test_sft_run_quarantines_bad_lines_and_trains_on_the_rest(runs, assets):
     assert stats["examples"] == assets.sft_good and stats["truncated"] == 1
     quarantined = (runs["sft11"] / "align-data-sft" / "quarantine.jsonl").read_text().splitlines()
     assert len(quarantined) == len(assets.bad_sft)
-    assert f"quarantined {len(assets.bad_sft)} (" in _logs(runs["sft11"])
+    assert f"{len(assets.bad_sft)} quarantined (" in _logs(runs["sft11"])
 
 
 def test_dpo_gives_the_same_losses_at_tp1pp1_and_tp2pp2(runs):

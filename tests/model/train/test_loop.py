@@ -84,7 +84,7 @@ def test_tiny_example_runs_the_whole_pipeline(tmp_path):
     for stage, folder in (("pretrain", "checkpoints"), ("sft", "checkpoints-sft"), ("dpo", "checkpoints-dpo")):
         assert (run_dir / folder / "iter_0000040" / "llmops-manifest.json").is_file(), stage
     assert any((run_dir / "tensorboard").rglob("events.out.tfevents.*"))
-    assert "40/40" in res.stdout and "stage dpo (4/4)" in res.stdout  # live progress of every stage
+    assert "40/40" in res.stdout and "dpo (4/4)" in res.stdout  # live progress of every stage
     report = (run_dir / "report.html").read_text()
     assert all(f"<h2>{s}</h2>" in report for s in ("pretrain", "sft", "dpo")) and "<polyline" in report
 

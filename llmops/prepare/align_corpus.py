@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from llmops.prepare.sources import docstring_units
+from llmops.runs.rundir import atomic_write
 
 SYSTEM = "You answer questions about the Python standard library in one sentence."
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s")
@@ -89,9 +90,7 @@ def _documented() -> tuple[Entry, ...]:
         return found
     try:
         cache.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache.with_name(f"{cache.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps([e.__dict__ for e in found]))
-        os.replace(tmp, cache)
+        atomic_write(cache, json.dumps([e.__dict__ for e in found]))
     except OSError:
         pass
     return found

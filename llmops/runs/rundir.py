@@ -97,7 +97,7 @@ class RunDir:
         path.mkdir(parents=True, exist_ok=True)
         (path / "logs").mkdir(exist_ok=True)
         run = cls(path)
-        _atomic_write(run.spec_path, dump_spec(spec))
+        atomic_write(run.spec_path, dump_spec(spec))
         if status:
             run.write_status(Status(backend=spec.backend))
         return run
@@ -117,7 +117,7 @@ class RunDir:
         return Status(**{k: v for k, v in data.items() if k in Status.__dataclass_fields__})
 
     def write_status(self, status: Status) -> None:
-        _atomic_write(self.path / "status.json", json.dumps(asdict(status), indent=1))
+        atomic_write(self.path / "status.json", json.dumps(asdict(status), indent=1))
 
     def update_status(self, **changes) -> Status:
         status = self.read_status()
@@ -211,7 +211,8 @@ def list_runs(root: Path) -> list[RunDir]:
     return sorted(runs, key=lambda r: r.read_status().submitted_at)
 
 
-def _atomic_write(path: Path, text: str) -> None:
+def atomic_write(path: Path, text: str) -> None:
+    """Replace `path` with `text` in one step: a reader sees the old file or the new one, never a part."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     tmp.write_text(text)
     os.replace(tmp, path)

@@ -41,7 +41,6 @@ STEP_COLUMNS = ("step", "loss", "acc", "margin", "tok/s", "pct", "mfu", "lr", "g
 
 @dataclass
 class Column:
-    key: str
     text: str
     style: str = ""
 
@@ -63,18 +62,18 @@ def _tokens(value: str) -> str:
 def step_row(step: int, steps: int, fields: dict[str, str], width: int) -> Text:
     """One training step as a row of at most `width` characters."""
     cells = {
-        "step": Column("step", f"{step:>{len(str(steps)) + 1}}/{steps}", "bold"),
-        "pct": Column("pct", f"{100 * step / max(steps, 1):3.0f}%"),
-        "loss": Column("loss", f"loss {_number(fields.get('loss', '-'), 4)}", "cyan"),
-        "lr": Column("lr", f"lr {fields.get('lr', '-')}"),
-        "grad_norm": Column("grad_norm", f"grad norm {_number(fields.get('grad_norm', '-'), 3)}"),
-        "tok/s": Column("tok/s", f"{_tokens(fields.get('tok/s', '-'))} tok/s"),
+        "step": Column(f"{step:>{len(str(steps)) + 1}}/{steps}", "bold"),
+        "pct": Column(f"{100 * step / max(steps, 1):3.0f}%"),
+        "loss": Column(f"loss {_number(fields.get('loss', '-'), 4)}", "cyan"),
+        "lr": Column(f"lr {fields.get('lr', '-')}"),
+        "grad_norm": Column(f"grad norm {_number(fields.get('grad_norm', '-'), 3)}"),
+        "tok/s": Column(f"{_tokens(fields.get('tok/s', '-'))} tok/s"),
     }
     if "mfu" in fields:
-        cells["mfu"] = Column("mfu", f"MFU {fields['mfu']}")
+        cells["mfu"] = Column(f"MFU {fields['mfu']}")
     for key in ("acc", "margin"):
         if key in fields:
-            cells[key] = Column(key, f"{key} {_number(fields[key], 3)}", "cyan")
+            cells[key] = Column(f"{key} {_number(fields[key], 3)}", "cyan")
     order = ["step", "pct", "loss", "acc", "margin", "lr", "grad_norm", "tok/s", "mfu"]
     shown = [k for k in order if k in cells]
     for drop in reversed(STEP_COLUMNS):  # least useful first

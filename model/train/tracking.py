@@ -39,7 +39,7 @@ from typing import Any
 import yaml
 
 from llmops.errors import EXIT_OK, EXIT_REQUEUE, UserError
-from llmops.runs.rundir import RunDir
+from llmops.runs.rundir import RunDir, atomic_write
 from llmops.spec.run import TRACKING_INSTALL, MLflowTracking, RunSpec, TrackingSpec, WandbTracking
 
 CLOSE_TIMEOUT = 5.0
@@ -130,11 +130,9 @@ class Tracker:
         with self._state_lock:
             state = _read_json(self.state_path)
             state[backend] = {"step": step, "time": time.time()}
-            tmp = self.state_path.with_suffix(".tmp")
             try:
                 self.state_path.parent.mkdir(parents=True, exist_ok=True)
-                tmp.write_text(json.dumps(state))
-                os.replace(tmp, self.state_path)
+                atomic_write(self.state_path, json.dumps(state))
             except OSError:
                 pass
 

@@ -20,7 +20,7 @@ the same machine builds the same corpus; ids say what each document is
 (``v<variant>-<base>``, ``exact-<k>``, ``near-<k>``), and copies name their
 original in ``copy_of`` (an extra field that readers ignore).
 
-Run it alone to see the base corpus: ``python benchmarks/prepare_corpus.py``.
+Run it alone to see the base corpus: ``python benchmarks/prepare/corpus.py``.
 """
 
 from __future__ import annotations

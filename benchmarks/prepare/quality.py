@@ -1,8 +1,8 @@
 """Near-duplicate quality of `llmops prepare` (and of datatrove's MinHash pipeline) at known similarities.
 
-    apt-get install -y python3-doc manpages manpages-dev   # the real documents (see prepare_corpus.py)
+    apt-get install -y python3-doc manpages manpages-dev   # the real documents (see corpus.py)
     pip install -e '.[bench]'                               # for the datatrove comparison
-    python benchmarks/prepare_quality.py                    # --pairs 3000; a few minutes on 2 cores
+    python benchmarks/prepare/quality.py                    # --pairs 3000; a few minutes on 2 cores
 
 Construction (seeded):
 1. Base documents: real documents of 150 to 2,000 words from this machine
@@ -35,7 +35,7 @@ import time
 from collections import Counter, defaultdict
 from pathlib import Path
 
-from prepare_corpus import base_documents  # a script: its own folder is on sys.path
+from corpus import base_documents  # a script: its own folder is on sys.path
 
 WORD = re.compile(r"\w+")
 

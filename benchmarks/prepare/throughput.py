@@ -2,10 +2,10 @@
 
     pip install -e '.[bench]'                      # datatrove 0.10.1 with spaCy (its English word tokenizer)
     apt-get install -y python3-doc manpages manpages-dev
-    python benchmarks/prepare_throughput.py        # --size-mb 200 --workers 2 --repeat 2
+    python benchmarks/prepare/throughput.py        # --size-mb 200 --workers 2 --repeat 2
     # --size-mb 60 took 32 min on 2 shared cores, 2/3 of it datatrove with spaCy; 200 MB takes about 3x that
 
-The corpus (see prepare_corpus.py) is real text from this machine's Debian
+The corpus (see corpus.py) is real text from this machine's Debian
 packages expanded to --size-mb, in 16 JSONL files, with 3% exact and 3% near
 copies whose originals are recorded (`copy_of`). Four runs, each in its own
 process on --workers processes, timed by wall clock and by CPU seconds (the
@@ -35,7 +35,7 @@ systems run interleaved, --repeat rounds, and each one's best round counts:
 
 Quality on the same corpus: the share of injected copy pairs of which one
 member was removed (all systems), and the documents each removed. The
-controlled near-duplicate benchmark is prepare_quality.py.
+controlled near-duplicate benchmark is quality.py.
 """
 
 from __future__ import annotations
@@ -49,7 +49,7 @@ import sys
 import time
 from pathlib import Path
 
-from prepare_corpus import build_throughput_corpus  # a script: its own folder is on sys.path
+from corpus import build_throughput_corpus  # a script: its own folder is on sys.path
 
 
 def llmops_spec(corpus: Path, out: Path, *, full: bool, workers: int):

@@ -1,7 +1,7 @@
 """Tokenization throughput per core: the prepare pipeline's tokenize phase against plain SentencePiece.
 
-    apt-get install -y python3-doc manpages manpages-dev   # the corpus (see prepare_corpus.py)
-    python benchmarks/prepare_tokenize.py                  # --size-mb 50; about two minutes
+    apt-get install -y python3-doc manpages manpages-dev   # the corpus (see corpus.py)
+    python benchmarks/prepare/tokenize_speed.py                  # --size-mb 50; about two minutes
 
 Plain ``SentencePieceProcessor.encode(texts)`` on texts already in memory is
 the ceiling: no reading, no writing. The tokenize phase reads the kept
@@ -22,7 +22,7 @@ import shutil
 import time
 from pathlib import Path
 
-from prepare_corpus import build_throughput_corpus  # a script: its own folder is on sys.path
+from corpus import build_throughput_corpus  # a script: its own folder is on sys.path
 
 
 def clocks() -> tuple[float, float]:

@@ -9,11 +9,11 @@ leave the other cores idle at the end of a phase.
 
 from __future__ import annotations
 
-import multiprocessing
 import os
 from pathlib import Path
 
 from llmops.errors import UserError
+from llmops.prepare import workers as worker_pool
 from llmops.prepare.pipeline import MAP_PHASES, PHASES, default_workdir, ensure_writable, run_phase
 from llmops.prepare.progress import Display, Tracker
 from llmops.prepare.workdir import WorkDir, make_plan
@@ -55,7 +55,7 @@ def _run_here(config: PrepareSpec, phase: str, work: WorkDir, plan, workers: int
                               f"earlier, skipped; running {len(todo)}", markup=False)
     total, unit = _total(phase, work, plan)
     # Fork before the progress thread starts: a forked child gets only the forking thread.
-    pool = multiprocessing.get_context("fork").Pool(workers) if phase in MAP_PHASES and workers > 1 else None
+    pool = worker_pool.start(workers) if phase in MAP_PHASES and workers > 1 else None
     try:
         with display.phase(phase, total=total, unit=unit):
             if phase in MAP_PHASES:
@@ -66,14 +66,14 @@ def _run_here(config: PrepareSpec, phase: str, work: WorkDir, plan, workers: int
                 tracker.flush()
     finally:
         if pool is not None:
-            pool.terminate()
-            pool.join()
+            worker_pool.stop(pool)
 
 
 def _map(config: PrepareSpec, phase: str, n: int, work: WorkDir, pool) -> None:
     todo = work.missing(phase, n)
     args = [(config.model_dump_json(), phase, i, n, str(work.root)) for i in todo]
-    results = map(_run_shard, args) if pool is None else pool.imap_unordered(_run_shard, args)
+    results = map(_run_shard, args) if pool is None else worker_pool.unordered(pool, _run_shard, args,
+                                                                             what=f"prepare {phase}")
     for error in results:
         if error is not None:
             raise UserError(*error)

@@ -355,6 +355,9 @@ class _Wandb(_Sink):
             self.wb.save(str(f), base_path=str(f.parent if f.parent == self.run.path else f.parent.parent),
                          policy="now")
         self.wb.finish(exit_code=code or 0)
+        import wandb
+
+        wandb.teardown()  # W&B's service and threads end here, not when the process does (a later fork stays safe)
 
 
 def wandb_id(run_id: str) -> str:

@@ -188,3 +188,34 @@ def test_worker_processes_give_the_same_output_as_one_process(tmp_path, corpus_f
                 display=Display(interval=60))
         outs.append(out)
     assert (outs[0] / "corpus_text_document.bin").read_bytes() == (outs[1] / "corpus_text_document.bin").read_bytes()
+
+
+def test_a_worker_killed_mid_phase_fails_the_run_instead_of_hanging_and_a_rerun_finishes(tmp_path, corpus_file,
+                                                                                        monkeypatch):
+    import os
+    import signal
+
+    from llmops.prepare import executor
+    from llmops.prepare.workers import WorkerDied
+
+    out = tmp_path / "out"
+    spec = prepare_spec([str(corpus_file)], out, workers=2, num_shards=4, input={"chunk_bytes": 65536})
+    real_phase = executor.run_phase
+
+    def killed_at_shard_2(config, *, phase, shard=0, **kw):
+        if phase == "clean" and shard == 2:
+            os.kill(os.getpid(), signal.SIGKILL)  # as the kernel's OOM killer would
+        return real_phase(config, phase=phase, shard=shard, **kw)
+
+    monkeypatch.setattr(executor, "run_phase", killed_at_shard_2)  # the forked workers inherit it
+    with pytest.raises(WorkerDied, match="prepare clean died") as died:
+        run_all(spec, display=Display(interval=60))
+    assert died.value.exit_code == 1 and "run the same command again" in died.value.fix
+    assert not (out / "work" / "done" / "clean-00002-of-00004.json").exists()
+
+    monkeypatch.setattr(executor, "run_phase", real_phase)
+    run_all(spec, display=Display(interval=60))
+    reference = tmp_path / "reference"
+    run_all(prepare_spec([str(corpus_file)], reference, workers=1, num_shards=4, input={"chunk_bytes": 65536}),
+            display=Display(interval=60))
+    assert (out / "corpus_text_document.bin").read_bytes() == (reference / "corpus_text_document.bin").read_bytes()

@@ -92,12 +92,11 @@ def _near_pairs(sigs: np.ndarray, alive: np.ndarray, spec: DedupSpec, progress: 
     if len(jobs) == 1:
         found = [_candidates(jobs[0])]
     else:
-        import multiprocessing
+        from llmops.prepare import workers as worker_pool
 
         global _JOBS
         _JOBS = jobs  # inherited by the forked workers: the signatures are not copied through a pipe
-        with multiprocessing.get_context("fork").Pool(len(jobs)) as pool:
-            found = pool.map(_candidates_of, range(len(jobs)))
+        found = worker_pool.ordered(len(jobs), _candidates_of, list(range(len(jobs))), what="prepare dedup")
     pairs = np.unique(np.concatenate(found)) if found else np.empty(0, dtype=np.int64)
     n = len(sigs)
     first, second = pairs // n, pairs % n

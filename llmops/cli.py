@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import inspect
 import json
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -542,6 +543,156 @@ def _size(n: int) -> str:
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1024
     return f"{n:.1f} TiB"
+
+
+StageOpt = Annotated[str | None, typer.Option(help="For a run: the training stage (default: the last that saved).")]
+StepOpt = Annotated[int | None, typer.Option(help="The checkpoint's step (default: the stage's latest).")]
+
+
+def _model_imports() -> None:
+    """Before the model side is imported: transformers present, Megatron's notices off, W&B hidden (Megatron
+    imports it)."""
+    import importlib.util
+
+    if importlib.util.find_spec("transformers") is None:
+        raise UserError("this command needs transformers, which is not installed",
+                        "pip install 'llmops[hf]' (transformers, tokenizers, safetensors)")
+    from llmops_model.compat import mcore
+
+    mcore.quiet_known_warnings()
+    mcore.hide_wandb()
+
+
+@app.command()
+def export(
+    target: Annotated[str, typer.Argument(
+        help="A run (id, exact name or folder), a checkpoint root, or one iter_* checkpoint.", show_default=False)],
+    out_dir: Annotated[Path, typer.Option("--out", help="The folder to write: new, or empty.", show_default=False)],
+    fmt: Annotated[str, typer.Option("--format", help="hf: a Hugging Face transformers model folder.")] = "hf",
+    stage: StageOpt = None,
+    step: StepOpt = None,
+    dtype: Annotated[str | None, typer.Option(
+        help="bf16 or fp32 (default: the precision the model was trained in).")] = None,
+    runs_dir: RunsDirOpt = None,
+) -> None:
+    """Write a checkpoint of any TP/PP layout as a Hugging Face model folder.
+
+    transformers loads it with AutoModelForCausalLM / AutoTokenizer and no custom code (GPT-style models as
+    GPT-2, Llama-style ones as Llama), so vLLM and lm-evaluation-harness serve and evaluate it as they are.
+    """
+    from llmops.runs import models
+    from llmops.runs.rundir import runs_root
+
+    if fmt != "hf":
+        raise UserError(f"--format {fmt!r} is not a format llmops exports", "pass --format hf")
+    if dtype not in (None, "bf16", "fp32"):
+        raise UserError(f"--dtype {dtype!r} is not bf16 or fp32", "pass --dtype bf16 or --dtype fp32")
+    source = models.resolve(target, runs_root=runs_root(runs_dir), stage=stage, step=step)
+    models.check_out(out_dir)
+    _model_imports()
+    from llmops_model.hf import export as hf_export
+
+    hf_export.export(source, out_dir, dtype=dtype, info=_say)
+    err.print(f"exported {escape(source.label)} to {escape(_shown(out_dir))}")
+    err.print(f"load it: AutoModelForCausalLM.from_pretrained({str(out_dir)!r})", markup=False)
+    err.print(f"try it:  llmops generate {shlex.quote(str(out_dir))} --prompt 'Hello'", markup=False)
+
+
+@app.command()
+def generate(
+    target: Annotated[str, typer.Argument(
+        help="A run (id, exact name or folder), a checkpoint, or a Hugging Face model folder.", show_default=False)],
+    prompt: Annotated[str | None, typer.Option(help="Text to complete (with --chat: the first message).")] = None,
+    prompts: Annotated[Path | None, typer.Option(
+        help='A JSONL file of {"prompt": text} or {"messages": [...]} lines to complete as a batch.')] = None,
+    out_file: Annotated[Path | None, typer.Option("--out", help="Where --prompts writes its completions (JSONL).")]
+    = None,
+    chat: Annotated[bool, typer.Option(help="Talk to the model through its chat template, turn by turn.")] = False,
+    max_new_tokens: Annotated[int, typer.Option(min=1, max=1_000_000, help="Longest completion, in tokens.")] = 64,
+    temperature: Annotated[float, typer.Option(min=0.0, max=100.0, help="0 is greedy (the same text each time).")]
+    = 0.0,
+    top_p: Annotated[float, typer.Option(min=0.0, max=1.0, help="Nucleus sampling (with a temperature).")] = 1.0,
+    top_k: Annotated[int, typer.Option(min=0, help="Sample among the k likeliest tokens; 0 is all.")] = 0,
+    seed: Annotated[int, typer.Option(help="Seed of the sampling.")] = 0,
+    batch_size: Annotated[int, typer.Option(min=1, max=4096, help="Prompts per batch with --prompts.")] = 8,
+    stage: StageOpt = None,
+    step: StepOpt = None,
+    device: Annotated[str, typer.Option(help="auto (a GPU if there is one), cpu or cuda.")] = "auto",
+    runs_dir: RunsDirOpt = None,
+) -> None:
+    """Complete a prompt with a trained model (streamed), chat with it, or complete a file of prompts."""
+    from llmops.runs import models
+    from llmops.runs.rundir import runs_root
+
+    if sum(x is not None for x in (prompt, prompts)) + chat == 0:
+        raise UserError("nothing to complete", "pass --prompt TEXT, --prompts FILE.jsonl --out FILE.jsonl, or --chat")
+    if prompts is not None and (prompt is not None or chat):
+        raise UserError("--prompts completes a file on its own", "leave out --prompt and --chat with --prompts")
+    if (prompts is None) != (out_file is None):
+        raise UserError("--prompts and --out go together", "pass both: --prompts IN.jsonl --out OUT.jsonl")
+    if device not in ("auto", "cpu", "cuda"):
+        raise UserError(f"--device {device!r} is not auto, cpu or cuda", "pass one of those")
+    source = models.resolve(target, runs_root=runs_root(runs_dir), stage=stage, step=step, allow_hf=True)
+    if out_file is not None and not out_file.parent.is_dir():
+        raise UserError(f"--out {out_file}: its folder does not exist", f"create {out_file.parent} first")
+    _model_imports()
+    from llmops_model.hf import generate as gen
+
+    rows = gen.read_prompts(prompts) if prompts is not None else None
+    sampling = gen.Sampling(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, top_k=top_k,
+                            seed=seed)
+    with gen.opened(source, device=gen.pick_device(device), info=_say) as model:
+        if rows is not None:
+            gen.run_batch(model, rows, sampling, batch_size=batch_size, out=out_file, info=_say)
+        elif chat:
+            _chat(model, sampling, first=prompt)
+        else:
+            _complete_one(model, model.encode(prompt), sampling, echo=prompt)
+
+
+def _say(line: str) -> None:
+    err.print(line, markup=False)
+
+
+def _complete_one(model, ids: list[int], sampling, *, echo: str | None) -> str:
+    """Stream one completion to stdout as it is made; say on stderr how long it took and why it stopped."""
+    def write(text: str) -> None:  # plain writes: a console would wrap and restyle the model's text
+        sys.stdout.write(text)
+        sys.stdout.flush()
+
+    started = time.monotonic()
+    if echo is not None:
+        write(echo)
+    (done,) = model.complete([ids], sampling, on_text=write)
+    write("\n")
+    took = time.monotonic() - started
+    why = "end of sequence" if done.finish_reason == "stop" else f"--max-new-tokens {sampling.max_new_tokens}"
+    err.print(f"[dim]{done.tokens} tokens in {took:.2f}s ({done.tokens / took:.1f} tokens/s), stopped at {why}"
+              "[/dim]")
+    return done.text
+
+
+def _chat(model, sampling, *, first: str | None) -> None:
+    """Turn by turn at a prompt, the conversation kept; an empty line or end of input ends it."""
+    history: list[dict[str, str]] = []
+    model.encode([{"role": "user", "content": "hi"}])  # no chat template: the error before the first prompt
+    err.print("[dim]chat: an empty line or Ctrl-D ends it[/dim]")
+    while True:
+        if first is not None:
+            text, first = first, None
+            sys.stdout.write(f"you> {text}\n")
+        else:
+            try:
+                text = input("you> ")
+            except EOFError:
+                sys.stdout.write("\n")
+                return
+        if not text.strip():
+            return
+        history.append({"role": "user", "content": text})
+        sys.stdout.write("model> ")
+        history.append({"role": "assistant", "content": _complete_one(model, model.encode(history), sampling,
+                                                                      echo=None)})
 
 
 @app.command()

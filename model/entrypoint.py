@@ -30,10 +30,12 @@ def main(argv: list[str] | None = None) -> int:
         print(exc.render(), file=sys.stderr)
         return EXIT_BAD_INPUT
 
-    _quiet_known_warnings()
-    _skip_unused_imports(spec)
     from llmops_model.compat import mcore
 
+    mcore.quiet_known_warnings()
+    tracking = getattr(spec, "tracking", None)
+    if tracking is None or getattr(tracking, "wandb", None) is None:
+        mcore.hide_wandb()
     mcore.import_deferring_compiles()
     if os.environ.get("LLMOPS_LOG_LEVEL"):  # e.g. DEBUG: Megatron's own timings (checkpoint staging, writes)
         import logging
@@ -69,37 +71,6 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_FAILED
     parallel.teardown()
     return code
-
-
-def _skip_unused_imports(spec) -> None:
-    """Keep Megatron from importing Weights & Biases when this run does not report to it.
-
-    Megatron imports ``wandb`` at import time wherever it is installed (for its
-    timers and inference engine), which cost each process 4.6 s of start-up,
-    four processes per stage in the tiny CPU run. A ``None`` in ``sys.modules``
-    makes that import fail as if wandb were absent, which Megatron handles.
-    """
-    tracking = getattr(spec, "tracking", None)
-    if tracking is None or getattr(tracking, "wandb", None) is None:
-        sys.modules.setdefault("wandb", None)
-
-
-def _quiet_known_warnings() -> None:
-    """Silence Megatron's per-import notices that say nothing the user can act on."""
-    import warnings
-
-    for pattern in (
-        r"Transformer Engine and Apex are not installed",
-        r"Apex is not installed",
-        r"full scope is deprecated",
-        r"When using async grad allreduce it is recommended",
-        r"`load_state_dict` is deprecated and will be removed",
-        r"Please use DTensor instead and we are deprecating ShardedTensor",
-        # Pre-training concatenates documents into full sequences and never pads, so the pad id (the eod
-        # id, for want of a spare token) colliding with another special token changes nothing.
-        r"The pad token id in the tokenizer collides with another special token id",
-    ):
-        warnings.filterwarnings("ignore", message=pattern)
 
 
 if __name__ == "__main__":

@@ -102,6 +102,12 @@ def owner_of(root: Path) -> dict[str, str] | None:
     return data if isinstance(data, dict) and set(data) == {"run", "stage"} else None
 
 
+def step_of(path: Path) -> int | None:
+    """The step of a checkpoint folder (iter_0000040 -> 40), None for any other name."""
+    m = _ITER_RE.match(path.name)
+    return int(m.group(1)) if m and not m.group(2) else None
+
+
 def checkpoint_dir(root: Path, step: int) -> Path:
     return root / f"iter_{step:07d}"
 

@@ -1,4 +1,4 @@
-"""Shared by the alignment tests: a tokenizer and example files made from the built-in stdlib corpus.
+"""Shared by the alignment and Hugging Face tests: a tokenizer and example files from the built-in stdlib corpus.
 
 (Test modules reach these through the `assets` fixture: `conftest` is not importable by name here.)
 """

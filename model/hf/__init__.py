@@ -1,0 +1,1 @@
+"""Hugging Face interop: checkpoints of any layout as transformers model folders, tokenizers, and generation."""

@@ -1,0 +1,203 @@
+"""`llmops generate`: completions from a run's model, a checkpoint or a Hugging Face folder.
+
+Generation is transformers' own (`generate`: a KV cache, greedy or sampled
+decoding, stops at the end-of-sequence tokens of generation_config.json). A
+checkpoint is exported into a temporary folder first, so the model that
+generates is the one `llmops export` writes and the tests check against
+llmops's forward. Greedy decoding (temperature 0) is the default: the same
+prompt gives the same completion.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from llmops.errors import UserError
+from llmops.runs.models import Checkpoint, HFFolder
+
+
+@dataclass(frozen=True)
+class Sampling:
+    max_new_tokens: int = 64
+    temperature: float = 0.0
+    top_p: float = 1.0
+    top_k: int = 0
+    seed: int = 0
+
+    def kwargs(self) -> dict[str, Any]:
+        if self.temperature == 0:
+            return {"do_sample": False, "temperature": None, "top_p": None, "top_k": None}
+        return {"do_sample": True, "temperature": self.temperature, "top_p": self.top_p, "top_k": self.top_k or None}
+
+
+@dataclass
+class Completion:
+    text: str
+    tokens: int
+    finish_reason: str  # "stop" (an end-of-sequence token) or "length" (max_new_tokens)
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda: torch sees no CUDA GPU here", "leave --device out (auto) or pass cpu")
+    return torch.device(name)
+
+
+@contextlib.contextmanager
+def opened(source: Checkpoint | HFFolder, *, device: torch.device,
+           info: Callable[[str], None] = print) -> Iterator[Generator]:
+    """The model and tokenizer of `source` on `device` (bf16 on GPUs, fp32 on CPUs)."""
+    if isinstance(source, HFFolder):
+        yield Generator.load(source.path, device=device)
+        return
+    from llmops_model.hf import export
+
+    with tempfile.TemporaryDirectory(prefix="llmops-generate-") as folder:
+        export.write(source, Path(folder), dtype=torch.float32, info=info)
+        yield Generator.load(Path(folder), device=device)
+
+
+class Generator:
+    """A transformers causal LM and its tokenizer."""
+
+    def __init__(self, model, tokenizer, device: torch.device):
+        self.model, self.tok, self.device = model, tokenizer, device
+
+    @classmethod
+    def load(cls, folder: Path, *, device: torch.device) -> Generator:
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers.utils import logging
+
+        logging.disable_progress_bar()
+        try:
+            tok = AutoTokenizer.from_pretrained(folder)
+            model = AutoModelForCausalLM.from_pretrained(
+                folder, dtype=torch.bfloat16 if device.type == "cuda" else torch.float32)
+        except (OSError, ValueError, KeyError) as exc:
+            raise UserError(f"{folder} cannot be loaded as a transformers model: {str(exc).splitlines()[0]}",
+                            "pass a folder that `llmops export` or transformers' save_pretrained wrote") from None
+        if tok.pad_token_id is None:
+            tok.pad_token = tok.eos_token
+        tok.padding_side = "left"  # a batch's prompts end together, where generation starts
+        return cls(model.to(device).eval(), tok, device)
+
+    @property
+    def has_chat(self) -> bool:
+        return bool(getattr(self.tok, "chat_template", None))
+
+    def encode(self, prompt: str | list[dict[str, str]]) -> list[int]:
+        """Token ids of a plain prompt, or of a conversation (a list of messages) ready for the answer."""
+        if isinstance(prompt, str):
+            return self.tok(prompt, add_special_tokens=False)["input_ids"]
+        if not self.has_chat:
+            raise UserError("this model's tokenizer has no chat template, so it cannot be given a conversation",
+                            "use a model from an align (SFT or DPO) stage, or plain --prompt text")
+        return self.tok.apply_chat_template(prompt, add_generation_prompt=True, return_dict=False)
+
+    @torch.no_grad()
+    def complete(self, prompts: list[list[int]], sampling: Sampling,
+                 on_text: Callable[[str], None] | None = None) -> list[Completion]:
+        """Completions of a batch of encoded prompts; `on_text` streams the text of a batch of one."""
+        from transformers import set_seed
+
+        set_seed(sampling.seed)
+        width = max(len(p) for p in prompts)
+        pad = self.tok.pad_token_id
+        ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts], device=self.device)
+        mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=self.device)
+        streamer = _Stream(self.tok, on_text) if on_text is not None and len(prompts) == 1 else None
+        out = self.model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=sampling.max_new_tokens,
+                                  streamer=streamer, pad_token_id=pad, **sampling.kwargs())
+        stops = set(_as_list(self.model.generation_config.eos_token_id))
+        done = []
+        for row in out[:, width:].tolist():
+            cut = next((i for i, t in enumerate(row) if t in stops), None)
+            kept = row if cut is None else row[:cut]
+            done.append(Completion(self.tok.decode(kept, skip_special_tokens=True), len(kept),
+                                   "length" if cut is None else "stop"))
+        return done
+
+
+def _as_list(x) -> list[int]:
+    return [] if x is None else list(x) if isinstance(x, (list, tuple)) else [x]
+
+
+class _Stream:
+    """transformers' streamer protocol (`put` token ids, `end`), decoding whole words as they complete."""
+
+    def __init__(self, tok, on_text: Callable[[str], None]):
+        from transformers import TextStreamer
+
+        outer = self
+
+        class Streamer(TextStreamer):
+            def on_finalized_text(self, text: str, stream_end: bool = False) -> None:
+                outer.on_text(text)
+
+        self.on_text = on_text
+        self.inner = Streamer(tok, skip_prompt=True, skip_special_tokens=True)
+
+    def put(self, value) -> None:
+        self.inner.put(value)
+
+    def end(self) -> None:
+        self.inner.end()
+
+
+def read_prompts(path: Path) -> list[dict[str, Any]]:
+    """The lines of a prompts file: {"prompt": text} or {"messages": [{"role", "content"}, ...]}."""
+    rows = []
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UserError(f"--prompts {path}: cannot be read ({exc})", "pass a UTF-8 JSONL file") from None
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except ValueError as exc:
+            raise UserError(f"--prompts {path}:{n}: not JSON ({exc})", "one JSON object per line") from None
+        ok = isinstance(row, dict) and (isinstance(row.get("prompt"), str) or (
+            isinstance(row.get("messages"), list)
+            and all(isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
+                    for m in row["messages"])))
+        if not ok:
+            raise UserError(f"--prompts {path}:{n}: needs \"prompt\" (text) or \"messages\" "
+                            "(a list of {\"role\", \"content\"})",
+                            'write e.g. {"prompt": "def add(a, b):"} or '
+                            '{"messages": [{"role": "user", "content": "Hi"}]}')
+        rows.append(row)
+    if not rows:
+        raise UserError(f"--prompts {path}: holds no prompts", "add one JSON object per line")
+    return rows
+
+
+def run_batch(gen: Generator, rows: list[dict[str, Any]], sampling: Sampling, *, batch_size: int,
+              out: Path, info: Callable[[str], None]) -> None:
+    """Complete every row, `batch_size` at a time, into `out` (JSONL, written whole at the end)."""
+    encoded = [gen.encode(r.get("messages") or r["prompt"]) for r in rows]
+    lines, started, tokens = [], time.monotonic(), 0
+    for start in range(0, len(rows), batch_size):
+        for row, c in zip(rows[start:start + batch_size],
+                          gen.complete(encoded[start:start + batch_size], sampling), strict=True):
+            tokens += c.tokens
+            lines.append(json.dumps({**row, "completion": c.text, "tokens": c.tokens,
+                                     "finish_reason": c.finish_reason}, ensure_ascii=False))
+        info(f"{min(start + batch_size, len(rows))}/{len(rows)} prompts")
+    from llmops.runs.rundir import atomic_write
+
+    atomic_write(out, "\n".join(lines) + "\n")
+    took = time.monotonic() - started
+    info(f"{len(rows)} completions, {tokens} tokens in {took:.1f}s ({tokens / took:.1f} tokens/s) -> {out}")

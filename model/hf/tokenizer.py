@@ -1,0 +1,88 @@
+"""llmops's SentencePiece tokenizer as a transformers fast tokenizer, chat template included.
+
+The tokenizers-library model is built from the SentencePiece file's own
+settings (transformers' SentencePiece converter: identity normalisation, the
+dummy prefix, byte fallback, BPE merges ranked by piece score), so it encodes
+text to the ids llmops trained on. The control pieces (``<s>``, ``</s>``,
+``<pad>``, the chat markers) are special tokens; the chat template renders a
+conversation exactly as :class:`llmops_model.align.chat.ChatTokenizer` does:
+each message is its role marker, its text (encoded on its own, with its own
+dummy prefix) and the end marker; a whole conversation ends with ``</s>``, a
+prompt for generation with the assistant marker.
+
+One difference is transformers' and every Hugging Face tokenizer's: a special
+token's text typed inside a message (say a literal ``</s>``) becomes the
+special token, where llmops encodes it as characters.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from llmops.errors import UserError
+from llmops.spec.align import ChatTokens
+
+_CONTROL = 3  # SentencePiece's piece type for control symbols
+
+
+def chat_template(template: ChatTokens, eos: str) -> str:
+    """A Jinja chat template that renders like llmops's chat tokenizer."""
+    markers = json.dumps({role: piece for role, piece in template.tokens().items() if role != "end"})
+    return (
+        "{%- set markers = " + markers + " -%}"
+        "{%- for message in messages -%}"
+        "{%- if message['role'] not in markers -%}"
+        "{{ raise_exception('llmops models know the roles system, user and assistant, not ' + message['role']) }}"
+        "{%- endif -%}"
+        "{{ markers[message['role']] }}{{ message['content'] }}" + _literal(template.end) +
+        "{%- endfor -%}"
+        "{%- if add_generation_prompt -%}" + _literal(template.assistant) +
+        "{%- else -%}" + _literal(eos) + "{%- endif -%}")
+
+
+def _literal(text: str) -> str:
+    return "{{ " + json.dumps(text) + " }}"
+
+
+def build(model_file: Path, *, vocab_size: int, template: ChatTokens | None, max_length: int):
+    """A `PreTrainedTokenizerFast` for the SentencePiece model; UserError when it does not fit the model."""
+    from sentencepiece import sentencepiece_model_pb2
+    from tokenizers import AddedToken
+    from transformers import PreTrainedTokenizerFast
+    from transformers.convert_slow_tokenizer import SpmConverter
+
+    proto = sentencepiece_model_pb2.ModelProto()
+    try:
+        proto.ParseFromString(model_file.read_bytes())
+    except (OSError, ValueError) as exc:  # protobuf's DecodeError is a ValueError
+        raise UserError(f"the tokenizer {model_file} cannot be read as a SentencePiece model ({exc})",
+                        "point the run's tokenizer at the tokenizer.model that prepare wrote") from None
+    pieces = [p.piece for p in proto.pieces]
+    if len(pieces) > vocab_size:
+        raise UserError(f"the tokenizer {model_file} has {len(pieces)} pieces, more than the model's vocabulary "
+                        f"({vocab_size}): it is not the tokenizer this model was trained with",
+                        "use the tokenizer of the run that trained the model")
+    if proto.trainer_spec.model_type == 1:  # unigram: pieces with their log probabilities
+        vocab = [(p.piece, p.score) for p in proto.pieces]
+    else:
+        vocab = {piece: i for i, piece in enumerate(pieces)}
+    backend = SpmConverter.build_tokenizer_from_spm_proto(proto, vocab, None, legacy=True)
+    controls = [p.piece for p in proto.pieces if p.type == _CONTROL]
+    backend.add_special_tokens([AddedToken(c, special=True, normalized=False) for c in controls])
+
+    def piece(i: int) -> str | None:
+        return pieces[i] if 0 <= i < len(pieces) else None
+
+    spec = proto.trainer_spec
+    eos = piece(spec.eos_id)
+    kwargs = {"unk_token": piece(spec.unk_id), "bos_token": piece(spec.bos_id), "eos_token": eos,
+              "pad_token": piece(spec.pad_id) or eos}
+    if template is not None:
+        missing = [m for m in template.tokens().values() if m not in controls]
+        if missing:
+            raise UserError(f"the chat markers {', '.join(missing)} are not control tokens of {model_file}",
+                            "use the tokenizer and align.template the stage was trained with")
+        kwargs["chat_template"] = chat_template(template, eos)
+    return PreTrainedTokenizerFast(tokenizer_object=backend, model_max_length=max_length,
+                                   clean_up_tokenization_spaces=False, **{k: v for k, v in kwargs.items() if v})

@@ -1,0 +1,217 @@
+"""`llmops export` and `llmops generate` against the real transformers library, unmodified.
+
+One module fixture trains two real runs through the CLI, side by side: a GPT-style model pre-trained and then
+fine-tuned (SFT) at TP2xPP2, and a Llama-style one (RMSNorm, RoPE, SwiGLU, grouped-query attention, tied
+embeddings) at TP1xPP2. Their checkpoints are exported, loaded by transformers' Auto classes, and checked
+against llmops's own forward pass and chat tokenizer, computed in a fresh process from the same checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from llmops_testing import llmops, start, tiny_spec, wait_state, write_spec
+
+transformers = pytest.importorskip("transformers", reason="the hf extra: pip install 'llmops[hf]'")
+
+LLAMA = {"normalization": "RMSNorm", "position_embedding": "rope", "activation": "swiglu", "num_query_groups": 2,
+         "tie_embeddings": True}
+PROMPTS = ["def add(a, b):", "Return the absolute value of a number.", "  two  spaces\tand a tab\n", "x"]
+CHATS = [
+    [{"role": "user", "content": "What does os.path.join do?"}],
+    [{"role": "system", "content": "Answer briefly."}, {"role": "user", "content": "Name a sorting algorithm."},
+     {"role": "assistant", "content": "Merge sort."}, {"role": "user", "content": "Another one?"}],
+]
+
+
+def _spec(name: str, assets, *, tp: int, pp: int, **model) -> dict:
+    spec = tiny_spec(name, tp=tp, pp=pp, steps=2, train={"warmup_steps": 0},
+                     model={"preset": "tiny", "vocab_size": assets.vocab, "seq_length": assets.seq, **model})
+    spec["align"] = {"method": "sft", "tokenizer": str(assets.tokenizer), "data": {"path": str(assets.sft)},
+                     "steps": 2, "global_batch_size": 8, "micro_batch_size": 2, "lr": 1e-3,
+                     "bad_data": {"max_fraction": 0.2}}
+    return spec
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, assets) -> dict[str, Path]:
+    work = tmp_path_factory.mktemp("hf-runs")
+    root = work / "runs"
+    specs = {"gpt": _spec("gpt-tp2pp2", assets, tp=2, pp=2), "llama": _spec("llama-tp1pp2", assets, tp=1, pp=2,
+                                                                            **LLAMA)}
+    dirs = {key: start(write_spec(work / f"{key}.yaml", spec), root) for key, spec in specs.items()}
+    for run in dirs.values():
+        wait_state(run, {"SUCCEEDED"}, timeout=400)
+    return dirs
+
+
+def _export(run: Path, out: Path, *args: str) -> subprocess.CompletedProcess:
+    return llmops("export", str(run), "--out", str(out), *args, "--runs-dir", str(run.parent))
+
+
+def _llmops_logits(checkpoint: Path, run: Path, tokens: torch.Tensor, folder: Path) -> torch.Tensor:
+    """llmops's own forward (Megatron-Core, one process) over `tokens`, from `checkpoint`, in a fresh interpreter."""
+    torch.save(tokens, folder / "tokens.pt")
+    code = textwrap.dedent(f"""
+        import torch
+        from pathlib import Path
+        from llmops.runs.rundir import RunDir
+        from llmops_model.compat import mcore
+        mcore.quiet_known_warnings()
+        from llmops_model.hf import weights
+        from llmops_model.train import checkpoint
+        spec = RunDir(Path({str(run)!r})).read_spec()
+        tokens = torch.load({str(folder / "tokens.pt")!r})
+        with weights.process_group_of_one(spec):
+            model = weights.build(spec)
+            sharded = {{"model": model.sharded_state_dict(prefix="")}}
+            state = checkpoint.load(Path({str(checkpoint)!r}), sharded_state=sharded)
+            model.load_state_dict(state["model"])
+            model.eval()
+            with torch.no_grad():
+                logits = model(tokens, torch.arange(tokens.shape[1]).expand_as(tokens), None)
+        torch.save(logits, {str(folder / "logits.pt")!r})
+    """)
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    return torch.load(folder / "logits.pt")
+
+
+@pytest.mark.parametrize("family", ["gpt", "llama"])
+def test_transformers_loads_the_export_and_computes_what_llmops_computes(trained, family, tmp_path, assets):
+    run = trained[family]
+    out = tmp_path / "hf"
+    res = _export(run, out)
+    assert res.returncode == 0, res.stderr
+    assert "exported" in res.stderr and "sft step 2" in res.stderr
+    assert {"config.json", "generation_config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json",
+            "tokenizer.model", "llmops-export.json"} <= {p.name for p in out.iterdir()}
+    assert not list(tmp_path.glob(".hf.partial-*"))
+    record = json.loads((out / "llmops-export.json").read_text())
+    assert record["layout"] == ("tp2-pp2-dp1" if family == "gpt" else "tp1-pp2-dp1") and record["step"] == 2
+
+    model = transformers.AutoModelForCausalLM.from_pretrained(out)  # no trust_remote_code: stock classes only
+    assert type(model).__name__ == ("GPT2LMHeadModel" if family == "gpt" else "LlamaForCausalLM")
+    tokens = torch.randint(0, assets.vocab, (3, assets.seq), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        theirs = model(tokens).logits
+    ours = _llmops_logits(Path(record["checkpoint"]), run, tokens, tmp_path)
+    diff = (ours - theirs).abs().max().item()
+    print(f"{family}: max |logit difference| {diff:.2e}")
+    assert ours.shape == theirs.shape and diff < 1e-4
+
+    from llmops.spec.align import ChatTokens
+    from llmops_model.align.chat import ChatTokenizer, Message
+
+    tok = transformers.AutoTokenizer.from_pretrained(out)
+    chat = ChatTokenizer.load(str(assets.tokenizer), ChatTokens())
+    for text in PROMPTS:
+        assert tok(text, add_special_tokens=False)["input_ids"] == chat.encode(text), text
+    for messages in CHATS:
+        turns = [Message(m["role"], m["content"]) for m in messages]
+        assert tok.apply_chat_template(messages, add_generation_prompt=True, return_dict=False) == chat.prompt(turns)
+        assert tok.apply_chat_template(messages, return_dict=False) == chat.render(turns)[0]
+
+
+def test_llmops_generate_gives_transformers_greedy_tokens(trained, tmp_path):
+    run = trained["gpt"]
+    res = _export(run, tmp_path / "hf", "--stage", "pretrain")
+    assert res.returncode == 0, res.stderr
+    model = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "hf")
+    tok = transformers.AutoTokenizer.from_pretrained(tmp_path / "hf")
+    prompt = "def add(a, b):"
+    ids = tok(prompt, add_special_tokens=False, return_tensors="pt")["input_ids"]
+    greedy = model.generate(ids, max_new_tokens=12, do_sample=False, pad_token_id=tok.pad_token_id)
+    row = greedy[0, ids.shape[1]:].tolist()
+    stops = {model.generation_config.eos_token_id}
+    expected = prompt + tok.decode(row[:next((i for i, t in enumerate(row) if t in stops), len(row))],
+                                   skip_special_tokens=True)
+
+    from_checkpoint = llmops("generate", run.name, "--stage", "pretrain", "--prompt", prompt, "--max-new-tokens",
+                             "12", "--runs-dir", str(run.parent))
+    from_folder = llmops("generate", str(tmp_path / "hf"), "--prompt", prompt, "--max-new-tokens", "12")
+    for res in (from_checkpoint, from_folder):
+        assert res.returncode == 0, res.stderr
+        assert res.stdout == expected + "\n"
+        assert "tokens in" in res.stderr
+
+
+def test_a_batch_of_prompts_and_a_chat(trained, tmp_path):
+    run = trained["llama"]
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("\n".join(json.dumps(r) for r in [{"prompt": "def add(a, b):"}, {"messages": CHATS[0]},
+                                                          {"prompt": "x", "id": 7}]) + "\n")
+    res = llmops("generate", run.name, "--prompts", str(prompts), "--out", str(tmp_path / "out.jsonl"),
+                 "--max-new-tokens", "8", "--temperature", "0.8", "--top-p", "0.9", "--seed", "3",
+                 "--runs-dir", str(run.parent))
+    assert res.returncode == 0, res.stderr
+    rows = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
+    assert [r.get("id") for r in rows] == [None, None, 7] and all(0 < r["tokens"] <= 8 for r in rows)
+    assert {r["finish_reason"] for r in rows} <= {"stop", "length"}
+
+    chat = subprocess.run([sys.executable, "-m", "llmops", "generate", run.name, "--chat", "--max-new-tokens", "6",
+                           "--runs-dir", str(run.parent)], input="Hello?\nAnd then?\n\n", capture_output=True,
+                          text=True, timeout=300)
+    assert chat.returncode == 0, chat.stderr
+    assert chat.stdout.count("model> ") == 2 and chat.stderr.count("tokens in") == 2
+
+
+def test_bad_input_is_exit_2_with_the_fix_and_leaves_nothing(trained, tmp_path):
+    run = trained["gpt"]
+    not_a_model = tmp_path / "empty"
+    not_a_model.mkdir()
+    res = llmops("generate", str(not_a_model), "--prompt", "x")
+    assert res.returncode == 2 and "is not a run, a checkpoint or a Hugging Face model folder" in res.stderr
+
+    res = _export(run, tmp_path / "out", "--stage", "pretrain", "--step", "999")
+    assert res.returncode == 2 and "no checkpoint at that step" in res.stderr and "(2)" in res.stderr
+    assert not (tmp_path / "out").exists()
+
+    taken = tmp_path / "taken"
+    taken.mkdir()
+    (taken / "mine.txt").write_text("a user's file")
+    res = _export(run, taken)
+    assert res.returncode == 2 and "not an empty folder" in res.stderr
+    assert [p.name for p in taken.iterdir()] == ["mine.txt"]
+
+    # A model with no transformers counterpart (LayerNorm with RoPE): refused before anything is loaded.
+    odd = tmp_path / "runs" / run.name
+    shutil.copytree(run, odd, ignore=shutil.ignore_patterns("checkpoints*"))
+    spec = yaml.safe_load((odd / "spec.yaml").read_text())
+    spec["model"]["position_embedding"] = "rope"
+    (odd / "spec.yaml").write_text(yaml.safe_dump(spec))
+    shutil.copytree(run / "checkpoints-sft", odd / "checkpoints-sft")
+    res = llmops("export", run.name, "--out", str(tmp_path / "odd"), "--runs-dir", str(tmp_path / "runs"))
+    assert res.returncode == 2, res.stderr
+    assert "model.position_embedding = rope" in res.stderr and "Fix:" in res.stderr
+    assert not (tmp_path / "odd").exists() and not list(tmp_path.glob(".odd.partial-*"))
+
+    res = _export(run, tmp_path / "x", "--dtype", "fp16")
+    assert res.returncode == 2 and "bf16 or fp32" in res.stderr
+
+
+def test_a_tokenizer_that_does_not_fit_the_vocabulary_and_a_failed_export_leave_nothing(trained, tmp_path, assets):
+    from llmops.errors import UserError
+    from llmops.runs.models import resolve
+    from llmops_model.hf import export, tokenizer
+
+    with pytest.raises(UserError, match="more than the model's vocabulary"):
+        tokenizer.build(assets.tokenizer, vocab_size=512, template=None, max_length=128)
+
+    run = trained["gpt"]
+    ck = resolve(run.name, runs_root=run.parent)
+    from llmops.spec.align import ChatTokens
+
+    broken = type(ck)(**{**ck.__dict__, "template": ChatTokens(end="<|stop|>")})  # a marker the tokenizer lacks
+    with pytest.raises(UserError, match="not control tokens"):
+        export.export(broken, tmp_path / "out", info=lambda _: None)
+    assert list(tmp_path.iterdir()) == []

@@ -22,7 +22,7 @@ from llmops.spec.run import RunSpec
 
 def param_dtype(spec: RunSpec) -> torch.dtype:
     """bf16 on GPUs unless the spec says fp32; always fp32 on CPUs."""
-    if spec.resources.cpu or spec.train.precision == "fp32":
+    if spec.resources.cpu or (spec.train is not None and spec.train.precision == "fp32"):
         return torch.float32
     return torch.bfloat16
 
@@ -42,6 +42,8 @@ def transformer_config(spec: RunSpec) -> TransformerConfig:
         gated_linear_unit=m.activation == "swiglu",
         activation_func=F.silu if m.activation == "swiglu" else F.gelu,
         add_bias_linear=m.activation != "swiglu",
+        add_qkv_bias=m.qkv_bias,
+        layernorm_epsilon=m.norm_epsilon,
         hidden_dropout=m.dropout,
         attention_dropout=m.dropout,
         init_method_std=m.init_std,
@@ -147,6 +149,9 @@ def build_model(spec: RunSpec, *, device: torch.device, compile_layers: bool = F
         post_process=parallel_state.is_pipeline_last_stage(),
         share_embeddings_and_output_weights=spec.model.tie_embeddings,
         position_embedding_type=spec.model.position_embedding,
+        rotary_base=spec.model.rope_base,
+        rope_scaling=spec.model.rope_scaling_factor is not None,
+        rope_scaling_factor=spec.model.rope_scaling_factor or 8.0,
     )
     model.fused_loss = spec.train.fused_kernels
     if config.gradient_accumulation_fusion and model.pre_process:

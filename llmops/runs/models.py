@@ -16,6 +16,7 @@ from pathlib import Path
 from llmops.errors import UserError
 from llmops.runs import checkpoints as ck
 from llmops.runs.rundir import RunDir, checkpoint_root, resolve_run
+from llmops.spec import hf
 from llmops.spec.align import ChatTokens
 from llmops.spec.run import RunSpec
 
@@ -159,6 +160,9 @@ def _checkpoint(run: RunDir, stage: str, path: Path, problem: str | None) -> Che
 def _tokenizer(spec: RunSpec, align) -> Path | None:
     """The tokenizer a stage was trained with: the align stage's own, else the one prepare wrote or named."""
     candidates = [align.tokenizer] if align is not None else []
+    for start in (spec.model.init_from, *(a.start_from for a in spec.align)):  # beside a Hugging Face model
+        if hf.folder_of(start) is not None:
+            candidates.append(os.path.join(hf.folder_of(start), "tokenizer.model"))
     if spec.prepare is not None and spec.prepare.tokenizer is not None:
         candidates += [os.path.join(spec.prepare.output.dir, "tokenizer.model"), spec.prepare.tokenizer.model]
     candidates += [a.tokenizer for a in spec.align]

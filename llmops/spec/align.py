@@ -99,8 +99,9 @@ class AlignSpec(SpecModel):
     """SentencePiece model the examples are tokenized with; unset: the prepare stage's tokenizer.model."""
     start_from: str | None = None
     """Checkpoint to start from (a checkpoint folder, or a root whose newest complete one is used; any
-    TP/PP layout). Unset: the checkpoints of the training stage before this one (the previous align stage's,
-    else the pretrain stage's: checkpoint.dir, or checkpoints/ in the run)."""
+    TP/PP layout), or a Hugging Face model folder, `hf:DIR`, whose config.json fills model: (docs/models.md).
+    Unset: the checkpoints of the training stage before this one (the previous align stage's, else the
+    pretrain stage's: checkpoint.dir, or checkpoints/ in the run)."""
     checkpoint_dir: str | None = None
     """Where this stage saves and resumes; unset: checkpoints-<stage>/ in the run directory."""
     steps: int = Field(ge=1, le=10**9)
@@ -140,7 +141,7 @@ class AlignSpec(SpecModel):
     def absolutized(self) -> dict[str, object]:
         """Field updates that make every path absolute, so every process and host reads the same files."""
         updates: dict[str, object] = {k: absolute_path(v) for k in ("tokenizer", "start_from", "checkpoint_dir")
-                                      if (v := getattr(self, k)) is not None}
+                                      if (v := getattr(self, k)) is not None and not v.startswith("hf:")}
         if self.data.path is not None:
             updates["data"] = self.data.model_copy(update={"path": absolute_path(self.data.path)})
         return updates

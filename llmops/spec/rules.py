@@ -19,6 +19,7 @@ import re
 from dataclasses import dataclass
 
 from llmops.errors import Problem, UserError
+from llmops.spec import hf
 from llmops.spec.align import AlignSpec
 from llmops.spec.base import absolute_path
 from llmops.spec.prepare import EOS_ID, PrepareSpec
@@ -28,7 +29,10 @@ from llmops.spec.run import TRACKING_INSTALL, DataSpec, IndexedData, RunSpec
 
 def check_rules(spec: RunSpec) -> list[Problem]:
     """The cross-component rules users get wrong, every violation at once."""
-    linked = _prepare_rules(spec)  # first: it fills data and model.vocab_size from the prepare stage
+    started = _hf_rules(spec)  # first: a Hugging Face starting point gives the model's shape
+    if started:
+        return started
+    linked = _prepare_rules(spec)  # then the data and model.vocab_size from the prepare stage
     out = _model_rules(spec)
     if out:
         return linked + out  # the remaining rules need a complete model shape
@@ -40,6 +44,53 @@ def check_rules(spec: RunSpec) -> list[Problem]:
     if spec.align:
         out += align_rules(spec)
     return out + _data_rules(spec) + _checkpoint_rules(spec) + _tracking_rules(spec)
+
+
+_HF_DEFAULT_SEQ = 4096  # RoPE models are trained on what fits; their config's maximum is often 128k
+
+
+def _hf_rules(spec: RunSpec) -> list[Problem]:
+    """Fill the model's shape from the `hf:` folder the run starts from; a field the spec sets otherwise is a
+    problem naming both values. Fields a preset filled give way (only explicit ones are compared)."""
+    sources = [("model.init_from", spec.model.init_from)] if spec.model.init_from is not None else []
+    sources += [(("align" if len(spec.align) == 1 else f"align.{i}") + ".start_from", a.start_from)
+                for i, a in enumerate(spec.align) if hf.folder_of(a.start_from) is not None]
+    if not sources:
+        return []
+    where, value = sources[0]
+    folder = hf.folder_of(value)
+    if folder is None:
+        return [Problem(where, value, "is not a Hugging Face folder reference",
+                        "write hf:DIR, DIR a local folder that transformers' save_pretrained wrote")]
+    folder = absolute_path(folder)
+    others = [(w, v) for w, v in sources[1:] if absolute_path(hf.folder_of(v)) != folder]
+    if others:
+        return [Problem(others[0][0], others[0][1], f"starts from another model than {where} ({value})",
+                        "start every stage from one model: later stages continue from the one before")]
+    try:
+        fields = hf.model_fields(hf.read_config(folder))
+    except UserError as exc:
+        return [Problem(where, value, exc.message, exc.fix or "check the folder")]
+    m, explicit = spec.model, spec.model.model_fields_set
+    out = []
+    if "preset" in explicit and m.preset is not None:
+        out.append(Problem("model.preset", m.preset, f"and {where} both give the model's shape",
+                           f"remove model.preset: the shape comes from {folder}/config.json"))
+    for key, theirs in fields.items():
+        if key in explicit and getattr(m, key) != theirs:
+            out.append(Problem(f"model.{key}", getattr(m, key), f"differs from the starting model's ({theirs}, "
+                               f"{folder}/config.json)", f"remove model.{key} (it is filled in) or set it to {theirs}"))
+    if out:
+        return out
+    updates = {k: v for k, v in fields.items() if k not in explicit}
+    if "seq_length" not in explicit and "seq_length" not in fields:
+        updates["seq_length"] = _HF_DEFAULT_SEQ
+    spec.model = m.model_copy(update={**updates, "preset": None})
+    if spec.model.init_from is not None:
+        spec.model = spec.model.model_copy(update={"init_from": hf.PREFIX + folder})
+    spec.align = [a.model_copy(update={"start_from": hf.PREFIX + folder}) if hf.folder_of(a.start_from) else a
+                  for a in spec.align]
+    return []
 
 
 def _checkpoint_rules(spec: RunSpec) -> list[Problem]:
@@ -271,9 +322,17 @@ def align_rules(spec: RunSpec) -> list[Problem]:
         problems = _batch_rules(spec, a) + (_start_rules(spec) if i == 0 else [])
         prepared = (os.path.join(spec.prepare.output.dir, "tokenizer.model")
                     if spec.prepare is not None and spec.prepare.tokenizer is not None else None)
+        beside = os.path.join(hf.folder_of(a.start_from), "tokenizer.model") if hf.folder_of(a.start_from) else None
+        if a.tokenizer is None and beside is not None and os.path.isfile(beside):  # exported with its model
+            a = a.model_copy(update={"tokenizer": beside})
         if prepared is not None and a.tokenizer in (None, prepared):  # written by this run's prepare stage
             a = a.model_copy(update={"tokenizer": prepared})
             problems += _prepared_tokenizer_rules(spec, a)
+        elif a.tokenizer is None and beside is not None:
+            problems.append(Problem("align.tokenizer", None, f"is unset and {os.path.dirname(beside)} has no "
+                                    "SentencePiece tokenizer.model (llmops's SFT and DPO read SentencePiece models; "
+                                    "tokenizer.json alone is not supported yet)",
+                                    "set align.tokenizer to the model's SentencePiece tokenizer.model"))
         elif a.tokenizer is None:
             problems.append(Problem("align.tokenizer", None, "is unset and no prepare: stage writes a tokenizer",
                                     "set align.tokenizer to the tokenizer.model the model was pre-trained with"))

@@ -90,6 +90,18 @@ class ModelSpec(SpecModel):
     """MLP activation; swiglu gates the MLP (its ffn_hidden_size is the gated width)."""
     tie_embeddings: bool = False
     """Share the input embedding with the output layer."""
+    norm_epsilon: float = Field(1e-5, gt=0.0, le=0.1)
+    """Epsilon of the normalization layers (Llama 2 and 3 use 1e-5, Qwen2 1e-6)."""
+    rope_base: int = Field(10000, ge=1, le=10**9)
+    """RoPE base frequency (rope_theta): 10000 in Llama 2, 500000 in Llama 3."""
+    rope_scaling_factor: float | None = Field(None, gt=1.0, le=1024.0)
+    """Llama 3.1's RoPE scaling for long contexts (8 in Llama 3.1 and 3.2); unset is plain RoPE."""
+    qkv_bias: bool = False
+    """A bias on the query/key/value projection even where the linears have none (Qwen2); GPT-style models
+    have biases everywhere regardless."""
+    init_from: str | None = None
+    """Start pre-training from a Hugging Face model folder, `hf:DIR` (continued pre-training): its config.json
+    fills this section's shape fields and its weights are loaded at step 0 (docs/models.md)."""
     dropout: float = Field(0.0, ge=0.0, lt=1.0)
     """Hidden and attention dropout probability."""
     init_std: float = Field(0.02, gt=0.0, le=10.0)

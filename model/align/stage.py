@@ -26,6 +26,7 @@ import torch.distributed as dist
 
 from llmops.errors import UserError
 from llmops.runs.rundir import checkpoint_root, start_root
+from llmops.spec import hf
 from llmops.spec.align import AlignSpec
 from llmops.spec.run import RunSpec, TrainSpec
 from llmops_model import gpt
@@ -39,7 +40,8 @@ from llmops_model.train import checkpoint, data, loop
 
 # Model fields a starting checkpoint must share with the spec (seq_length only with learned positions).
 _SHAPE = ("num_layers", "hidden_size", "num_attention_heads", "num_query_groups", "ffn_hidden_size",
-          "normalization", "position_embedding", "activation", "tie_embeddings")
+          "normalization", "position_embedding", "activation", "tie_embeddings", "norm_epsilon", "rope_base",
+          "rope_scaling_factor", "qkv_bias")
 
 
 def stage_spec(spec: RunSpec, stage: str, *, run_dir: Path) -> RunSpec:
@@ -100,7 +102,10 @@ def _source(ex: examples.Examples, *, spec: RunSpec, stats: dict, needed: int = 
 
 
 def start_checkpoint(spec: RunSpec, *, run_dir: Path) -> Path:
-    """The complete checkpoint the stage starts from; UserError when there is none or its shape differs."""
+    """The complete checkpoint the stage starts from (or an `hf:` folder's path); UserError when there is none or
+    its shape differs."""
+    if hf.folder_of(current(spec).start_from) is not None:  # its config.json filled model: (llmops.spec.rules)
+        return Path(hf.folder_of(current(spec).start_from))
     root = Path(current(spec).start_from)
     if (root / checkpoint.MANIFEST).exists() or re.match(r"iter_\d+", root.name):  # one checkpoint, not a root
         path, reason = root, checkpoint.verify(root)
@@ -126,8 +131,20 @@ def _padded(vocab: int) -> int:
     return int(math.ceil(vocab / 128) * 128)
 
 
+def start_key(path: Path) -> str:
+    """What identifies the starting weights, for the DPO reference cache: a checkpoint's save time, an hf:
+    folder's weight files and their modification times."""
+    if (path / checkpoint.MANIFEST).exists():
+        return f"{path.resolve()}:{checkpoint.read_manifest(path)['saved_at']}"
+    files = sorted(path.glob("*.safetensors"))
+    return f"{path.resolve()}:" + ",".join(f"{f.name}@{f.stat().st_mtime_ns}" for f in files)
+
+
 def load_start(t: loop.Trainer, path: Path, *, logger: AlignLogger) -> None:
     """Collective: the starting checkpoint's model weights (resharded to this layout), a fresh optimizer."""
+    if not (path / checkpoint.MANIFEST).exists() and (path / "config.json").exists():
+        loop.start_from_hf(t, hf.PREFIX + str(path), logger=logger)
+        return
     state = checkpoint.load(path, sharded_state={"model": t.model.module.sharded_state_dict(prefix="")})
     t.model.module.load_state_dict(state["model"])
     t.optimizer.reload_model_params()  # mixed-precision optimizers keep fp32 copies of the weights
@@ -178,7 +195,7 @@ def align(spec: RunSpec, *, run_dir: Path, layout: Layout, device: torch.device,
     t = loop.build(spec, layout=layout, device=device, ckpt_root=ckpt_root, per_token_loss=True, step_graph=False)
     loaded = False
     if isinstance(obj, DPO):
-        key = f"{d.stats['fingerprint']}:{start.resolve()}:{checkpoint.read_manifest(start)['saved_at']}"
+        key = f"{d.stats['fingerprint']}:{start_key(start)}"
         loaded = reference.attach(t, {"train": d.train, "valid": d.valid}, objective=obj,
                                   micro_batch_size=a.micro_batch_size, cache=d.folder / "reference.npz", key=key,
                                   load_start=lambda: load_start(t, start, logger=logger), logger=logger)

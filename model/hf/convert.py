@@ -11,10 +11,14 @@ Two llmops model families have an exact transformers architecture:
   (the group's queries, then its key, then its value) and the SwiGLU input
   linear as [gate | up].
 
-Anything else (say LayerNorm with RoPE) is refused with the field that has
-no transformers counterpart, rather than exported to a model that computes
-something else. Megatron's defaults fix the rest: norm epsilon 1e-5, RoPE
-base 10000 over the whole head dimension, softmax scale 1/sqrt(head_dim).
+Llama-style with a bias on the query/key/value projection only
+(``model.qkv_bias``) is ``Qwen2ForCausalLM``. Anything else (say LayerNorm
+with RoPE) is refused with the field that has no transformers counterpart,
+rather than exported to a model that computes something else. RoPE covers
+the whole head dimension; the softmax scale is 1/sqrt(head_dim).
+
+The conversion runs both ways: :func:`to_hf` for export, :func:`from_hf` for
+starting from a transformers checkpoint (`hf:DIR`).
 GELU is exact on CPUs and the tanh approximation on GPUs (Megatron's fused
 bias-GELU and llmops's cuBLASLt epilogue): the export names the one the
 checkpoint was trained with.
@@ -22,15 +26,13 @@ checkpoint was trained with.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import torch
 
 from llmops.errors import UserError
 from llmops.spec.run import ModelSpec, RunSpec
-
-NORM_EPS = 1e-5
-ROPE_BASE = 10000.0
 
 _GPT = {"normalization": "LayerNorm", "position_embedding": "learned_absolute", "activation": "gelu"}
 _LLAMA = {"normalization": "RMSNorm", "position_embedding": "rope", "activation": "swiglu"}
@@ -69,16 +71,20 @@ def config(spec: RunSpec, *, eos_ids: list[int], bos_id: int | None, pad_id: int
                 "n_embd": m.hidden_size, "n_layer": m.num_layers, "n_head": m.num_attention_heads,
                 "n_inner": m.ffn_hidden_size, "n_positions": m.seq_length, "n_ctx": m.seq_length,
                 "activation_function": "gelu" if spec.resources.cpu else "gelu_new",
-                "layer_norm_epsilon": NORM_EPS, "resid_pdrop": 0.0, "embd_pdrop": 0.0, "attn_pdrop": 0.0,
+                "layer_norm_epsilon": m.norm_epsilon, "resid_pdrop": 0.0, "embd_pdrop": 0.0, "attn_pdrop": 0.0,
                 "scale_attn_weights": True, "scale_attn_by_inverse_layer_idx": False, "reorder_and_upcast_attn": False}
-    return {"architectures": ["LlamaForCausalLM"], "model_type": "llama", **common,
+    rope = {"rope_type": "default", "rope_theta": float(m.rope_base)}
+    if m.rope_scaling_factor is not None:  # Megatron-Core's Llama 3 scaling, whose other constants are fixed
+        rope |= {"rope_type": "llama3", "factor": m.rope_scaling_factor, "low_freq_factor": 1.0,
+                 "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}
+    arch, kind = ("Qwen2ForCausalLM", "qwen2") if m.qkv_bias else ("LlamaForCausalLM", "llama")
+    return {"architectures": [arch], "model_type": kind, **common,
             "hidden_size": m.hidden_size, "intermediate_size": m.ffn_hidden_size, "num_hidden_layers": m.num_layers,
             "num_attention_heads": m.num_attention_heads,
             "num_key_value_heads": m.num_query_groups or m.num_attention_heads,
             "head_dim": m.hidden_size // m.num_attention_heads, "hidden_act": "silu",
-            "max_position_embeddings": m.seq_length, "rms_norm_eps": NORM_EPS,
-            "rope_parameters": {"rope_type": "default", "rope_theta": ROPE_BASE},
-            "attention_bias": False, "mlp_bias": False, "attention_dropout": 0.0}
+            "max_position_embeddings": m.seq_length, "rms_norm_eps": m.norm_epsilon, "rope_parameters": rope,
+            "attention_bias": False, "mlp_bias": False, "attention_dropout": 0.0, "use_sliding_window": False}
 
 
 def to_hf(state: dict[str, torch.Tensor], model: ModelSpec) -> dict[str, torch.Tensor]:
@@ -140,6 +146,9 @@ def _llama(state: dict[str, torch.Tensor], model: ModelSpec) -> dict[str, torch.
     for i, layer in _layers(state, model):
         h = f"model.layers.{i}."
         q, k, v = _split_qkv(layer["self_attention.linear_qkv.weight"], model)
+        if model.qkv_bias:
+            bq, bk, bv = _split_qkv(layer["self_attention.linear_qkv.bias"], model)
+            out |= {h + "self_attn.q_proj.bias": bq, h + "self_attn.k_proj.bias": bk, h + "self_attn.v_proj.bias": bv}
         gate, up = layer["mlp.linear_fc1.weight"].chunk(2)
         out |= {h + "input_layernorm.weight": layer["input_layernorm.weight"],
                 h + "self_attn.q_proj.weight": q, h + "self_attn.k_proj.weight": k, h + "self_attn.v_proj.weight": v,
@@ -150,3 +159,56 @@ def _llama(state: dict[str, torch.Tensor], model: ModelSpec) -> dict[str, torch.
     if not model.tie_embeddings:
         out["lm_head.weight"] = state["output_layer.weight"]
     return {k: _owning(v) for k, v in out.items()}
+
+
+def _merge_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, model: ModelSpec) -> torch.Tensor:
+    """The inverse of :func:`_split_qkv`: per key/value group, its queries, its key, its value."""
+    heads = model.num_attention_heads
+    groups = model.num_query_groups or heads
+    head_dim = model.hidden_size // heads
+    rest = q.shape[1:]
+    grouped = torch.cat([q.reshape(groups, heads // groups * head_dim, *rest), k.reshape(groups, head_dim, *rest),
+                         v.reshape(groups, head_dim, *rest)], dim=1)
+    return grouped.reshape(-1, *rest)
+
+
+def from_hf(name: str, read, model: ModelSpec) -> torch.Tensor:
+    """The full Megatron-Core tensor `name` (one-process name, global layer index) from a transformers
+    checkpoint, `read(hf_name)` giving its tensors. Vocabulary rows are padded with zeros to the padded size."""
+    gpt2 = family(model) == "gpt2"
+    if name in ("embedding.word_embeddings.weight", "output_layer.weight"):
+        embed = "transformer.wte.weight" if gpt2 else "model.embed_tokens.weight"
+        t = read(embed if name.startswith("embedding") or model.tie_embeddings else "lm_head.weight")
+        return torch.cat([t, t.new_zeros(model.padded_vocab_size - t.shape[0], t.shape[1])])
+    if name == "embedding.position_embeddings.weight":
+        return read("transformer.wpe.weight")[: model.seq_length]
+    if name.startswith("decoder.final_layernorm."):
+        return read(("transformer.ln_f." if gpt2 else "model.norm.") + name.rsplit(".", 1)[1])
+    layer = re.fullmatch(r"decoder\.layers\.(\d+)\.(.+)\.(weight|bias)", name)
+    if layer is None:
+        raise KeyError(f"no transformers tensor for {name}")
+    i, module, kind = layer.groups()
+    return (_gpt2_layer if gpt2 else _llama_layer)(module, kind, read, i, model)
+
+
+def _gpt2_layer(module: str, kind: str, read, i: str, model: ModelSpec) -> torch.Tensor:
+    h = f"transformer.h.{i}."
+    if module == "self_attention.linear_qkv":
+        t = read(h + "attn.c_attn." + kind)
+        t = t.t() if kind == "weight" else t
+        return _merge_qkv(*t.chunk(3), model)
+    names = {"input_layernorm": "ln_1", "pre_mlp_layernorm": "ln_2", "self_attention.linear_proj": "attn.c_proj",
+             "mlp.linear_fc1": "mlp.c_fc", "mlp.linear_fc2": "mlp.c_proj"}
+    t = read(h + names[module] + "." + kind)
+    return t.t() if kind == "weight" and "linear" in module else t  # Conv1D keeps [in, out]
+
+
+def _llama_layer(module: str, kind: str, read, i: str, model: ModelSpec) -> torch.Tensor:
+    h = f"model.layers.{i}."
+    if module == "self_attention.linear_qkv":
+        return _merge_qkv(*(read(f"{h}self_attn.{p}_proj.{kind}") for p in "qkv"), model)
+    if module == "mlp.linear_fc1":
+        return torch.cat([read(h + "mlp.gate_proj.weight"), read(h + "mlp.up_proj.weight")])
+    names = {"input_layernorm": "input_layernorm", "pre_mlp_layernorm": "post_attention_layernorm",
+             "self_attention.linear_proj": "self_attn.o_proj", "mlp.linear_fc2": "mlp.down_proj"}
+    return read(h + names[module] + "." + kind)

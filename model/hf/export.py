@@ -22,8 +22,8 @@ from pathlib import Path
 
 import torch
 
-from llmops.errors import UserError
 from llmops.runs.models import Checkpoint, check_out
+from llmops.spec.prepare import EOS_ID
 from llmops_model.hf import convert
 
 MAX_SHARD = "5GB"
@@ -42,8 +42,8 @@ def export(ck: Checkpoint, out: Path, *, dtype: str | None = None, info: Callabl
     convert.family(ck.spec.model)  # refuse what has no transformers architecture before any loading
     check_out(out)
     if ck.tokenizer is None:
-        raise UserError(f"{ck.label}: the run names no tokenizer file that still exists",
-                        "prepare the data again, or set the stage's align.tokenizer to the tokenizer.model it used")
+        info("no tokenizer: this run trained on synthetic data or its tokenizer file is gone; the folder holds "
+             "the model alone (transformers loads it; generation needs a tokenizer)")
     dtype = dtype or default_dtype(ck)
     tmp = out.parent / f".{out.name}.partial-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)  # ours: named by this process
@@ -69,20 +69,25 @@ def write(ck: Checkpoint, folder: Path, *, dtype: torch.dtype, info: Callable[[s
     from llmops_model.hf import tokenizer, weights
 
     spec = ck.spec
-    tok = tokenizer.build(ck.tokenizer, vocab_size=spec.model.padded_vocab_size, template=ck.template,
-                          max_length=spec.model.seq_length)
+    tok = None if ck.tokenizer is None else tokenizer.build(
+        ck.tokenizer, vocab_size=spec.model.padded_vocab_size, template=ck.template, max_length=spec.model.seq_length)
     started = time.monotonic()
     info(f"loading {ck.label} (saved as {_layout(ck)}) ...")
     tensors = {k: v.to(dtype) for k, v in convert.to_hf(weights.load(spec, ck.path), spec.model).items()}
-    eos_ids = [tok.eos_token_id] + ([tok.convert_tokens_to_ids(ck.template.end)] if ck.template else [])
-    cfg = convert.config(spec, eos_ids=eos_ids, bos_id=tok.bos_token_id, pad_id=tok.pad_token_id, dtype=dtype)
+    if tok is not None:
+        eos_ids = [tok.eos_token_id] + ([tok.convert_tokens_to_ids(ck.template.end)] if ck.template else [])
+        bos, pad = tok.bos_token_id, tok.pad_token_id
+    else:
+        eos_ids, bos, pad = [EOS_ID], None, None  # llmops's end-of-document id
+    cfg = convert.config(spec, eos_ids=eos_ids, bos_id=bos, pad_id=pad, dtype=dtype)
     AutoConfig.for_model(**cfg).save_pretrained(folder)
-    GenerationConfig(eos_token_id=eos_ids if len(eos_ids) > 1 else eos_ids[0], bos_token_id=tok.bos_token_id,
-                     pad_token_id=tok.pad_token_id).save_pretrained(folder)
+    GenerationConfig(eos_token_id=eos_ids if len(eos_ids) > 1 else eos_ids[0], bos_token_id=bos,
+                     pad_token_id=pad).save_pretrained(folder)
     save_torch_state_dict(tensors, folder, max_shard_size=MAX_SHARD)
-    tok.save_pretrained(folder)
-    _readable_by_older_transformers(folder / "tokenizer_config.json", tok.chat_template)
-    shutil.copyfile(ck.tokenizer, folder / "tokenizer.model")
+    if tok is not None:
+        tok.save_pretrained(folder)
+        _readable_by_older_transformers(folder / "tokenizer_config.json", tok.chat_template)
+        shutil.copyfile(ck.tokenizer, folder / "tokenizer.model")
     params = sum(t.numel() for t in tensors.values())
     (folder / "llmops-export.json").write_text(json.dumps({
         "run": ck.run.id, "stage": ck.stage, "step": ck.step, "checkpoint": str(ck.path), "layout": _layout(ck),

@@ -319,6 +319,17 @@ def _materialise_optimizer_state(optimizer) -> None:
             opt._init_optimizer_states_with_dummy_values()
 
 
+def start_from_hf(t: Trainer, ref: str, *, logger: StepLogger) -> None:
+    """This rank's slices of a transformers checkpoint (`hf:DIR`) as the starting weights; a fresh optimizer."""
+    from llmops.spec import hf
+    from llmops_model.hf import weights
+
+    folder = Path(hf.folder_of(ref))
+    weights.load_hf(t.model.module, folder, t.spec)
+    t.optimizer.reload_model_params()  # mixed-precision optimizers keep fp32 copies of the weights
+    logger.info(f"starting weights from {ref} (a transformers checkpoint, loaded as {t.layout.describe()})")
+
+
 def pretrain(spec: RunSpec, *, run_dir: Path, layout: Layout, device: torch.device, restart: int) -> int:
     """Train to `spec.train.steps`, resuming and checkpointing; returns the process exit code."""
     ckpt_root = Path(spec.checkpoint.dir) if spec.checkpoint.dir else run_dir / "checkpoints"
@@ -332,6 +343,8 @@ def pretrain(spec: RunSpec, *, run_dir: Path, layout: Layout, device: torch.devi
                 f"{spec.model.hidden_size}; {n_params:,} parameters in this process's shard; "
                 f"layout {layout.describe()}")
     step = resume(t, logger=logger) if spec.checkpoint.resume else 0
+    if step == 0 and spec.model.init_from is not None:
+        start_from_hf(t, spec.model.init_from, logger=logger)
     source = data.build_source(spec, cache_dir=str(run_dir / "data-cache"))
     stream = data.batches(source, spec=spec, layout=layout, start_step=step, device=device)
 

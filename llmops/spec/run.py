@@ -67,7 +67,8 @@ class ModelSpec(SpecModel):
     """The GPT's shape. A `preset` fills every field; explicit fields override it."""
 
     preset: str | None = "tiny"
-    """Named shape: tiny, gpt-125m, gpt-350m, gpt-760m, gpt-1.3b, gpt-2.7b, gpt-6.7b, gpt-13b."""
+    """Named shape: tiny, gpt-125m, gpt-350m, gpt-760m, gpt-1.3b, gpt-2.7b, gpt-6.7b, gpt-13b, llama-3.2-1b,
+    llama-3.2-3b, llama-3.1-8b, llama-3.1-70b."""
     num_layers: int | None = Field(None, ge=1, le=10_000)
     """Transformer layers."""
     hidden_size: int | None = Field(None, ge=1, le=1_000_000)
@@ -120,7 +121,7 @@ class ModelSpec(SpecModel):
         if self.preset is None or self.preset not in PRESETS:
             return self  # unknown presets are reported by llmops.spec.rules with the list
         for key, value in PRESETS[self.preset].items():
-            if getattr(self, key) is None:
+            if key not in self.model_fields_set:  # what the spec writes wins, defaults give way
                 object.__setattr__(self, key, value)
         return self
 

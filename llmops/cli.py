@@ -618,6 +618,9 @@ def generate(
     stage: StageOpt = None,
     step: StepOpt = None,
     device: Annotated[str, typer.Option(help="auto (a GPU if there is one), cpu or cuda.")] = "auto",
+    compile_step: Annotated[bool, typer.Option(
+        "--compile", help="GPU: a static KV cache and a compiled decoding step; a slow first call, then 1.6x "
+        "(batch 1) to 2.9x (batch 32) the tokens/s: for batches and long completions.")] = False,
     runs_dir: RunsDirOpt = None,
 ) -> None:
     """Complete a prompt with a trained model (streamed), chat with it, or complete a file of prompts."""
@@ -641,7 +644,7 @@ def generate(
     rows = gen.read_prompts(prompts) if prompts is not None else None
     sampling = gen.Sampling(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, top_k=top_k,
                             seed=seed)
-    with gen.opened(source, device=gen.pick_device(device), info=_say) as model:
+    with gen.opened(source, device=gen.pick_device(device), compile=compile_step, info=_say) as model:
         if rows is not None:
             gen.run_batch(model, rows, sampling, batch_size=batch_size, out=out_file, info=_say)
         elif chat:

@@ -55,17 +55,17 @@ def pick_device(name: str) -> torch.device:
 
 
 @contextlib.contextmanager
-def opened(source: Checkpoint | HFFolder, *, device: torch.device,
+def opened(source: Checkpoint | HFFolder, *, device: torch.device, compile: bool = False,
            info: Callable[[str], None] = print) -> Iterator[Generator]:
     """The model and tokenizer of `source` on `device` (bf16 on GPUs, fp32 on CPUs)."""
     if isinstance(source, HFFolder):
-        yield Generator.load(source.path, device=device)
+        yield Generator.load(source.path, device=device, compile=compile)
         return
     from llmops_model.hf import export
 
     with tempfile.TemporaryDirectory(prefix="llmops-generate-") as folder:
         export.write(source, Path(folder), dtype=torch.float32, info=info)
-        yield Generator.load(Path(folder), device=device)
+        yield Generator.load(Path(folder), device=device, compile=compile)
 
 
 class Generator:
@@ -75,7 +75,7 @@ class Generator:
         self.model, self.tok, self.device = model, tokenizer, device
 
     @classmethod
-    def load(cls, folder: Path, *, device: torch.device) -> Generator:
+    def load(cls, folder: Path, *, device: torch.device, compile: bool = False) -> Generator:
         from transformers import AutoModelForCausalLM, AutoTokenizer
         from transformers.utils import logging
 
@@ -90,7 +90,12 @@ class Generator:
         if tok.pad_token_id is None:
             tok.pad_token = tok.eos_token
         tok.padding_side = "left"  # a batch's prompts end together, where generation starts
-        return cls(model.to(device).eval(), tok, device)
+        model = model.to(device).eval()
+        if compile and device.type == "cuda":
+            # A static KV cache, with which transformers' generate compiles the decoding step into CUDA graphs:
+            # a slow first call, then far less launch overhead per token.
+            model.generation_config.cache_implementation = "static"
+        return cls(model, tok, device)
 
     @property
     def has_chat(self) -> bool:
@@ -113,6 +118,11 @@ class Generator:
 
         set_seed(sampling.seed)
         width = max(len(p) for p in prompts)
+        context = getattr(self.model.config, "n_positions", None)  # learned positions end there (GPT-2)
+        if context is not None and width + sampling.max_new_tokens > context:
+            raise UserError(f"the prompt ({width} tokens) and --max-new-tokens {sampling.max_new_tokens} exceed "
+                            f"the model's context of {context} tokens",
+                            f"shorten the prompt or pass --max-new-tokens {max(1, context - width)} or less")
         pad = self.tok.pad_token_id
         ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts], device=self.device)
         mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=self.device)

@@ -462,8 +462,26 @@ def report(
                                                               "lost")))
     out.print(stages)
     out.print(times)
+    if summary["evaluations"]:
+        out.print(_scores_table([(f"{e.stage} step {e.step}", e.scores, bool(e.limit)) for e in summary["evaluations"]],
+                                title="evaluations (llmops eval)"))
     path = rep.write(r, out_path)
     err.print(f"report: {path}")
+
+
+def _scores_table(groups: list[tuple[str | None, list, bool]], title: str | None = None) -> Table:
+    """lm-eval scores, one row per task and metric; `groups` are (checkpoint or None, scores, computed with
+    --limit)."""
+    table = Table(box=None, header_style="bold", title=title, title_justify="left")
+    labelled = any(label for label, _, _ in groups)
+    for col in (["checkpoint"] if labelled else []) + ["task", "metric", "value", "stderr", "questions"]:
+        table.add_column(col, no_wrap=True, justify="right" if col in ("value", "stderr", "questions") else "left")
+    for label, scores, limited in groups:
+        for s in scores:
+            table.add_row(*([label or "-"] if labelled else []), s.task, s.metric, f"{s.value:.4f}",
+                          f"± {s.stderr:.4f}" if s.stderr is not None else "-",
+                          (f"{s.questions:,}" if s.questions is not None else "-") + (" (limit)" if limited else ""))
+    return table
 
 
 @app.command()
@@ -651,6 +669,59 @@ def generate(
             _chat(model, sampling, first=prompt)
         else:
             _complete_one(model, model.encode(prompt), sampling, echo=prompt)
+
+
+@app.command(name="eval")
+def eval_(
+    target: Annotated[str, typer.Argument(
+        help="A run (id, exact name or folder), a checkpoint, or a Hugging Face model folder.", show_default=False)],
+    tasks: Annotated[str, typer.Option(
+        help="Comma-separated lm-eval tasks: its own names (hellaswag, arc_*), task YAML files, or folders of "
+        "them (e.g. examples/eval/stdlib_docstrings.yaml).", show_default=False)],
+    limit: Annotated[int | None, typer.Option(
+        min=1, help="Only the first N questions of each task: a quick look, not a score to compare.")] = None,
+    batch_size: Annotated[int, typer.Option(min=1, max=4096, help="Requests per forward pass.")] = 8,
+    num_fewshot: Annotated[int | None, typer.Option(
+        min=0, help="Solved examples put before each question (default: the task's own setting).")] = None,
+    out_file: Annotated[Path | None, typer.Option(
+        "--out", help="Also write lm-eval's results JSON to this new file (a run's are kept in RUN/evals/).")]
+    = None,
+    stage: StageOpt = None,
+    step: StepOpt = None,
+    device: Annotated[str, typer.Option(help="auto (a GPU if lm-eval's torch sees one), cpu or cuda.")] = "auto",
+    runs_dir: RunsDirOpt = None,
+) -> None:
+    """Evaluate a model with EleutherAI's lm-evaluation-harness; a run's results go into its report."""
+    from llmops.runs import evaluations, models
+    from llmops.runs.rundir import atomic_write, runs_root
+
+    if device not in ("auto", "cpu", "cuda"):
+        raise UserError(f"--device {device!r} is not auto, cpu or cuda", "pass one of those")
+    source = models.resolve(target, runs_root=runs_root(runs_dir), stage=stage, step=step, allow_hf=True)
+    if out_file is not None and (out_file.exists() or not out_file.parent.is_dir()):
+        raise UserError(f"--out {out_file}: " + ("it already exists" if out_file.exists() else
+                                                 "its folder does not exist"),
+                        "name a new file in an existing folder (results are never overwritten)")
+    from llmops_model.hf import evaluation
+
+    task_list = evaluation.parse_tasks(tasks)
+    python = evaluation.find_harness()
+    if isinstance(source, models.Checkpoint):
+        _model_imports()
+    settings = evaluation.Settings(limit=limit, batch_size=batch_size, num_fewshot=num_fewshot, device=device,
+                                   verbose=_state["verbose"])
+    try:
+        results = evaluation.evaluate(source, task_list, settings, python=python, info=_say)
+    except KeyboardInterrupt:
+        err.print("\n[yellow]interrupted: lm-eval stopped; nothing was written[/yellow]")
+        raise typer.Exit(EXIT_FAILED) from None
+    out.print(_scores_table([(None, evaluations.scores(results), limit is not None)]))
+    if isinstance(source, models.Checkpoint):
+        saved = evaluations.save(source.run, results)
+        err.print(f"results: {escape(_shown(saved))} (in `llmops report {escape(source.run.id)}`)")
+    if out_file is not None:
+        atomic_write(out_file, json.dumps(results, indent=1) + "\n")
+        err.print(f"results: {escape(_shown(out_file))}")
 
 
 def _say(line: str) -> None:

@@ -12,6 +12,9 @@ EXIT_BAD_INPUT = 2
 # The training process saved a checkpoint after a preemption notice and wants to be
 # started again (EX_TEMPFAIL from sysexits.h). Backends requeue on this code.
 EXIT_REQUEUE = 75
+# The node's launcher found the job hung (no rank made progress for restarts.hang_timeout), wrote every
+# rank's stacks to the log and stopped it. Backends restart it, as after a crash.
+EXIT_HUNG = 76
 
 
 @dataclass(frozen=True)

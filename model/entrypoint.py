@@ -14,7 +14,7 @@ import sys
 import traceback
 from pathlib import Path
 
-from llmops.errors import EXIT_BAD_INPUT, EXIT_FAILED, UserError
+from llmops.errors import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK, UserError
 from llmops.runs.rundir import RunDir
 
 
@@ -43,7 +43,9 @@ def main(argv: list[str] | None = None) -> int:
         logging.basicConfig(level=os.environ["LLMOPS_LOG_LEVEL"].upper(),
                             format="%(asctime)s %(name)s %(levelname)s: %(message)s")
     from llmops_model import parallel
-    from llmops_model.train import loop
+    from llmops_model.train import heartbeat, loop
+
+    heartbeat.install()  # stacks on SIGUSR2, for the launcher's watchdog
 
     restart = int(os.environ.get("LLMOPS_RESTART", "0"))
     stage = os.environ.get("LLMOPS_STAGE") or spec.training_stages[0]
@@ -70,6 +72,10 @@ def main(argv: list[str] | None = None) -> int:
         # exiting non-zero makes torchrun tear the whole group down.
         return EXIT_FAILED
     parallel.teardown()
+    if code == EXIT_OK and int(os.environ.get("RANK", "0")) == 0:  # the stage is done: a sample of its model
+        from llmops_model.hf import samples
+
+        samples.write(run, stage, info=lambda line: print(f"[llmops] {line}", flush=True))
     return code
 
 

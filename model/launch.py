@@ -27,13 +27,18 @@ still running after it mean node 0 crashed, and the agent fails as before.
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import signal
 import sys
+import tempfile
 import time
+from pathlib import Path
 
-from llmops.errors import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK, EXIT_REQUEUE
+from llmops.errors import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_HUNG, EXIT_OK, EXIT_REQUEUE
 from llmops.procs import children
+from llmops_model.train import heartbeat
 
 # torchrun's agent keeps handling these (it stops the workers and exits); preemption
 # notices are this wrapper's to forward.
@@ -106,10 +111,45 @@ def main(argv: list[str] | None = None) -> int:
     if not argv:
         print("usage: python -m llmops_model.launch [torchrun options] RUN_DIR", file=sys.stderr)
         return 2
-    return run_agent(argv[:-1], ["-m", "llmops_model.entrypoint", argv[-1]])
+    return run_agent(argv[:-1], ["-m", "llmops_model.entrypoint", argv[-1]], run_dir=argv[-1])
 
 
-def run_agent(torchrun_argv: list[str], worker: list[str]) -> int:
+def _hang_timeout(run_dir: str | None) -> float | None:
+    """restarts.hang_timeout of the run (None: learned from the steps, see llmops_model.train.heartbeat)."""
+    if run_dir is None:
+        return None
+    from llmops.runs.rundir import RunDir
+
+    try:
+        return RunDir(Path(run_dir)).read_spec().restarts.hang_timeout
+    except Exception:  # noqa: BLE001 (the workers report a bad spec; the watchdog falls back to its default)
+        return None
+
+
+def _watch(args, run_dir: str | None) -> heartbeat.Watchdog:
+    """A watchdog over this node's workers' heartbeats, in a fresh folder each launch."""
+    folder = Path(tempfile.mkdtemp(prefix="llmops-heartbeats-"))
+    os.environ[heartbeat.ENV] = str(folder)
+    from torch.distributed.run import determine_local_world_size
+
+    ranks = determine_local_world_size(str(args.nproc_per_node))  # "4", or "gpu"/"auto"
+    stage = os.environ.get("LLMOPS_STAGE", "pretrain")
+
+    def on_hang(silence: heartbeat.Silence) -> None:
+        print(f"[llmops] hung: {silence.describe()}; every rank's Python stacks follow, then the workers are "
+              "stopped and the stage restarts from its latest complete checkpoint", file=sys.stderr, flush=True)
+        if run_dir is not None:
+            events = Path(run_dir) / "stages" / stage / "events.jsonl"
+            with open(events, "a") as f:
+                f.write(json.dumps({"event": "hung", "time": time.time(), "rank": silence.rank,
+                                    "step": silence.step, "phase": silence.phase, "silent": silence.seconds,
+                                    "timeout": silence.timeout}) + "\n")
+
+    return heartbeat.Watchdog(folder, ranks=ranks, timeout=_hang_timeout(run_dir),
+                              workers=lambda: children(os.getpid()), on_hang=on_hang)
+
+
+def run_agent(torchrun_argv: list[str], worker: list[str], *, run_dir: str | None = None) -> int:
     """One torchrun agent running ``worker`` (a script or ``-m module``, with its arguments)."""
     # Newer torchrun reads --signals-to-handle (default from PET_SIGNALS_TO_HANDLE) and exports
     # it as TORCHELASTIC_SIGNALS_TO_HANDLE; older ones read only the latter.
@@ -130,9 +170,13 @@ def run_agent(torchrun_argv: list[str], worker: list[str]) -> int:
     if args.rdzv_backend == "c10d" and not args.standalone:  # standalone: one node, its own store
         rendezvous_handler_registry.register(RDZV_BACKEND, _create_rendezvous)
         args.rdzv_backend = RDZV_BACKEND
+    watchdog = _watch(args, run_dir)
+    watchdog.start()
     try:
         run(args)
     except ChildFailedError as exc:
+        if watchdog.found is not None:
+            return EXIT_HUNG
         codes = {f.exitcode for f in exc.failures.values()}
         # torchrun tears the other workers down with SIGTERM as soon as the first one exits,
         # so a clean preemption can show up as 75 next to -SIGTERM.
@@ -149,6 +193,9 @@ def run_agent(torchrun_argv: list[str], worker: list[str]) -> int:
     except RendezvousError as exc:  # a crash of the node that holds the store, or one that never came
         print(f"[llmops] rendezvous failed ({type(exc).__name__}): {exc}", file=sys.stderr, flush=True)
         return EXIT_FAILED
+    finally:
+        watchdog.stop()
+        shutil.rmtree(os.environ.pop(heartbeat.ENV, ""), ignore_errors=True)
     return EXIT_OK
 
 

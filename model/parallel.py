@@ -44,12 +44,13 @@ class Layout:
         return f"tp{self.tp}-pp{self.pp}-dp{self.dp}"
 
 
-def setup(spec: RunSpec, *, timeout_minutes: int = 30) -> tuple[Layout, torch.device]:
+def setup(spec: RunSpec) -> tuple[Layout, torch.device]:
     """Join the job's process group (from torchrun's environment) and build Megatron's groups.
 
     On CPU this also activates :mod:`llmops_model.compat.cpu`. Precondition:
     RANK, WORLD_SIZE, MASTER_ADDR and MASTER_PORT are set (torchrun sets them).
     """
+    timeout = spec.restarts.collective_timeout  # restarts.hang_timeout's watchdog usually acts long before
     on_cpu = spec.resources.cpu or not torch.cuda.is_available()
     if on_cpu:
         cpu.activate()
@@ -58,12 +59,12 @@ def setup(spec: RunSpec, *, timeout_minutes: int = 30) -> tuple[Layout, torch.de
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
         backend = "nccl"
     if not dist.is_initialized():
-        dist.init_process_group(backend=backend, timeout=datetime.timedelta(minutes=timeout_minutes))
+        dist.init_process_group(backend=backend, timeout=datetime.timedelta(seconds=timeout))
     par = spec.parallelism
     parallel_state.initialize_model_parallel(
         tensor_model_parallel_size=par.tensor,
         pipeline_model_parallel_size=par.pipeline,
-        distributed_timeout_minutes=timeout_minutes,
+        distributed_timeout_minutes=max(1, round(timeout / 60)),
     )
     cpu.seed_model_parallel_rng(spec.train.seed, graph_safe=not on_cpu and spec.train.cuda_graphs)
     layout = Layout(

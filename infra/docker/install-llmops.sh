@@ -12,7 +12,9 @@ src=${1:-/opt/llmops/src}
 before=$(python -c 'import torch; print(torch.__version__)')
 python - "$src/pyproject.toml" > /tmp/llmops-deps.txt <<'PY'
 import re, sys, tomllib
-deps = tomllib.load(open(sys.argv[1], "rb"))["project"]["dependencies"]
+project = tomllib.load(open(sys.argv[1], "rb"))["project"]
+# The core dependencies and the `hf` extra (transformers: export, generate, the samples each stage writes).
+deps = project["dependencies"] + project["optional-dependencies"]["hf"]
 print("\n".join(d for d in deps if re.split(r"[<>=!~ ;\[]", d, maxsplit=1)[0].lower() != "torch"))
 PY
 pip install --no-cache-dir -r /tmp/llmops-deps.txt

@@ -13,6 +13,11 @@ Command line (writes JSONL for ``align.data.path``)::
 
     python -m llmops.prepare.align_corpus sft conversations.jsonl [--examples N] [--seed S]
     python -m llmops.prepare.align_corpus dpo preferences.jsonl
+    python -m llmops.prepare.align_corpus choice examples/eval/stdlib_docstrings.jsonl --examples 320
+
+The ``choice`` kind is the multiple-choice evaluation task in ``examples/eval/``
+(lm-evaluation-harness): a docstring's first sentence and four names, one of
+them the name it documents.
 """
 
 from __future__ import annotations
@@ -164,6 +169,28 @@ def preference_records(n: int, *, seed: int = 0, max_chars: int = 160) -> list[d
     return out
 
 
+def choice_records(n: int, *, seed: int = 0, max_chars: int = 160, fewshot: int = 20) -> list[dict]:
+    """`n` four-way questions: which name does this sentence document? The three wrong names are of the same
+    kind (function or class) from other modules; the right one's position is uniform. The first `fewshot`
+    are the "validation" split (lm-eval draws few-shot examples from it), the others "test"."""
+    picked = _pick(n, seed, max_chars)
+    pool = entries(max_chars)
+    rng = np.random.default_rng((seed, 2))
+    out = []
+    for i, e in enumerate(picked):
+        names = {e.name}
+        while len(names) < 4:
+            other = pool[int(rng.integers(len(pool)))]
+            if other.kind == e.kind and other.module != e.module:
+                names.add(other.name)
+        choices = sorted(names - {e.name})
+        answer = int(rng.integers(4))
+        choices.insert(answer, e.name)
+        out.append({"split": "validation" if i < fewshot else "test", "summary": e.summary, "kind": e.kind,
+                    "choices": choices, "answer": answer})
+    return out
+
+
 def write_jsonl(records: list[dict], path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w", encoding="utf-8") as f:
@@ -173,13 +200,13 @@ def write_jsonl(records: list[dict], path: Path) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m llmops.prepare.align_corpus", description=__doc__.split("\n\n")[0])
-    parser.add_argument("kind", choices=("sft", "dpo"))
+    parser.add_argument("kind", choices=("sft", "dpo", "choice"))
     parser.add_argument("out", type=Path)
     parser.add_argument("--examples", type=int, default=512)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--max-chars", type=int, default=160, help="longest answer, in characters")
     args = parser.parse_args(argv)
-    make = sft_records if args.kind == "sft" else preference_records
+    make = {"sft": sft_records, "dpo": preference_records, "choice": choice_records}[args.kind]
     records = make(args.examples, seed=args.seed, max_chars=args.max_chars)
     write_jsonl(records, args.out)
     print(f"wrote {len(records)} {args.kind} examples to {args.out}")

@@ -4,6 +4,7 @@
 * :mod:`~llmops.runs.logs`: following a stage's logs and parsing the trainer's step lines;
 * :mod:`~llmops.runs.checkpoints`: listing and verifying checkpoints without Megatron;
 * :mod:`~llmops.runs.report`: each stage's figures and the HTML report;
+* :mod:`~llmops.runs.evaluations`: the lm-evaluation-harness scores `llmops eval` keeps in a run;
 * :mod:`~llmops.runs.charts`: the report's SVG charts (round ticks, human numbers, labels that collide with
   nothing).
 """

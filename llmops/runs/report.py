@@ -31,11 +31,13 @@ from __future__ import annotations
 import html
 import json
 import math
+import re
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from llmops.runs import evaluations
 from llmops.runs.charts import Mark, Series, duration, human, line_chart, time_bar
 from llmops.runs.rundir import RunDir
 
@@ -78,6 +80,7 @@ class StageSummary:
     resume_seconds: list[float]  # per restart: the previous attempt's last sign of life to the first new step
     tokens_per_s: float | None  # median over the logged steps
     tracking: list[dict] = field(default_factory=list)  # the stage's "tracking" events (metrics trackers)
+    samples: list[dict] = field(default_factory=list)  # completions of the spec's sample prompts at the stage's end
 
     @property
     def final_loss(self) -> float | None:
@@ -162,11 +165,18 @@ def summarize_stage(run: RunDir, name: str, record: dict, ready_at: float | None
     t["training"] = max(0.0, t["training"] - t["lost"])
     return StageSummary(
         name=name, state=record.get("state", "PENDING"), restarts=record.get("restarts", max(0, len(attempts) - 1)),
-        steps=rows[-1].get("steps") if rows else None, rows=rows, evals=_jsonl(folder / "eval.jsonl"),
+        steps=rows[-1].get("steps") if rows else None, rows=rows, evals=_latest_per_step(_jsonl(folder / "eval.jsonl")),
         attempts=attempts, time=t, lost_steps=lost_steps, resume_seconds=resume_seconds,
         tokens_per_s=_median([r.get("tokens_per_s") for r in rows]),
         tracking=[e for e in events if e.get("event") == "tracking"],
+        samples=_jsonl(folder / "samples.jsonl"),
     )
+
+
+def _latest_per_step(rows: list[dict]) -> list[dict]:
+    """One row per step, in step order: an evaluation run again after a restart was appended, the later row wins."""
+    latest = {r["step"]: r for r in rows if "step" in r}
+    return [latest[s] for s in sorted(latest)]
 
 
 def summarize(run: RunDir) -> dict[str, Any]:
@@ -184,7 +194,8 @@ def summarize(run: RunDir) -> dict[str, Any]:
         ready = record.get("ended_at") or ready
     end = status.ended_at or time.time()
     return {"run": run.id, "state": status.state, "backend": status.backend, "message": status.message,
-            "wall": end - (status.started_at or status.submitted_at), "stages": stages}
+            "wall": end - (status.started_at or status.submitted_at), "stages": stages,
+            "evaluations": evaluations.listed(run)}
 
 
 def _span(record: dict) -> float | None:
@@ -206,7 +217,9 @@ _CSS = ("body{font:15px/1.45 system-ui,sans-serif;max-width:1200px;margin:0 auto
         "td,th{padding:3px 7px;text-align:right;white-space:nowrap}"
         "td:nth-child(-n+2),th:nth-child(-n+2){text-align:left}.caption,.legend{font-size:13px;color:#555;margin:4px 0}"
         ".sw{display:inline-block;width:10px;height:10px;margin:0 4px 0 14px}.sw:first-child{margin-left:0}"
-        ".tracking{margin:2px 0}.tracking.failed,.tracking.degraded{color:#b02a2a}")
+        ".tracking{margin:2px 0}.tracking.failed,.tracking.degraded{color:#b02a2a}"
+        ".samples td{white-space:pre-wrap;overflow-wrap:anywhere;text-align:left;vertical-align:top;"
+        "font-family:ui-monospace,monospace;font-size:13px}.samples td:first-child{width:30%}")
 # What the DPO figures mean (llmops_model.align.objectives.DPO and align.dpo_loss).
 _ACCURACY = ("<b>accuracy</b>: the fraction of pairs whose implicit reward, &beta;&middot;(log &pi; &minus; "
              "log &pi;<sub>ref</sub>), is higher for the chosen answer. <b>policy prefers</b> / <b>reference "
@@ -343,6 +356,27 @@ def _table_row(s: StageSummary | PrepareSummary) -> str:
     return "<tr>" + "".join(f"<td>{e(c)}</td>" for c in cells) + "</tr>"
 
 
+def _visible(text: str) -> str:
+    """A completion as it reads: long runs of line breaks counted, not drawn; an empty one said."""
+    if not text.strip():
+        return f"(only whitespace: {len(text)} characters)" if text else "(nothing: the model ended the text at once)"
+    return re.sub(r"\n{3,}", lambda m: f"\n[{len(m.group())} line breaks]\n", text)
+
+
+def _samples_html(rows: list[dict]) -> str:
+    """The stage's completions of the sample prompts (greedy, from its final checkpoint)."""
+    if not rows:
+        return ""
+    e = html.escape
+    how = "as the user's message, through the chat template" if rows[0].get("chat") else "as plain text"
+    body = "".join(f"<tr><td>{e(r.get('prompt', ''))}</td><td>{e(_visible(r.get('completion', '')))}"
+                   + (" <i>(stopped at the length limit)</i>" if r.get("finish_reason") == "length" else "")
+                   + "</td></tr>" for r in rows)
+    return (f"<h3>Samples at step {e(str(rows[0].get('step', '?')))}</h3><p>Greedy completions of the spec's "
+            f"sample prompts, given {how}.</p><div class=scroll><table class=samples><tr><th>prompt</th>"
+            f"<th>completion</th></tr>{body}</table></div>")
+
+
 def render_html(summary: dict[str, Any]) -> str:
     e = html.escape
     out = ["<!doctype html><meta charset=utf-8>",
@@ -361,7 +395,9 @@ def render_html(summary: dict[str, Any]) -> str:
         out.append(f"<section><h2>{e(s.name)}</h2><p>{_facts(s)}</p>")
         out += [f"<p class='tracking {state}'>{e(line)}</p>" for state, line in _tracking_lines(s.tracking)]
         out += _stage_charts(s)
+        out.append(_samples_html(s.samples))
         out.append(_time_html(s.time) + "</section>")
+    out.append(evaluations.html_section(summary.get("evaluations", [])))
     return "\n".join(out) + "\n"
 
 

@@ -9,7 +9,7 @@
         stages/<stage>/    per stage:
             metrics.jsonl  one row per logged step (see llmops_model.train.metrics)
             progress.json  the latest row
-            eval.jsonl     held-out evaluations (align stages)
+            eval.jsonl     held-out evaluations (pre-training and align stages)
         checkpoints/       pretrain's, unless checkpoint.dir points elsewhere
         checkpoints-<s>/   align stage s's, unless its checkpoint_dir does
 """

@@ -292,7 +292,38 @@ def _train_rules(spec: RunSpec) -> list[Problem]:
     if res.cpu and spec.checkpoint.async_save:
         out.append(Problem("checkpoint.async_save", True, "is not supported on CPU runs",
                            "set async_save: false for cpu: true"))
-    return out
+    return out + _eval_rules(spec)
+
+
+EVAL_POINTS, EVAL_INTERVAL_CAP = 10, 1000
+"""An unset train.eval_interval evaluates about this many times in a run, but at least every this many steps."""
+
+
+def _eval_rules(spec: RunSpec) -> list[Problem]:
+    """Fill in the held-out evaluation's defaults (train.eval_interval, train.eval_iters); an interval the spec
+    asks for must have held-out data to evaluate on."""
+    tr, ix = spec.train, spec.data.indexed
+    no_validation = ix is not None and _validation_share(ix.split) == 0.0
+    interval = tr.eval_interval
+    if interval is None:
+        interval = 0 if no_validation else min(EVAL_INTERVAL_CAP, -(-tr.steps // EVAL_POINTS))
+    iters = tr.eval_iters if tr.eval_iters is not None else max(1, tr.global_batch_size // tr.micro_batch_size)
+    spec.train = tr.model_copy(update={"eval_interval": interval, "eval_iters": iters})
+    if interval and no_validation:
+        return [Problem("train.eval_interval", interval, f"evaluates on the validation split of data.indexed, "
+                        f"which split '{ix.split}' leaves empty",
+                        "give the split a validation share (e.g. data.indexed.split: '969,30,1'), or set "
+                        "train.eval_interval: 0 to train without a held-out loss")]
+    return []
+
+
+def _validation_share(split: str) -> float | None:
+    """The validation number of a 'train,validation,test' split; None when it is malformed (_data_rules says so)."""
+    parts = split.replace(" ", "").split(",")
+    try:
+        return float(parts[1]) if len(parts) == 3 else None
+    except ValueError:
+        return None
 
 
 def _data_rules(spec: RunSpec) -> list[Problem]:

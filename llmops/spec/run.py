@@ -13,7 +13,7 @@ from __future__ import annotations
 import importlib.util
 import math
 import re
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
 from pydantic import Field, field_validator, model_validator
@@ -187,6 +187,16 @@ class TrainSpec(SpecModel):
     """auto: bf16 on GPUs, fp32 on CPUs."""
     log_interval: int = Field(1, ge=1, le=10**9)
     """Print a step line every this many steps."""
+    eval_interval: int | None = Field(None, ge=0, le=10**9)
+    """Measure the loss on held-out data every this many steps and at the last step (data.indexed's
+    validation split, or for synthetic data a held-out stream of the same chain); 0 turns it off. Unset: a
+    tenth of train.steps, rounded up, at most 1000 (a curve of about ten points on a short run), or 0 when
+    data.indexed.split gives validation no share."""
+    eval_iters: int | None = Field(None, ge=1, le=10**6)
+    """Micro-batches of held-out sequences (train.micro_batch_size each) per evaluation, split over the
+    data-parallel ranks; the same sequences every time, so the curve follows the model, not the sample.
+    Unset: one global batch's worth (global_batch_size / micro_batch_size), so an evaluation costs about a
+    third of a training step."""
     distributed_optimizer: bool = True
     """Shard optimizer state across data-parallel ranks (GPU only; CPU runs use the plain optimizer)."""
     fused_kernels: bool = True
@@ -223,7 +233,14 @@ class RestartSpec(SpecModel):
     """What the backend does when a training process exits early."""
 
     max_restarts: int = Field(3, ge=0, le=10_000)
-    """Restarts after a crash or preemption before the run is marked failed."""
+    """Restarts after a crash, a hang or a preemption before the run is marked failed."""
+    hang_timeout: float | None = Field(None, ge=1.0, le=7 * 86400.0)
+    """Seconds without progress from any rank of a node after which the job counts as hung: every rank's
+    stacks go to the log and the stage restarts from its latest checkpoint. Unset: the larger of 5 minutes,
+    10 x the slowest step and 3 x the slowest checkpoint save seen in the attempt."""
+    collective_timeout: float = Field(1800.0, ge=10.0, le=7 * 86400.0)
+    """Seconds a collective may wait before torch.distributed fails it (the process-group timeout): the
+    backstop for a hang the watchdog cannot see, such as one before the first step."""
 
 
 class SecretSource(SpecModel):
@@ -323,6 +340,24 @@ class TrackingSpec(SpecModel):
         return [name for name in asked if importlib.util.find_spec(name) is None]
 
 
+DEFAULT_SAMPLE_PROMPTS = ("Return the", "The following example shows how to", "What does this function do?")
+
+
+class SamplesSpec(SpecModel):
+    """Completions of a few fixed prompts, written at the end of every training stage and shown in the report,
+    so the model can be watched changing from stage to stage (needs transformers: the `hf` extra)."""
+
+    enabled: bool = True
+    prompts: list[Annotated[str, Field(min_length=1, max_length=2000)]] = Field(
+        default_factory=lambda: list(DEFAULT_SAMPLE_PROMPTS), min_length=1, max_length=16)
+    """Plain text for the pretrain stage; the user's message, through the chat template, for align stages."""
+    max_new_tokens: int = Field(32, ge=1, le=512)
+    """Longest completion, in tokens (greedy decoding)."""
+    max_parameters: int = Field(15_000_000_000, ge=0)
+    """Larger models are not sampled at the end of a stage (one process exports and loads the whole model, on
+    rank 0's GPU or CPU); `llmops generate` still samples them."""
+
+
 class RunSpec(SpecModel):
     """A training run: what to train, on what, and how."""
 
@@ -358,6 +393,8 @@ class RunSpec(SpecModel):
     or a log. A list of names is short for reading each from the variable of that name."""
     tracking: TrackingSpec | None = None
     """Send metrics, the resolved spec and the report to MLflow and/or Weights & Biases (docs/tracking.md)."""
+    samples: SamplesSpec = SamplesSpec()
+    """Completions of fixed prompts at the end of every training stage, in the report (docs/models.md)."""
 
     @field_validator("secrets", mode="before")
     @classmethod

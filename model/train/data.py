@@ -2,13 +2,17 @@
 
 Both sources are addressed by a global sample index, so the batch for a step
 is a pure function of (seed, step): resuming needs only the number of samples
-consumed, and every parallel layout sees the same global batch.
+consumed, and every parallel layout sees the same global batch. The held-out
+data of the pre-training evaluations (:func:`build_held_out`) is addressed the
+same way: the validation split of the indexed datasets, or another stream of
+the synthetic chain.
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
@@ -33,8 +37,12 @@ class SyntheticSource:
 
     SUCCESSORS = 4
 
-    def __init__(self, *, vocab_size: int, seq_length: int, num_samples: int, seed: int):
+    def __init__(self, *, vocab_size: int, seq_length: int, num_samples: int, seed: int, stream: int | None = None):
+        """`stream` None: the training samples; a number: another stream of samples from the same chain (the
+        held-out data), seeded apart from the training samples."""
         self.vocab_size, self.seq_length, self.num_samples, self.seed = vocab_size, seq_length, num_samples, seed
+        # A spawn key keeps the streams apart: entropy words alone would not ((7, 1, 0) seeds as (7, 1) does).
+        self.spawn_key = () if stream is None else (stream,)
         rng = np.random.default_rng(seed)
         self.table = rng.integers(0, vocab_size, size=(vocab_size, self.SUCCESSORS))
 
@@ -42,7 +50,7 @@ class SyntheticSource:
         return self.num_samples
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
-        rng = np.random.default_rng((self.seed, index))
+        rng = np.random.default_rng(np.random.SeedSequence((self.seed, index), spawn_key=self.spawn_key))
         picks = rng.integers(0, self.SUCCESSORS, size=self.seq_length)
         seq = np.empty(self.seq_length + 1, dtype=np.int64)
         seq[0] = rng.integers(0, self.vocab_size)
@@ -71,16 +79,46 @@ def build_source(spec: RunSpec, *, cache_dir: str) -> SampleSource:
     if spec.data.synthetic is not None:
         return SyntheticSource(vocab_size=m.vocab_size, seq_length=m.seq_length,
                                num_samples=spec.data.synthetic.num_samples, seed=tr.seed)
-    return _build_gpt_dataset(spec, cache_dir=cache_dir)
+    return _build_gpt_dataset(spec, cache_dir=cache_dir, split=TRAIN, num_samples=tr.steps * tr.global_batch_size)
 
 
-def _build_gpt_dataset(spec: RunSpec, *, cache_dir: str) -> SampleSource:
-    import torch.distributed as dist
-    from megatron.core.datasets.blended_megatron_dataset_builder import BlendedMegatronDatasetBuilder
-    from megatron.core.datasets.gpt_dataset import GPTDataset, GPTDatasetConfig
+@dataclass
+class HeldOut:
+    """The held-out data of a pre-training run, or why there is none (`source` None)."""
+
+    source: SampleSource | None
+    missing: str = ""
+
+
+def build_held_out(spec: RunSpec, *, cache_dir: str, num_samples: int) -> HeldOut:
+    """Collective: data the model never trains on, `num_samples` sequences of it.
+
+    Indexed data: the validation split of the same blend, through the same
+    Megatron machinery as the training split. Synthetic data: another stream of
+    samples from the same chain (the same distribution, other sequences).
+    """
+    m, tr = spec.model, spec.train
+    if spec.data.synthetic is not None:
+        return HeldOut(SyntheticSource(vocab_size=m.vocab_size, seq_length=m.seq_length, num_samples=num_samples,
+                                       seed=tr.seed, stream=HELD_OUT_STREAM))
+    ix = spec.data.indexed
+    empty = [path for path in ix.paths if _split_documents(spec, path, VALID) == 0]
+    if empty:
+        return HeldOut(None, f"the validation split of {', '.join(empty)} (data.indexed.split '{ix.split}') "
+                             f"holds no documents")
+    return HeldOut(_build_gpt_dataset(spec, cache_dir=cache_dir, split=VALID, num_samples=num_samples))
+
+
+TRAIN, VALID = 0, 1  # megatron.core.datasets.utils.Split's train and valid
+HELD_OUT_STREAM = 1
+"""The synthetic source's stream of held-out samples (training samples are stream None)."""
+
+
+def _gpt_config(spec: RunSpec, *, cache_dir: str):
+    from megatron.core.datasets.gpt_dataset import GPTDatasetConfig
 
     ix = spec.data.indexed
-    config = GPTDatasetConfig(
+    return GPTDatasetConfig(
         random_seed=spec.train.seed,
         sequence_length=spec.model.seq_length,
         blend=(list(ix.paths), list(ix.weights) if ix.weights else None),
@@ -92,18 +130,39 @@ def _build_gpt_dataset(spec: RunSpec, *, cache_dir: str) -> SampleSource:
         eod_mask_loss=False,
         create_attention_mask=False,
     )
-    train_samples = spec.train.steps * spec.train.global_batch_size
+
+
+def _split_documents(spec: RunSpec, path: str, split: int) -> int:
+    """How many documents of the dataset at `path` fall in `split`, counted as Megatron's builder counts them."""
+    from megatron.core.datasets.gpt_dataset import GPTDataset
+
+    config = _gpt_config(spec, cache_dir="")
+    bounds = config.split_matrix[split]
+    if bounds is None:
+        return 0
+    n = GPTDataset.numel_low_level_dataset(GPTDataset.build_low_level_dataset(path, config))
+    return int(round(bounds[1] * n)) - int(round(bounds[0] * n))
+
+
+def _build_gpt_dataset(spec: RunSpec, *, cache_dir: str, split: int, num_samples: int) -> SampleSource:
+    import torch.distributed as dist
+    from megatron.core.datasets.blended_megatron_dataset_builder import BlendedMegatronDatasetBuilder
+    from megatron.core.datasets.gpt_dataset import GPTDataset
+
+    config = _gpt_config(spec, cache_dir=cache_dir)
+    # Build this split only: Megatron builds every split its matrix names, and one of no documents asked for
+    # samples never finishes (GPTDataset._get_num_epochs adds empty epochs until they hold the tokens asked for).
+    config.split_matrix = [bounds if i == split else None for i, bounds in enumerate(config.split_matrix)]
+    sizes = [num_samples if i == split else None for i in range(len(config.split_matrix))]
     # Rank 0 builds and caches the sample index; the others wait and read the cache.
     rank = dist.get_rank() if dist.is_initialized() else 0
-    builder = BlendedMegatronDatasetBuilder(GPTDataset, [train_samples, 0, 0], lambda: rank == 0, config)
     if rank == 0:
-        train, _, _ = builder.build()
+        built = BlendedMegatronDatasetBuilder(GPTDataset, sizes, lambda: True, config).build()
     if dist.is_initialized():
         dist.barrier()
     if rank != 0:
-        builder = BlendedMegatronDatasetBuilder(GPTDataset, [train_samples, 0, 0], lambda: True, config)
-        train, _, _ = builder.build()
-    return train
+        built = BlendedMegatronDatasetBuilder(GPTDataset, sizes, lambda: True, config).build()
+    return built[split]
 
 
 LM_KEYS = ("tokens", "labels", "loss_mask", "position_ids")

@@ -31,7 +31,8 @@ from llmops_model.compat import mcore
 from llmops_model.fast import fallbacks, graphs
 from llmops_model.parallel import Layout
 from llmops_model.preemption import PreemptionFlag
-from llmops_model.train import checkpoint, data, sharded_state
+from llmops_model.train import checkpoint, data, heartbeat, sharded_state
+from llmops_model.train.evaluation import HeldOutLoss
 from llmops_model.train.metrics import Readout, StepLogger, StepQueue
 from llmops_model.train.optimizer import step as step_without_sync
 
@@ -347,6 +348,7 @@ def pretrain(spec: RunSpec, *, run_dir: Path, layout: Layout, device: torch.devi
         start_from_hf(t, spec.model.init_from, logger=logger)
     source = data.build_source(spec, cache_dir=str(run_dir / "data-cache"))
     stream = data.batches(source, spec=spec, layout=layout, start_step=step, device=device)
+    held_out = HeldOutLoss(spec, layout=layout, device=device, cache_dir=str(run_dir / "data-cache"), logger=logger)
 
     queue = StepQueue(logger, steps=spec.train.steps, log_interval=spec.train.log_interval)
 
@@ -366,6 +368,9 @@ def pretrain(spec: RunSpec, *, run_dir: Path, layout: Layout, device: torch.devi
         queue.add(step, values, lr=t.scheduler.get_lr(t.optimizer.param_groups[0]), began=began)
         if not values.deferred:  # on the CPU the step has run by now: log it at once
             queue.read()
+        if held_out.due(step):  # before the step's checkpoint: a restart from it never loses an evaluation
+            queue.read()  # the step's line comes first
+            held_out.measure(t.model, step=step, logger=logger, forward=partial(forward_backward, t))
 
     step, code = run_steps(t, step=step, logger=logger, flag=flag, advance=advance, settle=queue.read)
     return finish(t, code=code, step=step, run_dir=run_dir, logger=logger, flag=flag)
@@ -386,10 +391,13 @@ def run_steps(t: Trainer, *, step: int, logger: StepLogger, flag: PreemptionFlag
         advance(step)
         finalize_saves(t, logger=logger, blocking=False)
         preempted = flag.agreed(t.device)
+        heartbeat.beat(step, "step")  # the launcher's watchdog: this rank got through step `step`
         if step % spec.checkpoint.interval == 0 or step == spec.train.steps or preempted:
             settle()
+            heartbeat.beat(step, "checkpoint")
             # The last save before exiting is synchronous: nothing may be left half-written.
             save_checkpoint(t, step, logger=logger, final=preempted or step == spec.train.steps)
+            heartbeat.beat(step, "step")
             last_saved = step
         if preempted:
             logger.info(f"preemption signal {flag.signal or 'on another rank'}: checkpoint at step {step} "

@@ -8,9 +8,13 @@ The step line is a stable, greppable format that backends and users parse::
 figures at full precision, one JSON object per logged step; a resumed run
 appends to it, so a step that was re-run after a crash appears twice and the
 later row wins. ``stages/<stage>/progress.json`` holds the latest row, for
-``llmops status``. With ``tracking:`` in the spec, the rows (and the align
-stages' evaluations) also go to MLflow and/or W&B
-(:mod:`llmops_model.train.tracking`).
+``llmops status``. Held-out evaluations print an ``[eval ...]`` line and go to
+``stages/<stage>/eval.jsonl``, appended the same way::
+
+    [eval 40/40] loss=5.298811 tokens=8192 time=0.412s
+
+With ``tracking:`` in the spec, the rows and the evaluations also go to MLflow
+and/or W&B (:mod:`llmops_model.train.tracking`).
 """
 
 from __future__ import annotations
@@ -29,6 +33,13 @@ from llmops_model.train import tracking
 
 # Dense bf16 peak of the accelerators we know, FLOP/s. MFU is reported only for these.
 _PEAK_BF16 = {"H100": 989e12, "H200": 989e12, "H800": 989e12, "A100": 312e12, "A800": 312e12}
+
+
+def layer_weights(m) -> int:
+    """The weights one transformer layer multiplies by (a resolved model spec): the query and output
+    projections, the key/value projections of the query groups, and the MLP (three matrices with SwiGLU)."""
+    h, kv = m.hidden_size, m.hidden_size * (m.num_query_groups or m.num_attention_heads) // m.num_attention_heads
+    return 2 * h * h + 2 * h * kv + (3 if m.activation == "swiglu" else 2) * h * m.ffn_hidden_size
 
 
 def flops_per_token(spec: RunSpec, *, causal: bool = False) -> float:
@@ -157,6 +168,7 @@ class StepLogger:
             self.folder.mkdir(parents=True, exist_ok=True)
         self.metrics_path = self.folder / "metrics.jsonl"
         self.progress_path = self.folder / "progress.json"
+        self.eval_path = self.folder / "eval.jsonl"
         self.tokens_per_step = spec.train.global_batch_size * spec.model.seq_length
         self.flops_per_token = flops_per_token(spec)
         self.peak = peak_flops()
@@ -200,6 +212,22 @@ class StepLogger:
                 if row.get(key) is not None:
                     self.tb.add_scalar(f"train/{key}", row[key], step)
 
+    def log_eval(self, *, step: int, metrics: dict[str, float]) -> None:
+        """A held-out evaluation (loss, loss_tokens, seconds): its [eval] line, a row of eval.jsonl (appended like
+        metrics.jsonl: an evaluation run again after a restart appears twice, the later row wins), TensorBoard
+        and the trackers."""
+        if not self.enabled:
+            return
+        row = {"step": step, "steps": self.spec.train.steps, **metrics, "stage": self.stage,
+               "restart": self.restart, "time": time.time()}
+        print(f"[eval {step}/{self.spec.train.steps}] loss={metrics['loss']:.6f} "
+              f"tokens={metrics['loss_tokens']:.0f} time={metrics['seconds']:.3f}s", flush=True)
+        with open(self.eval_path, "a") as f:
+            f.write(json.dumps(row) + "\n")
+        self.track(step, metrics, prefix="eval_")
+        if self.tb is not None:
+            self.tb.add_scalar("train/valid_loss", metrics["loss"], step)
+
     def write_row(self, row: dict[str, Any]) -> None:
         """Append a step row to metrics.jsonl, make it the stage's progress.json, hand it to the trackers."""
         with open(self.metrics_path, "a") as f:
@@ -242,7 +270,7 @@ class StepLogger:
         if self.tb is not None:
             self.tb.close()
         if self.tracker is not None:
-            files = [self.metrics_path, self.folder / "eval.jsonl", self.run_dir / "report.html"]
+            files = [self.metrics_path, self.eval_path, self.run_dir / "report.html"]
             for outcome in self.tracker.close(files=files, code=self.exit_code):
                 self.event("tracking", **outcome)
             self.tracker = None

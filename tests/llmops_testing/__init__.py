@@ -21,14 +21,17 @@ REPO = Path(__file__).resolve().parents[2]
 
 def tiny_spec(name: str, *, tp: int = 1, pp: int = 1, procs: int | None = None, steps: int = 4,
               **overrides: Any) -> dict[str, Any]:
-    """A tiny CPU spec; `overrides` replace whole sections or merge into `train`/`checkpoint`."""
+    """A tiny CPU spec; `overrides` replace whole sections or merge into `train`/`checkpoint`.
+
+    Held-out evaluations are off (a 4-step run would evaluate at every step, about 3% of its time): tests of
+    them turn them on with `train={"eval_interval": ...}` (None: the default)."""
     spec: dict[str, Any] = {
         "name": name,
         "resources": {"cpu": True, "processes_per_node": procs or tp * pp},
         "parallelism": {"tensor": tp, "pipeline": pp},
         "model": {"preset": "tiny"},
         "train": {"steps": steps, "global_batch_size": 8, "micro_batch_size": 2, "lr": 3.0e-3,
-                  "warmup_steps": 1, "tensorboard": False},
+                  "warmup_steps": 1, "tensorboard": False, "eval_interval": 0},
         "checkpoint": {"interval": 100},
         "restarts": {"max_restarts": 0},
     }

@@ -120,8 +120,12 @@ def make_run(root: Path) -> RunDir:
         {"event": "tracking", "backend": "wandb", "state": "failed", "sent": 0, "dropped": 15, "restart": 1,
          "error": "connection refused (api.wandb.ai:443)"},
     ])
-    _write_jsonl(pre / "eval.jsonl", [{"step": s, "steps": STEPS, "loss": 7.1 * math.exp(-s / 40) + 0.1}
-                                      for s in (20, 40, 60)])
+    # Every 5 steps: 35 was evaluated, then run again after the restart (appended; the later row wins).
+    _write_jsonl(pre / "eval.jsonl", [{"step": s, "steps": STEPS, "loss": 7.1 * math.exp(-s / 40) + 0.1 + 0.01 * n,
+                                       "loss_tokens": 512.0, "seconds": 0.2, "stage": "pretrain", "restart": n}
+                                      for n, steps in enumerate((range(5, KILLED_AT + 1, 5),
+                                                                 range(CHECKPOINT + 5, STEPS + 1, 5)))
+                                      for s in steps])
     for i, (stage, extra) in enumerate((("sft", lambda s: {"method": "sft"}), ("dpo", _dpo))):
         start = T0 + 100 + 60 * i
         folder = run.stage_dir(stage)
@@ -153,6 +157,8 @@ def test_the_summary_counts_the_restart_and_its_lost_work_and_ignores_tracker_ro
     assert pre.time["lost"] == pytest.approx(0.5 * (KILLED_AT - CHECKPOINT))
     assert [a.restart for a in pre.attempts] == [0, 1] and len(pre.tracking) == 4
     assert stages["dpo"].evals[-1]["step"] == STEPS
+    assert [r["step"] for r in pre.evals] == list(range(5, STEPS + 1, 5))  # one point per step
+    assert [r["restart"] for r in pre.evals if r["step"] in (30, 35, 40)] == [0, 1, 1]
 
 
 def test_the_page_says_what_happened(run):
@@ -163,6 +169,9 @@ def test_the_page_says_what_happened(run):
     assert "W&amp;B: tracker unreachable, 40 metrics dropped: connection refused (api.wandb.ai:443)" in page
     assert "<b>policy prefers</b> / <b>reference prefers</b>: the fraction of held-out pairs" in page
     assert page.count('class="chart"') == 2 + 2 + 4  # loss, throughput; + accuracy, margin for DPO
+    pretrain = page[page.index("<h2>pretrain</h2>"):page.index("<h2>sft</h2>")]
+    assert "held-out loss 1.694 at step 60" in pretrain  # the restarted attempt's evaluation
+    assert pretrain.count("<title>held-out loss, step ") == STEPS // 5  # beside the training loss, once a step
     assert ">50k</text>" in page and "e+" not in page and "<script" not in page and "http://" not in page.replace(
         'xmlns="http://www.w3.org/2000/svg"', "")
 

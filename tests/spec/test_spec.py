@@ -75,6 +75,8 @@ MISTAKES = [
     ("data", {"synthetic": {}, "indexed": {"paths": ["a"]}}, "data", "exactly one"),
     ("resources.gpus_per_node", 8, "resources.gpus_per_node", "remove gpus_per_node"),
     ("model.compile", True, "model.compile", "compile: auto"),
+    ("train.eval_interval", -1, "train.eval_interval", "bound"),
+    ("train.eval_iters", 0, "train.eval_iters", "bound"),
 ]
 
 
@@ -127,6 +129,32 @@ def test_gpu_speed_defaults_resolve_by_device():
                          "model": {"preset": "gpt-125m", "compile": True},
                          "train": {"steps": 10, "global_batch_size": 8}})
     assert compiles_layers(forced, graphed=False)
+
+
+def test_held_out_evaluation_defaults_follow_the_run():
+    """About ten evaluations in a short run, every 1000 steps in a long one, each over one global batch."""
+    def resolved(steps: int, data: dict | None = None, **fields):
+        spec = _mutate(BASE, "train", {**BASE["train"], "steps": steps, "warmup_steps": 0, "eval_interval": None,
+                                       **fields})
+        return parse_spec({**spec, "data": data} if data else spec).train
+
+    assert [resolved(n).eval_interval for n in (4, 40, 45, 10**6)] == [1, 4, 5, 1000]
+    assert resolved(40).eval_iters == 8 // 2
+    assert resolved(40, {"indexed": {"paths": ["/data/c"], "split": "100,0,0"}}).eval_interval == 0
+    chosen = resolved(40, eval_interval=0, eval_iters=32)
+    assert (chosen.eval_interval, chosen.eval_iters) == (0, 32)
+
+
+def test_an_evaluation_without_a_validation_split_is_refused_with_the_fix():
+    bad = _mutate(_mutate(BASE, "train.eval_interval", 5), "data", {"indexed": {"paths": ["/data/c"],
+                                                                                 "split": "100,0,0"}})
+    with pytest.raises(SpecError) as info:
+        parse_spec(bad, "spec.yaml")
+    assert info.value.exit_code == 2
+    assert info.value.render().endswith(
+        "train.eval_interval = 5: evaluates on the validation split of data.indexed, which split '100,0,0' leaves "
+        "empty. Fix: give the split a validation share (e.g. data.indexed.split: '969,30,1'), or set "
+        "train.eval_interval: 0 to train without a held-out loss.")
 
 
 def test_stages_sharing_a_checkpoint_folder_are_refused():

@@ -6,7 +6,8 @@ and each stage) and decides what an exit means, following NeMo-Run's
 requeue loop:
 
 * 0: the stage finished; the next one starts. After the last: SUCCEEDED.
-* 75 (checkpointed after a preemption notice) or a crash: start the stage
+* 75 (checkpointed after a preemption notice), 76 (hung: the launcher's
+  watchdog stopped it) or a crash: start the stage
   again from its latest checkpoint (prepare: from its finished shards), up to
   ``restarts.max_restarts`` times per stage. Every attempt logs to its own
   ``logs/<stage>.restart-<n>.log``.
@@ -28,7 +29,7 @@ import time
 from pathlib import Path
 
 from llmops.backends.local.backend import launch_command, prepare_command, signal_job
-from llmops.errors import EXIT_BAD_INPUT, EXIT_OK, EXIT_REQUEUE
+from llmops.errors import EXIT_BAD_INPUT, EXIT_HUNG, EXIT_OK, EXIT_REQUEUE
 from llmops.procs import started
 from llmops.runs import report
 from llmops.runs.rundir import CANCELLED, FAILED, RUNNING, SUCCEEDED, RunDir
@@ -90,7 +91,8 @@ class Supervisor:
             if retries >= max_restarts:
                 return self.end_stage(stage, FAILED, code, f"exit code {code} after {retries} restart(s) "
                                       f"(restarts.max_restarts = {max_restarts})")
-            reason = "preempted" if code == EXIT_REQUEUE else f"crashed with exit code {code}"
+            reason = {EXIT_REQUEUE: "preempted", EXIT_HUNG: "hung (no progress within the hang timeout; stacks in "
+                      f"{run.log_path(stage, attempt).name})"}.get(code, f"crashed with exit code {code}")
             retries += 1
             attempt += 1
             status = run.read_status()

@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from llmops.backends.slurm.spec import SlurmSpec
-from llmops.errors import EXIT_BAD_INPUT, EXIT_REQUEUE
+from llmops.errors import EXIT_BAD_INPUT, EXIT_HUNG, EXIT_REQUEUE
 from llmops.secrets import FILE as SECRETS_FILE
 from llmops.shell import quote as q
 from llmops.spec.run import RunSpec
@@ -86,7 +86,8 @@ def render_stage(spec: RunSpec, slurm: SlurmSpec, *, stage: str, target: Target)
         _environment(spec, slurm),
         _container(slurm, target),
         _RUN.replace("@LAUNCH@", launch).replace("@REQUEUE@", str(EXIT_REQUEUE)),
-        _OUTCOME.replace("@REQUEUE@", str(EXIT_REQUEUE)).replace("@BAD_INPUT@", str(EXIT_BAD_INPUT)),
+        _OUTCOME.replace("@REQUEUE@", str(EXIT_REQUEUE)).replace("@BAD_INPUT@", str(EXIT_BAD_INPUT))
+        .replace("@HUNG@", str(EXIT_HUNG)),
     ]
     return "\n\n".join(p.strip("\n") for p in parts if p) + "\n"
 
@@ -243,6 +244,8 @@ if [ "$CODE" = @BAD_INPUT@ ]; then
 fi
 if [ "$NOTICE" = 1 ] || [ "$CODE" = @REQUEUE@ ]; then
     REASON="checkpointed before the time limit"
+elif [ "$CODE" = @HUNG@ ]; then
+    REASON="hung: no progress within restarts.hang_timeout, every rank's stacks in $LOG"
 else
     REASON="crashed with exit code $CODE, see $LOG"
 fi

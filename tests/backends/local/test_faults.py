@@ -16,6 +16,8 @@ report. The runs are started side by side to keep the file's wall time down.
 6. A crash in the middle of data preparation: the restart skips finished
    shards and the output is byte-identical to an uninterrupted preparation.
 7. A cancel: nothing of the run keeps running, nothing incomplete is marked complete.
+8. A hang: one rank frozen with SIGSTOP (no exit, no error). The launcher's watchdog sees no progress for
+   restarts.hang_timeout, writes every rank's stacks to the log, stops the job, and the stage restarts.
 """
 
 from __future__ import annotations
@@ -46,6 +48,7 @@ from llmops_testing import (
 
 STEPS = 30
 INTERVAL = 10
+HANG_TIMEOUT = 10.0
 
 
 def _spec(name: str, **overrides) -> dict:
@@ -108,7 +111,8 @@ def faulted(workdir: Path) -> dict:
     ref = start(write_spec(workdir / "ref.yaml", _spec("reference")), runs)
     killed = start(write_spec(workdir / "killed.yaml", _spec("rank-killed")), runs)
     preempted = start(write_spec(workdir / "preempted.yaml", _spec("preempted")), runs)
-    facts: dict = {"reference": ref, "killed": killed, "preempted": preempted}
+    hung = start(write_spec(workdir / "hung.yaml", _spec("hung", restarts={"hang_timeout": HANG_TIMEOUT})), runs)
+    facts: dict = {"reference": ref, "killed": killed, "preempted": preempted, "hung": hung}
 
     wait_step(killed, INTERVAL + 3)
     victim = next(p for p in workers(killed) if rank_of(p) == 1)
@@ -119,7 +123,13 @@ def faulted(workdir: Path) -> dict:
     facts["preempted_after"] = RunDir(preempted).progress("pretrain")["step"]
     os.kill(status(preempted)["job_pgid"], signal.SIGTERM)  # the launcher forwards it to every worker
 
-    for run in (ref, killed, preempted):
+    wait_step(hung, INTERVAL + 3)
+    frozen = next(p for p in workers(hung) if rank_of(p) == 1)
+    facts["frozen_after"] = RunDir(hung).progress("pretrain")["step"]
+    facts["frozen_at"] = time.time()
+    frozen.send_signal(signal.SIGSTOP)
+
+    for run in (ref, killed, preempted, hung):
         wait_state(run, {"SUCCEEDED", "FAILED", "CANCELLED"}, timeout=400)
     return facts
 
@@ -160,6 +170,31 @@ def test_preemption_signal_loses_no_step(faulted):
     resumed = (run / "logs" / "pretrain.restart-1.log").read_text()
     saved_at = int(resumed.split("resumed from iter_")[1][:7])
     assert saved_at >= faulted["preempted_after"]  # checkpointed at the step boundary after the signal
+
+
+def test_a_frozen_rank_is_found_its_stacks_kept_and_the_stage_restarted(faulted):
+    import json
+
+    run = faulted["hung"]
+    st = status(run)
+    assert st["state"] == "SUCCEEDED", st
+    (reason,) = st["stages"]["pretrain"]["restart_reasons"]
+    assert reason.startswith("hung (no progress within the hang timeout")
+    first = (run / "logs" / "pretrain.restart-0.log").read_text()
+    assert "[llmops] hung: no progress from any rank of this node for" in first
+    # faulthandler's dump of each rank: the frozen one (continued to write it) and the one waiting for it
+    assert first.count("most recent call first") >= 2 and "train/loop.py" in first
+    assert "[llmops] stacks of rank 0, pid" in first
+    assert "[llmops] stacks of rank 1, pid" in first and "(it was stopped, SIGSTOP: continued to write them)" in first
+    (event,) = [e for e in map(json.loads, (run / "stages" / "pretrain" / "events.jsonl").read_text().splitlines())
+                if e["event"] == "hung"]
+    assert event["timeout"] == HANG_TIMEOUT and event["step"] >= faulted["frozen_after"]
+    assert event["time"] - faulted["frozen_at"] <= HANG_TIMEOUT + 15  # found within the timeout and a margin
+    assert f"resumed from iter_{INTERVAL:07d}" in (run / "logs" / "pretrain.restart-1.log").read_text()
+    _same_curve(run, faulted["reference"])
+    (stage,) = [s for s in summarize(RunDir(run))["stages"] if s.name == "pretrain"]
+    assert stage.lost_steps >= faulted["frozen_after"] - INTERVAL and stage.time["lost"] > 0
+    assert not [p for p in workers(run) if p.status() == psutil.STATUS_STOPPED]
 
 
 def test_truncated_newest_checkpoint_falls_back_to_the_previous(workdir, faulted):

@@ -215,3 +215,41 @@ def test_a_tokenizer_that_does_not_fit_the_vocabulary_and_a_failed_export_leave_
     with pytest.raises(UserError, match="not control tokens"):
         export.export(broken, tmp_path / "out", info=lambda _: None)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_each_training_stage_ends_with_samples_in_the_report(trained):
+    from llmops.spec.run import DEFAULT_SAMPLE_PROMPTS
+
+    run = trained["gpt"]
+    read = {stage: [json.loads(line) for line in (run / "stages" / stage / "samples.jsonl").read_text().splitlines()]
+            for stage in ("pretrain", "sft")}
+    assert [r["prompt"] for r in read["pretrain"]] == list(DEFAULT_SAMPLE_PROMPTS)
+    assert not any(r["chat"] for r in read["pretrain"]) and all(r["chat"] for r in read["sft"])
+    assert {r["step"] for rows in read.values() for r in rows} == {2}
+    assert (run / "report.html").read_text().count("Samples at step 2") == 2
+    logs = "\n".join(p.read_text() for p in (run / "logs").glob("*.log"))
+    assert logs.count("[llmops] samples: 3 completions at step 2") == 2
+
+    first = read["pretrain"][0]  # the same greedy completion `llmops generate` gives
+    res = llmops("generate", run.name, "--stage", "pretrain", "--prompt", first["prompt"], "--max-new-tokens", "32",
+                 "--runs-dir", str(run.parent))
+    assert res.returncode == 0, res.stderr
+    assert res.stdout == first["prompt"] + first["completion"] + "\n"
+
+
+def test_a_model_above_samples_max_parameters_is_not_sampled(trained, tmp_path):
+    from llmops.runs.rundir import RunDir
+    from llmops_model.hf import samples
+
+    copy = tmp_path / trained["gpt"].name
+    shutil.copytree(trained["gpt"], copy, ignore=shutil.ignore_patterns("checkpoints"))
+    run = RunDir(copy)
+    spec = yaml.safe_load((copy / "spec.yaml").read_text())
+    size = samples.parameters(run.read_spec().model)
+    assert 200_000 < size < 400_000  # the tiny preset at the test's vocabulary: about 0.3M
+    spec["samples"] = {"max_parameters": size - 1}
+    (copy / "spec.yaml").write_text(yaml.safe_dump(spec))
+    said: list[str] = []
+    assert samples.write(run, "pretrain", info=said.append) is None
+    assert said == [f"samples: skipped, the model has about {size:,} parameters, more than samples.max_parameters "
+                    f"({size - 1:,}); `llmops generate` samples it"]

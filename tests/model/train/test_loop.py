@@ -8,6 +8,7 @@ preempted with `llmops cancel` and resumed with `llmops resume`.
 from __future__ import annotations
 
 import json
+import math
 import shutil
 from pathlib import Path
 
@@ -28,6 +29,8 @@ from llmops_testing import (
 )
 
 STEPS = 40  # long enough that a cancel (a CLI start-up away) lands mid-run on a loaded machine
+# Held-out loss every 2 steps and at the last step, over 3 micro-batches of 2 sequences of 64 tokens.
+EVAL = {"eval_interval": 2, "eval_iters": 3}
 
 
 @pytest.fixture(scope="module")
@@ -39,8 +42,8 @@ def workdir(tmp_path_factory) -> Path:
 def reference_and_preempted(workdir: Path) -> dict[str, Path]:
     """An uninterrupted run (checkpoints at 5 and 10) and one cancelled mid-run, then resumed."""
     runs = workdir / "runs"
-    ref = tiny_spec("reference", tp=2, pp=2, steps=STEPS, checkpoint={"interval": 5, "keep_last": 2})
-    cut = tiny_spec("preempted", tp=2, pp=2, steps=STEPS)
+    ref = tiny_spec("reference", tp=2, pp=2, steps=STEPS, checkpoint={"interval": 5, "keep_last": 2}, train=EVAL)
+    cut = tiny_spec("preempted", tp=2, pp=2, steps=STEPS, train=EVAL)
     ref_dir = start(write_spec(workdir / "reference.yaml", ref), runs)
     cut_dir = start(write_spec(workdir / "preempted.yaml", cut), runs)
     wait_step(cut_dir, 2)
@@ -89,19 +92,43 @@ def test_tiny_example_runs_the_whole_pipeline(tmp_path):
     assert all(f"<h2>{s}</h2>" in report for s in ("pretrain", "sft", "dpo")) and "<polyline" in report
 
 
+def held_out(run_dir: Path) -> dict[int, float]:
+    """Held-out loss per step from pretrain's eval.jsonl; an evaluation run again after a restart keeps its latest."""
+    rows = [json.loads(line) for line in (run_dir / "stages" / "pretrain" / "eval.jsonl").read_text().splitlines()]
+    return {r["step"]: r["loss"] for r in rows}
+
+
 def test_layouts_give_the_same_losses(workdir, reference_and_preempted):
+    """Training and held-out losses of TP1xPP1 (on two data-parallel ranks, the held-out micro-batches split
+    unevenly), TP2xPP1 and TP1xPP2 match the TP2xPP2 reference's. (The held-out loss at step 2: the weights
+    after step 3 depend on the run's length, over which the learning rate decays.)"""
     runs = workdir / "layout-runs"
     dirs = {
         (tp, pp): start(write_spec(workdir / f"l{tp}{pp}.yaml", tiny_spec(f"layout-tp{tp}-pp{pp}", tp=tp, pp=pp,
-                                                                          steps=3)), runs)
+                                                                          procs=2, steps=3, train=EVAL)), runs)
         for tp, pp in ((1, 1), (2, 1), (1, 2))
     }
-    reference = losses(reference_and_preempted["reference"])
+    reference, reference_held_out = (f(reference_and_preempted["reference"]) for f in (losses, held_out))
     for layout, run_dir in dirs.items():
         wait_state(run_dir, {"SUCCEEDED"})
         got = losses(run_dir)
         for step in (1, 2, 3):
             assert got[step] == pytest.approx(reference[step], rel=1e-5, abs=1e-6), (layout, step)
+        got_held_out = held_out(run_dir)
+        assert sorted(got_held_out) == [2, 3], layout  # every 2 steps, and at the last step
+        assert got_held_out[2] == pytest.approx(reference_held_out[2], rel=1e-6), layout
+
+
+def test_held_out_loss_is_measured_on_the_interval(reference_and_preempted):
+    run_dir = reference_and_preempted["reference"]
+    rows = [json.loads(line) for line in (run_dir / "stages" / "pretrain" / "eval.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == list(range(2, STEPS + 1, 2))
+    assert all(math.isfinite(r["loss"]) and r["loss_tokens"] == 3 * 2 * 64 for r in rows)
+    assert rows[-1]["loss"] < rows[0]["loss"] - 0.1, "the model learns the chain the held-out stream follows"
+    text = log_text(run_dir)
+    assert f"[eval {STEPS}/{STEPS}] loss=" in text
+    assert text.index(f"[step {STEPS}/{STEPS}]") < text.index(f"[eval {STEPS}/{STEPS}]") < text.index(
+        f"saved checkpoint step={STEPS}")
 
 
 def test_preempted_run_resumes_with_identical_losses(reference_and_preempted):
@@ -109,6 +136,8 @@ def test_preempted_run_resumes_with_identical_losses(reference_and_preempted):
     assert reference_and_preempted["cancelled_state"]["state"] == "CANCELLED"
     assert "checkpointed" in reference_and_preempted["cancelled_state"]["message"]
     assert losses(cut_dir) == losses(reference_and_preempted["reference"])  # exactly, on CPU
+    assert held_out(cut_dir) == held_out(reference_and_preempted["reference"])  # none lost, none twice
+    assert len((cut_dir / "stages" / "pretrain" / "eval.jsonl").read_text().splitlines()) == len(held_out(cut_dir))
     text = log_text(cut_dir)
     assert "preemption signal" in text and "resumed from iter_" in text
     assert (cut_dir / "logs" / "pretrain.restart-0.log").exists()

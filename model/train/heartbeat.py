@@ -1,0 +1,160 @@
+"""Hang detection: every training rank beats, the node's launcher watches, and a silent job is stopped.
+
+A rank stuck in a collective, a data read or a deadlocked thread neither exits
+nor errs; the job would wait for the process-group timeout, and a cluster would
+see a healthy process. So each rank writes a heartbeat, a small JSON file in a
+node-local folder the launcher names (``$LLMOPS_HEARTBEATS``), after every
+step and before every checkpoint save; the launcher's :class:`Watchdog` reads
+them. Watching starts when every rank of the node has finished a step (start-up
+and a resume's checkpoint load are not watched: a rank stuck there leaves the
+others blocked in their first collective, which the process-group timeout,
+``restarts.collective_timeout``, ends).
+
+When no rank of the node has beaten for ``restarts.hang_timeout`` seconds (unset:
+the larger of 5 minutes, 10 times the slowest step and 3 times the slowest save
+seen so far), the watchdog names the rank that went silent first, has every
+rank write its Python stacks to the stage log (faulthandler, on SIGUSR2; a
+stopped process is continued first so that it can), then kills the workers; the
+launcher exits with ``EXIT_HUNG`` and the backend restarts the stage from its
+latest complete checkpoint, as after a crash. nvidia-resiliency-ext's
+heartbeat monitor does the same for GPUs but needs its own launcher in place of
+torchrun and CUDA; this is the small piece that fits the launcher llmops
+already wraps, on CPUs and GPUs alike.
+"""
+
+from __future__ import annotations
+
+import faulthandler
+import json
+import os
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+ENV = "LLMOPS_HEARTBEATS"
+STACKS = signal.SIGUSR2  # SIGUSR1 is Slurm's preemption notice
+MIN_AUTO_TIMEOUT = 300.0
+
+
+def install() -> None:
+    """In a worker: dump every thread's stack to stderr (the stage log) on SIGUSR2."""
+    if os.environ.get(ENV):
+        faulthandler.register(STACKS, file=sys.stderr, all_threads=True)
+
+
+def beat(step: int, phase: str) -> None:
+    """In a worker: say this rank is alive at `step`, about to do or done with `phase` (no-op when unwatched)."""
+    folder = os.environ.get(ENV)
+    if not folder:
+        return
+    rank = os.environ.get("RANK", "0")
+    path = Path(folder) / f"rank-{rank}.json"
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps({"rank": int(rank), "pid": os.getpid(), "step": step, "phase": phase,
+                               "time": time.time()}))
+    os.replace(tmp, path)
+
+
+@dataclass
+class Silence:
+    """What the watchdog found: the rank silent longest, since when, where it was."""
+
+    rank: int
+    step: int
+    phase: str
+    seconds: float
+    timeout: float
+
+    def describe(self) -> str:
+        return (f"no progress from any rank of this node for {self.seconds:.0f}s (hang timeout {self.timeout:.0f}s); "
+                f"the oldest heartbeat is rank {self.rank}'s, after step {self.step} ({self.phase})")
+
+
+class Watchdog(threading.Thread):
+    """In the launcher: watch the node's heartbeats; on a hang, collect stacks and kill the workers."""
+
+    def __init__(self, folder: Path, *, ranks: int, timeout: float | None, workers: Callable[[], list[int]],
+                 on_hang: Callable[[Silence], None], poll: float = 1.0):
+        super().__init__(name="llmops-watchdog", daemon=True)
+        self.folder, self.ranks, self.fixed, self.workers, self.on_hang, self.poll = (
+            folder, ranks, timeout, workers, on_hang, poll)
+        self.found: Silence | None = None
+        self.slowest_step = self.slowest_save = 0.0
+        self._last: dict[int, dict] = {}
+        self._stop = threading.Event()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def timeout(self) -> float:
+        if self.fixed is not None:
+            return self.fixed
+        return max(MIN_AUTO_TIMEOUT, 10 * self.slowest_step, 3 * self.slowest_save)
+
+    def read(self) -> dict[int, dict]:
+        beats = {}
+        for path in self.folder.glob("rank-*.json"):
+            try:
+                b = json.loads(path.read_text())
+            except (OSError, ValueError):
+                continue  # replaced while read: the next poll sees it
+            beats[b["rank"]] = b
+        for rank, b in beats.items():  # learn how long steps and saves take
+            before = self._last.get(rank)
+            if before is not None and b["time"] > before["time"]:
+                took = b["time"] - before["time"]
+                if before["phase"] == "checkpoint":
+                    self.slowest_save = max(self.slowest_save, took)
+                elif b["step"] == before["step"] + 1:
+                    self.slowest_step = max(self.slowest_step, took)
+            self._last[rank] = b
+        return beats
+
+    def check(self, now: float) -> Silence | None:
+        beats = self.read()
+        if len(beats) < self.ranks:
+            return None  # not armed until every rank of the node has finished a step
+        newest = max(b["time"] for b in beats.values())
+        if now - newest <= self.timeout():
+            return None
+        first = min(beats.values(), key=lambda b: b["time"])
+        return Silence(first["rank"], first["step"], first["phase"], now - newest, self.timeout())
+
+    def run(self) -> None:
+        while not self._stop.wait(self.poll):
+            silence = self.check(time.time())
+            if silence is not None:
+                self.found = silence
+                self.on_hang(silence)
+                self.dump_and_kill()
+                return
+
+    def dump_and_kill(self, pause: float = 1.0) -> None:
+        """Every worker writes its stacks in turn, under a line naming its rank (a stopped one is continued
+        so that it can), then all are killed."""
+        import psutil
+
+        pids = self.workers()
+        for pid in pids:
+            try:
+                p = psutil.Process(pid)
+                rank, state = p.environ().get("RANK", "?"), p.status()
+            except psutil.Error:
+                continue
+            said = " (it was stopped, SIGSTOP: continued to write them)" if state == psutil.STATUS_STOPPED else ""
+            print(f"[llmops] stacks of rank {rank}, pid {pid}{said}:", file=sys.stderr, flush=True)
+            for sig in (STACKS, signal.SIGCONT):
+                try:
+                    os.kill(pid, sig)
+                except ProcessLookupError:
+                    pass
+            time.sleep(pause)  # faulthandler writes at once; the pause keeps each dump under its own line
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass

@@ -1,0 +1,63 @@
+"""The launcher's watchdog over heartbeat files: when it arms, what timeout it learns, whom it names.
+
+(The whole path, a frozen rank found, its stacks written and the stage restarted, is a fault test:
+tests/backends/local/test_faults.py.)
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from llmops_model.train import heartbeat
+
+
+def _beat(folder: Path, rank: int, step: int, phase: str, at: float) -> None:
+    (folder / f"rank-{rank}.json").write_text(json.dumps({"rank": rank, "pid": 1, "step": step, "phase": phase,
+                                                          "time": at}))
+
+
+def _dog(folder: Path, timeout: float | None = None) -> heartbeat.Watchdog:
+    return heartbeat.Watchdog(folder, ranks=2, timeout=timeout, workers=list, on_hang=lambda s: None)
+
+
+def test_it_arms_once_every_rank_has_beaten_and_names_the_oldest_heartbeat(tmp_path):
+    dog = _dog(tmp_path, timeout=10)
+    _beat(tmp_path, 0, 5, "step", at=100.0)
+    assert dog.check(now=1000.0) is None  # rank 1 has not finished a step: start-up is not watched
+    _beat(tmp_path, 1, 4, "checkpoint", at=95.0)
+    assert dog.check(now=109.0) is None
+    found = dog.check(now=111.0)
+    assert (found.rank, found.step, found.phase, found.timeout) == (1, 4, "checkpoint", 10)
+    assert round(found.seconds) == 11  # since the newest heartbeat: the node as a whole went quiet
+    assert "the oldest heartbeat is rank 1's, after step 4 (checkpoint)" in found.describe()
+
+
+def test_unset_the_timeout_grows_with_the_slowest_step_and_save(tmp_path):
+    dog = _dog(tmp_path)
+    assert dog.timeout() == heartbeat.MIN_AUTO_TIMEOUT
+    t = 0.0
+    for step, took in ((1, 20.0), (2, 45.0), (3, 30.0)):
+        t += took
+        for rank in (0, 1):
+            _beat(tmp_path, rank, step, "step", at=t)
+        dog.check(now=t)
+    assert dog.slowest_step == 45.0 and dog.timeout() == 450.0
+    for rank in (0, 1):
+        _beat(tmp_path, rank, 3, "checkpoint", at=t + 1)
+    dog.check(now=t + 1)
+    for rank in (0, 1):
+        _beat(tmp_path, rank, 3, "step", at=t + 201)  # a 200 s save
+    dog.check(now=t + 201)
+    assert dog.slowest_save == 200.0 and dog.timeout() == 600.0
+
+
+def test_beats_are_written_only_under_a_launcher_that_watches(tmp_path, monkeypatch):
+    monkeypatch.delenv(heartbeat.ENV, raising=False)
+    heartbeat.beat(3, "step")
+    assert list(tmp_path.iterdir()) == []
+    monkeypatch.setenv(heartbeat.ENV, str(tmp_path))
+    monkeypatch.setenv("RANK", "7")
+    heartbeat.beat(3, "step")
+    beat = json.loads((tmp_path / "rank-7.json").read_text())
+    assert (beat["rank"], beat["step"], beat["phase"]) == (7, 3, "step")

@@ -3,28 +3,37 @@
 For each model size it measures, each in a fresh process so that memory and
 compilation caches do not leak between them:
 
-* ``llmops``          the project's Megatron-Core GPT with its defaults (layer spec chosen by
+* ``llmops``          the project's Megatron-Core GPT with its defaults (the layers chosen by
                       ``model.attention: auto``, fused kernels, each step's forward and backward
                       replayed from a CUDA graph, compiled layers), trained through the project's own
                       trainer (Megatron DDP, distributed optimizer);
+* ``llmops-no-te``    the same in a process where Transformer Engine cannot be imported (is the fast
+                      path slowed down by TE merely being installed?);
 * ``llmops-no-compile`` the same with ``model.compile: false``;
 * ``llmops-eager``    the same without CUDA graphs (``train.cuda_graphs: false``, so the layers are not
                       compiled either): every kernel launched from Python;
+* ``llmops-te``       Transformer Engine's layers in bf16 (``model.attention: te``), eager, through the
+                      project's trainer;
+* ``llmops-fp8-<recipe>`` the same with ``train.precision: fp8`` and that ``train.fp8_recipe``;
 * ``megatron-local``  Megatron-Core's local layer spec and fallback kernels unchanged (unfused attention,
                       Megatron's cross entropy, ``train.fused_kernels: false``);
-* ``torch``           a plain PyTorch GPT using ``scaled_dot_product_attention``, autocast bf16,
-                      fused AdamW;
+* ``torch``           a plain PyTorch model of the same architecture (GPT- or Llama-style) using
+                      ``scaled_dot_product_attention``, autocast bf16, fused AdamW;
 * ``torch-compile``   the same under ``torch.compile``.
 
 Every implementation runs the same shape, sequence length, micro-batch and
 number of micro-batches per optimizer step, and reports tokens/s, TFLOP/s,
-MFU against 989 TFLOP/s (dense bf16 H100) with
-``6*(12*L*h^2 + V*h) + 12*L*h*s`` FLOPs per token, the causal variant (attention
-halved), and peak memory; then each one's ratio to ``torch-compile``.
+MFU against 989 TFLOP/s (dense bf16 H100) with FLOPs per token counted from
+the real shapes, ``6*(L*layer_weights + V*h) + 12*L*h*s`` (``layer_weights``
+is ``12*h^2`` for GPT-style layers), the causal variant (attention halved),
+and peak memory; then each one's ratio to ``torch-compile``. FP8 rows count
+the same FLOPs (their MFU is against the bf16 peak).
 
 Usage (one GPU)::
 
     python benchmarks/train_throughput.py --sizes gpt-350m gpt-1.3b gpt-8b-4l --out results.json
+    python benchmarks/train_throughput.py --sizes gpt-1.3b llama-1b gpt-8b-4l \
+        --impls torch-compile llmops llmops-no-te llmops-te llmops-fp8-delayed   # issue 23's table
 """
 
 from __future__ import annotations
@@ -42,8 +51,12 @@ SIZES = {
     "gpt-1.3b": ({"preset": "gpt-1.3b"}, 8),
     # An 8B-class layer (hidden 4096, 32 heads, 4x MLP) with the layer count cut to fit one GPU.
     "gpt-8b-4l": ({"preset": "gpt-6.7b", "num_layers": 4}, 4),
+    # Llama 3.2 1B's shape (GQA 32/8, SwiGLU, RMSNorm, RoPE, 128k vocabulary, tied embeddings) at sequence 2048.
+    "llama-1b": ({"preset": "llama-3.2-1b", "seq_length": 2048}, 8),
 }
-IMPLS = ("llmops", "llmops-no-compile", "llmops-eager", "megatron-local", "torch", "torch-compile")
+FP8_RECIPES = ("delayed", "tensorwise", "blockwise", "mxfp8")
+IMPLS = ("llmops", "llmops-no-te", "llmops-no-compile", "llmops-eager", "llmops-te",
+         *(f"llmops-fp8-{r}" for r in FP8_RECIPES), "megatron-local", "torch", "torch-compile")
 PEAK = 989e12
 MICROBATCHES = 4
 
@@ -53,16 +66,27 @@ def _spec(size: str, impl: str):
 
     shape, mbs = SIZES[size]
     model = dict(shape)
-    model["attention"] = "megatron" if impl == "megatron-local" else "auto"
+    model["attention"] = {"megatron-local": "megatron", "llmops-te": "te"}.get(impl, "auto")
     if impl == "llmops-no-compile":
         model["compile"] = False
+    fp8 = impl.removeprefix("llmops-fp8-") if impl.startswith("llmops-fp8-") else None
     return parse_spec({
         "name": "bench", "resources": {"gpus_per_node": 1}, "model": model,
         "train": {"steps": 1000, "global_batch_size": mbs * MICROBATCHES, "micro_batch_size": mbs,
-                  "warmup_steps": 10, "precision": "bf16", "tensorboard": False,
+                  "warmup_steps": 10, "tensorboard": False, "eval_interval": 0,
                   "fused_kernels": impl != "megatron-local",
-                  "cuda_graphs": impl in ("llmops", "llmops-no-compile")},
+                  "cuda_graphs": impl in ("llmops", "llmops-no-te", "llmops-no-compile"),
+                  **({"precision": "fp8", "fp8_recipe": fp8} if fp8 else {"precision": "bf16"})},
     })
+
+
+class _HideTransformerEngine:
+    """An import hook under which `import transformer_engine` fails, as where it is not installed."""
+
+    def find_spec(self, name, path=None, target=None):
+        if name == "transformer_engine" or name.startswith("transformer_engine."):
+            raise ModuleNotFoundError(f"{name} hidden by the benchmark (llmops-no-te)", name=name)
+        return None
 
 
 def _batches(spec, device, n=4):
@@ -108,7 +132,8 @@ def torch_step(spec, *, compiled: bool):
     m = spec.model
     device = torch.device("cuda")
     model = PlainGPT(layers=m.num_layers, hidden=m.hidden_size, heads=m.num_attention_heads,
-                     ffn=m.ffn_hidden_size, vocab=m.padded_vocab_size, seq=m.seq_length).to(device)
+                     ffn=m.ffn_hidden_size, vocab=m.padded_vocab_size, seq=m.seq_length,
+                     llama=m.activation == "swiglu", kv_heads=m.num_query_groups, rope_base=m.rope_base).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.1, betas=(0.9, 0.95), fused=True)
     step_fn = torch.compile(model) if compiled else model
     batches = _batches(spec, device)
@@ -251,16 +276,16 @@ def _child(size: str, impl: str, steps: int, warmup: int, profiled: bool = False
 
 
 def report(rows: list[dict]) -> str:
-    lines = [f"{'size':10} {'impl':17} {'mb':>3} {'tok/s':>9} {'TFLOP/s':>8} {'MFU':>6} {'MFU-c':>6} "
+    lines = [f"{'size':10} {'impl':21} {'mb':>3} {'tok/s':>9} {'TFLOP/s':>8} {'MFU':>6} {'MFU-c':>6} "
              f"{'mem GiB':>8} {'vs torch-compile':>16}"]
     for size in dict.fromkeys(r["size"] for r in rows):
         ref = next((r for r in rows if r["size"] == size and r["impl"] == "torch-compile" and "error" not in r), None)
         for r in (r for r in rows if r["size"] == size):
             if "error" in r:
-                lines.append(f"{size:10} {r['impl']:17} {'':>3} {r['error']}")
+                lines.append(f"{size:10} {r['impl']:21} {'':>3} {r['error']}")
                 continue
             ratio = f"{r['tokens_per_s'] / ref['tokens_per_s']:.2f}x" if ref else "-"
-            lines.append(f"{size:10} {r['impl']:17} {r['micro_batch']:>3} {r['tokens_per_s']:>9.0f} "
+            lines.append(f"{size:10} {r['impl']:21} {r['micro_batch']:>3} {r['tokens_per_s']:>9.0f} "
                          f"{r['tflops']:>8.1f} {100 * r['mfu']:>5.1f}% {100 * r['mfu_causal']:>5.1f}% "
                          f"{r['peak_mem_gib']:>8.1f} {ratio:>16}")
     return "\n".join(lines)
@@ -278,6 +303,8 @@ def main() -> None:
     ap.add_argument("--one", nargs=2, metavar=("SIZE", "IMPL"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.one:
+        if args.one[1] == "llmops-no-te":
+            sys.meta_path.insert(0, _HideTransformerEngine())
         run = profile if args.profile else measure
         print(json.dumps(run(*args.one, args.steps, args.warmup)), flush=True)
         return

@@ -123,6 +123,10 @@ class AlignSpec(SpecModel):
     log_interval: int = Field(1, ge=1, le=10**9)
     eval_interval: int | None = Field(None, ge=1, le=10**9)
     """Evaluate on the held-out examples every this many steps; always at the end."""
+    precision: Literal["auto", "bf16", "fp32", "fp8"] | None = None
+    """As train.precision; unset: the pretrain stage's train.precision (auto without one)."""
+    fp8_recipe: Literal["auto", "delayed", "tensorwise", "blockwise", "mxfp8"] | None = None
+    """As train.fp8_recipe; unset: the pretrain stage's."""
     sft: SFTOptions = SFTOptions()
     dpo: DPOOptions = DPOOptions()
     bad_data: BadData = BadData()
@@ -135,8 +139,9 @@ class AlignSpec(SpecModel):
 
     def train_fields(self) -> dict[str, object]:
         """The optimisation settings, named as the pretrain stage's `train:` names them."""
-        return {k: getattr(self, k) for k in ("steps", "global_batch_size", "micro_batch_size", "lr", "min_lr",
-                                              "warmup_steps", "weight_decay", "grad_clip", "seed", "log_interval")}
+        fields = {k: getattr(self, k) for k in ("steps", "global_batch_size", "micro_batch_size", "lr", "min_lr",
+                                                "warmup_steps", "weight_decay", "grad_clip", "seed", "log_interval")}
+        return fields | {k: v for k in ("precision", "fp8_recipe") if (v := getattr(self, k)) is not None}
 
     def absolutized(self) -> dict[str, object]:
         """Field updates that make every path absolute, so every process and host reads the same files."""

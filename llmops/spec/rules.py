@@ -286,6 +286,7 @@ def _train_rules(spec: RunSpec) -> list[Problem]:
     if res.cpu and tr.precision == "bf16":
         out.append(Problem("train.precision", "bf16", "is not supported on CPU runs",
                            "use precision: auto or fp32 with cpu: true"))
+    out += _fp8_rules(spec, "train", tr.precision, tr.fp8_recipe, tr.micro_batch_size)
     if res.cpu and spec.model.compile is True:
         out.append(Problem("model.compile", True, "is not supported on CPU runs",
                            "leave compile: auto (or set false) for cpu: true"))
@@ -293,6 +294,39 @@ def _train_rules(spec: RunSpec) -> list[Problem]:
         out.append(Problem("checkpoint.async_save", True, "is not supported on CPU runs",
                            "set async_save: false for cpu: true"))
     return out + _eval_rules(spec)
+
+
+def _fp8_rules(spec: RunSpec, where: str, precision: str, recipe: str | None, micro_batch_size: int) -> list[Problem]:
+    """FP8 runs through Transformer Engine's layers on a GPU, in shapes its FP8 GEMMs take. `where` is the
+    section (train, align) holding `precision` and `recipe`."""
+    m, par = spec.model, spec.parallelism
+    if precision != "fp8":
+        if recipe not in (None, "auto"):
+            return [Problem(f"{where}.fp8_recipe", recipe, f"applies to FP8 runs, and {where}.precision is "
+                            f"{precision}", f"set {where}.precision: fp8, or remove fp8_recipe")]
+        return []
+    if spec.resources.cpu:
+        return [Problem(f"{where}.precision", "fp8", "needs a GPU with FP8 tensor cores (Hopper, Ada or Blackwell)",
+                        "use precision: auto or fp32 with cpu: true")]
+    out = []
+    if m.attention in ("sdpa", "megatron"):
+        out.append(Problem("model.attention", m.attention, "cannot run FP8: FP8 GEMMs are Transformer Engine's",
+                           f"set model.attention: auto (or te) for {where}.precision: fp8"))
+    if m.compile is True:
+        out.append(Problem("model.compile", True, "is not supported with FP8 (TorchDynamo cannot trace Transformer "
+                           "Engine's FP8 tensors yet)", "leave compile: auto or set it false"))
+    tokens = micro_batch_size * m.seq_length // (par.tensor if par.sequence_parallel else 1)
+    for path, value, size, what in (
+            ("model.hidden_size", m.hidden_size, m.hidden_size, "it"),
+            ("model.ffn_hidden_size", m.ffn_hidden_size, m.ffn_hidden_size // par.tensor,
+             f"ffn_hidden_size / parallelism.tensor = {m.ffn_hidden_size // par.tensor}"),
+            (f"{where}.micro_batch_size", micro_batch_size, tokens,
+             f"the tokens of a micro-batch on one tensor-parallel rank (micro_batch_size x seq_length"
+             f"{' / tensor' if par.sequence_parallel else ''} = {tokens})")):
+        if size % 16:
+            out.append(Problem(path, value, f"FP8 GEMMs need dimensions divisible by 16, and {what} is not",
+                               "use multiples of 16"))
+    return out
 
 
 EVAL_POINTS, EVAL_INTERVAL_CAP = 10, 1000
@@ -351,6 +385,9 @@ def align_rules(spec: RunSpec) -> list[Problem]:
         where = "align" if len(spec.align) == 1 else f"align.{i}"
         a = a.model_copy(update=a.absolutized())
         problems = _batch_rules(spec, a) + (_start_rules(spec) if i == 0 else [])
+        if a.precision is not None or a.fp8_recipe is not None:
+            problems += _fp8_rules(spec, "align", a.precision or (spec.train.precision if spec.train else "auto"),
+                                   a.fp8_recipe, a.micro_batch_size)
         prepared = (os.path.join(spec.prepare.output.dir, "tokenizer.model")
                     if spec.prepare is not None and spec.prepare.tokenizer is not None else None)
         beside = os.path.join(hf.folder_of(a.start_from), "tokenizer.model") if hf.folder_of(a.start_from) else None

@@ -146,7 +146,7 @@ def load_start(t: loop.Trainer, path: Path, *, logger: AlignLogger) -> None:
         loop.start_from_hf(t, hf.PREFIX + str(path), logger=logger)
         return
     state = checkpoint.load(path, sharded_state={"model": t.model.module.sharded_state_dict(prefix="")})
-    t.model.module.load_state_dict(state["model"])
+    checkpoint.load_model(t.model.module, state["model"])
     t.optimizer.reload_model_params()  # mixed-precision optimizers keep fp32 copies of the weights
     saved = checkpoint.read_manifest(path)["layout"]
     was = f"tp{saved['tp']}-pp{saved['pp']}-dp{saved['dp']}"

@@ -6,6 +6,7 @@ when the upstream code no longer needs it.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import sys
 
@@ -75,6 +76,26 @@ def import_deferring_compiles() -> None:
         import megatron.core  # noqa: F401  (the package imports its fused kernels)
     finally:
         torch.compile = real
+
+
+@contextlib.contextmanager
+def torch_adamw():
+    """Build Megatron's optimizer on torch's AdamW even where Transformer Engine is importable.
+
+    megatron.core.optimizer picks TE's FusedAdam whenever TE imports (0.16.1). This project's step is built
+    on torch's fused AdamW (the clip coefficient rides in its grad_scale, llmops_model.train.optimizer) and its
+    sharded optimizer state on torch's state layout; with TE's optimizer neither applied, and the fast path
+    lost 5-8% of its tokens/s on one H200 just because TE was installed.
+    """
+    import torch
+    from megatron.core import optimizer as module
+
+    saved = module.Adam, module.USING_PYTORCH_OPTIMIZER
+    module.Adam, module.USING_PYTORCH_OPTIMIZER = torch.optim.AdamW, True
+    try:
+        yield
+    finally:
+        module.Adam, module.USING_PYTORCH_OPTIMIZER = saved
 
 
 def apply() -> None:

@@ -65,7 +65,7 @@ def load(spec: RunSpec, checkpoint: Path) -> dict[str, torch.Tensor]:
     with process_group_of_one(spec):
         model = build(spec)
         state = ckpt.load(checkpoint, sharded_state={"model": model.sharded_state_dict(prefix="")})
-        model.load_state_dict(state["model"])
+        ckpt.load_model(model, state["model"])
         return {k: v.detach().float().clone() for k, v in model.state_dict().items() if not k.endswith("_extra_state")}
 
 

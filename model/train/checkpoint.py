@@ -288,8 +288,39 @@ def _reason(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
-def load(path: Path, *, sharded_state: dict[str, Any]) -> dict[str, Any]:
-    """Collective: load a checkpoint into this rank's layout (resharding as needed)."""
-    from megatron.core import dist_checkpointing
+EXTRA_STATE = "_extra_state"
+"""Transformer Engine's per-module state (FP8 scaling factors and amax history) in a state dict's keys."""
 
-    return dist_checkpointing.load(sharded_state, str(path))
+
+def load(path: Path, *, sharded_state: dict[str, Any]) -> dict[str, Any]:
+    """Collective: load a checkpoint into this rank's layout (resharding as needed).
+
+    A model with Transformer Engine layers asks for their `_extra_state` (FP8 scaling state), which a
+    checkpoint written by the project's own layers (another precision, or a machine without TE) does not
+    hold: those start afresh, as at the start of an FP8 run; any other absent tensor is an error.
+    """
+    from megatron.core import dist_checkpointing
+    from megatron.core.dist_checkpointing.dict_utils import nested_values
+    from megatron.core.dist_checkpointing.mapping import ShardedBase
+    from megatron.core.dist_checkpointing.validation import StrictHandling
+
+    asked = [sh.key for sh in nested_values(sharded_state) if isinstance(sh, ShardedBase)]
+    if not any(EXTRA_STATE in key for key in asked):
+        return dist_checkpointing.load(sharded_state, str(path))
+    loaded, _, absent = dist_checkpointing.load(sharded_state, str(path), strict=StrictHandling.RETURN_UNEXPECTED)
+    wrong = sorted(key for key in absent if EXTRA_STATE not in key)
+    if wrong:
+        raise RuntimeError(f"{path} does not hold {len(wrong)} tensor(s) of this model, e.g. {', '.join(wrong[:3])}")
+    return loaded
+
+
+def load_model(module, state: dict[str, Any]) -> None:
+    """`module.load_state_dict(state)`, where TE's `_extra_state` that :func:`load` could not find starts afresh."""
+    wanted = module.state_dict().keys()  # Megatron's wrappers return nothing from load_state_dict: compare here
+    missing = [k for k in wanted if k not in state]
+    wrong = [k for k in missing if not k.endswith(EXTRA_STATE)] + [k for k in state if k not in wanted]
+    if wrong:
+        raise RuntimeError(f"the checkpoint does not match the model: {', '.join(wrong[:3])}"
+                           + (f" and {len(wrong) - 3} more" if len(wrong) > 3 else ""))
+    module.load_state_dict(state, strict=not missing)
+

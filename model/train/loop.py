@@ -83,6 +83,9 @@ def build(spec: RunSpec, *, layout: Layout, device: torch.device, ckpt_root: Pat
     # Megatron's pipeline schedules synchronise the device around their sends and receives (batch_p2p_sync),
     # which a capture forbids: pipeline-parallel steps run eagerly.
     graphed = step_graph and spec.train.cuda_graphs and not cpu and layout.pp == 1
+    # FP8: TE's scaling state changes between steps outside what this capture records (its own
+    # make_graphed_callables would be needed), so FP8 steps run eagerly.
+    graphed = graphed and spec.train.precision != "fp8"
     module = gpt.build_model(spec, device=device, compile_layers=gpt.compiles_layers(spec, graphed=graphed))
     config = module.config
     config.calculate_per_token_loss = per_token_loss  # read by DDP's gradient scaling, so set before wrapping
@@ -112,7 +115,8 @@ def build(spec: RunSpec, *, layout: Layout, device: torch.device, ckpt_root: Pat
         adam_beta1=tr.adam_beta1, adam_beta2=tr.adam_beta2, clip_grad=tr.grad_clip,
         bf16=config.bf16, params_dtype=config.params_dtype, use_distributed_optimizer=use_dist_opt,
     )
-    optimizer = get_megatron_optimizer(opt_config, [model])
+    with mcore.torch_adamw():  # also where TE is installed: one optimizer, one checkpoint layout
+        optimizer = get_megatron_optimizer(opt_config, [model])
     if spec.train.fused_kernels:
         fallbacks.use_fused_adamw(optimizer)  # Megatron builds torch's multi-tensor AdamW without Apex/TE
     scheduler = OptimizerParamScheduler(
@@ -288,7 +292,7 @@ def resume(t: Trainer, *, logger: StepLogger) -> int:
     mcore.apply()
     state = t.sharded_state(loading=True)
     loaded = checkpoint.load(found.path, sharded_state=state)
-    t.model.module.load_state_dict(loaded["model"])
+    checkpoint.load_model(t.model.module, loaded["model"])
     t.optimizer.load_state_dict(loaded["optimizer"])
     if t.spec.train.fused_kernels:
         fallbacks.use_fused_adamw(t.optimizer)  # the load restores the saved groups' flags

@@ -43,11 +43,12 @@ def layer_weights(m) -> int:
 
 
 def flops_per_token(spec: RunSpec, *, causal: bool = False) -> float:
-    """Training FLOPs per token: 6*(12*L*h^2 + V*h) + 12*L*h*s (attention halved when causal)."""
+    """Training FLOPs per token from the real shapes: 6*(L*layer_weights + V*h) + 12*L*h*s (attention scores
+    and values; halved when causal). For the GPT-style 4x MLP that is the familiar 6*(12*L*h^2 + V*h) + 12*L*h*s."""
     m = spec.model
     L, h, s, V = m.num_layers, m.hidden_size, m.seq_length, m.padded_vocab_size
     attention = 12 * L * h * s
-    return 6 * (12 * L * h * h + V * h) + (attention / 2 if causal else attention)
+    return 6 * (L * layer_weights(m) + V * h) + (attention / 2 if causal else attention)
 
 
 def peak_flops() -> float | None:

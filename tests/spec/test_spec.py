@@ -131,6 +131,73 @@ def test_gpu_speed_defaults_resolve_by_device():
     assert compiles_layers(forced, graphed=False)
 
 
+GPU = {"name": "g", "resources": {"gpus_per_node": 1}, "model": {"preset": "gpt-125m"},
+       "train": {"steps": 10, "global_batch_size": 8, "micro_batch_size": 2}}
+
+FP8_MISTAKES = [  # (mutation, value, the field named, a word of the fix)
+    ("train.fp8_recipe", "delayed", "train.fp8_recipe", "set train.precision: fp8"),
+    ("model.attention", "sdpa", "model.attention", "auto (or te)"),
+    ("model.compile", True, "model.compile", "set it false"),
+    ("model.ffn_hidden_size", 3080, "model.ffn_hidden_size", "multiples of 16"),
+    ("model.seq_length", 1020, "train.micro_batch_size", "multiples of 16"),
+    ("resources", {"cpu": True, "processes_per_node": 1}, "train.precision", "cpu: true"),
+]
+
+
+@pytest.mark.parametrize("path,value,where,fix", FP8_MISTAKES, ids=[m[0] for m in FP8_MISTAKES])
+def test_fp8_runs_are_refused_where_they_cannot_run(path, value, where, fix):
+    ok = _mutate(GPU, "train.precision", "fp8")
+    assert parse_spec(ok).train.precision == "fp8"
+    bad = _mutate(ok, path, value)
+    if path == "train.fp8_recipe":
+        bad["train"]["precision"] = "bf16"
+    with pytest.raises(SpecError) as info:
+        parse_spec(bad, "spec.yaml")
+    assert info.value.exit_code == 2
+    assert [p.path for p in info.value.problems] == [where], info.value.render()
+    assert fix in info.value.render()
+
+
+def test_an_align_stage_can_train_in_fp8_on_its_own():
+    from llmops.spec.align import AlignSpec
+    from llmops.spec.rules import align_rules
+
+    align = {"method": "sft", "data": {"builtin": "python-docstrings"}, "start_from": "/ckpt", "steps": 2,
+             "global_batch_size": 8, "micro_batch_size": 2, "precision": "fp8", "fp8_recipe": "tensorwise"}
+    fields = AlignSpec.model_validate(align).train_fields()  # what the stage's train: takes
+    assert (fields["precision"], fields["fp8_recipe"]) == ("fp8", "tensorwise")
+    assert "precision" not in AlignSpec.model_validate({**align, "precision": None}).train_fields()
+    spec = parse_spec(GPU)
+    spec.train = None
+
+    def problems(**changes) -> list[str]:
+        spec.align = [AlignSpec.model_validate({**align, **changes})]
+        return [p.path for p in align_rules(spec) if p.path != "align.tokenizer"]  # no tokenizer file here
+
+    assert problems() == []
+    assert problems(micro_batch_size=1, fp8_recipe=None) == []  # 1 x 2048 tokens
+    spec.model.seq_length = 1000
+    assert problems(micro_batch_size=1) == ["align.micro_batch_size"]
+    assert problems(precision=None) == ["align.fp8_recipe"]  # no train: stage, so precision auto
+
+
+def test_auto_layers_are_the_fast_path_in_bf16_and_te_in_fp8():
+    pytest.importorskip("megatron.core")
+    from llmops_model.gpt import attention_backend
+
+    assert attention_backend(parse_spec(GPU)) == "sdpa"  # whether or not TE is installed
+    fp8 = parse_spec(_mutate(GPU, "train.precision", "fp8"))
+    try:
+        import transformer_engine.pytorch  # noqa: F401
+    except ImportError:
+        from llmops.errors import UserError
+
+        with pytest.raises(UserError, match="Transformer Engine, which does not import here"):
+            attention_backend(fp8)
+    else:
+        assert attention_backend(fp8) == "te"
+
+
 def test_held_out_evaluation_defaults_follow_the_run():
     """About ten evaluations in a short run, every 1000 steps in a long one, each over one global batch."""
     def resolved(steps: int, data: dict | None = None, **fields):

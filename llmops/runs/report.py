@@ -81,6 +81,7 @@ class StageSummary:
     tokens_per_s: float | None  # median over the logged steps
     tracking: list[dict] = field(default_factory=list)  # the stage's "tracking" events (metrics trackers)
     samples: list[dict] = field(default_factory=list)  # completions of the spec's sample prompts at the stage's end
+    stragglers: list[dict] = field(default_factory=list)  # the stage's "straggler" events (slow ranks, named)
 
     @property
     def final_loss(self) -> float | None:
@@ -170,7 +171,28 @@ def summarize_stage(run: RunDir, name: str, record: dict, ready_at: float | None
         tokens_per_s=_median([r.get("tokens_per_s") for r in rows]),
         tracking=[e for e in events if e.get("event") == "tracking"],
         samples=_jsonl(folder / "samples.jsonl"),
+        stragglers=[e for e in events if e.get("event") == "straggler"],
     )
+
+
+def stage_stragglers(run: RunDir, stage: str) -> list[str]:
+    """:func:`straggler_lines` of a stage's events.jsonl (for `llmops status`)."""
+    return straggler_lines(_jsonl(run.stage_dir(stage) / "events.jsonl"))
+
+
+def straggler_lines(events: list[dict]) -> list[str]:
+    """One line per rank named a straggler in a stage's events (its first naming in each attempt)."""
+    seen, lines = set(), []
+    for ev in events:
+        key = (ev.get("restart", 0), ev.get("rank"))
+        if ev.get("event") != "straggler" or key in seen:
+            continue
+        seen.add(key)
+        sec, peers = float(ev.get("seconds", 0.0)), float(ev.get("peers", 0.0))
+        ratio = f" ({sec / peers:.1f}x)" if peers > 0 else ""
+        lines.append(f"straggler: rank {ev.get('rank')} from step {ev.get('step')}: {sec:.3f}s per step to the "
+                     f"gradient sync, its peers {peers:.3f}s{ratio}")
+    return lines
 
 
 def _latest_per_step(rows: list[dict]) -> list[dict]:
@@ -394,6 +416,7 @@ def render_html(summary: dict[str, Any]) -> str:
             continue
         out.append(f"<section><h2>{e(s.name)}</h2><p>{_facts(s)}</p>")
         out += [f"<p class='tracking {state}'>{e(line)}</p>" for state, line in _tracking_lines(s.tracking)]
+        out += [f"<p class='tracking degraded'>{e(line)}</p>" for line in straggler_lines(s.stragglers)]
         out += _stage_charts(s)
         out.append(_samples_html(s.samples))
         out.append(_time_html(s.time) + "</section>")

@@ -31,7 +31,7 @@ from llmops_model.compat import mcore
 from llmops_model.fast import fallbacks, graphs
 from llmops_model.parallel import Layout
 from llmops_model.preemption import PreemptionFlag
-from llmops_model.train import checkpoint, data, heartbeat, sharded_state
+from llmops_model.train import checkpoint, data, heartbeat, sharded_state, stragglers
 from llmops_model.train.evaluation import HeldOutLoss
 from llmops_model.train.metrics import Readout, StepLogger, StepQueue
 from llmops_model.train.optimizer import step as step_without_sync
@@ -52,6 +52,7 @@ class Trainer:
     saver: checkpoint.Saver | None = None
     in_flight: int | None = None  # the step of the save being written in the background
     step_graph: graphs.StepGraph | None = None  # the pre-training step's schedule as a CUDA graph
+    clock: stragglers.Clock | None = None  # this rank's time to reach each step's gradient sync
 
     def sharded_state(self, *, loading: bool) -> dict:
         """The model and optimizer as sharded tensors; for a save, also 'optimizer_on' (where it was described).
@@ -129,7 +130,8 @@ def build(spec: RunSpec, *, layout: Layout, device: torch.device, ckpt_root: Pat
         use_checkpoint_opt_param_scheduler=False,
     )
     config.no_sync_func = model.no_sync
-    config.finalize_model_grads_func = finalize_model_grads
+    clock = stragglers.Clock(device)
+    config.finalize_model_grads_func = clock.wrap(finalize_model_grads)
     if not cpu:
         config.grad_sync_func = None
     queue = None
@@ -140,7 +142,7 @@ def build(spec: RunSpec, *, layout: Layout, device: torch.device, ckpt_root: Pat
         checkpoint.start_writer(queue)
     captured = graphs.StepGraph(get_forward_backward_func(), device=device, stream=capture_stream) if graphed else None
     return Trainer(spec, layout, device, model, optimizer, scheduler, ckpt_root, queue, checkpoint.Saver(),
-                   step_graph=captured)
+                   step_graph=captured, clock=clock)
 
 
 def _loss_func(loss_mask: torch.Tensor, output: torch.Tensor):
@@ -390,9 +392,12 @@ def run_steps(t: Trainer, *, step: int, logger: StepLogger, flag: PreemptionFlag
     spec = t.spec
     last_saved = step
     code = EXIT_OK
+    watch = stragglers.Watch(t.clock, device=t.device, logger=logger)
     while step < spec.train.steps:
         step += 1
+        t.clock.start()
         advance(step)
+        watch.after(step)
         finalize_saves(t, logger=logger, blocking=False)
         preempted = flag.agreed(t.device)
         heartbeat.beat(step, "step")  # the launcher's watchdog: this rank got through step `step`

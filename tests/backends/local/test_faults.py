@@ -18,6 +18,8 @@ report. The runs are started side by side to keep the file's wall time down.
 7. A cancel: nothing of the run keeps running, nothing incomplete is marked complete.
 8. A hang: one rank frozen with SIGSTOP (no exit, no error). The launcher's watchdog sees no progress for
    restarts.hang_timeout, writes every rank's stacks to the log, stops the job, and the stage restarts.
+9. A straggler: one rank of a data-parallel run throttled (stopped for 0.1 s of every 0.2 s), slow but not
+   stuck: it is named in the log, `llmops status` and the report, and the run is not restarted.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import filecmp
 import os
 import signal
 import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -112,7 +115,26 @@ def faulted(workdir: Path) -> dict:
     killed = start(write_spec(workdir / "killed.yaml", _spec("rank-killed")), runs)
     preempted = start(write_spec(workdir / "preempted.yaml", _spec("preempted")), runs)
     hung = start(write_spec(workdir / "hung.yaml", _spec("hung", restarts={"hang_timeout": HANG_TIMEOUT})), runs)
-    facts: dict = {"reference": ref, "killed": killed, "preempted": preempted, "hung": hung}
+    # data-parallel (a slow rank's peers wait for it in the gradient all-reduce, not inside the step)
+    slow = tiny_spec("straggler", procs=2, steps=STEPS, checkpoint={"interval": STEPS}, restarts={"max_restarts": 0})
+    straggler = start(write_spec(workdir / "straggler.yaml", slow), runs)
+    facts: dict = {"reference": ref, "killed": killed, "preempted": preempted, "hung": hung, "straggler": straggler}
+
+    wait_step(straggler, 1)
+    throttled = next(p for p in workers(straggler) if rank_of(p) == 1)
+    done = threading.Event()
+
+    def throttle() -> None:  # a node that is slow, not stuck: rank 1 runs half the time
+        while not done.is_set():
+            try:
+                throttled.suspend()
+                time.sleep(0.1)
+                throttled.resume()
+            except psutil.Error:
+                return
+            time.sleep(0.1)
+
+    threading.Thread(target=throttle, daemon=True).start()
 
     wait_step(killed, INTERVAL + 3)
     victim = next(p for p in workers(killed) if rank_of(p) == 1)
@@ -129,8 +151,9 @@ def faulted(workdir: Path) -> dict:
     facts["frozen_at"] = time.time()
     frozen.send_signal(signal.SIGSTOP)
 
-    for run in (ref, killed, preempted, hung):
+    for run in (ref, killed, preempted, hung, straggler):
         wait_state(run, {"SUCCEEDED", "FAILED", "CANCELLED"}, timeout=400)
+    done.set()
     return facts
 
 
@@ -195,6 +218,22 @@ def test_a_frozen_rank_is_found_its_stacks_kept_and_the_stage_restarted(faulted)
     (stage,) = [s for s in summarize(RunDir(run))["stages"] if s.name == "pretrain"]
     assert stage.lost_steps >= faulted["frozen_after"] - INTERVAL and stage.time["lost"] > 0
     assert not [p for p in workers(run) if p.status() == psutil.STATUS_STOPPED]
+
+
+def test_a_slow_rank_is_named_a_straggler_and_not_restarted(faulted):
+    import json
+
+    run = faulted["straggler"]
+    st = status(run)
+    assert st["state"] == "SUCCEEDED" and st["restarts"] == 0, st
+    log = (run / "logs" / "pretrain.restart-0.log").read_text()
+    assert "[llmops] straggler: rank 1 takes" in log and "straggler: rank 0" not in log
+    (event,) = [e for e in map(json.loads, (run / "stages" / "pretrain" / "events.jsonl").read_text().splitlines())
+                if e["event"] == "straggler"]
+    assert event["rank"] == 1 and event["seconds"] > 1.25 * event["peers"]
+    shown = llmops("status", run.name, "--runs-dir", str(run.parent))
+    assert f"pretrain: straggler: rank 1 from step {event['step']}:" in shown.stdout, shown.stdout
+    assert "straggler: rank 1 from step" in (run / "report.html").read_text()
 
 
 def test_truncated_newest_checkpoint_falls_back_to_the_previous(workdir, faulted):

@@ -1,19 +1,25 @@
 """Fault to first resumed training step, and the steps lost, on the local backend.
 
-Two faults, each injected into a real run (Megatron-Core, torchrun, the local
+Three faults, each injected into a real run (Megatron-Core, torchrun, the local
 supervisor) once it has trained past its first checkpoint:
 
 * ``sigkill-rank``: SIGKILL to one training rank mid-step (a segfault, the
   OOM killer): the group is torn down, the stage restarts from its last
   checkpoint; the steps since then are lost and run again;
 * ``preempt``: SIGTERM to the job (a preemption notice): every rank stops at
-  the step boundary, checkpoints, exits 75 and is restarted; nothing is lost.
+  the step boundary, checkpoints, exits 75 and is restarted; nothing is lost;
+* ``hang``: SIGSTOP to one training rank (no exit, no error) with
+  ``restarts.hang_timeout`` at ``--hang-timeout`` seconds: the launcher's
+  watchdog writes every rank's stacks, stops the job and the stage restarts
+  from its last checkpoint. Reported apart: the seconds from the fault to the
+  ``hung`` event (the timeout plus the detection delay).
 
 Measured per case: seconds from the fault to the first training step logged
 by the restarted job, lost steps (from the run report), and how long the
 restart's start-up took (imports, rendezvous, build, checkpoint load).
 
-    python benchmarks/fault_recovery.py [--spec examples/tiny-cpu-synthetic.yaml] [--repeat 3] [--json out.json]
+    python benchmarks/fault_recovery.py [--spec examples/tiny-cpu-synthetic.yaml] [--repeat 3] [--hang-timeout 10]
+        [--json out.json]
 
 The Slurm figures (pre-timeout notice and node loss on the dev cluster) come
 from the ``slurm``-marked tests, which record them as junit properties:
@@ -70,6 +76,9 @@ def _rows(run: RunDir) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
 
 
+CASES = ("sigkill-rank", "preempt", "hang")
+
+
 def one(case: str, spec: dict, work: Path) -> dict:
     spec_path = work / f"{case}.yaml"
     spec_path.write_text(yaml.safe_dump(spec))
@@ -78,19 +87,22 @@ def one(case: str, spec: dict, work: Path) -> dict:
     interval = spec["checkpoint"]["interval"]
     _wait(lambda: _progress(run) >= interval + 3, f"step {interval + 3}")
     fault_at = time.time()
-    if case == "sigkill-rank":
+    if case in ("sigkill-rank", "hang"):
         key = str(run.path.resolve())
         victim = next(p for p in psutil.process_iter(["cmdline", "environ"])
                       if "llmops_model.entrypoint" in (p.info["cmdline"] or []) and key in p.info["cmdline"]
                       and (p.info["environ"] or {}).get("RANK") == "1")
-        victim.send_signal(signal.SIGKILL)
+        victim.send_signal(signal.SIGKILL if case == "sigkill-rank" else signal.SIGSTOP)
     else:
         os.kill(run.read_status().job_pgid, signal.SIGTERM)
     first = _wait(lambda: next((r for r in _rows(run) if r["restart"] == 1), None), "the first resumed step")
     _wait(lambda: run.read_status().state in ("SUCCEEDED", "FAILED", "CANCELLED"), "the end of the run")
     (stage,) = [s for s in summarize(run)["stages"] if s.name == "pretrain"]
     again = next(a for a in stage.attempts if a.restart == 1)
+    events = [json.loads(line) for line in (run.stage_dir("pretrain") / "events.jsonl").read_text().splitlines()]
+    hung = next((e["time"] for e in events if e["event"] == "hung"), None)
     return {"case": case, "state": run.read_status().state, "fault_to_first_step_s": first["time"] - fault_at,
+            "fault_to_detection_s": None if hung is None else hung - fault_at,
             "lost_steps": stage.lost_steps, "restart_startup_s": again.first_step_at - again.started,
             "step_time_s": statistics.median(r["step_time"] for r in stage.rows)}
 
@@ -99,6 +111,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--spec", default=str(REPO / "examples" / "tiny-cpu-synthetic.yaml"))
     ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--hang-timeout", type=float, default=10.0, help="restarts.hang_timeout for the hang case")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
     base = yaml.safe_load(Path(args.spec).read_text())
@@ -108,15 +121,18 @@ def main() -> None:
     results = []
     with tempfile.TemporaryDirectory() as tmp:
         for i in range(args.repeat):
-            for case in ("sigkill-rank", "preempt"):
+            for case in CASES:
                 spec = {**base, "name": f"{case}-{i}"}
+                if case == "hang":
+                    spec["restarts"] = {**base["restarts"], "hang_timeout": args.hang_timeout}
                 r = one(case, spec, Path(tmp))
                 results.append(r)
-                print(f"{case:13s} fault -> first resumed step {r['fault_to_first_step_s']:5.1f} s  "
+                found = "" if r["fault_to_detection_s"] is None else f" (hung after {r['fault_to_detection_s']:.1f} s)"
+                print(f"{case:13s} fault -> first resumed step {r['fault_to_first_step_s']:5.1f} s{found}  "
                       f"lost {r['lost_steps']} step(s)  restart start-up {r['restart_startup_s']:5.1f} s  "
                       f"({r['state']}, {r['step_time_s']:.3f} s/step)", flush=True)
     print("\nmedian over", args.repeat, "run(s):")
-    for case in ("sigkill-rank", "preempt"):
+    for case in CASES:
         rs = [r for r in results if r["case"] == case]
         print(f"  {case:13s} {statistics.median(r['fault_to_first_step_s'] for r in rs):5.1f} s to the first "
               f"resumed step, {statistics.median(r['lost_steps'] for r in rs):g} step(s) lost")

@@ -24,7 +24,8 @@ def tiny_spec(name: str, *, tp: int = 1, pp: int = 1, procs: int | None = None, 
     """A tiny CPU spec; `overrides` replace whole sections or merge into `train`/`checkpoint`.
 
     Held-out evaluations are off (a 4-step run would evaluate at every step, about 3% of its time): tests of
-    them turn them on with `train={"eval_interval": ...}` (None: the default)."""
+    them turn them on with `train={"eval_interval": ...}` (None: the default). So are the samples at the end of
+    each stage (5-8 s per stage for runs with a tokenizer): tests of them pass `samples={"enabled": True}`."""
     spec: dict[str, Any] = {
         "name": name,
         "resources": {"cpu": True, "processes_per_node": procs or tp * pp},
@@ -34,6 +35,7 @@ def tiny_spec(name: str, *, tp: int = 1, pp: int = 1, procs: int | None = None, 
                   "warmup_steps": 1, "tensorboard": False, "eval_interval": 0},
         "checkpoint": {"interval": 100},
         "restarts": {"max_restarts": 0},
+        "samples": {"enabled": False},
     }
     for key, value in overrides.items():
         if key in ("train", "checkpoint") and isinstance(value, dict):
@@ -55,9 +57,9 @@ def llmops(*args: str, cwd: Path | None = None, timeout: float = 300,
                           timeout=timeout, env={**os.environ, **(env or {})})
 
 
-def start(spec_path: Path, runs_dir: Path) -> Path:
-    """Start a run detached; returns its run directory."""
-    res = llmops("run", str(spec_path), "--detach", "--runs-dir", str(runs_dir))
+def start(spec_path: Path, runs_dir: Path, env: dict[str, str] | None = None) -> Path:
+    """Start a run detached (its processes inherit `env` on top of this one's); returns its run directory."""
+    res = llmops("run", str(spec_path), "--detach", "--runs-dir", str(runs_dir), env=env)
     assert res.returncode == 0, res.stderr
     return runs_dir / res.stdout.strip().splitlines()[-1]
 

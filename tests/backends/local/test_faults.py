@@ -18,6 +18,9 @@ report. The runs are started side by side to keep the file's wall time down.
 7. A cancel: nothing of the run keeps running, nothing incomplete is marked complete.
 8. A hang: one rank frozen with SIGSTOP (no exit, no error). The launcher's watchdog sees no progress for
    restarts.hang_timeout, writes every rank's stacks to the log, stops the job, and the stage restarts.
+   The same for a rank that blocks inside a collective and for one that blocks inside a checkpoint save
+   (a test-only sitecustomize on the run's PYTHONPATH, tests/llmops_testing/inject): the restart takes the
+   checkpoint before, never the one left half-written.
 9. A straggler: one rank of a data-parallel run throttled (stopped for 0.1 s of every 0.2 s), slow but not
    stuck: it is named in the log, `llmops status` and the report, and the run is not restarted.
 """
@@ -52,6 +55,7 @@ from llmops_testing import (
 STEPS = 30
 INTERVAL = 10
 HANG_TIMEOUT = 10.0
+INJECT = Path(__file__).resolve().parents[2] / "llmops_testing" / "inject"
 
 
 def _spec(name: str, **overrides) -> dict:
@@ -116,9 +120,35 @@ def faulted(workdir: Path) -> dict:
     preempted = start(write_spec(workdir / "preempted.yaml", _spec("preempted")), runs)
     hung = start(write_spec(workdir / "hung.yaml", _spec("hung", restarts={"hang_timeout": HANG_TIMEOUT})), runs)
     # data-parallel (a slow rank's peers wait for it in the gradient all-reduce, not inside the step)
-    slow = tiny_spec("straggler", procs=2, steps=STEPS, checkpoint={"interval": STEPS}, restarts={"max_restarts": 0})
+    slow = tiny_spec("straggler", procs=2, steps=40, checkpoint={"interval": 40}, restarts={"max_restarts": 0})
     straggler = start(write_spec(workdir / "straggler.yaml", slow), runs)
-    facts: dict = {"reference": ref, "killed": killed, "preempted": preempted, "hung": hung, "straggler": straggler}
+    # rank 1 hangs inside a collective (a receive rank 0 never sends) after the first checkpoint, and in another
+    # run inside the second checkpoint's save (tests/llmops_testing/inject/sitecustomize.py)
+    inject = {"PYTHONPATH": os.pathsep.join([str(INJECT), os.environ.get("PYTHONPATH", "")])}
+    hung_specs = {f"hung-{what}": _spec(f"hung-{what}", restarts={"hang_timeout": HANG_TIMEOUT, "max_restarts": 2})
+                  for what in ("collective", "saving")}
+    in_collective = start(write_spec(workdir / "hung-collective.yaml", hung_specs["hung-collective"]), runs,
+                          env={**inject, "LLMOPS_TEST_HANG": f"step@{INTERVAL + 3}"})
+    in_save = start(write_spec(workdir / "hung-saving.yaml", hung_specs["hung-saving"]), runs,
+                    env={**inject, "LLMOPS_TEST_HANG": f"checkpoint@{2 * INTERVAL}"})
+    facts: dict = {"reference": ref, "killed": killed, "preempted": preempted, "hung": hung, "straggler": straggler,
+                   "in_collective": in_collective, "in_save": in_save}
+
+
+    wait_step(killed, INTERVAL + 3)
+    victim = next(p for p in workers(killed) if rank_of(p) == 1)
+    facts["killed_after"] = RunDir(killed).progress("pretrain")["step"]
+    victim.send_signal(signal.SIGKILL)
+
+    wait_step(preempted, INTERVAL + 3)
+    facts["preempted_after"] = RunDir(preempted).progress("pretrain")["step"]
+    os.kill(status(preempted)["job_pgid"], signal.SIGTERM)  # the launcher forwards it to every worker
+
+    wait_step(hung, INTERVAL + 3)
+    frozen = next(p for p in workers(hung) if rank_of(p) == 1)
+    facts["frozen_after"] = RunDir(hung).progress("pretrain")["step"]
+    facts["frozen_at"] = time.time()
+    frozen.send_signal(signal.SIGSTOP)
 
     wait_step(straggler, 1)
     throttled = next(p for p in workers(straggler) if rank_of(p) == 1)
@@ -136,22 +166,7 @@ def faulted(workdir: Path) -> dict:
 
     threading.Thread(target=throttle, daemon=True).start()
 
-    wait_step(killed, INTERVAL + 3)
-    victim = next(p for p in workers(killed) if rank_of(p) == 1)
-    facts["killed_after"] = RunDir(killed).progress("pretrain")["step"]
-    victim.send_signal(signal.SIGKILL)
-
-    wait_step(preempted, INTERVAL + 3)
-    facts["preempted_after"] = RunDir(preempted).progress("pretrain")["step"]
-    os.kill(status(preempted)["job_pgid"], signal.SIGTERM)  # the launcher forwards it to every worker
-
-    wait_step(hung, INTERVAL + 3)
-    frozen = next(p for p in workers(hung) if rank_of(p) == 1)
-    facts["frozen_after"] = RunDir(hung).progress("pretrain")["step"]
-    facts["frozen_at"] = time.time()
-    frozen.send_signal(signal.SIGSTOP)
-
-    for run in (ref, killed, preempted, hung, straggler):
+    for run in (ref, killed, preempted, hung, straggler, in_collective, in_save):
         wait_state(run, {"SUCCEEDED", "FAILED", "CANCELLED"}, timeout=400)
     done.set()
     return facts
@@ -218,6 +233,38 @@ def test_a_frozen_rank_is_found_its_stacks_kept_and_the_stage_restarted(faulted)
     (stage,) = [s for s in summarize(RunDir(run))["stages"] if s.name == "pretrain"]
     assert stage.lost_steps >= faulted["frozen_after"] - INTERVAL and stage.time["lost"] > 0
     assert not [p for p in workers(run) if p.status() == psutil.STATUS_STOPPED]
+
+
+def _hung_once(run: Path) -> tuple[str, str]:
+    """The run finished after one restart for a hang; (the hung attempt's log, the restarted one's)."""
+    st = status(run)
+    assert st["state"] == "SUCCEEDED", st
+    (reason,) = st["stages"]["pretrain"]["restart_reasons"]
+    assert reason.startswith("hung (no progress within the hang timeout"), reason
+    return tuple((run / "logs" / f"pretrain.restart-{i}.log").read_text() for i in (0, 1))
+
+
+def test_a_rank_stuck_inside_a_collective_is_found_and_the_stage_restarted(faulted):
+    first, then = _hung_once(faulted["in_collective"])
+    assert "[test] rank 1 hangs in a receive before" in first and "[llmops] hung: no progress" in first
+    # both ranks' stacks: rank 1 in its receive, rank 0 in the collective rank 1 never joined
+    dumps = first.split("[llmops] stacks of rank ")[1:]
+    assert sorted(d[0] for d in dumps) == ["0", "1"]
+    assert all("distributed_c10d.py" in d for d in dumps), dumps
+    assert f"resumed from iter_{INTERVAL:07d}" in then
+    _same_curve(faulted["in_collective"], faulted["reference"])
+
+
+def test_a_hang_inside_a_checkpoint_save_leaves_no_checkpoint_taken_for_complete(faulted):
+    run = faulted["in_save"]
+    first, then = _hung_once(run)
+    assert f"saved checkpoint step={2 * INTERVAL}" not in first  # the save never finished...
+    assert f"resumed from iter_{INTERVAL:07d}" in then  # ...so the restart took the one before it
+    _same_curve(run, faulted["reference"])
+    listing = llmops("checkpoints", run.name, "--runs-dir", str(run.parent))
+    rows = {(r[1], r[-1]) for r in map(str.split, listing.stdout.splitlines()[1:])}  # (step, state)
+    assert listing.returncode == 0, listing.stderr
+    assert rows == {("10", "complete"), ("20", "complete"), ("30", "latest")}, listing.stdout
 
 
 def test_a_slow_rank_is_named_a_straggler_and_not_restarted(faulted):

@@ -34,7 +34,7 @@ CHATS = [
 
 
 def _spec(name: str, assets, *, tp: int, pp: int, **model) -> dict:
-    spec = tiny_spec(name, tp=tp, pp=pp, steps=2, train={"warmup_steps": 0},
+    spec = tiny_spec(name, tp=tp, pp=pp, steps=2, train={"warmup_steps": 0}, samples={"enabled": True},
                      model={"preset": "tiny", "vocab_size": assets.vocab, "seq_length": assets.seq, **model})
     spec["align"] = {"method": "sft", "tokenizer": str(assets.tokenizer), "data": {"path": str(assets.sft)},
                      "steps": 2, "global_batch_size": 8, "micro_batch_size": 2, "lr": 1e-3,

@@ -113,7 +113,7 @@ def test_sft_at_tp2pp2_and_pretraining_at_tp1pp2_start_from_hf_folders(tmp_path,
                     "global_batch_size": 8, "micro_batch_size": 2, "lr": 1e-12, "bad_data": {"max_fraction": 0.2}}
     pre = tiny_spec("pretrain-from-gpt2", tp=1, pp=2, steps=2, train={"lr": 1e-12, "min_lr": 1e-12,
                                                                         "warmup_steps": 0, "weight_decay": 0.0},
-                    model={"init_from": f"hf:{gpt2}"})
+                    model={"init_from": f"hf:{gpt2}"}, samples={"enabled": True})
     res = llmops("validate", str(write_spec(tmp_path / "pre.yaml", pre)))
     assert res.returncode == 0, res.stderr
     runs = {name: start(write_spec(tmp_path / f"{name}.yaml", spec), root) for name, spec in

@@ -21,7 +21,7 @@ report. The runs are started side by side to keep the file's wall time down.
    The same for a rank that blocks inside a collective and for one that blocks inside a checkpoint save
    (a test-only sitecustomize on the run's PYTHONPATH, tests/llmops_testing/inject): the restart takes the
    checkpoint before, never the one left half-written.
-9. A straggler: one rank of a data-parallel run throttled (stopped for 0.1 s of every 0.2 s), slow but not
+9. A straggler: one rank of a data-parallel run throttled (stopped for 0.3 s of every 0.4 s), slow but not
    stuck: it is named in the log, `llmops status` and the report, and the run is not restarted.
 """
 
@@ -154,11 +154,11 @@ def faulted(workdir: Path) -> dict:
     throttled = next(p for p in workers(straggler) if rank_of(p) == 1)
     done = threading.Event()
 
-    def throttle() -> None:  # a node that is slow, not stuck: rank 1 runs half the time
+    def throttle() -> None:  # a node that is slow, not stuck: rank 1 runs a quarter of the time
         while not done.is_set():
             try:
                 throttled.suspend()
-                time.sleep(0.1)
+                time.sleep(0.3)
                 throttled.resume()
             except psutil.Error:
                 return

@@ -392,12 +392,14 @@ def run_steps(t: Trainer, *, step: int, logger: StepLogger, flag: PreemptionFlag
     spec = t.spec
     last_saved = step
     code = EXIT_OK
-    watch = stragglers.Watch(t.clock, device=t.device, logger=logger)
+    # A step replayed from a CUDA graph does not call back into Python: nothing to time, nothing to gather.
+    watch = stragglers.Watch(t.clock, device=t.device, logger=logger) if t.step_graph is None else None
     while step < spec.train.steps:
         step += 1
         t.clock.start()
         advance(step)
-        watch.after(step)
+        if watch is not None:
+            watch.after(step)
         finalize_saves(t, logger=logger, blocking=False)
         preempted = flag.agreed(t.device)
         heartbeat.beat(step, "step")  # the launcher's watchdog: this rank got through step `step`

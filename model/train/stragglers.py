@@ -16,9 +16,11 @@ trains). It is named again only after it has caught up and fallen behind
 anew.
 
 Limits: a step replayed from a CUDA graph does not call back into Python, so
-graphed GPU steps are not timed (their first, captured step is); with tensor
-parallelism the slow rank's tensor-parallel peers wait for it inside the step
-and show the same time, so the whole group is named.
+a stage whose steps are graphed (GPU pre-training with ``train.cuda_graphs``)
+is not watched; with tensor parallelism the slow rank's tensor-parallel peers
+wait for it inside the step and show the same time, so the whole group is
+named. On GPUs the gather reads its result on the host once every WINDOW
+steps.
 """
 
 from __future__ import annotations

@@ -12,7 +12,6 @@ the extra figures); evaluation rows go to ``eval.jsonl``.
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
@@ -54,14 +53,9 @@ class AlignLogger(StepLogger):
     def log_eval(self, *, step: int, metrics: dict[str, float]) -> None:
         if not self.enabled:
             return
-        row = {"step": step, "steps": self.spec.train.steps, **metrics, "method": self.method, "time": time.time()}
-        print(f"[eval {step}/{self.spec.train.steps}] loss={metrics['loss']:.6f}"
-              f"{_extras(metrics, ('accuracy', 'margin', 'policy_prefers', 'reference_prefers'))}", flush=True)
-        with open(self.eval_path, "a") as f:
-            f.write(json.dumps(row) + "\n")
-        self.track(step, metrics, prefix="eval_")
-        if self.tb is not None:
-            self.tb.add_scalar(f"{self.method}/valid_loss", metrics["loss"], step)
+        self.write_eval(step, metrics, fields={"method": self.method}, tb_key=f"{self.method}/valid_loss",
+                        line=f"loss={metrics['loss']:.6f}"
+                        f"{_extras(metrics, ('accuracy', 'margin', 'policy_prefers', 'reference_prefers'))}")
 
 
 def _extras(metrics: dict[str, float], keys: tuple[str, ...]) -> str:

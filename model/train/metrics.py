@@ -219,15 +219,20 @@ class StepLogger:
         and the trackers."""
         if not self.enabled:
             return
-        row = {"step": step, "steps": self.spec.train.steps, **metrics, "stage": self.stage,
-               "restart": self.restart, "time": time.time()}
-        print(f"[eval {step}/{self.spec.train.steps}] loss={metrics['loss']:.6f} "
-              f"tokens={metrics['loss_tokens']:.0f} time={metrics['seconds']:.3f}s", flush=True)
+        self.write_eval(step, metrics, line=f"loss={metrics['loss']:.6f} tokens={metrics['loss_tokens']:.0f} "
+                        f"time={metrics['seconds']:.3f}s", fields={"stage": self.stage, "restart": self.restart},
+                        tb_key="train/valid_loss")
+
+    def write_eval(self, step: int, metrics: dict[str, float], *, line: str, fields: dict[str, Any],
+                   tb_key: str) -> None:
+        """An evaluation's `[eval step/steps] line`, its eval.jsonl row (with `fields`), trackers and TensorBoard."""
+        row = {"step": step, "steps": self.spec.train.steps, **metrics, **fields, "time": time.time()}
+        print(f"[eval {step}/{self.spec.train.steps}] {line}", flush=True)
         with open(self.eval_path, "a") as f:
             f.write(json.dumps(row) + "\n")
         self.track(step, metrics, prefix="eval_")
         if self.tb is not None:
-            self.tb.add_scalar("train/valid_loss", metrics["loss"], step)
+            self.tb.add_scalar(tb_key, metrics["loss"], step)
 
     def write_row(self, row: dict[str, Any]) -> None:
         """Append a step row to metrics.jsonl, make it the stage's progress.json, hand it to the trackers."""

@@ -295,23 +295,23 @@ EXTRA_STATE = "_extra_state"
 def load(path: Path, *, sharded_state: dict[str, Any]) -> dict[str, Any]:
     """Collective: load a checkpoint into this rank's layout (resharding as needed).
 
-    A model with Transformer Engine layers asks for their `_extra_state` (FP8 scaling state), which a
-    checkpoint written by the project's own layers (another precision, or a machine without TE) does not
-    hold: those start afresh, as at the start of an FP8 run; any other absent tensor is an error.
+    Linear layers ask for an `_extra_state` (Transformer Engine's FP8 scaling state; None for Megatron's own),
+    which a checkpoint written by other layers (another precision, or a machine without TE) may not hold:
+    those are not asked for (the checkpoint's index says which it has) and start afresh, as at the start of an
+    FP8 run. Any other absent tensor is dist_checkpointing's error, as always.
     """
     from megatron.core import dist_checkpointing
-    from megatron.core.dist_checkpointing.dict_utils import nested_values
-    from megatron.core.dist_checkpointing.mapping import ShardedBase
-    from megatron.core.dist_checkpointing.validation import StrictHandling
+    from megatron.core.dist_checkpointing.dict_utils import extract_matching_values
+    from megatron.core.dist_checkpointing.mapping import ShardedObject
+    from megatron.core.dist_checkpointing.serialization import load_sharded_metadata
 
-    asked = [sh.key for sh in nested_values(sharded_state) if isinstance(sh, ShardedBase)]
-    if not any(EXTRA_STATE in key for key in asked):
-        return dist_checkpointing.load(sharded_state, str(path))
-    loaded, _, absent = dist_checkpointing.load(sharded_state, str(path), strict=StrictHandling.RETURN_UNEXPECTED)
-    wrong = sorted(key for key in absent if EXTRA_STATE not in key)
-    if wrong:
-        raise RuntimeError(f"{path} does not hold {len(wrong)} tensor(s) of this model, e.g. {', '.join(wrong[:3])}")
-    return loaded
+    held = {key.split("/shard_")[0] for key in load_sharded_metadata(str(path))}  # objects: <key>/shard_<offset>
+
+    def absent_extra_state(v) -> bool:
+        return isinstance(v, ShardedObject) and v.key.endswith(EXTRA_STATE) and v.key not in held
+
+    _, wanted = extract_matching_values(sharded_state, absent_extra_state)
+    return dist_checkpointing.load(wanted, str(path))
 
 
 def load_model(module, state: dict[str, Any]) -> None:

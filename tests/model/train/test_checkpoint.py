@@ -1,9 +1,17 @@
-"""Checkpoint completeness: sealing, verification, fallback past broken checkpoints, pruning."""
+"""Checkpoint completeness: sealing, verification, fallback past broken checkpoints, pruning; and a Llama-style
+model's resume that continues exactly."""
 
 from __future__ import annotations
 
 import json
+import os
+import socket
+import subprocess
+import sys
+import textwrap
 from pathlib import Path
+
+import pytest
 
 from llmops_model.train import checkpoint
 
@@ -73,3 +81,65 @@ def test_prune_counts_only_complete_checkpoints(tmp_path):
     # 20 is broken, so keeping two complete ones must keep 10 as well as 30.
     steps = [s for s, _ in checkpoint.list_checkpoints(tmp_path)]
     assert 10 in steps and 30 in steps
+
+
+RESUME_SCRIPT = textwrap.dedent("""
+    import json, sys, tempfile
+    from pathlib import Path
+    import torch
+    from llmops.spec.load import parse_spec
+    from llmops_model import parallel
+    from llmops_model.train import loop
+    from llmops_model.train.metrics import StepLogger
+
+
+    def main():
+        case = json.loads(sys.argv[1])
+        spec = parse_spec({"name": "resume", "resources": {"cpu": True, "processes_per_node": 1},
+                           "model": {"preset": "tiny", "seq_length": 64, "vocab_size": 512, **case["model"]},
+                           "train": {"steps": 4, "global_batch_size": 2, "micro_batch_size": 2, "lr": 1e-2,
+                                     "warmup_steps": 0, "tensorboard": False, "eval_interval": 0}})
+        layout, device = parallel.setup(spec)
+        t = loop.build(spec, layout=layout, device=device, ckpt_root=Path(case["ckpt"]))
+        logger = StepLogger(spec, Path(tempfile.mkdtemp()), enabled=True, world_size=1, restart=0)
+        step = loop.resume(t, logger=logger) if case["resume"] else 0
+        tok = torch.randint(0, 512, (2, 65), generator=torch.Generator().manual_seed(0))
+        batch = {"tokens": tok[:, :-1], "labels": tok[:, 1:], "loss_mask": torch.ones(2, 64),
+                 "position_ids": torch.arange(64).expand(2, 64).contiguous()}
+        losses = {}
+        while step < 4:
+            step += 1
+            losses[step] = loop.train_step(t, iter([batch])).get()["loss"]
+            if step == 2 and not case["resume"]:
+                loop.save_checkpoint(t, step, logger=logger, final=True)
+        print(json.dumps(losses))
+
+
+    if __name__ == "__main__":  # dist_checkpointing's writer starts a process that imports this file
+        main()
+""")
+
+
+def test_a_llama_style_checkpoint_resumes_with_the_losses_of_the_run_that_did_not_stop(tmp_path):
+    """Model, optimizer state and the SwiGLU MLP's split weights (a sharded-tensor factory) come back whole (GPT-style
+    models resume in the end-to-end tests)."""
+    model = {"normalization": "RMSNorm", "position_embedding": "rope", "activation": "swiglu", "num_query_groups": 2}
+    script = tmp_path / "resume_case.py"
+    script.write_text(RESUME_SCRIPT)
+
+    def run(resume: bool) -> dict[int, float]:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        env = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "RANK": "0", "WORLD_SIZE": "1",
+               "LOCAL_RANK": "0"}
+        case = {"model": model, "ckpt": str(tmp_path / "ckpt"), "resume": resume}
+        res = subprocess.run([sys.executable, str(script), json.dumps(case)], capture_output=True, text=True,
+                             timeout=300, env={**os.environ, **env})
+        assert res.returncode == 0, res.stderr[-3000:]
+        return {int(k): v for k, v in json.loads(res.stdout.strip().splitlines()[-1]).items()}
+
+    whole, resumed = run(False), run(True)
+    assert sorted(resumed) == [3, 4]
+    for step in (3, 4):
+        assert resumed[step] == pytest.approx(whole[step], rel=1e-6), (whole, resumed)

@@ -13,7 +13,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from llmops.prepare.phases import Context, committed
+from llmops.prepare.phases import Context, committed, tokenizer_at
 from llmops.prepare.stats import merge_steps
 from llmops.prepare.steps.writer import concatenate, jsonl_suffix
 from llmops.prepare.workdir import write_json
@@ -27,8 +27,7 @@ def finalize(ctx: Context, shard: int) -> dict:
     facts = tok["facts"]
     if facts:
         _merge_indexed(ctx, out, facts["vocab_size"])
-        with committed(out / "tokenizer.model") as (tmp,):
-            shutil.copyfile(work.root / "tokenizer.model", tmp)
+        _copy_tokenizer(ctx, out)
     if spec.output.jsonl:
         suffix = jsonl_suffix(spec.output.compression)
         _concatenate([work.path("tokenize", i, suffix) for i in range(n)], out / f"documents{suffix}")
@@ -63,6 +62,15 @@ def _merge_indexed(ctx: Context, out: Path, vocab_size: int) -> None:
         gc.unfreeze()
 
 
+def _copy_tokenizer(ctx: Context, out: Path) -> None:
+    """The tokenizer into the output folder: the SentencePiece model, or a Hugging Face tokenizer's files
+    (the output folder is then a tokenizer folder that transformers' AutoTokenizer loads)."""
+    source = tokenizer_at(ctx)
+    for path in sorted(source.iterdir()) if source.is_dir() else [source]:
+        with committed(out / path.name) as (tmp,):
+            shutil.copyfile(path, tmp)
+
+
 def _concatenate(parts: list[Path], target: Path) -> None:
     with committed(target) as (tmp,):
         with open(tmp, "wb") as f:
@@ -90,7 +98,7 @@ def _metadata(spec, facts: dict, report: dict) -> dict:
     return {
         "prefix": spec.prefix,
         "paths": [spec.prefix],
-        "tokenizer_model": str(Path(spec.output.dir) / "tokenizer.model"),
+        "tokenizer_model": spec.tokenizer_path,
         "vocab_size": facts["vocab_size"],
         "eod_id": facts["eos_id"],
         "pad_id": facts["pad_id"],

@@ -138,10 +138,14 @@ def tokenizer(ctx: Context, shard: int) -> dict:
     cfg = spec.tokenizer
     if cfg is None:
         return {"facts": None, "steps": []}
-    out = work.root / "tokenizer.model"
+    out = tokenizer_at(ctx)
     stats = StepStats("tokenizer")
     with Timer(stats):
-        if cfg.model is not None:
+        if spec.pretrained_tokenizer:
+            from llmops.prepare import pretrained
+
+            facts = pretrained.install(pretrained.folder(cfg.model), out)
+        elif cfg.model is not None:
             facts = tok.install(cfg.model, out)
         else:
             kept_bytes = work.read_marker("dedup", 0, 1)["steps"][0]["bytes_out"]
@@ -183,7 +187,7 @@ def tokenize(ctx: Context, shard: int) -> dict:
     facts = work.read_marker("tokenizer", 0, 1)["facts"]
     jsonl_path = work.path("tokenize", shard, jsonl_suffix(spec.output.compression)) if spec.output.jsonl else None
     writer = IndexedWriter(work.path("tokenize", shard, ""), facts["vocab_size"]) if facts else None
-    encoder = _encoder(work, facts)
+    encoder = _encoder(ctx, facts)
     try:
         with Timer(stats), committed(*([jsonl_path] if jsonl_path else [])) as tmps:
             out = open_jsonl(tmps[0], spec.output.compression) if tmps else None
@@ -205,12 +209,22 @@ def tokenize(ctx: Context, shard: int) -> dict:
     return {"documents": stats.docs_out, "tokens": stats.totals["tokens"], "steps": [stats.to_dict()]}
 
 
-def _encoder(work: WorkDir, facts: dict | None):
+def tokenizer_at(ctx: Context) -> Path:
+    """Where the tokenizer phase leaves the tokenizer: a folder of a Hugging Face tokenizer's files, or the
+    SentencePiece model."""
+    return ctx.work.root / ("tokenizer" if ctx.spec.pretrained_tokenizer else "tokenizer.model")
+
+
+def _encoder(ctx: Context, facts: dict | None):
     if not facts:
         return None
+    if ctx.spec.pretrained_tokenizer:
+        from llmops.prepare.pretrained import DocumentEncoder
+
+        return DocumentEncoder(tokenizer_at(ctx), threads=ctx.threads)
     from llmops.prepare.tokenizer import load
 
-    return load(work.root / "tokenizer.model")
+    return load(tokenizer_at(ctx))
 
 
 def _write_batch(batch, out, writer, encoder, facts, stats: StepStats, ctx: Context) -> None:

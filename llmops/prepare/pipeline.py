@@ -39,7 +39,8 @@ Contract:
   on a file system every task sees.
 - Output, when finalize is done: ``<output.dir>/<name>_text_document.{bin,idx}``
   (Megatron indexed dataset, one document per input document, ending in the
-  eod token), ``tokenizer.model``, ``metadata.json`` (vocab_size, eod_id,
+  eod token), ``tokenizer.model`` (or a Hugging Face tokenizer's ``tokenizer.json``
+  and ``tokenizer_config.json``), ``metadata.json`` (vocab_size, eod_id,
   pad_id, bos_id, special_tokens, tokenizer_model, paths),
   ``documents.jsonl.zst``, ``stats.json``, ``quarantine.jsonl``,
   ``duplicates.jsonl``.

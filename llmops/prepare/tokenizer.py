@@ -131,7 +131,7 @@ def _training_error(spec: TokenizerSpec, message: str) -> UserError:
 
 
 def install(path: str, out: Path) -> ModelFacts:
-    """Copy an existing model into the output folder (after checking it loads)."""
+    """Copy an existing SentencePiece model to `out` (after checking it loads)."""
     facts = read_model_facts(path)
     with atomic_path(out) as tmp:
         shutil.copyfile(path, tmp)

@@ -9,7 +9,6 @@ in, or the run its folder's owner file names.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,7 +29,7 @@ class Checkpoint:
     run: RunDir
     stage: str
     step: int
-    tokenizer: Path | None  # the SentencePiece model the stage's data was tokenized with
+    tokenizer: str | None  # what the stage's data was tokenized with: a SentencePiece model's path, or hf:DIR
     template: ChatTokens | None  # the chat markers, for stages trained on conversations
 
     @property
@@ -157,16 +156,18 @@ def _checkpoint(run: RunDir, stage: str, path: Path, problem: str | None) -> Che
                       template=align.template if align is not None else None)
 
 
-def _tokenizer(spec: RunSpec, align) -> Path | None:
-    """The tokenizer a stage was trained with: the align stage's own, else the one prepare wrote or named."""
+def _tokenizer(spec: RunSpec, align) -> str | None:
+    """The tokenizer a stage was trained with, as a tokenizer reference (a SentencePiece model's path, or
+    `hf:DIR`): the align stage's own, else the one saved with the Hugging Face model it started from, else
+    the one prepare wrote or named."""
     candidates = [align.tokenizer] if align is not None else []
     for start in (spec.model.init_from, *(a.start_from for a in spec.align)):  # beside a Hugging Face model
         if hf.folder_of(start) is not None:
-            candidates.append(os.path.join(hf.folder_of(start), "tokenizer.model"))
+            candidates.append(hf.tokenizer_beside(hf.folder_of(start)))
     if spec.prepare is not None and spec.prepare.tokenizer is not None:
-        candidates += [os.path.join(spec.prepare.output.dir, "tokenizer.model"), spec.prepare.tokenizer.model]
+        candidates += [spec.prepare.tokenizer_path, spec.prepare.tokenizer.model]
     candidates += [a.tokenizer for a in spec.align]
     for c in candidates:
-        if c and Path(c).is_file():
-            return Path(c)
+        if c and hf.tokenizer_exists(c):
+            return c
     return None

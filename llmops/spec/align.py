@@ -12,6 +12,7 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from llmops.spec.base import SpecModel, absolute_path
+from llmops.spec.hf import tokenizer_reference
 from llmops.spec.prepare import DEFAULT_SPECIAL_TOKENS
 
 
@@ -96,7 +97,9 @@ class AlignSpec(SpecModel):
     the method (sft, dpo). Two stages of one method need names of their own."""
     data: AlignData
     tokenizer: str | None = None
-    """SentencePiece model the examples are tokenized with; unset: the prepare stage's tokenizer.model."""
+    """The tokenizer the examples are tokenized with: a SentencePiece .model file, or a Hugging Face tokenizer
+    folder, `hf:DIR` (its tokenizer.json and chat template, e.g. Llama 3's). Unset: the one beside
+    `start_from: hf:DIR`, else the prepare stage's."""
     start_from: str | None = None
     """Checkpoint to start from (a checkpoint folder, or a root whose newest complete one is used; any
     TP/PP layout), or a Hugging Face model folder, `hf:DIR`, whose config.json fills model: (docs/models.md).
@@ -145,8 +148,10 @@ class AlignSpec(SpecModel):
 
     def absolutized(self) -> dict[str, object]:
         """Field updates that make every path absolute, so every process and host reads the same files."""
-        updates: dict[str, object] = {k: absolute_path(v) for k in ("tokenizer", "start_from", "checkpoint_dir")
+        updates: dict[str, object] = {k: absolute_path(v) for k in ("start_from", "checkpoint_dir")
                                       if (v := getattr(self, k)) is not None and not v.startswith("hf:")}
+        if self.tokenizer is not None:
+            updates["tokenizer"] = tokenizer_reference(self.tokenizer)
         if self.data.path is not None:
             updates["data"] = self.data.model_copy(update={"path": absolute_path(self.data.path)})
         return updates

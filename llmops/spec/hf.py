@@ -16,10 +16,12 @@ spec sets differently. The architectures llmops computes exactly:
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
 from llmops.errors import UserError
+from llmops.spec.base import absolute_path
 
 PREFIX = "hf:"
 LLAMA_FAMILY = ("llama", "mistral", "qwen2")
@@ -28,6 +30,29 @@ LLAMA_FAMILY = ("llama", "mistral", "qwen2")
 def folder_of(value: str | None) -> str | None:
     """The folder of an `hf:DIR` reference, else None."""
     return value[len(PREFIX):] if isinstance(value, str) and value.startswith(PREFIX) else None
+
+
+def tokenizer_reference(value: str) -> str:
+    """A tokenizer field made absolute: `hf:DIR` for a Hugging Face tokenizer folder (named with or without
+    the prefix; see llmops.prepare.pretrained), else the SentencePiece model's path."""
+    if value.startswith(PREFIX):
+        return PREFIX + absolute_path(value[len(PREFIX):])
+    return PREFIX + absolute_path(value) if os.path.isdir(value) else absolute_path(value)
+
+
+def tokenizer_beside(folder: str) -> str | None:
+    """The tokenizer saved with a Hugging Face model: `hf:` and the folder where it holds tokenizer.json (with
+    the model's own chat template), else its SentencePiece tokenizer.model; None when it has neither."""
+    if os.path.isfile(os.path.join(folder, "tokenizer.json")):
+        return PREFIX + folder
+    model = os.path.join(folder, "tokenizer.model")
+    return model if os.path.isfile(model) else None
+
+
+def tokenizer_exists(ref: str) -> bool:
+    """Whether a tokenizer reference names something here: a folder (`hf:DIR`) or a file."""
+    folder = folder_of(ref)
+    return os.path.isdir(folder) if folder is not None else os.path.isfile(ref)
 
 
 def read_config(folder: str | Path) -> dict[str, Any]:

@@ -15,6 +15,7 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from llmops.spec.base import SpecModel, absolute_path
+from llmops.spec.hf import PREFIX, tokenizer_reference
 
 # Ids our trained tokenizers give their reserved pieces; `eos` ends every document.
 UNK_ID, BOS_ID, EOS_ID, PAD_ID = 0, 1, 2, 3
@@ -137,7 +138,9 @@ class TokenizerSpec(SpecModel):
     """The SentencePiece tokenizer: trained on a sample of the cleaned corpus, or an existing model."""
 
     model: str | None = None
-    """An existing SentencePiece `.model` file; when set, nothing is trained."""
+    """An existing tokenizer; when set, nothing is trained: a SentencePiece `.model` file, or a Hugging Face
+    tokenizer folder written `hf:DIR` (its tokenizer.json, e.g. Llama 3's, for continued pre-training of the
+    model it came with). `prepare.tokenizer: hf:DIR` is short for this."""
     type: Literal["bpe", "unigram"] = "bpe"
     """SentencePiece model type to train."""
     vocab_size: int = Field(32_000, ge=64, le=10_000_000)
@@ -177,7 +180,8 @@ class PrepareSpec(SpecModel):
     filters: FilterSpec = FilterSpec()
     dedup: DedupSpec = DedupSpec()
     tokenizer: TokenizerSpec | None = TokenizerSpec()
-    """Null writes only the documents JSONL (no tokenizer, no token files)."""
+    """Null writes only the documents JSONL (no tokenizer, no token files); `hf:DIR` uses that Hugging Face
+    tokenizer (short for `tokenizer: {model: hf:DIR}`)."""
     output: OutputSpec
     workers: int | None = Field(None, ge=1, le=4096)
     """Processes on this machine; unset means one per CPU core."""
@@ -185,6 +189,13 @@ class PrepareSpec(SpecModel):
     """Shards per phase for a local run; unset means four per worker (smaller shards balance better)."""
     max_error_rate: float = Field(0.01, ge=0, le=1)
     """Fail the run when more than this share of input records is quarantined (unreadable, empty, too large)."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _tokenizer_shorthand(cls, data):
+        if isinstance(data, dict) and isinstance(data.get("tokenizer"), str) and data["tokenizer"].startswith(PREFIX):
+            return {**data, "tokenizer": {"model": data["tokenizer"]}}
+        return data
 
     @property
     def prefix(self) -> str:
@@ -198,8 +209,25 @@ class PrepareSpec(SpecModel):
             updates["input"] = self.input.model_copy(update={"paths": [absolute_path(p) for p in self.input.paths]})
         updates["output"] = self.output.model_copy(update={"dir": absolute_path(self.output.dir)})
         if self.tokenizer is not None and self.tokenizer.model is not None:
-            updates["tokenizer"] = self.tokenizer.model_copy(update={"model": absolute_path(self.tokenizer.model)})
+            updates["tokenizer"] = self.tokenizer.model_copy(update={
+                "model": tokenizer_reference(self.tokenizer.model)})
         return updates
+
+    @property
+    def pretrained_tokenizer(self) -> bool:
+        """Whether the tokenizer is a Hugging Face one (`hf:DIR`), copied rather than trained."""
+        return self.tokenizer is not None and (self.tokenizer.model or "").startswith(PREFIX)
+
+    @property
+    def tokenizer_path(self) -> str | None:
+        """The tokenizer the output folder holds, as a tokenizer reference: `hf:` and the output folder for a
+        Hugging Face tokenizer (its tokenizer.json and tokenizer_config.json are copied there), else its
+        tokenizer.model; None when prepare writes no tokenizer."""
+        if self.tokenizer is None:
+            return None
+        if self.pretrained_tokenizer:
+            return PREFIX + self.output.dir
+        return str(Path(self.output.dir) / "tokenizer.model")
 
     def fingerprint(self) -> str:
         """A hash of everything that changes the output (not how it runs or what may fail it)."""

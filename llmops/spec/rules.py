@@ -190,9 +190,7 @@ def _training_facts(prepare: PrepareSpec) -> _TrainingFacts:
     tok = prepare.tokenizer
     if tok.model is None:
         return _TrainingFacts(prefix=absolute_path(prepare.prefix), eod_id=EOS_ID, vocab_size=tok.vocab_size)
-    from llmops.prepare.tokenizer import read_model_facts
-
-    facts = read_model_facts(tok.model)
+    facts = _tokenizer_facts(tok.model)
     return _TrainingFacts(prefix=absolute_path(prepare.prefix), eod_id=facts.eos_id, vocab_size=facts.vocab_size)
 
 
@@ -388,23 +386,22 @@ def align_rules(spec: RunSpec) -> list[Problem]:
         if a.precision is not None or a.fp8_recipe is not None:
             problems += _fp8_rules(spec, "align", a.precision or (spec.train.precision if spec.train else "auto"),
                                    a.fp8_recipe, a.micro_batch_size)
-        prepared = (os.path.join(spec.prepare.output.dir, "tokenizer.model")
-                    if spec.prepare is not None and spec.prepare.tokenizer is not None else None)
-        beside = os.path.join(hf.folder_of(a.start_from), "tokenizer.model") if hf.folder_of(a.start_from) else None
-        if a.tokenizer is None and beside is not None and os.path.isfile(beside):  # exported with its model
-            a = a.model_copy(update={"tokenizer": beside})
+        prepared = spec.prepare.tokenizer_path if spec.prepare is not None else None
+        start = hf.folder_of(a.start_from)
+        if a.tokenizer is None and start is not None:  # the model's own, saved with it
+            a = a.model_copy(update={"tokenizer": hf.tokenizer_beside(start)})
         if prepared is not None and a.tokenizer in (None, prepared):  # written by this run's prepare stage
             a = a.model_copy(update={"tokenizer": prepared})
             problems += _prepared_tokenizer_rules(spec, a)
-        elif a.tokenizer is None and beside is not None:
-            problems.append(Problem("align.tokenizer", None, f"is unset and {os.path.dirname(beside)} has no "
-                                    "SentencePiece tokenizer.model (llmops's SFT and DPO read SentencePiece models; "
-                                    "tokenizer.json alone is not supported yet)",
-                                    "set align.tokenizer to the model's SentencePiece tokenizer.model"))
+        elif a.tokenizer is None and start is not None:
+            problems.append(Problem("align.tokenizer", None, f"is unset and {start} has no tokenizer (neither "
+                                    "tokenizer.json nor a SentencePiece tokenizer.model)",
+                                    "set align.tokenizer to the model's tokenizer: hf:DIR for a folder with "
+                                    "tokenizer.json, or the path of its tokenizer.model"))
         elif a.tokenizer is None:
             problems.append(Problem("align.tokenizer", None, "is unset and no prepare: stage writes a tokenizer",
-                                    "set align.tokenizer to the tokenizer.model the model was pre-trained with"))
-        elif os.path.exists(a.tokenizer):
+                                    "set align.tokenizer to the tokenizer the model was pre-trained with"))
+        elif hf.tokenizer_exists(a.tokenizer):
             problems += _tokenizer_file_rules(spec, a, a.tokenizer)
         elif spec.backend == "local":
             problems.append(Problem("align.tokenizer", a.tokenizer, "does not exist", "check the path"))
@@ -460,7 +457,7 @@ def _prepared_tokenizer_rules(spec: RunSpec, a: AlignSpec) -> list[Problem]:
     """The prepare stage trains the tokenizer later: check what it is asked to reserve."""
     tok, template = spec.prepare.tokenizer, a.template.tokens()
     if tok.model is not None:
-        return _tokenizer_file_rules(spec, a, tok.model) if os.path.exists(tok.model) else []
+        return _tokenizer_file_rules(spec, a, tok.model) if hf.tokenizer_exists(tok.model) else []
     missing = [t for t in template.values() if t not in tok.special_tokens]
     if missing:
         return [Problem("prepare.tokenizer.special_tokens", tok.special_tokens,
@@ -469,14 +466,37 @@ def _prepared_tokenizer_rules(spec: RunSpec, a: AlignSpec) -> list[Problem]:
     return _vocab_rule(spec, tok.vocab_size)
 
 
-def _tokenizer_file_rules(spec: RunSpec, a: AlignSpec, path: str) -> list[Problem]:
-    from llmops.prepare.tokenizer import read_model_facts  # sentencepiece, only for a spec that names a file
+def _tokenizer_facts(ref: str):
+    """A tokenizer's vocabulary size and reserved ids: a Hugging Face folder's (`hf:DIR`) or a SentencePiece
+    model's (each library imported only for a spec that names such a tokenizer)."""
+    if (folder := hf.folder_of(ref)) is not None:
+        from llmops.prepare.pretrained import facts
 
+        return facts(folder)
+    from llmops.prepare.tokenizer import read_model_facts
+
+    return read_model_facts(ref)
+
+
+def _tokenizer_file_rules(spec: RunSpec, a: AlignSpec, path: str) -> list[Problem]:
     try:
-        facts = read_model_facts(path)
+        facts = _tokenizer_facts(path)
     except UserError as exc:
         return [Problem("align.tokenizer", path, getattr(exc, "reason", exc.message), exc.fix or "check the file")]
     out = _vocab_rule(spec, facts.vocab_size)
+    if (folder := hf.folder_of(path)) is not None:  # a Hugging Face tokenizer: its own chat template
+        from llmops.prepare.pretrained import chat_template
+
+        try:
+            template = chat_template(folder)
+        except UserError as exc:
+            return out + [Problem("align.tokenizer", path, exc.message, exc.fix or "check the folder")]
+        if template is None:
+            out.append(Problem("align.tokenizer", path, "has no chat template (tokenizer_config.json has no "
+                               "chat_template, and there is no chat_template.jinja): SFT and DPO render "
+                               "conversations with it", "use the tokenizer of the model's chat (instruct) "
+                               "version, or add its chat_template to tokenizer_config.json"))
+        return out
     for role, token in a.template.tokens().items():
         if token not in facts.special_tokens:
             out.append(Problem(f"align.template.{role}", token, "is not a special (control) token of the tokenizer",

@@ -1,6 +1,12 @@
-"""The chat template: messages as token ids, with the tokenizer's control tokens as markers.
+"""Conversations as token ids, and which of them the model is trained to say.
 
-A conversation renders as::
+Two kinds of tokenizer, one interface (:func:`load` picks by the reference):
+
+* :class:`ChatTokenizer`, llmops's own SentencePiece models, with the markers of ``align.template``;
+* :class:`TemplateChat`, a Hugging Face tokenizer (``hf:DIR``: tokenizer.json and the model's own Jinja chat
+  template, as Llama 3, Mistral and Qwen ship them), rendered by transformers.
+
+llmops's template renders a conversation as::
 
     <|system|> text <|end|> <|user|> text <|end|> <|assistant|> text <|end|> ... </s>
 
@@ -13,18 +19,13 @@ generation ends with ``<|assistant|>``.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
+from pathlib import Path
 
 from llmops.errors import UserError
 from llmops.spec.align import ChatTokens
-
-ROLES = ("system", "user", "assistant")
-
-
-@dataclass(frozen=True)
-class Message:
-    role: str
-    content: str
+from llmops_model.align.records import BadRecord, Message
 
 
 @dataclass
@@ -76,6 +77,124 @@ class ChatTokenizer:
         ids, _ = self.render(messages)
         return ids[:-1] + [self.markers["assistant"]]
 
-    def response(self, text: str) -> list[int]:
-        """What the assistant says, closed by the end marker (the tokens a DPO response scores)."""
+    def response(self, prompt: list[Message], text: str) -> list[int]:
+        """What the assistant says after `prompt`, closed by the end marker (the tokens a DPO response scores;
+        the end-of-document id follows them)."""
+        del prompt  # every reply renders the same here
         return self.encode(text) + [self.markers["end"]]
+
+
+def load(ref: str, template: ChatTokens) -> ChatTokenizer | TemplateChat:
+    """The chat tokenizer of a tokenizer reference: `hf:DIR` a Hugging Face one, else a SentencePiece model."""
+    from llmops.prepare import pretrained
+
+    folder = pretrained.folder(ref)
+    return ChatTokenizer.load(ref, template) if folder is None else TemplateChat.load(folder)
+
+
+class TemplateChat:
+    """A Hugging Face tokenizer and the model's own chat template.
+
+    The template is rendered by transformers (its sandboxed Jinja environment, the same call that serves the
+    model: ``apply_chat_template``) and the text cut where each assistant turn starts and ends: the turn
+    starts where the conversation before it, rendered with the generation prompt, ends; it ends where the
+    conversation up to it ends. So the trained tokens are exactly what a server's generation produces,
+    closing marker (``<|eot_id|>``) included. Each piece is encoded on its own, as TRL does, so a token
+    never straddles the prompt and the reply. A template that does not render a conversation as a growing
+    prefix of itself (one that rewrites earlier turns) cannot be cut this way: the example is quarantined.
+
+    Hugging Face tokenizers read special-token text inside a message as the special token; a message that
+    spells one (``<|eot_id|>`` in a user's text) would forge a turn, so it is quarantined, never encoded.
+    """
+
+    def __init__(self, tok, template: str, source: Path):
+        from llmops.prepare import pretrained
+
+        self.tok, self.template, self.source = tok, template, source
+        vocab = tok.backend_tokenizer.get_vocab_size(with_added_tokens=True)
+        facts = pretrained.facts(source)
+        self.vocab_size, self.eod_id, self.pad_id = vocab, facts.eos_id, facts.pad_id
+        specials = pretrained.special_texts(tok.backend_tokenizer)
+        self._forged = re.compile("|".join(map(re.escape, specials))) if specials else None
+
+    @classmethod
+    def load(cls, folder: Path) -> TemplateChat:
+        """UserError when the folder is no tokenizer, or has no chat template."""
+        from llmops_model.hf.tokenizer import pretrained
+
+        tok = pretrained(folder)
+        if tok.chat_template is None:
+            raise UserError(f"the tokenizer in {folder} has no chat template to render conversations with",
+                            "use the tokenizer of the model's chat (instruct) version, or add its "
+                            "chat_template to tokenizer_config.json")
+        return cls(tok, tok.chat_template, folder)
+
+    def encode(self, text: str) -> list[int]:
+        return self.tok.backend_tokenizer.encode(text, add_special_tokens=False).ids if text else []
+
+    def _text(self, messages: list[Message], *, generation: bool) -> str:
+        try:
+            return self.tok.apply_chat_template([{"role": m.role, "content": m.content} for m in messages],
+                                                tokenize=False, add_generation_prompt=generation)
+        except Exception as exc:  # the template's own raise_exception, or any Jinja error: this example only
+            raise BadRecord("chat_template", f"the chat template of {self.source} refuses it: "
+                                             f"{str(exc).strip()[:300]}") from None
+
+    def _check(self, messages: list[Message]) -> None:
+        if self._forged is None:
+            return
+        for m in messages:
+            if found := self._forged.search(m.content):
+                raise BadRecord("special_token_text", f"a {m.role} message spells the tokenizer's special token "
+                                                      f"{found.group(0)!r}")
+
+    def _extends(self, longer: str, shorter: str) -> None:
+        if not longer.startswith(shorter):
+            raise BadRecord("chat_template", f"the chat template of {self.source} does not render this "
+                                             "conversation turn by turn (a later turn rewrites an earlier one)")
+
+    def render(self, messages: list[Message]) -> tuple[list[int], list[bool]]:
+        """Token ids of the conversation and, per token, whether the model is trained to produce it (every
+        assistant turn as the template renders it, closing marker included); the end-of-document id is added
+        when the template does not end with it."""
+        self._check(messages)
+        whole = self._text(messages, generation=False)
+        ids: list[int] = []
+        trained: list[bool] = []
+
+        def add(text: str, train: bool) -> None:
+            piece = self.encode(text)
+            ids.extend(piece)
+            trained.extend([train] * len(piece))
+
+        at = 0
+        for k, m in enumerate(messages):
+            if m.role != "assistant":
+                continue
+            start, end = self._text(messages[:k], generation=True), self._text(messages[:k + 1], generation=False)
+            self._extends(end, start)
+            self._extends(whole, end)
+            self._extends(start, whole[:at])
+            add(whole[at:len(start)], False)
+            add(whole[len(start):len(end)], True)
+            at = len(end)
+        add(whole[at:], False)
+        if not ids or ids[-1] != self.eod_id:
+            ids.append(self.eod_id)
+            trained.append(False)
+        return ids, trained
+
+    def prompt(self, messages: list[Message]) -> list[int]:
+        """The conversation so far and the template's generation prompt (the assistant's header)."""
+        self._check(messages)
+        return self.encode(self._text(messages, generation=True))
+
+    def response(self, prompt: list[Message], text: str) -> list[int]:
+        """What the assistant says after `prompt` as the template closes it, without a final end-of-document
+        id (the DPO sequence adds one)."""
+        reply = [Message("assistant", text)]
+        self._check(reply)
+        start, end = self._text(prompt, generation=True), self._text(prompt + reply, generation=False)
+        self._extends(end, start)
+        ids = self.encode(end[len(start):])
+        return ids[:-1] if ids and ids[-1] == self.eod_id else ids

@@ -20,8 +20,10 @@ from pathlib import Path
 import numpy as np
 
 from llmops.errors import UserError
+from llmops.prepare import pretrained
 from llmops.spec.align import AlignSpec
-from llmops_model.align.chat import ChatTokenizer
+from llmops_model.align import chat
+from llmops_model.align.chat import ChatTokenizer, TemplateChat
 from llmops_model.align.records import BadRecord, conversation, parse_lines, preference
 
 FORMAT = 1
@@ -55,7 +57,7 @@ class Ragged:
 Examples = dict[str, Ragged]
 
 
-def tokenize_sft(tok: ChatTokenizer, obj: dict, *, seq_length: int, too_long: str) -> tuple[list, bool]:
+def tokenize_sft(tok: ChatTokenizer | TemplateChat, obj: dict, *, seq_length: int, too_long: str) -> tuple[list, bool]:
     """[ids, trained] of one conversation, at most seq_length + 1 tokens, and whether it was cut."""
     ids, trained = tok.render(conversation(obj))
     limit = seq_length + 1  # inputs are ids[:-1], labels ids[1:]
@@ -68,14 +70,15 @@ def tokenize_sft(tok: ChatTokenizer, obj: dict, *, seq_length: int, too_long: st
     return [ids, trained], cut
 
 
-def tokenize_dpo(tok: ChatTokenizer, obj: dict, *, seq_length: int, too_long: str) -> tuple[list, bool]:
+def tokenize_dpo(tok: ChatTokenizer | TemplateChat, obj: dict, *, seq_length: int, too_long: str) -> tuple[list, bool]:
     """[prompt, chosen, rejected] ids fitting seq_length + 1 with the end-of-document token.
 
     Truncation follows TRL: the prompt loses its start first (down to half the
     room), then the responses lose their ends.
     """
     pref = preference(obj)
-    prompt, chosen, rejected = tok.prompt(pref.prompt), tok.response(pref.chosen), tok.response(pref.rejected)
+    prompt = tok.prompt(pref.prompt)
+    chosen, rejected = tok.response(pref.prompt, pref.chosen), tok.response(pref.prompt, pref.rejected)
     room = seq_length  # seq_length + 1 tokens, one of them the end-of-document
     longest = max(len(chosen), len(rejected))
     cut = len(prompt) + longest > room
@@ -106,18 +109,23 @@ def fingerprint(a: AlignSpec, *, seq_length: int) -> str:
     """What the tokenized examples depend on: the settings, the tokenizer and the data file."""
     def stat(path):
         s = os.stat(path)
-        return [path, s.st_size, s.st_mtime_ns]
+        return [str(path), s.st_size, s.st_mtime_ns]
+
+    def tokenizer(ref):  # a SentencePiece model, or a Hugging Face tokenizer's files (hf:DIR)
+        folder = pretrained.folder(ref)
+        return stat(ref) if folder is None else [stat(p) for p in sorted(folder.glob("*")) if p.name in
+                                                 pretrained.FILES]
 
     parts = {"format": FORMAT, "method": a.method, "data": a.data.model_dump(mode="json"),
              "template": a.template.model_dump(), "bad_data": a.bad_data.too_long, "seq_length": seq_length,
-             "seed": a.seed, "tokenizer": stat(a.tokenizer),
+             "seed": a.seed, "tokenizer": tokenizer(a.tokenizer),
              "source": stat(a.data.path) if a.data.path else sys.version}
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def build(a: AlignSpec, *, seq_length: int, out: Path, fp: str) -> dict:
     """Tokenize, quarantine, split and save; returns the stats (also written to stats.json)."""
-    tok = ChatTokenizer.load(a.tokenizer, a.template)
+    tok = chat.load(a.tokenizer, a.template)
     tokenize = tokenize_sft if a.method == "sft" else tokenize_dpo
     kept, reasons, truncated, lines = [], Counter(), 0, 0
     out.mkdir(parents=True, exist_ok=True)

@@ -18,7 +18,13 @@ import json
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
-from llmops_model.align.chat import ROLES, Message
+ROLES = ("system", "user", "assistant")
+
+
+@dataclass(frozen=True)
+class Message:
+    role: str
+    content: str
 
 
 class BadRecord(Exception):

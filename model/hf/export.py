@@ -7,6 +7,7 @@ an existing non-empty `--out` is refused, never overwritten. What it holds::
     config.json  generation_config.json          GPT2LMHeadModel or LlamaForCausalLM, no custom code
     model.safetensors                            or model-0000N-of-0000M.safetensors + an index, above 5 GB
     tokenizer.json  tokenizer_config.json        the SentencePiece model as a fast tokenizer, chat template
+                                                 (a Hugging Face tokenizer the run used: as it came)
     tokenizer.model                              the SentencePiece model itself, for tools that read it
     llmops-export.json                           which run, stage, step and checkpoint it came from
 """
@@ -22,6 +23,7 @@ from pathlib import Path
 
 import torch
 
+from llmops.prepare import pretrained
 from llmops.runs.models import Checkpoint, check_out
 from llmops.spec.prepare import EOS_ID
 from llmops_model.hf import convert
@@ -69,12 +71,21 @@ def write(ck: Checkpoint, folder: Path, *, dtype: torch.dtype, info: Callable[[s
     from llmops_model.hf import tokenizer, weights
 
     spec = ck.spec
-    tok = None if ck.tokenizer is None else tokenizer.build(
-        ck.tokenizer, vocab_size=spec.model.padded_vocab_size, template=ck.template, max_length=spec.model.seq_length)
+    folder_of_tokenizer = pretrained.folder(ck.tokenizer)
+    if folder_of_tokenizer is not None:  # a Hugging Face tokenizer: as it came, chat template included
+        tok = tokenizer.pretrained(folder_of_tokenizer, vocab_size=spec.model.padded_vocab_size,
+                                   max_length=spec.model.seq_length)
+    else:
+        tok = None if ck.tokenizer is None else tokenizer.build(
+            Path(ck.tokenizer), vocab_size=spec.model.padded_vocab_size, template=ck.template,
+            max_length=spec.model.seq_length)
     started = time.monotonic()
     info(f"loading {ck.label} (saved as {_layout(ck)}) ...")
     tensors = {k: v.to(dtype) for k, v in convert.to_hf(weights.load(spec, ck.path), spec.model).items()}
-    if tok is not None:
+    if folder_of_tokenizer is not None:
+        eos_ids = list(dict.fromkeys([tok.eos_token_id, *tokenizer.end_ids(folder_of_tokenizer)]))
+        bos, pad = tok.bos_token_id, tok.pad_token_id
+    elif tok is not None:
         eos_ids = [tok.eos_token_id] + ([tok.convert_tokens_to_ids(ck.template.end)] if ck.template else [])
         bos, pad = tok.bos_token_id, tok.pad_token_id
     else:
@@ -87,7 +98,8 @@ def write(ck: Checkpoint, folder: Path, *, dtype: torch.dtype, info: Callable[[s
     if tok is not None:
         tok.save_pretrained(folder)
         _readable_by_older_transformers(folder / "tokenizer_config.json", tok.chat_template)
-        shutil.copyfile(ck.tokenizer, folder / "tokenizer.model")
+        if folder_of_tokenizer is None:
+            shutil.copyfile(ck.tokenizer, folder / "tokenizer.model")
     params = sum(t.numel() for t in tensors.values())
     (folder / "llmops-export.json").write_text(json.dumps({
         "run": ck.run.id, "stage": ck.stage, "step": ck.step, "checkpoint": str(ck.path), "layout": _layout(ck),

@@ -1,4 +1,5 @@
-"""llmops's SentencePiece tokenizer as a transformers fast tokenizer, chat template included.
+"""Tokenizers as transformers fast tokenizers, chat template included: llmops's SentencePiece models
+(:func:`build`) and Hugging Face tokenizer folders (:func:`pretrained`).
 
 The tokenizers-library model is built from the SentencePiece file's own
 settings (transformers' SentencePiece converter: identity normalisation, the
@@ -86,3 +87,35 @@ def build(model_file: Path, *, vocab_size: int, template: ChatTokens | None, max
         kwargs["chat_template"] = chat_template(template, eos)
     return PreTrainedTokenizerFast(tokenizer_object=backend, model_max_length=max_length,
                                    clean_up_tokenization_spaces=False, **{k: v for k, v in kwargs.items() if v})
+
+
+def pretrained(folder: Path, *, vocab_size: int | None = None, max_length: int | None = None):
+    """A `PreTrainedTokenizerFast` for a Hugging Face tokenizer folder (tokenizer.json, its special tokens and
+    chat template from tokenizer_config.json); UserError when it is no tokenizer or does not fit the model."""
+    from transformers import PreTrainedTokenizerFast
+
+    from llmops.prepare import pretrained as files
+
+    backend = files.load(folder)
+    size = backend.get_vocab_size(with_added_tokens=True)
+    if vocab_size is not None and size > vocab_size:
+        raise UserError(f"the tokenizer in {folder} has {size} tokens, more than the model's vocabulary "
+                        f"({vocab_size}): it is not the tokenizer this model was trained with",
+                        "use the tokenizer of the run that trained the model")
+    cfg = files.config(folder)
+    names = {k: t for k in ("bos_token", "eos_token", "pad_token", "unk_token")
+             if (t := files.token_text(cfg.get(k))) is not None}
+    extra = {"model_max_length": max_length} if max_length else {}
+    return PreTrainedTokenizerFast(tokenizer_object=backend, chat_template=files.chat_template(folder),
+                                   clean_up_tokenization_spaces=False, **names, **extra)
+
+
+def end_ids(folder: Path) -> list[int]:
+    """The ids generation stops at, from the folder's generation_config.json (Llama 3 Instruct stops at
+    <|eot_id|> as well as <|end_of_text|>); [] when it has none."""
+    try:
+        value = json.loads((folder / "generation_config.json").read_text()).get("eos_token_id")
+    except (OSError, ValueError, AttributeError):
+        return []
+    values = value if isinstance(value, list) else [value]
+    return [v for v in values if isinstance(v, int) and not isinstance(v, bool)]

@@ -14,6 +14,7 @@ import pytest
 from llmops.prepare import align_corpus
 from llmops.prepare.tokenizer import train
 from llmops.spec.prepare import TokenizerSpec
+from llmops_testing.hf_tokenizer import llama3_style
 
 VOCAB, SEQ = 1024, 128
 # Lines no trainer should accept: each is counted under its reason and quarantined.
@@ -35,6 +36,7 @@ BAD_DPO = {
 @dataclass(frozen=True)
 class Assets:
     tokenizer: Path
+    hf_tokenizer: Path  # the same texts as a Llama 3 style tokenizer.json folder with its chat template
     sft: Path
     dpo: Path
     sft_good: int
@@ -60,11 +62,12 @@ def assets(tmp_path_factory) -> Assets:
     texts = [m["content"] for r in align_corpus.sft_records(1000, seed=9) for m in r.get("messages", [])]
     texts += [f"{e.summary}\n{e.name}" for e in align_corpus.entries(400)]
     train(TokenizerSpec(vocab_size=VOCAB, byte_fallback=False), iter(texts), out=root / "tokenizer.model", threads=1)
+    llama3_style(root / "llama3-tokenizer", texts, vocab_size=VOCAB)
     # A long user turn with an answer that fits after truncation: kept, counted as truncated.
     sft.append({"messages": [{"role": "user", "content": "Short question?"},
                              {"role": "assistant", "content": "A long answer. " * 60}]})
     dpo = align_corpus.preference_records(32, seed=1, max_chars=120)
     (root / "sft.jsonl").write_text("\n".join(_with_bad_lines(sft, BAD_SFT)) + "\n")
     (root / "dpo.jsonl").write_text("\n".join(_with_bad_lines(dpo, BAD_DPO)) + "\n")
-    return Assets(root / "tokenizer.model", root / "sft.jsonl", root / "dpo.jsonl", len(sft), len(dpo),
-                  BAD_SFT, BAD_DPO)
+    return Assets(root / "tokenizer.model", root / "llama3-tokenizer", root / "sft.jsonl", root / "dpo.jsonl",
+                  len(sft), len(dpo), BAD_SFT, BAD_DPO)

@@ -219,3 +219,36 @@ def test_a_worker_killed_mid_phase_fails_the_run_instead_of_hanging_and_a_rerun_
     run_all(prepare_spec([str(corpus_file)], reference, workers=1, num_shards=4, input={"chunk_bytes": 65536}),
             display=Display(interval=60))
     assert (out / "corpus_text_document.bin").read_bytes() == (reference / "corpus_text_document.bin").read_bytes()
+
+
+def test_a_hugging_face_tokenizer_is_used_as_it_is_and_copied_with_the_data(tmp_path, corpus_file):
+    """`prepare.tokenizer: hf:DIR` (continued pre-training of a Llama 3 style model): nothing is trained, every
+    document is the tokenizer's encoding of its text and the tokenizer's eos, special-token text stays text,
+    and the output folder is itself a tokenizer folder transformers loads."""
+    from transformers import AutoTokenizer
+
+    from llmops_testing.hf_tokenizer import SPECIALS, llama3_style
+
+    docs = make_corpus(100)
+    docs[0]["text"] += " A document may mention <|eot_id|> and <|end_of_text|> without ending anything."
+    write_jsonl(corpus_file, docs)
+    folder = llama3_style(tmp_path / "llama3", [d["text"] for d in docs[:50]], vocab_size=700)
+    out = tmp_path / "out"
+    spec = prepare_spec([str(corpus_file)], out, tokenizer=f"hf:{folder}")
+    assert spec.tokenizer.model == f"hf:{folder}" and spec.tokenizer_path == f"hf:{out}"
+    run_all(spec, display=Display(interval=60))
+
+    meta = json.loads((out / "metadata.json").read_text())
+    eos = SPECIALS.index("<|end_of_text|>")
+    assert meta["eod_id"] == eos and meta["vocab_size"] == 700 and meta["bos_id"] == 1
+    assert meta["tokenizer_model"] == f"hf:{out}" and "<|eot_id|>" in meta["special_tokens"]
+    assert sorted(p.name for p in out.glob("tokenizer*")) == ["tokenizer.json", "tokenizer_config.json"]
+    tok = AutoTokenizer.from_pretrained(out)
+    texts = {d["text"] for d in read_documents(out)}
+    tokens = read_tokens(meta["prefix"])
+    assert len(tokens) == len(texts) == 100
+    special_ids = set(range(len(SPECIALS)))
+    for ids in tokens:
+        assert ids[-1] == eos and not special_ids & set(ids[:-1].tolist())
+        assert tok.decode(ids[:-1]) in texts
+    assert any("<|eot_id|>" in tok.decode(ids[:-1]) for ids in tokens)

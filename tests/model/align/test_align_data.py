@@ -127,7 +127,7 @@ def test_dpo_truncation_cuts_the_prompt_from_the_left(tok):
     assert cut and len(prompt) + max(len(chosen), len(rejected)) + 1 <= 65
     assert prompt[-1] == tok.markers["assistant"]
     assert tok.sp.decode(prompt[-12:-2]).endswith("json.dumps do?"), tok.sp.decode(prompt)
-    assert chosen == tok.response(record["chosen"])  # the responses fit, so they are whole
+    assert chosen == tok.response([], record["chosen"])  # the responses fit, so they are whole
 
 
 def test_preference_loss_equals_a_direct_computation():

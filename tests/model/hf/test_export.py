@@ -110,7 +110,8 @@ def test_transformers_loads_the_export_and_computes_what_llmops_computes(trained
     assert ours.shape == theirs.shape and diff < 1e-4
 
     from llmops.spec.align import ChatTokens
-    from llmops_model.align.chat import ChatTokenizer, Message
+    from llmops_model.align.chat import ChatTokenizer
+    from llmops_model.align.records import Message
 
     tok = transformers.AutoTokenizer.from_pretrained(out)
     chat = ChatTokenizer.load(str(assets.tokenizer), ChatTokens())

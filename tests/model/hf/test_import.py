@@ -21,8 +21,13 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
+from llmops.spec.align import ChatTokens
+from llmops_model.align import chat
+from llmops_model.align.records import Message
 from llmops_testing import llmops, start, tiny_spec, wait_state, write_spec
+from llmops_testing.hf_tokenizer import TEMPLATE
 
 transformers = pytest.importorskip("transformers", reason="the hf extra: pip install 'llmops[hf]'")
 from safetensors.torch import load_file  # noqa: E402 (transformers brings safetensors)
@@ -52,7 +57,9 @@ def _hf_model(folder: Path, kind: str, tokenizer: Path | None = None) -> Path:
         for p in model.parameters():
             p.add_(torch.randn_like(p) * 0.02)
     model.save_pretrained(folder)
-    if tokenizer is not None:
+    if tokenizer is not None and tokenizer.is_dir():  # a Hugging Face tokenizer: its files beside the model's
+        shutil.copytree(tokenizer, folder, dirs_exist_ok=True)
+    elif tokenizer is not None:
         shutil.copyfile(tokenizer, folder / "tokenizer.model")
     return folder
 
@@ -104,10 +111,11 @@ def _same_tensors(exported: Path, original: Path) -> None:
 
 
 def test_sft_at_tp2pp2_and_pretraining_at_tp1pp2_start_from_hf_folders(tmp_path, assets):
-    llama = _hf_model(tmp_path / "llama", "llama", tokenizer=assets.tokenizer)
+    llama = _hf_model(tmp_path / "llama", "llama", tokenizer=assets.hf_tokenizer)  # tokenizer.json, as Llama 3
     gpt2 = _hf_model(tmp_path / "gpt2", "gpt2")
     root = tmp_path / "runs"
-    sft = tiny_spec("sft-from-llama", tp=2, pp=2, model={"seq_length": assets.seq})
+    sft = tiny_spec("sft-from-llama", tp=2, pp=2, model={"seq_length": assets.seq},
+                    samples={"enabled": True, "max_new_tokens": 8})
     del sft["train"]
     sft["align"] = {"method": "sft", "start_from": f"hf:{llama}", "data": {"path": str(assets.sft)}, "steps": 2,
                     "global_batch_size": 8, "micro_batch_size": 2, "lr": 1e-12, "bad_data": {"max_fraction": 0.2}}
@@ -133,6 +141,21 @@ def test_sft_at_tp2pp2_and_pretraining_at_tp1pp2_start_from_hf_folders(tmp_path,
         _same_tensors(tmp_path / f"{name}-export", original)
     exported = json.loads((tmp_path / "sft-export" / "config.json").read_text())
     assert exported["rope_parameters"]["rope_type"] == "llama3" and exported["num_key_value_heads"] == 2
+
+    # The folder's own tokenizer (tokenizer.json and its chat template) tokenized the SFT data, wrote the
+    # stage's chat samples and went out with the export as it came.
+    run = runs["sft"]
+    assert yaml.safe_load((run / "spec.yaml").read_text())["align"][0]["tokenizer"] == f"hf:{llama}"
+    stats = json.loads((run / "align-data-sft" / "stats.json").read_text())
+    assert (stats["vocab_size"], stats["eod_id"]) == (VOCAB, 2)
+    assert set(stats["quarantined"]) == set(assets.bad_sft)
+    samples = [json.loads(line) for line in (run / "stages" / "sft" / "samples.jsonl").read_text().splitlines()]
+    assert samples and all(s["chat"] for s in samples)
+    theirs = transformers.AutoTokenizer.from_pretrained(tmp_path / "sft-export")
+    assert theirs.chat_template == TEMPLATE and not (tmp_path / "sft-export" / "tokenizer.model").exists()
+    turns = [Message("user", "What does os.path.join do?"), Message("assistant", "It joins paths.")]
+    ours = chat.load(f"hf:{llama}", ChatTokens()).render(turns)[0]
+    assert theirs.apply_chat_template([vars(m) for m in turns], return_dict=False) == ours[:-1]
 
 
 def test_a_spec_that_contradicts_the_folder_or_a_folder_llmops_cannot_use_is_exit_2(tmp_path):

@@ -724,9 +724,27 @@ def eval_(
     if isinstance(source, models.Checkpoint):
         saved = evaluations.save(source.run, results)
         err.print(f"results: {escape(_shown(saved))} (in `llmops report {escape(source.run.id)}`)")
+        _track_evaluation(source, evaluations.metrics(results), saved)
     if out_file is not None:
         atomic_write(out_file, json.dumps(results, indent=1) + "\n")
         err.print(f"results: {escape(_shown(out_file))}")
+
+
+def _track_evaluation(source, scores: dict[str, float], saved: Path) -> None:
+    """Send a run's evaluation to the trackers its spec names; the results are already saved, so a tracker
+    that cannot be reached, or a missing client, is said and is no failure."""
+    from llmops_model.train import tracking
+
+    try:
+        outcomes = tracking.log_evaluation(source.spec, source.run.path, stage=source.stage, step=source.step,
+                                           scores=scores, files=[saved], info=_say)
+    except UserError as exc:
+        err.print(f"[yellow]not sent to the trackers: {escape(exc.message)}[/yellow] ({escape(exc.fix or '')})")
+        return
+    for o in outcomes:
+        if o["state"] == "ok":
+            err.print(f"sent to {o['backend']}: {o['sent']} scores as {escape(source.stage)}/lm_eval/... "
+                      f"at step {source.step}")
 
 
 def _say(line: str) -> None:

@@ -59,6 +59,11 @@ def scores(results: dict[str, Any]) -> list[Score]:
     return out
 
 
+def metrics(results: dict[str, Any]) -> dict[str, float]:
+    """The scores as tracker metrics, `<task>/<metric>` (without their standard errors)."""
+    return {f"{s.task}/{s.metric}": s.value for s in scores(results) if s.value is not None}
+
+
 def _number(v: Any) -> float | None:
     return float(v) if isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) else None
 

@@ -21,6 +21,10 @@ are separate processes: every process finds the run the first one created (MLflo
 name (``pretrain/loss``, ``sft/eval_loss``, ``dpo/acc``) at the training step. What each tracker acknowledged
 is recorded in ``stages/<stage>/tracking.json``: a restart resumes from a checkpoint and re-runs the steps
 after it, and the steps already delivered are not sent again (the first values stay; metrics.jsonl has both).
+
+`llmops eval` of a run's checkpoint adds its scores to the same tracking run afterwards
+(:func:`log_evaluation`): ``<stage>/lm_eval/<task>/<metric>`` at the checkpoint's step, and the results
+JSON as a file, without touching the run's status.
 """
 
 from __future__ import annotations
@@ -60,6 +64,9 @@ _BOOKKEEPING = {"step", "steps", "restart", "time", "stage", "method"}
 # The step line's short names, so that the charts read like the log ("dpo/acc").
 _SHORT = {"accuracy": "acc"}
 
+_REFUSED_CHARS = re.compile(r"[^\w\-. /]")
+"""Characters MLflow refuses in a metric's or parameter's name (W&B takes what MLflow takes)."""
+
 Row = tuple[int, int, dict[str, float]]
 """A logged step: (step, time in milliseconds, metric name -> value)."""
 
@@ -84,17 +91,19 @@ class Tracker:
     """The trackers of one stage's process (on the logging rank only): :meth:`log` never blocks."""
 
     def __init__(self, spec: RunSpec, run_dir: Path, *, stage: str, info, capacity: int | None = None,
-                 close_timeout: float | None = None):
+                 close_timeout: float | None = None, training: bool = True):
+        """`training`: a stage's process, which marks the tracking run RUNNING and records what was delivered
+        (see the module); False for a later addition (an evaluation), which does neither."""
         run = RunDir(run_dir)
-        self.stage, self.info = stage, info
+        self.stage, self.info, self.training = stage, info, training
         self.close_timeout = CLOSE_TIMEOUT if close_timeout is None else close_timeout
         capacity = capacity or CAPACITY
         self.state_path = run.stage_dir(stage) / "tracking.json"
         self._state_lock = threading.Lock()
-        delivered = _read_json(self.state_path)
+        delivered = _read_json(self.state_path) if training else {}
         sinks: list[_Sink] = []
         if spec.tracking.mlflow is not None:
-            sinks.append(_MLflow(spec.tracking.mlflow, run=run, spec_name=spec.name, stage=stage))
+            sinks.append(_MLflow(spec.tracking.mlflow, run=run, spec_name=spec.name, stage=stage, live=training))
         if spec.tracking.wandb is not None:
             sinks.append(_Wandb(spec.tracking.wandb, run=run, stage=stage))
         self.workers = [_Worker(s, capacity=capacity, info=info, delivered=self._delivered,
@@ -127,6 +136,8 @@ class Tracker:
     def _delivered(self, backend: str, step: int) -> None:
         """Record that `backend` acknowledged every row up to `step` (called from the threads; a record that
         cannot be written costs a restart some repeated steps, nothing more)."""
+        if not self.training:
+            return
         with self._state_lock:
             state = _read_json(self.state_path)
             state[backend] = {"step": step, "time": time.time()}
@@ -260,8 +271,8 @@ class _MLflow(_Sink):
 
     name = "mlflow"
 
-    def __init__(self, cfg: MLflowTracking, *, run: RunDir, spec_name: str, stage: str):
-        self.cfg, self.run, self.stage = cfg, run, stage
+    def __init__(self, cfg: MLflowTracking, *, run: RunDir, spec_name: str, stage: str, live: bool = True):
+        self.cfg, self.run, self.stage, self.live = cfg, run, stage, live
         self.experiment = cfg.experiment or spec_name
         self.where = cfg.uri
         self.client = None
@@ -281,12 +292,12 @@ class _MLflow(_Sink):
         ours = self.run.id.replace("'", "")  # run ids are names and timestamps; never a quote
         found = client.search_runs([experiment_id], filter_string=f"tags.`{RUN_TAG}` = '{ours}'", max_results=1)
         run = found[0] if found else client.create_run(experiment_id, run_name=ours, tags={RUN_TAG: ours})
-        if run.info.status != "RUNNING":
+        if self.live and run.info.status != "RUNNING":
             client.update_run(run.info.run_id, status="RUNNING")
         if not run.data.params:  # the first process of the run: the resolved spec, as parameters and as a file
             from mlflow.entities import Param
 
-            params = [Param(re.sub(r"[^\w\-. /]", "_", k)[:250], v[:6000])  # the characters MLflow takes
+            params = [Param(_REFUSED_CHARS.sub("_", k)[:250], v[:6000])  # the characters MLflow takes
                       for k, v in _flatten(_read_spec(self.run)).items()]
             for i in range(0, len(params), 100):  # log_batch's limit for parameters
                 client.log_batch(run.info.run_id, params=params[i:i + 100])
@@ -358,6 +369,19 @@ class _Wandb(_Sink):
         import wandb
 
         wandb.teardown()  # W&B's service and threads end here, not when the process does (a later fork stays safe)
+
+
+def log_evaluation(spec: RunSpec, run_dir: Path, *, stage: str, step: int, scores: dict[str, float],
+                   files: list[Path], info) -> list[dict[str, Any]]:
+    """Add an evaluation of a stage's checkpoint to the run's trackers: each score as
+    `<stage>/lm_eval/<name>` at the checkpoint's step, `files` under `<stage>/`; one outcome per tracker
+    ([] when the spec names none). Never raises for a tracker that is down: the outcome says so."""
+    if spec.tracking.mlflow is None and spec.tracking.wandb is None:
+        return []
+    require(spec.tracking)
+    tracker = Tracker(spec, run_dir, stage=stage, info=info, training=False)
+    tracker.log(step, {f"{stage}/lm_eval/{_REFUSED_CHARS.sub('_', k)}": v for k, v in scores.items()})
+    return tracker.close(files=files, code=None)
 
 
 def wandb_id(run_id: str) -> str:

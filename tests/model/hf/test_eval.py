@@ -40,7 +40,8 @@ needs_lm_eval = pytest.mark.skipif(_harness() is None, reason="needs lm-eval in 
 def run(tmp_path_factory, assets) -> Path:
     work = tmp_path_factory.mktemp("eval-run")
     spec = tiny_spec("eval-gpt", steps=2, train={"warmup_steps": 0},
-                     model={"preset": "tiny", "vocab_size": assets.vocab, "seq_length": assets.seq})
+                     model={"preset": "tiny", "vocab_size": assets.vocab, "seq_length": assets.seq},
+                     tracking={"mlflow": {"uri": f"file:{work / 'mlruns'}", "experiment": "eval"}})
     spec["align"] = {"method": "sft", "tokenizer": str(assets.tokenizer), "data": {"path": str(assets.sft)},
                      "steps": 2, "global_batch_size": 8, "micro_batch_size": 2, "lr": 1e-3,
                      "bad_data": {"max_fraction": 0.2}}
@@ -83,6 +84,20 @@ def test_a_run_and_its_export_score_the_same_and_the_runs_scores_reach_its_repor
         assert 0.0 <= _score(results, metric) <= 1.0
         assert f"{_score(results, metric):.4f}" in res.stdout
     assert _left_behind(tmp_path) == []
+
+    # The scores joined the run's tracking run (MLflow, a file store here) at the checkpoint's step, with the
+    # results file, and left its status as training left it.
+    assert "sent to mlflow: 2 scores as sft/lm_eval/... at step 2" in res.stderr
+    from mlflow.tracking import MlflowClient
+
+    os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
+    client = MlflowClient(f"file:{run.parent.parent / 'mlruns'}")
+    (tracked,) = client.search_runs([client.get_experiment_by_name("eval").experiment_id])
+    assert tracked.info.status == "FINISHED"
+    for metric in ("acc", "acc_norm"):
+        (point,) = client.get_metric_history(tracked.info.run_id, f"sft/lm_eval/stdlib_docstrings/{metric}")
+        assert point.step == 2 and point.value == pytest.approx(_score(results, metric))
+    assert saved.name in [f.path.rsplit("/", 1)[-1] for f in client.list_artifacts(tracked.info.run_id, "sft")]
 
     report = llmops("report", run.name, "--runs-dir", str(run.parent))
     assert report.returncode == 0, report.stderr

@@ -19,11 +19,16 @@ by the restarted job, lost steps (from the run report), and how long the
 restart's start-up took (imports, rendezvous, build, checkpoint load).
 
     python benchmarks/fault_recovery.py [--spec examples/tiny-cpu-synthetic.yaml] [--repeat 3] [--hang-timeout 10]
-        [--json out.json]
+        [--slurm] [--json out.json]
 
-The Slurm figures (pre-timeout notice and node loss on the dev cluster) come
-from the ``slurm``-marked tests, which record them as junit properties:
-``pytest -m slurm tests/backends/slurm/test_cluster.py -k "preemption or node_loss" -s``.
+``--slurm`` runs the hang case on the Slurm dev cluster instead
+(``cluster/slurm/dev-cluster.sh up``, ``$SLURM_CONF`` set): the same model on
+2 nodes x 2 CPU processes, submitted with ``llmops submit``; its nodes share
+this machine, so the rank to freeze is found here as for a local run. The
+time from the fault to the first resumed step then includes the requeue and
+the wait in Slurm's queue. The other Slurm figures (pre-timeout notice, node
+loss) come from the ``slurm``-marked tests, which record them as junit
+properties: ``pytest -m slurm tests/backends/slurm/test_cluster.py -k "preemption or node_loss or hung" -s``.
 """
 
 from __future__ import annotations
@@ -42,6 +47,7 @@ from pathlib import Path
 import psutil
 import yaml
 
+from llmops import runner
 from llmops.runs.report import summarize
 from llmops.runs.rundir import RunDir
 
@@ -82,7 +88,8 @@ CASES = ("sigkill-rank", "preempt", "hang")
 def one(case: str, spec: dict, work: Path) -> dict:
     spec_path = work / f"{case}.yaml"
     spec_path.write_text(yaml.safe_dump(spec))
-    run_id = _llmops("run", str(spec_path), "--detach", "--runs-dir", str(work / "runs"), cwd=work).split()[-1]
+    start = ("submit",) if spec["backend"] == "slurm" else ("run", "--detach")
+    run_id = _llmops(*start, str(spec_path), "--runs-dir", str(work / "runs"), cwd=work).split()[-1]
     run = RunDir(work / "runs" / run_id)
     interval = spec["checkpoint"]["interval"]
     _wait(lambda: _progress(run) >= interval + 3, f"step {interval + 3}")
@@ -96,7 +103,8 @@ def one(case: str, spec: dict, work: Path) -> dict:
     else:
         os.kill(run.read_status().job_pgid, signal.SIGTERM)
     first = _wait(lambda: next((r for r in _rows(run) if r["restart"] == 1), None), "the first resumed step")
-    _wait(lambda: run.read_status().state in ("SUCCEEDED", "FAILED", "CANCELLED"), "the end of the run")
+    # runner.status asks the backend (squeue and the batch scripts' events for a Slurm run)
+    _wait(lambda: runner.status(run).state in ("SUCCEEDED", "FAILED", "CANCELLED"), "the end of the run", poll=1.0)
     (stage,) = [s for s in summarize(run)["stages"] if s.name == "pretrain"]
     again = next(a for a in stage.attempts if a.restart == 1)
     events = [json.loads(line) for line in (run.stage_dir("pretrain") / "events.jsonl").read_text().splitlines()]
@@ -112,16 +120,21 @@ def main() -> None:
     ap.add_argument("--spec", default=str(REPO / "examples" / "tiny-cpu-synthetic.yaml"))
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--hang-timeout", type=float, default=10.0, help="restarts.hang_timeout for the hang case")
+    ap.add_argument("--slurm", action="store_true", help="the hang case on the Slurm dev cluster ($SLURM_CONF)")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
     base = yaml.safe_load(Path(args.spec).read_text())
+    cases = CASES
+    if args.slurm:
+        cases = ("hang",)
+        base.update(backend="slurm", profile="slurm-dev", resources={"nodes": 2, "cpu": True, "processes_per_node": 2})
     base["train"].update(steps=60, log_interval=1)
     base["checkpoint"] = {"interval": 10, "keep_last": 2}
     base["restarts"] = {"max_restarts": 2}
     results = []
     with tempfile.TemporaryDirectory() as tmp:
         for i in range(args.repeat):
-            for case in CASES:
+            for case in cases:
                 spec = {**base, "name": f"{case}-{i}"}
                 if case == "hang":
                     spec["restarts"] = {**base["restarts"], "hang_timeout": args.hang_timeout}
@@ -132,7 +145,7 @@ def main() -> None:
                       f"lost {r['lost_steps']} step(s)  restart start-up {r['restart_startup_s']:5.1f} s  "
                       f"({r['state']}, {r['step_time_s']:.3f} s/step)", flush=True)
     print("\nmedian over", args.repeat, "run(s):")
-    for case in CASES:
+    for case in cases:
         rs = [r for r in results if r["case"] == case]
         print(f"  {case:13s} {statistics.median(r['fault_to_first_step_s'] for r in rs):5.1f} s to the first "
               f"resumed step, {statistics.median(r['lost_steps'] for r in rs):g} step(s) lost")

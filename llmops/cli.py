@@ -335,9 +335,11 @@ def _print_stages(r, st) -> None:
                       loss, str(rec.get("restarts", 0)), rec.get("message", "")])
     out.print(_fitted_table(["stage", "state", "step", "tokens", "loss", "restarts", "message"], cells,
                             drop=["tokens", "restarts", "loss"]))
-    from llmops.runs.report import stage_stragglers
+    from llmops.runs.report import stage_restarts, stage_stragglers
 
     for name in spec.training_stages:
+        for line in stage_restarts(r, name):
+            out.print(Text(f"{name}: {line}", style="dim"))
         for line in stage_stragglers(r, name):
             out.print(Text(f"{name}: {line}", style="yellow"))
 

@@ -134,6 +134,7 @@ def _watch(args, run_dir: str | None) -> heartbeat.Watchdog:
 
     ranks = determine_local_world_size(str(args.nproc_per_node))  # "4", or "gpu"/"auto"
     stage = os.environ.get("LLMOPS_STAGE", "pretrain")
+    restart = int(os.environ.get("LLMOPS_RESTART", "0"))  # the report counts the hang against this attempt
 
     def on_hang(silence: heartbeat.Silence) -> None:
         print(f"[llmops] hung: {silence.describe()}; every rank's Python stacks follow, then the workers are "
@@ -141,7 +142,7 @@ def _watch(args, run_dir: str | None) -> heartbeat.Watchdog:
         if run_dir is not None:
             events = Path(run_dir) / "stages" / stage / "events.jsonl"
             with open(events, "a") as f:
-                f.write(json.dumps({"event": "hung", "time": time.time(), "rank": silence.rank,
+                f.write(json.dumps({"event": "hung", "time": time.time(), "restart": restart, "rank": silence.rank,
                                     "step": silence.step, "phase": silence.phase, "silent": silence.seconds,
                                     "timeout": silence.timeout}) + "\n")
 

@@ -37,6 +37,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from llmops.errors import EXIT_REQUEUE
 from llmops.runs import evaluations
 from llmops.runs.charts import Mark, Series, duration, human, line_chart, time_bar
 from llmops.runs.rundir import RunDir
@@ -54,6 +55,7 @@ class Attempt:
     last_step: int | None = None
     resumed_from: int | None = None
     exit_code: int | None = None
+    hung: bool = False  # the launcher's watchdog stopped it (a "hung" event)
     saves: list[dict] = field(default_factory=list)
     rows: list[dict] = field(default_factory=list)
 
@@ -117,6 +119,8 @@ def _attempts(rows: list[dict], events: list[dict]) -> list[Attempt]:
             a.saves.append(e)
         elif e["event"] == "exit":
             a.exit_code = e.get("code")
+        elif e["event"] == "hung":
+            a.hung = True
     for r in rows:
         a = by.setdefault(r.get("restart", 0), Attempt(r.get("restart", 0)))
         a.rows.append(r)
@@ -173,6 +177,26 @@ def summarize_stage(run: RunDir, name: str, record: dict, ready_at: float | None
         samples=_jsonl(folder / "samples.jsonl"),
         stragglers=[e for e in events if e.get("event") == "straggler"],
     )
+
+
+def stage_restarts(run: RunDir, stage: str) -> list[str]:
+    """One line per restart of a stage, for `llmops status`: what ended the attempt before it (a hang, a
+    preemption, an exit code, else a kill or crash that left no exit record), where it resumed, what it lost."""
+    folder = run.stage_dir(stage)
+    attempts = _attempts(_jsonl(folder / "metrics.jsonl"), _jsonl(folder / "events.jsonl"))
+    lines = []
+    for before, a in zip(attempts, attempts[1:], strict=False):
+        why = ("hung (no progress within restarts.hang_timeout)" if before.hung else
+               "preempted" if before.exit_code == EXIT_REQUEUE else
+               f"exit code {before.exit_code}" if before.exit_code is not None else "killed or crashed")
+        line = f"restart {a.restart}: {why}"
+        if before.last_step is not None:
+            line += f" at step {before.last_step}"
+        if a.resumed_from is not None:
+            line += f"; resumed from step {a.resumed_from}"
+        redone = {r["step"] for r in before.rows if a.first_step is not None and r["step"] >= a.first_step}
+        lines.append(line + (f", {_count(len(redone), 'step')} lost" if redone else ""))
+    return lines
 
 
 def stage_stragglers(run: RunDir, stage: str) -> list[str]:
@@ -269,8 +293,9 @@ def _restart_marks(s: StageSummary) -> list[Mark]:
             continue  # it never reached a step: nowhere on the step axis to mark
         at = a.resumed_from if a.resumed_from is not None else a.first_step - 1
         redone = {r["step"] for r in before.rows if r["step"] >= a.first_step}
-        label = f"restart {a.restart}" + (f", {_count(len(redone), 'step')} lost" if redone else "")
-        tip = f"restart {a.restart}: resumed from step {at}" + (
+        why = " (hung)" if before.hung else ""
+        label = f"restart {a.restart}{why}" + (f", {_count(len(redone), 'step')} lost" if redone else "")
+        tip = f"restart {a.restart}{why}: resumed from step {at}" + (
             f"; steps {min(redone)}-{max(redone)} had run and were run again" if redone else "")
         marks.append(Mark(at, label, tip, (at, max(redone)) if redone else None))
     return marks

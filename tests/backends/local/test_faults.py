@@ -237,6 +237,10 @@ def _hung_once(run: Path) -> tuple[str, str]:
     assert st["state"] == "SUCCEEDED", st
     (reason,) = st["stages"]["pretrain"]["restart_reasons"]
     assert reason.startswith("hung (no progress within the hang timeout"), reason
+    shown = llmops("status", run.name, "--runs-dir", str(run.parent))  # after the end, status still says why
+    said = " ".join(shown.stdout.split())
+    assert "pretrain: restart 1: hung (no progress within restarts.hang_timeout) at step" in said, shown.stdout
+    assert f"resumed from step {INTERVAL}" in said, shown.stdout
     return tuple((run / "logs" / f"pretrain.restart-{i}.log").read_text() for i in (0, 1))
 
 

@@ -7,12 +7,15 @@ over two nodes. Start the cluster with `cluster/slurm/dev-cluster.sh up`.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import time
 from pathlib import Path
 
 import pytest
 
+from llmops.runs.report import summarize
+from llmops.runs.rundir import RunDir
 from llmops_testing import llmops, write_spec
 from llmops_testing.slurm import (
     ended_state,
@@ -246,3 +249,73 @@ def test_node_loss_requeues_and_resumes_from_the_last_checkpoint(slurm_env, tmp_
     print(f"\nnode loss to first resumed step (less {back_at - requeued_at:.1f} s without a node): "
           f"{resume_seconds:.1f} s, {lost} step(s) lost")
     assert resume_seconds < 60
+
+
+HANG_TIMEOUT = 10.0
+INJECT = Path(__file__).resolve().parents[2] / "llmops_testing" / "inject"
+
+
+def test_a_rank_hung_in_a_collective_is_found_and_the_job_requeued(slurm_env, tmp_path: Path,
+                                                                   record_property) -> None:
+    spec = two_node_spec("tiny-hang", steps=10, interval=5, max_restarts=1)
+    spec["restarts"]["hang_timeout"] = HANG_TIMEOUT
+    # Rank 1 (node 0) of the first attempt posts a receive nobody sends at its first collective after step 8
+    # (tests/llmops_testing/inject/sitecustomize.py, on the jobs' PYTHONPATH through slurm.env).
+    path = os.pathsep.join(filter(None, [str(INJECT), os.environ.get("PYTHONPATH")]))
+    spec["slurm"] = {"env": {"PYTHONPATH": path, "LLMOPS_TEST_HANG": "step@8"}}
+    run_dir = submit(write_spec(tmp_path / "spec.yaml", spec), tmp_path / "runs")
+    first_log = run_dir / "logs" / "pretrain.restart-0.log"
+    wait_for(run_dir, lambda: first_log.exists() and "[test] rank 1 hangs" in first_log.read_text(),
+             "rank 1 hanging", timeout=240)
+    hung_at = time.time()
+    # Between the requeue and the restart (cred_expire, queueing: seconds) `llmops status` names the hang.
+    wait_for(run_dir, lambda: "requeued (hung: no progress" in status(run_dir)["message"], "the requeue",
+             timeout=HANG_TIMEOUT + 60)
+    shown = llmops("status", run_dir.name, "--runs-dir", str(tmp_path / "runs"))
+    assert "requeued (hung: no progress within restarts.hang_timeout" in " ".join(shown.stdout.split()), shown.stdout
+    first = wait_for(run_dir, lambda: next((r for r in metrics(run_dir) if r["restart"] == 1), None),
+                     "a training step after the requeue", timeout=240)
+    final = wait_state(run_dir, {"SUCCEEDED", "FAILED", "CANCELLED"}, timeout=240)
+    assert (final["state"], final["restarts"]) == ("SUCCEEDED", 1), final
+
+    log = first_log.read_text()
+    # Each node's launcher saw its own ranks stop and wrote their stacks (faulthandler): all four ranks.
+    assert log.count("[llmops] hung: no progress from any rank of this node for") == 2, log[-3000:]
+    dumps = log.split("[llmops] stacks of rank ")[1:]
+    assert sorted(d[0] for d in dumps) == ["0", "1", "2", "3"], log[-3000:]
+    assert all("most recent call first" in d for d in dumps), log[-3000:]
+    # rank 1 in its receive, rank 0 in the all-reduce rank 1 never joined: both inside torch.distributed
+    assert all("distributed_c10d.py" in d for d in dumps if d[0] in "01"), log[-3000:]
+    hung = [json.loads(line) for line in (run_dir / "stages" / "pretrain" / "events.jsonl").read_text().splitlines()
+            if '"hung"' in line]
+    assert [(e["restart"], e["step"], e["timeout"]) for e in hung] == [(0, 8, HANG_TIMEOUT)] * 2, hung
+    detected = min(e["time"] for e in hung) - hung_at
+    assert detected <= HANG_TIMEOUT + 15, detected
+    kinds = events(run_dir)
+    assert [k.split()[0] for k in kinds] == ["start", "requeue", "start", "finished"], kinds
+    assert kinds[1].startswith("requeue code=76 reason=hung: no progress within restarts.hang_timeout"), kinds
+
+    # The restart resumed from the checkpoint at step 5; the steps after it, trained again, have the losses of
+    # the uninterrupted first attempt (CPU training is deterministic), and the report counts them as lost.
+    rows = metrics(run_dir)
+    before = {r["step"]: r["loss"] for r in rows if r["restart"] == 0}
+    after = {r["step"]: r["loss"] for r in rows if r["restart"] == 1}
+    assert "resumed from iter_0000005 (step 5" in (run_dir / "logs" / "pretrain.restart-1.log").read_text()
+    lost = sorted(s for s in before if s > 5)
+    assert sorted(before) == list(range(1, 9)) and sorted(after) == list(range(6, 11)), (before, after)
+    for s in lost:
+        assert after[s] == pytest.approx(before[s], rel=1e-6, abs=1e-7), (s, before[s], after[s])
+    res = llmops("report", run_dir.name, "--runs-dir", str(tmp_path / "runs"))
+    assert res.returncode == 0, res.stderr
+    shown = " ".join(llmops("status", run_dir.name, "--runs-dir", str(tmp_path / "runs")).stdout.split())
+    assert (f"pretrain: restart 1: hung (no progress within restarts.hang_timeout) at step 8; resumed from step 5, "
+            f"{len(lost)} steps lost") in shown, shown
+    (stage,) = [s for s in summarize(RunDir(run_dir))["stages"] if s.name == "pretrain"]
+    assert stage.lost_steps == len(lost) and stage.restarts == 1
+    assert f"restart 1 (hung), {len(lost)} steps lost" in (run_dir / "report.html").read_text()
+    resumed = first["time"] - hung_at
+    record_property("hang_to_detection_s", round(detected, 1))
+    record_property("hang_to_first_resumed_step_s", round(resumed, 1))
+    record_property("hang_lost_steps", len(lost))
+    print(f"\nhang to detection {detected:.1f} s (hang_timeout {HANG_TIMEOUT:.0f}), to first resumed step "
+          f"{resumed:.1f} s, {len(lost)} step(s) lost")

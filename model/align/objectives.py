@@ -22,7 +22,7 @@ from megatron.core import parallel_state
 
 from llmops.spec.align import AlignSpec
 from llmops_model.align.dpo_loss import preference_loss, sequence_logps
-from llmops_model.align.sources import DPO_KEYS, SFT_KEYS, blocked_attention
+from llmops_model.align.sources import DPO_KEYS, SFT_KEYS, blocked_attention, packed_sequences
 
 
 class SFT:
@@ -32,11 +32,26 @@ class SFT:
     rows = 1
     """Model rows per sample."""
 
-    def __init__(self, *, packed: bool):
-        self.packed = packed
+    def __init__(self, *, packed: bool, thd: bool = False):
+        """`thd`: packed sequences go to the attention as THD packed_seq_params (Transformer Engine's), not as
+        a block mask."""
+        self.packed, self.thd = packed, thd and packed
+
+    def shape(self, micro_batch_size: int, seq_length: int) -> dict[str, int]:
+        """A micro-batch as the schedule passes it between pipeline stages: THD lays its rows end to end."""
+        if self.thd:
+            return {"rows": 1, "seq_length": micro_batch_size * seq_length}
+        return {"rows": micro_batch_size, "seq_length": seq_length}
 
     def forward_step(self, data_iterator, model):
         b = next(data_iterator)
+        if self.thd:  # the micro-batch's rows end to end as one row, the boundaries in packed_seq_params
+            shape = b["tokens"].shape
+            output = model(b["tokens"].reshape(1, -1), b["position_ids"].reshape(1, -1), None,
+                           labels=b["labels"].reshape(1, -1), packed_seq_params=packed_sequences(b["segment_ids"]))
+            if parallel_state.is_pipeline_last_stage():  # per-token losses; earlier stages pass hidden states on
+                output = output.reshape(shape)
+            return output, partial(self.loss, b["loss_mask"])
         mask = blocked_attention(b["segment_ids"]) if self.packed else None  # None: the causal fast path
         output = model(b["tokens"], b["position_ids"], mask, labels=b["labels"])
         return output, partial(self.loss, b["loss_mask"])
@@ -62,6 +77,10 @@ class DPO:
     def __init__(self, options):
         self.beta, self.kind, self.smoothing = options.beta, options.loss, options.label_smoothing
         self.average = options.loss == "ipo"
+
+    def shape(self, micro_batch_size: int, seq_length: int) -> dict[str, int]:
+        """Both responses of each pair travel in the micro-batch."""
+        return {"rows": 2 * micro_batch_size, "seq_length": seq_length}
 
     def forward_step(self, data_iterator, model):
         b = next(data_iterator)
@@ -111,8 +130,9 @@ class DPO:
         return out
 
 
-def objective(a: AlignSpec) -> SFT | DPO:
-    return SFT(packed=a.sft.packing) if a.method == "sft" else DPO(a.dpo)
+def objective(a: AlignSpec, *, attention: str = "sdpa") -> SFT | DPO:
+    """The stage's objective; `attention` is the resolved model.attention (te takes packing as THD)."""
+    return SFT(packed=a.sft.packing, thd=attention == "te") if a.method == "sft" else DPO(a.dpo)
 
 
 def reduce_sums(outputs: list[dict]) -> dict[str, float] | None:

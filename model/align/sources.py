@@ -9,7 +9,9 @@ data-parallel ranks.
 Packing puts whole conversations one after another into a sequence; each
 gets its own segment id and positions counted from zero, and
 :func:`blocked_attention` turns segment ids into a block-diagonal causal
-mask so that no token attends to another conversation.
+mask so that no token attends to another conversation. Transformer Engine's
+attention takes no such mask: :func:`packed_sequences` gives it the same
+boundaries as THD ``packed_seq_params`` (cumulative sequence lengths).
 """
 
 from __future__ import annotations
@@ -47,6 +49,24 @@ def blocked_attention(segment_ids: torch.Tensor) -> torch.Tensor:
     same = segment_ids[:, :, None] == segment_ids[:, None, :]
     causal = torch.ones(s, s, dtype=torch.bool, device=segment_ids.device).tril()
     return ~(same & causal)[:, None]
+
+
+def packed_sequences(segment_ids: torch.Tensor):
+    """[b, s] segment ids -> Megatron's THD `PackedSeqParams` for the b rows laid end to end as one row of
+    b * s tokens: every run of one segment id in a row is a sequence of its own (the padding included), so
+    each conversation attends causally within itself, as :func:`blocked_attention` says, and RoPE restarts
+    at each one. One sync to the host (the longest sequence)."""
+    from megatron.core.packed_seq_params import PackedSeqParams
+
+    b, s = segment_ids.shape
+    rows = torch.arange(b, device=segment_ids.device)[:, None] * (int(segment_ids.max()) + 1)
+    flat = (segment_ids + rows).flatten()  # ids unique across rows: a row's end is a boundary too
+    starts = torch.ones_like(flat, dtype=torch.bool)
+    starts[1:] = flat[1:] != flat[:-1]
+    cu = torch.cat([starts.nonzero().flatten(), flat.new_tensor([b * s])]).to(torch.int32)
+    longest = int((cu[1:] - cu[:-1]).max())
+    return PackedSeqParams(qkv_format="thd", cu_seqlens_q=cu, cu_seqlens_kv=cu, max_seqlen_q=longest,
+                           max_seqlen_kv=longest)
 
 
 class _Epochs:

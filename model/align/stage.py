@@ -165,7 +165,7 @@ def evaluate(t: loop.Trainer, source, *, obj: SFT | DPO, step: int, logger: Alig
     t.model.eval()
     with torch.no_grad():
         outputs = loop.forward_backward(t, batches, forward_step=obj.forward_step, num_microbatches=steps,
-                                         rows=obj.rows * mbs, forward_only=True)
+                                         forward_only=True, **obj.shape(mbs, t.spec.model.seq_length))
     t.model.train()
     sums = reduce_sums(outputs)
     if sums is not None:
@@ -178,11 +178,7 @@ def align(spec: RunSpec, *, run_dir: Path, layout: Layout, device: torch.device,
     Precondition: `spec` is :func:`stage_spec`'s view (its `train:` holds the align settings).
     """
     a = current(spec)
-    if a.method == "sft" and a.sft.packing and gpt.attention_backend(spec) == "te":
-        # TE's fused attention takes packed sequences as THD packed_seq_params, not as a block mask.
-        raise UserError("align.sft.packing needs the sdpa or megatron attention; this run resolves "
-                        "model.attention to te", "set model.attention: sdpa, or align.sft.packing: false")
-    obj = objective(a)
+    obj = objective(a, attention=gpt.attention_backend(spec))
     logger = AlignLogger(spec, run_dir, enabled=layout.is_logger, world_size=layout.world, restart=restart,
                          rows=obj.rows)
     logger.event("start", process_started=loop.process_started())
@@ -207,7 +203,7 @@ def align(spec: RunSpec, *, run_dir: Path, layout: Layout, device: torch.device,
     def advance(step: int) -> None:
         began = time.perf_counter()
         outputs, grad_norm = loop.optimizer_step(t, stream, forward_step=obj.forward_step,
-                                                  rows=obj.rows * a.micro_batch_size)
+                                                  **obj.shape(a.micro_batch_size, spec.model.seq_length))
         sums = reduce_sums(outputs)
         if sums is not None and (step % a.log_interval == 0 or step == a.steps):
             logger.log_step(step=step, metrics=obj.summarize(sums), lr=t.scheduler.get_lr(t.optimizer.param_groups[0]),

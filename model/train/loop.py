@@ -160,10 +160,11 @@ def _forward_step(data_iterator, model):
 
 
 def forward_backward(t: Trainer, batches, *, forward_step: Callable = _forward_step,
-                     num_microbatches: int | None = None, rows: int | None = None,
+                     num_microbatches: int | None = None, rows: int | None = None, seq_length: int | None = None,
                      forward_only: bool = False, graphed: bool = False) -> list[dict]:
     """Megatron's schedule over `num_microbatches` (default: a global batch's share) of `rows` sequences
-    each (default: train.micro_batch_size); returns the loss functions' dicts on the last stage.
+    (default: train.micro_batch_size) of `seq_length` tokens (default: model.seq_length; the shape pipeline
+    stages pass between them) each; returns the loss functions' dicts on the last stage.
     `graphed`: replay the step from the trainer's CUDA graph where it has one."""
     spec = t.spec
     schedule = t.step_graph if graphed and t.step_graph is not None else get_forward_backward_func()
@@ -172,9 +173,9 @@ def forward_backward(t: Trainer, batches, *, forward_step: Callable = _forward_s
         data_iterator=batches,
         model=[t.model],
         num_microbatches=num_microbatches or spec.num_microbatches,
-        seq_length=spec.model.seq_length,
+        seq_length=seq_length or spec.model.seq_length,
         micro_batch_size=rows or spec.train.micro_batch_size,
-        decoder_seq_length=spec.model.seq_length,
+        decoder_seq_length=seq_length or spec.model.seq_length,
         forward_only=forward_only,
     )
 

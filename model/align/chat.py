@@ -107,13 +107,15 @@ class TemplateChat:
     spells one (``<|eot_id|>`` in a user's text) would forge a turn, so it is quarantined, never encoded.
     """
 
-    def __init__(self, tok, template: str, source: Path):
+    def __init__(self, tok, source: Path):
+        """`tok`: the folder's fast tokenizer with its chat template (:func:`llmops_model.hf.tokenizer.pretrained`,
+        whose special tokens come from tokenizer_config.json as prepare's facts do)."""
         from llmops.prepare import pretrained
 
-        self.tok, self.template, self.source = tok, template, source
-        vocab = tok.backend_tokenizer.get_vocab_size(with_added_tokens=True)
-        facts = pretrained.facts(source)
-        self.vocab_size, self.eod_id, self.pad_id = vocab, facts.eos_id, facts.pad_id
+        self.tok, self.source = tok, source
+        self.vocab_size = tok.backend_tokenizer.get_vocab_size(with_added_tokens=True)
+        self.eod_id = tok.eos_token_id
+        self.pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
         specials = pretrained.special_texts(tok.backend_tokenizer)
         self._forged = re.compile("|".join(map(re.escape, specials))) if specials else None
 
@@ -127,7 +129,11 @@ class TemplateChat:
             raise UserError(f"the tokenizer in {folder} has no chat template to render conversations with",
                             "use the tokenizer of the model's chat (instruct) version, or add its "
                             "chat_template to tokenizer_config.json")
-        return cls(tok, tok.chat_template, folder)
+        if tok.eos_token_id is None:
+            raise UserError(f"{folder}: tokenizer_config.json names no eos_token the tokenizer has, so "
+                            "conversations cannot be ended", "use the folder transformers' save_pretrained wrote "
+                            "for the model (its tokenizer_config.json names eos_token)")
+        return cls(tok, folder)
 
     def encode(self, text: str) -> list[int]:
         return self.tok.backend_tokenizer.encode(text, add_special_tokens=False).ids if text else []

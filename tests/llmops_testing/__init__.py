@@ -108,3 +108,20 @@ def losses(run_dir: Path, stage: str = "pretrain") -> dict[int, float]:
 
 def log_text(run_dir: Path) -> str:
     return "\n".join(p.read_text() for p in sorted((run_dir / "logs").glob("pretrain.restart-*.log")))
+
+
+def run_one_rank(script: str, case: dict[str, Any], folder: Path, *, timeout: float = 600) -> Any:
+    """Run `script` (Python source) as rank 0 of a one-process torch.distributed job, with `case` as its
+    argument in JSON, written to `folder`; returns the JSON of its last line of output."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    path = folder / "one_rank_case.py"
+    path.write_text(script)
+    env = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0"}
+    res = subprocess.run([sys.executable, str(path), json.dumps(case)], capture_output=True, text=True,
+                         timeout=timeout, env={**os.environ, **env})
+    assert res.returncode == 0, res.stderr[-4000:]
+    return json.loads(res.stdout.strip().splitlines()[-1])

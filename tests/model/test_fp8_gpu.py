@@ -8,15 +8,12 @@ fast path (model.attention: auto). Skipped without a GPU or without TE.
 
 from __future__ import annotations
 
-import json
-import os
-import socket
-import subprocess
-import sys
 import textwrap
 
 import pytest
 import torch
+
+from llmops_testing import run_one_rank
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
 
@@ -88,17 +85,8 @@ needs_te = pytest.mark.skipif(not RECIPES, reason="needs Transformer Engine with
 
 
 def _train(tmp_path, name: str, **case) -> dict:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    script = tmp_path / "fp8_case.py"
-    script.write_text(SCRIPT)
     case.setdefault("ckpt", str(tmp_path / name))
-    env = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0"}
-    res = subprocess.run([sys.executable, str(script), json.dumps(case)], capture_output=True, text=True,
-                         timeout=600, env={**os.environ, **env})
-    assert res.returncode == 0, res.stderr[-4000:]
-    out = json.loads(res.stdout.strip().splitlines()[-1])
+    out = run_one_rank(SCRIPT, case, tmp_path)
     out["losses"] = {int(k): v for k, v in out["losses"].items()}
     return out
 

@@ -8,17 +8,13 @@ On any machine: the THD boundaries are exactly the blocks of the mask.
 
 from __future__ import annotations
 
-import json
-import os
-import socket
-import subprocess
-import sys
 import textwrap
 
 import pytest
 import torch
 
 from llmops_model.align.sources import blocked_attention, packed_sequences
+from llmops_testing import run_one_rank
 
 SCRIPT = textwrap.dedent("""
     import json, sys
@@ -117,17 +113,7 @@ def _te_available() -> bool:
 
 
 def _run(tmp_path, **case) -> dict:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    script = tmp_path / "thd_case.py"
-    script.write_text(SCRIPT)
-    case["ckpt"] = str(tmp_path / "start")
-    env = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0"}
-    res = subprocess.run([sys.executable, str(script), json.dumps(case)], capture_output=True, text=True,
-                         timeout=600, env={**os.environ, **env})
-    assert res.returncode == 0, res.stderr[-4000:]
-    return json.loads(res.stdout.strip().splitlines()[-1])
+    return run_one_rank(SCRIPT, {**case, "ckpt": str(tmp_path / "start")}, tmp_path)
 
 
 @pytest.mark.gpu

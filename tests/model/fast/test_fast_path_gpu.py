@@ -9,14 +9,12 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import socket
-import subprocess
-import sys
 import textwrap
 
 import pytest
 import torch
+
+from llmops_testing import run_one_rank
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
 
@@ -64,16 +62,7 @@ SCRIPT = textwrap.dedent("""
 
 
 def _train(tmp_path, **case) -> dict:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    script = tmp_path / "fast_path.py"
-    script.write_text(SCRIPT)
-    env = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0"}
-    res = subprocess.run([sys.executable, str(script), json.dumps(case)], capture_output=True, text=True,
-                         timeout=600, env={**os.environ, **env})
-    assert res.returncode == 0, res.stderr[-4000:]
-    return json.loads(res.stdout.strip().splitlines()[-1])
+    return run_one_rank(SCRIPT, case, tmp_path)
 
 
 def test_fast_path_matches_megatron_unfused_path(tmp_path):

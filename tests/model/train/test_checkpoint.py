@@ -4,16 +4,13 @@ model's resume that continues exactly."""
 from __future__ import annotations
 
 import json
-import os
-import socket
-import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
 import pytest
 
 from llmops_model.train import checkpoint
+from llmops_testing import run_one_rank
 
 
 def _fake_written(root: Path, step: int, files: dict[str, bytes]) -> Path:
@@ -124,20 +121,10 @@ def test_a_llama_style_checkpoint_resumes_with_the_losses_of_the_run_that_did_no
     """Model, optimizer state and the SwiGLU MLP's split weights (a sharded-tensor factory) come back whole (GPT-style
     models resume in the end-to-end tests)."""
     model = {"normalization": "RMSNorm", "position_embedding": "rope", "activation": "swiglu", "num_query_groups": 2}
-    script = tmp_path / "resume_case.py"
-    script.write_text(RESUME_SCRIPT)
-
     def run(resume: bool) -> dict[int, float]:
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            port = sock.getsockname()[1]
-        env = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "RANK": "0", "WORLD_SIZE": "1",
-               "LOCAL_RANK": "0"}
-        case = {"model": model, "ckpt": str(tmp_path / "ckpt"), "resume": resume}
-        res = subprocess.run([sys.executable, str(script), json.dumps(case)], capture_output=True, text=True,
-                             timeout=300, env={**os.environ, **env})
-        assert res.returncode == 0, res.stderr[-3000:]
-        return {int(k): v for k, v in json.loads(res.stdout.strip().splitlines()[-1]).items()}
+        out = run_one_rank(RESUME_SCRIPT, {"model": model, "ckpt": str(tmp_path / "ckpt"), "resume": resume},
+                           tmp_path, timeout=300)
+        return {int(k): v for k, v in out.items()}
 
     whole, resumed = run(False), run(True)
     assert sorted(resumed) == [3, 4]

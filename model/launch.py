@@ -137,6 +137,10 @@ def _watch(args, run_dir: str | None) -> heartbeat.Watchdog:
     restart = int(os.environ.get("LLMOPS_RESTART", "0"))  # the report counts the hang against this attempt
 
     def on_hang(silence: heartbeat.Silence) -> None:
+        if silence.finished:  # nothing is lost: the stage's last checkpoint is complete
+            print(f"[llmops] {silence.describe()}; their Python stacks follow, then they are stopped",
+                  file=sys.stderr, flush=True)
+            return
         print(f"[llmops] hung: {silence.describe()}; every rank's Python stacks follow, then the workers are "
               "stopped and the stage restarts from its latest complete checkpoint", file=sys.stderr, flush=True)
         if run_dir is not None:
@@ -177,7 +181,7 @@ def run_agent(torchrun_argv: list[str], worker: list[str], *, run_dir: str | Non
         run(args)
     except ChildFailedError as exc:
         if watchdog.found is not None:
-            return EXIT_HUNG
+            return watchdog.found.code if watchdog.found.finished else EXIT_HUNG
         codes = {f.exitcode for f in exc.failures.values()}
         # torchrun tears the other workers down with SIGTERM as soon as the first one exits,
         # so a clean preemption can show up as 75 next to -SIGTERM.

@@ -47,6 +47,7 @@ def _write(run: RunDir, stage: str, cfg, *, info: Callable[[str], None]) -> Path
 
     from llmops.runs.models import resolve
     from llmops_model.hf.generate import Sampling, opened
+    from llmops_model.train import heartbeat
 
     ck = resolve(str(run.path), runs_root=run.path.parent, stage=stage)
     if ck.tokenizer is None:
@@ -55,13 +56,18 @@ def _write(run: RunDir, stage: str, cfg, *, info: Callable[[str], None]) -> Path
     started = time.monotonic()
     rows = []
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    with opened(ck, device=device, info=lambda _: None) as gen:
-        chat = ck.template is not None and gen.has_chat
-        for prompt in cfg.prompts:
-            ids = gen.encode([{"role": "user", "content": prompt}] if chat else prompt)
-            (done,) = gen.complete([ids], Sampling(max_new_tokens=cfg.max_new_tokens))
-            rows.append({"stage": stage, "step": ck.step, "prompt": prompt, "chat": chat, "completion": done.text,
-                         "tokens": done.tokens, "finish_reason": done.finish_reason})
+    heartbeat.beat(ck.step, "samples")  # watched again: a stuck sample must not hold the job
+    try:
+        with opened(ck, device=device, info=lambda _: None) as gen:
+            chat = ck.template is not None and gen.has_chat
+            for prompt in cfg.prompts:
+                heartbeat.beat(ck.step, "samples")
+                ids = gen.encode([{"role": "user", "content": prompt}] if chat else prompt)
+                (done,) = gen.complete([ids], Sampling(max_new_tokens=cfg.max_new_tokens))
+                rows.append({"stage": stage, "step": ck.step, "prompt": prompt, "chat": chat,
+                             "completion": done.text, "tokens": done.tokens, "finish_reason": done.finish_reason})
+    finally:
+        heartbeat.beat(ck.step, heartbeat.DONE, code=0)  # samples run only after a stage that succeeded
     path = run.stage_dir(stage) / "samples.jsonl"
     atomic_write(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
     info(f"samples: {len(rows)} completions at step {ck.step} in {time.monotonic() - started:.1f}s "

@@ -8,7 +8,10 @@ step and before every checkpoint save; the launcher's :class:`Watchdog` reads
 them. Watching starts when every rank of the node has finished a step (start-up
 and a resume's checkpoint load are not watched: a rank stuck there leaves the
 others blocked in their first collective, which the process-group timeout,
-``restarts.collective_timeout``, ends).
+``restarts.collective_timeout``, ends). A rank that has finished its stage beats
+``done`` with its exit code; once every rank has, their silence is no hang (the
+stage's work and its last checkpoint are complete): only workers that still have
+not exited a timeout later are stopped, and the launcher exits with their code.
 
 When no rank of the node has beaten for ``restarts.hang_timeout`` seconds (unset:
 the larger of 5 minutes, 10 times the slowest step and 3 times the slowest save
@@ -38,6 +41,7 @@ from pathlib import Path
 ENV = "LLMOPS_HEARTBEATS"
 STACKS = signal.SIGUSR2  # SIGUSR1 is Slurm's preemption notice
 MIN_AUTO_TIMEOUT = 300.0
+DONE = "done"  # the phase of a rank that has finished its stage
 
 
 def install() -> None:
@@ -46,8 +50,9 @@ def install() -> None:
         faulthandler.register(STACKS, file=sys.stderr, all_threads=True)
 
 
-def beat(step: int, phase: str) -> None:
-    """In a worker: say this rank is alive at `step`, about to do or done with `phase` (no-op when unwatched)."""
+def beat(step: int, phase: str, *, code: int | None = None) -> None:
+    """In a worker: say this rank is alive at `step`, about to do or done with `phase` (no-op when unwatched);
+    `code` is the exit code of a rank whose phase is DONE."""
     folder = os.environ.get(ENV)
     if not folder:
         return
@@ -55,7 +60,7 @@ def beat(step: int, phase: str) -> None:
     path = Path(folder) / f"rank-{rank}.json"
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(json.dumps({"rank": int(rank), "pid": os.getpid(), "step": step, "phase": phase,
-                               "time": time.time()}))
+                               "time": time.time(), "code": code}))
     os.replace(tmp, path)
 
 
@@ -68,8 +73,16 @@ class Silence:
     phase: str
     seconds: float
     timeout: float
+    code: int | None = None  # every rank had finished its stage with this exit code: not a hang
+
+    @property
+    def finished(self) -> bool:
+        return self.phase == DONE
 
     def describe(self) -> str:
+        if self.finished:
+            return (f"every rank of this node finished its stage (exit code {self.code}), but the workers have not "
+                    f"exited {self.seconds:.0f}s later (hang timeout {self.timeout:.0f}s)")
         return (f"no progress from any rank of this node for {self.seconds:.0f}s (hang timeout {self.timeout:.0f}s); "
                 f"the oldest heartbeat is rank {self.rank}'s, after step {self.step} ({self.phase})")
 
@@ -121,7 +134,11 @@ class Watchdog(threading.Thread):
         newest = max(b["time"] for b in beats.values())
         if now - newest <= self.timeout():
             return None
-        first = min(beats.values(), key=lambda b: b["time"])
+        working = [b for b in beats.values() if b["phase"] != DONE]
+        if not working:  # finished, stuck on the way out: the worst code is the stage's
+            last = max(beats.values(), key=lambda b: (b.get("code") or 0, b["time"]))
+            return Silence(last["rank"], last["step"], DONE, now - newest, self.timeout(), last.get("code"))
+        first = min(working, key=lambda b: b["time"])
         return Silence(first["rank"], first["step"], first["phase"], now - newest, self.timeout())
 
     def run(self) -> None:

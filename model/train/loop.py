@@ -431,4 +431,5 @@ def finish(t: Trainer, *, code: int, step: int, run_dir: Path, logger: StepLogge
         (run_dir / "last_exit.json").write_text(json.dumps({"code": code, "step": step, "time": time.time()}))
     logger.close()
     flag.uninstall()
+    heartbeat.beat(step, heartbeat.DONE, code=code)  # what is left (teardown, samples) is not training
     return code

@@ -61,3 +61,25 @@ def test_beats_are_written_only_under_a_launcher_that_watches(tmp_path, monkeypa
     heartbeat.beat(3, "step")
     beat = json.loads((tmp_path / "rank-7.json").read_text())
     assert (beat["rank"], beat["step"], beat["phase"]) == (7, 3, "step")
+
+
+def test_ranks_that_finished_their_stage_are_not_hung_only_slow_to_exit(tmp_path):
+    dog = _dog(tmp_path, timeout=10)
+    _beat(tmp_path, 0, 30, heartbeat.DONE, at=100.0)
+    _beat(tmp_path, 1, 30, "step", at=99.0)
+    found = dog.check(now=111.0)  # rank 1 has not finished: silence there is a hang
+    assert (found.rank, found.phase, found.finished) == (1, "step", False)
+    (tmp_path / "rank-1.json").write_text(json.dumps({"rank": 1, "pid": 1, "step": 30, "phase": heartbeat.DONE,
+                                                      "time": 101.0, "code": 75}))
+    assert dog.check(now=110.0) is None
+    found = dog.check(now=112.0)  # both finished, still there a timeout later: stopped, with the stage's code
+    assert found.finished and found.code == 75
+    assert "finished its stage (exit code 75), but the workers have not exited 11s later" in found.describe()
+
+
+def test_a_stage_ends_with_a_done_beat_carrying_its_exit_code(tmp_path, monkeypatch):
+    monkeypatch.setenv(heartbeat.ENV, str(tmp_path))
+    monkeypatch.setenv("RANK", "0")
+    heartbeat.beat(12, heartbeat.DONE, code=0)
+    beat = json.loads((tmp_path / "rank-0.json").read_text())
+    assert (beat["step"], beat["phase"], beat["code"]) == (12, heartbeat.DONE, 0)

@@ -13,6 +13,28 @@ def children(pid: int) -> list[int]:
         return []
 
 
+def workers(launcher: int) -> list[int]:
+    """The training workers of a node's launcher (llmops_model.launch): its children, or when it forked
+    them from a warm forkserver (llmops_model.warm), the forkserver's; never the forkserver itself or
+    multiprocessing's resource tracker, which must outlive the workers' exit codes."""
+    kids = children(launcher)
+    for pid in kids:
+        try:
+            line = " ".join(psutil.Process(pid).cmdline())
+        except psutil.Error:
+            continue
+        if "multiprocessing.forkserver" in line:
+            return children(pid)
+    return [pid for pid in kids if not _is_resource_tracker(pid)]
+
+
+def _is_resource_tracker(pid: int) -> bool:
+    try:
+        return "multiprocessing.resource_tracker" in " ".join(psutil.Process(pid).cmdline())
+    except psutil.Error:
+        return False
+
+
 def descendants(pid: int) -> list[int]:
     """Children, grandchildren and so on (torchrun's workers live in sessions of their own, so signalling
     the launcher's process group does not reach them)."""

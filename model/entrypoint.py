@@ -17,6 +17,34 @@ from pathlib import Path
 from llmops.errors import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK, UserError
 from llmops.runs.rundir import RunDir
 
+_PREPARED = False
+
+
+def prepare(spec) -> None:
+    """Set up this process for `spec`'s workers and import what they run (once per process: a warm start,
+    llmops_model.warm, does it in the process the workers are forked from)."""
+    global _PREPARED
+    if _PREPARED:
+        return
+    _PREPARED = True
+    from llmops_model.compat import mcore
+
+    mcore.quiet_known_warnings()
+    tracking = getattr(spec, "tracking", None)
+    if tracking is None or getattr(tracking, "wandb", None) is None:
+        mcore.hide_wandb()
+    mcore.import_deferring_compiles()
+    if os.environ.get("LLMOPS_LOG_LEVEL"):  # e.g. DEBUG: Megatron's own timings (checkpoint staging, writes)
+        import logging
+
+        logging.basicConfig(level=os.environ["LLMOPS_LOG_LEVEL"].upper(),
+                            format="%(asctime)s %(name)s %(levelname)s: %(message)s")
+    from llmops_model import parallel  # noqa: F401
+    from llmops_model.train import loop  # noqa: F401
+
+    if (os.environ.get("LLMOPS_STAGE") or spec.training_stages[0]) != "pretrain":
+        from llmops_model.align import stage  # noqa: F401
+
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
@@ -30,18 +58,7 @@ def main(argv: list[str] | None = None) -> int:
         print(exc.render(), file=sys.stderr)
         return EXIT_BAD_INPUT
 
-    from llmops_model.compat import mcore
-
-    mcore.quiet_known_warnings()
-    tracking = getattr(spec, "tracking", None)
-    if tracking is None or getattr(tracking, "wandb", None) is None:
-        mcore.hide_wandb()
-    mcore.import_deferring_compiles()
-    if os.environ.get("LLMOPS_LOG_LEVEL"):  # e.g. DEBUG: Megatron's own timings (checkpoint staging, writes)
-        import logging
-
-        logging.basicConfig(level=os.environ["LLMOPS_LOG_LEVEL"].upper(),
-                            format="%(asctime)s %(name)s %(levelname)s: %(message)s")
+    prepare(spec)
     from llmops_model import parallel
     from llmops_model.train import heartbeat, loop
 

@@ -27,7 +27,9 @@ still running after it mean node 0 crashed, and the agent fails as before.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import os
 import shutil
 import signal
@@ -37,7 +39,8 @@ import time
 from pathlib import Path
 
 from llmops.errors import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_HUNG, EXIT_OK, EXIT_REQUEUE
-from llmops.procs import children
+from llmops.procs import workers
+from llmops_model import warm  # before warm.ENV is set here: only the forkserver prepares workers
 from llmops_model.train import heartbeat
 
 # torchrun's agent keeps handling these (it stops the workers and exits); preemption
@@ -55,8 +58,8 @@ STORE_LOSS_GRACE_SECONDS = 60.0
 
 
 def _forward_to_workers(signum, frame) -> None:
-    """Pass a preemption notice to every worker (this process's children)."""
-    for pid in children(os.getpid()):
+    """Pass a preemption notice to every worker."""
+    for pid in workers(os.getpid()):
         try:
             os.kill(pid, signum)
         except ProcessLookupError:
@@ -114,16 +117,23 @@ def main(argv: list[str] | None = None) -> int:
     return run_agent(argv[:-1], ["-m", "llmops_model.entrypoint", argv[-1]], run_dir=argv[-1])
 
 
-def _hang_timeout(run_dir: str | None) -> float | None:
-    """restarts.hang_timeout of the run (None: learned from the steps, see llmops_model.train.heartbeat)."""
+def _spec(run_dir: str | None):
+    """The run's spec, or None (the workers report a bad spec; the launcher falls back to its defaults)."""
     if run_dir is None:
         return None
     from llmops.runs.rundir import RunDir
 
     try:
-        return RunDir(Path(run_dir)).read_spec().restarts.hang_timeout
-    except Exception:  # noqa: BLE001 (the workers report a bad spec; the watchdog falls back to its default)
+        return RunDir(Path(run_dir)).read_spec()
+    except Exception:  # noqa: BLE001
         return None
+
+
+def _warm(run_dir: str | None) -> bool:
+    """Fork this node's workers from a process that has imported torch and Megatron (llmops_model.warm):
+    CPU runs only; LLMOPS_WARM_START=0 turns it off."""
+    spec = _spec(run_dir)
+    return spec is not None and spec.resources.cpu and os.environ.get("LLMOPS_WARM_START", "1") != "0"
 
 
 def _watch(args, run_dir: str | None) -> heartbeat.Watchdog:
@@ -150,8 +160,43 @@ def _watch(args, run_dir: str | None) -> heartbeat.Watchdog:
                                     "step": silence.step, "phase": silence.phase, "silent": silence.seconds,
                                     "timeout": silence.timeout}) + "\n")
 
-    return heartbeat.Watchdog(folder, ranks=ranks, timeout=_hang_timeout(run_dir),
-                              workers=lambda: children(os.getpid()), on_hang=on_hang)
+    spec = _spec(run_dir)  # restarts.hang_timeout unset: learned from the steps (llmops_model.train.heartbeat)
+    return heartbeat.Watchdog(folder, ranks=ranks, timeout=spec.restarts.hang_timeout if spec else None,
+                              workers=lambda: workers(os.getpid()), on_hang=on_hang)
+
+
+def _without_traceback(record: logging.LogRecord) -> bool:
+    record.exc_info = record.exc_text = None
+    return True
+
+
+@contextlib.contextmanager
+def _forked_workers(run_dir: str):
+    """Within: torchrun starts its workers as forks of a forkserver that has imported llmops_model.warm.
+
+    torchrun launches a command in fresh interpreters and a function through multiprocessing; its run()
+    decides the rendezvous and then calls elastic_launch(config, entrypoint=the command). The function it gets
+    here instead is llmops_model.warm.worker, which runs the same entrypoint in a fork."""
+    import multiprocessing
+
+    import torch.distributed.run as torchrun
+
+    launch = torchrun.elastic_launch
+
+    def elastic_launch(config, entrypoint):
+        config.start_method = "forkserver"
+        return lambda *_command: launch(config, entrypoint=warm.worker)(run_dir)
+
+    os.environ[warm.ENV] = run_dir
+    multiprocessing.set_forkserver_preload(["llmops_model.warm"])
+    # For a function's worker that exits non-zero torchrun logs its own exception's traceback under the
+    # one line it writes for a command's ("failed (exitcode: 75) local_rank: ..."): the line is enough.
+    logging.getLogger("torch.distributed.elastic.multiprocessing.api").addFilter(_without_traceback)
+    torchrun.elastic_launch = elastic_launch
+    try:
+        yield
+    finally:
+        torchrun.elastic_launch = launch
 
 
 def run_agent(torchrun_argv: list[str], worker: list[str], *, run_dir: str | None = None) -> int:
@@ -178,7 +223,11 @@ def run_agent(torchrun_argv: list[str], worker: list[str], *, run_dir: str | Non
     watchdog = _watch(args, run_dir)
     watchdog.start()
     try:
-        run(args)
+        if _warm(run_dir):
+            with _forked_workers(run_dir):
+                run(args)
+        else:
+            run(args)
     except ChildFailedError as exc:
         if watchdog.found is not None:
             return watchdog.found.code if watchdog.found.finished else EXIT_HUNG

@@ -156,10 +156,10 @@ class Watchdog(threading.Thread):
         import psutil
 
         pids = self.workers()
+        ranks = {b["pid"]: b["rank"] for b in self._last.values()}  # a forked worker's environ is not its own
         for pid in pids:
             try:
-                p = psutil.Process(pid)
-                rank, state = p.environ().get("RANK", "?"), p.status()
+                rank, state = ranks.get(pid, "?"), psutil.Process(pid).status()
             except psutil.Error:
                 continue
             said = " (it was stopped, SIGSTOP: continued to write them)" if state == psutil.STATUS_STOPPED else ""

@@ -308,10 +308,13 @@ def resume(t: Trainer, *, logger: StepLogger) -> int:
 
 
 def process_started() -> float:
-    """When this process started (its import of torch and Megatron counts as start-up)."""
+    """When this process started (its import of torch and Megatron counts as start-up): for a worker forked
+    warm, when the forkserver that imported them did."""
     import psutil
 
-    return psutil.Process().create_time()
+    from llmops_model import warm
+
+    return warm.started or psutil.Process().create_time()
 
 
 def _materialise_optimizer_state(optimizer) -> None:

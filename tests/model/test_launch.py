@@ -13,7 +13,7 @@ import pytest
 
 from llmops.runs.rundir import RunDir
 from llmops.spec.load import parse_spec
-from llmops_testing import tiny_spec
+from llmops_testing import losses, tiny_spec
 
 
 @pytest.mark.parametrize("notice", [signal.SIGTERM, signal.SIGUSR1], ids=["SIGTERM", "SIGUSR1"])
@@ -32,6 +32,35 @@ def test_notice_to_the_launcher_checkpoints_and_exits_75(tmp_path, notice):
     step = json.loads((run.path / "last_exit.json").read_text())["step"]
     assert (run.path / "checkpoints" / f"iter_{step:07d}" / "llmops-manifest.json").is_file()
     assert f"preemption signal {int(notice)}" in out
+
+
+def test_workers_forked_warm_train_as_fresh_interpreters_do_and_show_as_that_command(tmp_path):
+    """CPU runs fork their workers from a forkserver that has imported torch and Megatron (llmops_model.warm);
+    GPU runs, and LLMOPS_WARM_START=0, start each in a fresh interpreter. Both train alike."""
+    import os
+
+    import psutil
+
+    from llmops_model.warm import find_workers
+
+    got = {}
+    for warm in ("1", "0"):
+        run = RunDir.create(parse_spec(tiny_spec("warm", tp=1, pp=2, steps=6)), tmp_path / f"warm-{warm}")
+        proc = subprocess.Popen([sys.executable, "-m", "llmops_model.launch", "--standalone", "--nnodes", "1",
+                                 "--nproc-per-node", "2", str(run.path)], env={**os.environ, "LLMOPS_WARM_START": warm},
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        found: dict = {}
+        while proc.poll() is None and len(found) < 2:
+            found = find_workers(run.path)
+            time.sleep(0.1)
+        assert sorted(found) == [0, 1], found  # by rank: from its title when forked, else from its environment
+        parents = {" ".join(psutil.Process(p.ppid()).cmdline()) for p in found.values()}
+        out, _ = proc.communicate(timeout=180)
+        assert proc.returncode == 0, out[-3000:]
+        forked = any("multiprocessing.forkserver" in line for line in parents)
+        assert forked == (warm == "1"), parents
+        got[warm] = losses(run.path)
+    assert sorted(got["1"]) == list(range(1, 7)) and got["1"] == got["0"]
 
 
 # Two agents of a two-node run on this host, as on two nodes: the first hosts the rendezvous store.

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from llmops.backends.base import Backend, Request
 from llmops.errors import Problem, UserError
-from llmops.procs import children, descendants, is_ours, started
+from llmops.procs import descendants, is_ours, started, workers
 from llmops.runs.logs import follow_logs
 from llmops.runs.rundir import TERMINAL, RunDir
 from llmops.spec.run import RunSpec
@@ -127,7 +127,7 @@ def _supervisor_alive(run: RunDir, status) -> bool:
 
 
 def signal_job(launcher_pid: int, sig: int, *, stage: str | None = None) -> None:
-    """Signal the training workers (the launcher's children) so they checkpoint and exit.
+    """Signal the training workers (llmops.procs.workers) so they checkpoint and exit.
 
     The torchrun agent then sees its workers exit 75 and reports a preemption.
     With SIGKILL, or for data preparation (which resumes from its finished
@@ -145,7 +145,7 @@ def signal_job(launcher_pid: int, sig: int, *, stage: str | None = None) -> None
             except ProcessLookupError:
                 pass
         return
-    targets = children(launcher_pid) or [launcher_pid]
+    targets = workers(launcher_pid) or [launcher_pid]
     for pid in targets:
         try:
             os.kill(pid, sig)

@@ -40,6 +40,7 @@ import pytest
 
 from llmops.runs.report import summarize
 from llmops.runs.rundir import RunDir
+from llmops_model.warm import find_workers
 from llmops_testing import (
     llmops,
     log_text,
@@ -71,13 +72,8 @@ def _spec(name: str, **overrides) -> dict:
 
 
 def workers(run_dir: Path) -> list[psutil.Process]:
-    """The training processes of a run (torchrun's workers), found by their command line."""
-    out = []
-    for p in psutil.process_iter(["cmdline"]):
-        cmd = p.info["cmdline"] or []
-        if "llmops_model.entrypoint" in cmd and str(run_dir.resolve()) in cmd:
-            out.append(p)
-    return out
+    """The training processes of a run (torchrun's workers)."""
+    return list(find_workers(run_dir).values())
 
 
 def run_processes(run_dir: Path) -> list[psutil.Process]:
@@ -91,10 +87,6 @@ def run_processes(run_dir: Path) -> list[psutil.Process]:
         except psutil.Error:
             continue
     return found
-
-
-def rank_of(p: psutil.Process) -> int:
-    return int(p.environ().get("RANK", "-1"))
 
 
 def wait_restart(run_dir: Path, stage: str = "pretrain", timeout: float = 120) -> None:
@@ -136,7 +128,7 @@ def faulted(workdir: Path) -> dict:
 
 
     wait_step(killed, INTERVAL + 3)
-    victim = next(p for p in workers(killed) if rank_of(p) == 1)
+    victim = find_workers(killed)[1]
     facts["killed_after"] = RunDir(killed).progress("pretrain")["step"]
     victim.send_signal(signal.SIGKILL)
 
@@ -145,13 +137,13 @@ def faulted(workdir: Path) -> dict:
     os.kill(status(preempted)["job_pgid"], signal.SIGTERM)  # the launcher forwards it to every worker
 
     wait_step(hung, INTERVAL + 3)
-    frozen = next(p for p in workers(hung) if rank_of(p) == 1)
+    frozen = find_workers(hung)[1]
     facts["frozen_after"] = RunDir(hung).progress("pretrain")["step"]
     facts["frozen_at"] = time.time()
     frozen.send_signal(signal.SIGSTOP)
 
     wait_step(straggler, 1)
-    throttled = next(p for p in workers(straggler) if rank_of(p) == 1)
+    throttled = find_workers(straggler)[1]
     done = threading.Event()
 
     def throttle() -> None:  # a node that is slow, not stuck: rank 1 runs a quarter of the time

@@ -11,7 +11,10 @@ collective rank 1 never joins: a collective hang, with no exit and no error.
 import os
 
 _WANTED = os.environ.get("LLMOPS_TEST_HANG")
-if _WANTED and os.environ.get("RANK") == "1" and os.environ.get("LLMOPS_RESTART", "0") == "0":
+# A worker started as a command has its RANK here; a warm-started one is forked from the forkserver, which has
+# none yet (llmops_model.warm), so there the collectives are wrapped and the rank is checked when they run.
+_FORKSERVER = bool(os.environ.get("LLMOPS_WARM_RUN_DIR"))
+if _WANTED and (os.environ.get("RANK") == "1" or _FORKSERVER) and os.environ.get("LLMOPS_RESTART", "0") == "0":
     import json
     from pathlib import Path
 
@@ -21,6 +24,8 @@ if _WANTED and os.environ.get("RANK") == "1" and os.environ.get("LLMOPS_RESTART"
     _PHASE, _STEP = _WANTED.split("@")
 
     def _due() -> bool:
+        if os.environ.get("RANK") != "1":
+            return False
         try:
             beat = json.loads((Path(os.environ["LLMOPS_HEARTBEATS"]) / "rank-1.json").read_text())
         except (KeyError, OSError, ValueError):

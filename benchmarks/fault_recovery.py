@@ -44,12 +44,12 @@ import tempfile
 import time
 from pathlib import Path
 
-import psutil
 import yaml
 
 from llmops import runner
 from llmops.runs.report import summarize
 from llmops.runs.rundir import RunDir
+from llmops_model.warm import find_workers
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -95,10 +95,7 @@ def one(case: str, spec: dict, work: Path) -> dict:
     _wait(lambda: _progress(run) >= interval + 3, f"step {interval + 3}")
     fault_at = time.time()
     if case in ("sigkill-rank", "hang"):
-        key = str(run.path.resolve())
-        victim = next(p for p in psutil.process_iter(["cmdline", "environ"])
-                      if "llmops_model.entrypoint" in (p.info["cmdline"] or []) and key in p.info["cmdline"]
-                      and (p.info["environ"] or {}).get("RANK") == "1")
+        victim = find_workers(run.path)[1]
         victim.send_signal(signal.SIGKILL if case == "sigkill-rank" else signal.SIGSTOP)
     else:
         os.kill(run.read_status().job_pgid, signal.SIGTERM)

@@ -2,6 +2,7 @@
 
     python benchmarks/first_run.py                     # this checkout, 2 rounds
     python benchmarks/first_run.py --ref 97c2bfe       # and an older commit beside it, interleaved
+    python benchmarks/first_run.py --also-with LLMOPS_WARM_START=0   # and this checkout with that setting
 
 Each round starts from nothing, as on a fresh clone: its own folder, no
 prepared data, no run directory, an empty cache folder, so every stage runs (prepare, pretrain, SFT,
@@ -41,11 +42,11 @@ def checkout(ref: str, into: Path) -> Path:
     return pkgs
 
 
-def one_run(label: str, pythonpath: Path | None, source: Path, work: Path) -> dict:
+def one_run(label: str, pythonpath: Path | None, source: Path, work: Path, extra: dict[str, str]) -> dict:
     """One fresh `llmops run` of the example in `work`; its wall time and the report's per-stage split."""
     work.mkdir(parents=True)
     shutil.copytree(source / "examples", work / "examples")
-    env = {**os.environ, "COLUMNS": "80", "XDG_CACHE_HOME": str(work / ".cache")}  # no cache from earlier runs
+    env = {**os.environ, "COLUMNS": "80", "XDG_CACHE_HOME": str(work / ".cache"), **extra}  # no cache from before
     env.pop("LLMOPS_RUNS_DIR", None)
     if pythonpath is not None:
         env["PYTHONPATH"] = str(pythonpath)
@@ -69,19 +70,24 @@ def one_run(label: str, pythonpath: Path | None, source: Path, work: Path) -> di
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--ref", help="Also time this git commit (a worktree), alternating with this checkout.")
+    parser.add_argument("--also-with", metavar="VAR=VALUE",
+                        help="Also time this checkout with this environment variable set, alternating.")
     parser.add_argument("--rounds", type=int, default=2)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="llmops-first-run-") as tmp:
         tmp = Path(tmp)
-        sides: list[tuple[str, Path | None, Path]] = [("this checkout", None, ROOT)]
+        sides: list[tuple[str, Path | None, Path, dict[str, str]]] = [("this checkout", None, ROOT, {})]
         if args.ref:
             pkgs = checkout(args.ref, tmp / "ref")
-            sides.insert(0, (args.ref, pkgs, tmp / "ref" / "tree"))
+            sides.insert(0, (args.ref, pkgs, tmp / "ref" / "tree", {}))
+        if args.also_with:
+            var, _, value = args.also_with.partition("=")
+            sides.insert(0, (args.also_with, None, ROOT, {var: value}))
         results = []
         try:
             for n in range(args.rounds):
-                for label, pythonpath, source in sides:
-                    r = one_run(label, pythonpath, source, tmp / f"{n}-{label.replace(' ', '-')}")
+                for i, (label, pythonpath, source, extra) in enumerate(sides):
+                    r = one_run(label, pythonpath, source, tmp / f"{n}-{i}", extra)
                     print(f"round {n + 1}  {label:<14} {r['wall']:6.1f} s  ({r['terminal_lines']} terminal lines, "
                           f"widest {r['widest_line']})", flush=True)
                     results.append(r)
@@ -90,7 +96,7 @@ def main() -> None:
                 subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(tmp / "ref" / "tree")],
                                capture_output=True)
         print()
-        for label, _, _ in sides:
+        for label, *_ in sides:
             best = min((r for r in results if r["label"] == label), key=lambda r: r["wall"])
             print(f"{label}: best {best['wall']:.1f} s of {args.rounds}; {best['terminal_lines']} terminal lines")
             for stage, t in best["stages"].items():

@@ -136,10 +136,8 @@ def _warm(run_dir: str | None) -> bool:
     return spec is not None and spec.resources.cpu and os.environ.get("LLMOPS_WARM_START", "1") != "0"
 
 
-def _watch(args, run_dir: str | None) -> heartbeat.Watchdog:
-    """A watchdog over this node's workers' heartbeats, in a fresh folder each launch."""
-    folder = Path(tempfile.mkdtemp(prefix="llmops-heartbeats-"))
-    os.environ[heartbeat.ENV] = str(folder)
+def _watch(args, run_dir: str | None, folder: Path) -> heartbeat.Watchdog:
+    """A watchdog over this node's workers' heartbeats in `folder`."""
     from torch.distributed.run import determine_local_world_size
 
     ranks = determine_local_world_size(str(args.nproc_per_node))  # "4", or "gpu"/"auto"
@@ -172,13 +170,11 @@ def _without_traceback(record: logging.LogRecord) -> bool:
 
 @contextlib.contextmanager
 def _forked_workers(run_dir: str):
-    """Within: torchrun starts its workers as forks of a forkserver that has imported llmops_model.warm.
+    """Within: torchrun starts its workers as forks of the forkserver (_start_forkserver).
 
     torchrun launches a command in fresh interpreters and a function through multiprocessing; its run()
     decides the rendezvous and then calls elastic_launch(config, entrypoint=the command). The function it gets
     here instead is llmops_model.warm.worker, which runs the same entrypoint in a fork."""
-    import multiprocessing
-
     import torch.distributed.run as torchrun
 
     launch = torchrun.elastic_launch
@@ -187,8 +183,6 @@ def _forked_workers(run_dir: str):
         config.start_method = "forkserver"
         return lambda *_command: launch(config, entrypoint=warm.worker)(run_dir)
 
-    os.environ[warm.ENV] = run_dir
-    multiprocessing.set_forkserver_preload(["llmops_model.warm"])
     # For a function's worker that exits non-zero torchrun logs its own exception's traceback under the
     # one line it writes for a command's ("failed (exitcode: 75) local_rank: ..."): the line is enough.
     logging.getLogger("torch.distributed.elastic.multiprocessing.api").addFilter(_without_traceback)
@@ -199,6 +193,17 @@ def _forked_workers(run_dir: str):
         torchrun.elastic_launch = launch
 
 
+def _start_forkserver(run_dir: str) -> None:
+    """Start the forkserver now, so that it imports torch and Megatron for the workers while this process
+    imports torchrun and meets the other nodes; it keeps the environment it starts with."""
+    import multiprocessing
+    from multiprocessing import forkserver
+
+    os.environ[warm.ENV] = run_dir
+    multiprocessing.set_forkserver_preload(["llmops_model.warm"])
+    forkserver.ensure_running()
+
+
 def run_agent(torchrun_argv: list[str], worker: list[str], *, run_dir: str | None = None) -> int:
     """One torchrun agent running ``worker`` (a script or ``-m module``, with its arguments)."""
     # Newer torchrun reads --signals-to-handle (default from PET_SIGNALS_TO_HANDLE) and exports
@@ -207,6 +212,11 @@ def run_agent(torchrun_argv: list[str], worker: list[str], *, run_dir: str | Non
     os.environ.setdefault("PYTHONUNBUFFERED", "1")
     for sig in _NOTICES:
         signal.signal(sig, _forward_to_workers)
+    beats = Path(tempfile.mkdtemp(prefix="llmops-heartbeats-"))  # a fresh folder each launch
+    os.environ[heartbeat.ENV] = str(beats)
+    warm_start = _warm(run_dir)
+    if warm_start:
+        _start_forkserver(run_dir)
 
     from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
@@ -220,10 +230,10 @@ def run_agent(torchrun_argv: list[str], worker: list[str], *, run_dir: str | Non
     if args.rdzv_backend == "c10d" and not args.standalone:  # standalone: one node, its own store
         rendezvous_handler_registry.register(RDZV_BACKEND, _create_rendezvous)
         args.rdzv_backend = RDZV_BACKEND
-    watchdog = _watch(args, run_dir)
+    watchdog = _watch(args, run_dir, beats)
     watchdog.start()
     try:
-        if _warm(run_dir):
+        if warm_start:
             with _forked_workers(run_dir):
                 run(args)
         else:

@@ -68,6 +68,10 @@ def worker(run_dir: str) -> int:
         setproctitle.setproctitle(title(run_dir, int(os.environ.get("RANK", "0"))))
     except ImportError:
         pass
+    if os.environ.get("OMP_NUM_THREADS", "").isdigit():  # the forkserver's OpenMP read it before torchrun set it
+        import torch
+
+        torch.set_num_threads(max(1, int(os.environ["OMP_NUM_THREADS"])))
     from llmops_model import entrypoint
 
     sys.argv = [entrypoint.__file__, run_dir]

@@ -35,7 +35,9 @@ ENV = "LLMOPS_WARM_RUN_DIR"  # the run whose workers the forkserver prepares for
 _SHIELDED = (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2, signal.SIGHUP, signal.SIGQUIT)
 
 
-# When the forkserver started, in a forked worker: its imports are the worker's start-up (the run report's).
+# When the forkserver started: its imports are a forked worker's start-up (the run report's, through
+# llmops_model.train.loop.process_started).
+STARTED_ENV = "LLMOPS_PROCESS_STARTED"
 started: float | None = None
 
 
@@ -72,6 +74,8 @@ def worker(run_dir: str) -> int:
         import torch
 
         torch.set_num_threads(max(1, int(os.environ["OMP_NUM_THREADS"])))
+    if started is not None:
+        os.environ[STARTED_ENV] = str(started)
     from llmops_model import entrypoint
 
     sys.argv = [entrypoint.__file__, run_dir]

@@ -310,11 +310,12 @@ def resume(t: Trainer, *, logger: StepLogger) -> int:
 def process_started() -> float:
     """When this process started (its import of torch and Megatron counts as start-up): for a worker forked
     warm, when the forkserver that imported them did."""
+    import os
+
     import psutil
 
-    from llmops_model import warm
-
-    return warm.started or psutil.Process().create_time()
+    forked = os.environ.get("LLMOPS_PROCESS_STARTED")  # llmops_model.warm.STARTED_ENV
+    return float(forked) if forked else psutil.Process().create_time()
 
 
 def _materialise_optimizer_state(optimizer) -> None:

@@ -17,22 +17,18 @@ def workers(launcher: int) -> list[int]:
     """The training workers of a node's launcher (llmops_model.launch): its children, or when it forked
     them from a warm forkserver (llmops_model.warm), the forkserver's; never the forkserver itself or
     multiprocessing's resource tracker, which must outlive the workers' exit codes."""
-    kids = children(launcher)
-    for pid in kids:
-        try:
-            line = " ".join(psutil.Process(pid).cmdline())
-        except psutil.Error:
-            continue
+    kids = {pid: _cmdline(pid) for pid in children(launcher)}
+    for pid, line in kids.items():
         if "multiprocessing.forkserver" in line:
             return children(pid)
-    return [pid for pid in kids if not _is_resource_tracker(pid)]
+    return [pid for pid, line in kids.items() if "multiprocessing.resource_tracker" not in line]
 
 
-def _is_resource_tracker(pid: int) -> bool:
+def _cmdline(pid: int) -> str:
     try:
-        return "multiprocessing.resource_tracker" in " ".join(psutil.Process(pid).cmdline())
+        return " ".join(psutil.Process(pid).cmdline())
     except psutil.Error:
-        return False
+        return ""
 
 
 def descendants(pid: int) -> list[int]:

@@ -129,14 +129,13 @@ def _spec(run_dir: str | None):
         return None
 
 
-def _warm(run_dir: str | None) -> bool:
+def _warm(spec) -> bool:
     """Fork this node's workers from a process that has imported torch and Megatron (llmops_model.warm):
     CPU runs only; LLMOPS_WARM_START=0 turns it off."""
-    spec = _spec(run_dir)
     return spec is not None and spec.resources.cpu and os.environ.get("LLMOPS_WARM_START", "1") != "0"
 
 
-def _watch(args, run_dir: str | None, folder: Path) -> heartbeat.Watchdog:
+def _watch(args, run_dir: str | None, spec, folder: Path) -> heartbeat.Watchdog:
     """A watchdog over this node's workers' heartbeats in `folder`."""
     from torch.distributed.run import determine_local_world_size
 
@@ -158,7 +157,7 @@ def _watch(args, run_dir: str | None, folder: Path) -> heartbeat.Watchdog:
                                     "step": silence.step, "phase": silence.phase, "silent": silence.seconds,
                                     "timeout": silence.timeout}) + "\n")
 
-    spec = _spec(run_dir)  # restarts.hang_timeout unset: learned from the steps (llmops_model.train.heartbeat)
+    # restarts.hang_timeout unset: learned from the steps (llmops_model.train.heartbeat)
     return heartbeat.Watchdog(folder, ranks=ranks, timeout=spec.restarts.hang_timeout if spec else None,
                               workers=lambda: workers(os.getpid()), on_hang=on_hang)
 
@@ -214,7 +213,8 @@ def run_agent(torchrun_argv: list[str], worker: list[str], *, run_dir: str | Non
         signal.signal(sig, _forward_to_workers)
     beats = Path(tempfile.mkdtemp(prefix="llmops-heartbeats-"))  # a fresh folder each launch
     os.environ[heartbeat.ENV] = str(beats)
-    warm_start = _warm(run_dir)
+    spec = _spec(run_dir)
+    warm_start = _warm(spec)
     if warm_start:
         _start_forkserver(run_dir)
 
@@ -230,7 +230,7 @@ def run_agent(torchrun_argv: list[str], worker: list[str], *, run_dir: str | Non
     if args.rdzv_backend == "c10d" and not args.standalone:  # standalone: one node, its own store
         rendezvous_handler_registry.register(RDZV_BACKEND, _create_rendezvous)
         args.rdzv_backend = RDZV_BACKEND
-    watchdog = _watch(args, run_dir, beats)
+    watchdog = _watch(args, run_dir, spec, beats)
     watchdog.start()
     try:
         if warm_start:

@@ -35,10 +35,9 @@ ENV = "LLMOPS_WARM_RUN_DIR"  # the run whose workers the forkserver prepares for
 _SHIELDED = (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2, signal.SIGHUP, signal.SIGQUIT)
 
 
-# When the forkserver started: its imports are a forked worker's start-up (the run report's, through
+# When the forkserver started, for its forks: its imports are their start-up (the run report's, through
 # llmops_model.train.loop.process_started).
 STARTED_ENV = "LLMOPS_PROCESS_STARTED"
-started: float | None = None
 
 
 def _preload() -> None:
@@ -48,9 +47,7 @@ def _preload() -> None:
     from llmops.runs.rundir import RunDir
     from llmops_model import entrypoint
 
-    global started
-    started = psutil.Process().create_time()
-
+    os.environ[STARTED_ENV] = str(psutil.Process().create_time())
     for sig in _SHIELDED:
         signal.signal(sig, signal.SIG_IGN)
     entrypoint.prepare(RunDir(Path(os.environ[ENV])).read_spec())
@@ -74,8 +71,6 @@ def worker(run_dir: str) -> int:
         import torch
 
         torch.set_num_threads(max(1, int(os.environ["OMP_NUM_THREADS"])))
-    if started is not None:
-        os.environ[STARTED_ENV] = str(started)
     from llmops_model import entrypoint
 
     sys.argv = [entrypoint.__file__, run_dir]

@@ -183,6 +183,7 @@ def prepare(
         "--resolved", hidden=True, help="SPEC is a run's resolved spec.yaml: read it as written.")] = False,
 ) -> None:
     """Prepare the spec's data: clean, filter, deduplicate, tokenize into Megatron indexed datasets."""
+    from llmops.prepare import align_corpus
     from llmops.prepare.executor import prepare as run_prepare
     from llmops.prepare.stats import summary_table
     from llmops.spec.load import load_spec, read_resolved
@@ -190,8 +191,15 @@ def prepare(
     s = read_resolved(spec) if resolved else load_spec(spec)
     if s.prepare is None:
         raise UserError(f"{spec}: has no prepare: section", "add one (see examples/tiny-cpu.yaml)")
-    report = run_prepare(s.prepare, phase=phase, shard=shard, num_shards=num_shards, workers=workers,
-                         workdir=workdir)
+    # A run's prepare stage: the built-in alignment examples' parse of the standard library goes on a core that
+    # prepare's serial steps leave idle, instead of on one rank of the first align stage while the others wait.
+    warming = align_corpus.warm_cache() if resolved and any(a.data.builtin for a in s.align) else None
+    try:
+        report = run_prepare(s.prepare, phase=phase, shard=shard, num_shards=num_shards, workers=workers,
+                             workdir=workdir)
+    finally:
+        if warming is not None:
+            warming.wait()
     if report is not None:
         out.print(summary_table(report))
         out.print(f"wrote {s.prepare.output.dir}: {report['output']['documents']:,} documents, "

@@ -22,6 +22,20 @@ def hide_wandb() -> None:
     sys.modules.setdefault("wandb", None)
 
 
+@contextlib.contextmanager
+def wandb_hidden():
+    """:func:`hide_wandb` for the imports within only (a process that may report to W&B later, e.g. the CLI's
+    `llmops prepare` writing Megatron's indexed datasets: 1.4 s of its 4.5 s import of megatron-core)."""
+    hidden = "wandb" not in sys.modules
+    if hidden:
+        sys.modules["wandb"] = None
+    try:
+        yield
+    finally:
+        if hidden and "wandb" in sys.modules and sys.modules["wandb"] is None:
+            del sys.modules["wandb"]
+
+
 def quiet_known_warnings() -> None:
     """Silence Megatron's, Transformer Engine's and torch's notices that say nothing the user can act on."""
     import warnings

@@ -20,7 +20,10 @@ from llmops.prepare.document import Document
 
 
 def _indexed_dataset():
-    with warnings.catch_warnings():  # "Transformer Engine and Apex are not installed": nothing to act on here
+    from llmops_model.compat import mcore
+
+    # "Transformer Engine and Apex are not installed": nothing to act on here
+    with warnings.catch_warnings(), mcore.wandb_hidden():
         warnings.simplefilter("ignore")
         from megatron.core.datasets import indexed_dataset
     return indexed_dataset

@@ -39,7 +39,8 @@ def prepare(spec) -> None:
 
         logging.basicConfig(level=os.environ["LLMOPS_LOG_LEVEL"].upper(),
                             format="%(asctime)s %(name)s %(levelname)s: %(message)s")
-    from llmops_model import parallel  # noqa: F401
+    from llmops_model import gpt, parallel  # noqa: F401
+    from llmops_model.fast import layers  # noqa: F401 (gpt.layer_spec's: it imports TorchDynamo, 0.4 s)
     from llmops_model.train import loop  # noqa: F401
 
     if (os.environ.get("LLMOPS_STAGE") or spec.training_stages[0]) != "pretrain":

@@ -50,7 +50,11 @@ def _preload() -> None:
     os.environ[STARTED_ENV] = str(psutil.Process().create_time())
     for sig in _SHIELDED:
         signal.signal(sig, signal.SIG_IGN)
-    entrypoint.prepare(RunDir(Path(os.environ[ENV])).read_spec())
+    spec = RunDir(Path(os.environ[ENV])).read_spec()
+    entrypoint.prepare(spec)
+    from llmops_model.hf import samples
+
+    samples.preload(spec)  # rank 0's, after the training: shared by the forks, unused by the other ranks
 
 
 def worker(run_dir: str) -> int:

@@ -59,6 +59,13 @@ def family(model: ModelSpec) -> str:
         "as Llama: train one of the two")
 
 
+def architecture(model: ModelSpec) -> tuple[str, str]:
+    """The transformers class and model type the model exports as; UserError as :func:`family`."""
+    if family(model) == "gpt2":
+        return "GPT2LMHeadModel", "gpt2"
+    return ("Qwen2ForCausalLM", "qwen2") if model.qkv_bias else ("LlamaForCausalLM", "llama")
+
+
 def config(spec: RunSpec, *, eos_ids: list[int], bos_id: int | None, pad_id: int | None,
            dtype: torch.dtype) -> dict[str, Any]:
     """config.json for the spec's model (the vocabulary is the padded one: the embedding's rows)."""
@@ -66,8 +73,9 @@ def config(spec: RunSpec, *, eos_ids: list[int], bos_id: int | None, pad_id: int
     dtype_name = str(dtype).removeprefix("torch.")
     common = {"vocab_size": m.padded_vocab_size, "tie_word_embeddings": m.tie_embeddings, "eos_token_id": eos_ids[0],
               "bos_token_id": bos_id, "pad_token_id": pad_id, "dtype": dtype_name, "use_cache": True}
-    if family(m) == "gpt2":
-        return {"architectures": ["GPT2LMHeadModel"], "model_type": "gpt2", **common,
+    arch, kind = architecture(m)
+    if kind == "gpt2":
+        return {"architectures": [arch], "model_type": kind, **common,
                 "n_embd": m.hidden_size, "n_layer": m.num_layers, "n_head": m.num_attention_heads,
                 "n_inner": m.ffn_hidden_size, "n_positions": m.seq_length, "n_ctx": m.seq_length,
                 "activation_function": "gelu" if spec.resources.cpu else "gelu_new",
@@ -77,7 +85,6 @@ def config(spec: RunSpec, *, eos_ids: list[int], bos_id: int | None, pad_id: int
     if m.rope_scaling_factor is not None:  # Megatron-Core's Llama 3 scaling, whose other constants are fixed
         rope |= {"rope_type": "llama3", "factor": m.rope_scaling_factor, "low_freq_factor": 1.0,
                  "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}
-    arch, kind = ("Qwen2ForCausalLM", "qwen2") if m.qkv_bias else ("LlamaForCausalLM", "llama")
     return {"architectures": [arch], "model_type": kind, **common,
             "hidden_size": m.hidden_size, "intermediate_size": m.ffn_hidden_size, "num_hidden_layers": m.num_layers,
             "num_attention_heads": m.num_attention_heads,

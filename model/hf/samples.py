@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from llmops.errors import UserError
 from llmops.runs.rundir import RunDir, atomic_write
 
 
@@ -40,6 +41,24 @@ def write(run: RunDir, stage: str, *, info: Callable[[str], None]) -> Path | Non
     except Exception as exc:  # a sample is a courtesy: the stage has already succeeded
         info(f"samples: skipped, {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
         return None
+
+
+def preload(spec) -> None:
+    """Import what :func:`write` imports (transformers and the exported architecture's modules), for a warm
+    start's forkserver (llmops_model.warm): rank 0 would otherwise import them after the stage's training, for
+    about 1.7 s, while the next stage waits."""
+    if not spec.samples.enabled or importlib.util.find_spec("transformers") is None:
+        return
+    import transformers
+
+    from llmops_model.hf import convert, export, generate  # noqa: F401
+
+    try:
+        architecture, _ = convert.architecture(spec.model)
+    except UserError:  # no transformers architecture to export to: write says so, later
+        return
+    for name in ("AutoModelForCausalLM", "AutoTokenizer", "PreTrainedTokenizerFast", architecture):
+        getattr(transformers, name)  # transformers imports its modules on first use
 
 
 def _write(run: RunDir, stage: str, cfg, *, info: Callable[[str], None]) -> Path | None:

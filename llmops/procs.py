@@ -2,7 +2,20 @@
 
 from __future__ import annotations
 
+import os
+
 import psutil
+
+# Set to 1 by a backend that starts a node's launcher ahead of its stage (the local supervisor, while the stage
+# before ends): the launcher imports and starts its warm workers' forkserver, then waits for a line on stdin,
+# "go" to run the stage, anything else or the end of the input to exit 0 having started nothing.
+STANDBY_ENV = "LLMOPS_STANDBY"
+
+
+def warm_start(spec) -> bool:
+    """Whether a node's launcher forks its workers from a warm forkserver (llmops_model.warm): CPU runs, unless
+    LLMOPS_WARM_START=0."""
+    return bool(spec.resources.cpu) and os.environ.get("LLMOPS_WARM_START", "1") != "0"
 
 
 def children(pid: int) -> list[int]:

@@ -38,6 +38,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from llmops import procs
 from llmops.errors import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_HUNG, EXIT_OK, EXIT_REQUEUE
 from llmops.procs import workers
 from llmops_model import warm  # before warm.ENV is set here: only the forkserver prepares workers
@@ -129,12 +130,6 @@ def _spec(run_dir: str | None):
         return None
 
 
-def _warm(spec) -> bool:
-    """Fork this node's workers from a process that has imported torch and Megatron (llmops_model.warm):
-    CPU runs only; LLMOPS_WARM_START=0 turns it off."""
-    return spec is not None and spec.resources.cpu and os.environ.get("LLMOPS_WARM_START", "1") != "0"
-
-
 def _watch(args, run_dir: str | None, spec, folder: Path) -> heartbeat.Watchdog:
     """A watchdog over this node's workers' heartbeats in `folder`."""
     from torch.distributed.run import determine_local_world_size
@@ -168,19 +163,20 @@ def _without_traceback(record: logging.LogRecord) -> bool:
 
 
 @contextlib.contextmanager
-def _forked_workers(run_dir: str):
+def _forked_workers(run_dir: str, released: float | None):
     """Within: torchrun starts its workers as forks of the forkserver (_start_forkserver).
 
     torchrun launches a command in fresh interpreters and a function through multiprocessing; its run()
     decides the rendezvous and then calls elastic_launch(config, entrypoint=the command). The function it gets
-    here instead is llmops_model.warm.worker, which runs the same entrypoint in a fork."""
+    here instead is llmops_model.warm.worker, which runs the same entrypoint in a fork. `released`: when a
+    launcher that stood by was told to go (its workers' start-up counts from then)."""
     import torch.distributed.run as torchrun
 
     launch = torchrun.elastic_launch
 
     def elastic_launch(config, entrypoint):
         config.start_method = "forkserver"
-        return lambda *_command: launch(config, entrypoint=warm.worker)(run_dir)
+        return lambda *_command: launch(config, entrypoint=warm.worker)(run_dir, released)
 
     # For a function's worker that exits non-zero torchrun logs its own exception's traceback under the
     # one line it writes for a command's ("failed (exitcode: 75) local_rank: ..."): the line is enough.
@@ -214,9 +210,10 @@ def run_agent(torchrun_argv: list[str], worker: list[str], *, run_dir: str | Non
     beats = Path(tempfile.mkdtemp(prefix="llmops-heartbeats-"))  # a fresh folder each launch
     os.environ[heartbeat.ENV] = str(beats)
     spec = _spec(run_dir)
-    warm_start = _warm(spec)
+    warm_start = spec is not None and procs.warm_start(spec)  # workers forked from llmops_model.warm
     if warm_start:
         _start_forkserver(run_dir)
+    released = None
 
     from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
@@ -227,6 +224,11 @@ def run_agent(torchrun_argv: list[str], worker: list[str], *, run_dir: str | Non
     from torch.distributed.run import parse_args, run
 
     args = parse_args([*torchrun_argv, *worker])
+    if os.environ.get(procs.STANDBY_ENV) == "1":  # imported, the forkserver preloading: wait for the stage
+        if sys.stdin.readline().strip() != "go":  # the stage before failed, or the run was cancelled
+            shutil.rmtree(os.environ.pop(heartbeat.ENV), ignore_errors=True)
+            return EXIT_OK
+        released = time.time()
     if args.rdzv_backend == "c10d" and not args.standalone:  # standalone: one node, its own store
         rendezvous_handler_registry.register(RDZV_BACKEND, _create_rendezvous)
         args.rdzv_backend = RDZV_BACKEND
@@ -234,7 +236,7 @@ def run_agent(torchrun_argv: list[str], worker: list[str], *, run_dir: str | Non
     watchdog.start()
     try:
         if warm_start:
-            with _forked_workers(run_dir):
+            with _forked_workers(run_dir, released):
                 run(args)
         else:
             run(args)

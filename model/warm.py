@@ -57,9 +57,12 @@ def _preload() -> None:
     samples.preload(spec)  # rank 0's, after the training: shared by the forks, unused by the other ranks
 
 
-def worker(run_dir: str) -> int:
-    """A worker's life in a fork: look like ``python -m llmops_model.entrypoint RUN_DIR``, then be it."""
+def worker(run_dir: str, released: float | None = None) -> int:
+    """A worker's life in a fork: look like ``python -m llmops_model.entrypoint RUN_DIR``, then be it.
+    `released`: when a launcher that stood by (llmops.procs.STANDBY_ENV) started the stage."""
     os.setsid()
+    if released is not None:  # the forkserver imported while the stage before ended: not this stage's start-up
+        os.environ[STARTED_ENV] = str(released)
     for sig in _SHIELDED:
         signal.signal(sig, signal.SIG_DFL)
     # The title goes where the forkserver's long command line was, never over the environment block that

@@ -48,6 +48,7 @@ Contract:
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -65,6 +66,17 @@ NEEDS = {"clean": [], "dedup": [("clean", True)], "tokenizer": [("dedup", False)
 
 def default_workdir(spec: PrepareSpec) -> Path:
     return Path(spec.output.dir) / "work"
+
+
+def clean_done(spec: PrepareSpec) -> bool:
+    """Whether every shard of the clean phase (in the default work folder) has finished: what follows keeps
+    fewer cores busy, so a supervisor may start other work beside it."""
+    work = WorkDir(default_workdir(spec))
+    try:
+        shards = json.loads((work.root / "plan.json").read_text())["num_shards"]
+    except (OSError, ValueError, KeyError):
+        return False
+    return not work.missing("clean", shards)
 
 
 def run_phase(config: PrepareSpec, *, phase: str, shard: int = 0, num_shards: int | None = None,

@@ -38,3 +38,12 @@ def test_a_damaged_or_unwritable_cache_is_not_used(cache_home):
     cache_home.write_text("a file where the cache folder would go")  # unwritable, even for root
     align_corpus._documented.cache_clear()
     assert align_corpus.preference_records(16, seed=1) == expected
+
+
+def test_a_warm_cache_process_fills_the_cache_that_the_align_stage_then_reads(cache_home, monkeypatch):
+    """What a run's prepare stage starts in the background (llmops prepare --resolved)."""
+    assert align_corpus.warm_cache().wait(timeout=120) == 0
+    (cache,) = cache_home.glob("stdlib-docstrings-*.json")
+    monkeypatch.setattr(align_corpus, "_parse", lambda units: pytest.fail("parsed despite the warmed cache"))
+    assert len(align_corpus.sft_records(32, seed=0)) == 32
+    assert len(json.loads(cache.read_text())) == len(align_corpus._documented())

@@ -16,6 +16,15 @@ requeue loop:
 
 A stage that already SUCCEEDED (``llmops resume`` of a run that stopped
 later) is not run again. SIGTERM or SIGINT to the supervisor is a cancel.
+
+On CPU runs with the warm start (llmops_model.warm) the next training
+stage's launcher is started ahead, standing by: once data preparation is past
+its clean phase, and once a training stage has written its last checkpoint
+(while rank 0 samples the model and the processes exit). It
+imports torch and starts its forkserver, which imports Megatron, on the core
+that this leaves idle, then waits for a "go" on its stdin; the stage starts
+with its workers forked at once. It is told to exit, and its log removed,
+when the stage it stood by for does not run (a failure, a cancel, a restart).
 """
 
 from __future__ import annotations
@@ -26,13 +35,30 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from llmops.backends.local.backend import launch_command, prepare_command, signal_job
 from llmops.errors import EXIT_BAD_INPUT, EXIT_HUNG, EXIT_OK, EXIT_REQUEUE
-from llmops.procs import started
+from llmops.prepare.pipeline import clean_done
+from llmops.procs import STANDBY_ENV, started, warm_start
 from llmops.runs import report
 from llmops.runs.rundir import CANCELLED, FAILED, RUNNING, SUCCEEDED, RunDir
+
+# Seconds before a training stage's last step at which the next stage's launcher starts: about what it takes
+# to import torch and Megatron beside the training (measured on two cores: 4.4 s), so that it is ready when
+# the stage ends.
+STANDBY_LEAD = 4.0
+
+
+@dataclass
+class _Standby:
+    """A launcher started ahead of its stage (llmops.procs.STANDBY_ENV), waiting for its "go"."""
+
+    stage: str
+    attempt: int
+    log: Path
+    proc: subprocess.Popen
 
 
 class Supervisor:
@@ -41,6 +67,8 @@ class Supervisor:
         self.spec = run.read_spec()
         self.child: subprocess.Popen | None = None
         self.stage: str | None = None
+        self.next_stage: str | None = None  # the stage after this one, for a launcher standing by
+        self.standby: _Standby | None = None
 
     def on_signal(self, signum, frame) -> None:
         self.run.cancel_marker.touch()
@@ -55,9 +83,9 @@ class Supervisor:
                           supervisor_pid=os.getpid(), supervisor_started=started(os.getpid()), ended_at=None,
                           exit_code=None, message="")
         done = {s for s, rec in run.read_status().stages.items() if rec.get("state") == SUCCEEDED}
-        for stage in self.spec.stages:
-            if stage in done:
-                continue
+        todo = [s for s in self.spec.stages if s not in done]
+        for stage, following in zip(todo, [*todo[1:], None]):
+            self.next_stage = following
             state, code, message = self.run_stage(stage)
             if state != SUCCEEDED:
                 where = f"{stage}: " if len(self.spec.stages) > 1 else ""
@@ -68,7 +96,8 @@ class Supervisor:
         """Run one stage to its end, restarting it as the exit codes say; (state, exit code, message)."""
         run, max_restarts = self.run, self.spec.restarts.max_restarts
         self.stage = stage
-        attempt = len(run.log_files(stage))  # a resumed stage keeps its earlier logs
+        # A resumed stage keeps its earlier logs; a launcher standing by for it has written the next one.
+        attempt = self.standby.attempt if self.standby and self.standby.stage == stage else len(run.log_files(stage))
         retries = 0
         record = run.read_status().stages.get(stage, {})
         run.update_stage(stage, state=RUNNING, started_at=record.get("started_at") or time.time(),
@@ -104,27 +133,96 @@ class Supervisor:
 
     def launch(self, stage: str, attempt: int) -> int:
         run = self.run
-        command = prepare_command(run.path) if stage == "prepare" else launch_command(self.spec, run.path)
-        env = {**os.environ, "LLMOPS_RESTART": str(attempt), "LLMOPS_STAGE": stage}
-        with open(run.log_path(stage, attempt), "ab") as log:
-            self.child = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                                          start_new_session=True, env=env)
+        ahead = self._released(stage, attempt)
+        self.child = ahead or self._start(stage, attempt)
         run.update_status(job_pgid=self.child.pid, job_started=started(self.child.pid))
-        code = self.child.wait()
+        run.update_stage(stage, launched_ahead=ahead is not None)
+        launched = time.time()
+        following = self.next_stage if self.next_stage in self.spec.training_stages and warm_start(self.spec) else None
+        while True:
+            try:
+                code = self.child.wait(timeout=0.2)
+                break
+            except subprocess.TimeoutExpired:
+                pass
+            if following and self.standby is None and self._winding_down(stage, since=launched):
+                attempt_ahead = len(run.log_files(following))
+                self.standby = _Standby(following, attempt_ahead, run.log_path(following, attempt_ahead),
+                                        self._start(following, attempt_ahead, standby=True))
         run.update_status(job_pgid=None, job_started=None)
         return code
+
+    def _winding_down(self, stage: str, *, since: float) -> bool:
+        """Whether the next stage's launcher may start: data preparation past its clean phase (the rest leaves
+        cores idle), a training stage within STANDBY_LEAD seconds of its last step (steps left times the last
+        step's time, from its progress.json) or past it."""
+        if stage == "prepare":
+            return clean_done(self.spec.prepare)
+        try:
+            row = json.loads((self.run.stage_dir(stage) / "progress.json").read_text())
+            if row["time"] >= since and (row["steps"] - row["step"]) * row["step_time"] < STANDBY_LEAD:
+                return True
+        except (OSError, ValueError, KeyError, TypeError):
+            pass
+        return _finished_at(self.run, since=since)
+
+    def _start(self, stage: str, attempt: int, *, standby: bool = False) -> subprocess.Popen:
+        run = self.run
+        command = prepare_command(run.path) if stage == "prepare" else launch_command(self.spec, run.path)
+        env = {**os.environ, "LLMOPS_RESTART": str(attempt), "LLMOPS_STAGE": stage}
+        if standby:
+            env[STANDBY_ENV] = "1"
+        with open(run.log_path(stage, attempt), "ab") as log:
+            return subprocess.Popen(command, stdin=subprocess.PIPE if standby else subprocess.DEVNULL, stdout=log,
+                                    stderr=subprocess.STDOUT, start_new_session=True, env=env)
+
+    def _released(self, stage: str, attempt: int) -> subprocess.Popen | None:
+        """The launcher standing by for this attempt of `stage`, told to go; None when there is none (any other
+        is told to exit)."""
+        standby, self.standby = self.standby, None
+        if standby is None:
+            return None
+        if (standby.stage, standby.attempt) == (stage, attempt) and standby.proc.poll() is None:
+            try:
+                standby.proc.stdin.write(b"go\n")
+                standby.proc.stdin.close()
+                return standby.proc
+            except OSError:  # it died while it stood by: start one afresh
+                pass
+        _dismiss(standby)
+        return None
+
+    def dismiss_standby(self) -> None:
+        if self.standby is not None:
+            _dismiss(self.standby)
+            self.standby = None
 
     def end_stage(self, stage: str, state: str, code: int | None, message: str) -> tuple[str, int | None, str]:
         self.run.update_stage(stage, state=state, exit_code=code, message=message, ended_at=time.time())
         return state, code, message
 
     def finish(self, state: str, code: int | None, message: str) -> int:
+        self.dismiss_standby()
         self.run.update_status(state=state, exit_code=code, message=message, ended_at=time.time(), job_pgid=None)
         try:
             report.write(self.run)
         except Exception as exc:  # noqa: BLE001 (the report is a courtesy; the run's outcome stands)
             print(f"llmops: could not write the run report: {exc}", file=sys.stderr)
         return 0
+
+
+def _dismiss(standby: _Standby) -> None:
+    """Tell a launcher standing by to exit (end of its stdin), wait for it, and remove the log it began."""
+    try:
+        standby.proc.stdin.close()
+    except OSError:
+        pass
+    try:
+        standby.proc.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        os.killpg(standby.proc.pid, signal.SIGKILL)  # its own session: the launcher and its forkserver
+        standby.proc.wait()
+    standby.log.unlink(missing_ok=True)
 
 
 def _finished_at(run: RunDir, *, since: float) -> bool:

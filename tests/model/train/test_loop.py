@@ -73,6 +73,8 @@ def test_tiny_example_runs_the_whole_pipeline(tmp_path):
     assert st["state"] == "SUCCEEDED"
     assert {s: r["state"] for s, r in st["stages"].items()} == dict.fromkeys(
         ("prepare", "pretrain", "sft", "dpo"), "SUCCEEDED")
+    # Each training stage's launcher started ahead, while the stage before ended (llmops.backends.local.supervisor).
+    assert [st["stages"][s]["launched_ahead"] for s in ("pretrain", "sft", "dpo")] == [True, True, True]
     assert (tmp_path / "data" / "tiny-cpu" / "tokenizer.model").is_file()  # prepared where the spec says
     curve = losses(run_dir)
     assert sorted(curve) == list(range(1, 41))

@@ -1,0 +1,104 @@
+"""The next training stage's launcher, started ahead by the local supervisor while the stage before ends.
+
+The launchers here are a stand-in script that keeps the protocol (llmops.procs.STANDBY_ENV: wait for "go" on
+stdin, or exit 0 at anything else) and writes the records a training stage writes; the real launcher's side
+is exercised by every multi-stage CPU run (tests/model/train/test_loop.py checks the tiny example's)."""
+
+from __future__ import annotations
+
+import json
+import sys
+import textwrap
+import time
+
+import psutil
+import pytest
+
+from llmops_testing import tiny_spec
+
+FAKE_LAUNCHER = textwrap.dedent("""
+    import json, os, sys, time
+    from pathlib import Path
+    run, stage = Path(sys.argv[1]), os.environ["LLMOPS_STAGE"]
+    record = {"stage": stage, "restart": int(os.environ["LLMOPS_RESTART"]), "pid": os.getpid(), "began": time.time()}
+    if os.environ.get("LLMOPS_STANDBY") == "1":
+        if sys.stdin.readline().strip() != "go":
+            record["dismissed"] = time.time()
+            with open(run / "launches.jsonl", "a") as f:
+                f.write(json.dumps(record) + "\\n")
+            sys.exit(0)
+        record["released"] = time.time()
+    with open(run / "launches.jsonl", "a") as f:
+        f.write(json.dumps(record) + "\\n")
+    folder = run / "stages" / stage
+    folder.mkdir(parents=True, exist_ok=True)
+    for step in range(1, 11):  # 0.05 s steps: the last 4 s of training (STANDBY_LEAD) come at once
+        (folder / "progress.json").write_text(json.dumps({"step": step, "steps": 10, "step_time": 0.05,
+                                                           "restart": record["restart"], "time": time.time()}))
+        time.sleep(0.05)
+    code = int(os.environ.get("FAKE_EXIT_" + stage.upper(), "0"))
+    if code == 0:
+        (run / "last_exit.json").write_text(json.dumps({"code": 0, "step": 10, "time": time.time()}))
+    time.sleep(1.0)  # samples, teardown: the next stage's launcher stands by meanwhile
+    sys.exit(code)
+""")
+
+
+@pytest.fixture
+def supervised(tmp_path, monkeypatch):
+    """Run a pretrain -> sft -> dpo spec's supervisor here, its launchers the stand-in; returns the launches."""
+    from llmops.backends.local import supervisor
+    from llmops.prepare import align_corpus
+    from llmops.prepare.tokenizer import train
+    from llmops.runs.rundir import RunDir
+    from llmops.spec.load import parse_spec
+    from llmops.spec.prepare import TokenizerSpec
+
+    script = tmp_path / "fake_launcher.py"
+    script.write_text(FAKE_LAUNCHER)
+    tokenizer = tmp_path / "tok.model"  # the align stages' rules read it; the stand-in never does
+    texts = [f"{e.summary}\n{e.name}" for e in align_corpus.entries(400)]
+    train(TokenizerSpec(vocab_size=500, byte_fallback=False), iter(texts), out=tokenizer, threads=1)
+    monkeypatch.setattr(supervisor, "launch_command", lambda spec, path: [sys.executable, str(script), str(path)])
+    monkeypatch.setattr(supervisor.report, "write", lambda run: None)
+    stage = {"data": {"builtin": "python-docstrings"}, "steps": 10, "global_batch_size": 8, "micro_batch_size": 2,
+             "tokenizer": str(tokenizer)}
+
+    def supervise(**exits: int) -> tuple[RunDir, list[dict]]:
+        for name, code in exits.items():
+            monkeypatch.setenv(f"FAKE_EXIT_{name.upper()}", str(code))
+        spec = parse_spec(tiny_spec("standby", align=[{"method": "sft", **stage}, {"method": "dpo", **stage}]))
+        run = RunDir.create(spec, tmp_path / "runs" / "standby-1")
+        supervisor.Supervisor(run).supervise()
+        launches = [json.loads(line) for line in (run.path / "launches.jsonl").read_text().splitlines()]
+        return run, launches
+
+    return supervise
+
+
+def test_the_next_stage_launcher_stands_by_and_goes_when_the_stage_before_has_succeeded(supervised):
+    run, launches = supervised()
+    st = run.read_status()
+    assert st.state == "SUCCEEDED" and [r["stage"] for r in launches] == ["pretrain", "sft", "dpo"]
+    for before, after in zip(launches, launches[1:]):
+        ended = st.stages[before["stage"]]["ended_at"]
+        assert after["began"] < ended, f"{after['stage']}'s launcher did not start ahead"
+        assert after["released"] >= ended, f"{after['stage']} went before {before['stage']} ended"
+    assert "released" not in launches[0]  # nothing before pretrain to stand by beside
+    assert [st.stages[s]["launched_ahead"] for s in ("pretrain", "sft", "dpo")] == [False, True, True]
+    assert sorted(p.name for p in run.logs.iterdir()) == ["dpo.restart-0.log", "pretrain.restart-0.log",
+                                                          "sft.restart-0.log"]
+    assert not any(psutil.pid_exists(r["pid"]) for r in launches)
+
+
+def test_a_failed_stage_dismisses_the_launcher_standing_by_and_removes_its_log(supervised):
+    run, launches = supervised(sft=1)  # the SFT training crashes (max_restarts 0) after DPO's launcher started
+    st = run.read_status()
+    assert st.state == "FAILED" and st.stages["sft"]["state"] == "FAILED" and "dpo" not in st.stages
+    (dpo,) = [r for r in launches if r["stage"] == "dpo"]
+    assert "dismissed" in dpo and "released" not in dpo
+    assert not (run.logs / "dpo.restart-0.log").exists()
+    deadline = time.time() + 10
+    while psutil.pid_exists(dpo["pid"]) and time.time() < deadline:
+        time.sleep(0.1)
+    assert not psutil.pid_exists(dpo["pid"])

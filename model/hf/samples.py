@@ -47,7 +47,8 @@ def preload(spec) -> None:
     """Import what :func:`write` imports (transformers and the exported architecture's modules), for a warm
     start's forkserver (llmops_model.warm): rank 0 would otherwise import them after the stage's training, for
     about 1.7 s, while the next stage waits."""
-    if not spec.samples.enabled or importlib.util.find_spec("transformers") is None:
+    if (not spec.samples.enabled or parameters(spec.model) > spec.samples.max_parameters
+            or importlib.util.find_spec("transformers") is None):
         return
     import transformers
 

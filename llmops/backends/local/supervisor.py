@@ -177,12 +177,13 @@ class Supervisor:
                                     stderr=subprocess.STDOUT, start_new_session=True, env=env)
 
     def _released(self, stage: str, attempt: int) -> subprocess.Popen | None:
-        """The launcher standing by for this attempt of `stage`, told to go; None when there is none (any other
-        is told to exit)."""
-        standby, self.standby = self.standby, None
-        if standby is None:
+        """The launcher standing by for this attempt of `stage`, told to go; None when there is none. One for a
+        later stage (the stage before restarting) keeps standing by."""
+        standby = self.standby
+        if standby is None or standby.stage != stage:
             return None
-        if (standby.stage, standby.attempt) == (stage, attempt) and standby.proc.poll() is None:
+        self.standby = None
+        if standby.attempt == attempt and standby.proc.poll() is None:
             try:
                 standby.proc.stdin.write(b"go\n")
                 standby.proc.stdin.close()
@@ -247,9 +248,13 @@ def _error_line(log: Path) -> str | None:
 
 def main() -> int:
     run = RunDir(Path(sys.argv[1]))
+    supervisor = None
     try:
-        return Supervisor(run).supervise()
+        supervisor = Supervisor(run)
+        return supervisor.supervise()
     except Exception as exc:  # the supervisor must leave a terminal state behind
+        if supervisor is not None:
+            supervisor.dismiss_standby()
         run.update_status(state=FAILED, message=f"supervisor error: {exc}", ended_at=time.time())
         raise
 

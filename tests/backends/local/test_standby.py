@@ -37,6 +37,8 @@ FAKE_LAUNCHER = textwrap.dedent("""
                                                            "restart": record["restart"], "time": time.time()}))
         time.sleep(0.05)
     code = int(os.environ.get("FAKE_EXIT_" + stage.upper(), "0"))
+    if os.environ.get("FAKE_CRASH_ONCE") == stage and record["restart"] == 0:
+        code = 1
     if code == 0:
         (run / "last_exit.json").write_text(json.dumps({"code": 0, "step": 10, "time": time.time()}))
     time.sleep(1.0)  # samples, teardown: the next stage's launcher stands by meanwhile
@@ -64,10 +66,13 @@ def supervised(tmp_path, monkeypatch):
     stage = {"data": {"builtin": "python-docstrings"}, "steps": 10, "global_batch_size": 8, "micro_batch_size": 2,
              "tokenizer": str(tokenizer)}
 
-    def supervise(**exits: int) -> tuple[RunDir, list[dict]]:
+    def supervise(crash_once: str | None = None, **exits: int) -> tuple[RunDir, list[dict]]:
         for name, code in exits.items():
             monkeypatch.setenv(f"FAKE_EXIT_{name.upper()}", str(code))
-        spec = parse_spec(tiny_spec("standby", align=[{"method": "sft", **stage}, {"method": "dpo", **stage}]))
+        if crash_once:
+            monkeypatch.setenv("FAKE_CRASH_ONCE", crash_once)
+        spec = parse_spec(tiny_spec("standby", align=[{"method": "sft", **stage}, {"method": "dpo", **stage}],
+                                    restarts={"max_restarts": 1}))
         run = RunDir.create(spec, tmp_path / "runs" / "standby-1")
         supervisor.Supervisor(run).supervise()
         launches = [json.loads(line) for line in (run.path / "launches.jsonl").read_text().splitlines()]
@@ -102,3 +107,15 @@ def test_a_failed_stage_dismisses_the_launcher_standing_by_and_removes_its_log(s
     while psutil.pid_exists(dpo["pid"]) and time.time() < deadline:
         time.sleep(0.1)
     assert not psutil.pid_exists(dpo["pid"])
+
+
+def test_a_restart_of_the_stage_before_keeps_the_launcher_standing_by(supervised):
+    run, launches = supervised(crash_once="sft")  # SFT crashes after DPO's launcher started; its restart succeeds
+    st = run.read_status()
+    assert st.state == "SUCCEEDED" and st.stages["sft"]["restarts"] == 1
+    assert [(r["stage"], r["restart"]) for r in launches] == [("pretrain", 0), ("sft", 0), ("sft", 1), ("dpo", 0)]
+    (dpo,) = [r for r in launches if r["stage"] == "dpo"]
+    (sft_restart,) = [r for r in launches if r["stage"] == "sft" and r["restart"] == 1]
+    assert dpo["began"] < sft_restart["began"] and "released" in dpo  # the one launcher, started before the crash
+    assert sorted(p.name for p in run.logs.iterdir()) == ["dpo.restart-0.log", "pretrain.restart-0.log",
+                                                          "sft.restart-0.log", "sft.restart-1.log"]

@@ -45,10 +45,11 @@ from llmops.procs import STANDBY_ENV, started, warm_start
 from llmops.runs import report
 from llmops.runs.rundir import CANCELLED, FAILED, RUNNING, SUCCEEDED, RunDir
 
-# Seconds before a training stage's last step at which the next stage's launcher starts: about what it takes
-# to import torch and Megatron beside the training (measured on two cores: 4.4 s), so that it is ready when
-# the stage ends.
-STANDBY_LEAD = 4.0
+# Seconds before a training stage's last step at which the next stage's launcher starts. Its imports take
+# 4.4 s on an idle core and about 9 s beside a training stage on two cores, which leaves ~17% of them idle
+# (gloo waits); started 4 s ahead it was still importing when the stage ended (the tiny pipeline 51.5 s),
+# 7 or 12 s ahead it was ready (48.3 s, 48.2 s). Bounded, so that it does not wait through a long stage.
+STANDBY_LEAD = 10.0
 
 
 @dataclass
@@ -139,29 +140,35 @@ class Supervisor:
         run.update_stage(stage, launched_ahead=ahead is not None)
         launched = time.time()
         following = self.next_stage if self.next_stage in self.spec.training_stages and warm_start(self.spec) else None
+        pace: dict = {}
         while True:
             try:
                 code = self.child.wait(timeout=0.2)
                 break
             except subprocess.TimeoutExpired:
                 pass
-            if following and self.standby is None and self._winding_down(stage, since=launched):
+            if following and self.standby is None and self._winding_down(stage, since=launched, pace=pace):
                 attempt_ahead = len(run.log_files(following))
                 self.standby = _Standby(following, attempt_ahead, run.log_path(following, attempt_ahead),
                                         self._start(following, attempt_ahead, standby=True))
         run.update_status(job_pgid=None, job_started=None)
         return code
 
-    def _winding_down(self, stage: str, *, since: float) -> bool:
+    def _winding_down(self, stage: str, *, since: float, pace: dict) -> bool:
         """Whether the next stage's launcher may start: data preparation past its clean phase (the rest leaves
-        cores idle), a training stage within STANDBY_LEAD seconds of its last step (steps left times the last
-        step's time, from its progress.json) or past it."""
+        cores idle), a training stage within STANDBY_LEAD seconds of its last step or past it. The time left is
+        the steps left at the pace seen since this attempt's first logged step (evaluations and saves included),
+        from the stage's progress.json; `pace` keeps that first step and its time."""
         if stage == "prepare":
             return clean_done(self.spec.prepare)
         try:
             row = json.loads((self.run.stage_dir(stage) / "progress.json").read_text())
-            if row["time"] >= since and (row["steps"] - row["step"]) * row["step_time"] < STANDBY_LEAD:
-                return True
+            if row["time"] >= since:
+                first_step, first_time = pace.setdefault("first", (row["step"], row["time"]))
+                if row["step"] > first_step:
+                    per_step = (row["time"] - first_time) / (row["step"] - first_step)
+                    if (row["steps"] - row["step"]) * per_step < STANDBY_LEAD:
+                        return True
         except (OSError, ValueError, KeyError, TypeError):
             pass
         return _finished_at(self.run, since=since)

@@ -32,7 +32,7 @@ FAKE_LAUNCHER = textwrap.dedent("""
         f.write(json.dumps(record) + "\\n")
     folder = run / "stages" / stage
     folder.mkdir(parents=True, exist_ok=True)
-    for step in range(1, 11):  # 0.05 s steps: the last 4 s of training (STANDBY_LEAD) come at once
+    for step in range(1, 11):  # 0.05 s steps: all within STANDBY_LEAD of the last
         (folder / "progress.json").write_text(json.dumps({"step": step, "steps": 10, "step_time": 0.05,
                                                            "restart": record["restart"], "time": time.time()}))
         time.sleep(0.05)

@@ -193,7 +193,8 @@ def prepare(
         raise UserError(f"{spec}: has no prepare: section", "add one (see examples/tiny-cpu.yaml)")
     # A run's prepare stage: the built-in alignment examples' parse of the standard library goes on a core that
     # prepare's serial steps leave idle, instead of on one rank of the first align stage while the others wait.
-    warming = align_corpus.warm_cache() if resolved and any(a.data.builtin for a in s.align) else None
+    whole = resolved and phase is None  # not one shard of a fanned-out preparation
+    warming = align_corpus.warm_cache() if whole and any(a.data.builtin for a in s.align) else None
     try:
         report = run_prepare(s.prepare, phase=phase, shard=shard, num_shards=num_shards, workers=workers,
                              workdir=workdir)

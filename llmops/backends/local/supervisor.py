@@ -19,12 +19,12 @@ later) is not run again. SIGTERM or SIGINT to the supervisor is a cancel.
 
 On CPU runs with the warm start (llmops_model.warm) the next training
 stage's launcher is started ahead, standing by: once data preparation is past
-its clean phase, and once a training stage has written its last checkpoint
-(while rank 0 samples the model and the processes exit). It
-imports torch and starts its forkserver, which imports Megatron, on the core
-that this leaves idle, then waits for a "go" on its stdin; the stage starts
-with its workers forked at once. It is told to exit, and its log removed,
-when the stage it stood by for does not run (a failure, a cancel, a restart).
+its clean phase, and once a training stage is within STANDBY_LEAD seconds of
+its last step. It imports torch and starts its forkserver, which imports
+Megatron, on cores the stage leaves idle, then waits for a "go" on its stdin;
+the stage starts with its workers forked at once. It keeps standing by while
+the stage before restarts, and is told to exit, its log removed, when the
+stage it stood by for does not run (a failure, a cancel).
 """
 
 from __future__ import annotations
@@ -58,7 +58,6 @@ class _Standby:
 
     stage: str
     attempt: int
-    log: Path
     proc: subprocess.Popen
 
 
@@ -149,8 +148,7 @@ class Supervisor:
                 pass
             if following and self.standby is None and self._winding_down(stage, since=launched, pace=pace):
                 attempt_ahead = len(run.log_files(following))
-                self.standby = _Standby(following, attempt_ahead, run.log_path(following, attempt_ahead),
-                                        self._start(following, attempt_ahead, standby=True))
+                self.standby = _Standby(following, attempt_ahead, self._start(following, attempt_ahead, standby=True))
         run.update_status(job_pgid=None, job_started=None)
         return code
 
@@ -197,13 +195,26 @@ class Supervisor:
                 return standby.proc
             except OSError:  # it died while it stood by: start one afresh
                 pass
-        _dismiss(standby)
+        self._dismiss(standby)
         return None
 
     def dismiss_standby(self) -> None:
         if self.standby is not None:
-            _dismiss(self.standby)
+            self._dismiss(self.standby)
             self.standby = None
+
+    def _dismiss(self, standby: _Standby) -> None:
+        """Tell a launcher standing by to exit (end of its stdin), wait for it, and remove the log it began."""
+        try:
+            standby.proc.stdin.close()
+        except OSError:
+            pass
+        try:
+            standby.proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(standby.proc.pid, signal.SIGKILL)  # its own session: the launcher and its forkserver
+            standby.proc.wait()
+        self.run.log_path(standby.stage, standby.attempt).unlink(missing_ok=True)
 
     def end_stage(self, stage: str, state: str, code: int | None, message: str) -> tuple[str, int | None, str]:
         self.run.update_stage(stage, state=state, exit_code=code, message=message, ended_at=time.time())
@@ -217,20 +228,6 @@ class Supervisor:
         except Exception as exc:  # noqa: BLE001 (the report is a courtesy; the run's outcome stands)
             print(f"llmops: could not write the run report: {exc}", file=sys.stderr)
         return 0
-
-
-def _dismiss(standby: _Standby) -> None:
-    """Tell a launcher standing by to exit (end of its stdin), wait for it, and remove the log it began."""
-    try:
-        standby.proc.stdin.close()
-    except OSError:
-        pass
-    try:
-        standby.proc.wait(timeout=60)
-    except subprocess.TimeoutExpired:
-        os.killpg(standby.proc.pid, signal.SIGKILL)  # its own session: the launcher and its forkserver
-        standby.proc.wait()
-    standby.log.unlink(missing_ok=True)
 
 
 def _finished_at(run: RunDir, *, since: float) -> bool:

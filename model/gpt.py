@@ -16,6 +16,11 @@ from megatron.core.models.gpt import GPTModel
 from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_local_spec
 from megatron.core.transformer import TransformerConfig
 from megatron.core.transformer.spec_utils import ModuleSpec
+from megatron.core.transformer.transformer_block import (
+    TransformerBlock,
+    TransformerBlockSubmodules,
+    get_num_layers_to_build,
+)
 
 from llmops.errors import UserError
 from llmops.spec.run import RunSpec
@@ -91,14 +96,14 @@ def attention_backend(spec: RunSpec) -> str:
     return choice
 
 
-def layer_spec(spec: RunSpec) -> ModuleSpec:
+def layer_spec(spec: RunSpec, backend: str | None = None) -> ModuleSpec:
     """The transformer layer, chosen by spec (Megatron's way), not by branches in the model.
 
     te: Transformer Engine's fused layers. sdpa: Megatron-Core's local modules with
     the SDPA core attention and the linears of :mod:`llmops_model.fast.layers`. megatron: the
-    local modules unchanged (unfused attention).
+    local modules unchanged (unfused attention). `backend`: :func:`attention_backend`'s answer, if known.
     """
-    backend = attention_backend(spec)
+    backend = backend or attention_backend(spec)
     if backend == "te":
         from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_with_transformer_engine_spec
 
@@ -111,6 +116,24 @@ def layer_spec(spec: RunSpec) -> ModuleSpec:
         layer.submodules.self_attention.submodules.core_attention = SDPAttention
         layers.use_in(layer, fused_mlp=spec.train.fused_kernels and not spec.resources.cpu)
     return layer
+
+
+def decoder_spec(spec: RunSpec, config: TransformerConfig) -> ModuleSpec:
+    """This pipeline stage's decoder block: :func:`layer_spec`'s layer for each of its layers, and the norm after
+    the last one.
+
+    Given a layer spec alone, Megatron ends the block in the norm that imports (Transformer Engine's ``TENorm``
+    wherever TE is installed, else Apex's, else torch's), whatever the layers are. The project's own layers
+    would then end in a TE module on a machine with TE and in torch's norm on one without: two models for one
+    spec. TE's layers keep TE's norm; the local layers end in the norm they use themselves.
+    """
+    backend = attention_backend(spec)
+    layer = layer_spec(spec, backend)
+    if backend == "te":
+        return layer
+    layers = get_num_layers_to_build(config, pp_rank=parallel_state.get_pipeline_model_parallel_rank())
+    return ModuleSpec(module=TransformerBlock, submodules=TransformerBlockSubmodules(
+        layer_specs=[layer] * layers, layer_norm=layer.submodules.input_layernorm))
 
 
 class GPT(GPTModel):
@@ -154,7 +177,7 @@ def build_model(spec: RunSpec, *, device: torch.device, compile_layers: bool = F
         config.gradient_accumulation_fusion = fallbacks.wgrad_accumulation_available(device)
     model = GPT(
         config=config,
-        transformer_layer_spec=layer_spec(spec),
+        transformer_layer_spec=decoder_spec(spec, config),
         vocab_size=spec.model.padded_vocab_size,
         max_sequence_length=spec.model.seq_length,
         pre_process=parallel_state.is_pipeline_first_stage(),

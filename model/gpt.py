@@ -221,10 +221,14 @@ def reinitialize(model: GPTModel, *, seed: int, std: float, num_layers: int) -> 
     Norm weights stay one and biases zero, as Megatron sets them; output
     projections use the scaled init, std / sqrt(2 * num_layers).
     """
-    from megatron.core.dist_checkpointing.mapping import ShardedTensor
+    from megatron.core.dist_checkpointing.mapping import ShardedTensor, apply_factories
 
     scaled_std = std / (2.0 * num_layers) ** 0.5
-    for sh in _sharded_tensors(model.sharded_state_dict(prefix=""), ShardedTensor):
+    tensors = model.sharded_state_dict(prefix="")
+    # Factories first: SwiGLU's first MLP weight is two global tensors (gate and up halves, each split over
+    # tensor-parallel ranks); built, each half is a view of this rank's weight, drawn like any other tensor.
+    apply_factories(tensors)
+    for sh in _sharded_tensors(tensors, ShardedTensor):
         if not _is_random_weight(sh.key):
             continue
         layer_ix = sh.global_offset[: sh.prepend_axis_num]

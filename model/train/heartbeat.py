@@ -15,9 +15,12 @@ not exited a timeout later are stopped, and the launcher exits with their code.
 
 When no rank of the node has beaten for ``restarts.hang_timeout`` seconds (unset:
 the larger of 5 minutes, 10 times the slowest step and 3 times the slowest save
-seen so far), the watchdog names the rank that went silent first, has every
-rank write its Python stacks to the stage log (faulthandler, on SIGUSR2; a
-stopped process is continued first so that it can), then kills the workers; the
+seen so far), the watchdog names the ranks the others got past (the likely
+cause: the others wait for them in a collective) or says that all stopped
+at one point (ranks in lockstep do: a frozen one holds the others in the
+step's first collective), has every rank write its Python
+stacks to the stage log (faulthandler, on SIGUSR2; a stopped process is
+continued first so that it can), then kills the workers; the
 launcher exits with ``EXIT_HUNG`` and the backend restarts the stage from its
 latest complete checkpoint, as after a crash. nvidia-resiliency-ext's
 heartbeat monitor does the same for GPUs but needs its own launcher in place of
@@ -74,6 +77,8 @@ class Silence:
     seconds: float
     timeout: float
     code: int | None = None  # every rank had finished its stage with this exit code: not a hang
+    behind: tuple[int, ...] = ()  # the ranks the others got past (empty: every working rank stopped at one point)
+    ahead: tuple[int, str, int] | None = None  # the furthest of the others: (step, phase, rank)
 
     @property
     def finished(self) -> bool:
@@ -83,8 +88,21 @@ class Silence:
         if self.finished:
             return (f"every rank of this node finished its stage (exit code {self.code}), but the workers have not "
                     f"exited {self.seconds:.0f}s later (hang timeout {self.timeout:.0f}s)")
-        return (f"no progress from any rank of this node for {self.seconds:.0f}s (hang timeout {self.timeout:.0f}s); "
-                f"the oldest heartbeat is rank {self.rank}'s, after step {self.step} ({self.phase})")
+        said = f"no progress from any rank of this node for {self.seconds:.0f}s (hang timeout {self.timeout:.0f}s); "
+        if not self.behind:
+            return said + (f"all its ranks stopped at the same point, after step {self.step} ({self.phase}): one "
+                           f"holds the others in a collective, or they share a wait (a rank on another node, "
+                           f"storage, the network); their stacks show which")
+        one = len(self.behind) == 1
+        who = f"rank {self.behind[0]} is" if one else f"ranks {_listed(self.behind)} are"
+        step, phase, rank = self.ahead
+        there = "has finished its stage" if phase == DONE else f"is further, after step {step} ({phase})"
+        return said + (f"{who} behind, after step {self.step} ({self.phase}), while rank {rank} {there}: "
+                       f"the others are most likely waiting for {'it' if one else 'them'}")
+
+
+def _listed(ranks: tuple[int, ...]) -> str:
+    return ", ".join(map(str, ranks[:8])) + (f" and {len(ranks) - 8} more" if len(ranks) > 8 else "")
 
 
 class Watchdog(threading.Thread):
@@ -138,8 +156,18 @@ class Watchdog(threading.Thread):
         if not working:  # finished, stuck on the way out: the worst code is the stage's
             last = max(beats.values(), key=lambda b: (b.get("code") or 0, b["time"]))
             return Silence(last["rank"], last["step"], DONE, now - newest, self.timeout(), last.get("code"))
-        first = min(working, key=lambda b: b["time"])
-        return Silence(first["rank"], first["step"], first["phase"], now - newest, self.timeout())
+        # The ranks behind: at the lowest step, those at the point of the oldest beat there. (A save is
+        # collective: no rank beats "step" after a save that another has not entered and beaten "checkpoint" for.)
+        lowest = min(b["step"] for b in working)
+        first = min((b for b in working if b["step"] == lowest), key=lambda b: b["time"])
+        there = [b for b in working if (b["step"], b["phase"]) == (first["step"], first["phase"])]
+        others = [b for b in beats.values() if b not in there]  # finished ranks included: they got further
+        if not others:
+            return Silence(first["rank"], first["step"], first["phase"], now - newest, self.timeout())
+        furthest = max(others, key=lambda b: (b["phase"] == DONE, b["step"], b["time"]))
+        return Silence(first["rank"], first["step"], first["phase"], now - newest, self.timeout(),
+                       behind=tuple(sorted(b["rank"] for b in there)),
+                       ahead=(furthest["step"], furthest["phase"], furthest["rank"]))
 
     def run(self) -> None:
         while not self._stop.wait(self.poll):

@@ -208,6 +208,7 @@ def test_a_frozen_rank_is_found_its_stacks_kept_and_the_stage_restarted(faulted)
     run = faulted["hung"]
     first, then = _hung_once(run)
     assert "[llmops] hung: no progress from any rank of this node for" in first
+    _names_the_held_or_the_holder(first)
     # faulthandler's dump of each rank: the frozen one (continued to write it) and the one waiting for it
     assert first.count("most recent call first") >= 2 and "train/loop.py" in first
     assert "[llmops] stacks of rank 0, pid" in first
@@ -221,6 +222,13 @@ def test_a_frozen_rank_is_found_its_stacks_kept_and_the_stage_restarted(faulted)
     (stage,) = [s for s in summarize(RunDir(run))["stages"] if s.name == "pretrain"]
     assert stage.lost_steps >= faulted["frozen_after"] - INTERVAL and stage.time["lost"] > 0
     assert not [p for p in workers(run) if p.status() == psutil.STATUS_STOPPED]
+
+
+def _names_the_held_or_the_holder(log: str) -> None:
+    """Rank 1 hangs, rank 0 waits for it: the watchdog names rank 1 as behind where their heartbeats show it, or
+    says they stopped together where ranks in lockstep do (rank 0 held in the step's first collective)."""
+    said = log.split("[llmops] hung: ")[1].splitlines()[0]
+    assert "all its ranks stopped at the same point" in said or "rank 1 is behind" in said, said
 
 
 def _hung_once(run: Path) -> tuple[str, str]:
@@ -239,6 +247,7 @@ def _hung_once(run: Path) -> tuple[str, str]:
 def test_a_rank_stuck_inside_a_collective_is_found_and_the_stage_restarted(faulted):
     first, then = _hung_once(faulted["in_collective"])
     assert "[test] rank 1 hangs in a receive before" in first and "[llmops] hung: no progress" in first
+    _names_the_held_or_the_holder(first)
     # both ranks' stacks: rank 1 in its receive, rank 0 in the collective rank 1 never joined
     dumps = first.split("[llmops] stacks of rank ")[1:]
     assert sorted(d[0] for d in dumps) == ["0", "1"]

@@ -21,7 +21,7 @@ def _dog(folder: Path, timeout: float | None = None) -> heartbeat.Watchdog:
     return heartbeat.Watchdog(folder, ranks=2, timeout=timeout, workers=list, on_hang=lambda s: None)
 
 
-def test_it_arms_once_every_rank_has_beaten_and_names_the_oldest_heartbeat(tmp_path):
+def test_it_arms_once_every_rank_has_beaten_and_names_the_rank_behind(tmp_path):
     dog = _dog(tmp_path, timeout=10)
     _beat(tmp_path, 0, 5, "step", at=100.0)
     assert dog.check(now=1000.0) is None  # rank 1 has not finished a step: start-up is not watched
@@ -29,8 +29,25 @@ def test_it_arms_once_every_rank_has_beaten_and_names_the_oldest_heartbeat(tmp_p
     assert dog.check(now=109.0) is None
     found = dog.check(now=111.0)
     assert (found.rank, found.step, found.phase, found.timeout) == (1, 4, "checkpoint", 10)
+    assert (found.behind, found.ahead) == ((1,), (5, "step", 0))
     assert round(found.seconds) == 11  # since the newest heartbeat: the node as a whole went quiet
-    assert "the oldest heartbeat is rank 1's, after step 4 (checkpoint)" in found.describe()
+    assert ("rank 1 is behind, after step 4 (checkpoint), while rank 0 is further, after step 5 (step): the others "
+            "are most likely waiting for it") in found.describe()
+
+
+def test_ranks_stopped_together_are_told_apart_from_ranks_left_behind(tmp_path):
+    dog = heartbeat.Watchdog(tmp_path, ranks=4, timeout=10, workers=list, on_hang=lambda s: None)
+    for rank in range(4):  # all four inside the same save: a wait they share
+        _beat(tmp_path, rank, 7, "checkpoint", at=100.0 + rank)
+    found = dog.check(now=120.0)
+    assert found.behind == () and (found.step, found.phase) == (7, "checkpoint")
+    assert "all its ranks stopped at the same point, after step 7 (checkpoint)" in found.describe()
+    _beat(tmp_path, 0, 8, "step", at=105.0)  # rank 0 got out of the save and through a step; 1-3 did not
+    _beat(tmp_path, 2, 8, "step", at=104.0)
+    found = dog.check(now=120.0)
+    assert (found.behind, found.ahead) == ((1, 3), (8, "step", 0)), found
+    assert "ranks 1, 3 are behind, after step 7 (checkpoint)" in found.describe()
+    assert found.describe().endswith("waiting for them")
 
 
 def test_unset_the_timeout_grows_with_the_slowest_step_and_save(tmp_path):
@@ -68,7 +85,8 @@ def test_ranks_that_finished_their_stage_are_not_hung_only_slow_to_exit(tmp_path
     _beat(tmp_path, 0, 30, heartbeat.DONE, at=100.0)
     _beat(tmp_path, 1, 30, "step", at=99.0)
     found = dog.check(now=111.0)  # rank 1 has not finished: silence there is a hang
-    assert (found.rank, found.phase, found.finished) == (1, "step", False)
+    assert (found.rank, found.phase, found.finished, found.behind) == (1, "step", False, (1,))
+    assert "rank 1 is behind, after step 30 (step), while rank 0 has finished its stage" in found.describe()
     (tmp_path / "rank-1.json").write_text(json.dumps({"rank": 1, "pid": 1, "step": 30, "phase": heartbeat.DONE,
                                                       "time": 101.0, "code": 75}))
     assert dog.check(now=110.0) is None

@@ -13,7 +13,10 @@ workers instead of being handled by torchrun's agent: the agent would tear
 the workers down after a fixed grace period and report its own signal,
 losing the workers' exit codes. This way the agent keeps watching, sees the
 workers checkpoint and exit 75, and the exit code says "requeue" on every
-node, whether the signal reached the launcher or the workers directly.
+node, whether the signal reached the launcher or the workers directly. A
+notice that comes before the workers exist (the launcher importing, meeting
+its peers, forking) is kept for them: each takes it when it starts, trains
+to its first step boundary, checkpoints and exits 75.
 
 On several nodes the rendezvous store lives in node 0's agent. When a stop
 reaches the run, node 0's workers can checkpoint and exit a moment before
@@ -59,7 +62,8 @@ STORE_LOSS_GRACE_SECONDS = 60.0
 
 
 def _forward_to_workers(signum, frame) -> None:
-    """Pass a preemption notice to every worker."""
+    """Pass a preemption notice to every worker, and keep it for workers not started yet (heartbeat.leave_notice)."""
+    heartbeat.leave_notice(signum)
     for pid in workers(os.getpid()):
         try:
             os.kill(pid, signum)
@@ -205,10 +209,10 @@ def run_agent(torchrun_argv: list[str], worker: list[str], *, run_dir: str | Non
     # it as TORCHELASTIC_SIGNALS_TO_HANDLE; older ones read only the latter.
     os.environ["PET_SIGNALS_TO_HANDLE"] = os.environ["TORCHELASTIC_SIGNALS_TO_HANDLE"] = _AGENT_SIGNALS
     os.environ.setdefault("PYTHONUNBUFFERED", "1")
-    for sig in _NOTICES:
-        signal.signal(sig, _forward_to_workers)
     beats = Path(tempfile.mkdtemp(prefix="llmops-heartbeats-"))  # a fresh folder each launch
     os.environ[heartbeat.ENV] = str(beats)
+    for sig in _NOTICES:  # after the folder: a notice is kept there for workers not started yet
+        signal.signal(sig, _forward_to_workers)
     spec = _spec(run_dir)
     warm_start = spec is not None and procs.warm_start(spec)  # workers forked from llmops_model.warm
     if warm_start:
@@ -225,6 +229,7 @@ def run_agent(torchrun_argv: list[str], worker: list[str], *, run_dir: str | Non
 
     args = parse_args([*torchrun_argv, *worker])
     if os.environ.get(procs.STANDBY_ENV) == "1":  # imported, the forkserver preloading: wait for the stage
+        print("[llmops] standing by: this stage starts when the one before it ends", file=sys.stderr, flush=True)
         if sys.stdin.readline().strip() != "go":  # the stage before failed, or the run was cancelled
             shutil.rmtree(os.environ.pop(heartbeat.ENV), ignore_errors=True)
             return EXIT_OK

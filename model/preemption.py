@@ -18,6 +18,7 @@ import signal
 import torch
 import torch.distributed as dist
 
+from llmops_model.train import heartbeat
 from llmops_model.train.metrics import Readout
 
 HANDLED = (signal.SIGTERM, signal.SIGUSR1)
@@ -32,6 +33,9 @@ class PreemptionFlag:
     def install(self) -> PreemptionFlag:
         for sig in HANDLED:
             self._previous[sig] = signal.signal(sig, self._handle)
+        left = heartbeat.notice_left()  # one the launcher got before this worker was there to be told
+        if left is not None and self.signal is None:
+            self.signal = left
         return self
 
     def _handle(self, signum, frame) -> None:

@@ -1,4 +1,5 @@
-"""Hang detection: every training rank beats, the node's launcher watches, and a silent job is stopped.
+"""Hang detection: every training rank beats, the node's launcher watches, and a silent job is stopped. The same
+folder carries a preemption notice the other way, to workers the launcher had not started yet (leave_notice).
 
 A rank stuck in a collective, a data read or a deadlocked thread neither exits
 nor errs; the job would wait for the process-group timeout, and a cluster would
@@ -45,6 +46,7 @@ ENV = "LLMOPS_HEARTBEATS"
 STACKS = signal.SIGUSR2  # SIGUSR1 is Slurm's preemption notice
 MIN_AUTO_TIMEOUT = 300.0
 DONE = "done"  # the phase of a rank that has finished its stage
+NOTICE = "notice"  # the file of a preemption notice the launcher got (leave_notice)
 
 
 def install() -> None:
@@ -65,6 +67,30 @@ def beat(step: int, phase: str, *, code: int | None = None) -> None:
     tmp.write_text(json.dumps({"rank": int(rank), "pid": os.getpid(), "step": step, "phase": phase,
                                "time": time.time(), "code": code}))
     os.replace(tmp, path)
+
+
+def leave_notice(signum: int) -> None:
+    """In the launcher: keep a preemption notice in the folder, for workers that are not there yet to take it.
+
+    A notice forwarded to the workers reaches only those that exist: one that comes while the launcher is still
+    importing, meeting its peers or forking would be lost, and the stage would train to its end. Each worker
+    reads it when it installs its handler (:func:`notice_left`). The folder is new for every launch, so a
+    notice never outlives the launch it was for."""
+    folder = os.environ.get(ENV)
+    if folder:
+        path = Path(folder) / NOTICE
+        tmp = path.with_name(f".{NOTICE}.tmp")
+        tmp.write_text(str(int(signum)))
+        os.replace(tmp, path)
+
+
+def notice_left() -> int | None:
+    """In a worker: the preemption notice the launcher kept (:func:`leave_notice`), if it got one."""
+    folder = os.environ.get(ENV)
+    try:
+        return int((Path(folder) / NOTICE).read_text()) if folder else None
+    except (OSError, ValueError):
+        return None
 
 
 @dataclass

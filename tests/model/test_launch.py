@@ -34,6 +34,37 @@ def test_notice_to_the_launcher_checkpoints_and_exits_75(tmp_path, notice):
     assert f"preemption signal {int(notice)}" in out
 
 
+def test_a_notice_before_the_workers_exist_reaches_them_when_they_start(tmp_path):
+    """A launcher with no workers yet (standing by here; importing, meeting its peers or forking elsewhere) keeps a
+    notice for them: once started they stop at their first step boundary, checkpointed, and it exits 75, where
+    it used to start them and train to the end (a cancel in the first seconds of a stage was lost)."""
+    import os
+
+    run = RunDir.create(parse_spec(tiny_spec("early", tp=1, pp=2, steps=5000)), tmp_path / "early-1")
+    proc = subprocess.Popen([sys.executable, "-m", "llmops_model.launch", "--standalone", "--nnodes", "1",
+                             "--nproc-per-node", "2", str(run.path)], env={**os.environ, "LLMOPS_STANDBY": "1"},
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        said = []
+        for line in proc.stdout:  # its notice handler is in place once it stands by
+            said.append(line)
+            if line.startswith("[llmops] standing by"):
+                break
+        assert said and said[-1].startswith("[llmops] standing by"), "".join(said)[-3000:]
+        proc.send_signal(signal.SIGTERM)
+        proc.stdin.write("go\n")
+        proc.stdin.close()
+        out = proc.stdout.read()
+        proc.wait(timeout=180)
+    finally:
+        if proc.poll() is None:  # the notice was lost: 5000 steps to go
+            proc.kill()
+    assert proc.returncode == 75, out[-3000:]
+    assert json.loads((run.path / "last_exit.json").read_text())["step"] == 1
+    assert (run.path / "checkpoints" / "iter_0000001" / "llmops-manifest.json").is_file()
+    assert "preemption signal 15: checkpoint at step 1" in out
+
+
 def test_workers_forked_warm_train_as_fresh_interpreters_do_and_show_as_that_command(tmp_path):
     """CPU runs fork their workers from a forkserver that has imported torch and Megatron (llmops_model.warm);
     GPU runs, and LLMOPS_WARM_START=0, start each in a fresh interpreter. Both train alike."""

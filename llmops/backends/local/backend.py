@@ -112,10 +112,12 @@ class LocalBackend(Backend):
 
     def cancel(self, run: RunDir, *, force: bool = False) -> None:
         """Signal the run's processes, each checked to still be the run's own (pid, start time, run id)."""
-        status = run.read_status()
-        if status.state in TERMINAL:
+        if run.read_status().state in TERMINAL:
             return
+        # The marker before the launcher's pid is read: a supervisor that launches in between finds the marker
+        # once it has recorded the launcher (Supervisor.launch) and passes the cancel on itself.
         run.cancel_marker.touch()
+        status = run.read_status()
         if is_ours(status.job_pgid, started_at=status.job_started, token=run.id):
             signal_job(status.job_pgid, signal.SIGKILL if force else signal.SIGTERM, stage=status.stage)
         if force and _supervisor_alive(run, status):

@@ -136,6 +136,8 @@ class Supervisor:
         ahead = self._released(stage, attempt)
         self.child = ahead or self._start(stage, attempt)
         run.update_status(job_pgid=self.child.pid, job_started=started(self.child.pid))
+        if run.cancel_marker.exists():  # a cancel that read the status before the pid was there (backend.cancel)
+            signal_job(self.child.pid, signal.SIGTERM, stage=stage)
         run.update_stage(stage, launched_ahead=ahead is not None)
         launched = time.time()
         following = self.next_stage if self.next_stage in self.spec.training_stages and warm_start(self.spec) else None
@@ -148,7 +150,13 @@ class Supervisor:
                 pass
             if following and self.standby is None and self._winding_down(stage, since=launched, pace=pace):
                 attempt_ahead = len(run.log_files(following))
-                self.standby = _Standby(following, attempt_ahead, self._start(following, attempt_ahead, standby=True))
+                try:
+                    ahead = self._start(following, attempt_ahead, standby=True)
+                except OSError as exc:  # a head start only: the stage will start as usual
+                    print(f"llmops: could not start the next stage's launcher ahead: {exc}", file=sys.stderr)
+                    following = None
+                    continue
+                self.standby = _Standby(following, attempt_ahead, ahead)
         run.update_status(job_pgid=None, job_started=None)
         return code
 
@@ -216,6 +224,19 @@ class Supervisor:
             standby.proc.wait()
         self.run.log_path(standby.stage, standby.attempt).unlink(missing_ok=True)
 
+    def stop_job(self, grace: float = 120.0) -> None:
+        """Stop the stage's launcher as a cancel does (its workers checkpoint and exit), killed after `grace`
+        seconds; for when this supervisor cannot go on, so that nothing it started outlives it unwatched."""
+        child = self.child
+        if child is None or child.poll() is not None:
+            return
+        signal_job(child.pid, signal.SIGTERM, stage=self.stage)
+        try:
+            child.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            signal_job(child.pid, signal.SIGKILL, stage=self.stage)
+            child.wait()
+
     def end_stage(self, stage: str, state: str, code: int | None, message: str) -> tuple[str, int | None, str]:
         self.run.update_stage(stage, state=state, exit_code=code, message=message, ended_at=time.time())
         return state, code, message
@@ -256,10 +277,11 @@ def main() -> int:
     try:
         supervisor = Supervisor(run)
         return supervisor.supervise()
-    except Exception as exc:  # the supervisor must leave a terminal state behind
+    except Exception as exc:  # the supervisor must leave a terminal state behind, and no job running unwatched
         if supervisor is not None:
             supervisor.dismiss_standby()
-        run.update_status(state=FAILED, message=f"supervisor error: {exc}", ended_at=time.time())
+            supervisor.stop_job()
+        run.update_status(state=FAILED, message=f"supervisor error: {exc}", ended_at=time.time(), job_pgid=None)
         raise
 
 

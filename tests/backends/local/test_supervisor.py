@@ -93,3 +93,44 @@ def test_cancel_waits_without_killing_and_resume_follows_the_new_attempt_to_its_
     assert not any(word in shown for word in ("Warning", "warnings.warn", "torch.distributed", "Traceback"))
     assert all(len(line) <= 80 for line in shown.splitlines()), max(shown.splitlines(), key=len)
     assert "model:  " in res.stderr and "iter_0000030" in res.stderr and f"llmops report {run_dir.name}" in shown
+
+
+STAND_IN = """
+import signal, sys, time
+signal.signal(signal.SIGTERM, lambda *_: sys.exit(75))  # a launcher's notice: checkpoint and exit 75
+time.sleep(600)
+"""
+
+
+def test_a_supervisor_that_fails_stops_the_job_it_started(tmp_path, monkeypatch):
+    """An error in the supervisor itself (a status write, say) leaves the run FAILED and no launcher training on
+    unwatched, which `llmops cancel` could no longer reach (a FAILED run is ended)."""
+    import sys
+
+    import pytest
+
+    from llmops.backends.local import supervisor
+    from llmops.runs.rundir import RunDir
+    from llmops.spec.load import parse_spec
+
+    run = RunDir.create(parse_spec(tiny_spec("broken")), tmp_path / "runs" / "broken-1")
+    script = tmp_path / "stand_in.py"
+    script.write_text(STAND_IN)
+    monkeypatch.setattr(supervisor, "launch_command", lambda spec, path: [sys.executable, str(script)])
+    started = []
+    update_stage = RunDir.update_stage
+
+    def failing_update(self, stage, **fields):
+        if "launched_ahead" in fields:  # written once the launcher runs
+            started.append(psutil.Process(self.read_status().job_pgid))
+            raise OSError(28, "No space left on device")
+        return update_stage(self, stage, **fields)
+
+    monkeypatch.setattr(RunDir, "update_stage", failing_update)
+    monkeypatch.setattr(sys, "argv", ["supervisor", str(run.path)])
+    with pytest.raises(OSError, match="No space left"):
+        supervisor.main()
+    (launcher,) = started
+    assert not launcher.is_running() or launcher.status() == psutil.STATUS_ZOMBIE
+    st = run.read_status()
+    assert st.state == "FAILED" and "supervisor error" in st.message and st.job_pgid is None, st

@@ -212,7 +212,9 @@ class Supervisor:
             self.standby = None
 
     def _dismiss(self, standby: _Standby) -> None:
-        """Tell a launcher standing by to exit (end of its stdin), wait for it, and remove the log it began."""
+        """Tell a launcher standing by to exit (end of its stdin), wait for it, and remove the log it began, unless
+        it ended otherwise than dismissed (it died standing by, or had to be killed): that log is kept, the only
+        account of why; a launcher started afresh for the same attempt writes on after it."""
         try:
             standby.proc.stdin.close()
         except OSError:
@@ -222,7 +224,8 @@ class Supervisor:
         except subprocess.TimeoutExpired:
             os.killpg(standby.proc.pid, signal.SIGKILL)  # its own session: the launcher and its forkserver
             standby.proc.wait()
-        self.run.log_path(standby.stage, standby.attempt).unlink(missing_ok=True)
+        if standby.proc.returncode == 0:
+            self.run.log_path(standby.stage, standby.attempt).unlink(missing_ok=True)
 
     def stop_job(self, grace: float = 120.0) -> None:
         """Stop the stage's launcher as a cancel does (its workers checkpoint and exit), killed after `grace`

@@ -22,6 +22,9 @@ FAKE_LAUNCHER = textwrap.dedent("""
     run, stage = Path(sys.argv[1]), os.environ["LLMOPS_STAGE"]
     record = {"stage": stage, "restart": int(os.environ["LLMOPS_RESTART"]), "pid": os.getpid(), "began": time.time()}
     if os.environ.get("LLMOPS_STANDBY") == "1":
+        if os.environ.get("FAKE_STANDBY_DIES") == stage:
+            print("out of memory while standing by", flush=True)
+            sys.exit(3)
         if sys.stdin.readline().strip() != "go":
             record["dismissed"] = time.time()
             with open(run / "launches.jsonl", "a") as f:
@@ -66,11 +69,14 @@ def supervised(tmp_path, monkeypatch):
     stage = {"data": {"builtin": "python-docstrings"}, "steps": 10, "global_batch_size": 8, "micro_batch_size": 2,
              "tokenizer": str(tokenizer)}
 
-    def supervise(crash_once: str | None = None, **exits: int) -> tuple[RunDir, list[dict]]:
+    def supervise(crash_once: str | None = None, standby_dies: str | None = None,
+                  **exits: int) -> tuple[RunDir, list[dict]]:
         for name, code in exits.items():
             monkeypatch.setenv(f"FAKE_EXIT_{name.upper()}", str(code))
         if crash_once:
             monkeypatch.setenv("FAKE_CRASH_ONCE", crash_once)
+        if standby_dies:
+            monkeypatch.setenv("FAKE_STANDBY_DIES", standby_dies)
         spec = parse_spec(tiny_spec("standby", align=[{"method": "sft", **stage}, {"method": "dpo", **stage}],
                                     restarts={"max_restarts": 1}))
         run = RunDir.create(spec, tmp_path / "runs" / "standby-1")
@@ -97,7 +103,7 @@ def test_the_next_stage_launcher_stands_by_and_goes_when_the_stage_before_has_su
 
 
 def test_a_failed_stage_dismisses_the_launcher_standing_by_and_removes_its_log(supervised):
-    run, launches = supervised(sft=1)  # the SFT training crashes (max_restarts 0) after DPO's launcher started
+    run, launches = supervised(sft=1)  # SFT crashes on each attempt (max_restarts 1) after DPO's launcher started
     st = run.read_status()
     assert st.state == "FAILED" and st.stages["sft"]["state"] == "FAILED" and "dpo" not in st.stages
     (dpo,) = [r for r in launches if r["stage"] == "dpo"]
@@ -119,3 +125,13 @@ def test_a_restart_of_the_stage_before_keeps_the_launcher_standing_by(supervised
     assert dpo["began"] < sft_restart["began"] and "released" in dpo  # the one launcher, started before the crash
     assert sorted(p.name for p in run.logs.iterdir()) == ["dpo.restart-0.log", "pretrain.restart-0.log",
                                                           "sft.restart-0.log", "sft.restart-1.log"]
+
+
+def test_a_launcher_that_died_standing_by_is_replaced_and_its_log_kept(supervised):
+    run, launches = supervised(standby_dies="sft")  # its output is the only account of why it died
+    st = run.read_status()
+    assert st.state == "SUCCEEDED" and st.stages["sft"]["launched_ahead"] is False
+    (sft,) = [r for r in launches if r["stage"] == "sft"]  # the one started afresh, for the same attempt
+    assert sft["restart"] == 0 and "released" not in sft
+    assert "out of memory while standing by" in (run.logs / "sft.restart-0.log").read_text()
+

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import stat
 
 import psutil
 
@@ -10,6 +11,18 @@ import psutil
 # before ends): the launcher imports and starts its warm workers' forkserver, then waits for a line on stdin,
 # "go" to run the stage, anything else or the end of the input to exit 0 having started nothing.
 STANDBY_ENV = "LLMOPS_STANDBY"
+
+
+def standing_by() -> bool:
+    """Whether this launcher was started to stand by (STANDBY_ENV): the variable, and its stdin a pipe from the
+    supervisor that will say "go". The variable alone, leaked into a launch whose stdin is a terminal or
+    /dev/null, must not make a launcher exit 0 having trained nothing."""
+    if os.environ.get(STANDBY_ENV) != "1":
+        return False
+    try:
+        return stat.S_ISFIFO(os.fstat(0).st_mode)
+    except OSError:
+        return False
 
 
 def warm_start(spec) -> bool:

@@ -228,7 +228,7 @@ def run_agent(torchrun_argv: list[str], worker: list[str], *, run_dir: str | Non
     from torch.distributed.run import parse_args, run
 
     args = parse_args([*torchrun_argv, *worker])
-    if os.environ.get(procs.STANDBY_ENV) == "1":  # imported, the forkserver preloading: wait for the stage
+    if procs.standing_by():  # imported, the forkserver preloading: wait for the stage
         print("[llmops] standing by: this stage starts when the one before it ends", file=sys.stderr, flush=True)
         if sys.stdin.readline().strip() != "go":  # the stage before failed, or the run was cancelled
             shutil.rmtree(os.environ.pop(heartbeat.ENV), ignore_errors=True)

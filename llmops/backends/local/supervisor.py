@@ -182,7 +182,8 @@ class Supervisor:
     def _start(self, stage: str, attempt: int, *, standby: bool = False) -> subprocess.Popen:
         run = self.run
         command = prepare_command(run.path) if stage == "prepare" else launch_command(self.spec, run.path)
-        env = {**os.environ, "LLMOPS_RESTART": str(attempt), "LLMOPS_STAGE": stage}
+        env = {k: v for k, v in os.environ.items() if k != STANDBY_ENV}
+        env.update(LLMOPS_RESTART=str(attempt), LLMOPS_STAGE=stage)
         if standby:
             env[STANDBY_ENV] = "1"
         with open(run.log_path(stage, attempt), "ab") as log:

@@ -135,3 +135,22 @@ def test_a_launcher_that_died_standing_by_is_replaced_and_its_log_kept(supervise
     assert sft["restart"] == 0 and "released" not in sft
     assert "out of memory while standing by" in (run.logs / "sft.restart-0.log").read_text()
 
+
+
+@pytest.mark.parametrize(("variable", "stdin", "expected"), [
+    ("1", "pipe", True), ("1", "devnull", False), (None, "pipe", False)], ids=["asked", "leaked", "unasked"])
+def test_a_launcher_stands_by_only_when_asked_with_a_pipe_to_hear_go_on(variable, stdin, expected):
+    """The variable alone (leaked into a Slurm or Kubernetes launch, say) would make a launcher exit 0 having
+    trained nothing, its stage then marked SUCCEEDED: a launcher stands by only with its stdin a pipe."""
+    import os
+    import subprocess
+
+    env = {k: v for k, v in os.environ.items() if k != "LLMOPS_STANDBY"} | ({"LLMOPS_STANDBY": variable}
+                                                                          if variable else {})
+    command = [sys.executable, "-c", "from llmops.procs import standing_by; print(standing_by())"]
+    if stdin == "pipe":
+        res = subprocess.run(command, input="", capture_output=True, text=True, env=env)
+    else:
+        res = subprocess.run(command, stdin=subprocess.DEVNULL, capture_output=True, text=True, env=env)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.strip() == str(expected)

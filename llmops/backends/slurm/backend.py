@@ -15,6 +15,7 @@ no accounting database (sacct) is needed.
 from __future__ import annotations
 
 import json
+import re
 import sys
 import time
 from collections.abc import Iterator
@@ -125,7 +126,7 @@ class SlurmBackend(Backend):
                 transport.run(["rm", "-f", f"{remote}/{secrets.FILE}"])
             raise UserError(f"Slurm refused the run: {_last_lines(res.stderr)}",
                             "fix the request (partition, account, qos, time, resources) and submit again")
-        stages = _parse_submitted(res.stdout)
+        stages = _parse_submitted(res.stdout, list(request.spec.stages))
         (run.path / JOBS_FILE).write_text(json.dumps({"stages": stages, "submitted_at": time.time()}, indent=1))
         ids = [i for stage_ids in stages.values() for i in stage_ids]
         run.update_status(state=PENDING, backend=self.name, job_id=",".join(ids), exit_code=None, ended_at=None,
@@ -233,13 +234,20 @@ def _jobs_record(run: RunDir) -> dict | None:
         return None
 
 
-def _parse_submitted(stdout: str) -> dict[str, list[str]]:
-    stages: dict[str, list[str]] = {}
+def _parse_submitted(stdout: str, stages: list[str]) -> dict[str, list[str]]:
+    """submit.sh's "<stage> <job id>..." and "<stage> finished" lines. Only those: over SSH the script runs in a
+    login shell, whose profile may print anything ("Disk quota 1234 of 5000"), and a word taken for a stage or
+    a job id would be asked of squeue and handed to scancel."""
+    found: dict[str, list[str]] = {}
     for line in stdout.splitlines():
-        stage, _, rest = line.strip().partition(" ")
-        if stage:
-            stages[stage] = [] if rest == "finished" else rest.split()
-    return stages
+        stage, *rest = line.split()
+        if stage not in stages or not rest:
+            continue
+        if rest == ["finished"]:
+            found[stage] = []
+        elif all(re.fullmatch(r"\d+", word) for word in rest):
+            found[stage] = rest
+    return found
 
 
 def _shard_markers(run: RunDir, stage: str) -> tuple[list[str], int, list[tuple[str, str]]]:

@@ -125,6 +125,15 @@ event() {{
     echo "$(date +%s) $STAGE job=$SLURM_JOB_ID restart=$RESTART $*" | tee -a "$RUN_DIR/slurm/events.log"
 }}
 
+# The pre-timeout SIGUSR1 reaches only this script (B:), which passes it on to every process of the job
+# steps (scancel --signal signals them and kills nothing; srun itself would end the step on a signal).
+# The launchers forward it to their workers, which checkpoint at the end of the step and exit 75. Trapped
+# from the start: a notice during the setup below means no launch, and a requeue.
+NOTICE=0    # set when the pre-timeout SIGUSR1 arrives: checkpoint, then requeue
+STOPPED=0   # set when Slurm sends SIGTERM: requeue by an admin, preemption, scancel, time limit
+trap 'NOTICE=1; event notice signal=USR1; scancel --signal=USR1 "$SLURM_JOB_ID"' USR1
+trap 'STOPPED=1; event notice signal=TERM' TERM  # the training processes get SIGTERM from Slurm directly
+
 if [ -e "$FINISHED" ]; then
     event finished "reason=already finished before this attempt"
     exit 0
@@ -191,15 +200,7 @@ else
 fi"""
 
 
-_RUN = r"""# The pre-timeout SIGUSR1 reaches only this script (B:), which passes it on to every process of the job
-# steps (scancel --signal signals them and kills nothing; srun itself would end the step on a signal).
-# The launchers forward it to their workers, which checkpoint at the end of the step and exit 75.
-NOTICE=0    # set when the pre-timeout SIGUSR1 arrives: checkpoint, then requeue
-STOPPED=0   # set when Slurm sends SIGTERM: requeue by an admin, preemption, scancel, time limit
-trap 'NOTICE=1; event notice signal=USR1; scancel --signal=USR1 "$SLURM_JOB_ID"' USR1
-trap 'STOPPED=1; event notice signal=TERM' TERM  # the training processes get SIGTERM from Slurm directly
-
-if [ -e "$RUN_DIR/cancel-requested" ]; then   # `llmops cancel` while this attempt waited or set up
+_RUN = r"""if [ -e "$RUN_DIR/cancel-requested" ]; then   # `llmops cancel` while this attempt waited or set up
     event cancelled code=1 "reason=cancelled by the user before the launch"
     exit 1
 fi
@@ -216,11 +217,18 @@ if [ "$NOTICE" = 0 ] && [ "$STOPPED" = 0 ]; then
         @LAUNCH@ \
         >>"$LOG" 2>&1 &
     SRUN=$!
-    # `wait` returns early when a trapped signal arrives; wait again until srun itself has exited.
+    # `wait` returns early (above 128) when a trapped signal arrives; wait again until srun itself has exited.
+    # One that exited while the trap ran still has its status for a last wait (127: that wait had it).
     while :; do
         wait "$SRUN"
         CODE=$?
-        kill -0 "$SRUN" 2>/dev/null || break
+        kill -0 "$SRUN" 2>/dev/null && continue
+        if [ "$CODE" -gt 128 ]; then
+            wait "$SRUN"
+            LAST=$?
+            [ "$LAST" = 127 ] || CODE=$LAST
+        fi
+        break
     done
 fi"""
 
@@ -254,7 +262,9 @@ if [ "${SLURM_RESTART_COUNT:-0}" -ge "$MAX_RESTARTS" ]; then
     exit "$CODE"
 fi
 event requeue code=$CODE "reason=$REASON"
-scontrol requeue "$SLURM_JOB_ID"
+if ! scontrol requeue "$SLURM_JOB_ID"; then
+    event failed code=$CODE "reason=$REASON; Slurm refused to requeue the job (scontrol requeue), see $LOG"
+fi
 exit "$CODE"
 """  # noqa: E501 (the rendered script's own comment line, pinned by the golden files)
 

@@ -82,6 +82,14 @@ class ContainerSpec(SpecModel):
         return None if workdir is None else shell.check_absolute(workdir, "container workdir")
 
 
+# The batch script's own variables (render.py) and Slurm's and llmops's: an `env` entry of one of these names
+# would be exported over the script's value (MAX_RESTARTS lifting the restart limit, LOG sending the logs
+# elsewhere, SLURM_RESTART_COUNT resetting the requeue count).
+SCRIPT_VARIABLES = frozenset({"RUN_DIR", "STAGE", "MAX_RESTARTS", "FINISHED", "RESTART", "LOG", "NOTICE", "STOPPED",
+                              "CODE", "SRUN", "CONTAINER", "REASON", "HEAD", "PORT", "LAST"})
+RESERVED_PREFIXES = ("SLURM_", "LLMOPS_")
+
+
 class SlurmSpec(SpecModel):
     """Where and how a run lands on a Slurm cluster (used when backend is slurm).
 
@@ -165,6 +173,9 @@ class SlurmSpec(SpecModel):
     def _env(cls, env: dict[str, str]) -> dict[str, str]:
         for key, value in env.items():
             shell.check_env_key(key)
+            if key in SCRIPT_VARIABLES or key.startswith(RESERVED_PREFIXES):
+                raise ValueError(f"{key} is the batch script's own (or Slurm's, or llmops's) and would be exported "
+                                 "over its value; name the variable otherwise")
             if "\x00" in value:
                 raise ValueError(f"the value of {key} holds a NUL character, which no environment can carry")
         return env

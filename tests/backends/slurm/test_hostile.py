@@ -186,3 +186,44 @@ def test_strict_mode_refuses_the_fields_that_run_commands_by_design(tmp_path):
     spec["profile"] = "ci"
     res = llmops("validate", str(write_spec(tmp_path / "p.yaml", spec)), env={"LLMOPS_PROFILE_PATH": str(profiles)})
     assert res.returncode == 2 and "strict mode" in res.stderr
+
+
+def test_env_cannot_take_over_the_batch_scripts_own_variables():
+    """`env` is exported after the script has set its own variables: MAX_RESTARTS would lift the restart limit,
+    SLURM_RESTART_COUNT reset the requeue count, LOG send the logs elsewhere. Every variable a rendered script
+    assigns (the golden files) is one `env` may not name."""
+    import re
+
+    from llmops.backends.slurm.spec import SCRIPT_VARIABLES
+
+    golden = Path(__file__).parent / "golden"
+    assigned = {m.group(1) for f in golden.glob("*.sbatch")
+                for m in re.finditer(r"^\s*([A-Z_][A-Z0-9_]*)=", f.read_text(), re.M)}
+    assert assigned and assigned <= SCRIPT_VARIABLES, assigned - SCRIPT_VARIABLES
+    for key in ("MAX_RESTARTS", "LOG", "SLURM_RESTART_COUNT", "LLMOPS_STANDBY"):
+        spec = {**tiny_spec("hostile"), "backend": "slurm", "slurm": {"env": {key: "0"}}}
+        with pytest.raises(SpecError) as info:
+            parse_spec(spec)
+        assert "batch script's own" in info.value.render(), key
+    parse_spec({**tiny_spec("fine"), "backend": "slurm", "slurm": {"env": {"NCCL_DEBUG": "INFO", "LOGLEVEL": "1"}}})
+
+
+def test_a_stage_that_ends_while_its_notice_is_handled_keeps_its_own_exit_code(tmp_path, stubs):
+    """The time-limit notice comes as the training ends: srun exits 0 while the script's trap still runs.
+    The script must take srun's 0 (finished), not the code of the signal that cut its `wait` short (138,
+    which read as "checkpointed before the time limit" and requeued a finished stage)."""
+    import shutil
+
+    racing = tmp_path / "racing-stubs"
+    shutil.copytree(stubs, racing)
+    (racing / "srun").write_text("#!/bin/bash\nkill -USR1 $PPID\nsleep 0.2\nexit 0\n")  # the notice, then done
+    (racing / "scancel").write_text("#!/bin/sh\nsleep 1\n")  # the trap passes the notice on: srun ends meanwhile
+    spec = {**tiny_spec("race"), "backend": "slurm", "slurm": {"python": str(stubs / "fakepython")}}
+    out = tmp_path / "race-1"
+    runner.render(runner.plan(parse_spec(spec), path=out))
+    (out / "logs").mkdir(exist_ok=True)
+    _execute(out, "slurm/pretrain.sbatch", racing, tmp_path)
+    events = (out / "slurm" / "events.log").read_text()
+    assert "notice signal=USR1" in events  # the race did happen
+    assert (out / "slurm" / "pretrain.finished").exists(), events
+    assert "finished code=0" in events and "requeue" not in events, events

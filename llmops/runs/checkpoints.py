@@ -74,6 +74,15 @@ def claim(root: Path, *, run: str, stage: str) -> None:
     mine = {"run": run, "stage": stage}
     path = root / OWNER
     if not path.exists():
+        foreign = foreign_checkpoints(root)
+        if foreign:
+            shown = ", ".join(p.name for p in foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3
+                                                            else "")
+            raise UserError(f"the checkpoint folder {root} holds checkpoints llmops did not write ({shown}): a "
+                            "stage resumes from, replaces and prunes the checkpoints in its folder",
+                            "give checkpoint.dir (or the align stage's checkpoint_dir) a new or empty folder; to "
+                            "start from other weights, convert them to a transformers folder and set "
+                            "model.init_from")
         root.mkdir(parents=True, exist_ok=True)
         tmp = root / f".{OWNER}.{socket.gethostname()}.{os.getpid()}"
         tmp.write_text(json.dumps(mine) + "\n")
@@ -159,6 +168,16 @@ def verify_deep(path: Path) -> str | None:
     if not metadata.state_dict_metadata:
         return "the tensor metadata lists no tensors"
     return None
+
+
+def foreign_checkpoints(root: Path) -> list[Path]:
+    """The ``iter_*`` entries under `root` that llmops did not write: no manifest (Megatron-LM's own
+    checkpoints use the same names). llmops's complete checkpoints carry one, and its unfinished ones are
+    ``iter_N.partial``, which only a folder llmops owns holds."""
+    if not root.is_dir():
+        return []
+    return sorted(p for p in root.iterdir() if _ITER_RE.match(p.name) and not p.name.endswith(".partial")
+                  and not (p / MANIFEST).is_file())
 
 
 def read_manifest(path: Path) -> dict[str, Any]:

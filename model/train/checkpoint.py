@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -68,7 +69,8 @@ def _write_atomic(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def _fsync_dir(path: Path) -> None:
+def _fsync(path: Path) -> None:
+    """A file's or a folder's contents (a folder's: its entries) to disk."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -84,22 +86,36 @@ def commit(root: Path, step: int, *, meta: dict[str, Any], keep_last: int) -> Pa
     final = checkpoint_dir(root, step)
     partial = final.with_name(final.name + ".partial")
     files = {str(p.relative_to(partial)): p.stat().st_size for p in sorted(partial.rglob("*")) if p.is_file()}
+    # On disk before the manifest says they are: the shard writers sync theirs, Megatron's common.pt and
+    # metadata files it does not (a host crash could otherwise leave a manifest over a file never written).
+    for name in files:
+        _fsync(partial / name)
+    _fsync(partial)
     _write_atomic(partial / MANIFEST, json.dumps({**meta, "step": step, "files": files,
                                                   "saved_at": time.time()}, indent=1))
-    if final.exists():  # an older save of the same step (a resumed run re-saving): replace it
+    if final.exists():  # an older save of the same step (a resumed run re-saving): replace it, if it is ours
+        if not (final / MANIFEST).is_file():
+            raise FileExistsError(f"{final} exists and llmops did not write it (no {MANIFEST}): left as it is")
         shutil.rmtree(final)
     os.replace(partial, final)
-    _fsync_dir(root)
-    _write_atomic(root / TRACKER, f"{step}\n")
-    prune(root, keep_last=keep_last)
+    try:
+        _fsync(root)
+        _write_atomic(root / TRACKER, f"{step}\n")
+        prune(root, keep_last=keep_last, sealed=final)
+    except OSError as exc:  # sealed already (its manifest says it is complete): not a failed save
+        print(f"[llmops] checkpoint {final.name} is saved, but updating its folder afterwards failed "
+              f"(tracker file or removing older checkpoints): {exc}", file=sys.stderr, flush=True)
     return final
 
 
-def prune(root: Path, *, keep_last: int) -> list[Path]:
-    """Delete complete checkpoints beyond the newest `keep_last`, and leftover partial ones."""
+def prune(root: Path, *, keep_last: int, sealed: Path) -> list[Path]:
+    """Delete complete checkpoints beyond the newest `keep_last`, and leftover partial ones; never `sealed`, the one
+    just written (a run that does not resume, in a folder with later steps of an earlier attempt, keeps it)."""
     removed = []
     complete = [p for _, p in list_checkpoints(root) if verify(p) is None]
     for path in complete[keep_last:]:
+        if path == sealed:
+            continue
         shutil.rmtree(path, ignore_errors=True)
         removed.append(path)
     for path in root.glob("iter_*.partial"):

@@ -110,7 +110,7 @@ def start_checkpoint(spec: RunSpec, *, run_dir: Path) -> Path:
     if (root / checkpoint.MANIFEST).exists() or re.match(r"iter_\d+", root.name):  # one checkpoint, not a root
         path, reason = root, checkpoint.verify(root)
     else:
-        found = checkpoint.find_latest(root)
+        found = checkpoint.find_latest_agreed(root)
         path, reason = found.path, None if found.path else "holds no complete checkpoint"
     if reason is not None:
         raise UserError(f"align.start_from = {str(root)!r}: {reason}",

@@ -50,6 +50,7 @@ __all__ = [
     "claim",
     "commit",
     "find_latest",
+    "find_latest_agreed",
     "list_checkpoints",
     "load",
     "prune",
@@ -241,6 +242,15 @@ def save(root: Path, step: int, *, state: dict[str, Any], meta: dict[str, Any], 
 def _partial(root: Path, step: int) -> Path:
     final = checkpoint_dir(root, step)
     return final.with_name(final.name + ".partial")
+
+
+def find_latest_agreed(root: Path) -> Found:
+    """Collective: :func:`find_latest` as global rank 0 sees it, on every rank. Ranks listing the folder each for
+    itself could pick different checkpoints where nodes' views of a shared file system lag (an NFS client still
+    showing a ``.partial``, a transient error on one node): mixed weights, then a hang."""
+    box = [find_latest(root) if dist.get_rank() == 0 else None]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
 
 
 class SaveFailed(Exception):

@@ -286,7 +286,7 @@ def _save_failed(t: Trainer, step: int, failed: checkpoint.SaveFailed, *, logger
 
 def resume(t: Trainer, *, logger: StepLogger) -> int:
     """Load the latest complete checkpoint, if any; returns the step to continue from."""
-    found = checkpoint.find_latest(t.ckpt_root)
+    found = checkpoint.find_latest_agreed(t.ckpt_root)
     for path, reason in found.skipped:
         logger.info(f"skipping checkpoint {path.name}: {reason}")
     if found.path is None:

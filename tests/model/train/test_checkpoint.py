@@ -70,6 +70,26 @@ def test_prune_keeps_the_newest_complete_ones(tmp_path):
     assert [s for s, _ in checkpoint.list_checkpoints(tmp_path)] == [40, 30]
 
 
+def test_prune_never_deletes_the_checkpoint_just_written(tmp_path):
+    """keep_last counts by step: a run that does not resume (checkpoint.resume false), in a folder holding a
+    later step of an earlier attempt, must keep what it has just saved."""
+    _seal(tmp_path, 50, keep_last=1)
+    _seal(tmp_path, 20, keep_last=1)
+    assert [s for s, _ in checkpoint.list_checkpoints(tmp_path)] == [50, 20]
+    _seal(tmp_path, 30, keep_last=1)  # 20 goes, as keep_last says; the just-written 30 stays
+    assert [s for s, _ in checkpoint.list_checkpoints(tmp_path)] == [50, 30]
+
+
+def test_sealing_never_replaces_a_checkpoint_llmops_did_not_write(tmp_path):
+    """A Megatron-LM checkpoint of the same step (same iter_N name, no manifest) stays as it was."""
+    theirs = tmp_path / "iter_0000100" / "mp_rank_00"
+    theirs.mkdir(parents=True)
+    (theirs / "model_optim_rng.pt").write_bytes(b"their weights")
+    with pytest.raises(FileExistsError, match="llmops did not write it"):
+        _seal(tmp_path, 100)
+    assert (theirs / "model_optim_rng.pt").read_bytes() == b"their weights"
+
+
 def test_prune_counts_only_complete_checkpoints(tmp_path):
     _seal(tmp_path, 10, keep_last=2)
     broken = _seal(tmp_path, 20, keep_last=2)
@@ -130,3 +150,41 @@ def test_a_llama_style_checkpoint_resumes_with_the_losses_of_the_run_that_did_no
     assert sorted(resumed) == [3, 4]
     for step in (3, 4):
         assert resumed[step] == pytest.approx(whole[step], rel=1e-6), (whole, resumed)
+
+
+AGREED = textwrap.dedent("""
+    import json, os, sys
+    from pathlib import Path
+    import torch.distributed as dist
+    from llmops_model.train import checkpoint
+
+    dist.init_process_group("gloo")
+    root = Path(sys.argv[1])
+    if dist.get_rank() == 1:  # this node's view of the shared folder lags: it sees no checkpoint yet
+        checkpoint.find_latest = lambda root: checkpoint.Found(None, 0, [])
+    found = checkpoint.find_latest_agreed(root)
+    Path(os.environ["OUT"], f"rank-{dist.get_rank()}.json").write_text(json.dumps(str(found.path)))
+    dist.barrier()
+    dist.destroy_process_group()
+""")
+
+
+def test_every_rank_resumes_from_the_checkpoint_rank_0_found(tmp_path):
+    import socket
+    import subprocess
+    import sys
+
+    _seal(tmp_path / "ckpt", 10)
+    latest = _seal(tmp_path / "ckpt", 20)
+    script = tmp_path / "agreed.py"
+    script.write_text(AGREED)
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    res = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node=2",
+                          f"--master-port={port}", str(script), str(tmp_path / "ckpt")], capture_output=True,
+                         text=True, timeout=120, env={"PATH": "", "OMP_NUM_THREADS": "1", "OUT": str(tmp_path),
+                                                      "CUDA_VISIBLE_DEVICES": ""})
+    assert res.returncode == 0, res.stderr[-3000:]
+    seen = [json.loads((tmp_path / f"rank-{r}.json").read_text()) for r in (0, 1)]
+    assert seen == [str(latest), str(latest)]

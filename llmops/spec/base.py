@@ -49,7 +49,9 @@ def problems_from(exc: ValidationError, model: type[BaseModel], *, prefix: Seque
         elif kind == "missing":
             out.append(Problem(path, None, "is required", f"add {loc[-1]}: <value>"))
         else:
-            message = err["msg"].rstrip(".").lower().removeprefix("value error, ")
+            message = err["msg"].rstrip(".").removeprefix("Value error, ")
+            if message[1:2].islower():  # a sentence to go after the field's name; not an acronym or a name
+                message = message[:1].lower() + message[1:]
             out.append(Problem(path, err.get("input"), message, fix or _fix_for(kind, err)))
     return out
 

@@ -119,6 +119,9 @@ FINISHED="$RUN_DIR/slurm/$STAGE.finished"
 # Restart number for log names: requeues of this job, after the attempts of earlier submissions (resume).
 RESTART=$(( ${{LLMOPS_RESTART_BASE:-0}} + ${{SLURM_RESTART_COUNT:-0}} ))
 LOG="$RUN_DIR/logs/$STAGE.restart-$RESTART.log"
+# Begun at once: an attempt requeued before its launch (a notice during setup) still has its log, so the
+# numbers have no gaps for `llmops logs -f` to stop at.
+echo "[llmops] $STAGE, attempt $RESTART: job $SLURM_JOB_ID on $(hostname)" >>"$LOG"
 
 # One line per event in slurm/events.log (and this job's log); `llmops status` reads them.
 event() {{
@@ -280,8 +283,9 @@ def render_submit(spec: RunSpec, *, target: Target) -> str:
                       f"${{DEP:+--dependency=\"$DEP\"}})")
         else:
             what = f"torchrun on {spec.resources.nodes} node(s), as slurm/{stage}.sbatch says"
-            submit = (f"base=$(find logs -maxdepth 1 -name '{stage}.restart-*.log' | wc -l)  "
-                      "# restarts of earlier submissions\n"
+            submit = (f"base=$(find logs -maxdepth 1 -name '{stage}.restart-*.log' | sed 's/.*restart-//; s/[.]log$//' "
+                      "| sort -n | tail -n 1)\n"
+                      "    base=$(( ${base:--1} + 1 ))  # after the attempts of earlier submissions\n"
                       f"    ids=$(sbatch --parsable ${{DEP:+--dependency=\"$DEP\"}} "
                       f"--export=ALL,LLMOPS_RESTART_BASE=\"$base\" slurm/{stage}.sbatch)\n"
                       "    ids=${ids%%;*}  # --parsable prints <id>[;<cluster>]")

@@ -82,12 +82,15 @@ class ContainerSpec(SpecModel):
         return None if workdir is None else shell.check_absolute(workdir, "container workdir")
 
 
-# The batch script's own variables (render.py) and Slurm's and llmops's: an `env` entry of one of these names
-# would be exported over the script's value (MAX_RESTARTS lifting the restart limit, LOG sending the logs
-# elsewhere, SLURM_RESTART_COUNT resetting the requeue count).
+# The batch script's own variables (render.py), those llmops sets for its launcher and workers, and Slurm's: an
+# `env` entry of one of these names would be exported over the script's value (MAX_RESTARTS lifting the
+# restart limit, LLMOPS_STAGE training another stage, SLURM_RESTART_COUNT resetting the requeue count). llmops's
+# settings for users (LLMOPS_WARM_START, LLMOPS_LOG_LEVEL, ...) stay theirs to set.
 SCRIPT_VARIABLES = frozenset({"RUN_DIR", "STAGE", "MAX_RESTARTS", "FINISHED", "RESTART", "LOG", "NOTICE", "STOPPED",
-                              "CODE", "SRUN", "CONTAINER", "REASON", "HEAD", "PORT", "LAST"})
-RESERVED_PREFIXES = ("SLURM_", "LLMOPS_")
+                              "CODE", "SRUN", "CONTAINER", "REASON", "HEAD", "PORT", "LAST",
+                              "LLMOPS_RESTART", "LLMOPS_STAGE", "LLMOPS_RESTART_BASE", "LLMOPS_STANDBY",
+                              "LLMOPS_HEARTBEATS", "LLMOPS_PROCESS_STARTED", "LLMOPS_WARM_RUN_DIR"})
+RESERVED_PREFIXES = ("SLURM_",)
 
 
 class SlurmSpec(SpecModel):
@@ -174,8 +177,8 @@ class SlurmSpec(SpecModel):
         for key, value in env.items():
             shell.check_env_key(key)
             if key in SCRIPT_VARIABLES or key.startswith(RESERVED_PREFIXES):
-                raise ValueError(f"{key} is the batch script's own (or Slurm's, or llmops's) and would be exported "
-                                 "over its value; name the variable otherwise")
+                raise ValueError(f"{key} is set by the batch script itself (or by llmops or Slurm), and would be "
+                                 "exported over its value; name the variable otherwise")
             if "\x00" in value:
                 raise ValueError(f"the value of {key} holds a NUL character, which no environment can carry")
         return env

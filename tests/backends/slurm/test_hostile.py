@@ -197,15 +197,18 @@ def test_env_cannot_take_over_the_batch_scripts_own_variables():
     from llmops.backends.slurm.spec import SCRIPT_VARIABLES
 
     golden = Path(__file__).parent / "golden"
-    assigned = {m.group(1) for f in golden.glob("*.sbatch")
-                for m in re.finditer(r"^\s*([A-Z_][A-Z0-9_]*)=", f.read_text(), re.M)}
+    scripts = [f.read_text() for f in golden.glob("*.sbatch")]
+    assigned = {m.group(1) for text in scripts for m in re.finditer(r"^\s*([A-Z_][A-Z0-9_]*)=", text, re.M)}
+    # and what it exports for llmops's launcher and workers (its other exports are defaults `env` may change)
+    assigned |= {m.group(1) for text in scripts for m in re.finditer(r"\b(LLMOPS_[A-Z_]+)=", text)}
     assert assigned and assigned <= SCRIPT_VARIABLES, assigned - SCRIPT_VARIABLES
     for key in ("MAX_RESTARTS", "LOG", "SLURM_RESTART_COUNT", "LLMOPS_STANDBY"):
         spec = {**tiny_spec("hostile"), "backend": "slurm", "slurm": {"env": {key: "0"}}}
         with pytest.raises(SpecError) as info:
             parse_spec(spec)
-        assert "batch script's own" in info.value.render(), key
-    parse_spec({**tiny_spec("fine"), "backend": "slurm", "slurm": {"env": {"NCCL_DEBUG": "INFO", "LOGLEVEL": "1"}}})
+        assert f"{key} is set by the batch script itself" in info.value.render(), key
+    parse_spec({**tiny_spec("fine"), "backend": "slurm",
+                "slurm": {"env": {"NCCL_DEBUG": "INFO", "LOGLEVEL": "1", "LLMOPS_WARM_START": "0"}}})
 
 
 def test_a_stage_that_ends_while_its_notice_is_handled_keeps_its_own_exit_code(tmp_path, stubs):
@@ -227,3 +230,26 @@ def test_a_stage_that_ends_while_its_notice_is_handled_keeps_its_own_exit_code(t
     assert "notice signal=USR1" in events  # the race did happen
     assert (out / "slurm" / "pretrain.finished").exists(), events
     assert "finished code=0" in events and "requeue" not in events, events
+
+
+def test_a_resubmission_numbers_its_attempts_after_the_highest_log(tmp_path, stubs):
+    """Log numbers count on from the highest, not the number of logs: a gap (an attempt that left no log, a log
+    removed by hand) must not make a new attempt append to an earlier one's log."""
+    import shutil
+
+    recording = tmp_path / "recording-stubs"
+    shutil.copytree(stubs, recording)
+    (recording / "sbatch").write_text(f'#!/bin/sh\necho "$@" >> {tmp_path / "sbatch.args"}\necho 42\n')
+    spec = {**tiny_spec("numbers"), "backend": "slurm", "slurm": {"python": str(stubs / "fakepython")}}
+    out = tmp_path / "numbers-1"
+    runner.render(runner.plan(parse_spec(spec), path=out))
+    (out / "logs").mkdir(exist_ok=True)
+    for n in (0, 2):
+        (out / "logs" / f"pretrain.restart-{n}.log").write_text("an earlier attempt\n")
+    _execute(out, "slurm/submit.sh", recording, tmp_path)
+    assert "LLMOPS_RESTART_BASE=3" in (tmp_path / "sbatch.args").read_text()
+    for log in (out / "logs").iterdir():
+        log.unlink()
+    (tmp_path / "sbatch.args").unlink()
+    _execute(out, "slurm/submit.sh", recording, tmp_path)
+    assert "LLMOPS_RESTART_BASE=0" in (tmp_path / "sbatch.args").read_text()

@@ -13,7 +13,8 @@ trap 'status=$?; [ "$status" = 0 ] || [ ${#SUBMITTED[@]} = 0 ] || scancel "${SUB
 if [ -e slurm/pretrain.finished ]; then
     echo "pretrain finished"
 else
-    base=$(find logs -maxdepth 1 -name 'pretrain.restart-*.log' | wc -l)  # restarts of earlier submissions
+    base=$(find logs -maxdepth 1 -name 'pretrain.restart-*.log' | sed 's/.*restart-//; s/[.]log$//' | sort -n | tail -n 1)
+    base=$(( ${base:--1} + 1 ))  # after the attempts of earlier submissions
     ids=$(sbatch --parsable ${DEP:+--dependency="$DEP"} --export=ALL,LLMOPS_RESTART_BASE="$base" slurm/pretrain.sbatch)
     ids=${ids%%;*}  # --parsable prints <id>[;<cluster>]
     SUBMITTED+=($ids)

@@ -25,6 +25,9 @@ def finalize(ctx: Context, shard: int) -> dict:
     tok = work.read_marker("tokenizer", 0, 1)
     shards = [work.read_marker("tokenize", i, n) for i in range(n)]
     facts = tok["facts"]
+    # A metadata.json marks a finished dataset: one from an earlier preparation must not stand over files this
+    # one has begun to replace (it is written again last).
+    (out / "metadata.json").unlink(missing_ok=True)
     if facts:
         _merge_indexed(ctx, out, facts["vocab_size"])
         _copy_tokenizer(ctx, out)
@@ -37,8 +40,6 @@ def finalize(ctx: Context, shard: int) -> dict:
     write_json(out / "stats.json", report)
     if facts:
         write_json(out / "metadata.json", _metadata(spec, facts, report))
-    if not spec.output.keep_work:
-        work.remove_bulk()
     return {"report": report}
 
 

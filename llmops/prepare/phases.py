@@ -24,7 +24,7 @@ from llmops.prepare.steps.dedup import KEPT, deduplicate
 from llmops.prepare.steps.filters import QualityFilter
 from llmops.prepare.steps.minhash import Signatures, read_exact, read_signatures
 from llmops.prepare.steps.readers import Reader
-from llmops.prepare.workdir import Plan, WorkDir
+from llmops.prepare.workdir import Plan, WorkDir, temp_tag
 from llmops.spec.prepare import PrepareSpec
 
 ENCODE_BATCH = 256
@@ -42,7 +42,7 @@ class Context:
 @contextlib.contextmanager
 def committed(*paths: Path) -> Iterator[list[Path]]:
     """Temporary names for `paths`, all renamed into place only when the block succeeds."""
-    tmps = [p.with_name(f".{p.name}.tmp-{os.getpid()}") for p in paths]
+    tmps = [p.with_name(f".{p.name}.tmp-{temp_tag()}") for p in paths]
     try:
         yield tmps
         for tmp, path in zip(tmps, paths):

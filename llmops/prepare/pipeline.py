@@ -115,6 +115,10 @@ def run_phase(config: PrepareSpec, *, phase: str, shard: int = 0, num_shards: in
             "tokenize": phases.tokenize, "finalize": finalize.finalize}[phase]
     payload = body(ctx, shard)
     work.mark_done(phase, shard, marker_n, payload)
+    if phase == "finalize" and not config.output.keep_work:
+        # After the marker: a finalize stopped before it is done again from the shard files, which must still
+        # be there (removed first, a rerun merged nothing and marked empty output complete).
+        work.remove_bulk()
     return payload
 
 

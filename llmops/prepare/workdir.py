@@ -20,7 +20,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import shutil
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -30,10 +30,16 @@ from llmops.prepare.sources import Unit, discover
 from llmops.spec.prepare import PrepareSpec
 
 
+def temp_tag() -> str:
+    """A temporary file's tag: the pid and a random part. Two writers of one shard at once (a retried Kubernetes
+    pod, whose pid is 1 like the first one's; a requeued Slurm task beside a hung one) must not share a file."""
+    return f"{os.getpid()}-{uuid.uuid4().hex[:12]}"
+
+
 @contextlib.contextmanager
 def atomic_path(path: Path) -> Iterator[Path]:
     """A temporary sibling of `path` to write; renamed to `path` only if the block succeeds."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp = path.with_name(f".{path.name}.tmp-{temp_tag()}")
     try:
         yield tmp
         os.replace(tmp, path)
@@ -75,9 +81,17 @@ class WorkDir:
         return [i for i in range(num_shards) if not self.is_done(phase, i, num_shards)]
 
     def remove_bulk(self) -> None:
-        """Delete the intermediate shard files, keeping the plan and the markers."""
+        """Delete the intermediate shard files, keeping the plan and the markers: only the files the phases
+        write (a --workdir given by hand may be a folder that also holds the user's own ``clean/``)."""
         for phase in ("clean", "dedup", "tokenize"):
-            shutil.rmtree(self.root / phase, ignore_errors=True)
+            folder = self.root / phase
+            if not folder.is_dir():
+                continue
+            for path in folder.iterdir():
+                if path.is_file() and (path.name.startswith(("shard-", ".shard-")) or path.name == "duplicates.jsonl"):
+                    path.unlink(missing_ok=True)
+            with contextlib.suppress(OSError):
+                folder.rmdir()  # only when nothing else is left in it
 
 
 class Plan:

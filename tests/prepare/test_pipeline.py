@@ -132,6 +132,44 @@ def test_a_finished_run_is_not_redone_and_work_files_are_removed(tmp_path, corpu
     assert (out / "corpus_text_document.bin").stat().st_mtime_ns == mtime
 
 
+def test_a_finalize_stopped_before_its_marker_is_done_again_from_the_shard_files(tmp_path, corpus_file, monkeypatch):
+    """Killed after merging but before its marker (a time limit during the work files' removal, on a slow
+    file system): the rerun finalizes again from the shard files, which are still there, and writes what an
+    uninterrupted run writes; the work files go only once the marker is down."""
+    from llmops.prepare.workdir import WorkDir
+
+    out, reference = tmp_path / "out", tmp_path / "reference"
+    spec = prepare_spec([str(corpus_file)], out)
+    real = WorkDir.mark_done
+
+    def killed_at_finalize(self, phase, shard, num_shards, payload):
+        if phase == "finalize":
+            raise KeyboardInterrupt
+        real(self, phase, shard, num_shards, payload)
+
+    monkeypatch.setattr(WorkDir, "mark_done", killed_at_finalize)
+    with pytest.raises(KeyboardInterrupt):
+        run_all(spec, display=Display(interval=60))
+    assert (out / "work" / "clean").is_dir()  # nothing removed before the marker
+    monkeypatch.setattr(WorkDir, "mark_done", real)
+    run_all(spec, display=Display(interval=60))
+    run_all(prepare_spec([str(corpus_file)], reference), display=Display(interval=60))
+    for name in ("corpus_text_document.bin", "corpus_text_document.idx", "documents.jsonl.zst", "quarantine.jsonl"):
+        assert (out / name).read_bytes() == (reference / name).read_bytes(), name
+    assert read_documents(out) and not (out / "work" / "clean").exists()
+
+
+def test_a_work_folder_given_by_hand_keeps_what_llmops_did_not_write(tmp_path, corpus_file):
+    out, work = tmp_path / "out", tmp_path / "scratch"
+    (work / "clean").mkdir(parents=True)
+    (work / "clean" / "notes.txt").write_text("the user's own")
+    spec = prepare_spec([str(corpus_file)], out)
+    for phase in PHASES:
+        run_phase(spec, phase=phase, workdir=str(work))
+    assert (work / "clean" / "notes.txt").read_text() == "the user's own"
+    assert not list((work / "clean").glob("shard-*")) and (out / "metadata.json").exists()
+
+
 def test_the_work_folder_refuses_a_changed_config_or_shard_count(tmp_path, corpus_file):
     out = tmp_path / "out"
     run_phase(prepare_spec([str(corpus_file)], out), phase="clean", shard=0, num_shards=2)

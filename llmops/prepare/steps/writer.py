@@ -17,6 +17,7 @@ from typing import IO
 import numpy as np
 
 from llmops.prepare.document import Document
+from llmops.prepare.workdir import temp_tag
 
 
 def _indexed_dataset():
@@ -45,7 +46,7 @@ class IndexedWriter:
     def __init__(self, prefix: Path, vocab_size: int):
         ix = _indexed_dataset()
         self.prefix = prefix
-        self.tmp = prefix.with_name(f".{prefix.name}.tmp-{os.getpid()}")
+        self.tmp = prefix.with_name(f".{prefix.name}.tmp-{temp_tag()}")
         self.dtype = token_dtype(vocab_size)
         self.builder = ix.IndexedDatasetBuilder(str(self.tmp) + ".bin", dtype=self.dtype)
         self.tokens = 0

@@ -137,15 +137,22 @@ def _format_of(path: str, forced: str) -> tuple[str | None, str]:
     return _FORMATS.get(os.path.splitext(name)[1]), compression
 
 
+def _source_name(path: str) -> str:
+    """A path as documents name their origin: text, whatever bytes the file name holds (a name that is not
+    UTF-8 comes from the file system with surrogates, which no output file could encode)."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
+
+
 def _units_of(path: str, kind: str, compression: str, chunk_bytes: int) -> list[Unit]:
     size = os.path.getsize(path)
+    source = _source_name(path)
     if kind == "parquet":
         return _parquet_units(path)
     if kind == "jsonl" and compression == "none" and size > chunk_bytes:
         starts = range(0, size, chunk_bytes)
-        return [Unit(path, kind, compression, path, min(chunk_bytes, size - s), s,
+        return [Unit(path, kind, compression, source, min(chunk_bytes, size - s), s,
                      s + chunk_bytes if s + chunk_bytes < size else -1) for s in starts]
-    return [Unit(path, kind, compression, path, size)]
+    return [Unit(path, kind, compression, source, size)]
 
 
 def _parquet_units(path: str) -> list[Unit]:
@@ -155,7 +162,7 @@ def _parquet_units(path: str) -> list[Unit]:
         meta = pq.ParquetFile(path).metadata
     except Exception as exc:  # pyarrow raises ArrowInvalid, OSError, ...: all mean "not a Parquet file"
         raise UserError(f"{path}: cannot be read as Parquet ({exc})", "check the file, or set input.format") from None
-    return [Unit(path, "parquet", "none", path, meta.row_group(g).total_byte_size, g, g + 1)
+    return [Unit(path, "parquet", "none", _source_name(path), meta.row_group(g).total_byte_size, g, g + 1)
             for g in range(meta.num_row_groups)]
 
 

@@ -125,7 +125,11 @@ def _jsonl(unit: Unit, spec: InputSpec, progress: Advance) -> Iterator[tuple[Doc
         pos = unit.start
         if unit.start > 0:  # the line that straddles the boundary belongs to the previous unit
             f.seek(unit.start - 1)
-            pos = unit.start - 1 + len(f.readline())
+            pos = unit.start - 1
+            while piece := f.readline(1 << 20):  # in pieces: the line may be the rest of a huge file
+                pos += len(piece)
+                if piece.endswith(b"\n"):
+                    break
         told = raw.tell()
         while unit.end < 0 or pos < unit.end:
             line = f.readline(limit)
@@ -183,6 +187,10 @@ def _document(text: object, doc_id: object, source: str, pos: int, spec: InputSp
         return Bad(source, pos, "empty", "no text", raw[:RAW_KEEP])
     if doc_id is None or doc_id == "":
         doc_id = f"{source}#{pos}"
+    try:
+        str(doc_id).encode("utf-8")
+    except UnicodeEncodeError as exc:  # an id with a lone surrogate, or a file name that is not UTF-8
+        return Bad(source, pos, "invalid_utf8", f"the id: {exc}", raw[:RAW_KEEP])
     return Document(str(doc_id), text, source, pos, nbytes)
 
 

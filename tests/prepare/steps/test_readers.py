@@ -183,3 +183,44 @@ def test_a_symlink_loop_reads_each_file_once(tmp_path):
     for entry in (str(tmp_path / "corpus" / "**" / "*.jsonl"), str(tmp_path / "corpus")):
         units, _ = discover(InputSpec(paths=[entry]))
         assert [u.path for u in units] == [str(folder / "docs.jsonl")], entry
+
+
+def test_ids_and_file_names_that_are_not_utf8_are_quarantined_or_escaped(tmp_path):
+    """An id with a lone surrogate (a "\\ud800" escape) is quarantined like such a text; a file name that is
+    not UTF-8 names its documents with the bytes escaped (no output file could hold it as it is)."""
+    path = tmp_path / "ids.jsonl"
+    path.write_text("\n".join([json.dumps({"id": "fine", "text": "a document"}),
+                               '{"id": "\\ud800", "text": "its id cannot be written"}',
+                               json.dumps({"id": "also-fine", "text": "another document"})]) + "\n")
+    got = records(path, id_field="id")
+    assert [r.reason if isinstance(r, Bad) else r.id for r in got] == ["fine", "invalid_utf8", "also-fine"]
+    import os
+
+    odd = Path(os.fsdecode(bytes(tmp_path / "corpus") + b"/caf\xe9.jsonl"))  # Latin-1's e acute
+    odd.parent.mkdir()
+    odd.write_text(json.dumps({"text": "from a file named in Latin-1"}) + "\n")
+    (doc,) = records(odd.parent)
+    assert doc.source.endswith("caf\\xe9.jsonl") and doc.id.encode("utf-8")
+
+
+def test_a_unit_inside_one_huge_line_skips_it_in_bounded_pieces(tmp_path):
+    """A unit that starts inside a line (a minified JSON file of tens of MB read as JSONL) skips the rest of
+    that line a piece at a time, not by reading it whole into memory."""
+    import tracemalloc
+
+    path = tmp_path / "one-line.jsonl"
+    with open(path, "w") as f:
+        f.write('{"text": "' + "x" * (40 << 20) + '"}\n')
+        f.write(json.dumps({"id": "after", "text": "the line after it"}) + "\n")
+    spec = InputSpec(paths=[str(path)], chunk_bytes=8 << 20, max_document_bytes=1 << 20)
+    units, _ = discover(spec)
+    assert len(units) > 2
+    tracemalloc.start()
+    try:
+        got = [r for u in units[1:] for r, _ in read_unit(u, spec)]
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert [r.id for r in got] == ["after"]  # in the unit where it starts; the huge line is the first unit's
+    assert peak < 8 << 20, f"peak {peak:,} bytes"
+    assert [r.reason for r, _ in read_unit(units[0], spec)] == ["too_large"]

@@ -75,10 +75,15 @@ def observe(cluster: Cluster, names: RunNames, stages: list[Stage], *, jobset: b
         "listing Jobs", cluster.batch.list_namespaced_job, cluster.namespace, label_selector=names.selector).items}
     if not jobs:
         return None
-    for stage in stages:
+    for i, stage in enumerate(stages):
         job = jobs.get(stage.name)
         if job is None:
-            return Observed(FAILED, f"the Job of stage '{stage.name}' is gone (deleted outside llmops?)", restarts)
+            # Stages run in order: one whose Job is gone while a later stage's Job exists finished and was
+            # removed by k8s.ttl_after_finished (had it failed, the later stage's pods fail too, seen below).
+            if any(later.name in jobs for later in stages[i + 1:]):
+                continue
+            return Observed(FAILED, f"the Job of stage '{stage.name}' is gone (deleted outside llmops, or removed "
+                            "by k8s.ttl_after_finished before its end was seen)", restarts)
         conds = _conditions(job)
         failed = _true(conds, "Failed")
         if failed:

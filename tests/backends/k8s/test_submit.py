@@ -232,3 +232,23 @@ def test_kubernetes_gets_a_secret_object_at_submit_only(fake_cluster, tmp_path, 
     assert SECRET not in fake_cluster.objects[("configmaps", "llmops", f"{run.id}-spec")]["data"]["spec.yaml"]
     runner.cancel(run, wait=0)
     assert ("secrets", "llmops", f"{run.id}-secrets") not in fake_cluster.objects
+
+
+def test_stages_removed_after_they_finished_do_not_fail_the_stages_after_them(fake_cluster, tmp_path):
+    """k8s.ttl_after_finished removes each finished Job: an earlier stage's Job gone while a later one runs
+    finished, and the run goes on (it read as 'deleted outside llmops', FAILED, while pretrain trained)."""
+    spec = k8s_spec(ttl_after_finished=0)
+    spec["prepare"] = {"input": {"paths": ["/llmops/raw/*.jsonl"]}, "output": {"dir": "/llmops/data/c"},
+                       "tokenizer": {"vocab_size": 512}, "num_shards": 2}
+    run = runner.submit(runner.plan(parse_spec(spec), root=tmp_path / "runs"))
+    prepare = sorted(name for (r, _, name) in fake_cluster.objects if r == "jobs" and "-prepare-" in name)
+    for name in prepare:  # every phase finished, and the TTL took their Jobs
+        del fake_cluster.objects[("jobs", "llmops", name)]
+    job_name = f"{run.id}-pretrain"
+    for i in (0, 1):
+        fake_cluster.add("pods", f"{job_name}-{i}-x", _pod(run.id, job_name, i))
+    st = runner.status(run)
+    assert st.state == "RUNNING" and "stage 'pretrain'" in st.message, st.message
+    fake_cluster.objects[("jobs", "llmops", job_name)]["status"] = {"conditions": [
+        {"type": "Complete", "status": "True"}]}
+    assert runner.status(run).state == "SUCCEEDED"

@@ -46,10 +46,12 @@ _BASE_MAX = 40  # leaves room for "-<stage>-<job>-<pod index>" in 63-character p
 def base_name(run_id: str) -> str:
     """A DNS-1035 label naming the run's objects; long ids keep a hash so names stay unique."""
     name = run_id.lower()
+    if not name[0].isalpha():  # first, so that a long id is hashed, never cut: two ids must not meet in one name
+        name = f"r{name}"
     if len(name) > _BASE_MAX:
         digest = hashlib.sha1(run_id.encode()).hexdigest()[:6]
         name = f"{name[:_BASE_MAX - 7].rstrip('-')}-{digest}"
-    return name if name[0].isalpha() else f"r{name[:_BASE_MAX - 1]}"
+    return name
 
 
 @dataclass(frozen=True)

@@ -332,3 +332,18 @@ def test_a_profile_sends_its_runs_to_its_namespace_and_may_allow_root(tmp_path, 
     assert {o["metadata"]["namespace"] for o in request.objects} == {"llmops-rdma"}
     spec["k8s"] = {**spec["k8s"], "namespace": "team-a"}  # the spec's own choice wins
     assert runner.plan(parse_spec(spec), path=tmp_path / RUN_ID).spec.k8s.namespace == "team-a"
+
+
+def test_run_ids_that_differ_only_at_the_end_get_different_object_names():
+    """A 40-character id starting with a digit lost its last character when `r` was put in front: two runs
+    submitted seconds apart shared every object name, and one's submit deleted the other's objects."""
+    import re
+
+    from llmops.backends.k8s.objects import base_name
+
+    a, b = "7b-llama-pretrain-lr3e-4-20250101-120003", "7b-llama-pretrain-lr3e-4-20250101-120007"
+    assert len(a) == 40 and base_name(a) != base_name(b)
+    for run_id in (a, b, "short-1", "9-x", "a" * 39 + "-2", "x" * 80):
+        name = base_name(run_id)
+        assert len(name) <= 40 and re.fullmatch(r"[a-z]([-a-z0-9]*[a-z0-9])?", name), (run_id, name)
+    assert base_name("short-1") == "short-1" and base_name("9-x") == "r9-x"  # short ids are kept as they were

@@ -172,6 +172,9 @@ def run() -> int:
     run_dir = Path(_env("LLMOPS_RUN_DIR"))
     stage, kind = _env("LLMOPS_STAGE"), _env("LLMOPS_STAGE_KIND", "torchrun")
     index = _int_env("JOB_COMPLETION_INDEX")
+    # This stage runs again (a resumed run): an earlier attempt's verdict no longer stands, and the stages
+    # waiting for it must wait for this one (they stopped at the old marker, failing the resumed run again).
+    failed_marker(run_dir, stage).unlink(missing_ok=True)
     if kind == "prepare":
         # Shards are independent: only this index's own marker says its work is done.
         if done_marker(run_dir, stage, index).exists():
@@ -222,6 +225,8 @@ def _leave_marker(run_dir: Path, stage: str, index: int, code: int, *, restart: 
         return
     counted = _int_env("LLMOPS_INDEX_FAILURES") + _int_env("LLMOPS_JOBSET_RESTART")
     last_attempt = counted + 1 > _int_env("LLMOPS_MAX_RESTARTS")
+    if code < 0:  # stopped by a signal (a cancel, a drain): not a verdict on the stage
+        return
     if code == EXIT_BAD_INPUT or (code != EXIT_REQUEUE and last_attempt):
         reason = "bad input" if code == EXIT_BAD_INPUT else "no restarts left"
         failed_marker(run_dir, stage).parent.mkdir(parents=True, exist_ok=True)

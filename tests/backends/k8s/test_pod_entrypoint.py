@@ -189,3 +189,18 @@ def test_a_phase_that_fails_on_bad_input_stops_the_phases_after_it(tmp_path):
     assert (run_dir / "stages" / "prepare-clean.failed").exists()
     ((code, text),) = _wait([dedup.setup(0)], timeout=30)
     assert code == 2 and "stage 'prepare-clean' failed" in text
+
+
+def test_a_stage_run_again_clears_its_earlier_failure_for_the_stages_waiting_on_it(tmp_path):
+    """A resumed run: the stage that failed before runs again, and the stages after it wait for this attempt
+    instead of stopping at the old failure marker (which failed every resume of the run)."""
+    request, run_dir = _prepare_request(tmp_path, builtin=True)
+    clean, dedup = Pods(request, tmp_path, stage="prepare-clean", dns=False), \
+        Pods(request, tmp_path, stage="prepare-dedup", dns=False)
+    old = run_dir / "stages" / "prepare-clean.failed"
+    old.parent.mkdir(parents=True, exist_ok=True)
+    old.write_text("index 0 exited 1 on attempt 0 (no restarts left)\n")  # the attempt before the resume
+    assert [code for code, _ in _wait([clean.start(0), clean.start(1)])] == [0, 0]
+    assert not old.exists()
+    ((code, text),) = _wait([dedup.setup(0)], timeout=30)
+    assert code == 0 and "stage 'prepare-clean' finished" in text

@@ -35,6 +35,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -94,6 +95,16 @@ class _BadInput(Exception):
     pass
 
 
+# Set by SIGTERM/SIGINT before the launcher runs. The pod's python is PID 1, to which the kernel delivers no
+# signal it has no handler for: without one, a stop during `setup`'s wait or the rendezvous wait was lost (the
+# pod sat out the grace period, or started training only to be killed without a checkpoint).
+_STOP = threading.Event()
+
+
+def _stop(signum, frame) -> None:
+    _STOP.set()
+
+
 def setup() -> int:
     run_dir = Path(_env("LLMOPS_RUN_DIR"))
     try:
@@ -123,7 +134,9 @@ def wait_for_stage(run_dir: Path, stage: str, count: int, *, timeout: float, pol
         if time.monotonic() > deadline:
             _log(f"stage '{stage}' did not finish within {timeout:.0f}s (k8s.stage_wait_timeout); giving up")
             return EXIT_BAD_INPUT
-        time.sleep(poll)
+        if _STOP.wait(poll):
+            _log(f"stopped while waiting for stage '{stage}'")
+            return EXIT_REQUEUE
 
 
 def wait_for_host(host: str, *, timeout: float, poll: float = 1.0) -> bool:
@@ -134,9 +147,8 @@ def wait_for_host(host: str, *, timeout: float, poll: float = 1.0) -> bool:
             socket.getaddrinfo(host, None)
             return True
         except socket.gaierror:
-            if time.monotonic() > deadline:
+            if time.monotonic() > deadline or _STOP.wait(poll):
                 return False
-            time.sleep(poll)
 
 
 def launcher_argv(*, run_dir: Path, index: int) -> list[str]:
@@ -187,6 +199,9 @@ def run() -> int:
             return EXIT_OK
         host = _env("LLMOPS_RDZV_HOST")
         if not wait_for_host(host, timeout=_int_env("LLMOPS_RDZV_TIMEOUT", 900)):
+            if _STOP.is_set():
+                _log("stopped before the launch: nothing to checkpoint")
+                return EXIT_REQUEUE
             _log(f"the rendezvous host {host} does not resolve (is the headless Service there?)")
             return 1
         argv = launcher_argv(run_dir=run_dir, index=index)
@@ -209,6 +224,8 @@ def _supervise(argv: list[str], *, log: Path, env: dict[str, str]) -> int:
 
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1):
         signal.signal(sig, forward)
+    if _STOP.is_set():  # a stop that came while the child was being started (the launcher keeps it for its workers)
+        child.send_signal(signal.SIGTERM)
     with open(log, "ab") as f:
         for line in iter(child.stdout.readline, b""):
             sys.stdout.buffer.write(line)
@@ -242,6 +259,8 @@ def main(argv: list[str] | None = None) -> int:
         print("usage: python -m llmops.backends.k8s.pod setup|run (configured by LLMOPS_* variables)",
               file=sys.stderr)
         return EXIT_BAD_INPUT
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, _stop)
     return commands[argv[0]]()
 
 

@@ -204,3 +204,21 @@ def test_a_stage_run_again_clears_its_earlier_failure_for_the_stages_waiting_on_
     assert not old.exists()
     ((code, text),) = _wait([dedup.setup(0)], timeout=30)
     assert code == 0 and "stage 'prepare-clean' finished" in text
+
+
+def test_a_pod_stopped_while_it_waits_for_the_stage_before_exits_at_once_with_75(tmp_path):
+    """A cancel or a drain reaches pods of later stages while they wait in `setup`: their python is PID 1,
+    which the kernel gives no signal it has no handler for, so the stop used to be lost until the grace
+    period's SIGKILL. It now ends the wait with 75 (stopped, nothing lost) within a poll."""
+    import signal as signals
+
+    request, _ = _prepare_request(tmp_path, builtin=True)
+    dedup = Pods(request, tmp_path, stage="prepare-dedup", dns=False)
+    waiting = dedup.setup(0)
+    time.sleep(1.5)  # in its wait for prepare-clean
+    assert waiting.poll() is None
+    began = time.monotonic()
+    waiting.send_signal(signals.SIGTERM)
+    ((code, text),) = _wait([waiting], timeout=30)
+    assert code == 75 and "stopped while waiting for stage 'prepare-clean'" in text, text
+    assert time.monotonic() - began < 10

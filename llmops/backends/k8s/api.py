@@ -84,6 +84,15 @@ class Cluster:
         api.configuration.retries = 1  # fail fast on a dead address instead of urllib3's three tries
         return cls(api, context=context, namespace=namespace)
 
+    @staticmethod
+    def current_context() -> str | None:
+        """The kubeconfig's current context, by name; None where there is no kubeconfig (in a pod)."""
+        try:
+            _, active = kconfig.list_kube_config_contexts(config_file=os.environ.get("KUBECONFIG") or None)
+        except (kconfig.ConfigException, OSError):
+            return None
+        return (active or {}).get("name")
+
     @property
     def where(self) -> str:
         ctx = self.context or "the current context"

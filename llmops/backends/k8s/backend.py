@@ -80,6 +80,8 @@ class K8sBackend(Backend):
 
     def dry_run(self, spec: RunSpec, run_path: Path) -> K8sRequest:
         k8s, profile, env = resolve(spec)
+        if k8s.context is None:  # the run stays on the cluster it went to, whatever the current context is later
+            k8s = k8s.model_copy(update={"context": Cluster.current_context()})
         spec = spec.model_copy(update={"k8s": k8s})  # the profile's defaults, kept by the run directory
         run_id = run_path.name
         names = RunNames.of(run_id, k8s.namespace)

@@ -252,3 +252,26 @@ def test_stages_removed_after_they_finished_do_not_fail_the_stages_after_them(fa
     fake_cluster.objects[("jobs", "llmops", job_name)]["status"] = {"conditions": [
         {"type": "Complete", "status": "True"}]}
     assert runner.status(run).state == "SUCCEEDED"
+
+
+def test_a_run_stays_on_the_cluster_it_was_submitted_to_when_the_current_context_changes(fake_cluster, tmp_path):
+    """Submitted without --context, the run keeps the context that was current then: `kubectl config
+    use-context dev` afterwards must not make status look for it on dev (no Jobs there: FAILED)."""
+    import os
+
+    import yaml
+
+    run = runner.submit(plan(tmp_path))
+    assert run.read_spec().k8s.context == "fake"
+    config = yaml.safe_load(Path(os.environ["KUBECONFIG"]).read_text())
+    dead = socket.socket()
+    dead.bind(("127.0.0.1", 0))  # a port where nothing answers
+    config["clusters"].append({"name": "dev", "cluster": {"server": f"http://127.0.0.1:{dead.getsockname()[1]}"}})
+    config["contexts"].append({"name": "dev", "context": {"cluster": "dev", "user": "me", "namespace": "llmops"}})
+    config["current-context"] = "dev"
+    Path(os.environ["KUBECONFIG"]).write_text(yaml.safe_dump(config))
+    try:
+        st = runner.status(run)
+    finally:
+        dead.close()
+    assert st.state == "PENDING", st.message

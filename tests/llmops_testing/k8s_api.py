@@ -50,6 +50,7 @@ class FakeCluster:
         self.nodes: list[dict] = [node("cpu-1", cpu="8", memory="32Gi")]
         self.denied: set[tuple[str, str]] = set()  # (verb, resource) the user may not do
         self.refuse: dict[str, tuple[int, str, str]] = {}  # resource -> Status on apply
+        self.fail_after_create: dict[str, tuple[int, str, str]] = {}  # resource -> Status, the object kept
         self.installed = {"jobsets", "localqueues"}
         self.logs: dict[str, str] = {}
         self.applies: list[tuple[str, str]] = []  # (resource, fieldManager) of each apply
@@ -170,7 +171,11 @@ class Handler(BaseHTTPRequestHandler):
         if resource in self.cluster.refuse:
             return self._send(*self.cluster.refuse[resource][:1], status(*self.cluster.refuse[resource]))
         self.cluster.applies.append((resource, query["fieldManager"]))
-        self._send(200, self.cluster.add(resource, name, self._body(), ns))
+        created = self.cluster.add(resource, name, self._body(), ns)
+        if resource in self.cluster.fail_after_create:  # as an answer lost to a timeout after the write
+            return self._send(*self.cluster.fail_after_create[resource][:1],
+                              status(*self.cluster.fail_after_create[resource]))
+        self._send(200, created)
 
     def do_DELETE(self):
         route = self._route(urlparse(self.path).path)

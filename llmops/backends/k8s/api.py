@@ -23,7 +23,7 @@ from kubernetes import config as kconfig
 from kubernetes.client.exceptions import ApiException
 from urllib3.exceptions import HTTPError
 
-from llmops.backends.k8s.objects import FIELD_MANAGER
+from llmops.backends.k8s.objects import FIELD_MANAGER, RUN_LABEL
 from llmops.errors import UserError
 
 TIMEOUT = (5, 30)  # seconds to connect, seconds to read
@@ -168,11 +168,19 @@ class Cluster:
                 self.apply(obj)
                 applied.append(obj)
         except ClusterError:
-            for obj in reversed(applied):
+            for done in reversed(applied):
                 try:
-                    self.delete(obj["kind"], obj["metadata"]["name"], grace=0)
+                    self.delete(done["kind"], done["metadata"]["name"], grace=0)
                 except ClusterError:
                     pass  # best effort; the original error is what the user needs
+            # The refused one too, if the server created it after all (an apply whose answer timed out): found
+            # by the run's label, so never an object of the same name that is not this run's.
+            run = (obj["metadata"].get("labels") or {}).get(RUN_LABEL)
+            if run is not None:
+                try:
+                    self.delete_run(f"{RUN_LABEL}={run}", jobset=obj["kind"] == "JobSet", grace=0)
+                except ClusterError:
+                    pass
             raise
 
     def run_objects(self, selector: str, *, jobset: bool) -> list[tuple[str, str]]:

@@ -142,6 +142,15 @@ def test_an_object_refused_mid_submit_takes_the_earlier_ones_with_it(fake_cluste
     assert fake_cluster.kinds() == []  # ConfigMap, Service and NetworkPolicy were deleted again
 
 
+def test_an_object_the_server_created_but_did_not_confirm_is_taken_back_too(fake_cluster, tmp_path):
+    """The apply's answer is lost (a gateway timeout) after the server wrote the Job: the rollback finds it by
+    the run's label, or a workload would train on that no llmops command could see or cancel."""
+    fake_cluster.fail_after_create["jobs"] = (504, "Timeout", "the server did not answer in time")
+    message, _ = refused(tmp_path)
+    assert "did not answer in time" in message
+    assert fake_cluster.kinds() == []
+
+
 def test_more_gpus_than_any_node_offers(fake_cluster, tmp_path):
     fake_cluster.nodes = [fake_cluster.node("gpu-1", cpu="96", memory="1Ti", **{"nvidia.com/gpu": "8"})]
     spec = k8s_spec()

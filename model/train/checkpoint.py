@@ -248,6 +248,8 @@ def find_latest_agreed(root: Path) -> Found:
     """Collective: :func:`find_latest` as global rank 0 sees it, on every rank. Ranks listing the folder each for
     itself could pick different checkpoints where nodes' views of a shared file system lag (an NFS client still
     showing a ``.partial``, a transient error on one node): mixed weights, then a hang."""
+    if not dist.is_initialized():  # one process (a tool, a test): nobody to agree with
+        return find_latest(root)
     box = [find_latest(root) if dist.get_rank() == 0 else None]
     dist.broadcast_object_list(box, src=0)
     return box[0]

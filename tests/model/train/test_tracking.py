@@ -314,7 +314,7 @@ def test_bad_tracking_sections_exit_2_with_the_fix(tmp_path):
 
     res = validate({"mlflow": {"uri": "ftp://tracker:5000"}})
     assert res.returncode == 2 and "Traceback" not in res.stderr
-    assert "tracking.mlflow.uri = 'ftp://tracker:5000': is not an http(s)://host[:port] uri" in res.stderr
+    assert "tracking.mlflow.uri = 'ftp://tracker:5000': is not an http(s)://host[:port] URI" in res.stderr
     res = validate({"mlflow": {"uri": "http://me:secret@tracker:5000"}})
     assert res.returncode == 2 and "holds credentials" in res.stderr
     res = validate({"mlflow": {"uri": "http://tracker:5000", "token": "x"}})

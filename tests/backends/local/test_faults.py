@@ -215,7 +215,9 @@ def test_a_frozen_rank_is_found_its_stacks_kept_and_the_stage_restarted(faulted)
     assert "[llmops] stacks of rank 1, pid" in first and "(it was stopped, SIGSTOP: continued to write them)" in first
     (event,) = [e for e in map(json.loads, (run / "stages" / "pretrain" / "events.jsonl").read_text().splitlines())
                 if e["event"] == "hung"]
-    assert event["timeout"] == HANG_TIMEOUT and event["step"] >= faulted["frozen_after"]
+    # frozen_after is rank 0's progress when the signal went out: rank 1 may have been stopped after that step
+    # and before its own beat for it, one step behind (the message then names it as behind)
+    assert event["timeout"] == HANG_TIMEOUT and event["step"] >= faulted["frozen_after"] - 1
     assert event["time"] - faulted["frozen_at"] <= HANG_TIMEOUT + 15  # found within the timeout and a margin
     assert f"resumed from iter_{INTERVAL:07d}" in then
     _same_curve(run, faulted["reference"])

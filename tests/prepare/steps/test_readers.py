@@ -224,3 +224,25 @@ def test_a_unit_inside_one_huge_line_skips_it_in_bounded_pieces(tmp_path):
     assert [r.id for r in got] == ["after"]  # in the unit where it starts; the huge line is the first unit's
     assert peak < 8 << 20, f"peak {peak:,} bytes"
     assert [r.reason for r, _ in read_unit(units[0], spec)] == ["too_large"]
+
+
+def test_a_zstd_bomb_is_read_in_bounded_pieces(tmp_path):
+    """zstd expands up to ~32,768 times: 512 MiB of one byte is a file of a few kilobytes. The reader hands it
+    on in bounded pieces (the line is quarantined as too large) instead of decompressing it whole into memory."""
+    import tracemalloc
+
+    frame = zstandard.ZstdCompressor().compress(b"x" * (1 << 20))  # frame after frame, as the reader reads them
+    path = tmp_path / "bomb.jsonl.zst"
+    path.write_bytes(frame * 512 + zstandard.ZstdCompressor().compress(
+        b"\n" + json.dumps({"id": "after", "text": "the line after it"}).encode() + b"\n"))
+    assert path.stat().st_size < 64 << 10
+    spec = {"max_document_bytes": 1 << 20}
+    tracemalloc.start()
+    try:
+        got = records(path, **spec)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert [r.reason if isinstance(r, Bad) else r.id for r in got] == ["too_large", "after"]
+    assert f"{(512 << 20) + 1:,} bytes" in got[0].detail  # the line and its newline
+    assert peak < 128 << 20, f"peak {peak:,} bytes"  # 1 GiB before: the whole output, then a copy

@@ -14,7 +14,14 @@ from pathlib import Path
 
 from llmops.errors import UserError
 from llmops.prepare import workers as worker_pool
-from llmops.prepare.pipeline import MAP_PHASES, PHASES, default_workdir, ensure_writable, run_phase
+from llmops.prepare.pipeline import (
+    MAP_PHASES,
+    PHASES,
+    default_workdir,
+    ensure_writable,
+    refuse_foreign_outputs,
+    run_phase,
+)
 from llmops.prepare.progress import Display, Tracker
 from llmops.prepare.workdir import WorkDir, make_plan
 from llmops.spec.prepare import PrepareSpec
@@ -33,6 +40,7 @@ def run_all(config: PrepareSpec, *, workers: int | None = None, num_shards: int 
     shards = num_shards or config.num_shards or (None if existing else 4 * workers)
     if not existing:
         ensure_writable(Path(config.output.dir), "prepare.output.dir")
+        refuse_foreign_outputs(config)
         ensure_writable(work.root, "the work folder")
     plan = make_plan(config, work, shards)
     _COUNTER = display.counter

@@ -94,10 +94,12 @@ def run_phase(config: PrepareSpec, *, phase: str, shard: int = 0, num_shards: in
     if phase not in PHASES:
         raise UserError(f"--phase {phase!r} is not a phase", f"use one of {', '.join(PHASES)}")
     work = WorkDir(workdir or default_workdir(config))
-    ensure_writable(Path(config.output.dir), "prepare.output.dir")
-    ensure_writable(work.root, "the work folder")
     # Only the clean phase may start a plan (one shard when none is named); later phases read it.
     starting = phase == "clean" and not (work.root / "plan.json").exists()
+    ensure_writable(Path(config.output.dir), "prepare.output.dir")
+    if starting:
+        refuse_foreign_outputs(config)
+    ensure_writable(work.root, "the work folder")
     plan = make_plan(config, work, (num_shards or 1) if starting else num_shards if phase == "clean" else None)
     allowed = {plan.num_shards} if phase in MAP_PHASES else {plan.num_shards, 1}
     if num_shards is not None and num_shards not in allowed:
@@ -132,6 +134,35 @@ def _check_needs(phase: str, work: WorkDir, num_shards: int) -> None:
             raise UserError(f"phase {phase} needs phase {before} to be complete, but {which} have not finished "
                             f"(no marker in {work.root / 'done'})",
                             f"run `llmops prepare SPEC --phase {before}` for those first")
+
+
+def output_names(config: PrepareSpec) -> set[str]:
+    """The names finalize may write into output.dir."""
+    from llmops.prepare.pretrained import FILES
+    from llmops.prepare.steps.writer import jsonl_suffix
+
+    prefix = Path(config.prefix).name
+    return {f"{prefix}.bin", f"{prefix}.idx", "tokenizer.model", *FILES, "metadata.json", "stats.json",
+            "quarantine.jsonl", "duplicates.jsonl", f"documents{jsonl_suffix(config.output.compression)}"}
+
+
+def refuse_foreign_outputs(config: PrepareSpec) -> None:
+    """A new preparation replaces an earlier llmops dataset in its output folder, never files it did not write:
+    finalize renames its files over whatever has their names."""
+    out = Path(config.output.dir)
+    try:
+        earlier = json.loads((out / "metadata.json").read_text())
+        if isinstance(earlier, dict) and {"prefix", "vocab_size", "config"} <= earlier.keys():
+            return  # a dataset llmops prepared here: replaced, metadata.json first (finalize)
+    except (OSError, ValueError):
+        pass
+    found = sorted(p.name for p in out.iterdir() if p.name in output_names(config)) if out.is_dir() else []
+    if found:
+        raise UserError(f"prepare.output.dir {str(out)!r} already holds {', '.join(found)}, not from a "
+                        f"preparation llmops finished there (it has no llmops metadata.json): this one would "
+                        f"overwrite them",
+                        "choose a new or empty folder for prepare.output.dir, or move those files away (an "
+                        "unfinished preparation resumes with its own work folder: --workdir)")
 
 
 def ensure_writable(folder: Path, what: str) -> None:

@@ -170,6 +170,30 @@ def test_a_work_folder_given_by_hand_keeps_what_llmops_did_not_write(tmp_path, c
     assert not list((work / "clean").glob("shard-*")) and (out / "metadata.json").exists()
 
 
+def test_an_output_folder_of_other_files_is_refused_and_an_earlier_dataset_replaced(tmp_path, corpus_file):
+    """finalize renames its files over whatever has their names: a new preparation into a folder whose files
+    llmops did not write is refused before any work, and leaves them as they were; a dataset llmops prepared
+    there before (its metadata.json) is replaced."""
+    import shutil
+
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "stats.json").write_text("the user's own")
+    (out / "tokenizer.json").write_text("another model's")
+    (out / "notes.txt").write_text("kept: no name finalize writes")
+    spec = prepare_spec([str(corpus_file)], out)
+    with pytest.raises(UserError, match=r"already holds stats.json, tokenizer.json, not from a preparation") as e:
+        run_all(spec, display=Display(interval=60))
+    assert "choose a new or empty folder" in e.value.fix
+    assert (out / "stats.json").read_text() == "the user's own" and not (out / "work").exists()
+    for name in ("stats.json", "tokenizer.json"):
+        (out / name).unlink()
+    first = run_all(spec, display=Display(interval=60))
+    shutil.rmtree(out / "work")  # a finished dataset whose work folder is gone: prepared again, over itself
+    assert run_all(spec, display=Display(interval=60))["output"] == first["output"]
+    assert (out / "notes.txt").exists() and json.loads((out / "metadata.json").read_text())["vocab_size"]
+
+
 def test_the_work_folder_refuses_a_changed_config_or_shard_count(tmp_path, corpus_file):
     out = tmp_path / "out"
     run_phase(prepare_spec([str(corpus_file)], out), phase="clean", shard=0, num_shards=2)

@@ -102,7 +102,8 @@ def dedup(ctx: Context, shard: int) -> dict:
 
 
 def _write_duplicates(work: WorkDir, decision, offsets: np.ndarray, n_shards: int) -> None:
-    """duplicates.jsonl: each dropped document, the kept document it duplicates, how, how similar."""
+    """duplicates.jsonl: each dropped document, the kept document it duplicates, how, how similar, and (`via`)
+    the dropped document it is an exact copy of when that one was a near duplicate of the kept one."""
     dropped = np.flatnonzero(decision.kind != KEPT)
     ids: list[str] = []
     if len(dropped):
@@ -112,9 +113,11 @@ def _write_duplicates(work: WorkDir, decision, offsets: np.ndarray, n_shards: in
         with open(tmp, "w", encoding="utf-8") as f:
             for x in dropped.tolist():
                 kind = "exact" if decision.kind[x] == 1 else "near"
-                f.write(json.dumps({"id": ids[x], "duplicate_of": ids[decision.duplicate_of[x]], "kind": kind,
-                                    "similarity": round(float(decision.similarity[x]), 4)},
-                                   ensure_ascii=False) + "\n")
+                row = {"id": ids[x], "duplicate_of": ids[decision.duplicate_of[x]], "kind": kind,
+                       "similarity": round(float(decision.similarity[x]), 4)}
+                if decision.via[x] >= 0:
+                    row["via"] = ids[decision.via[x]]
+                f.write(json.dumps(row, ensure_ascii=False) + "\n")
 
 
 def check_error_rate(spec: PrepareSpec, markers: list[dict], work: WorkDir) -> None:

@@ -25,7 +25,8 @@ from llmops.spec.prepare import DedupSpec
 
 @dataclass
 class Decision:
-    """Per document (global order): the index of the document it duplicates (-1: kept), why, how similar."""
+    """Per document (global order): the index of the kept document it duplicates (-1: kept), why, how
+    similar, and through which dropped document (-1: directly)."""
 
     duplicate_of: np.ndarray
     kind: np.ndarray
@@ -36,6 +37,8 @@ class Decision:
     largest_cluster: int
     """Documents sharing one kept document, the kept one included."""
     candidate_pairs: int
+    via: np.ndarray
+    """An exact duplicate whose first copy was itself dropped as a near duplicate: that first copy."""
 
 
 KEPT, EXACT, NEAR = 0, 1, 2
@@ -60,22 +63,21 @@ def deduplicate(exact: np.ndarray, sigs: np.ndarray, spec: DedupSpec, progress: 
         alive = np.flatnonzero((kind == KEPT) & (sigs != EMPTY).any(axis=1))
         parent, pairs = _near_pairs(sigs, alive, spec, progress, workers)
         near_clusters = _apply_clusters(parent, sigs, dup_of, kind, sim)
-    return Decision(dup_of, kind, sim, exact_clusters, near_clusters, _largest(dup_of), pairs)
+    # The first of a group of exact copies may itself be a near duplicate of an earlier document (near
+    # clustering runs after the exact groups): its copies then duplicate that earlier, kept, document.
+    via = np.full(n, -1, dtype=np.int64)
+    chained = np.flatnonzero(kind == EXACT)
+    chained = chained[kind[dup_of[chained]] == NEAR]
+    via[chained] = dup_of[chained]
+    dup_of[chained], sim[chained] = dup_of[via[chained]], sim[via[chained]]
+    return Decision(dup_of, kind, sim, exact_clusters, near_clusters, _largest(dup_of), pairs, via)
 
 
 def _largest(dup_of: np.ndarray) -> int:
-    """Size of the largest group of documents that share one kept document.
-
-    An exact duplicate may point at a document that is itself a near duplicate
-    (one step of chaining at most: near-duplicate roots are always kept).
-    """
+    """Size of the largest group of documents that share one kept document."""
     if len(dup_of) == 0:
         return 0
-    final = dup_of.copy()
-    chained = final >= 0
-    chained[chained] = dup_of[final[chained]] >= 0
-    final[chained] = dup_of[final[chained]]
-    return int(np.bincount(np.where(final >= 0, final, np.arange(len(dup_of)))).max())
+    return int(np.bincount(np.where(dup_of >= 0, dup_of, np.arange(len(dup_of)))).max())
 
 
 def _near_pairs(sigs: np.ndarray, alive: np.ndarray, spec: DedupSpec, progress: Advance | None,

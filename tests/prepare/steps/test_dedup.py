@@ -60,6 +60,20 @@ def test_chained_near_duplicates_form_one_cluster_kept_at_its_earliest():
     assert d.kind.tolist() == [KEPT, NEAR, NEAR] and d.duplicate_of.tolist() == [-1, 0, 0]
 
 
+def test_copies_of_a_near_duplicate_name_the_document_that_is_kept():
+    """Exact groups are formed first: the first copy of a group may then be dropped as a near duplicate of an
+    earlier document, and its copies point past it, at the one kept (`via` names the copy they match)."""
+    rng = random.Random(4)
+    a = make_text(rng, 200)
+    b = replace_words(a, [60])
+    spec = DedupSpec()
+    d = deduplicate(*arrays([a, b, b, a, b], spec), spec)
+    assert d.kind.tolist() == [KEPT, NEAR, EXACT, EXACT, EXACT]
+    assert d.duplicate_of.tolist() == [-1, 0, 0, 0, 0] and d.via.tolist() == [-1, -1, 1, -1, 1]
+    assert d.similarity[2] == d.similarity[1] < 1.0 and d.similarity[3] == 1.0
+    assert d.largest_cluster == 5
+
+
 def test_switches_and_empty_signatures():
     rng = random.Random(3)
     a = make_text(rng, 120)

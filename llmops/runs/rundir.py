@@ -24,6 +24,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from llmops.errors import UserError
+from llmops.files import atomic_write
 from llmops.spec.load import dump_spec, read_resolved
 from llmops.spec.run import RunSpec
 
@@ -209,13 +210,6 @@ def list_runs(root: Path) -> list[RunDir]:
         return []
     runs = [RunDir(p) for p in root.iterdir() if (p / "spec.yaml").is_file()]
     return sorted(runs, key=lambda r: r.read_status().submitted_at)
-
-
-def atomic_write(path: Path, text: str) -> None:
-    """Replace `path` with `text` in one step: a reader sees the old file or the new one, never a part."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def checkpoint_root(spec: RunSpec, stage: str, run_dir: os.PathLike | str) -> str:

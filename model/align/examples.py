@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from llmops.errors import UserError
+from llmops.files import atomic_write
 from llmops.prepare import pretrained
 from llmops.spec.align import AlignSpec
 from llmops_model.align import chat
@@ -151,7 +152,7 @@ def build(a: AlignSpec, *, seq_length: int, out: Path, fp: str) -> dict:
     stats = {"fingerprint": fp, "lines": lines, "examples": len(kept), "train": len(kept) - n_valid,
              "valid": n_valid, "truncated": truncated, "quarantined": dict(sorted(reasons.items())),
              "vocab_size": tok.vocab_size, "eod_id": tok.eod_id, "pad_id": tok.pad_id}
-    _write_atomic(out / "stats.json", json.dumps(stats, indent=1))
+    atomic_write(out / "stats.json", json.dumps(stats, indent=1))
     return stats
 
 
@@ -168,12 +169,6 @@ def _save(path: Path, rows: list[list], fields: tuple[str, ...]) -> None:
 def read(path: Path, method: str) -> Examples:
     with np.load(path) as z:
         return {name: Ragged(z[f"{name}.flat"], z[f"{name}.offsets"]) for name in FIELDS[method]}
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def cached_stats(out: Path, fp: str) -> dict | None:

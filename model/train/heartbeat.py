@@ -42,6 +42,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from llmops.files import atomic_write
+
 ENV = "LLMOPS_HEARTBEATS"
 STACKS = signal.SIGUSR2  # SIGUSR1 is Slurm's preemption notice
 MIN_AUTO_TIMEOUT = 300.0
@@ -62,11 +64,8 @@ def beat(step: int, phase: str, *, code: int | None = None) -> None:
     if not folder:
         return
     rank = os.environ.get("RANK", "0")
-    path = Path(folder) / f"rank-{rank}.json"
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps({"rank": int(rank), "pid": os.getpid(), "step": step, "phase": phase,
-                               "time": time.time(), "code": code}))
-    os.replace(tmp, path)
+    atomic_write(Path(folder) / f"rank-{rank}.json", json.dumps(
+        {"rank": int(rank), "pid": os.getpid(), "step": step, "phase": phase, "time": time.time(), "code": code}))
 
 
 def leave_notice(signum: int) -> None:
@@ -78,10 +77,7 @@ def leave_notice(signum: int) -> None:
     notice never outlives the launch it was for."""
     folder = os.environ.get(ENV)
     if folder:
-        path = Path(folder) / NOTICE
-        tmp = path.with_name(f".{NOTICE}.tmp")
-        tmp.write_text(str(int(signum)))
-        os.replace(tmp, path)
+        atomic_write(Path(folder) / NOTICE, str(int(signum)))
 
 
 def notice_left() -> int | None:

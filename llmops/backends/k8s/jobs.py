@@ -45,7 +45,7 @@ from llmops.backends.k8s.objects import (
     to_dict,
 )
 from llmops.backends.k8s.spec import K8sProfile, K8sSpec
-from llmops.errors import EXIT_BAD_INPUT, EXIT_REQUEUE
+from llmops.errors import EXIT_BAD_INPUT, EXIT_REQUEUE, UserError
 
 JOBSET_API = "jobset.x-k8s.io/v1alpha2"
 
@@ -104,6 +104,15 @@ def _disruption(action: str) -> k.V1PodFailurePolicyRule:
 
 def _plan(*, names: RunNames, spec, k8s: K8sSpec, profile: K8sProfile, profile_env: dict[str, str],
           run_dir: str, stage: Stage, previous: Stage | None, jobset: bool) -> PodPlan:
+    # The pods' hostnames: a DNS label, 63 characters at most (the API refuses a longer one, and the stage would
+    # wait for pods that are never created).
+    job = f"{names.base}-{stage.name}-0" if jobset else names.job(stage.name)
+    last = f"{job}-{stage.indexes - 1}"
+    if len(last) > 63:
+        raise UserError(f"stage {stage.name}'s {stage.indexes} pods would be named up to {last!r} "
+                        f"({len(last)} characters), and Kubernetes allows 63 in a pod's hostname",
+                        "use a shorter spec name (it begins the run id that names the pods), fewer pods "
+                        "(prepare.num_shards, resources.nodes) or k8s.flavor: indexed-job")
     if jobset:
         # JobSet names pods <jobset>-<replicated job>-<job index>-<pod index> under subdomain <jobset>.
         rdzv_host = f"{names.base}-{stage.name}-0-0.{names.base}"

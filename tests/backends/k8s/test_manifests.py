@@ -14,6 +14,7 @@ import pytest
 import yaml
 
 from llmops import runner
+from llmops.errors import UserError
 from llmops.spec.load import dump_spec, parse_spec
 from llmops_testing import llmops, tiny_spec, write_spec
 
@@ -251,6 +252,24 @@ def test_long_run_ids_still_give_valid_names(tmp_path):
             assert obj["metadata"]["annotations"]["llmops.dev/run-id"] == run_id
         env = {e["name"]: e.get("value") for e in pod_specs({o["kind"]: o for o in objs})[0]["containers"][0]["env"]}
         assert all(len(label) <= 63 for label in env["LLMOPS_RDZV_HOST"].split("."))
+
+
+def test_pod_hostnames_past_63_characters_are_refused_at_render(tmp_path):
+    """JobSet names pods <run>-<stage>-<job>-<pod>: a long run id, a 16-character stage and a thousand
+    prepare shards pass 63 characters, which the API refuses at pod creation (the stage would wait forever)."""
+    run_id = "a-rather-long-run-name-for-the-pretraining-of-7b-20250101-000000-12"
+    spec = _prepared(_cpu(flavor="jobset"))
+    for shards, refused in ((1000, False), (1001, True)):
+        spec["prepare"] = {**spec["prepare"], "num_shards": shards}
+        if not refused:
+            runner.plan(parse_spec(spec), path=tmp_path / run_id)
+            continue
+        with pytest.raises(UserError, match=r"stage prepare-tokenize's 1001 pods would be named up to "
+                                            r"'.*-prepare-tokenize-0-1000' \(64 characters\)") as e:
+            runner.plan(parse_spec(spec), path=tmp_path / run_id)
+        assert "k8s.flavor: indexed-job" in e.value.fix
+    spec["k8s"] = {**spec["k8s"], "flavor": "indexed-job"}  # <job>-<index>: 1001 pods fit
+    runner.plan(parse_spec(spec), path=tmp_path / run_id)
 
 
 def test_cli_render_writes_manifests_with_overrides(tmp_path):

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from llmops.errors import UserError
+from llmops.files import fsync_path
 from llmops.prepare import store
 from llmops.prepare.progress import Advance
 from llmops.prepare.stats import StepStats, Timer, merge_steps
@@ -41,12 +42,17 @@ class Context:
 
 @contextlib.contextmanager
 def committed(*paths: Path) -> Iterator[list[Path]]:
-    """Temporary names for `paths`, all renamed into place only when the block succeeds."""
+    """Temporary names for `paths`, all renamed into place only when the block succeeds, and on disk by then
+    (data and renames), so that a marker written next never stands for data a crash of the host lost."""
     tmps = [p.with_name(f".{p.name}.tmp-{temp_tag()}") for p in paths]
     try:
         yield tmps
+        for tmp in tmps:
+            fsync_path(tmp)
         for tmp, path in zip(tmps, paths):
             os.replace(tmp, path)
+        for folder in dict.fromkeys(p.parent for p in paths):
+            fsync_path(folder)
     finally:
         for tmp in tmps:
             tmp.unlink(missing_ok=True)

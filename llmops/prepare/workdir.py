@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from llmops.errors import UserError
+from llmops.files import fsync_path
 from llmops.prepare.sources import Unit, discover
 from llmops.spec.prepare import PrepareSpec
 
@@ -38,11 +39,13 @@ def temp_tag() -> str:
 
 @contextlib.contextmanager
 def atomic_path(path: Path) -> Iterator[Path]:
-    """A temporary sibling of `path` to write; renamed to `path` only if the block succeeds."""
+    """A temporary sibling of `path` to write; renamed to `path` only if the block succeeds, on disk first."""
     tmp = path.with_name(f".{path.name}.tmp-{temp_tag()}")
     try:
         yield tmp
+        fsync_path(tmp)
         os.replace(tmp, path)
+        fsync_path(path.parent)
     finally:
         if tmp.exists():
             tmp.unlink()

@@ -29,6 +29,8 @@ from typing import Any
 import torch.distributed as dist
 from torch.distributed.checkpoint.api import CheckpointException
 
+from llmops.files import fsync_path
+
 # What a checkpoint is, and how it is checked, is shared with the control plane (no torch needed there).
 from llmops.runs.checkpoints import (
     MANIFEST,
@@ -70,15 +72,6 @@ def _write_atomic(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def _fsync(path: Path) -> None:
-    """A file's or a folder's contents (a folder's: its entries) to disk."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def commit(root: Path, step: int, *, meta: dict[str, Any], keep_last: int) -> Path:
     """Seal a fully written ``.partial`` checkpoint: manifest, rename, tracker, prune.
 
@@ -90,8 +83,8 @@ def commit(root: Path, step: int, *, meta: dict[str, Any], keep_last: int) -> Pa
     # On disk before the manifest says they are: the shard writers sync theirs, Megatron's common.pt and
     # metadata files it does not (a host crash could otherwise leave a manifest over a file never written).
     for name in files:
-        _fsync(partial / name)
-    _fsync(partial)
+        fsync_path(partial / name)
+    fsync_path(partial)
     _write_atomic(partial / MANIFEST, json.dumps({**meta, "step": step, "files": files,
                                                   "saved_at": time.time()}, indent=1))
     if final.exists():  # an older save of the same step (a resumed run re-saving): replace it, if it is ours
@@ -100,7 +93,7 @@ def commit(root: Path, step: int, *, meta: dict[str, Any], keep_last: int) -> Pa
         shutil.rmtree(final)
     os.replace(partial, final)
     try:
-        _fsync(root)
+        fsync_path(root)
         _write_atomic(root / TRACKER, f"{step}\n")
         prune(root, keep_last=keep_last, sealed=final)
     except OSError as exc:  # sealed already (its manifest says it is complete): not a failed save

@@ -159,6 +159,30 @@ def test_a_finalize_stopped_before_its_marker_is_done_again_from_the_shard_files
     assert read_documents(out) and not (out / "work" / "clean").exists()
 
 
+def test_a_shard_is_on_disk_before_its_marker(tmp_path, corpus_file, monkeypatch):
+    """A marker stands for data a crash of the host cannot take back: every file a phase wrote is synced before
+    it is renamed into place, the folder after the rename, and both before the marker is renamed into place."""
+    import os
+
+    events = []
+    real_fsync, real_replace = os.fsync, os.replace
+    monkeypatch.setattr(os, "fsync", lambda fd: (events.append(("sync", os.readlink(f"/proc/self/fd/{fd}"))),
+                                                 real_fsync(fd)))
+    monkeypatch.setattr(os, "replace", lambda a, b: (events.append(("replace", str(a), str(b))), real_replace(a, b)))
+    out = tmp_path / "out"
+    run_phase(prepare_spec([str(corpus_file)], out), phase="clean")
+    clean, done = out / "work" / "clean", out / "work" / "done"
+    marker = next(i for i, e in enumerate(events) if e[0] == "replace" and e[2].startswith(str(done)))
+    renames = [(i, e) for i, e in enumerate(events) if e[0] == "replace" and e[2].startswith(str(clean))]
+    assert {Path(e[2]).name for _, e in renames} == {
+        f"shard-00000{s}" for s in (".arrow", ".exact", ".sig", ".quarantine.jsonl")}, events
+    for i, (_, tmp, final) in renames:
+        assert ("sync", tmp) in events[:i], f"{final} renamed into place unsynced"
+    last = max(i for i, _ in renames)
+    assert ("sync", str(clean)) in events[last:marker], "the renames were not synced before the marker"
+    assert ("sync", str(done)) in events[marker:], "the marker's rename was not synced"
+
+
 def test_a_work_folder_given_by_hand_keeps_what_llmops_did_not_write(tmp_path, corpus_file):
     out, work = tmp_path / "out", tmp_path / "scratch"
     (work / "clean").mkdir(parents=True)

@@ -351,6 +351,13 @@ class TrackingSpec(SpecModel):
 DEFAULT_SAMPLE_PROMPTS = ("Return the", "The following example shows how to", "What does this function do?")
 
 
+# Seconds the end-of-stage samples may take where something outside ends the process later, in the environment
+# of a multi-node Slurm stage (llmops_model.hf.samples): the other nodes' torchrun agents leave their exit
+# barrier after 300 s, and srun's --wait=60 then ends node 0's task, which a stage's success must not depend on.
+SAMPLES_DEADLINE_ENV = "LLMOPS_SAMPLES_DEADLINE"
+SAMPLES_DEADLINE_S = 240
+
+
 class SamplesSpec(SpecModel):
     """Completions of a few fixed prompts, written at the end of every training stage and shown in the report,
     so the model can be watched changing from stage to stage (needs transformers: the `hf` extra)."""

@@ -14,12 +14,16 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
+import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 from llmops.errors import UserError
 from llmops.runs.rundir import RunDir, atomic_write
+from llmops.spec.run import SAMPLES_DEADLINE_ENV
 
 
 def write(run: RunDir, stage: str, *, info: Callable[[str], None]) -> Path | None:
@@ -36,11 +40,30 @@ def write(run: RunDir, stage: str, *, info: Callable[[str], None]) -> Path | Non
     if importlib.util.find_spec("transformers") is None:
         info("samples: skipped, transformers is not installed (pip install 'llmops[hf]')")
         return None
+    deadline = float(os.environ.get(SAMPLES_DEADLINE_ENV) or 0)
+    timer = threading.Timer(deadline, _out_of_time, args=(deadline, info)) if deadline > 0 else None
+    if timer is not None:
+        timer.daemon = True
+        timer.start()
     try:
         return _write(run, stage, cfg, info=info)
     except Exception as exc:  # a sample is a courtesy: the stage has already succeeded
         info(f"samples: skipped, {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
         return None
+    finally:
+        if timer is not None:
+            timer.cancel()
+
+
+def _out_of_time(deadline: float, info: Callable[[str], None]) -> None:
+    """The samples took longer than the stage allows them: end the process as the stage's success (samples run
+    only after one), before something outside kills it and the stage reads as failed. The file is never
+    half-written (atomic_write)."""
+    info(f"samples: stopped after {deadline:g} s ({SAMPLES_DEADLINE_ENV}: on several Slurm nodes the others leave "
+         f"first, and srun would end this one); `llmops generate` samples the model")
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 def preload(spec) -> None:

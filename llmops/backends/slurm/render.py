@@ -18,7 +18,7 @@ from llmops.backends.slurm.spec import SlurmSpec
 from llmops.errors import EXIT_BAD_INPUT, EXIT_HUNG, EXIT_REQUEUE
 from llmops.secrets import FILE as SECRETS_FILE
 from llmops.shell import quote as q
-from llmops.spec.run import RunSpec
+from llmops.spec.run import SAMPLES_DEADLINE_ENV, SAMPLES_DEADLINE_S, RunSpec
 
 # Stages that are Python functions over shards rather than torchrun jobs; submitted through submitit.
 FANOUT_STAGES = ("prepare",)
@@ -167,6 +167,10 @@ def _environment(spec: RunSpec, slurm: SlurmSpec) -> str:
                   "# Each training process gets its share of the task's CPUs; oversubscription slows gloo badly.",
                   f'export OMP_NUM_THREADS=$(( ${{SLURM_CPUS_ON_NODE:-1}} / {spec.resources.procs_per_node} ))',
                   '[ "$OMP_NUM_THREADS" -ge 1 ] || export OMP_NUM_THREADS=1']
+    if spec.resources.nodes > 1:
+        lines += ["# Samples after training (rank 0, node 0): the other nodes' torchrun agents leave after 300 s,",
+                  "# and srun's --wait=60 then ends this node's task; they stop in time, the stage a success.",
+                  f"export {SAMPLES_DEADLINE_ENV}={SAMPLES_DEADLINE_S}"]
     lines += [f"export {k}={q(v)}" for k, v in sorted(slurm.env.items())]
     lines += ["",
               "# torchrun's rendezvous store lives on the first node of the allocation (node rank 0); node ranks",

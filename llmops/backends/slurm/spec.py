@@ -89,7 +89,8 @@ class ContainerSpec(SpecModel):
 SCRIPT_VARIABLES = frozenset({"RUN_DIR", "STAGE", "MAX_RESTARTS", "FINISHED", "RESTART", "LOG", "NOTICE", "STOPPED",
                               "CODE", "SRUN", "CONTAINER", "REASON", "HEAD", "PORT", "LAST",
                               "LLMOPS_RESTART", "LLMOPS_STAGE", "LLMOPS_RESTART_BASE", "LLMOPS_STANDBY",
-                              "LLMOPS_HEARTBEATS", "LLMOPS_PROCESS_STARTED", "LLMOPS_WARM_RUN_DIR"})
+                              "LLMOPS_HEARTBEATS", "LLMOPS_PROCESS_STARTED", "LLMOPS_WARM_RUN_DIR",
+                              "LLMOPS_SAMPLES_DEADLINE"})
 RESERVED_PREFIXES = ("SLURM_",)
 
 

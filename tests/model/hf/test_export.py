@@ -254,3 +254,23 @@ def test_a_model_above_samples_max_parameters_is_not_sampled(trained, tmp_path):
     assert samples.write(run, "pretrain", info=said.append) is None
     assert said == [f"samples: skipped, the model has about {size:,} parameters, more than samples.max_parameters "
                     f"({size - 1:,}); `llmops generate` samples it"]
+
+
+def test_samples_that_outlast_their_deadline_end_the_process_as_a_success(trained, tmp_path):
+    """On several Slurm nodes, node 0's task is ended by srun soon after the other nodes' agents leave: samples
+    still running by LLMOPS_SAMPLES_DEADLINE end the process with the stage's success, and write no file."""
+    import os
+    import subprocess
+    import sys
+
+    copy = tmp_path / trained["gpt"].name
+    shutil.copytree(trained["gpt"], copy)
+    (copy / "stages" / "pretrain" / "samples.jsonl").unlink()
+    script = ("import sys; from llmops.runs.rundir import RunDir; from llmops_model.hf import samples; "
+              "samples.write(RunDir(sys.argv[1]), 'pretrain', info=print); print('samples returned')")
+    res = subprocess.run([sys.executable, "-c", script, str(copy)], capture_output=True, text=True, timeout=300,
+                         env={**os.environ, "LLMOPS_SAMPLES_DEADLINE": "0.5"})
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.startswith("samples: stopped after 0.5 s (LLMOPS_SAMPLES_DEADLINE"), res.stdout
+    assert "samples returned" not in res.stdout
+    assert not (copy / "stages" / "pretrain" / "samples.jsonl").exists()

@@ -177,6 +177,50 @@ def _end_with_parent(parent: int) -> None:
     threading.Thread(target=watch, name="llmops-parent-watch", daemon=True).start()
 
 
+# Megatron writes common.pt (the state that is not sharded) and metadata.json on global rank 0 alone, between
+# collectives. An error there (a full disk, a quota) took rank 0 out of the collective the other ranks were in:
+# a hang, which the watchdog ended with a restart that met the same full disk. Both writes are guarded: rank 0
+# keeps the error, goes on with the others, and every rank learns of it in _agree.
+_rank0_failures: list[BaseException] = []
+
+
+def _guard_rank0_writes() -> None:
+    from megatron.core.dist_checkpointing import serialization
+    from megatron.core.dist_checkpointing.strategies.base import (
+        StrategyAction,
+        get_default_strategy,
+        register_default_strategy,
+    )
+    from megatron.core.dist_checkpointing.strategies.common import TorchCommonSaveStrategy
+
+    class GuardedCommonSave(TorchCommonSaveStrategy):
+        def save_common(self, common_state_dict, checkpoint_dir):
+            try:
+                super().save_common(common_state_dict, checkpoint_dir)
+            except Exception as exc:  # noqa: BLE001 (whatever it is, the other ranks must learn of it)
+                _rank0_failures.append(exc)
+
+    if not isinstance(get_default_strategy(StrategyAction.SAVE_COMMON, "torch", 1), GuardedCommonSave):
+        register_default_strategy(StrategyAction.SAVE_COMMON, "torch", 1, GuardedCommonSave("torch", 1))
+    if not getattr(serialization.save_config, "guarded", False):
+        write = serialization.save_config
+
+        def save_config(*args, **kwargs):
+            try:
+                write(*args, **kwargs)
+            except Exception as exc:  # noqa: BLE001
+                _rank0_failures.append(exc)
+
+        save_config.guarded = True
+        serialization.save_config = save_config
+
+
+def _rank0_failure() -> BaseException | None:
+    """The first error of a guarded rank-0 write since the last call (None on other ranks, or when none)."""
+    failures, _rank0_failures[:] = list(_rank0_failures), []
+    return failures[0] if failures else None
+
+
 def save(root: Path, step: int, *, state: dict[str, Any], meta: dict[str, Any], keep_last: int,
          async_queue=None, saver: Saver | None = None) -> None:
     """Collective: every rank calls this with its sharded state dict.
@@ -187,6 +231,7 @@ def save(root: Path, step: int, *, state: dict[str, Any], meta: dict[str, Any], 
     """
     from megatron.core import dist_checkpointing
 
+    _guard_rank0_writes()
     root.mkdir(parents=True, exist_ok=True)
     partial = _partial(root, step)
     rank = dist.get_rank()
@@ -198,8 +243,8 @@ def save(root: Path, step: int, *, state: dict[str, Any], meta: dict[str, Any], 
 
     def seal() -> None:
         dist.barrier()
-        failure = None
-        if rank == 0:
+        failure = _rank0_failure()  # common.pt or metadata.json: never sealed without them
+        if rank == 0 and failure is None:
             try:
                 commit(root, step, meta=meta, keep_last=keep_last)
             except OSError as exc:  # the manifest or the rename: nothing is sealed
@@ -274,6 +319,7 @@ def _agree(failure: BaseException | None, partial: Path, rank: int) -> None:
     """Collective: raise SaveFailed on every rank when the save failed on any, after removing the leftovers."""
     import torch
 
+    failure = failure or _rank0_failure()
     device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
     flag = torch.tensor([0 if failure is None else 1], dtype=torch.int32, device=device)
     dist.all_reduce(flag, op=dist.ReduceOp.MAX)

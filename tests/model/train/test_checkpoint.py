@@ -188,3 +188,84 @@ def test_every_rank_resumes_from_the_checkpoint_rank_0_found(tmp_path):
     assert res.returncode == 0, res.stderr[-3000:]
     seen = [json.loads((tmp_path / f"rank-{r}.json").read_text()) for r in (0, 1)]
     assert seen == [str(latest), str(latest)]
+
+
+RANK0_WRITE = textwrap.dedent("""
+    import errno, json, os, sys
+    from pathlib import Path
+
+
+    def main():  # under a guard: Megatron's writer starts processes that import this file
+        import torch
+        import torch.distributed as dist
+
+        from llmops_model.compat import cpu
+
+        cpu.activate()
+        dist.init_process_group("gloo")
+        from megatron.core import parallel_state
+        from megatron.core.dist_checkpointing import ShardedTensor
+
+        from llmops_model.train import checkpoint
+
+        root, what, mode = Path(sys.argv[1]), sys.argv[2], sys.argv[3]
+        parallel_state.initialize_model_parallel()
+        rank = dist.get_rank()
+
+        def full(*args, **kwargs):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        if rank == 0 and what == "common.pt":  # the state that is not sharded, written by torch.save
+            save = torch.save
+            torch.save = lambda obj, f, *a, **k: full() if str(f).endswith("common.pt") else save(obj, f, *a, **k)
+        elif rank == 0:
+            import megatron.core.dist_checkpointing.serialization as serialization
+
+            serialization.save_config = full  # metadata.json
+        queue = None
+        if mode == "async":
+            from megatron.core.dist_checkpointing.strategies.async_utils import AsyncCallsQueue
+
+            queue = AsyncCallsQueue(persistent=False)
+        state = {"w": ShardedTensor.from_rank_offsets("w", torch.arange(4.0) + 4 * rank, (0, rank, 2)), "step": 3}
+        try:
+            checkpoint.save(root, 10, state=state, meta={}, keep_last=2, async_queue=queue)
+            if queue is not None:
+                queue.maybe_finalize_async_calls(blocking=True)
+            said = "saved"
+        except checkpoint.SaveFailed as exc:
+            said = f"SaveFailed: {exc}"
+        Path(os.environ["OUT"], f"rank-{rank}.json").write_text(json.dumps(said))
+        dist.barrier()
+        dist.destroy_process_group()
+
+
+    if __name__ == "__main__":
+        main()
+""")
+
+
+@pytest.mark.parametrize("what,mode", [("common.pt", "sync"), ("metadata.json", "async")])
+def test_a_failed_write_of_rank_0_alone_fails_the_save_on_every_rank_without_a_hang(tmp_path, what, mode):
+    """Megatron writes common.pt and metadata.json on rank 0 alone, between collectives: a full disk there left
+    rank 0 out of the collective the others waited in (a hang, then a restart that met the same disk), or raised
+    out of the asynchronous save's finalization on rank 0 alone. Every rank now fails the save as one, and
+    nothing is left that could be taken for a checkpoint."""
+    import socket
+    import subprocess
+    import sys
+
+    script = tmp_path / "rank0_write.py"
+    script.write_text(RANK0_WRITE)
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    res = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node=2",
+                          f"--master-port={port}", str(script), str(tmp_path / "ckpt"), what, mode],
+                         capture_output=True, text=True, timeout=120,
+                         env={"PATH": "", "OMP_NUM_THREADS": "1", "OUT": str(tmp_path), "CUDA_VISIBLE_DEVICES": ""})
+    assert res.returncode == 0, res.stderr[-3000:]
+    said = [json.loads((tmp_path / f"rank-{r}.json").read_text()) for r in (0, 1)]
+    assert said == ["SaveFailed: [Errno 28] No space left on device",
+                    "SaveFailed: another rank could not write its shards"], said
+    assert list((tmp_path / "ckpt").iterdir()) == []

@@ -225,26 +225,40 @@ def _text_file(unit: Unit, spec: InputSpec) -> tuple[Document | Bad, int]:
 
 
 def _parquet(unit: Unit, spec: InputSpec) -> Iterator[tuple[Document | Bad, int]]:
+    """One row group, in batches of about :data:`_PARQUET_BATCH_BYTES` (a row group is often hundreds of MB of
+    text, which read whole, then as Python strings, took twice that per worker)."""
     import pyarrow.parquet as pq
 
     pf = pq.ParquetFile(unit.path)
     names = set(pf.schema_arrow.names)
-    columns = [c for c in (spec.text_field, spec.id_field) if c and c in names]
-    table = pf.read_row_group(unit.start, columns=columns)
+    rows = pf.metadata.row_group(unit.start).num_rows
     first = sum(pf.metadata.row_group(g).num_rows for g in range(unit.start))
-    per_row = max(1, unit.size // max(1, table.num_rows))
-    texts = table.column(spec.text_field).to_pylist() if spec.text_field in names else [_MISSING] * table.num_rows
-    ids = table.column(spec.id_field).to_pylist() if spec.id_field in columns else [None] * table.num_rows
-    for i, (text, doc_id) in enumerate(zip(texts, ids)):
-        if isinstance(text, bytes):
-            try:
-                text = text.decode("utf-8")
-            except UnicodeDecodeError as exc:
-                yield Bad(unit.source, first + i, "invalid_utf8", str(exc),
-                          text[:RAW_KEEP].decode("utf-8", "replace")), per_row
-                continue
-        raw = text[:RAW_KEEP] if isinstance(text, str) else ""
-        yield _document(text, doc_id, unit.source, first + i, spec, raw=raw), per_row
+    per_row = max(1, unit.size // max(1, rows))
+    if spec.text_field not in names:
+        for i in range(rows):
+            yield _document(_MISSING, None, unit.source, first + i, spec, raw=""), per_row
+        return
+    columns = [c for c in (spec.text_field, spec.id_field) if c and c in names]
+    batch_rows = max(1, min(_PARQUET_BATCH_ROWS, _PARQUET_BATCH_BYTES // per_row))
+    pos = first
+    for batch in pf.iter_batches(batch_size=batch_rows, row_groups=[unit.start], columns=columns):
+        texts = batch.column(spec.text_field).to_pylist()
+        ids = batch.column(spec.id_field).to_pylist() if spec.id_field in columns else [None] * batch.num_rows
+        for text, doc_id in zip(texts, ids):
+            if isinstance(text, bytes):
+                try:
+                    text = text.decode("utf-8")
+                except UnicodeDecodeError as exc:
+                    yield Bad(unit.source, pos, "invalid_utf8", str(exc),
+                              text[:RAW_KEEP].decode("utf-8", "replace")), per_row
+                    pos += 1
+                    continue
+            raw = text[:RAW_KEEP] if isinstance(text, str) else ""
+            yield _document(text, doc_id, unit.source, pos, spec, raw=raw), per_row
+            pos += 1
+
+
+_PARQUET_BATCH_ROWS, _PARQUET_BATCH_BYTES = 1024, 8 << 20
 
 
 def _docstrings(unit: Unit) -> Iterator[tuple[Document | Bad, int]]:

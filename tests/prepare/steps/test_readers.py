@@ -117,6 +117,28 @@ def test_parquet_row_groups_are_units_with_ids_and_missing_texts_reported(tmp_pa
     assert [r.id for r in got] == [f"{tmp_path / 'wrong.parquet'}#0", f"{tmp_path / 'wrong.parquet'}#1"]
 
 
+def test_a_large_parquet_row_group_is_read_in_batches(tmp_path):
+    """A row group of 64 MB of text is read a few MB at a time, not whole and then again as Python strings."""
+    import tracemalloc
+
+    texts = [f"{i:05d} " + "word " * 3_200 for i in range(4_000)]  # 16 kB each
+    pq.write_table(pa.table({"id": [f"d{i}" for i in range(len(texts))], "text": texts}), tmp_path / "big.parquet",
+                   row_group_size=len(texts))
+    spec = InputSpec(paths=[str(tmp_path / "big.parquet")])
+    (unit,), _ = discover(spec)
+    tracemalloc.start()
+    try:
+        count = 0
+        for i, (r, _) in enumerate(read_unit(unit, spec)):  # one at a time, as the clean phase takes them
+            assert r.id == f"d{i}" and r.text.startswith(f"{i:05d} ") and r.position == i
+            count += 1
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert count == len(texts)
+    assert peak < 24 << 20, f"peak {peak:,} bytes"  # the row group as Python strings: 64 MB
+
+
 def test_the_builtin_corpus_is_this_pythons_docstrings():
     units, _ = discover(InputSpec(builtin="python-docstrings"))
     assert not any("/test/" in f"/{u.source}" or u.source.startswith("test") for u in units)

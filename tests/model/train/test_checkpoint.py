@@ -170,24 +170,27 @@ AGREED = textwrap.dedent("""
 
 
 def test_every_rank_resumes_from_the_checkpoint_rank_0_found(tmp_path):
+    _seal(tmp_path / "ckpt", 10)
+    latest = _seal(tmp_path / "ckpt", 20)
+    assert _two_ranks(tmp_path, AGREED, tmp_path / "ckpt") == [str(latest), str(latest)]
+
+
+def _two_ranks(tmp_path: Path, script: str, *args) -> list:
+    """Run `script` on two gloo ranks (torchrun, CPU); what each rank wrote to $OUT/rank-<r>.json."""
     import socket
     import subprocess
     import sys
 
-    _seal(tmp_path / "ckpt", 10)
-    latest = _seal(tmp_path / "ckpt", 20)
-    script = tmp_path / "agreed.py"
-    script.write_text(AGREED)
+    path = tmp_path / "two_ranks.py"
+    path.write_text(script)
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    res = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node=2",
-                          f"--master-port={port}", str(script), str(tmp_path / "ckpt")], capture_output=True,
-                         text=True, timeout=120, env={"PATH": "", "OMP_NUM_THREADS": "1", "OUT": str(tmp_path),
-                                                      "CUDA_VISIBLE_DEVICES": ""})
+    res = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node=2", f"--master-port={port}",
+                          str(path), *map(str, args)], capture_output=True, text=True, timeout=120,
+                         env={"PATH": "", "OMP_NUM_THREADS": "1", "OUT": str(tmp_path), "CUDA_VISIBLE_DEVICES": ""})
     assert res.returncode == 0, res.stderr[-3000:]
-    seen = [json.loads((tmp_path / f"rank-{r}.json").read_text()) for r in (0, 1)]
-    assert seen == [str(latest), str(latest)]
+    return [json.loads((tmp_path / f"rank-{r}.json").read_text()) for r in (0, 1)]
 
 
 RANK0_WRITE = textwrap.dedent("""
@@ -251,21 +254,7 @@ def test_a_failed_write_of_rank_0_alone_fails_the_save_on_every_rank_without_a_h
     rank 0 out of the collective the others waited in (a hang, then a restart that met the same disk), or raised
     out of the asynchronous save's finalization on rank 0 alone. Every rank now fails the save as one, and
     nothing is left that could be taken for a checkpoint."""
-    import socket
-    import subprocess
-    import sys
-
-    script = tmp_path / "rank0_write.py"
-    script.write_text(RANK0_WRITE)
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    res = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node=2",
-                          f"--master-port={port}", str(script), str(tmp_path / "ckpt"), what, mode],
-                         capture_output=True, text=True, timeout=120,
-                         env={"PATH": "", "OMP_NUM_THREADS": "1", "OUT": str(tmp_path), "CUDA_VISIBLE_DEVICES": ""})
-    assert res.returncode == 0, res.stderr[-3000:]
-    said = [json.loads((tmp_path / f"rank-{r}.json").read_text()) for r in (0, 1)]
+    said = _two_ranks(tmp_path, RANK0_WRITE, tmp_path / "ckpt", what, mode)
     assert said == ["SaveFailed: [Errno 28] No space left on device",
                     "SaveFailed: another rank could not write its shards"], said
     assert list((tmp_path / "ckpt").iterdir()) == []

@@ -15,6 +15,8 @@ compilation caches do not leak between them:
 * ``llmops-te``       Transformer Engine's layers in bf16 (``model.attention: te``), eager, through the
                       project's trainer;
 * ``llmops-fp8-<recipe>`` the same with ``train.precision: fp8`` and that ``train.fp8_recipe``;
+* ``llmops-fp8``      the project's defaults with ``train.precision: fp8``: the recipe ``auto`` picks for this
+                      GPU, steps replayed from the CUDA graph where the recipe allows (``llmops_model.fp8``);
 * ``megatron-local``  Megatron-Core's local layer spec and fallback kernels unchanged (unfused attention,
                       Megatron's cross entropy, ``train.fused_kernels: false``);
 * ``torch``           a plain PyTorch model of the same architecture (GPT- or Llama-style) using
@@ -33,7 +35,7 @@ Usage (one GPU)::
 
     python benchmarks/train_throughput.py --sizes gpt-350m gpt-1.3b gpt-8b-4l --out results.json
     python benchmarks/train_throughput.py --sizes gpt-1.3b llama-1b gpt-8b-4l \
-        --impls torch-compile llmops llmops-no-te llmops-te llmops-fp8-delayed   # issue 23's table
+        --impls torch-compile llmops llmops-no-te llmops-te llmops-fp8 llmops-fp8-delayed   # issue 23's table
 """
 
 from __future__ import annotations
@@ -55,8 +57,9 @@ SIZES = {
     "llama-1b": ({"preset": "llama-3.2-1b", "seq_length": 2048}, 8),
 }
 FP8_RECIPES = ("delayed", "tensorwise", "blockwise", "mxfp8")
-IMPLS = ("llmops", "llmops-no-te", "llmops-no-compile", "llmops-eager", "llmops-te",
+IMPLS = ("llmops", "llmops-no-te", "llmops-no-compile", "llmops-eager", "llmops-te", "llmops-fp8",
          *(f"llmops-fp8-{r}" for r in FP8_RECIPES), "megatron-local", "torch", "torch-compile")
+GRAPHED = ("llmops", "llmops-no-te", "llmops-no-compile", "llmops-fp8")
 PEAK = 989e12
 MICROBATCHES = 4
 
@@ -69,13 +72,13 @@ def _spec(size: str, impl: str):
     model["attention"] = {"megatron-local": "megatron", "llmops-te": "te"}.get(impl, "auto")
     if impl == "llmops-no-compile":
         model["compile"] = False
-    fp8 = impl.removeprefix("llmops-fp8-") if impl.startswith("llmops-fp8-") else None
+    fp8 = impl.removeprefix("llmops-fp8").removeprefix("-") or "auto" if impl.startswith("llmops-fp8") else None
     return parse_spec({
         "name": "bench", "resources": {"gpus_per_node": 1}, "model": model,
         "train": {"steps": 1000, "global_batch_size": mbs * MICROBATCHES, "micro_batch_size": mbs,
                   "warmup_steps": 10, "tensorboard": False, "eval_interval": 0,
                   "fused_kernels": impl != "megatron-local",
-                  "cuda_graphs": impl in ("llmops", "llmops-no-te", "llmops-no-compile"),
+                  "cuda_graphs": impl in GRAPHED,
                   **({"precision": "fp8", "fp8_recipe": fp8} if fp8 else {"precision": "bf16"})},
     })
 

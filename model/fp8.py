@@ -35,6 +35,14 @@ RECIPES = ("delayed", "tensorwise", "blockwise", "mxfp8")
 AUTO_BEFORE_BLACKWELL = "tensorwise"
 
 
+# Recipes whose scales are computed on the GPU, inside the kernels that cast (from the tensor's own amax, or per
+# block): a step replayed from a CUDA graph scales every tensor as an eager step would. Delayed scaling keeps an amax
+# history that TE reduces and rolls between steps from Python (TE's own make_graphed_callables re-registers the
+# amax buffers before each replay and reduces them after it), which a capture of the whole step would replay
+# stale: delayed steps run eagerly.
+GRAPHABLE = ("tensorwise", "blockwise", "mxfp8")
+
+
 def enabled(spec: RunSpec) -> bool:
     return spec.train is not None and spec.train.precision == "fp8"
 
@@ -93,3 +101,8 @@ def configure(config, spec: RunSpec, device: torch.device) -> None:
     if config.fp8_recipe == "delayed":  # Megatron's and NeMo's settings for delayed scaling
         config.fp8_amax_history_len = 1024
         config.fp8_amax_compute_algo = "max"
+
+
+def graphable(spec: RunSpec, device: torch.device) -> bool:
+    """Whether this FP8 run's steps can be replayed from the project's CUDA graph (:data:`GRAPHABLE`)."""
+    return recipe(spec, device) in GRAPHABLE

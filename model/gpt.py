@@ -154,9 +154,11 @@ class GPT(GPTModel):
 
 def compiles_layers(spec: RunSpec, *, graphed: bool) -> bool:
     """Whether the transformer layers are compiled: model.compile, with auto meaning "where the step is a CUDA
-    graph" (inside one, compiled kernels cost nothing per call; outside, their guards and launches did)."""
+    graph" (inside one, compiled kernels cost nothing per call; outside, their guards and launches did), except
+    under FP8: TorchDynamo cannot trace TE's quantized tensors (a guard fails in their ``detach``), and TE's
+    layers fuse their own norms and casts."""
     if spec.model.compile == "auto":
-        return graphed
+        return graphed and spec.train.precision != "fp8"
     return bool(spec.model.compile)
 
 

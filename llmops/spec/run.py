@@ -188,7 +188,8 @@ class TrainSpec(SpecModel):
     precision: Literal["auto", "bf16", "fp32", "fp8"] = "auto"
     """auto: bf16 on GPUs, fp32 on CPUs. fp8: the transformer layers' GEMMs in FP8 through Transformer Engine
     (Hopper, Ada or Blackwell GPUs; weights, norms, attention and the optimizer stay bf16/fp32, so checkpoints
-    resume across precisions); its steps run eagerly (no CUDA graph, no compiled layers)."""
+    resume across precisions); its steps replay from a CUDA graph (train.cuda_graphs) except with the delayed
+    recipe, and its layers are TE's own fused ones (model.compile auto leaves them uncompiled)."""
     fp8_recipe: Literal["auto", "delayed", "tensorwise", "blockwise", "mxfp8"] = "auto"
     """How FP8 scales are chosen (train.precision fp8 only): delayed (from a history of amaxes), tensorwise
     (the current tensor's amax), blockwise (128-wide blocks, Hopper), mxfp8 (32-element blocks, Blackwell).

@@ -26,7 +26,7 @@ from megatron.core.transformer.module import Float16Module
 
 from llmops.errors import EXIT_OK, EXIT_REQUEUE, UserError
 from llmops.spec.run import RunSpec
-from llmops_model import gpt
+from llmops_model import fp8, gpt
 from llmops_model.compat import mcore
 from llmops_model.fast import fallbacks, graphs
 from llmops_model.parallel import Layout
@@ -84,9 +84,9 @@ def build(spec: RunSpec, *, layout: Layout, device: torch.device, ckpt_root: Pat
     # Megatron's pipeline schedules synchronise the device around their sends and receives (batch_p2p_sync),
     # which a capture forbids: pipeline-parallel steps run eagerly.
     graphed = step_graph and spec.train.cuda_graphs and not cpu and layout.pp == 1
-    # FP8: TE's scaling state changes between steps outside what this capture records (its own
-    # make_graphed_callables would be needed), so FP8 steps run eagerly.
-    graphed = graphed and spec.train.precision != "fp8"
+    # FP8: the current-scaling recipes compute their scales in the kernels the graph records; delayed
+    # scaling updates its amax history from Python between steps (llmops_model.fp8.GRAPHABLE) and runs eagerly.
+    graphed = graphed and (not fp8.enabled(spec) or fp8.graphable(spec, device))
     module = gpt.build_model(spec, device=device, compile_layers=gpt.compiles_layers(spec, graphed=graphed))
     config = module.config
     config.calculate_per_token_loss = per_token_loss  # read by DDP's gradient scaling, so set before wrapping

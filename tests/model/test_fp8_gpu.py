@@ -28,8 +28,8 @@ SCRIPT = textwrap.dedent("""
 
     case = json.loads(sys.argv[1])
     train = {"steps": case["steps"], "global_batch_size": 8, "micro_batch_size": 4, "lr": 1e-3, "min_lr": 1e-3,
-             "warmup_steps": 1, "precision": case["precision"], "cuda_graphs": False, "tensorboard": False,
-             "eval_interval": 0}
+             "warmup_steps": 1, "precision": case["precision"], "cuda_graphs": case.get("graphs", False),
+             "tensorboard": False, "eval_interval": 0}
     if case.get("recipe"):
         train["fp8_recipe"] = case["recipe"]
     spec = parse_spec({"name": "fp8", "resources": {"gpus_per_node": 1},
@@ -55,7 +55,8 @@ SCRIPT = textwrap.dedent("""
     layers = {"transformer_engine" if type(m).__name__.startswith("TE") else type(m).__module__.split(".")[0]
               for m in t.model.modules() if "Linear" in type(m).__name__}
     print(json.dumps({"losses": losses, "optimizers": sorted(inner), "linears": sorted(layers),
-                      "recipe": t.model.module.config.fp8_recipe if t.model.module.config.fp8 else None}))
+                      "recipe": t.model.module.config.fp8_recipe if t.model.module.config.fp8 else None,
+                      "replays": t.step_graph.replays if t.step_graph is not None else None}))
 """)
 
 
@@ -129,3 +130,25 @@ def test_a_checkpoint_resumes_across_precisions(tmp_path):
             assert _close(resumed["losses"][step], whole["losses"][step], 0.05), said
         # it did start from the trained weights (step 5 is a spike of this learning rate in both runs: 12.5)
         assert resumed["losses"][8] < 0.95 * whole["losses"][1]
+
+
+@needs_te
+def test_fp8_steps_replayed_from_the_cuda_graph_train_as_eager_ones(tmp_path):
+    """The current-scaling recipes' steps replay from the project's CUDA graph with the eager steps' losses (same
+    start, same batches); delayed scaling, whose amax history TE updates from Python between steps, stays eager."""
+    from llmops_model import fp8
+
+    graphable = [r for r in RECIPES if r in fp8.GRAPHABLE]
+    assert graphable or RECIPES == ["delayed"], RECIPES
+    for recipe in graphable:
+        eager = _train(tmp_path, f"{recipe}-eager", precision="fp8", recipe=recipe, steps=10)
+        graphed = _train(tmp_path, f"{recipe}-graphed", precision="fp8", recipe=recipe, steps=10, graphs=True)
+        said = f"{recipe}: graphed {graphed['losses']}, eager {eager['losses']}"
+        assert eager["replays"] is None and graphed["replays"] == 9, said  # one eager warm-up step, then replays
+        for step in range(1, 11):  # the same kernels on the same data: only the order of atomics may differ
+            assert _close(graphed["losses"][step], eager["losses"][step], 0.01), said
+        assert graphed["losses"][10] < 0.85 * graphed["losses"][1], said
+    if "delayed" in RECIPES:
+        delayed = _train(tmp_path, "delayed-graphs-asked", precision="fp8", recipe="delayed", steps=3, graphs=True)
+        assert delayed["replays"] is None, delayed
+

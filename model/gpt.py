@@ -154,11 +154,12 @@ class GPT(GPTModel):
 
 def compiles_layers(spec: RunSpec, *, graphed: bool) -> bool:
     """Whether the transformer layers are compiled: model.compile, with auto meaning "where the step is a CUDA
-    graph" (inside one, compiled kernels cost nothing per call; outside, their guards and launches did), except
-    under FP8: TorchDynamo cannot trace TE's quantized tensors (a guard fails in their ``detach``), and TE's
-    layers fuse their own norms and casts."""
+    graph" (inside one, compiled kernels cost nothing per call; outside, their guards and launches did), and
+    the layers are the project's own: TE's fuse their norms, activations and casts themselves, mark much of
+    their Python as not to be traced, and under FP8 TorchDynamo fails in their quantized tensors (a guard in
+    their ``detach``)."""
     if spec.model.compile == "auto":
-        return graphed and spec.train.precision != "fp8"
+        return graphed and attention_backend(spec) != "te"
     return bool(spec.model.compile)
 
 

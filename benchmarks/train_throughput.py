@@ -274,8 +274,9 @@ def _child(size: str, impl: str, steps: int, warmup: int, profiled: bool = False
     for line in reversed(res.stdout.splitlines()):
         if line.startswith("{"):
             return json.loads(line)
-    err = (res.stderr.strip().splitlines() or ["no output"])[-1]
-    return {"size": size, "impl": impl, "error": "out of memory" if "out of memory" in res.stderr else err}
+    lines = res.stderr.strip().splitlines() or ["no output"]
+    error = "out of memory" if "out of memory" in res.stderr else lines[-1]
+    return {"size": size, "impl": impl, "error": error, "stderr_tail": lines[-40:]}
 
 
 def report(rows: list[dict]) -> str:

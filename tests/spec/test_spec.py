@@ -131,6 +131,23 @@ def test_gpu_speed_defaults_resolve_by_device():
     assert compiles_layers(forced, graphed=False)
 
 
+def test_auto_compile_leaves_transformer_engine_layers_alone(monkeypatch):
+    """TE's layers fuse their own norms and casts, and TorchDynamo fails in their FP8 tensors: model.compile auto
+    compiles the project's layers of a graphed step, never TE's, in bf16 or FP8; compile: true is the user's."""
+    pytest.importorskip("megatron.core")
+    from llmops_model import attention
+    from llmops_model.gpt import compiles_layers
+
+    monkeypatch.setattr(attention, "available_backends", lambda: ["te", "sdpa", "megatron"])
+    spec = {"name": "g", "resources": {"gpus_per_node": 1}, "model": {"preset": "gpt-125m"},
+            "train": {"steps": 10, "global_batch_size": 8}}
+    assert compiles_layers(parse_spec(spec), graphed=True)  # auto in bf16: the project's own layers
+    te = _mutate(spec, "model.attention", "te")
+    assert not compiles_layers(parse_spec(te), graphed=True)
+    assert not compiles_layers(parse_spec(_mutate(spec, "train.precision", "fp8")), graphed=True)  # TE's layers
+    assert compiles_layers(parse_spec(_mutate(te, "model.compile", True)), graphed=False)
+
+
 GPU = {"name": "g", "resources": {"gpus_per_node": 1}, "model": {"preset": "gpt-125m"},
        "train": {"steps": 10, "global_batch_size": 8, "micro_batch_size": 2}}
 

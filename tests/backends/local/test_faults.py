@@ -290,7 +290,11 @@ def test_a_slow_rank_is_named_a_straggler_and_not_restarted(faulted):
 
 def test_truncated_newest_checkpoint_falls_back_to_the_previous(workdir, faulted):
     runs = workdir / "runs"
-    run = start(write_spec(workdir / "corrupt.yaml", _spec("corrupted")), runs)
+    # Rank 1 stops inside a collective at the step after the one waited for, so that the cancel finds the run
+    # there: on a loaded machine the 8 steps left had run to the end before it came (SUCCEEDED, not CANCELLED).
+    inject = {"PYTHONPATH": os.pathsep.join([str(INJECT), os.environ.get("PYTHONPATH", "")]),
+              "LLMOPS_TEST_HANG": f"step@{2 * INTERVAL + 3}"}
+    run = start(write_spec(workdir / "corrupt.yaml", _spec("corrupted")), runs, env=inject)
     wait_step(run, 2 * INTERVAL + 2)
     res = llmops("cancel", run.name, "--force", "--runs-dir", str(runs))
     assert res.returncode == 0, res.stderr

@@ -156,7 +156,8 @@ def refuse_foreign_outputs(config: PrepareSpec) -> None:
             return  # a dataset llmops prepared here: replaced, metadata.json first (finalize)
     except (OSError, ValueError):
         pass
-    found = sorted(p.name for p in out.iterdir() if p.name in output_names(config)) if out.is_dir() else []
+    ours = output_names(config)
+    found = sorted(p.name for p in out.iterdir() if p.name in ours) if out.is_dir() else []
     if found:
         raise UserError(f"prepare.output.dir {str(out)!r} already holds {', '.join(found)}, not from a "
                         f"preparation llmops finished there (it has no llmops metadata.json): this one would "

@@ -18,6 +18,7 @@ global shapes, a checkpoint loads into any tensor/pipeline layout.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shutil
@@ -184,13 +185,11 @@ def _end_with_parent(parent: int) -> None:
 _rank0_failures: list[BaseException] = []
 
 
+@functools.cache
 def _guard_rank0_writes() -> None:
+    """Install the guards, once per process."""
     from megatron.core.dist_checkpointing import serialization
-    from megatron.core.dist_checkpointing.strategies.base import (
-        StrategyAction,
-        get_default_strategy,
-        register_default_strategy,
-    )
+    from megatron.core.dist_checkpointing.strategies.base import StrategyAction, register_default_strategy
     from megatron.core.dist_checkpointing.strategies.common import TorchCommonSaveStrategy
 
     class GuardedCommonSave(TorchCommonSaveStrategy):
@@ -200,19 +199,16 @@ def _guard_rank0_writes() -> None:
             except Exception as exc:  # noqa: BLE001 (whatever it is, the other ranks must learn of it)
                 _rank0_failures.append(exc)
 
-    if not isinstance(get_default_strategy(StrategyAction.SAVE_COMMON, "torch", 1), GuardedCommonSave):
-        register_default_strategy(StrategyAction.SAVE_COMMON, "torch", 1, GuardedCommonSave("torch", 1))
-    if not getattr(serialization.save_config, "guarded", False):
-        write = serialization.save_config
+    register_default_strategy(StrategyAction.SAVE_COMMON, "torch", 1, GuardedCommonSave("torch", 1))
+    write = serialization.save_config
 
-        def save_config(*args, **kwargs):
-            try:
-                write(*args, **kwargs)
-            except Exception as exc:  # noqa: BLE001
-                _rank0_failures.append(exc)
+    def save_config(*args, **kwargs):
+        try:
+            write(*args, **kwargs)
+        except Exception as exc:  # noqa: BLE001
+            _rank0_failures.append(exc)
 
-        save_config.guarded = True
-        serialization.save_config = save_config
+    serialization.save_config = save_config
 
 
 def _rank0_failure() -> BaseException | None:

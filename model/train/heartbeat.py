@@ -20,8 +20,11 @@ seen so far), the watchdog names the ranks the others got past (the likely
 cause: the others wait for them in a collective) or says that all stopped
 at one point (ranks in lockstep do: a frozen one holds the others in the
 step's first collective), has every rank write its Python
-stacks to the stage log (faulthandler, on SIGUSR2; a stopped process is
-continued first so that it can), then kills the workers; the
+stacks (faulthandler, on SIGUSR2, into a file of its own in the folder; a
+stopped process is continued first so that it can) and copies each into the
+stage log as one block, every line labelled with its rank (on several nodes
+the launchers write into one log at once, and Slurm interleaves their lines),
+then kills the workers; the
 launcher exits with ``EXIT_HUNG`` and the backend restarts the stage from its
 latest complete checkpoint, as after a crash. nvidia-resiliency-ext's
 heartbeat monitor does the same for GPUs but needs its own launcher in place of
@@ -49,12 +52,22 @@ STACKS = signal.SIGUSR2  # SIGUSR1 is Slurm's preemption notice
 MIN_AUTO_TIMEOUT = 300.0
 DONE = "done"  # the phase of a rank that has finished its stage
 NOTICE = "notice"  # the file of a preemption notice the launcher got (leave_notice)
+_dump_file = None  # faulthandler writes to the file's descriptor: it must stay open
+
+
+def stacks_path(folder: Path, pid: int) -> Path:
+    """Where the worker `pid` writes its stacks when asked (install)."""
+    return folder / f"stacks-{pid}.txt"
 
 
 def install() -> None:
-    """In a worker: dump every thread's stack to stderr (the stage log) on SIGUSR2."""
-    if os.environ.get(ENV):
-        faulthandler.register(STACKS, file=sys.stderr, all_threads=True)
+    """In a worker: dump every thread's stack on SIGUSR2 into this worker's file in the folder, for the launcher
+    to copy into the stage log (Watchdog.dump_and_kill)."""
+    global _dump_file
+    folder = os.environ.get(ENV)
+    if folder:
+        _dump_file = open(stacks_path(Path(folder), os.getpid()), "w")  # noqa: SIM115 (open for the process)
+        faulthandler.register(STACKS, file=_dump_file, all_threads=True)
 
 
 def beat(step: int, phase: str, *, code: int | None = None) -> None:
@@ -200,28 +213,67 @@ class Watchdog(threading.Thread):
                 self.dump_and_kill()
                 return
 
-    def dump_and_kill(self, pause: float = 1.0) -> None:
-        """Every worker writes its stacks in turn, under a line naming its rank (a stopped one is continued
-        so that it can), then all are killed."""
+    def dump_and_kill(self, wait: float = 5.0) -> None:
+        """Every worker writes its stacks (a stopped one is continued so that it can), and each dump is copied
+        into the log under a line naming its rank, as one block with every line labelled; then all are killed."""
         import psutil
 
         pids = self.workers()
         ranks = {b["pid"]: b["rank"] for b in self._last.values()}  # a forked worker's environ is not its own
+        asked = {}
         for pid in pids:
             try:
-                rank, state = ranks.get(pid, "?"), psutil.Process(pid).status()
+                state = psutil.Process(pid).status()
             except psutil.Error:
                 continue
-            said = " (it was stopped, SIGSTOP: continued to write them)" if state == psutil.STATUS_STOPPED else ""
-            print(f"[llmops] stacks of rank {rank}, pid {pid}{said}:", file=sys.stderr, flush=True)
             for sig in (STACKS, signal.SIGCONT):
                 try:
                     os.kill(pid, sig)
                 except ProcessLookupError:
                     pass
-            time.sleep(pause)  # faulthandler writes at once; the pause keeps each dump under its own line
+            asked[pid] = state == psutil.STATUS_STOPPED
+        written = _settled([stacks_path(self.folder, pid) for pid in asked], wait)
+        for pid, stopped in asked.items():
+            rank = ranks.get(pid, "?")
+            said = " (it was stopped, SIGSTOP: continued to write them)" if stopped else ""
+            stacks = written.get(stacks_path(self.folder, pid), "")
+            lines = [f"[rank {rank}] {line}" for line in stacks.splitlines()] or [
+                f"[rank {rank}] (it wrote none within {wait:.0f}s)"]
+            _write_block("\n".join([f"[llmops] stacks of rank {rank}, pid {pid}{said}:", *lines]) + "\n")
         for pid in pids:
             try:
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
+
+
+def _settled(paths: list[Path], wait: float, quiet: float = 0.3) -> dict[Path, str]:
+    """The text of each file once none has grown for `quiet` seconds (faulthandler writes a dump at once, but a
+    worker just continued from SIGSTOP may start late), or after `wait` seconds in all."""
+    def read() -> dict[Path, str]:
+        texts = {}
+        for path in paths:
+            try:
+                texts[path] = path.read_text(errors="replace")
+            except OSError:
+                texts[path] = ""
+        return texts
+
+    end, last, since = time.monotonic() + wait, read(), time.monotonic()
+    while time.monotonic() < end:
+        time.sleep(0.05)
+        now = read()
+        if now != last:
+            last, since = now, time.monotonic()
+        elif all(last.values()) and time.monotonic() - since >= quiet:
+            break
+    return last
+
+
+def _write_block(text: str) -> None:
+    """Write `text` to stderr in as few writes as the system allows (one, up to the pipe's size), so that another
+    process writing into the same log does not split it more than it must."""
+    sys.stderr.flush()
+    data = text.encode(errors="replace")
+    while data:
+        data = data[os.write(sys.stderr.fileno(), data):]

@@ -283,11 +283,13 @@ def test_a_rank_hung_in_a_collective_is_found_and_the_job_requeued(slurm_env, tm
     assert log.count("[llmops] hung: no progress from any rank of this node for") == 2, log[-3000:]
     dumps = log.split("[llmops] stacks of rank ")[1:]
     assert sorted(d[0] for d in dumps) == ["0", "1", "2", "3"], log[-3000:]
-    # The two nodes' launchers write into the one log at once, so a rank's stacks may land under the other
-    # node's heading (one CI run): counted over the log, each rank's main thread is there, inside torch.distributed.
-    main_threads = [d for d in log.split("(most recent call first):")[1:] if "model/entrypoint.py" in d]
-    assert len(main_threads) >= 4, log[-3000:]
-    assert sum("distributed_c10d.py" in d for d in main_threads) >= 2, log[-3000:]
+    # The two nodes' launchers write into the one log at once and Slurm interleaves their lines: every line of a
+    # dump is labelled with its rank, and each rank's lines hold its main thread, inside torch.distributed for
+    # the ranks waiting in the collective.
+    lines = {rank: "\n".join(line for line in log.splitlines() if line.startswith(f"[rank {rank}] "))
+             for rank in range(4)}
+    assert all("most recent call first" in lines[r] and "model/entrypoint.py" in lines[r] for r in lines), log[-3000:]
+    assert sum("distributed_c10d.py" in text for text in lines.values()) >= 2, log[-3000:]
     hung = [json.loads(line) for line in (run_dir / "stages" / "pretrain" / "events.jsonl").read_text().splitlines()
             if '"hung"' in line]
     assert [(e["restart"], e["step"], e["timeout"]) for e in hung] == [(0, 8, HANG_TIMEOUT)] * 2, hung

@@ -101,3 +101,52 @@ def test_a_stage_ends_with_a_done_beat_carrying_its_exit_code(tmp_path, monkeypa
     heartbeat.beat(12, heartbeat.DONE, code=0)
     beat = json.loads((tmp_path / "rank-0.json").read_text())
     assert (beat["step"], beat["phase"], beat["code"]) == (12, heartbeat.DONE, 0)
+
+
+_WORKER = """
+import os, sys, time
+from llmops_model.train import heartbeat
+
+def rank_{rank}_waits_here():
+    heartbeat.install()
+    heartbeat.beat(3, "step")
+    print("ready", flush=True)
+    time.sleep(120)
+
+rank_{rank}_waits_here()
+"""
+
+
+def test_each_ranks_stacks_reach_the_log_as_one_labelled_block_even_from_a_stopped_worker(tmp_path, capfd):
+    """Two real workers (one stopped, as a frozen rank is), dumped by the watchdog: each dump lands under its
+    rank's heading with every line labelled, so that dumps of several launchers writing into one log (Slurm
+    interleaves the nodes' lines) can still be read rank by rank; then both are killed."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    env = {**os.environ, heartbeat.ENV: str(tmp_path)}
+    procs = [subprocess.Popen([sys.executable, "-c", _WORKER.format(rank=rank)], env={**env, "RANK": str(rank)},
+                              stdout=subprocess.PIPE, text=True) for rank in (0, 1)]
+    try:
+        for proc in procs:
+            assert proc.stdout.readline() == "ready\n"
+        os.kill(procs[1].pid, signal.SIGSTOP)
+        dog = heartbeat.Watchdog(tmp_path, ranks=2, timeout=1, workers=lambda: [p.pid for p in procs],
+                                 on_hang=lambda s: None)
+        dog.read()
+        dog.dump_and_kill()
+        assert [p.wait(timeout=10) for p in procs] == [-signal.SIGKILL] * 2
+    finally:
+        for proc in procs:
+            proc.kill()
+    log = capfd.readouterr().err
+    blocks = log.split("[llmops] stacks of rank ")[1:]
+    assert [b.split(",")[0] for b in blocks] == ["0", "1"], log
+    assert "(it was stopped, SIGSTOP: continued to write them)" in blocks[1].splitlines()[0], log
+    for rank, block in enumerate(blocks):
+        lines = block.splitlines()[1:]
+        assert lines and all(line.startswith(f"[rank {rank}] ") for line in lines), block
+        assert "most recent call first" in block and f"rank_{rank}_waits_here" in block, block
+        assert f"rank_{1 - rank}_waits_here" not in block, block

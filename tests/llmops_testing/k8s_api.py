@@ -54,6 +54,7 @@ class FakeCluster:
         self.installed = {"jobsets", "localqueues"}
         self.logs: dict[str, str] = {}
         self.applies: list[tuple[str, str]] = []  # (resource, fieldManager) of each apply
+        self.managers: dict[tuple[str, str, str], str] = {}  # the field manager that created an object
         self.add("persistentvolumeclaims", "llmops-shared", {"spec": {"accessModes": ["ReadWriteMany"]}})
 
     def add(self, resource: str, name: str, body: dict, namespace: str = "llmops") -> dict:
@@ -69,6 +70,23 @@ class FakeCluster:
 
     node = staticmethod(lambda name, **allocatable: node(name, **allocatable))
 
+    def expire_finished(self) -> list[str]:
+        """Play the TTL-after-finished controller, its time elapsed: remove every finished Job or JobSet that has
+        spec.ttlSecondsAfterFinished (and a Job's pods); the names removed."""
+        gone = []
+        for key, obj in list(self.objects.items()):
+            conditions = (obj.get("status") or {}).get("conditions") or []
+            finished = any(c.get("type") in ("Complete", "Completed", "Failed") and c.get("status") == "True"
+                           for c in conditions)
+            if key[0] in ("jobs", "jobsets") and finished and obj["spec"].get("ttlSecondsAfterFinished") is not None:
+                del self.objects[key]
+                self.managers.pop(key, None)
+                gone.append(key[2])
+                for pod in [k for k, o in self.objects.items() if k[0] == "pods"
+                            and (o["metadata"].get("labels") or {}).get("job-name") == key[2]]:
+                    del self.objects[pod]
+        return gone
+
     def kinds(self, namespace: str = "llmops") -> list[str]:
         """What a run left behind (claims are the cluster's own)."""
         return sorted(o["kind"] for (r, ns, _), o in self.objects.items()
@@ -78,6 +96,13 @@ class FakeCluster:
 def node(name: str, **allocatable: str) -> dict:
     return {"apiVersion": "v1", "kind": "Node", "metadata": {"name": name, "labels": {}},
             "spec": {}, "status": {"allocatable": allocatable}}
+
+
+def _merged(into: dict, fields: dict) -> dict:
+    out = dict(into)
+    for key, value in fields.items():
+        out[key] = _merged(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
 
 
 def _matches(obj: dict, selector: str | None) -> bool:
@@ -171,7 +196,12 @@ class Handler(BaseHTTPRequestHandler):
         if resource in self.cluster.refuse:
             return self._send(*self.cluster.refuse[resource][:1], status(*self.cluster.refuse[resource]))
         self.cluster.applies.append((resource, query["fieldManager"]))
-        created = self.cluster.add(resource, name, self._body(), ns)
+        body, key = self._body(), (resource, ns, name)
+        owner = self.cluster.managers.setdefault(key, query["fieldManager"])
+        if key in self.cluster.objects and owner != query["fieldManager"]:
+            # Another manager applies only the fields it sets: they join the object (no conflicts here)
+            body = _merged(self.cluster.objects[key], body)
+        created = self.cluster.add(resource, name, body, ns)
         if resource in self.cluster.fail_after_create:  # as an answer lost to a timeout after the write
             return self._send(*self.cluster.fail_after_create[resource][:1],
                               status(*self.cluster.fail_after_create[resource]))
@@ -183,6 +213,7 @@ class Handler(BaseHTTPRequestHandler):
             return
         resource, ns, name, _ = route
         obj = self.cluster.objects.pop((resource, ns, name), None)
+        self.cluster.managers.pop((resource, ns, name), None)
         if obj is None:
             return self._send(404, status(404, "NotFound", f'{resource} "{name}" not found'))
         if resource == "jobs":  # the garbage collector removes the Job's pods (Background propagation)

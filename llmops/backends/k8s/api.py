@@ -131,10 +131,11 @@ class Cluster:
         api = {"CoreV1Api": self.core, "NetworkingV1Api": self.networking, "BatchV1Api": self.batch}[api_cls]
         return getattr(api, f"{verb}_namespaced_{suffix}")
 
-    def apply(self, obj: dict) -> None:
-        """Server-side apply: creates the object, or takes over the fields llmops sets."""
+    def apply(self, obj: dict, *, manager: str = FIELD_MANAGER) -> None:
+        """Server-side apply: creates the object, or takes over the fields `manager` sets (another manager's
+        apply of some fields leaves the rest as they are)."""
         name, kind = obj["metadata"]["name"], obj["kind"]
-        opts = dict(field_manager=FIELD_MANAGER, force=True, field_validation="Strict", _content_type=APPLY)
+        opts = dict(field_manager=manager, force=True, field_validation="Strict", _content_type=APPLY)
         doing = f"applying {kind} {name}"
         if kind == "JobSet":
             group, version, plural = JOBSET

@@ -26,8 +26,16 @@ import yaml
 from llmops.backends.base import Backend, Request
 from llmops.backends.k8s import rules
 from llmops.backends.k8s.api import Cluster, ClusterError
-from llmops.backends.k8s.jobs import Stage, indexed_jobs, jobset, stages_of
-from llmops.backends.k8s.objects import STAGE_LABEL, RunNames, config_map, headless_service, network_policy, secret
+from llmops.backends.k8s.jobs import JOBSET_API, Stage, indexed_jobs, jobset, stages_of
+from llmops.backends.k8s.objects import (
+    STAGE_LABEL,
+    TTL_MANAGER,
+    RunNames,
+    config_map,
+    headless_service,
+    network_policy,
+    secret,
+)
 from llmops.backends.k8s.spec import OPTIONS, K8sSpec, resolve
 from llmops.errors import Problem
 from llmops.runs.rundir import CANCELLED, FAILED, PENDING, RUNNING, SUCCEEDED, TERMINAL, RunDir
@@ -140,7 +148,7 @@ class K8sBackend(Backend):
         seen = observe(cluster, names, stages_of(spec), jobset=jobset_flavor)
         if seen is None:
             run.update_status(state=FAILED, message="the run's objects are gone from the cluster (deleted "
-                              "outside llmops, or removed by k8s.ttl_after_finished)", ended_at=time.time())
+                              "outside llmops)", ended_at=time.time())
             return
         changes: dict = {"state": seen.state, "message": seen.message, "restarts": seen.restarts,
                          **_stage_records(spec.stages, seen)}
@@ -151,6 +159,13 @@ class K8sBackend(Backend):
         if seen.state == FAILED and seen.stage and not jobset_flavor:
             _stop_later_stages(cluster, names, stages_of(spec), seen.stage)
         run.update_status(**changes)
+        ttl = (spec.k8s or K8sSpec()).ttl_after_finished
+        if seen.state in (SUCCEEDED, FAILED) and ttl is not None:
+            try:  # the outcome is recorded: the workload may go now
+                _expire_after(cluster, names, ttl, jobset=jobset_flavor)
+            except ClusterError as exc:
+                run.update_status(message=f"{seen.message}; k8s.ttl_after_finished was not set on its finished "
+                                  f"workload ({exc.message}): delete it with `llmops cancel` or kubectl")
 
     def logs(self, run: RunDir, *, follow: bool, stage: str = "pretrain", first_restart: int = 0) -> Iterator[str]:
         # The pods of the stage's current Job hold its logs: earlier attempts' pods are gone already.
@@ -189,6 +204,20 @@ def _stage_records(stages: list[str], seen) -> dict:
     records = {s: {"state": SUCCEEDED} for s in before}
     records[current] = {"state": seen.state, "restarts": seen.restarts, "message": seen.message}
     return {"stage": current, "stages": records}
+
+
+def _expire_after(cluster: Cluster, names: RunNames, ttl: int, *, jobset: bool) -> None:
+    """Give the run's finished workloads that lack one the TTL of k8s.ttl_after_finished (the last stage's Job,
+    or the JobSet: rendered without, so that the cluster keeps the outcome until llmops has seen it)."""
+    if jobset:
+        workloads = [(JOBSET_API, "JobSet", names.base)]
+    else:
+        workloads = [("batch/v1", "Job", job.metadata.name) for job in cluster.call(
+            "listing Jobs", cluster.batch.list_namespaced_job, cluster.namespace, label_selector=names.selector).items
+            if job.spec.ttl_seconds_after_finished is None]
+    for api_version, kind, name in workloads:
+        cluster.apply({"apiVersion": api_version, "kind": kind, "metadata": {"name": name},
+                       "spec": {"ttlSecondsAfterFinished": ttl}}, manager=TTL_MANAGER)
 
 
 def _stop_later_stages(cluster: Cluster, names: RunNames, stages: list[Stage], failed: str) -> None:

@@ -138,10 +138,13 @@ def _queue(k8s: K8sSpec) -> dict[str, str]:
 def indexed_jobs(*, names: RunNames, spec, k8s: K8sSpec, profile: K8sProfile, profile_env: dict[str, str],
                  run_dir: str) -> list[dict]:
     """One Indexed Job per stage; a later stage's pods wait in `setup` for the previous one's markers."""
-    out, previous = [], None
-    for stage in stages_of(spec):
+    out, previous, stages = [], None, stages_of(spec)
+    for stage in stages:
         plan = _plan(names=names, spec=spec, k8s=k8s, profile=profile, profile_env=profile_env,
                      run_dir=run_dir, stage=stage, previous=previous, jobset=False)
+        # k8s.ttl_after_finished: an earlier stage's Job may go (a later one's existence says it finished);
+        # the last one holds the run's outcome and gets its TTL once llmops has seen it (K8sBackend.refresh).
+        ttl = k8s.ttl_after_finished if stage is not stages[-1] else None
         job_spec = k.V1JobSpec(
             completion_mode="Indexed", completions=stage.indexes, parallelism=stage.indexes,
             backoff_limit_per_index=spec.restarts.max_restarts, max_failed_indexes=0,
@@ -151,7 +154,7 @@ def indexed_jobs(*, names: RunNames, spec, k8s: K8sSpec, profile: K8sProfile, pr
                 _disruption("Ignore"),
             ]),
             suspend=True if k8s.queue else None,  # Kueue un-suspends it on admission
-            ttl_seconds_after_finished=k8s.ttl_after_finished, template=pod_template(plan),
+            ttl_seconds_after_finished=ttl, template=pod_template(plan),
         )
         out.append(to_dict(k.V1Job(api_version="batch/v1", kind="Job", spec=job_spec,
                                    metadata=names.metadata(names.job(stage.name), stage=stage.name,
@@ -188,8 +191,8 @@ def jobset(*, names: RunNames, spec, k8s: K8sSpec, profile: K8sProfile, profile_
     }
     if k8s.queue:
         spec_out["suspend"] = True
-    if k8s.ttl_after_finished is not None:
-        spec_out["ttlSecondsAfterFinished"] = k8s.ttl_after_finished
+    # k8s.ttl_after_finished is set once llmops has seen the JobSet end (K8sBackend.refresh): removed unseen,
+    # the run's outcome would be lost with it.
     return {"apiVersion": JOBSET_API, "kind": "JobSet", "metadata": meta, "spec": spec_out}
 
 

@@ -34,6 +34,7 @@ STAGE_LABEL = f"{GROUP}/stage"
 RUN_ID_ANNOTATION = f"{GROUP}/run-id"
 KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
 FIELD_MANAGER = "llmops"
+TTL_MANAGER = "llmops-ttl"  # sets k8s.ttl_after_finished on a finished workload, that field alone
 # Pod annotations the Job controller keeps per index when backoffLimitPerIndex is set,
 # and the label JobSet puts on the pods of each whole-gang restart.
 INDEX_FAILURES = "batch.kubernetes.io/job-index-failure-count"

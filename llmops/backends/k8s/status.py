@@ -82,8 +82,7 @@ def observe(cluster: Cluster, names: RunNames, stages: list[Stage], *, jobset: b
             # removed by k8s.ttl_after_finished (had it failed, the later stage's pods fail too, seen below).
             if any(later.name in jobs for later in stages[i + 1:]):
                 continue
-            return Observed(FAILED, f"the Job of stage '{stage.name}' is gone (deleted outside llmops, or removed "
-                            "by k8s.ttl_after_finished before its end was seen)", restarts)
+            return Observed(FAILED, f"the Job of stage '{stage.name}' is gone (deleted outside llmops)", restarts)
         conds = _conditions(job)
         failed = _true(conds, "Failed")
         if failed:

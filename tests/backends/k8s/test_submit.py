@@ -249,10 +249,16 @@ def test_stages_removed_after_they_finished_do_not_fail_the_stages_after_them(fa
     spec = k8s_spec(ttl_after_finished=0)
     spec["prepare"] = {"input": {"paths": ["/llmops/raw/*.jsonl"]}, "output": {"dir": "/llmops/data/c"},
                        "tokenizer": {"vocab_size": 512}, "num_shards": 2}
-    run = runner.submit(runner.plan(parse_spec(spec), root=tmp_path / "runs"))
+    request = runner.plan(parse_spec(spec), root=tmp_path / "runs")
+    # the phases' Jobs carry the TTL; the last stage's gets it once llmops has seen the run end
+    assert [o["spec"].get("ttlSecondsAfterFinished") for o in request.objects if o["kind"] == "Job"] == [0] * 5 + [
+        None]
+    run = runner.submit(request)
     prepare = sorted(name for (r, _, name) in fake_cluster.objects if r == "jobs" and "-prepare-" in name)
     for name in prepare:  # every phase finished, and the TTL took their Jobs
-        del fake_cluster.objects[("jobs", "llmops", name)]
+        fake_cluster.objects[("jobs", "llmops", name)]["status"] = {"conditions": [
+            {"type": "Complete", "status": "True"}]}
+    assert sorted(fake_cluster.expire_finished()) == prepare
     job_name = f"{run.id}-pretrain"
     for i in (0, 1):
         fake_cluster.add("pods", f"{job_name}-{i}-x", _pod(run.id, job_name, i))
@@ -284,3 +290,29 @@ def test_a_run_stays_on_the_cluster_it_was_submitted_to_when_the_current_context
     finally:
         dead.close()
     assert st.state == "PENDING", st.message
+
+
+@pytest.mark.parametrize("flavor", ["indexed-job", "jobset"])
+def test_the_ttl_takes_a_runs_last_workload_only_after_llmops_has_seen_its_end(fake_cluster, tmp_path, flavor):
+    """k8s.ttl_after_finished on the workload that holds the run's outcome (the last stage's Job, the JobSet):
+    a run not looked at within the TTL after its end read as gone, FAILED. It is set once the end is recorded,
+    by its own field manager, and leaves the rest of the object as llmops applied it."""
+    spec = k8s_spec(ttl_after_finished=600, flavor=flavor)
+    request = runner.plan(parse_spec(spec), root=tmp_path / "runs")
+    workloads = [o for o in request.objects if o["kind"] in ("Job", "JobSet")]
+    assert [o["spec"].get("ttlSecondsAfterFinished") for o in workloads] == [None]
+    run = runner.submit(request)
+    resource, name = ("jobsets", run.id) if flavor == "jobset" else ("jobs", f"{run.id}-pretrain")
+    workload = fake_cluster.objects[(resource, "llmops", name)]
+    workload["status"] = {"conditions": [{"type": "Completed" if flavor == "jobset" else "Complete",
+                                          "status": "True"}]}
+    assert fake_cluster.expire_finished() == []  # finished, unseen: the cluster keeps it
+    st = runner.status(run)
+    assert (st.state, st.message) == ("SUCCEEDED", "finished"), st.message
+    kept = fake_cluster.objects[(resource, "llmops", name)]
+    assert kept["spec"]["ttlSecondsAfterFinished"] == 600 and kept["status"] == workload["status"]
+    assert kept["spec"]["replicatedJobs" if flavor == "jobset" else "template"] == workload["spec"][
+        "replicatedJobs" if flavor == "jobset" else "template"]
+    assert (resource, "llmops-ttl") in fake_cluster.applies
+    assert fake_cluster.expire_finished() == [name]
+    assert runner.status(run).state == "SUCCEEDED"  # recorded: the workload's removal changes nothing

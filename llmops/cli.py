@@ -629,7 +629,8 @@ def export(
     hf_export.export(source, out_dir, dtype=dtype, info=_say)
     err.print(f"exported {escape(source.label)} to {escape(_shown(out_dir))}")
     err.print(f"load it: AutoModelForCausalLM.from_pretrained({str(out_dir)!r})", markup=False)
-    err.print(f"try it:  llmops generate {shlex.quote(str(out_dir))} --prompt 'Hello'", markup=False)
+    if source.tokenizer is not None:  # no text goes into a model without one
+        err.print(f"try it:  llmops generate {shlex.quote(str(out_dir))} --prompt 'Hello'", markup=False)
 
 
 @app.command()
@@ -663,6 +664,8 @@ def generate(
 
     if sum(x is not None for x in (prompt, prompts)) + chat == 0:
         raise UserError("nothing to complete", "pass --prompt TEXT, --prompts FILE.jsonl --out FILE.jsonl, or --chat")
+    if prompt is not None and not prompt:
+        raise UserError("--prompt is empty", "give it some text to complete")
     if prompts is not None and (prompt is not None or chat):
         raise UserError("--prompts completes a file on its own", "leave out --prompt and --chat with --prompts")
     if (prompts is None) != (out_file is None):
@@ -670,8 +673,10 @@ def generate(
     if device not in ("auto", "cpu", "cuda"):
         raise UserError(f"--device {device!r} is not auto, cpu or cuda", "pass one of those")
     source = models.resolve(target, runs_root=runs_root(runs_dir), stage=stage, step=step, allow_hf=True)
-    if out_file is not None and not out_file.parent.is_dir():
-        raise UserError(f"--out {out_file}: its folder does not exist", f"create {out_file.parent} first")
+    if out_file is not None and (out_file.exists() or out_file.is_symlink() or not out_file.parent.is_dir()):
+        raise UserError(f"--out {out_file}: " + ("its folder does not exist" if not out_file.parent.is_dir() else
+                                                 "it already exists"),
+                        "name a new file in an existing folder (completions are never written over a file)")
     _model_imports()
     from llmops_model.hf import generate as gen
 
@@ -714,12 +719,14 @@ def eval_(
     if device not in ("auto", "cpu", "cuda"):
         raise UserError(f"--device {device!r} is not auto, cpu or cuda", "pass one of those")
     source = models.resolve(target, runs_root=runs_root(runs_dir), stage=stage, step=step, allow_hf=True)
-    if out_file is not None and (out_file.exists() or not out_file.parent.is_dir()):
-        raise UserError(f"--out {out_file}: " + ("it already exists" if out_file.exists() else
-                                                 "its folder does not exist"),
+    if out_file is not None and (out_file.exists() or out_file.is_symlink() or not out_file.parent.is_dir()):
+        raise UserError(f"--out {out_file}: " + ("its folder does not exist" if not out_file.parent.is_dir() else
+                                                 "it already exists"),
                         "name a new file in an existing folder (results are never overwritten)")
     from llmops_model.hf import evaluation
+    from llmops_model.hf import folder as hf_folder
 
+    hf_folder.check_source(source)  # before lm-eval is looked for: the model's own problems first
     task_list = evaluation.parse_tasks(tasks)
     python = evaluation.find_harness()
     if isinstance(source, models.Checkpoint):
@@ -732,13 +739,13 @@ def eval_(
         err.print("\n[yellow]interrupted: lm-eval stopped; nothing was written[/yellow]")
         raise typer.Exit(EXIT_FAILED) from None
     out.print(_scores_table([(None, evaluations.scores(results), limit is not None)]))
+    if out_file is not None:
+        atomic_write(out_file, json.dumps(results, indent=1) + "\n")
+        err.print(f"results: {escape(_shown(out_file))}")
     if isinstance(source, models.Checkpoint):
         saved = evaluations.save(source.run, results)
         err.print(f"results: {escape(_shown(saved))} (in `llmops report {escape(source.run.id)}`)")
         _track_evaluation(source, evaluations.metrics(results), saved)
-    if out_file is not None:
-        atomic_write(out_file, json.dumps(results, indent=1) + "\n")
-        err.print(f"results: {escape(_shown(out_file))}")
 
 
 def _track_evaluation(source, scores: dict[str, float], saved: Path) -> None:

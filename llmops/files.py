@@ -10,8 +10,12 @@ from pathlib import Path
 def atomic_write(path: Path, text: str) -> None:
     """Replace `path` with `text` in one step: a reader sees the old file or the new one, never a part."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def fsync_path(path: Path) -> None:

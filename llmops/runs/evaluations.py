@@ -50,7 +50,7 @@ def scores(results: dict[str, Any]) -> list[Score]:
     for task, row in results.get("results", {}).items():
         for key, value in row.items():
             metric, _, filt = key.partition(",")
-            if not filt or metric.endswith("_stderr") or not _number(value):
+            if not filt or metric.endswith("_stderr") or _number(value) is None:
                 continue
             effective = (counts.get(task) or {}).get("effective")
             out.append(Score(task=task, metric=metric if filt == "none" else f"{metric} ({filt})",

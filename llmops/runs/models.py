@@ -55,7 +55,12 @@ def is_hf_folder(path: Path) -> bool:
 
 
 def check_out(out: Path) -> None:
-    """UserError unless `out` is free for an export: absent, or an empty folder (never overwritten)."""
+    """UserError unless `out` is free for an export: absent, or an empty folder (never overwritten); not a
+    symbolic link (the export is renamed into place) nor the current folder."""
+    if out.is_symlink():
+        raise UserError(f"--out {out} is a symbolic link", "name a new folder (export writes a folder of its own)")
+    if out.resolve() == Path.cwd().resolve():
+        raise UserError(f"--out {out} is the current folder", "name a new folder, e.g. --out ./model")
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise UserError(f"--out {out} already exists and is not an empty folder",
                         "name a new folder (export never overwrites one)")

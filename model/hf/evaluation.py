@@ -132,6 +132,9 @@ def _interpreter(path: Path) -> Path | None:
 def evaluate(source: Checkpoint | HFFolder, tasks: Tasks, settings: Settings, *, python: Path,
              info: Callable[[str], None] = print) -> dict[str, Any]:
     """lm-eval's results for `source` on `tasks`, with an ``llmops`` key saying what was evaluated and how."""
+    from llmops_model.hf import folder as hf_folder
+
+    hf_folder.check_source(source)  # before lm-eval starts: it would run a folder's code or fail in a traceback
     started = time.time()
     with tempfile.TemporaryDirectory(prefix="llmops-eval-") as tmp:
         work = Path(tmp)
@@ -139,7 +142,7 @@ def evaluate(source: Checkpoint | HFFolder, tasks: Tasks, settings: Settings, *,
         job = {"names": tasks.names, "files": tasks.files, "folders": tasks.folders, "verbose": settings.verbose,
                "device": settings.device, "limit": settings.limit, "batch_size": settings.batch_size,
                "num_fewshot": settings.num_fewshot, "output": str(work / "results.json"), "install": INSTALL,
-               "model": "hf", "model_args": {"pretrained": str(folder.resolve())}}
+               "model": "hf", "model_args": {"pretrained": str(folder.resolve()), "trust_remote_code": False}}
         with _Harness(python, job, cwd=work, verbose=settings.verbose, info=info) as harness:
             ready = harness.until("ready")
             sizes = ", ".join(f"{name} ({n:,} questions)" if n is not None else name

@@ -58,6 +58,9 @@ def pick_device(name: str) -> torch.device:
 def opened(source: Checkpoint | HFFolder, *, device: torch.device, compile: bool = False,
            info: Callable[[str], None] = print) -> Iterator[Generator]:
     """The model and tokenizer of `source` on `device` (bf16 on GPUs, fp32 on CPUs)."""
+    from llmops_model.hf import folder as hf_folder
+
+    hf_folder.check_source(source)
     if isinstance(source, HFFolder):
         yield Generator.load(source.path, device=device, compile=compile)
         return
@@ -79,14 +82,27 @@ class Generator:
         from transformers import AutoModelForCausalLM, AutoTokenizer
         from transformers.utils import logging
 
+        from llmops_model.hf import folder as hf_folder
+
+        hf_folder.check(folder)
         logging.disable_progress_bar()
-        try:
-            tok = AutoTokenizer.from_pretrained(folder)
-            model = AutoModelForCausalLM.from_pretrained(
-                folder, dtype=torch.bfloat16 if device.type == "cuda" else torch.float32)
-        except (OSError, ValueError, KeyError) as exc:
-            raise UserError(f"{folder} cannot be loaded as a transformers model: {str(exc).splitlines()[0]}",
-                            "pass a folder that `llmops export` or transformers' save_pretrained wrote") from None
+        fix = "pass a folder that `llmops export` or transformers' save_pretrained wrote"
+        try:  # never the folder's own code; anything else that fails to load is the folder's fault too
+            tok = AutoTokenizer.from_pretrained(folder, trust_remote_code=False)
+            model, loading = AutoModelForCausalLM.from_pretrained(
+                folder, dtype=torch.bfloat16 if device.type == "cuda" else torch.float32, trust_remote_code=False,
+                output_loading_info=True)
+        except Exception as exc:  # noqa: BLE001
+            said = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise UserError(f"{folder} cannot be loaded as a transformers model: {said}", fix) from None
+        missing, mismatched = loading.get("missing_keys") or [], loading.get("mismatched_keys") or []
+        if missing or mismatched:  # transformers would fill them with random numbers
+            wrong = sorted(missing) + sorted(str(m[0] if isinstance(m, tuple) else m) for m in mismatched)
+            raise UserError(f"{folder}: its weights do not fit its config.json: {len(missing)} tensor(s) missing, "
+                            f"{len(mismatched)} of another shape ({', '.join(wrong[:3])}"
+                            f"{', ...' if len(wrong) > 3 else ''})", "use the config.json saved with these weights")
+        if not tok.get_vocab():
+            raise UserError(f"{folder}: its tokenizer is empty", "add the tokenizer the model was trained with")
         if tok.pad_token_id is None:
             tok.pad_token = tok.eos_token
         tok.padding_side = "left"  # a batch's prompts end together, where generation starts
@@ -108,7 +124,14 @@ class Generator:
         if not self.has_chat:
             raise UserError("this model's tokenizer has no chat template, so it cannot be given a conversation",
                             "use a model from an align (SFT or DPO) stage, or plain --prompt text")
-        return self.tok.apply_chat_template(prompt, add_generation_prompt=True, return_dict=False)
+        from jinja2 import TemplateError
+
+        try:
+            return self.tok.apply_chat_template(prompt, add_generation_prompt=True, return_dict=False)
+        except TemplateError as exc:  # the template's own refusal, such as a role it does not know
+            raise UserError(f"the model's chat template refused the conversation: {exc}",
+                            "give the messages roles the model knows (llmops models: system, user, assistant)"
+                            ) from None
 
     @torch.no_grad()
     def complete(self, prompts: list[list[int]], sampling: Sampling,
@@ -116,6 +139,8 @@ class Generator:
         """Completions of a batch of encoded prompts; `on_text` streams the text of a batch of one."""
         from transformers import set_seed
 
+        if not all(prompts):
+            raise UserError("a prompt is empty: it encodes to no tokens", "give every prompt some text")
         set_seed(sampling.seed)
         width = max(len(p) for p in prompts)
         context = getattr(self.model.config, "n_positions", None)  # learned positions end there (GPT-2)
@@ -166,12 +191,15 @@ class _Stream:
 
 
 def read_prompts(path: Path) -> list[dict[str, Any]]:
-    """The lines of a prompts file: {"prompt": text} or {"messages": [{"role", "content"}, ...]}."""
+    """The lines of a prompts file: {"prompt": text} or {"messages": [{"role", "content"}, ...]}; other keys are
+    kept and written back with the completion."""
     rows = []
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
+        # Lines end at "\n" only: JSON text may hold U+2028 or U+0085, which str.splitlines() splits at
+        lines = path.read_text(encoding="utf-8").split("\n")
     except (OSError, UnicodeDecodeError) as exc:
         raise UserError(f"--prompts {path}: cannot be read ({exc})", "pass a UTF-8 JSONL file") from None
+    example = '{"prompt": "def add(a, b):"} or {"messages": [{"role": "user", "content": "Hi"}]}'
     for n, line in enumerate(lines, 1):
         if not line.strip():
             continue
@@ -179,25 +207,38 @@ def read_prompts(path: Path) -> list[dict[str, Any]]:
             row = json.loads(line)
         except ValueError as exc:
             raise UserError(f"--prompts {path}:{n}: not JSON ({exc})", "one JSON object per line") from None
-        ok = isinstance(row, dict) and (isinstance(row.get("prompt"), str) or (
-            isinstance(row.get("messages"), list)
-            and all(isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
-                    for m in row["messages"])))
-        if not ok:
-            raise UserError(f"--prompts {path}:{n}: needs \"prompt\" (text) or \"messages\" "
-                            "(a list of {\"role\", \"content\"})",
-                            'write e.g. {"prompt": "def add(a, b):"} or '
-                            '{"messages": [{"role": "user", "content": "Hi"}]}')
+        problem = _prompt_problem(row)
+        if problem:
+            raise UserError(f"--prompts {path}:{n}: {problem}", f"write e.g. {example}")
         rows.append(row)
     if not rows:
         raise UserError(f"--prompts {path}: holds no prompts", "add one JSON object per line")
     return rows
 
 
+def _prompt_problem(row: Any) -> str | None:
+    if not isinstance(row, dict) or ("prompt" in row) == ("messages" in row):
+        return 'needs "prompt" (text) or "messages" (a list of {"role", "content"}), one of them'
+    if "prompt" in row:
+        return None if isinstance(row["prompt"], str) and row["prompt"] else '"prompt" is not a non-empty text'
+    messages = row["messages"]
+    if not isinstance(messages, list) or not messages:
+        return '"messages" is not a non-empty list'
+    for i, m in enumerate(messages):
+        if not (isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)):
+            return f'message {i} is not {{"role": text, "content": text}}'
+    return None
+
+
 def run_batch(gen: Generator, rows: list[dict[str, Any]], sampling: Sampling, *, batch_size: int,
               out: Path, info: Callable[[str], None]) -> None:
     """Complete every row, `batch_size` at a time, into `out` (JSONL, written whole at the end)."""
-    encoded = [gen.encode(r.get("messages") or r["prompt"]) for r in rows]
+    encoded = []
+    for i, r in enumerate(rows, 1):
+        try:
+            encoded.append(gen.encode(r["messages"] if "messages" in r else r["prompt"]))
+        except UserError as exc:
+            raise UserError(f"prompt {i} of the file: {exc.message}", exc.fix) from None
     lines, started, tokens = [], time.monotonic(), 0
     for start in range(0, len(rows), batch_size):
         for row, c in zip(rows[start:start + batch_size],

@@ -48,6 +48,7 @@ def _literal(text: str) -> str:
 
 def build(model_file: Path, *, vocab_size: int, template: ChatTokens | None, max_length: int):
     """A `PreTrainedTokenizerFast` for the SentencePiece model; UserError when it does not fit the model."""
+    from google.protobuf.message import DecodeError
     from sentencepiece import sentencepiece_model_pb2
     from tokenizers import AddedToken
     from transformers import PreTrainedTokenizerFast
@@ -56,10 +57,13 @@ def build(model_file: Path, *, vocab_size: int, template: ChatTokens | None, max
     proto = sentencepiece_model_pb2.ModelProto()
     try:
         proto.ParseFromString(model_file.read_bytes())
-    except (OSError, ValueError) as exc:  # protobuf's DecodeError is a ValueError
+    except (OSError, ValueError, DecodeError) as exc:  # DecodeError is no ValueError in every protobuf release
         raise UserError(f"the tokenizer {model_file} cannot be read as a SentencePiece model ({exc})",
                         "point the run's tokenizer at the tokenizer.model that prepare wrote") from None
     pieces = [p.piece for p in proto.pieces]
+    if not pieces:
+        raise UserError(f"the tokenizer {model_file} holds no pieces: it is no SentencePiece model (empty or cut "
+                        "short)", "point the run's tokenizer at the tokenizer.model that prepare wrote")
     if len(pieces) > vocab_size:
         raise UserError(f"the tokenizer {model_file} has {len(pieces)} pieces, more than the model's vocabulary "
                         f"({vocab_size}): it is not the tokenizer this model was trained with",

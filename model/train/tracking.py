@@ -376,7 +376,7 @@ def log_evaluation(spec: RunSpec, run_dir: Path, *, stage: str, step: int, score
     """Add an evaluation of a stage's checkpoint to the run's trackers: each score as
     `<stage>/lm_eval/<name>` at the checkpoint's step, `files` under `<stage>/`; one outcome per tracker
     ([] when the spec names none). Never raises for a tracker that is down: the outcome says so."""
-    if spec.tracking.mlflow is None and spec.tracking.wandb is None:
+    if spec.tracking is None or (spec.tracking.mlflow is None and spec.tracking.wandb is None):
         return []
     require(spec.tracking)
     tracker = Tracker(spec, run_dir, stage=stage, info=info, training=False)

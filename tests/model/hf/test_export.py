@@ -9,6 +9,7 @@ against llmops's own forward pass and chat tokenizer, computed in a fresh proces
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -274,3 +275,103 @@ def test_samples_that_outlast_their_deadline_end_the_process_as_a_success(traine
     assert res.stdout.startswith("samples: stopped after 0.5 s (LLMOPS_SAMPLES_DEADLINE"), res.stdout
     assert "samples returned" not in res.stdout
     assert not (copy / "stages" / "pretrain" / "samples.jsonl").exists()
+
+
+def test_a_hostile_or_broken_model_folder_is_refused_before_anything_of_it_runs(trained, tmp_path):
+    """A Hugging Face folder from elsewhere is untrusted input: its own code never runs (transformers would
+    ask, and a "y" on stdin was enough), a config.json that does not fit the weights is no model filled with
+    random numbers, and what cannot load is exit 2 with the fix, not a traceback."""
+    from safetensors.torch import load_file, save_file
+
+    from llmops.errors import UserError
+    from llmops_model.hf.generate import Generator
+
+    good = tmp_path / "good"
+    assert _export(trained["llama"], good).returncode == 0
+
+    def variant(name: str, change) -> Path:
+        folder = tmp_path / name
+        shutil.copytree(good, folder)
+        change(folder)
+        return folder
+
+    def edit_json(name: str, **fields):
+        def change(folder: Path) -> None:
+            data = json.loads((folder / name).read_text())
+            (folder / name).write_text(json.dumps({**data, **fields}))
+        return change
+
+    ran = tmp_path / "ran"
+    evil = variant("evil", edit_json("config.json", model_type="evilmodel", architectures=["EvilForCausalLM"],
+                                     auto_map={"AutoConfig": "evil.EvilConfig",
+                                               "AutoModelForCausalLM": "evil.EvilForCausalLM"}))
+    (evil / "evil.py").write_text(f"open({str(ran)!r}, 'w').write('the folder ran its code')\n")
+    for command in (["generate", str(evil), "--prompt", "x"], ["eval", str(evil), "--tasks", "hellaswag"]):
+        res = subprocess.run([sys.executable, "-m", "llmops", *command], input="y\ny\n", capture_output=True,
+                             text=True, timeout=300)
+        assert res.returncode == 2 and "asks to run Python code that came with the folder" in res.stderr, res.stderr
+        assert "Traceback" not in res.stderr and not ran.exists()
+
+    def missing_tensor(folder: Path) -> None:
+        weights = load_file(folder / "model.safetensors")
+        del weights[next(k for k in weights if k.endswith("mlp.down_proj.weight"))]
+        save_file(weights, folder / "model.safetensors", metadata={"format": "pt"})
+
+    cases = {
+        "tokenizer_config.json asks to run Python code": edit_json("tokenizer_config.json",
+                                                                   auto_map={"AutoTokenizer": ["t.T", None]}),
+        "config.json says 20000 layers, but its weights hold 4": edit_json("config.json", num_hidden_layers=20000),
+        "its weights do not fit its config.json: 1 tensor(s) missing": missing_tensor,
+        "is not a JSON object (it holds a list)": lambda f: (f / "config.json").write_text("[1, 2]"),
+        "cannot be loaded as a transformers model": edit_json("config.json", num_attention_heads=0),
+        "cannot be read as safetensors": lambda f: (f / "model.safetensors").write_bytes(b"\x10" * 64),
+        "holds no tokenizer": lambda f: [(f / n).unlink() for n in ("tokenizer.json", "tokenizer.model")],
+    }
+    for said, change in cases.items():
+        with pytest.raises(UserError, match=re.escape(said)):
+            Generator.load(variant(f"case-{len(list(tmp_path.iterdir()))}", change), device=torch.device("cpu"))
+    assert Generator.load(good, device=torch.device("cpu")).tok.get_vocab()
+
+
+def test_prompts_files_are_read_line_by_line_and_odd_rows_are_refused_by_line(tmp_path):
+    from llmops.errors import UserError
+    from llmops_model.hf.generate import read_prompts
+
+    path = tmp_path / "prompts.jsonl"
+    rows = [{"prompt": "a\u2028b\u0085c"}, {"messages": [{"role": "user", "content": "hi"}], "id": 3}]
+    path.write_text("\n".join(json.dumps(r, ensure_ascii=False) for r in rows) + "\n\n")
+    assert read_prompts(path) == rows  # JSON text may hold U+2028 and U+0085: lines end at "\n" only
+    for row, said in [({"messages": []}, '"messages" is not a non-empty list'),
+                      ({"prompt": ""}, '"prompt" is not a non-empty text'),
+                      ({"prompt": "def add", "messages": "The quick"}, "one of them"),
+                      ({"messages": [{"role": "user"}]}, 'message 0 is not {"role": text, "content": text}')]:
+        path.write_text(json.dumps({"prompt": "fine"}) + "\n" + json.dumps(row) + "\n")
+        with pytest.raises(UserError, match=re.escape("prompts.jsonl:2: ") + ".*" + re.escape(said)):
+            read_prompts(path)
+
+
+def test_outputs_are_never_written_over_and_a_damaged_tokenizer_is_named(trained, tmp_path, assets):
+    from llmops.errors import UserError
+    from llmops.runs.models import check_out
+    from llmops_model.hf import tokenizer
+
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "empty")
+    (tmp_path / "dangling").symlink_to(tmp_path / "nowhere")
+    for out in ("link", "dangling"):
+        with pytest.raises(UserError, match="is a symbolic link"):
+            check_out(tmp_path / out)
+    check_out(tmp_path / "empty")
+
+    mine = tmp_path / "mine.jsonl"
+    mine.write_text('{"prompt": "def add"}\n')
+    run = trained["gpt"]
+    res = llmops("generate", run.name, "--prompts", str(mine), "--out", str(mine), "--runs-dir", str(run.parent))
+    assert res.returncode == 2 and "it already exists" in res.stderr and mine.read_text() == '{"prompt": "def add"}\n'
+
+    cut = tmp_path / "cut.model"
+    cut.write_bytes(assets.tokenizer.read_bytes()[:1000])
+    (tmp_path / "empty.model").write_bytes(b"")
+    for bad, said in ((cut, "cannot be read as a SentencePiece model"), (tmp_path / "empty.model", "holds no pieces")):
+        with pytest.raises(UserError, match=said):
+            tokenizer.build(bad, vocab_size=assets.vocab, template=None, max_length=128)

@@ -324,3 +324,13 @@ def test_bad_tracking_sections_exit_2_with_the_fix(tmp_path):
     res = validate({"mlflow": {"uri": "http://tracker:5000"}}, code="sys.modules['mlflow'] = None")
     assert res.returncode == 2 and "pip install 'llmops[tracking]'" in res.stderr, res.stderr
     assert validate({"mlflow": {"uri": "https://tracker"}, "wandb": {"project": "p"}}).returncode == 0
+
+
+def test_an_evaluation_of_a_run_without_trackers_sends_nothing(tmp_path):
+    """`llmops eval RUN` of a spec with no `tracking:` section (the default) crashed after saving its scores."""
+    from llmops_model.train.tracking import log_evaluation
+
+    spec = parse_spec(tiny_spec("untracked"))
+    assert spec.tracking is None
+    assert log_evaluation(spec, tmp_path, stage="pretrain", step=2, scores={"acc": 0.5}, files=[],
+                          info=print) == []

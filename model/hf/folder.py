@@ -1,0 +1,95 @@
+"""A Hugging Face model folder from elsewhere, checked before transformers or lm-eval loads it.
+
+A folder is untrusted input. What it must not do: run code (an ``auto_map``
+in config.json or tokenizer_config.json names Python files of its own, which
+transformers runs once allowed to; llmops never allows it), make transformers
+build a model far larger than its weights and fill the rest with random
+numbers (a config.json that claims 20,000 layers over the weights of 4), or
+end in a traceback. What it must have: a config.json that is a JSON object,
+weights whose headers read, and a tokenizer when text is to go in. The checks
+read config files and the safetensors headers only, never the weights.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+from llmops.errors import UserError
+from llmops.runs.models import Checkpoint, HFFolder
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "spiece.model", "vocab.txt")
+# The index of a transformer layer in a tensor's name: Llama-style `model.layers.3.`, GPT-2 `transformer.h.3.`
+_LAYER = re.compile(r"(?:^|\.)(?:layers|h|blocks)\.(\d+)\.")
+_FIX = "pass a folder that `llmops export` or transformers' save_pretrained wrote"
+
+
+def check(folder: Path, *, tokenizer: bool = True) -> None:
+    """UserError naming the problem unless `folder` is safe to hand to transformers (see the module's text)."""
+    config = _json_object(folder / "config.json")
+    tok_config = _json_object(folder / "tokenizer_config.json") if (folder / "tokenizer_config.json").exists() else {}
+    for name, data in (("config.json", config), ("tokenizer_config.json", tok_config)):
+        if data.get("auto_map"):
+            raise UserError(f"{folder}/{name} asks to run Python code that came with the folder (auto_map); "
+                            "llmops never runs a model folder's own code",
+                            "use a model whose architecture transformers itself provides (a model_type such as "
+                            "llama, qwen2 or gpt2), or one that `llmops export` wrote")
+    layers = config.get("num_hidden_layers", config.get("n_layer"))
+    stored = _stored_layers(folder)
+    if isinstance(layers, int) and stored and layers != stored:
+        raise UserError(f"{folder}/config.json says {layers} layers, but its weights hold {stored}",
+                        "use the config.json that was saved with these weights")
+    if tokenizer and not any((folder / name).is_file() for name in TOKENIZER_FILES):
+        raise UserError(f"{folder} holds no tokenizer ({', '.join(TOKENIZER_FILES)}), so no text can go in: "
+                        "a run trained on synthetic tokens exports the model alone",
+                        "add the tokenizer the model was trained with, or train on prepared text (prepare:)")
+
+
+def _json_object(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise UserError(f"{path} cannot be read as JSON ({exc})", _FIX) from None
+    if not isinstance(data, dict):
+        raise UserError(f"{path} is not a JSON object (it holds a {type(data).__name__})", _FIX)
+    return data
+
+
+def _stored_layers(folder: Path) -> int | None:
+    """How many layers the weights hold, from the tensors' names (None: weights in pickle files, or names
+    without a layer index)."""
+    names = _tensor_names(folder)
+    found = {int(m.group(1)) for name in names if (m := _LAYER.search(name))}
+    return len(found) or None
+
+
+def _tensor_names(folder: Path) -> list[str]:
+    from safetensors import SafetensorError, safe_open
+
+    index = folder / "model.safetensors.index.json"
+    if index.is_file():
+        weight_map = _json_object(index).get("weight_map")
+        if not isinstance(weight_map, dict):
+            raise UserError(f"{index} has no weight_map", _FIX)
+        return list(weight_map)
+    names = []
+    for path in sorted(folder.glob("*.safetensors")):
+        try:
+            with safe_open(path, "pt") as f:  # the header alone
+                names += list(f.keys())
+        except (OSError, SafetensorError) as exc:
+            raise UserError(f"{path} cannot be read as safetensors ({exc})", _FIX) from None
+    return names
+
+
+def check_source(source: Checkpoint | HFFolder) -> None:
+    """Before text goes into `source` (generate, eval): a folder passes :func:`check`, a checkpoint has a
+    tokenizer."""
+    if isinstance(source, HFFolder):
+        check(source.path)
+    elif source.tokenizer is None:
+        raise UserError(f"{source.label} has no tokenizer (its run trained on synthetic tokens, or its tokenizer "
+                        "file is gone), so no text can go in",
+                        "train on prepared text (prepare:); `llmops export` still writes the model alone")

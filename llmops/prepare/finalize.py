@@ -16,7 +16,7 @@ from pathlib import Path
 from llmops.prepare.phases import Context, committed, tokenizer_at
 from llmops.prepare.stats import merge_steps
 from llmops.prepare.steps.writer import concatenate, jsonl_suffix
-from llmops.prepare.workdir import write_json
+from llmops.prepare.workdir import remove_stale_temps, write_json
 
 
 def finalize(ctx: Context, shard: int) -> dict:
@@ -25,6 +25,10 @@ def finalize(ctx: Context, shard: int) -> dict:
     tok = work.read_marker("tokenizer", 0, 1)
     shards = [work.read_marker("tokenize", i, n) for i in range(n)]
     facts = tok["facts"]
+    # A finalize killed between writing and renaming left its temporary files (the whole dataset, for the .bin)
+    from llmops.prepare.pipeline import output_names
+
+    remove_stale_temps(out, output_names(spec))
     # A metadata.json marks a finished dataset: one from an earlier preparation must not stand over files this
     # one has begun to replace (it is written again last).
     (out / "metadata.json").unlink(missing_ok=True)

@@ -11,6 +11,7 @@ for any number of shards.
 from __future__ import annotations
 
 import os
+import stat
 import sysconfig
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -48,7 +49,8 @@ class Unit:
 
 
 def discover(spec: InputSpec) -> tuple[list[Unit], list[str]]:
-    """All units of the input, in a stable order, and the files skipped for an unknown format.
+    """All units of the input, in a stable order, and the files skipped: of an unknown format, not regular files
+    (a FIFO, a device), or links that lead out of the folder or pattern that found them.
 
     Raises UserError for a path that does not exist or a glob that matches nothing.
     """
@@ -57,7 +59,9 @@ def discover(spec: InputSpec) -> tuple[list[Unit], list[str]]:
     units: list[Unit] = []
     skipped: list[str] = []
     for i, entry in enumerate(spec.paths):
-        for path, listed in _expand(entry, i):
+        found, left = _expand(entry, i)
+        skipped += left
+        for path, listed in found:
             kind, compression = _format_of(path, spec.format)
             if kind is None:
                 if listed:
@@ -69,45 +73,84 @@ def discover(spec: InputSpec) -> tuple[list[Unit], list[str]]:
     return units, skipped
 
 
-def _expand(entry: str, i: int) -> list[tuple[str, bool]]:
-    """(file, named explicitly) pairs for one input.paths entry."""
-    if any(c in entry for c in "*?["):
-        matches = _glob(entry)
-        if not matches:
-            raise UserError(f"prepare.input.paths[{i}] = {entry!r}: the pattern matches no file",
-                            "check the pattern, or the folder it starts from")
-        return [(p, False) for p in matches]
+def _expand(entry: str, i: int) -> tuple[list[tuple[str, bool]], list[str]]:
+    """(file, named explicitly) pairs for one input.paths entry, and the files it found but skips.
+
+    A path that exists is taken as it is written, even with glob characters in its name (`data[1].jsonl`).
+    Data folders come from elsewhere: a link in one may point anywhere (`/proc/self/environ`, a credentials
+    file), so what a folder or a pattern finds must really lie under the folder, or the pattern's fixed part."""
     path = Path(entry)
-    if path.is_file():
-        return [(entry, True)]
+    if path.is_file() or (path.exists() and not path.is_dir()):
+        if _pseudo(os.path.realpath(path)) or not _regular(path):
+            raise UserError(f"prepare.input.paths[{i}] = {entry!r}: not a data file (a device, a pipe, or a file "
+                            "of /proc, /sys or /dev)", "name regular files of data")
+        return [(entry, True)], []
     if path.is_dir():
-        files = _once(p for p in path.rglob("*") if p.is_file() and not _hidden(p.relative_to(path)))
+        found = [p for p in path.rglob("*") if not _hidden(p.relative_to(path)) and not p.is_dir()]
+        files, left = _within(found, path)
         if not files:
-            raise UserError(f"prepare.input.paths[{i}] = {entry!r}: the folder holds no file",
+            raise UserError(f"prepare.input.paths[{i}] = {entry!r}: the folder holds no file" +
+                            (f" it may read ({len(left)} link(s) out of it, or special files)" if left else ""),
                             "point at a folder with data")
-        return [(f, False) for f in files]
+        return [(f, False) for f in files], left
+    if any(c in entry for c in "*?["):
+        files, left = _glob(entry)
+        if not files:
+            raise UserError(f"prepare.input.paths[{i}] = {entry!r}: the pattern matches no file" +
+                            (f" it may read ({len(left)} link(s) out of its folder, or special files)" if left
+                             else ""), "check the pattern, or the folder it starts from")
+        return [(p, False) for p in files], left
     raise UserError(f"prepare.input.paths[{i}] = {entry!r}: no such file or folder",
                     "check the path (relative paths start from the folder you run llmops in)")
 
 
 def missing(entry: str) -> str | None:
     """Why an input.paths entry names no input (cheaply: the first match of a pattern is enough), or None."""
+    if Path(entry).exists():
+        return None
     if any(c in entry for c in "*?["):
-        parts = Path(entry).parts
-        first = next(i for i, part in enumerate(parts) if any(c in part for c in "*?["))
-        anchor = Path(*parts[:first]) if first else Path(".")
-        hit = next((p for p in anchor.glob(str(Path(*parts[first:]))) if p.is_file()), None)
+        anchor, pattern = _split_pattern(entry)
+        hit = next((p for p in anchor.glob(pattern) if p.is_file()), None)
         return None if hit else "matches no file"
-    return None if Path(entry).exists() else "does not exist"
+    return "does not exist"
 
 
-def _glob(pattern: str) -> list[str]:
-    """Files matching a glob pattern. `**` descends into real folders only, never through a symlinked one
-    (glob.glob follows them: a link to a parent folder made it read each file forty times over)."""
+def _split_pattern(pattern: str) -> tuple[Path, str]:
+    """A glob pattern's fixed folder and the rest."""
     parts = Path(pattern).parts
     first = next(i for i, part in enumerate(parts) if any(c in part for c in "*?["))
-    anchor = Path(*parts[:first]) if first else Path(".")
-    return _once(p for p in anchor.glob(str(Path(*parts[first:]))) if p.is_file())
+    return (Path(*parts[:first]) if first else Path(".")), str(Path(*parts[first:]))
+
+
+def _glob(pattern: str) -> tuple[list[str], list[str]]:
+    """Files matching a glob pattern, and those it skips (see _within). `**` descends into real folders only,
+    never through a symlinked one (glob.glob follows them: a link to a parent folder made it read each file
+    forty times over)."""
+    anchor, rest = _split_pattern(pattern)
+    return _within([p for p in anchor.glob(rest) if not p.is_dir()], anchor)
+
+
+def _within(found: list[Path], root: Path) -> tuple[list[str], list[str]]:
+    """`found` split into regular files whose real path lies under `root`'s (each once) and the rest."""
+    top = os.path.realpath(root)
+    ok, left = [], []
+    for p in found:
+        real = os.path.realpath(p)
+        inside = real == top or real.startswith(top.rstrip(os.sep) + os.sep)
+        (ok if inside and not _pseudo(real) and _regular(p) else left).append(p)
+    return _once(ok), sorted(str(p) for p in left)
+
+
+def _regular(path: Path) -> bool:
+    try:
+        return stat.S_ISREG(os.stat(path).st_mode)
+    except OSError:  # a dangling link
+        return False
+
+
+def _pseudo(real: str) -> bool:
+    """The kernel's file systems: /proc/self/environ reads as a regular file of secrets."""
+    return any(real == top or real.startswith(top + "/") for top in ("/proc", "/sys", "/dev"))
 
 
 def _once(paths) -> list[str]:

@@ -14,7 +14,7 @@ import numpy as np
 
 from llmops.prepare.document import Document
 
-BATCH = 1024
+BATCH, BATCH_CHARS = 1024, 256 << 20
 
 
 def _schema():
@@ -34,17 +34,21 @@ class DocWriter:
         self.sink = pa.OSFile(str(path), "wb")
         self.writer = pa.ipc.new_file(self.sink, _schema())
         self.pending: list[Document] = []
+        self.pending_chars = 0
         self.count = 0
 
     def add(self, doc: Document) -> None:
         self.pending.append(doc)
-        if len(self.pending) >= BATCH:
+        self.pending_chars += len(doc.text) + len(doc.id)  # at most 4 bytes each: a batch stays under 1 GiB
+        # By bytes too: 1,024 documents of 5 MB (input.max_document_bytes) would pass the 2 GiB an Arrow string
+        # column holds, and would all wait in memory
+        if len(self.pending) >= BATCH or self.pending_chars >= BATCH_CHARS:
             self._flush()
 
     def _flush(self) -> None:
         if not self.pending:
             return
-        docs, self.pending = self.pending, []
+        docs, self.pending, self.pending_chars = self.pending, [], 0
         cols = [[d.id for d in docs], [d.text for d in docs], [d.source for d in docs], [d.position for d in docs]]
         self.writer.write_batch(self._pa.record_batch(cols, schema=_schema()))
         self.count += len(docs)

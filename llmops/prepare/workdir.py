@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -35,6 +36,21 @@ def temp_tag() -> str:
     """A temporary file's tag: the pid and a random part. Two writers of one shard at once (a retried Kubernetes
     pod, whose pid is 1 like the first one's; a requeued Slurm task beside a hung one) must not share a file."""
     return f"{os.getpid()}-{uuid.uuid4().hex[:12]}"
+
+
+_TEMP = re.compile(r"\.(?P<name>.+)\.tmp-\d+-[0-9a-f]{12}(?P<suffix>\.bin|\.idx)?")
+
+
+def remove_stale_temps(folder: Path, names: set[str]) -> list[str]:
+    """Remove the temporary files (temp_tag's) of a writer of `names` that was killed before its rename, from
+    `folder`; the names removed. Nothing else is touched: only these names, only in this pattern."""
+    removed = []
+    for path in folder.iterdir() if folder.is_dir() else []:
+        m = _TEMP.fullmatch(path.name)
+        if m and m["name"] + (m["suffix"] or "") in names and path.is_file() and not path.is_symlink():
+            path.unlink(missing_ok=True)
+            removed.append(path.name)
+    return sorted(removed)
 
 
 @contextlib.contextmanager

@@ -299,8 +299,13 @@ def test_a_worker_killed_mid_phase_fails_the_run_instead_of_hanging_and_a_rerun_
     assert died.value.exit_code == 1 and "run the same command again" in died.value.fix
     assert not (out / "work" / "done" / "clean-00002-of-00004.json").exists()
 
+    # What a finalize killed before its renames leaves (its temporary files), beside a user's file of that shape
+    stale = [".corpus_text_document.tmp-999-0123456789ab.bin", ".stats.json.tmp-999-0123456789ab"]
+    for name in [*stale, ".notes.txt.tmp-999-0123456789ab"]:
+        (out / name).write_text("left behind")
     monkeypatch.setattr(executor, "run_phase", real_phase)
     run_all(spec, display=Display(interval=60))
+    assert not [n for n in stale if (out / n).exists()] and (out / ".notes.txt.tmp-999-0123456789ab").exists()
     reference = tmp_path / "reference"
     run_all(prepare_spec([str(corpus_file)], reference, workers=1, num_shards=4, input={"chunk_bytes": 65536}),
             display=Display(interval=60))

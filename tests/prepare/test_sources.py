@@ -24,3 +24,40 @@ def test_shards_balance_bytes_not_unit_counts():
 
 def test_more_shards_than_units_leaves_some_empty():
     assert assign(units(5, 5), 4) == [[], [0], [], [1]]
+
+
+def test_what_a_folder_or_pattern_finds_lies_inside_it_and_a_literal_name_is_itself(tmp_path, monkeypatch):
+    """Data folders come from elsewhere: a link in one to /proc/self/environ or to a credentials file put the
+    prepare process's environment and the file into the dataset. Such links, pipes and devices are skipped and
+    listed; a file named with glob characters is read as named, not as a pattern."""
+    import os
+
+    import pytest
+
+    from llmops.errors import UserError
+    from llmops.prepare.sources import discover
+    from llmops.spec.prepare import InputSpec
+
+    data, outside = tmp_path / "data", tmp_path / "secret"
+    (data / "sub").mkdir(parents=True)
+    outside.mkdir()
+    (outside / "credentials").write_text('{"text": "aws_secret_access_key=..."}\n')
+    (data / "ok.jsonl").write_text('{"text": "fine"}\n')
+    (data / "sub" / "also.jsonl").write_text('{"text": "fine too"}\n')
+    (data / "same.jsonl").symlink_to(data / "sub" / "also.jsonl")  # inside: read once, by either name
+    (data / "notes.jsonl").symlink_to(outside / "credentials")
+    (data / "env.jsonl").symlink_to("/proc/self/environ")
+    (data / "zero.jsonl").symlink_to("/dev/zero")
+    os.mkfifo(data / "fifo.jsonl")
+    for entry in (str(data), str(data / "*.jsonl")):
+        units, skipped = discover(InputSpec(paths=[entry]))
+        assert {os.path.realpath(u.path) for u in units} <= {str(data / "ok.jsonl"), str(data / "sub" / "also.jsonl")}
+        assert {os.path.basename(p) for p in skipped} == {"notes.jsonl", "env.jsonl", "zero.jsonl", "fifo.jsonl"}
+    with pytest.raises(UserError, match="not a data file"):
+        discover(InputSpec(paths=["/proc/self/environ"], format="text"))
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "data1.jsonl").write_text('{"text": "another file"}\n')
+    (tmp_path / "data[1].jsonl").write_text('{"text": "the one named"}\n')
+    units, _ = discover(InputSpec(paths=["data[1].jsonl"]))
+    assert [u.path for u in units] == ["data[1].jsonl"]

@@ -170,6 +170,8 @@ def _json_record(line: bytes, source: str, pos: int, spec: InputSpec) -> Documen
         s = line.decode("utf-8")
     except UnicodeDecodeError as exc:
         return Bad(source, pos, "invalid_utf8", str(exc), line[:RAW_KEEP].decode("utf-8", "replace"))
+    if pos == 0:  # a byte order mark that some editors put at the start of a file
+        s = s.removeprefix("\ufeff")
     try:
         obj = json.loads(s)
     except ValueError as exc:
@@ -183,6 +185,9 @@ def _json_record(line: bytes, source: str, pos: int, spec: InputSpec) -> Documen
 
 
 _MISSING = object()
+
+
+MAX_ID_BYTES = 1024
 
 
 def _document(text: object, doc_id: object, source: str, pos: int, spec: InputSpec, *, raw: str) -> Document | Bad:
@@ -203,9 +208,11 @@ def _document(text: object, doc_id: object, source: str, pos: int, spec: InputSp
     if doc_id is None or doc_id == "":
         doc_id = f"{source}#{pos}"
     try:
-        str(doc_id).encode("utf-8")
+        id_bytes = len(str(doc_id).encode("utf-8"))
     except UnicodeEncodeError as exc:  # an id with a lone surrogate, or a file name that is not UTF-8
         return Bad(source, pos, "invalid_utf8", f"the id: {exc}", raw[:RAW_KEEP])
+    if id_bytes > MAX_ID_BYTES:  # an id is a name: a text in the id field was a second copy of a document
+        return Bad(source, pos, "id_too_large", f"an id of {id_bytes:,} bytes > {MAX_ID_BYTES:,}", raw[:RAW_KEEP])
     return Document(str(doc_id), text, source, pos, nbytes)
 
 
@@ -225,12 +232,28 @@ def _text_file(unit: Unit, spec: InputSpec) -> tuple[Document | Bad, int]:
 
 
 def _parquet(unit: Unit, spec: InputSpec) -> Iterator[tuple[Document | Bad, int]]:
-    """One row group, in batches of about :data:`_PARQUET_BATCH_BYTES` (a row group is often hundreds of MB of
-    text, which read whole, then as Python strings, took twice that per worker)."""
+    """One row group, :data:`_PARQUET_BATCH_ROWS` rows at a time, each value's size looked at in Arrow before it
+    becomes a Python string.
+
+    The row group's size in the file says nothing of its size decoded: a dictionary page holds a value once
+    for any number of rows, a DELTA_BYTE_ARRAY page a prefix once for every row (50 kB on disk were 80 GB of
+    text, 2 kB were 2 GB). So batches are a few rows, and a value over input.max_document_bytes is quarantined
+    from its length alone. Whatever Arrow refuses in the file (a schema it cannot map, a page it cannot
+    decode, a value it cannot convert) ends the unit as one quarantined record, like a corrupt page."""
+    import pyarrow as pa
+
+    try:
+        yield from _parquet_rows(unit, spec)
+    except (pa.lib.ArrowException, KeyError, IndexError, OverflowError, MemoryError) as exc:
+        raise ValueError(f"{type(exc).__name__}: {exc}") from None
+
+
+def _parquet_rows(unit: Unit, spec: InputSpec) -> Iterator[tuple[Document | Bad, int]]:
+    import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
     pf = pq.ParquetFile(unit.path)
-    names = set(pf.schema_arrow.names)
+    names = pf.schema_arrow.names
     rows = pf.metadata.row_group(unit.start).num_rows
     first = sum(pf.metadata.row_group(g).num_rows for g in range(unit.start))
     per_row = max(1, unit.size // max(1, rows))
@@ -239,12 +262,33 @@ def _parquet(unit: Unit, spec: InputSpec) -> Iterator[tuple[Document | Bad, int]
             yield _document(_MISSING, None, unit.source, first + i, spec, raw=""), per_row
         return
     columns = [c for c in (spec.text_field, spec.id_field) if c and c in names]
-    batch_rows = max(1, min(_PARQUET_BATCH_ROWS, _PARQUET_BATCH_BYTES // per_row))
+    twice = [c for c in columns if names.count(c) > 1]
+    if twice:
+        raise ValueError(f"the column {twice[0]!r} appears {names.count(twice[0])} times in the file's schema")
     pos = first
-    for batch in pf.iter_batches(batch_size=batch_rows, row_groups=[unit.start], columns=columns):
-        texts = batch.column(spec.text_field).to_pylist()
-        ids = batch.column(spec.id_field).to_pylist() if spec.id_field in columns else [None] * batch.num_rows
-        for text, doc_id in zip(texts, ids):
+    for batch in pf.iter_batches(batch_size=_PARQUET_BATCH_ROWS, row_groups=[unit.start], columns=columns):
+        # As bytes: Arrow does not check UTF-8, and one bad value failed the whole batch's to_pylist (the rest of
+        # the row group lost, as one bad record)
+        column = _as_bytes(batch.column(spec.text_field))
+        sizes = pc.binary_length(column).to_pylist() if _is_text(column.type) else [None] * batch.num_rows
+        big = [n is not None and n > spec.max_document_bytes for n in sizes]
+        texts = column.to_pylist() if not any(big) else [None if b else column[i].as_py() for i, b in enumerate(big)]
+        ids = (_as_bytes(batch.column(spec.id_field)).to_pylist() if spec.id_field in columns
+               else [None] * batch.num_rows)
+        for i, (text, doc_id) in enumerate(zip(texts, ids)):
+            if isinstance(doc_id, bytes):
+                try:
+                    doc_id = doc_id.decode("utf-8")
+                except UnicodeDecodeError as exc:
+                    yield Bad(unit.source, pos, "invalid_utf8", f"the id: {exc}", ""), per_row
+                    pos += 1
+                    continue
+            if big[i]:  # never made a Python string
+                head = pc.binary_slice(column.slice(i, 1).cast("binary"), 0, RAW_KEEP)[0].as_py()
+                yield Bad(unit.source, pos, "too_large", f"{sizes[i]:,} bytes > input.max_document_bytes",
+                          head.decode("utf-8", "replace")), per_row
+                pos += 1
+                continue
             if isinstance(text, bytes):
                 try:
                     text = text.decode("utf-8")
@@ -258,7 +302,28 @@ def _parquet(unit: Unit, spec: InputSpec) -> Iterator[tuple[Document | Bad, int]
             pos += 1
 
 
-_PARQUET_BATCH_ROWS, _PARQUET_BATCH_BYTES = 1024, 8 << 20
+def _as_bytes(column):
+    """A text column as the bytes it holds (no copy), decoded row by row; categories decoded first."""
+    import pyarrow as pa
+
+    if pa.types.is_dictionary(column.type):  # pandas categories: the few rows of a batch, decoded, are small
+        column = column.dictionary_decode()
+    if pa.types.is_string(column.type):
+        return column.view(pa.binary())
+    if pa.types.is_large_string(column.type):
+        return column.view(pa.large_binary())
+    return column
+
+
+def _is_text(kind) -> bool:
+    import pyarrow as pa
+
+    return (pa.types.is_string(kind) or pa.types.is_large_string(kind) or pa.types.is_binary(kind)
+            or pa.types.is_large_binary(kind))
+
+
+# Rows per batch: a batch holds at most this many values of input.max_document_bytes (5 MB by default) decoded
+_PARQUET_BATCH_ROWS = 32
 
 
 def _docstrings(unit: Unit) -> Iterator[tuple[Document | Bad, int]]:

@@ -34,3 +34,21 @@ def test_the_cleaner_applies_only_enabled_steps_and_drops_documents_left_empty()
     raw = Document("c", "caf\u0065\u0301  \n", "s", 0)
     only_controls = Cleaner(CleanSpec(unicode_nfc=False, normalize_whitespace=False))
     assert [d.text for d in only_controls.run([raw])] == ["caf\u0065\u0301  \n"]
+
+
+def test_a_long_run_of_spaces_is_cleaned_at_once():
+    """Trailing-space removal retried a run of spaces from each of its positions: a record of 100 kB of spaces
+    took 41 s, one of 5 MB (what max_document_bytes allows) hours. The alarm only guards against that hang."""
+    import signal
+
+    def hung(*_):
+        raise TimeoutError("normalize_whitespace took over 30 s on 4 MB of spaces")
+
+    before = signal.signal(signal.SIGALRM, hung)
+    signal.alarm(30)
+    try:
+        text = "a" + " " * 4_000_000 + "b \t\n" + "\t" * 1_000_000 + "c"
+        assert normalize_whitespace(text) == "a" + " " * 4_000_000 + "b\n" + "\t" * 1_000_000 + "c"
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, before)

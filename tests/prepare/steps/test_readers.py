@@ -268,3 +268,62 @@ def test_a_zstd_bomb_is_read_in_bounded_pieces(tmp_path):
     assert [r.reason if isinstance(r, Bad) else r.id for r in got] == ["too_large", "after"]
     assert f"{(512 << 20) + 1:,} bytes" in got[0].detail  # the line and its newline
     assert peak < 128 << 20, f"peak {peak:,} bytes"  # 1 GiB before: the whole output, then a copy
+
+
+def test_a_small_parquet_file_of_huge_decoded_text_is_read_a_few_rows_at_a_time(tmp_path):
+    """A dictionary page holds a value once for any number of rows: 500 rows of one 1 MB text are a file of
+    ~1 MB and 500 MB decoded. Batches were sized from the file's bytes (1,024 rows: all of it decoded at once,
+    80 GB for a 50 kB file); a few rows a time, and a value over max_document_bytes never leaves Arrow."""
+    import subprocess
+    import sys
+    import textwrap
+
+    big = ("lorem ipsum dolor sit amet " * 40_000)[:1_000_000]
+    column = pa.DictionaryArray.from_arrays(pa.array([0] * 500, pa.int32()), pa.array([big]))
+    path = tmp_path / "dict.parquet"
+    table = pa.table({"text": column, "id": pa.array([f"d{i}" for i in range(500)])})
+    # without the Arrow schema in the file, as most writers do: read back as plain strings, not categories
+    pq.write_table(table, path, use_dictionary=["text"], compression="zstd", store_schema=False)
+    assert path.stat().st_size < 200_000
+    code = textwrap.dedent(f"""
+        import json, pyarrow as pa
+        from llmops.prepare.sources import discover
+        from llmops.prepare.steps.readers import read_unit
+        from llmops.spec.prepare import InputSpec
+        out = {{}}
+        for limit in (5_000_000, 100_000):
+            spec = InputSpec(paths=[{str(path)!r}], max_document_bytes=limit)
+            (unit,) = discover(spec)[0]
+            kinds = [getattr(r, "reason", "doc") for r, _ in read_unit(unit, spec)]
+            out[limit] = {{k: kinds.count(k) for k in set(kinds)}}
+        out["peak"] = pa.default_memory_pool().max_memory()
+        print(json.dumps(out))
+    """)
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    got = json.loads(res.stdout)
+    assert got["5000000"] == {"doc": 500} and got["100000"] == {"too_large": 500}
+    assert got["peak"] < 100 << 20, got  # Arrow's own allocations, at most: was over 500 MB
+
+
+def test_one_bad_parquet_value_costs_its_row_alone_and_odd_files_are_quarantined_not_raised(tmp_path):
+    texts = [f"document number {i} with some words" for i in range(100)]
+    raw = [t.encode() for t in texts]
+    raw[40] = b"caf\xe9 in latin-1"
+    path = tmp_path / "mixed.parquet"
+    # a writer that does not check UTF-8 (Arrow does not): the bytes as a string column
+    pq.write_table(pa.table({"text": pa.array(raw, pa.binary()).view(pa.string()),
+                             "id": pa.array([f"d{i}" for i in range(100)])}), path, store_schema=False)
+    got = records(path)
+    assert [r.reason for r in got if isinstance(r, Bad)] == ["invalid_utf8"]
+    assert [r.text for r in got if isinstance(r, Document)] == texts[:40] + texts[41:]
+    assert [r.id for r in got if isinstance(r, Document)][40] == "d41"
+
+    twice = tmp_path / "twice.parquet"
+    pq.write_table(pa.Table.from_arrays([pa.array(["a b c"]), pa.array(["d e f"])], names=["text", "text"]), twice)
+    (bad,) = records(twice)
+    assert bad.reason == "unreadable_file" and "appears 2 times" in bad.detail
+
+    bom = tmp_path / "bom.jsonl"
+    bom.write_bytes(b'\xef\xbb\xbf{"text": "saved by an editor that marks UTF-8"}\n{"text": "second"}\n')
+    assert [r.text for r in records(bom)] == ["saved by an editor that marks UTF-8", "second"]

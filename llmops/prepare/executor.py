@@ -43,6 +43,10 @@ def run_all(config: PrepareSpec, *, workers: int | None = None, num_shards: int 
         refuse_foreign_outputs(config)
         ensure_writable(work.root, "the work folder")
     plan = make_plan(config, work, shards)
+    if not existing and (skipped := plan.data.get("skipped_files")):
+        shown = ", ".join(skipped[:5]) + (f" and {len(skipped) - 5} more" if len(skipped) > 5 else "")
+        display.console.print(f"prepare: skipped {len(skipped)} file(s) of the input (an unknown format, a link "
+                              f"out of its folder, a pipe or device; all in stats.json): {shown}", markup=False)
     _COUNTER = display.counter
     for phase in PHASES:
         if work.missing(phase, plan.num_shards if phase in MAP_PHASES else 1):

@@ -59,7 +59,7 @@ def discover(spec: InputSpec) -> tuple[list[Unit], list[str]]:
     units: list[Unit] = []
     skipped: list[str] = []
     for i, entry in enumerate(spec.paths):
-        found, left = _expand(entry, i)
+        found, left = _expand(entry, i, follow_links=spec.follow_links)
         skipped += left
         for path, listed in found:
             kind, compression = _format_of(path, spec.format)
@@ -73,12 +73,13 @@ def discover(spec: InputSpec) -> tuple[list[Unit], list[str]]:
     return units, skipped
 
 
-def _expand(entry: str, i: int) -> tuple[list[tuple[str, bool]], list[str]]:
+def _expand(entry: str, i: int, *, follow_links: bool = False) -> tuple[list[tuple[str, bool]], list[str]]:
     """(file, named explicitly) pairs for one input.paths entry, and the files it found but skips.
 
     A path that exists is taken as it is written, even with glob characters in its name (`data[1].jsonl`).
     Data folders come from elsewhere: a link in one may point anywhere (`/proc/self/environ`, a credentials
-    file), so what a folder or a pattern finds must really lie under the folder, or the pattern's fixed part."""
+    file), so what a folder or a pattern finds must really lie under the folder, or the pattern's fixed part
+    (unless `follow_links`)."""
     path = Path(entry)
     if path.is_file() or (path.exists() and not path.is_dir()):
         if _pseudo(os.path.realpath(path)) or not _regular(path):
@@ -87,18 +88,18 @@ def _expand(entry: str, i: int) -> tuple[list[tuple[str, bool]], list[str]]:
         return [(entry, True)], []
     if path.is_dir():
         found = [p for p in path.rglob("*") if not _hidden(p.relative_to(path)) and not p.is_dir()]
-        files, left = _within(found, path)
+        files, left = _within(found, path, follow_links)
         if not files:
             raise UserError(f"prepare.input.paths[{i}] = {entry!r}: the folder holds no file" +
                             (f" it may read ({len(left)} link(s) out of it, or special files)" if left else ""),
-                            "point at a folder with data")
+                            "point at a folder with data" + (_FOLLOW if left else ""))
         return [(f, False) for f in files], left
     if any(c in entry for c in "*?["):
-        files, left = _glob(entry)
+        files, left = _glob(entry, follow_links)
         if not files:
             raise UserError(f"prepare.input.paths[{i}] = {entry!r}: the pattern matches no file" +
                             (f" it may read ({len(left)} link(s) out of its folder, or special files)" if left
-                             else ""), "check the pattern, or the folder it starts from")
+                             else ""), "check the pattern, or the folder it starts from" + (_FOLLOW if left else ""))
         return [(p, False) for p in files], left
     raise UserError(f"prepare.input.paths[{i}] = {entry!r}: no such file or folder",
                     "check the path (relative paths start from the folder you run llmops in)")
@@ -122,21 +123,25 @@ def _split_pattern(pattern: str) -> tuple[Path, str]:
     return (Path(*parts[:first]) if first else Path(".")), str(Path(*parts[first:]))
 
 
-def _glob(pattern: str) -> tuple[list[str], list[str]]:
+_FOLLOW = "; to read files reached through links to elsewhere, set prepare.input.follow_links: true"
+
+
+def _glob(pattern: str, follow_links: bool = False) -> tuple[list[str], list[str]]:
     """Files matching a glob pattern, and those it skips (see _within). `**` descends into real folders only,
     never through a symlinked one (glob.glob follows them: a link to a parent folder made it read each file
     forty times over)."""
     anchor, rest = _split_pattern(pattern)
-    return _within([p for p in anchor.glob(rest) if not p.is_dir()], anchor)
+    return _within([p for p in anchor.glob(rest) if not p.is_dir()], anchor, follow_links)
 
 
-def _within(found: list[Path], root: Path) -> tuple[list[str], list[str]]:
-    """`found` split into regular files whose real path lies under `root`'s (each once) and the rest."""
+def _within(found: list[Path], root: Path, follow_links: bool = False) -> tuple[list[str], list[str]]:
+    """`found` split into regular files whose real path lies under `root`'s (anywhere but /proc, /sys and /dev
+    with `follow_links`), each once, and the rest."""
     top = os.path.realpath(root)
     ok, left = [], []
     for p in found:
         real = os.path.realpath(p)
-        inside = real == top or real.startswith(top.rstrip(os.sep) + os.sep)
+        inside = follow_links or real == top or real.startswith(top.rstrip(os.sep) + os.sep)
         (ok if inside and not _pseudo(real) and _regular(p) else left).append(p)
     return _once(ok), sorted(str(p) for p in left)
 

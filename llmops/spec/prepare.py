@@ -41,6 +41,10 @@ class InputSpec(SpecModel):
     """Longer documents are quarantined as `too_large` (they are usually dumps, not prose)."""
     chunk_bytes: int = Field(32 * 2**20, ge=2**16, le=2**31)
     """Uncompressed JSONL files larger than this are read in chunks of this size, in parallel."""
+    follow_links: bool = False
+    """Read files a folder or a glob reaches through links to elsewhere (a folder of links to a shared store).
+    Off: such links are skipped and listed (a data folder from elsewhere may link to /proc/self/environ or a
+    credentials file); links that stay inside the folder are always read. /proc, /sys and /dev never are."""
 
     @model_validator(mode="after")
     def _one_source(self) -> InputSpec:

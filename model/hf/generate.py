@@ -58,12 +58,12 @@ def pick_device(name: str) -> torch.device:
 def opened(source: Checkpoint | HFFolder, *, device: torch.device, compile: bool = False,
            info: Callable[[str], None] = print) -> Iterator[Generator]:
     """The model and tokenizer of `source` on `device` (bf16 on GPUs, fp32 on CPUs)."""
-    from llmops_model.hf import folder as hf_folder
-
-    hf_folder.check_source(source)
-    if isinstance(source, HFFolder):
+    if isinstance(source, HFFolder):  # checked by load
         yield Generator.load(source.path, device=device, compile=compile)
         return
+    from llmops_model.hf import folder as hf_folder
+
+    hf_folder.check_source(source)  # a tokenizer, before the export
     from llmops_model.hf import export
 
     with tempfile.TemporaryDirectory(prefix="llmops-generate-") as folder:

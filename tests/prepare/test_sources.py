@@ -55,6 +55,16 @@ def test_what_a_folder_or_pattern_finds_lies_inside_it_and_a_literal_name_is_its
         assert {os.path.basename(p) for p in skipped} == {"notes.jsonl", "env.jsonl", "zero.jsonl", "fifo.jsonl"}
     with pytest.raises(UserError, match="not a data file"):
         discover(InputSpec(paths=["/proc/self/environ"], format="text"))
+    # A folder of links to a shared store, on purpose: follow_links reads them, but never /proc, /sys or /dev
+    units, skipped = discover(InputSpec(paths=[str(data)], follow_links=True))
+    assert str(outside / "credentials") in {os.path.realpath(u.path) for u in units}
+    assert {os.path.basename(p) for p in skipped} == {"env.jsonl", "zero.jsonl", "fifo.jsonl"}
+    links = tmp_path / "links"
+    links.mkdir()
+    (links / "a.jsonl").symlink_to(outside / "credentials")
+    with pytest.raises(UserError, match=r"1 link\(s\) out of it") as refused:
+        discover(InputSpec(paths=[str(links)]))
+    assert "set prepare.input.follow_links: true" in refused.value.fix
 
     monkeypatch.chdir(tmp_path)
     (tmp_path / "data1.jsonl").write_text('{"text": "another file"}\n')

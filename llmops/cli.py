@@ -295,7 +295,7 @@ def status(
     from dataclasses import asdict
 
     from llmops import runner
-    from llmops.runs.rundir import list_runs, resolve_run, runs_root
+    from llmops.runs.rundir import Status, list_runs, resolve_run, runs_root
 
     root = runs_root(runs_dir)
     targets = [resolve_run(run, root)] if run else list_runs(root)
@@ -306,8 +306,13 @@ def status(
         except UserError as exc:
             if run:  # the one run asked for: its backend's message is the answer
                 raise
-            st = r.read_status()  # one unreachable cluster must not hide the other runs
-            st.message = f"(last known) {exc.message}"
+            try:  # one unreachable cluster, or one damaged run folder, must not hide the other runs
+                st = r.read_status()
+                st.message = f"(last known) {exc.message}"
+            except UserError:
+                st = Status(state="UNREADABLE", backend="-", message=exc.message, submitted_at=time.time())
+                rows.append((r, st, None))
+                continue
         rows.append((r, st, r.progress()))
     if as_json:
         sys.stdout.write(json.dumps([{"id": r.id, "path": str(r.path), **asdict(st), "progress": p}
@@ -459,7 +464,7 @@ def report(
     except UserError as exc:
         err.print(f"[yellow](from the files already here: {escape(exc.message)})[/yellow]")
     summary = rep.summarize(r)
-    out.print(f"[bold]{escape(r.id)}[/bold]: {summary['state']} in {summary['wall']:.0f} s")
+    out.print(f"[bold]{escape(r.id)}[/bold]: {escape(summary['state'])} in {summary['wall']:.0f} s")
     stages = Table(box=None, header_style="bold")
     times = Table(box=None, header_style="bold", title="where the time went (s)", title_justify="left")
     for col in ("stage", "state", "step", "loss", "tokens/s", "restarts", "lost steps"):
@@ -468,13 +473,13 @@ def report(
         times.add_column(col, no_wrap=True, justify="right" if col != "stage" else "left")
     for s in summary["stages"]:
         if isinstance(s, rep.PrepareSummary):
-            stages.add_row(s.name, s.state, "-", "-", "-", str(s.restarts), "-")
-            times.add_row(s.name, "-", "-", f"{s.seconds:.1f}" if s.seconds is not None else "-", "-", "-")
+            stages.add_row(Text(s.name), Text(s.state), "-", "-", "-", str(s.restarts), "-")
+            times.add_row(Text(s.name), "-", "-", f"{s.seconds:.1f}" if s.seconds is not None else "-", "-", "-")
             continue
-        stages.add_row(s.name, s.state, f"{s.rows[-1]['step']}/{s.steps}" if s.rows else "-",
+        stages.add_row(Text(s.name), Text(str(s.state)), f"{s.rows[-1]['step']}/{s.steps}" if s.rows else "-",
                        f"{s.final_loss:.4f}" if s.final_loss is not None else "-",
                        f"{s.tokens_per_s:,.0f}" if s.tokens_per_s else "-", str(s.restarts), str(s.lost_steps))
-        times.add_row(s.name, *(f"{s.time[k]:.1f}" for k in ("queue", "startup", "training", "checkpointing",
+        times.add_row(Text(s.name), *(f"{s.time[k]:.1f}" for k in ("queue", "startup", "training", "checkpointing",
                                                               "lost")))
     out.print(stages)
     out.print(times)
@@ -494,7 +499,8 @@ def _scores_table(groups: list[tuple[str | None, list, bool]], title: str | None
         table.add_column(col, no_wrap=True, justify="right" if col in ("value", "stderr", "questions") else "left")
     for label, scores, limited in groups:
         for s in scores:
-            table.add_row(*([label or "-"] if labelled else []), s.task, s.metric, f"{s.value:.4f}",
+            # Text: task and metric names come from lm-eval's results, never read as rich markup
+            table.add_row(*([Text(label or "-")] if labelled else []), Text(s.task), Text(s.metric), f"{s.value:.4f}",
                           f"± {s.stderr:.4f}" if s.stderr is not None else "-",
                           (f"{s.questions:,}" if s.questions is not None else "-") + (" (limit)" if limited else ""))
     return table
@@ -533,7 +539,7 @@ def checkpoints(
         table.add_column(col, no_wrap=col != "state", overflow="fold")
     for label, root, infos in found:
         if not infos:
-            table.add_row(label, "-", "-", "-", "-", f"no checkpoints in {escape(str(root))}")
+            table.add_row(Text(label), "-", "-", "-", "-", Text(f"no checkpoints in {root}"))
         for i in infos:
             layout = "tp{tp}-pp{pp}-dp{dp}".format(**i.layout) if i.layout else "-"
             saved = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(i.saved_at)) if i.saved_at else "-"
@@ -541,7 +547,7 @@ def checkpoints(
                 state = "[green]latest[/green]" if i.latest else "complete"
             else:
                 state = f"[red]{escape(i.problem)}[/red]"
-            table.add_row(label, str(i.step), layout, _size(i.size), saved, state)
+            table.add_row(Text(label), str(i.step), Text(layout), _size(i.size), saved, state)
     out.print(table)
 
 

@@ -129,8 +129,11 @@ def verify(path: Path) -> str | None:
     try:
         meta = json.loads(manifest.read_text())
         files: dict[str, int] = meta["files"]
-    except (OSError, ValueError, KeyError) as exc:
+    except (OSError, ValueError, KeyError, TypeError) as exc:
         return f"unreadable manifest ({exc})"
+    if not isinstance(files, dict) or not all(isinstance(n, str) and isinstance(v, int) and not isinstance(v, bool)
+                                              for n, v in files.items()):
+        return "damaged manifest (its files are not a mapping of names to sizes)"
     for name, size in files.items():
         f = path / name
         if not f.is_file():
@@ -227,8 +230,15 @@ def describe(root: Path) -> list[Info]:
             except (OSError, ValueError):
                 meta = {}
         size = sum(f.stat().st_size for f in p.rglob("*") if f.is_file())
+        if not isinstance(meta, dict):
+            meta = {}
+        layout, saved = meta.get("layout"), meta.get("saved_at")
+        if not (isinstance(layout, dict) and all(isinstance(layout.get(k), int) for k in ("tp", "pp", "dp"))):
+            layout = None  # a manifest edited or damaged by hand: shown as unknown
+        if not (isinstance(saved, int | float) and not isinstance(saved, bool) and 0 < saved < 2**33):
+            saved = None
         out.append(Info(path=p, step=int(m.group(1)), complete=problem is None, problem=problem,
-                        layout=meta.get("layout"), size=size, saved_at=meta.get("saved_at"), latest=p == latest))
+                        layout=layout, size=size, saved_at=saved, latest=p == latest))
     return sorted(out, key=lambda i: (i.step, i.complete), reverse=True)
 
 

@@ -68,8 +68,14 @@ def _number(v: Any) -> float | None:
     return float(v) if isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) else None
 
 
+def _when(v: Any) -> float | None:
+    """A time as the clock gives it (seconds since 1970, before the year 2242), or None."""
+    t = _number(v)
+    return t if t is not None and 0 < t < 2**33 else None
+
+
 def _int(v: Any) -> int | None:
-    return int(v) if isinstance(v, int | float) and not isinstance(v, bool) else None
+    return int(v) if isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) else None
 
 
 def save(run: RunDir, results: dict[str, Any]) -> Path:
@@ -94,7 +100,7 @@ def listed(run: RunDir) -> list[Evaluation]:
             results = json.loads(path.read_text())
             meta = results.get("llmops") or {}
             out.append(Evaluation(path=path, stage=meta.get("stage"), step=_int(meta.get("step")),
-                                  evaluated_at=_number(meta.get("evaluated_at")), limit=_int(meta.get("limit")),
+                                  evaluated_at=_when(meta.get("evaluated_at")), limit=_int(meta.get("limit")),
                                   scores=scores(results)))
         except (OSError, ValueError, AttributeError, TypeError):
             continue

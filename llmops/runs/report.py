@@ -33,6 +33,7 @@ import json
 import math
 import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -40,7 +41,7 @@ from typing import Any
 from llmops.errors import EXIT_REQUEUE
 from llmops.runs import evaluations
 from llmops.runs.charts import Mark, Series, duration, human, line_chart, time_bar
-from llmops.runs.rundir import RunDir
+from llmops.runs.rundir import RunDir, step_row
 
 REPORT = "report.html"
 
@@ -90,7 +91,9 @@ class StageSummary:
         return self.rows[-1]["loss"] if self.rows else None
 
 
-def _jsonl(path: Path) -> list[dict]:
+def _jsonl(path: Path, valid: Callable[[Any], bool]) -> list[dict]:
+    """The rows of a stage file that `valid` accepts: a line cut off by a kill mid-write, or a row of the wrong
+    shape (a run folder damaged or edited by hand), is left out rather than failing the report or status."""
     try:
         lines = path.read_text().splitlines()
     except OSError:
@@ -98,10 +101,38 @@ def _jsonl(path: Path) -> list[dict]:
     out = []
     for line in lines:
         try:
-            out.append(json.loads(line))
+            row = json.loads(line)
         except ValueError:
-            continue  # a line cut off by a kill mid-write
+            continue
+        if valid(row):
+            out.append(row)
     return out
+
+
+def _number(value: Any, *, whole: bool = False) -> bool:
+    return (isinstance(value, int if whole else (int, float)) and not isinstance(value, bool)
+            and math.isfinite(value))
+
+
+def _event_row(e: Any) -> bool:
+    """An events.jsonl row as llmops writes it (a tracker's tally has no time)."""
+    if not isinstance(e, dict) or not isinstance(e.get("event"), str):
+        return False
+    if e["event"] != "tracking" and not _number(e.get("time")) or e["event"] == "resumed" and "step" not in e:
+        return False
+    wholes = ("restart", "step", "sent", "dropped", "rank")
+    return (all(_number(e[k], whole=True) for k in wholes if k in e and not (k == "rank" and e[k] is None))
+            and all(_number(e[k]) for k in ("stall", "seconds", "peers", "process_started", "silent", "timeout")
+                    if k in e)
+            and (e.get("code") is None or _number(e["code"], whole=True)))
+
+
+def _metric_row(r: Any) -> bool:
+    return step_row(r) and _number(r.get("time"))
+
+
+def _sample_row(r: Any) -> bool:
+    return isinstance(r, dict) and all(isinstance(r.get(k, ""), str) for k in ("prompt", "completion"))
 
 
 def _attempts(rows: list[dict], events: list[dict]) -> list[Attempt]:
@@ -132,6 +163,23 @@ def _attempts(rows: list[dict], events: list[dict]) -> list[Attempt]:
     return [by[k] for k in sorted(by)]
 
 
+def _redone(attempts: list[Attempt]) -> list[list[dict]]:
+    """Per attempt, the rows of earlier attempts whose steps it ran again, each counted by the first attempt that
+    re-ran it: not only the attempt just before (one that died before its first step hid what the one after it
+    ran again)."""
+    counted: set[tuple[int, int]] = set()
+    out = []
+    for i, a in enumerate(attempts):
+        rows = []
+        for b in attempts[:i] if a.first_step is not None else []:
+            for r in b.rows:
+                if r["step"] >= a.first_step and (b.restart, r["step"]) not in counted:
+                    counted.add((b.restart, r["step"]))
+                    rows.append(r)
+        out.append(rows)
+    return out
+
+
 def _median(values: list[float]) -> float | None:
     values = sorted(v for v in values if v is not None)
     return values[len(values) // 2] if values else None
@@ -139,30 +187,31 @@ def _median(values: list[float]) -> float | None:
 
 def summarize_stage(run: RunDir, name: str, record: dict, ready_at: float | None) -> StageSummary:
     folder = run.stage_dir(name)
-    raw = _jsonl(folder / "metrics.jsonl")
+    raw = _jsonl(folder / "metrics.jsonl", _metric_row)
     latest: dict[int, dict] = {}
     for r in raw:
         latest[r["step"]] = r
     rows = [latest[s] for s in sorted(latest)]
-    events = _jsonl(folder / "events.jsonl")
+    events = _jsonl(folder / "events.jsonl", _event_row)
     attempts = _attempts(raw, events)
     t = dict.fromkeys(("queue", "startup", "training", "checkpointing", "lost"), 0.0)
     lost_steps, resume_seconds = 0, []
     previous: Attempt | None = None
-    for a in attempts:
+    for a, redone in zip(attempts, _redone(attempts), strict=True):
         ready = ready_at if previous is None else previous.last_at
         if a.started is not None and ready is not None:
             t["queue"] += max(0.0, a.started - ready)
         if a.started is not None and a.first_step_at is not None:
             t["startup"] += max(0.0, a.first_step_at - a.started)
+        elif a.started is not None and a.last_at is not None:  # it never reached a step: all of it start-up
+            t["startup"] += max(0.0, a.last_at - a.started)
         stall = sum(s.get("stall", 0.0) for s in a.saves)
         t["checkpointing"] += stall
         if a.first_step_at is not None and a.last_at is not None:
             t["training"] += max(0.0, a.last_at - a.first_step_at - stall)
+        lost_steps += len(redone)
+        t["lost"] += sum(r.get("step_time", 0.0) for r in redone)
         if previous is not None and a.first_step is not None:
-            redone = [r for r in previous.rows if r["step"] >= a.first_step]
-            lost_steps += len({r["step"] for r in redone})
-            t["lost"] += sum(r.get("step_time", 0.0) for r in redone)
             if previous.last_at is not None and a.first_step_at is not None:
                 first_row = min(a.rows, key=lambda r: r["time"])
                 resume_seconds.append(first_row["time"] - previous.last_at)
@@ -170,11 +219,12 @@ def summarize_stage(run: RunDir, name: str, record: dict, ready_at: float | None
     t["training"] = max(0.0, t["training"] - t["lost"])
     return StageSummary(
         name=name, state=record.get("state", "PENDING"), restarts=record.get("restarts", max(0, len(attempts) - 1)),
-        steps=rows[-1].get("steps") if rows else None, rows=rows, evals=_latest_per_step(_jsonl(folder / "eval.jsonl")),
+        steps=rows[-1].get("steps") if rows else None, rows=rows,
+        evals=_latest_per_step(_jsonl(folder / "eval.jsonl", step_row)),
         attempts=attempts, time=t, lost_steps=lost_steps, resume_seconds=resume_seconds,
         tokens_per_s=_median([r.get("tokens_per_s") for r in rows]),
         tracking=[e for e in events if e.get("event") == "tracking"],
-        samples=_jsonl(folder / "samples.jsonl"),
+        samples=_jsonl(folder / "samples.jsonl", _sample_row),
         stragglers=[e for e in events if e.get("event") == "straggler"],
     )
 
@@ -183,9 +233,9 @@ def stage_restarts(run: RunDir, stage: str) -> list[str]:
     """One line per restart of a stage, for `llmops status`: what ended the attempt before it (a hang, a
     preemption, an exit code, else a kill or crash that left no exit record), where it resumed, what it lost."""
     folder = run.stage_dir(stage)
-    attempts = _attempts(_jsonl(folder / "metrics.jsonl"), _jsonl(folder / "events.jsonl"))
+    attempts = _attempts(_jsonl(folder / "metrics.jsonl", _metric_row), _jsonl(folder / "events.jsonl", _event_row))
     lines = []
-    for before, a in zip(attempts, attempts[1:], strict=False):
+    for before, a, rows in zip(attempts, attempts[1:], _redone(attempts)[1:], strict=False):
         why = ("hung (no progress within restarts.hang_timeout)" if before.hung else
                "preempted" if before.exit_code == EXIT_REQUEUE else
                f"exit code {before.exit_code}" if before.exit_code is not None else "killed or crashed")
@@ -194,14 +244,13 @@ def stage_restarts(run: RunDir, stage: str) -> list[str]:
             line += f" at step {before.last_step}"
         if a.resumed_from is not None:
             line += f"; resumed from step {a.resumed_from}"
-        redone = {r["step"] for r in before.rows if a.first_step is not None and r["step"] >= a.first_step}
-        lines.append(line + (f", {_count(len(redone), 'step')} lost" if redone else ""))
+        lines.append(line + (f", {_count(len(rows), 'step')} lost" if rows else ""))
     return lines
 
 
 def stage_stragglers(run: RunDir, stage: str) -> list[str]:
     """:func:`straggler_lines` of a stage's events.jsonl (for `llmops status`)."""
-    return straggler_lines(_jsonl(run.stage_dir(stage) / "events.jsonl"))
+    return straggler_lines(_jsonl(run.stage_dir(stage) / "events.jsonl", _event_row))
 
 
 def straggler_lines(events: list[dict]) -> list[str]:
@@ -229,18 +278,24 @@ def summarize(run: RunDir) -> dict[str, Any]:
     """Every stage's summary and the run's totals."""
     spec, status = run.read_spec(), run.read_status()
     stages = []
-    ready = status.started_at or status.submitted_at
+    # A stage becomes ready at the run's submission (the first) or the end of the stage before: from its record
+    # where the backend keeps one (local), else from the last sign of life in its events (Slurm, Kubernetes keep
+    # no stage times; taking the run's start made a later stage's queue hold every stage before it)
+    ready = status.submitted_at or status.started_at
     for name in spec.stages:
         record = status.stages.get(name, {})
         if name == "prepare":
             stages.append(PrepareSummary(name, record.get("state", "PENDING"), record.get("restarts", 0),
                                          _span(record)))
+            ready = record.get("ended_at") or ready
         else:
-            stages.append(summarize_stage(run, name, record, record.get("started_at") or ready))
-        ready = record.get("ended_at") or ready
+            stage = summarize_stage(run, name, record, record.get("started_at") or ready)
+            stages.append(stage)
+            ended = max((a.last_at for a in stage.attempts if a.last_at is not None), default=None)
+            ready = record.get("ended_at") or ended or ready
     end = status.ended_at or time.time()
     return {"run": run.id, "state": status.state, "backend": status.backend, "message": status.message,
-            "wall": end - (status.started_at or status.submitted_at), "stages": stages,
+            "wall": end - (status.submitted_at or status.started_at), "stages": stages,
             "evaluations": evaluations.listed(run)}
 
 
@@ -288,11 +343,11 @@ def _points(rows: list[dict], *keys: str) -> list[tuple[float, float]]:
 def _restart_marks(s: StageSummary) -> list[Mark]:
     """A mark per restart at the step it resumed from, with the steps the attempt before it lost."""
     marks = []
-    for before, a in zip(s.attempts, s.attempts[1:], strict=False):
+    for before, a, rows in zip(s.attempts, s.attempts[1:], _redone(s.attempts)[1:], strict=False):
         if a.first_step is None:
             continue  # it never reached a step: nowhere on the step axis to mark
         at = a.resumed_from if a.resumed_from is not None else a.first_step - 1
-        redone = {r["step"] for r in before.rows if r["step"] >= a.first_step}
+        redone = {r["step"] for r in rows}
         why = " (hung)" if before.hung else ""
         label = f"restart {a.restart}{why}" + (f", {_count(len(redone), 'step')} lost" if redone else "")
         tip = f"restart {a.restart}{why}: resumed from step {at}" + (

@@ -17,6 +17,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import time
@@ -65,6 +66,33 @@ class Status:
         return self.state in TERMINAL or (stage is not None and self.stages.get(stage, {}).get("state") in TERMINAL)
 
 
+_DAMAGED = "llmops writes it whole: restore the run folder from where it was copied, or remove the run"
+_NUMBER = (int, float)
+_FIELDS = {"state": str, "backend": str, "restarts": int, "exit_code": (int, type(None)), "message": str,
+           "supervisor_pid": (int, type(None)), "supervisor_started": (*_NUMBER, type(None)),
+           "job_pgid": (int, type(None)), "job_started": (*_NUMBER, type(None)), "job_id": (str, type(None)),
+           "stage": (str, type(None)), "stages": dict, "submitted_at": _NUMBER, "started_at": (*_NUMBER, type(None)),
+           "ended_at": (*_NUMBER, type(None))}
+
+
+def _status_problem(data: object) -> str | None:
+    """What is wrong with a status.json's content, or None."""
+    if not isinstance(data, dict):
+        return f"a JSON {type(data).__name__}, not an object"
+    for key, kind in _FIELDS.items():
+        value = data.get(key)
+        if key in data and (not isinstance(value, kind) or isinstance(value, bool)
+                            or isinstance(value, float) and not math.isfinite(value)):
+            return f"{key} = {str(value)[:40]!r} is not of its kind"
+    for name, record in data.get("stages", {}).items():
+        if not isinstance(record, dict) or not all(
+                isinstance(record.get(k), (*_NUMBER, type(None))) and not isinstance(record.get(k), bool)
+                for k in ("started_at", "ended_at", "restarts", "exit_code")) or not isinstance(
+                record.get("state", ""), str) or not isinstance(record.get("message", ""), str):
+            return f"the record of stage {str(name)[:40]!r} is not of its kind"
+    return None
+
+
 class RunDir:
     """Reads and writes one run's directory. All writes are atomic replaces."""
 
@@ -111,10 +139,24 @@ class RunDir:
         return read_resolved(self.spec_path)
 
     def read_status(self) -> Status:
+        """The run's status.json; a run folder not yet given one is PENDING. UserError naming the file when it
+        is damaged (llmops writes it whole, so that is a folder copied or edited by hand): read as PENDING, a
+        finished run looked as if submitted just now."""
+        path = self.path / "status.json"
         try:
-            data = json.loads((self.path / "status.json").read_text())
-        except (OSError, ValueError):
+            text = path.read_text()
+        except FileNotFoundError:
             return Status()
+        except OSError as exc:
+            raise UserError(f"{path} cannot be read ({exc.strerror or exc})", "check the run folder's permissions") \
+                from None
+        try:
+            data = json.loads(text)
+        except ValueError as exc:
+            raise UserError(f"{path} is damaged: not JSON ({exc})", _DAMAGED) from None
+        problem = _status_problem(data)
+        if problem:
+            raise UserError(f"{path} is damaged: {problem}", _DAMAGED)
         return Status(**{k: v for k, v in data.items() if k in Status.__dataclass_fields__})
 
     def write_status(self, status: Status) -> None:
@@ -149,9 +191,10 @@ class RunDir:
         if stage is None:
             return None
         try:
-            return json.loads((self.stage_dir(stage) / "progress.json").read_text())
+            row = json.loads((self.stage_dir(stage) / "progress.json").read_text())
         except (OSError, ValueError):
             return None
+        return row if step_row(row) else None
 
     def metrics(self, stage: str = "pretrain", name: str = "metrics.jsonl") -> list[dict]:
         """Logged steps of `stage`, the latest row for each step (a re-run step replaces the earlier row)."""
@@ -165,7 +208,8 @@ class RunDir:
                 row = json.loads(line)
             except ValueError:
                 continue  # a line cut off by a kill mid-write
-            rows[row["step"]] = row
+            if step_row(row):
+                rows[row["step"]] = row
         return [rows[s] for s in sorted(rows)]
 
     @property
@@ -209,7 +253,14 @@ def list_runs(root: Path) -> list[RunDir]:
     if not root.is_dir():
         return []
     runs = [RunDir(p) for p in root.iterdir() if (p / "spec.yaml").is_file()]
-    return sorted(runs, key=lambda r: r.read_status().submitted_at)
+
+    def submitted(run: RunDir) -> float:
+        try:
+            return run.read_status().submitted_at
+        except UserError:  # listed first, where `llmops status` says what is wrong with it
+            return 0.0
+
+    return sorted(runs, key=submitted)
 
 
 def checkpoint_root(spec: RunSpec, stage: str, run_dir: os.PathLike | str) -> str:
@@ -228,3 +279,16 @@ def start_root(spec: RunSpec, stage: str, run_dir: os.PathLike | str) -> str:
     order = spec.training_stages
     before = order[order.index(stage) - 1] if order.index(stage) > 0 else "pretrain"
     return checkpoint_root(spec, before, run_dir)
+
+
+def step_row(row: object) -> bool:
+    """A metrics or progress row as the trainer writes it: an object with a whole step, and where present, a
+    finite time and numbers for steps, loss and tokens (a row edited by hand or damaged is left out)."""
+    if not isinstance(row, dict) or not isinstance(row.get("step"), int) or isinstance(row.get("step"), bool):
+        return False
+    for key in ("time", "steps", "loss", "tokens", "tokens_per_s", "step_time"):
+        value = row.get(key)
+        if value is not None and (not isinstance(value, (int, float)) or isinstance(value, bool)
+                                  or key != "loss" and not math.isfinite(value)):
+            return False
+    return not isinstance(row.get("restart", 0), bool) and isinstance(row.get("restart", 0), int)

@@ -161,6 +161,52 @@ def test_the_summary_counts_the_restart_and_its_lost_work_and_ignores_tracker_ro
     assert [r["restart"] for r in pre.evals if r["step"] in (30, 35, 40)] == [0, 1, 1]
 
 
+def test_a_stage_queues_from_the_end_of_the_one_before_where_the_backend_keeps_no_stage_times(tmp_path):
+    """Slurm and Kubernetes keep no start and end per stage: a later stage's queue ran from the run's start, so
+    SFT after a three-day pre-training showed three days of queue; the first stage's ran from the first job's
+    start, so a wait in the cluster's queue was not counted. Ready: the submission, then the end of the stage
+    before as its events tell it."""
+    run = make_run(tmp_path)
+    status = run.read_status()
+    status.submitted_at = T0 - 600  # ten minutes in the cluster's queue before the first job started
+    status.stages = {name: {k: v for k, v in record.items() if k not in ("started_at", "ended_at")}
+                     for name, record in status.stages.items()}
+    run.write_status(status)
+    summary = report.summarize(run)
+    stages = {s.name: s for s in summary["stages"]}
+    # pretrain: submission to its first process (605 s), and the kill to the restart (T0+38.5 to T0+62)
+    assert stages["pretrain"].time["queue"] == pytest.approx(605 + 23.5)
+    assert stages["sft"].time["queue"] == pytest.approx(101 - 96)  # pretrain's exit to sft's process start
+    assert stages["dpo"].time["queue"] == pytest.approx(161 - 141)
+    assert summary["wall"] == pytest.approx(203 + 600)
+
+
+def test_steps_run_again_after_a_restart_that_died_in_start_up_are_lost_work(tmp_path):
+    """Attempt 0 ran to step 37 (checkpoint at 30), attempt 1 died before its first step, attempt 2 resumed from
+    30: steps 31-37 were lost, though not to the attempt just before the one that ran them again."""
+    run = make_run(tmp_path)
+    pre = run.stage_dir("pretrain")
+    first = _steps("pretrain", range(1, KILLED_AT + 1), restart=0, start=T0 + 20)
+    third = _steps("pretrain", range(CHECKPOINT + 1, STEPS + 1), restart=2, start=T0 + 80)
+    _write_jsonl(pre / "metrics.jsonl", first + third)
+    _write_jsonl(pre / "events.jsonl", [
+        {"event": "start", "time": T0 + 18, "restart": 0, "process_started": T0 + 5},
+        {"event": "start", "time": T0 + 50, "restart": 1, "process_started": T0 + 45},
+        {"event": "exit", "time": T0 + 55, "restart": 1, "code": 1},
+        {"event": "start", "time": T0 + 75, "restart": 2, "process_started": T0 + 62},
+        {"event": "resumed", "time": T0 + 76, "restart": 2, "step": CHECKPOINT},
+        {"event": "exit", "time": T0 + 96, "restart": 2, "code": 0, "step": STEPS}])
+    stage = next(s for s in report.summarize(run)["stages"] if s.name == "pretrain")
+    assert stage.lost_steps == KILLED_AT - CHECKPOINT
+    assert stage.time["lost"] == pytest.approx(0.5 * (KILLED_AT - CHECKPOINT))
+    assert stage.time["startup"] == pytest.approx((20 - 5) + (55 - 45) + (80 - 62))  # the dead attempt's 10 s too
+    assert report.stage_restarts(run, "pretrain") == [
+        f"restart 1: killed or crashed at step {KILLED_AT}",
+        f"restart 2: exit code 1; resumed from step {CHECKPOINT}, {KILLED_AT - CHECKPOINT} steps lost"]
+    (mark,) = report._restart_marks(stage)
+    assert mark.lost == (CHECKPOINT, KILLED_AT)
+
+
 def test_the_page_says_what_happened(run):
     page = report.render_html(report.summarize(run))
     assert all(f"<h2>{s}</h2>" in page for s in ("pretrain", "sft", "dpo"))
@@ -289,3 +335,36 @@ def _stress_page(path: Path) -> Path:
 @pytest.mark.parametrize("width", [1400, 800])
 def test_hard_charts_are_laid_out_cleanly_in_chromium(browser, tmp_path, width):
     _check_layout(browser, _stress_page(tmp_path / "stress.html"), width, charts_expected=3)
+
+
+def test_a_damaged_run_folder_is_named_and_hides_no_other_run(tmp_path):
+    """Run folders get copied and edited: a status.json cut short read as PENDING, submitted just now; one of
+    the wrong shape, or a metrics row without its time, ended `llmops status` of every run in a traceback; a
+    folder named with brackets was shown as rich markup (`exp[old]` as `exp`)."""
+    from llmops.errors import UserError
+    from llmops_testing import llmops
+
+    root = tmp_path / "runs"
+    root.mkdir()
+    for x in ("a", "b"):
+        shutil.move(make_run(tmp_path / x).path, root / f"{x}-20270115-093000")
+    good, bad = (RunDir(root / f"{x}-20270115-093000") for x in ("a", "b"))
+    _write_jsonl(good.stage_dir("pretrain") / "metrics.jsonl",
+                 _steps("pretrain", range(1, 11), restart=0, start=T0 + 20) + [{"step": 11, "loss": 1.0}, 5,
+                                                                              {"step": "12", "time": T0}])
+    assert [r["step"] for r in good.metrics("pretrain")] == list(range(1, 12))  # a row without time: no chart point
+    assert next(s for s in report.summarize(good)["stages"] if s.name == "pretrain").rows[-1]["step"] == 10
+    for damage in ('{"state": "SUCCEEDED", "submitted_', "[]", '{"state": "SUCCEEDED", "message": 5}'):
+        (bad.path / "status.json").write_text(damage)
+        with pytest.raises(UserError, match="status.json is damaged"):
+            bad.read_status()
+    one = llmops("status", bad.id, "--runs-dir", str(root))
+    assert one.returncode == 2 and "status.json is damaged" in one.stderr and "Traceback" not in one.stderr
+    every = llmops("status", "--runs-dir", str(root), env={"COLUMNS": "200"})
+    assert every.returncode == 0, every.stderr
+    assert good.id in every.stdout and "SUCCEEDED" in every.stdout and "UNREADABLE" in every.stdout
+
+    old = tmp_path / "exp[old]"
+    (old / "checkpoints" / "iter_0000010").mkdir(parents=True)
+    listed = llmops("checkpoints", str(old / "checkpoints"), env={"COLUMNS": "200"})
+    assert listed.returncode == 0 and "exp[old]" in listed.stdout, listed.stdout + listed.stderr

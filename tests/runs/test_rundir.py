@@ -46,3 +46,17 @@ def test_a_run_is_found_by_exact_id_or_exact_name_never_by_prefix(tmp_path):
     assert resolve_run("tiny-cpu-20261203-100000", root).id == "tiny-cpu-20261203-100000"
     res = llmops("status", "tiny", "--runs-dir", str(root))
     assert res.returncode == 2 and "no run 'tiny'" in res.stderr and "tiny-cpu-synthetic-20261203-110000" in res.stderr
+
+
+def test_logs_pass_over_a_missing_restart_and_read_a_huge_line_in_pieces(tmp_path):
+    """A missing restart-0.log made `llmops logs` print nothing at all (exit 0) though restart-1.log was there;
+    a line of 200 MB without a newline (a process printing progress) was read whole, 900 MB of memory."""
+    from llmops.runs import logs
+
+    run = RunDir.create(parse_spec(tiny_spec("logs")), tmp_path / "logs-20270115-093000")
+    run.log_path("pretrain", 1).write_text("first line of restart 1\nsecond\n")
+    run.log_path("pretrain", 2).write_text("x" * (3 * logs.PIECE + 10) + "\nlast, no newline")
+    got = list(logs.follow_logs(run, stage="pretrain", follow=False, is_done=lambda: True))
+    assert got[0].startswith("[llmops] the log of restart 0 is missing") and got[1:3] == ["first line of restart 1",
+                                                                                          "second"]
+    assert [len(line) for line in got[3:7]] == [logs.PIECE] * 3 + [10] and got[7:] == ["last, no newline"]

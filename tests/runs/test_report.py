@@ -368,3 +368,16 @@ def test_a_damaged_run_folder_is_named_and_hides_no_other_run(tmp_path):
     (old / "checkpoints" / "iter_0000010").mkdir(parents=True)
     listed = llmops("checkpoints", str(old / "checkpoints"), env={"COLUMNS": "200"})
     assert listed.returncode == 0 and "exp[old]" in listed.stdout, listed.stdout + listed.stderr
+
+
+def test_a_long_run_is_drawn_with_a_few_points_per_pixel_and_keeps_its_spikes():
+    """200,000 steps drew 200,000 points per line (a 4 MB page); a spike must still show."""
+    import re
+
+    points = [(float(s), 2.0 + math.sin(s / 500) + (9.0 if s == 123_457 else 0.0)) for s in range(1, 200_001)]
+    svg = charts.line_chart([charts.Series("loss", points, "#2f6fdf")], y_title="loss")
+    (drawn,) = re.findall(r'<polyline[^>]* points="([^"]*)"', svg)
+    assert len(drawn.split()) <= 4_000 and len(svg) < 100_000
+    ys = [float(p.split(",")[1]) for p in drawn.split()]
+    top = min(ys)  # the spike is the highest value: the smallest SVG y (it grows downward)
+    assert sorted(ys).count(top) == 1 and top < sorted(ys)[1] - 50

@@ -27,11 +27,13 @@ from typing import Any
 import yaml
 
 from llmops.errors import EXIT_FAILED, UserError
+from llmops.files import atomic_write
 from llmops.provision.checks import check_credentials, find_kubectl, find_terraform, validate
 from llmops.provision.outputs import SHARED_CLAIM, kubeconfig, profile, shared_volume
 from llmops.provision.request import Request
 
 TFVARS = "llmops.auto.tfvars.json"
+MARKER = "llmops-cluster.json"  # the cluster folder's owner: this cluster's name and cloud, the files copied
 _REPO_TERRAFORM = Path(__file__).resolve().parents[2] / "infra" / "terraform"
 _REPO_K8S = Path(__file__).resolve().parents[2] / "cluster" / "k8s" / "overlays"
 
@@ -52,18 +54,60 @@ def terraform_source() -> Path:
     return src
 
 
+def owned(req: Request) -> dict[str, Any] | None:
+    """The cluster folder's record (MARKER) if llmops made the folder for this cluster; None for a folder that
+    does not exist or is empty. UserError for a folder llmops did not make, or made for another cluster."""
+    marker = req.root / MARKER
+    try:
+        record = json.loads(marker.read_text())
+    except FileNotFoundError:
+        if req.root.is_dir() and any(req.root.iterdir()):
+            raise UserError(f"{req.root} is not a cluster folder llmops made (it has no {MARKER}): llmops would copy "
+                            "its Terraform code over the files there, or destroy whatever state they hold",
+                            "pass --workdir a new or empty folder, or the folder of an earlier `llmops "
+                            "provision` of this cluster") from None
+        return None
+    except (OSError, ValueError) as exc:
+        raise UserError(f"{marker} cannot be read ({exc})", "restore it, or move the folder away") from None
+    if not isinstance(record, dict) or (record.get("name"), record.get("cloud")) != (req.name, req.cloud):
+        theirs = record.get("name") if isinstance(record, dict) else "?"
+        raise UserError(f"{req.root} is the folder of cluster {theirs!r} "
+                        f"({record.get('cloud') if isinstance(record, dict) else '?'}), not of {req.name!r} "
+                        f"({req.cloud})", f"pass --name {theirs} to act on that cluster, or another --workdir")
+    return record
+
+
 def prepare(req: Request) -> Path:
     """Copy the Terraform code into the cluster's folder and write the tfvars; returns the env folder.
 
     Files the user added to the folder (a backend.tf for remote state, say)
-    are left alone; state, provider links and plans are never copied.
+    are left alone; those an earlier copy made are replaced, not merged (a file
+    renamed in the repository would stay as a duplicate); state, provider links
+    and plans are never copied.
     """
+    record = owned(req) or {"name": req.name, "cloud": req.cloud, "copied": []}
     src = terraform_source()
+    for rel in record.get("copied", []):  # the earlier copy, so that nothing stale stays
+        (req.root / rel).unlink(missing_ok=True)
     skip = shutil.ignore_patterns(".terraform", "*.tfstate*", "*.tfplan", ".terraform.lock.hcl", TFVARS, "tests")
+    copied: list[str] = []
+
+    def copy(source: str, target: str) -> None:
+        copied.append(str(Path(target).relative_to(req.root)))
+        shutil.copy2(source, target)
+
+    req.root.mkdir(parents=True, exist_ok=True)
+    _write_marker(req, record | {"copied": record.get("copied", [])})  # ours before anything is copied
     for part in ("modules", f"environments/{req.cloud}"):
-        shutil.copytree(src / part, req.root / "terraform" / part, ignore=skip, dirs_exist_ok=True)
+        shutil.copytree(src / part, req.root / "terraform" / part, ignore=skip, dirs_exist_ok=True,
+                        copy_function=copy)
+    _write_marker(req, record | {"copied": sorted(copied)})
     (req.env_dir / TFVARS).write_text(json.dumps(req.tfvars(), indent=2, sort_keys=True) + "\n")
     return req.env_dir
+
+
+def _write_marker(req: Request, record: dict[str, Any]) -> None:
+    atomic_write(req.root / MARKER, json.dumps(record, indent=1) + "\n")
 
 
 def run(req: Request, *, say: Callable[[str], None] = print) -> None:
@@ -71,6 +115,9 @@ def run(req: Request, *, say: Callable[[str], None] = print) -> None:
     validate(req)
     terraform = find_terraform()
     check_credentials(req.cloud)
+    check_profile_free(req)
+    if req.action != "destroy":
+        owned(req)  # a folder llmops made for this cluster, or a new or empty one
     if req.action == "destroy":
         _destroy(req, terraform, say)
         return
@@ -87,14 +134,20 @@ def run(req: Request, *, say: Callable[[str], None] = print) -> None:
 
 
 def _destroy(req: Request, terraform: str, say: Callable[[str], None]) -> None:
-    if not (req.env_dir / "terraform.tfstate").is_file():
-        raise UserError(f"there is no cluster '{req.name}' to destroy: no Terraform state in {req.env_dir}",
-                        "check --name (and LLMOPS_CLUSTERS_DIR or --workdir), or destroy by hand with "
-                        "`terraform destroy` in the folder that holds the state")
+    none = UserError(f"there is no cluster '{req.name}' to destroy: no Terraform state in {req.env_dir}",
+                     "check --name (and LLMOPS_CLUSTERS_DIR or --workdir), or destroy by hand with "
+                     "`terraform destroy` in the folder that holds the state")
+    if owned(req) is None or not req.env_dir.is_dir():  # only a folder llmops made, for this very cluster
+        raise none
     _terraform(terraform, req.env_dir, "init", "-input=false")
+    # Terraform's word on the state, which may live in a backend.tf's remote store rather than in the folder
+    listed = subprocess.run([terraform, "state", "list"], cwd=req.env_dir, capture_output=True, text=True)
+    if listed.returncode == 0 and not listed.stdout.strip():
+        raise none
     _terraform(terraform, req.env_dir, "destroy", "-input=false", *(["-auto-approve"] if req.yes else []))
-    for stale in (req.root / "kubeconfig", req.profile_path):
-        stale.unlink(missing_ok=True)
+    (req.root / "kubeconfig").unlink(missing_ok=True)  # in the folder llmops made
+    if _ours(req.profile_path, req):
+        req.profile_path.unlink()
     say(f"cluster '{req.name}' destroyed; its profile and kubeconfig were removed "
         f"(the bucket is kept unless force_destroy_bucket was set)")
 
@@ -121,7 +174,7 @@ def hand_back(req: Request, facts: dict[str, Any], *, say: Callable[[str], None]
     """Write kubeconfig, profile and manifests, then install the add-ons when the API is reachable."""
     kube = req.root / "kubeconfig"
     _write_yaml(kube, kubeconfig(facts), mode=0o600)
-    _write_yaml(req.profile_path, profile(facts))
+    _write_yaml(req.profile_path, profile(facts), header=_profile_header(req))
     say(f"kubeconfig: {kube}\nprofile '{req.name}': {req.profile_path}")
     kubectl = shutil.which(os.environ.get("LLMOPS_KUBECTL") or "kubectl")
     steps = _addon_steps(req, facts, kubectl)
@@ -175,7 +228,34 @@ def _provisioned_elsewhere(obj: dict[str, Any]) -> bool:
         obj.get("kind") == "PersistentVolumeClaim" and obj["metadata"]["name"] == SHARED_CLAIM)
 
 
-def _write_yaml(path: Path, data: dict[str, Any], *, mode: int = 0o644) -> None:
+def _profile_header(req: Request) -> str:
+    return f"# written by llmops provision for cluster {req.name} ({req.root}); --destroy removes it\n"
+
+
+def _ours(path: Path, req: Request) -> bool:
+    """A profile that `llmops provision` wrote for this cluster (a hand-written one is never replaced or
+    removed)."""
+    try:
+        with open(path) as f:
+            return f.readline() == _profile_header(req)
+    except OSError:
+        return False
+
+
+def check_profile_free(req: Request) -> None:
+    """UserError before anything is created when the cluster's profile would replace one llmops did not write."""
+    if req.action == "apply" and req.profile_path.exists() and not _ours(req.profile_path, req):
+        raise UserError(f"{req.profile_path} exists and was not written by `llmops provision` for this cluster: "
+                        "the cluster's profile would replace it",
+                        "choose another --name, or move that profile away")
+
+
+def _write_yaml(path: Path, data: dict[str, Any], *, mode: int = 0o644, header: str = "") -> None:
+    """Written with its final mode from the start (a kubeconfig is never readable by others, not even briefly)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(yaml.safe_dump(data, sort_keys=False))
-    path.chmod(mode)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    with os.fdopen(fd, "w") as f:
+        f.write(header + yaml.safe_dump(data, sort_keys=False))
+    os.chmod(tmp, mode)
+    os.replace(tmp, path)

@@ -56,6 +56,9 @@ if {tool!r} == "terraform":
         sys.exit(1)
     elif args[:1] == ["apply"]:
         open("terraform.tfstate", "w").write("{{}}")
+    elif args[:2] == ["state", "list"]:
+        if os.path.exists("terraform.tfstate"):
+            print("module.cluster.aws_eks_cluster.this")
 else:
     if args[:1] == ["kustomize"]:
         print("""apiVersion: v1

@@ -205,3 +205,44 @@ run "llmops_inputs_reach_the_plan" {
     result = run_tf("test", cwd=env_dir)
     assert result.returncode == 0 and re.search(r"1 passed, 0 failed", result.stdout), result.stdout + result.stderr
     shutil.rmtree(env_dir / ".terraform")
+
+
+def test_folders_and_profiles_llmops_did_not_make_are_never_overwritten_or_destroyed(env, tmp_path):
+    """--workdir at a folder of the user's own Terraform copied llmops's code over it, and --destroy ran there
+    (or, with --name alpha and the folder of beta, destroyed beta and removed alpha's profile); a hand-written
+    profile of the cluster's name was replaced by apply and deleted by destroy."""
+    mine = tmp_path / "mine"
+    (mine / "terraform" / "environments" / "aws").mkdir(parents=True)
+    (mine / "terraform" / "environments" / "aws" / "main.tf").write_text("# the user's own\n")
+    for args in ([*AWS_ARGS, "--plan"], ["aws", "--name", "llm", "--destroy", "--yes"]):
+        proc = provision(*args, "--workdir", str(mine), env=env)
+        assert proc.returncode == 2 and "is not a cluster folder llmops made" in proc.stderr, proc.stderr
+    assert (mine / "terraform" / "environments" / "aws" / "main.tf").read_text() == "# the user's own\n"
+
+    facts = tmp_path / "facts.json"
+    facts.write_text(json.dumps(AWS_FACTS | {"endpoint_public": False}))
+    beta = tmp_path / "beta"
+    beta_args = ["aws", "--name", "beta", "--nodes", "2", "--gpu-type", "p5.48xlarge", "--region", "us-east-1"]
+    assert provision(*beta_args, "--yes", "--workdir", str(beta), env=env | {"FAKE_FACTS": str(facts)}).returncode == 0
+    proc = provision("aws", "--name", "alpha", "--destroy", "--yes", "--workdir", str(beta), env=env)
+    assert proc.returncode == 2 and "is the folder of cluster 'beta'" in proc.stderr, proc.stderr
+    assert not [c for c in calls(env) if c["argv"][0] == "destroy"]
+
+    # An earlier copy's files are replaced, not merged; what the user added to the folder stays.
+    record = json.loads((beta / "llmops-cluster.json").read_text())
+    (beta / "terraform" / "modules" / "renamed-since.tf").write_text("# an earlier copy's\n")
+    (beta / "llmops-cluster.json").write_text(json.dumps(record | {"copied": [*record["copied"],
+                                                                              "terraform/modules/renamed-since.tf"]}))
+    (beta / "terraform" / "environments" / "aws" / "backend.tf").write_text("# the user's remote state\n")
+    assert provision(*beta_args, "--plan", "--workdir", str(beta), env=env).returncode == 0
+    assert not (beta / "terraform" / "modules" / "renamed-since.tf").exists()
+    assert (beta / "terraform" / "environments" / "aws" / "backend.tf").exists()
+
+    profiles = Path(env["HOME"]) / ".config/llmops/profiles"
+    (profiles / "llm.yaml").write_text("# mine, by hand\nk8s: {network: rdma}\n")
+    proc = provision(*AWS_ARGS, "--yes", env=env | {"FAKE_FACTS": str(facts)})
+    assert proc.returncode == 2 and "was not written by `llmops provision`" in proc.stderr, proc.stderr
+    assert (profiles / "llm.yaml").read_text().startswith("# mine, by hand")
+    (profiles / "beta.yaml").write_text("# rewritten by hand after provisioning\n")
+    assert provision("aws", "--name", "beta", "--destroy", "--yes", "--workdir", str(beta), env=env).returncode == 0
+    assert (profiles / "beta.yaml").exists() and not (beta / "kubeconfig").exists()

@@ -10,7 +10,9 @@ into it once.
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import shutil
 import time
 from collections.abc import Callable, Iterator
@@ -60,8 +62,16 @@ def plan(spec: RunSpec, *, root: Path | None = None, path: Path | None = None,
     """The backend's request for a new run of `spec` (in a new folder under `root`, or at `path`), built in
     memory: nothing is written and nothing starts."""
     backend, spec = check(spec, options, strict=strict)
+    if path is not None and not _RUN_ID.fullmatch(path.absolute().name):
+        # The folder's name is the run's id: it goes into scripts, object names and labels
+        raise UserError(f"{str(path)!r}: the folder's name {path.absolute().name!r} would be the run's id, which "
+                        "is lower-case letters, digits and dashes, at most 100", "name the folder so, e.g. --out "
+                        "render-1")
     run_path = path.absolute() if path is not None else new_run_path(spec.name, root or Path("runs"))
     return backend.dry_run(spec, run_path)
+
+
+_RUN_ID = re.compile(r"[a-z0-9]([a-z0-9-]{0,98}[a-z0-9])?")  # as new_run_path makes them
 
 
 def submit(request: Request) -> RunDir:
@@ -79,26 +89,32 @@ def submit(request: Request) -> RunDir:
 
 
 RENDERED = ".llmops-render"
-"""Left in a rendered folder, with the run id: a later render of the same run may write there again."""
+"""Left in a rendered folder: the run id and the files written, which a later render there replaces."""
 
 
 def render(request: Request) -> list[Path]:
     """Write the resolved spec and the backend's artefacts into the request's folder; returns the files.
 
-    A rendered folder is not a run (no status.json). Only an empty folder, or one an earlier render of the
-    same run wrote, is written into; nothing in it is deleted.
+    A rendered folder is not a run (no status.json). Only a new or empty folder, or one an earlier render
+    wrote, is written into; that render's files are removed first (left beside the new ones, a manifest of a
+    stage the spec no longer has would be applied with `kubectl apply -f manifests/`), nothing else.
     """
     out = request.run_path
+    if out.is_symlink() or out.exists() and not out.is_dir():
+        raise UserError(f"{out} is a {'symbolic link' if out.is_symlink() else 'file'}",
+                        "render into a new or empty folder (--out)")
+    if not out.parent.is_dir():
+        raise UserError(f"{out}: its parent {out.parent} is not a folder", "render into a folder that exists")
     if (out / "status.json").exists():
         raise UserError(f"{out} is a run directory", "render into a new folder (--out)")
     marker = out / RENDERED
-    if out.is_dir() and any(out.iterdir()) and not (marker.is_file() and marker.read_text() == request.run_id):
+    earlier = _rendered(marker, request.run_id)
+    if out.is_dir() and any(out.iterdir()) and earlier is None:
         raise UserError(f"{out} is not empty, and not an earlier render of run {request.run_id}: llmops does not "
                         "write among files it did not make", "render into a new or empty folder (--out)")
-    if out.exists() and not out.is_dir():
-        raise UserError(f"{out} is a file", "render into a new or empty folder (--out)")
+    for rel in earlier or []:
+        (out / rel).unlink(missing_ok=True)
     run = RunDir.create(request.spec, out, status=False)
-    marker.write_text(request.run_id)
     written = [run.spec_path]
     for name, text in request.files().items():
         target = out / name
@@ -107,7 +123,28 @@ def render(request: Request) -> list[Path]:
         if text.startswith("#!"):
             target.chmod(0o755)
         written.append(target)
+    marker.write_text(json.dumps({"run": request.run_id,
+                                  "files": sorted(str(p.relative_to(out)) for p in written)}, indent=1) + "\n")
     return written
+
+
+def _rendered(marker: Path, run_id: str) -> list[str] | None:
+    """The files an earlier render of `run_id` wrote (as its marker lists them; [] for a marker of an older
+    llmops, which listed none), or None where no render of that run was made."""
+    try:
+        text = marker.read_text()
+    except OSError:
+        return None
+    if text == run_id:
+        return []
+    try:
+        data = json.loads(text)
+    except ValueError:
+        return None
+    if not isinstance(data, dict) or data.get("run") != run_id:
+        return None
+    return [f for f in data.get("files", []) if isinstance(f, str) and ".." not in Path(f).parts
+            and not Path(f).is_absolute()]
 
 
 def status(run: RunDir) -> Status:

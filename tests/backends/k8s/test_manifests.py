@@ -285,6 +285,27 @@ def test_cli_render_writes_manifests_with_overrides(tmp_path):
     assert (recorded["context"], recorded["namespace"], recorded["flavor"]) == ("prod", "team-a", "jobset")
 
 
+def test_a_render_again_replaces_the_earlier_renders_files_and_the_folder_name_is_a_run_id(tmp_path):
+    """A one-stage render into the folder of a four-stage one left the old Jobs beside the new ones, and
+    `kubectl apply -f manifests/` applied them all; a folder name with a space or a newline became object
+    names and a line of launch.sh."""
+    out = tmp_path / "out"
+    res = llmops("render", str(write_spec(tmp_path / "a.yaml", _prepared(_cpu()))), "--out", str(out))
+    assert res.returncode == 0, res.stderr
+    before = sorted(p.name for p in (out / "manifests").iterdir())
+    assert any("prepare" in name for name in before)
+    (out / "notes.txt").write_text("a user's file, added after the render")
+    res = llmops("render", str(write_spec(tmp_path / "b.yaml", _cpu())), "--out", str(out))
+    assert res.returncode == 0, res.stderr
+    after = sorted(p.name for p in (out / "manifests").iterdir())
+    assert not any("prepare" in name for name in after) and len(after) < len(before)
+    assert (out / "notes.txt").exists()
+    for name in ("x y", "My_Render.dir", "nl\nkind: Secret"):
+        res = llmops("render", str(tmp_path / "b.yaml"), "--out", str(tmp_path / name))
+        assert res.returncode == 2 and "would be the run's id" in res.stderr, res.stderr
+        assert not (tmp_path / name).exists()
+
+
 @pytest.mark.parametrize("change, args, expected", [
     ({}, ["--flavor", "helm"], "k8s.flavor"),
     ({"k8s": {}}, [], "k8s.image: is required"),

@@ -772,7 +772,7 @@ def _track_evaluation(source, scores: dict[str, float], saved: Path) -> None:
 
 
 def _say(line: str) -> None:
-    err.print(line, markup=False)
+    err.print(line, markup=False, soft_wrap=True)  # as written: a command or a path stays one line to copy
 
 
 def _complete_one(model, ids: list[int], sampling, *, echo: str | None) -> str:
@@ -854,7 +854,7 @@ def provision(
                                  reservation=reservation, capacity_block=capacity_block, api_cidrs=api_cidr,
                                  tenancy=tenancy, compartment=compartment, gpu_image=gpu_image,
                                  home_region=home_region, plan=plan, destroy=destroy, yes=yes, workdir=workdir)
-    terraform.run(req, say=err.print)
+    terraform.run(req, say=_say)  # plain text: paths and commands, never rich markup, never re-wrapped
 
 def main() -> None:
     """Console entry point: maps errors to exit codes and one-paragraph messages.

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import shutil
 import subprocess
 from collections.abc import Callable
@@ -180,7 +181,7 @@ def hand_back(req: Request, facts: dict[str, Any], *, say: Callable[[str], None]
     steps = _addon_steps(req, facts, kubectl)
     if not facts.get("endpoint_public"):
         say("The Kubernetes API is private. From a machine inside the network (VPN, bastion), finish with:\n"
-            + "\n".join(f"  KUBECONFIG={kube} {' '.join(s)}" for s in steps))
+            + "\n".join(f"  KUBECONFIG={shlex.quote(str(kube))} {shlex.join(s)}" for s in steps))
         return
     kubectl = kubectl or find_kubectl()  # raises with the fix
     for step in steps:

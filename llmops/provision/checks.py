@@ -25,6 +25,7 @@ MIN_TERRAFORM = (1, 9)
 _NAME = re.compile(r"^[a-z][a-z0-9-]{1,30}[a-z0-9]$")
 _AWS_GPU = re.compile(r"^(p[3-9][a-z0-9-]*|g[4-9][a-z0-9-]*)\.[0-9]*xlarge$")
 _AWS_REGION = re.compile(r"^[a-z]{2}(-gov|-iso[a-z]?)?-[a-z]+-[0-9]$")
+_AWS_ZONE = re.compile(r"^[a-z]{2}(-gov|-iso[a-z]?)?-[a-z]+-[0-9][a-z]$")
 _OCI_REGION = re.compile(r"^[a-z]{2}-[a-z]+-[0-9]$")
 OCI_SHAPES = ("BM.GPU.H100.8", "BM.GPU.H200.8", "BM.GPU.B200.8", "BM.GPU.A100-v2.8", "BM.GPU4.8")
 _OCI_REQUIRED = {"tenancy_id": ("ocid1.tenancy.", "--tenancy"),
@@ -57,6 +58,10 @@ def _validate_aws(req: Request) -> None:
                         "use a P or G family type such as p5.48xlarge, p5en.48xlarge or p4d.24xlarge")
     if not _AWS_REGION.match(req.region):
         raise UserError(f"--region {req.region!r} is not an AWS region", "use a region name such as us-east-1")
+    zone = req.tfvars_extra.get("gpu_availability_zone")
+    if zone is not None and not (_AWS_ZONE.match(zone) and zone[:-1] == req.region):
+        raise UserError(f"--zone {zone!r} is not a zone of {req.region}",
+                        f"pass a zone of the region, such as {req.region}a")
     reservation = req.tfvars_extra.get("capacity_reservation")
     if reservation:
         if not re.match(r"^cr-[0-9a-f]{8,17}$", reservation["id"]):
@@ -76,6 +81,17 @@ def _validate_oci(req: Request) -> None:
         if not _OCI_REGION.match(value or ""):
             raise UserError(f"--{key.replace('_', '-')} {value!r} is not an OCI region",
                             "use a region identifier such as us-ashburn-1")
+    domain, reservation = (req.tfvars_extra.get(k) for k in ("gpu_availability_domain", "capacity_reservation_id"))
+    if domain is not None and not re.match(r"^[A-Za-z0-9]+:[A-Z0-9-]+-AD-[1-3]$", domain):
+        raise UserError(f"--zone {domain!r} is not an OCI availability domain",
+                        "pass its full name, such as Uocm:US-ASHBURN-AD-1 (`oci iam availability-domain list`)")
+    if reservation is not None:
+        if not reservation.startswith("ocid1.capacityreservation."):
+            raise UserError(f"--reservation {reservation!r} is not a capacity reservation OCID",
+                            "pass the ocid1.capacityreservation... OCID of the reservation")
+        if domain is None:
+            raise UserError("--reservation needs --zone: a reservation lives in one availability domain",
+                            "pass --zone with the reservation's availability domain")
     for key, (prefix, flag) in _OCI_REQUIRED.items():
         value = req.tfvars_extra.get(key) or ""
         if not value.startswith(prefix):

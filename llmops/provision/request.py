@@ -60,6 +60,15 @@ def request_from_args(cloud: str, *, nodes: int, gpu_type: str | None, name: str
         raise UserError("no region given", "pass --region (or set AWS_REGION for aws, OCI_CLI_REGION for oci)")
     if not gpu_type and not destroy:
         raise UserError("no GPU type given", "pass --gpu-type, e.g. p5.48xlarge on aws or BM.GPU.H100.8 on oci")
+    # Flags that would change nothing: the user would get what they did not ask for, without a word
+    ignored = ({"--tenancy": tenancy, "--compartment": compartment, "--gpu-image": gpu_image,
+                "--home-region": home_region} if cloud == "aws" else {"--capacity-block": capacity_block})
+    given = sorted(flag for flag, value in ignored.items() if value)
+    if given and not destroy:
+        raise UserError(f"{', '.join(given)}: no effect on {cloud}", "leave them out")
+    if cloud == "aws" and capacity_block and not reservation and not destroy:
+        raise UserError("--capacity-block qualifies a --reservation, and none was given",
+                        "pass --reservation cr-... --zone ZONE with it, or leave it out")
     extra: dict[str, Any] = {}
     if cloud == "aws":
         extra |= {"gpu_availability_zone": zone} if zone else {}

@@ -49,6 +49,15 @@ def env(tmp_path) -> dict[str, str]:
     (["oci", "--nodes", "2", "--gpu-type", "BM.GPU.H100.8", "--region", "us-ashburn-1"], "--tenancy is missing"),
     (["oci", "--nodes", "2", "--gpu-type", "VM.GPU.A10.1", "--region", "us-ashburn-1"], "not an RDMA bare-metal"),
     (["aws", "--plan", "--destroy", "--gpu-type", "p5.48xlarge", "--region", "us-east-1"], "both given"),
+    ([*AWS_ARGS, "--zone", "us-west-2a"], "--zone 'us-west-2a' is not a zone of us-east-1"),
+    ([*AWS_ARGS, "--capacity-block"], "--capacity-block qualifies a --reservation"),
+    ([*AWS_ARGS, "--tenancy", "ocid1.tenancy.oc1..x"], "--tenancy: no effect on aws"),
+    (["oci", "--nodes", "2", "--gpu-type", "BM.GPU.H100.8", "--region", "us-ashburn-1", "--tenancy",
+      "ocid1.tenancy.oc1..a", "--compartment", "ocid1.compartment.oc1..b", "--gpu-image", "ocid1.image.oc1..c",
+      "--zone", "us-ashburn-1"], "is not an OCI availability domain"),
+    (["oci", "--nodes", "2", "--gpu-type", "BM.GPU.H100.8", "--region", "us-ashburn-1", "--tenancy",
+      "ocid1.tenancy.oc1..a", "--compartment", "ocid1.compartment.oc1..b", "--gpu-image", "ocid1.image.oc1..c",
+      "--zone", "Uocm:US-ASHBURN-AD-1", "--reservation", "cr-0123456789abcdef0"], "not a capacity reservation OCID"),
 ])
 def test_bad_arguments_exit_2_with_the_fix_before_terraform_runs(args, message, env):
     proc = provision(*args, env=env)

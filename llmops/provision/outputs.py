@@ -29,23 +29,29 @@ RDMA_RESOURCE = "rdma/rdma_shared_device_a"  # environments/oci/addons/rdma-shar
 SHARED_CLAIM = "llmops-shared"  # the K8sSpec.checkpoint_pvc default
 
 
-def kubeconfig(facts: dict[str, Any]) -> dict[str, Any]:
-    """A kubeconfig whose credentials come from the cloud CLI at use time (no secret stored)."""
+def kubeconfig(facts: dict[str, Any], *, cli_profile: str | None = None) -> dict[str, Any]:
+    """A kubeconfig whose credentials come from the cloud CLI at use time (no secret stored), as the CLI profile
+    that created the cluster (`cli_profile`, AWS_PROFILE or OCI_CLI_PROFILE then), as `aws eks
+    update-kubeconfig --profile` records it: a shell without that variable would act as another identity."""
     name = facts["name"]
     if facts["cloud"] == "aws":
         command, args = "aws", ["--region", facts["region"], "eks", "get-token", "--cluster-name", name,
                                 "--output", "json"]
+        variable = "AWS_PROFILE"
     else:
         command, args = "oci", ["ce", "cluster", "generate-token", "--cluster-id", facts["cluster_id"],
                                 "--region", facts["region"]]
+        variable = "OCI_CLI_PROFILE"
+    exec_ = {"apiVersion": "client.authentication.k8s.io/v1beta1", "command": command, "args": args,
+             "interactiveMode": "Never"}
+    if cli_profile:
+        exec_["env"] = [{"name": variable, "value": cli_profile}]
     return {
         "apiVersion": "v1",
         "kind": "Config",
         "clusters": [{"name": name, "cluster": {"server": facts["endpoint"],
                                                 "certificate-authority-data": facts["certificate_authority"]}}],
-        "users": [{"name": name, "user": {"exec": {
-            "apiVersion": "client.authentication.k8s.io/v1beta1", "command": command, "args": args,
-            "interactiveMode": "Never"}}}],
+        "users": [{"name": name, "user": {"exec": exec_}}],
         "contexts": [{"name": name, "context": {"cluster": name, "user": name,
                                                 "namespace": facts["training_namespace"]}}],
         "current-context": name,

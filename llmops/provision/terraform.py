@@ -174,7 +174,8 @@ def read_facts(terraform: str, env_dir: Path) -> dict[str, Any]:
 def hand_back(req: Request, facts: dict[str, Any], *, say: Callable[[str], None] = print) -> None:
     """Write kubeconfig, profile and manifests, then install the add-ons when the API is reachable."""
     kube = req.root / "kubeconfig"
-    _write_yaml(kube, kubeconfig(facts), mode=0o600)
+    cli_profile = os.environ.get("AWS_PROFILE" if req.cloud == "aws" else "OCI_CLI_PROFILE")
+    _write_yaml(kube, kubeconfig(facts, cli_profile=cli_profile), mode=0o600)
     _write_yaml(req.profile_path, profile(facts), header=_profile_header(req))
     say(f"kubeconfig: {kube}\nprofile '{req.name}': {req.profile_path}")
     kubectl = shutil.which(os.environ.get("LLMOPS_KUBECTL") or "kubectl")

@@ -44,6 +44,10 @@ def test_kubeconfig_authenticates_through_the_cloud_cli(facts, command):
     assert user["command"] == command and ({"get-token", "generate-token"} & set(user["args"]))
     assert cfg["contexts"][0]["context"]["namespace"] == "llmops" and cfg["current-context"] == "llm"
     assert set(cfg["users"][0]["user"]) == {"exec"}  # no stored token or key
+    assert "env" not in user
+    # Created as a named CLI profile: kubectl in a shell without the variable acts as that identity still
+    named = kubeconfig(facts, cli_profile="sso-admin")["users"][0]["user"]["exec"]["env"]
+    assert named == [{"name": "AWS_PROFILE" if command == "aws" else "OCI_CLI_PROFILE", "value": "sso-admin"}]
 
 
 def test_shared_volume_binds_the_terraform_file_system_statically():

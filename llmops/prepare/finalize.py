@@ -17,6 +17,16 @@ from llmops.prepare.phases import Context, committed, tokenizer_at
 from llmops.prepare.stats import merge_steps
 from llmops.prepare.steps.writer import concatenate, jsonl_suffix
 from llmops.prepare.workdir import remove_stale_temps, write_json
+from llmops.spec.prepare import PrepareSpec
+
+
+def output_names(config: PrepareSpec) -> set[str]:
+    """The names finalize may write into output.dir."""
+    from llmops.prepare.pretrained import FILES
+
+    prefix = Path(config.prefix).name
+    return {f"{prefix}.bin", f"{prefix}.idx", "tokenizer.model", *FILES, "metadata.json", "stats.json",
+            "quarantine.jsonl", "duplicates.jsonl", f"documents{jsonl_suffix(config.output.compression)}"}
 
 
 def finalize(ctx: Context, shard: int) -> dict:
@@ -26,8 +36,6 @@ def finalize(ctx: Context, shard: int) -> dict:
     shards = [work.read_marker("tokenize", i, n) for i in range(n)]
     facts = tok["facts"]
     # A finalize killed between writing and renaming left its temporary files (the whole dataset, for the .bin)
-    from llmops.prepare.pipeline import output_names
-
     remove_stale_temps(out, output_names(spec))
     # A metadata.json marks a finished dataset: one from an earlier preparation must not stand over files this
     # one has begun to replace (it is written again last).

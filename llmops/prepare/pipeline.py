@@ -136,16 +136,6 @@ def _check_needs(phase: str, work: WorkDir, num_shards: int) -> None:
                             f"run `llmops prepare SPEC --phase {before}` for those first")
 
 
-def output_names(config: PrepareSpec) -> set[str]:
-    """The names finalize may write into output.dir."""
-    from llmops.prepare.pretrained import FILES
-    from llmops.prepare.steps.writer import jsonl_suffix
-
-    prefix = Path(config.prefix).name
-    return {f"{prefix}.bin", f"{prefix}.idx", "tokenizer.model", *FILES, "metadata.json", "stats.json",
-            "quarantine.jsonl", "duplicates.jsonl", f"documents{jsonl_suffix(config.output.compression)}"}
-
-
 def refuse_foreign_outputs(config: PrepareSpec) -> None:
     """A new preparation replaces an earlier llmops dataset in its output folder, never files it did not write:
     finalize renames its files over whatever has their names."""
@@ -156,6 +146,8 @@ def refuse_foreign_outputs(config: PrepareSpec) -> None:
             return  # a dataset llmops prepared here: replaced, metadata.json first (finalize)
     except (OSError, ValueError):
         pass
+    from llmops.prepare.finalize import output_names
+
     ours = output_names(config)
     found = sorted(p.name for p in out.iterdir() if p.name in ours) if out.is_dir() else []
     if found:

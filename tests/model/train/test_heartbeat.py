@@ -125,6 +125,9 @@ def test_each_ranks_stacks_reach_the_log_as_one_labelled_block_even_from_a_stopp
     import signal
     import subprocess
     import sys
+    import time
+
+    import psutil
 
     env = {**os.environ, heartbeat.ENV: str(tmp_path)}
     procs = [subprocess.Popen([sys.executable, "-c", _WORKER.format(rank=rank)], env={**env, "RANK": str(rank)},
@@ -133,6 +136,9 @@ def test_each_ranks_stacks_reach_the_log_as_one_labelled_block_even_from_a_stopp
         for proc in procs:
             assert proc.stdout.readline() == "ready\n"
         os.kill(procs[1].pid, signal.SIGSTOP)
+        deadline = time.monotonic() + 10  # a signal is delivered when the kernel next schedules the process
+        while psutil.Process(procs[1].pid).status() != psutil.STATUS_STOPPED and time.monotonic() < deadline:
+            time.sleep(0.01)
         dog = heartbeat.Watchdog(tmp_path, ranks=2, timeout=1, workers=lambda: [p.pid for p in procs],
                                  on_hang=lambda s: None)
         dog.read()

@@ -62,6 +62,12 @@ def owned(req: Request) -> dict[str, Any] | None:
     try:
         record = json.loads(marker.read_text())
     except FileNotFoundError:
+        legacy = req.env_dir / TFVARS  # a folder an llmops older than the marker made: its tfvars name the cluster
+        try:
+            if json.loads(legacy.read_text()).get("name") == req.name:
+                return {"name": req.name, "cloud": req.cloud, "copied": []}
+        except (OSError, ValueError, AttributeError):
+            pass
         if req.root.is_dir() and any(req.root.iterdir()):
             raise UserError(f"{req.root} is not a cluster folder llmops made (it has no {MARKER}): llmops would copy "
                             "its Terraform code over the files there, or destroy whatever state they hold",
@@ -89,7 +95,8 @@ def prepare(req: Request) -> Path:
     record = owned(req) or {"name": req.name, "cloud": req.cloud, "copied": []}
     src = terraform_source()
     for rel in record.get("copied", []):  # the earlier copy, so that nothing stale stays
-        (req.root / rel).unlink(missing_ok=True)
+        if isinstance(rel, str) and rel.startswith("terraform/") and ".." not in Path(rel).parts:
+            (req.root / rel).unlink(missing_ok=True)
     skip = shutil.ignore_patterns(".terraform", "*.tfstate*", "*.tfplan", ".terraform.lock.hcl", TFVARS, "tests")
     copied: list[str] = []
 
@@ -147,10 +154,12 @@ def _destroy(req: Request, terraform: str, say: Callable[[str], None]) -> None:
         raise none
     _terraform(terraform, req.env_dir, "destroy", "-input=false", *(["-auto-approve"] if req.yes else []))
     (req.root / "kubeconfig").unlink(missing_ok=True)  # in the folder llmops made
-    if _ours(req.profile_path, req):
-        req.profile_path.unlink()
-    say(f"cluster '{req.name}' destroyed; its profile and kubeconfig were removed "
-        f"(the bucket is kept unless force_destroy_bucket was set)")
+    kept = req.profile_path.exists() and not _ours(req.profile_path, req)
+    if not kept:
+        req.profile_path.unlink(missing_ok=True)
+    say(f"cluster '{req.name}' destroyed; its kubeconfig was removed, "
+        + (f"its profile {req.profile_path} kept (llmops provision did not write it: remove it yourself)" if kept
+           else "and its profile") + " (the bucket is kept unless force_destroy_bucket was set)")
 
 
 def _terraform(terraform: str, cwd: Path, *args: str) -> None:

@@ -253,5 +253,12 @@ def test_folders_and_profiles_llmops_did_not_make_are_never_overwritten_or_destr
     assert proc.returncode == 2 and "was not written by `llmops provision`" in proc.stderr, proc.stderr
     assert (profiles / "llm.yaml").read_text().startswith("# mine, by hand")
     (profiles / "beta.yaml").write_text("# rewritten by hand after provisioning\n")
-    assert provision("aws", "--name", "beta", "--destroy", "--yes", "--workdir", str(beta), env=env).returncode == 0
+    proc = provision("aws", "--name", "beta", "--destroy", "--yes", "--workdir", str(beta), env=env)
+    assert proc.returncode == 0 and "beta.yaml kept" in proc.stderr, proc.stderr
     assert (profiles / "beta.yaml").exists() and not (beta / "kubeconfig").exists()
+
+    # A cluster folder an llmops older than the marker made is still its own: its tfvars name the cluster
+    (beta / "llmops-cluster.json").unlink()
+    (beta / "terraform" / "environments" / "aws" / "terraform.tfstate").write_text("{}")
+    proc = provision("aws", "--name", "beta", "--destroy", "--yes", "--workdir", str(beta), env=env)
+    assert proc.returncode == 0, proc.stderr

@@ -8,7 +8,10 @@ from pathlib import Path
 
 
 def atomic_write(path: Path, text: str) -> None:
-    """Replace `path` with `text` in one step: a reader sees the old file or the new one, never a part."""
+    """Replace `path` with `text` in one step: a reader sees the old file or the new one, never a part. Never
+    over a device, a pipe or a folder (renamed over, /dev/null would become a file)."""
+    if path.exists() and not path.is_file():
+        raise IsADirectoryError(f"{path} is not a regular file; not replaced")
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         tmp.write_text(text)

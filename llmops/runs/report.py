@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from llmops.errors import EXIT_REQUEUE
+from llmops.files import atomic_write
 from llmops.runs import evaluations
 from llmops.runs.charts import Mark, Series, duration, human, line_chart, time_bar
 from llmops.runs.rundir import RunDir, step_row
@@ -507,7 +508,10 @@ def render_html(summary: dict[str, Any]) -> str:
 def write(run: RunDir, path: Path | None = None) -> Path:
     """Write the report (default: report.html in the run directory); returns its path."""
     path = path or run.path / REPORT
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(render_html(summarize(run)))
-    tmp.replace(path)
+    page = render_html(summarize(run))
+    if path.exists() and not path.is_file():  # /dev/null, a pipe: written to, never replaced (renamed over,
+        with open(path, "w") as f:          # /dev/null became a file of reports)
+            f.write(page)
+        return path
+    atomic_write(path, page)
     return path

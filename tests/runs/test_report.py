@@ -381,3 +381,24 @@ def test_a_long_run_is_drawn_with_a_few_points_per_pixel_and_keeps_its_spikes():
     ys = [float(p.split(",")[1]) for p in drawn.split()]
     top = min(ys)  # the spike is the highest value: the smallest SVG y (it grows downward)
     assert sorted(ys).count(top) == 1 and top < sorted(ys)[1] - 50
+
+
+def test_a_report_written_to_a_device_or_pipe_is_written_into_it_never_renamed_over_it(run, tmp_path):
+    """`llmops report RUN --out /dev/null` renamed the page over /dev/null, which became a regular file for
+    every program on the machine. A FIFO stands for the device here."""
+    import stat
+    import threading
+
+    from llmops.files import atomic_write
+
+    pipe = tmp_path / "pipe"
+    os.mkfifo(pipe)
+    got: list[bytes] = []
+    reader = threading.Thread(target=lambda: got.append(pipe.read_bytes()))
+    reader.start()
+    assert report.write(run, pipe) == pipe
+    reader.join(timeout=30)
+    assert stat.S_ISFIFO(os.stat(pipe).st_mode) and got and got[0].startswith(b"<!doctype html>")
+    with pytest.raises(IsADirectoryError, match="not a regular file"):
+        atomic_write(pipe, "text")
+    assert stat.S_ISFIFO(os.stat(pipe).st_mode)

@@ -7,14 +7,20 @@ import os
 from pathlib import Path
 
 
-def atomic_write(path: Path, text: str) -> None:
+def atomic_write(path: Path, text: str, *, mode: int | None = None) -> None:
     """Replace `path` with `text` in one step: a reader sees the old file or the new one, never a part. Never
-    over a device, a pipe or a folder (renamed over, /dev/null would become a file)."""
+    over a device, a pipe or a folder (renamed over, /dev/null would become a file). With `mode`, the file has
+    it from its creation (a kubeconfig is never readable by others, not even briefly)."""
     if path.exists() and not path.is_file():
         raise IsADirectoryError(f"{path} is not a regular file; not replaced")
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        tmp.write_text(text)
+        if mode is None:
+            tmp.write_text(text)
+        else:
+            with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode), "w") as f:
+                f.write(text)
+            os.chmod(tmp, mode)  # past the umask
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)

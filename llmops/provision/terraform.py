@@ -262,11 +262,5 @@ def check_profile_free(req: Request) -> None:
 
 
 def _write_yaml(path: Path, data: dict[str, Any], *, mode: int = 0o644, header: str = "") -> None:
-    """Written with its final mode from the start (a kubeconfig is never readable by others, not even briefly)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    with os.fdopen(fd, "w") as f:
-        f.write(header + yaml.safe_dump(data, sort_keys=False))
-    os.chmod(tmp, mode)
-    os.replace(tmp, path)
+    atomic_write(path, header + yaml.safe_dump(data, sort_keys=False), mode=mode)

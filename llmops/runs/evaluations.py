@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import html
 import json
-import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from llmops.runs.rundir import RunDir, atomic_write
+from llmops.runs.rundir import RunDir, atomic_write, number
 
 FOLDER = "evals"
 
@@ -65,7 +64,7 @@ def metrics(results: dict[str, Any]) -> dict[str, float]:
 
 
 def _number(v: Any) -> float | None:
-    return float(v) if isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) else None
+    return float(v) if number(v) else None
 
 
 def _when(v: Any) -> float | None:
@@ -75,7 +74,7 @@ def _when(v: Any) -> float | None:
 
 
 def _int(v: Any) -> int | None:
-    return int(v) if isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) else None
+    return int(v) if number(v) else None
 
 
 def save(run: RunDir, results: dict[str, Any]) -> Path:

@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
-from llmops.runs.rundir import RunDir
+from llmops.runs.rundir import RunDir, restart_of
 
 STEP_LINE = re.compile(r"^(?:\[[^\]]*\]:)?\[step (\d+)/(\d+)\] (.*)$")
 
@@ -46,7 +46,7 @@ def follow_logs(run: RunDir, *, stage: str, follow: bool, is_done: Callable[[], 
     while True:
         path = run.log_path(stage, restart)
         while not path.exists():
-            later = [k for k in map(_restart_of, run.log_files(stage)) if k > restart]
+            later = [k for k in map(restart_of, run.log_files(stage)) if k > restart]
             if later:
                 yield f"[llmops] the log of restart {restart} is missing (from {run.logs}); restart {min(later)} next"
                 restart = min(later)
@@ -88,7 +88,3 @@ class _Lines:
         if self.pending:
             line, self.pending = self.pending, ""
             yield line
-
-
-def _restart_of(path) -> int:
-    return int(path.name.rsplit("restart-", 1)[1].split(".")[0])

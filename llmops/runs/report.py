@@ -42,7 +42,7 @@ from llmops.errors import EXIT_REQUEUE
 from llmops.files import atomic_write
 from llmops.runs import evaluations
 from llmops.runs.charts import Mark, Series, duration, human, line_chart, time_bar
-from llmops.runs.rundir import RunDir, step_row
+from llmops.runs.rundir import RunDir, number, step_row
 
 REPORT = "report.html"
 
@@ -110,26 +110,21 @@ def _jsonl(path: Path, valid: Callable[[Any], bool]) -> list[dict]:
     return out
 
 
-def _number(value: Any, *, whole: bool = False) -> bool:
-    return (isinstance(value, int if whole else (int, float)) and not isinstance(value, bool)
-            and math.isfinite(value))
-
-
 def _event_row(e: Any) -> bool:
     """An events.jsonl row as llmops writes it (a tracker's tally has no time)."""
     if not isinstance(e, dict) or not isinstance(e.get("event"), str):
         return False
-    if e["event"] != "tracking" and not _number(e.get("time")) or e["event"] == "resumed" and "step" not in e:
+    if e["event"] != "tracking" and not number(e.get("time")) or e["event"] == "resumed" and "step" not in e:
         return False
     wholes = ("restart", "step", "sent", "dropped", "rank")
-    return (all(_number(e[k], whole=True) for k in wholes if k in e and not (k == "rank" and e[k] is None))
-            and all(_number(e[k]) for k in ("stall", "seconds", "peers", "process_started", "silent", "timeout")
+    return (all(number(e[k], whole=True) for k in wholes if k in e and not (k == "rank" and e[k] is None))
+            and all(number(e[k]) for k in ("stall", "seconds", "peers", "process_started", "silent", "timeout")
                     if k in e)
-            and (e.get("code") is None or _number(e["code"], whole=True)))
+            and (e.get("code") is None or number(e["code"], whole=True)))
 
 
 def _metric_row(r: Any) -> bool:
-    return step_row(r) and _number(r.get("time"))
+    return step_row(r) and number(r.get("time"))
 
 
 def _sample_row(r: Any) -> bool:

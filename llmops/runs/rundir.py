@@ -86,8 +86,8 @@ def _status_problem(data: object) -> str | None:
             return f"{key} = {str(value)[:40]!r} is not of its kind"
     for name, record in data.get("stages", {}).items():
         if not isinstance(record, dict) or not all(
-                isinstance(record.get(k), (*_NUMBER, type(None))) and not isinstance(record.get(k), bool)
-                for k in ("started_at", "ended_at", "restarts", "exit_code")) or not isinstance(
+                record.get(k) is None or number(record[k]) for k in ("started_at", "ended_at", "restarts", "exit_code")
+        ) or not isinstance(
                 record.get("state", ""), str) or not isinstance(record.get("message", ""), str):
             return f"the record of stage {str(name)[:40]!r} is not of its kind"
     return None
@@ -115,9 +115,6 @@ class RunDir:
         return self.logs / f"{stage}.restart-{restart}.log"
 
     def log_files(self, stage: str = "pretrain") -> list[Path]:
-        def restart_of(p: Path) -> int:
-            return int(p.name.rsplit("restart-", 1)[1].split(".")[0])
-
         return sorted(self.logs.glob(f"{stage}.restart-*.log"), key=restart_of)
 
     @classmethod
@@ -281,14 +278,25 @@ def start_root(spec: RunSpec, stage: str, run_dir: os.PathLike | str) -> str:
     return checkpoint_root(spec, before, run_dir)
 
 
+def restart_of(log: Path) -> int:
+    """The attempt a stage log belongs to (`<stage>.restart-<n>.log`)."""
+    return int(log.name.rsplit("restart-", 1)[1].split(".")[0])
+
+
+def number(value: object, *, whole: bool = False) -> bool:
+    """A JSON number as llmops writes one: finite and not a boolean (`whole`: an integer)."""
+    return (isinstance(value, int if whole else (int, float)) and not isinstance(value, bool)
+            and math.isfinite(value))
+
+
 def step_row(row: object) -> bool:
     """A metrics or progress row as the trainer writes it: an object with a whole step, and where present, a
-    finite time and numbers for steps, loss and tokens (a row edited by hand or damaged is left out)."""
-    if not isinstance(row, dict) or not isinstance(row.get("step"), int) or isinstance(row.get("step"), bool):
+    finite time and numbers for steps, loss (NaN allowed) and tokens (a row edited by hand or damaged is left
+    out)."""
+    if not isinstance(row, dict) or not number(row.get("step"), whole=True):
         return False
     for key in ("time", "steps", "loss", "tokens", "tokens_per_s", "step_time"):
         value = row.get(key)
-        if value is not None and (not isinstance(value, (int, float)) or isinstance(value, bool)
-                                  or key != "loss" and not math.isfinite(value)):
+        if value is not None and not (number(value) or key == "loss" and isinstance(value, float)):
             return False
-    return not isinstance(row.get("restart", 0), bool) and isinstance(row.get("restart", 0), int)
+    return number(row.get("restart", 0), whole=True)

@@ -131,10 +131,9 @@ def _interpreter(path: Path) -> Path | None:
 
 def evaluate(source: Checkpoint | HFFolder, tasks: Tasks, settings: Settings, *, python: Path,
              info: Callable[[str], None] = print) -> dict[str, Any]:
-    """lm-eval's results for `source` on `tasks`, with an ``llmops`` key saying what was evaluated and how."""
-    from llmops_model.hf import folder as hf_folder
-
-    hf_folder.check_source(source)  # before lm-eval starts: it would run a folder's code or fail in a traceback
+    """lm-eval's results for `source` on `tasks`, with an ``llmops`` key saying what was evaluated and how.
+    `source` has passed :func:`llmops_model.hf.folder.check_source` (the CLI checks it before it looks for
+    lm-eval)."""
     started = time.time()
     with tempfile.TemporaryDirectory(prefix="llmops-eval-") as tmp:
         work = Path(tmp)

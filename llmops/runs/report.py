@@ -42,7 +42,7 @@ from llmops.errors import EXIT_REQUEUE
 from llmops.files import atomic_write
 from llmops.runs import evaluations
 from llmops.runs.charts import Mark, Series, duration, human, line_chart, time_bar
-from llmops.runs.rundir import RunDir, number, step_row
+from llmops.runs.rundir import RunDir, jsonl_rows, number, step_row
 
 REPORT = "report.html"
 
@@ -95,19 +95,7 @@ class StageSummary:
 def _jsonl(path: Path, valid: Callable[[Any], bool]) -> list[dict]:
     """The rows of a stage file that `valid` accepts: a line cut off by a kill mid-write, or a row of the wrong
     shape (a run folder damaged or edited by hand), is left out rather than failing the report or status."""
-    try:
-        lines = path.read_text().splitlines()
-    except OSError:
-        return []
-    out = []
-    for line in lines:
-        try:
-            row = json.loads(line)
-        except ValueError:
-            continue
-        if valid(row):
-            out.append(row)
-    return out
+    return [row for row in jsonl_rows(path) if valid(row)]
 
 
 def _event_row(e: Any) -> bool:
@@ -229,7 +217,10 @@ def stage_restarts(run: RunDir, stage: str) -> list[str]:
     """One line per restart of a stage, for `llmops status`: what ended the attempt before it (a hang, a
     preemption, an exit code, else a kill or crash that left no exit record), where it resumed, what it lost."""
     folder = run.stage_dir(stage)
-    attempts = _attempts(_jsonl(folder / "metrics.jsonl", _metric_row), _jsonl(folder / "events.jsonl", _event_row))
+    events = _jsonl(folder / "events.jsonl", _event_row)
+    if not any(e.get("restart", 0) for e in events) and not _last_restart(folder / "metrics.jsonl"):
+        return []  # one attempt: a long run's metrics.jsonl (hundreds of megabytes) is not read for nothing
+    attempts = _attempts(_jsonl(folder / "metrics.jsonl", _metric_row), events)
     lines = []
     for before, a, rows in zip(attempts, attempts[1:], _redone(attempts)[1:], strict=False):
         why = ("hung (no progress within restarts.hang_timeout)" if before.hung else
@@ -242,6 +233,26 @@ def stage_restarts(run: RunDir, stage: str) -> list[str]:
             line += f"; resumed from step {a.resumed_from}"
         lines.append(line + (f", {_count(len(rows), 'step')} lost" if rows else ""))
     return lines
+
+
+def _last_restart(path: Path, tail: int = 1 << 16) -> int:
+    """The restart of the last whole row in a metrics.jsonl's last `tail` bytes (rows are appended in order of
+    restart), 0 where there is none."""
+    try:
+        with path.open("rb") as f:
+            size = f.seek(0, 2)
+            f.seek(max(0, size - tail))
+            lines = f.read().splitlines()
+    except OSError:
+        return 0
+    for line in reversed(lines[1:] if size > tail else lines):  # the first piece may be the end of a row
+        try:
+            row = json.loads(line)
+        except ValueError:
+            continue
+        if _metric_row(row):
+            return int(row.get("restart", 0)) if number(row.get("restart", 0), whole=True) else 0
+    return 0
 
 
 def stage_stragglers(run: RunDir, stage: str) -> list[str]:

@@ -21,8 +21,10 @@ import math
 import os
 import re
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 from llmops.errors import UserError
 from llmops.files import atomic_write
@@ -141,7 +143,7 @@ class RunDir:
         finished run looked as if submitted just now."""
         path = self.path / "status.json"
         try:
-            text = path.read_text()
+            text = path.read_bytes()
         except FileNotFoundError:
             return Status()
         except OSError as exc:
@@ -196,15 +198,7 @@ class RunDir:
     def metrics(self, stage: str = "pretrain", name: str = "metrics.jsonl") -> list[dict]:
         """Logged steps of `stage`, the latest row for each step (a re-run step replaces the earlier row)."""
         rows: dict[int, dict] = {}
-        try:
-            lines = (self.stage_dir(stage) / name).read_text().splitlines()
-        except OSError:
-            return []
-        for line in lines:
-            try:
-                row = json.loads(line)
-            except ValueError:
-                continue  # a line cut off by a kill mid-write
+        for row in jsonl_rows(self.stage_dir(stage) / name):
             if step_row(row):
                 rows[row["step"]] = row
         return [rows[s] for s in sorted(rows)]
@@ -281,6 +275,22 @@ def start_root(spec: RunSpec, stage: str, run_dir: os.PathLike | str) -> str:
 def restart_of(log: Path) -> int:
     """The attempt a stage log belongs to (`<stage>.restart-<n>.log`)."""
     return int(log.name.rsplit("restart-", 1)[1].split(".")[0])
+
+
+def jsonl_rows(path: Path) -> Iterator[Any]:
+    """The rows of a JSON-lines file a run appends to, read a line at a time (a long run's metrics.jsonl is hundreds
+    of megabytes). A line that is not JSON, cut off by a kill mid-write or damaged (bytes that are not UTF-8), is
+    left out; no file, no rows."""
+    try:
+        f = path.open("rb")
+    except OSError:
+        return
+    with f:
+        for line in f:
+            try:
+                yield json.loads(line)
+            except ValueError:
+                continue
 
 
 def number(value: object, *, whole: bool = False) -> bool:

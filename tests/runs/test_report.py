@@ -370,6 +370,46 @@ def test_a_damaged_run_folder_is_named_and_hides_no_other_run(tmp_path):
     assert listed.returncode == 0 and "exp[old]" in listed.stdout, listed.stdout + listed.stderr
 
 
+def test_bytes_that_are_not_utf8_in_a_run_file_are_a_damaged_row_or_a_damaged_status(run):
+    """A metrics row or a status.json with a byte that is not UTF-8 (a disk fault, a hand edit) ended `status`
+    and `report` in a UnicodeDecodeError."""
+    from llmops.errors import UserError
+
+    pre = run.stage_dir("pretrain")
+    with (pre / "metrics.jsonl").open("ab") as f:
+        f.write(b'{"step": 61, "loss": "\xff", "time": 1800000999.0}\n')
+    assert [r["step"] for r in run.metrics("pretrain")] == list(range(1, STEPS + 1))
+    assert report.stage_restarts(run, "pretrain")[0].startswith("restart 1: ")
+    assert "<h2>pretrain</h2>" in report.render_html(report.summarize(run))
+    (run.path / "status.json").write_bytes(b'{"state": "SUCCEEDED\xff"}')
+    with pytest.raises(UserError, match="status.json is damaged"):
+        run.read_status()
+
+
+def test_status_of_a_long_run_that_never_restarted_does_not_read_its_metrics(tmp_path):
+    """`llmops status RUN` read a stage's whole metrics.jsonl for its restart lines (400 MB for 200,000 rows);
+    a stage that ran in one attempt has none to show."""
+    import tracemalloc
+
+    run = make_run(tmp_path)
+    pre = run.stage_dir("pretrain")
+    _write_jsonl(pre / "events.jsonl", [{"event": "start", "time": T0 + 18, "restart": 0, "process_started": T0}])
+    rows = _steps("pretrain", range(1, 20_001), restart=0, start=T0 + 20, extra=lambda s: {"pad": "x" * 1000})
+    _write_jsonl(pre / "metrics.jsonl", rows)
+    assert (pre / "metrics.jsonl").stat().st_size > 20_000_000
+    tracemalloc.start()
+    try:
+        assert report.stage_restarts(run, "pretrain") == []
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 2_000_000, peak
+    # a restart the events file did not record (it was lost) still shows, from the metrics' last row
+    (pre / "events.jsonl").unlink()
+    _write_jsonl(pre / "metrics.jsonl", rows[:100] + _steps("pretrain", range(90, 121), restart=1, start=T0 + 200))
+    assert report.stage_restarts(run, "pretrain") == ["restart 1: killed or crashed at step 100, 11 steps lost"]
+
+
 def test_a_long_run_is_drawn_with_a_few_points_per_pixel_and_keeps_its_spikes():
     """200,000 steps drew 200,000 points per line (a 4 MB page); a spike must still show."""
     import re

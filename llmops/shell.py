@@ -57,10 +57,27 @@ def check_features(value: str, what: str) -> str:
     return value
 
 
+# Variables through which a shell runs what they hold: bash reads the file BASH_ENV names (sh: ENV) after
+# expanding it, command substitution included, before a non-interactive script's first line; PS4 is expanded for
+# every traced line, PROMPT_COMMAND run, SHELLOPTS/BASHOPTS turn such options on, IFS and GLOBIGNORE change how
+# the script's own lines split and expand. A value is quoted where it is exported, but under these names it is code.
+SHELL_HOOKS = frozenset({"BASH_ENV", "ENV", "PS4", "PROMPT_COMMAND", "SHELLOPTS", "BASHOPTS", "IFS", "GLOBIGNORE",
+                         "CDPATH"})
+# Variables that choose the code a program loads: the dynamic linker's and Python's search paths and start-up
+# hooks, and PATH. Sites set some of them on purpose (a library folder for NCCL's network plugin), so a spec may;
+# strict mode refuses them in a spec, as it refuses slurm.python (the cluster profile's own env stands).
+CODE_PATHS = frozenset({"LD_PRELOAD", "LD_AUDIT", "LD_LIBRARY_PATH", "PYTHONPATH", "PYTHONHOME", "PYTHONSTARTUP",
+                        "PYTHONUSERBASE", "PYTHONBREAKPOINT", "PATH"})
+
+
 def check_env_key(key: str, what: str = "environment variable") -> str:
-    """An environment variable's name: a shell identifier."""
+    """An environment variable's name: a shell identifier, and none of :data:`SHELL_HOOKS`."""
     if not _ENV_KEY.fullmatch(key):
         raise ValueError(f"{what} {key!r} is not a variable name (letters, digits and _, not starting with a digit)")
+    if key in SHELL_HOOKS:
+        raise ValueError(f"{what} {key} makes the scripts' shell run or reinterpret what it holds (bash expands "
+                         f"BASH_ENV and runs the file it names, PS4 for every traced line, ...); set the "
+                         f"environment in slurm.setup or the cluster profile instead, where it is shell on purpose")
     return key
 
 

@@ -22,7 +22,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from llmops import secrets
+from llmops import secrets, shell
 from llmops.backends.base import Backend, Request
 from llmops.backends.slurm.cluster import (
     check_fit,
@@ -82,9 +82,12 @@ class SlurmBackend(Backend):
         why = {"setup": "runs its lines as shell in the batch script",
                "ssh_options": "passes options to ssh (ProxyCommand runs a command here)",
                "python": "names the program every node runs", "sbatch_args": "passes options to sbatch"}
-        return [Problem(f"slurm.{name}", getattr(own, name), f"{reason}, which strict mode refuses",
-                        "leave it to the cluster profile (the platform team's), or run without --strict")
-                for name, reason in why.items() if getattr(own, name)]
+        fix = "leave it to the cluster profile (the platform team's), or run without --strict"
+        loads = sorted(k for k in own.env if k in shell.CODE_PATHS)
+        return [Problem(f"slurm.{name}", getattr(own, name), f"{reason}, which strict mode refuses", fix)
+                for name, reason in why.items() if getattr(own, name)] + [
+                Problem(f"slurm.env.{k}", own.env[k], "chooses the code the nodes' programs load, which strict mode "
+                        "refuses", fix) for k in loads]
 
     def dry_run(self, spec: RunSpec, run_path: Path) -> SlurmRequest:
         profile, env, _ = _profile(spec)

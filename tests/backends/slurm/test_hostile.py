@@ -42,6 +42,8 @@ def _set(section: dict, field: str, payload: str) -> None:
         section["env"] = {"SAFE": payload}
     elif field == "env.key":
         section["env"] = {payload: "1"}
+    elif field == "env.BASH_ENV":  # quoted as any value, but bash expands it, $(...) included, and runs the file
+        section["env"] = {"BASH_ENV": payload}
     elif field.startswith("container."):
         section["container"] = {"image": "img:1", **{field.split(".")[1]: payload}}
         if field == "container.mounts":
@@ -55,6 +57,7 @@ def _set(section: dict, field: str, payload: str) -> None:
 
 
 FIELDS = ["partition", "account", "qos", "constraint", "gpu_type", "mem", "time", "python", "env.value", "env.key",
+          "env.BASH_ENV",
           "container.image", "container.mounts", "container.workdir", "sbatch_args", "login", "remote_root"]
 
 
@@ -171,12 +174,16 @@ def test_strict_mode_refuses_the_fields_that_run_commands_by_design(tmp_path):
     from llmops_testing import llmops, write_spec
 
     spec = {**tiny_spec("strict"), "backend": "slurm",
-            "slurm": {"setup": ["curl x | sh"], "ssh_options": ["-o", "ProxyCommand=sh -c id"]}}
+            "slurm": {"setup": ["curl x | sh"], "ssh_options": ["-o", "ProxyCommand=sh -c id"],
+                      "env": {"LD_PRELOAD": "/shared/x.so", "PYTHONPATH": "/shared/py", "NCCL_DEBUG": "INFO"}}}
     path = write_spec(tmp_path / "s.yaml", spec)
     assert llmops("validate", str(path)).returncode == 0  # shell by design, allowed by default
     for args, env in ((["--strict"], {}), ([], {"LLMOPS_STRICT": "1"})):
         res = llmops(*args, "validate", str(path), env=env)
         assert res.returncode == 2 and "slurm.setup" in res.stderr and "slurm.ssh_options" in res.stderr
+        # variables that choose the code the nodes load, too; others are data
+        assert "slurm.env.LD_PRELOAD" in res.stderr and "slurm.env.PYTHONPATH" in res.stderr
+        assert "NCCL_DEBUG" not in res.stderr
     # A cluster profile can make it the cluster's rule; its own setup lines are the platform team's and stand.
     profiles = tmp_path / "profiles"
     profiles.mkdir()

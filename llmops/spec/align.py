@@ -61,6 +61,16 @@ class ChatTokens(SpecModel):
     def tokens(self) -> dict[str, str]:
         return {"system": self.system, "user": self.user, "assistant": self.assistant, "end": self.end}
 
+    @model_validator(mode="after")
+    def _distinct(self) -> ChatTokens:
+        seen: dict[str, str] = {}
+        for role, piece in self.tokens().items():
+            if piece in seen:
+                raise ValueError(f"{seen[piece]} and {role} are both {piece!r}: the model could not tell the turns "
+                                 "apart; give each marker a control token of its own")
+            seen[piece] = role
+        return self
+
 
 class SFTOptions(SpecModel):
     """Supervised fine-tuning: next-token loss on the assistant's tokens only."""

@@ -19,7 +19,10 @@ generation ends with ``<|assistant|>``.
 
 from __future__ import annotations
 
+import contextlib
 import re
+import signal
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -61,12 +64,15 @@ class ChatTokenizer:
     def encode(self, text: str) -> list[int]:
         return self.sp.encode(text)
 
-    def render(self, messages: list[Message]) -> tuple[list[int], list[bool]]:
+    def render(self, messages: list[Message], *, limit: int | None = None) -> tuple[list[int], list[bool]]:
         """Token ids of the conversation (ending in the end-of-document id) and, per token, whether the
-        model is trained to produce it: the assistant's text and the end marker after it."""
+        model is trained to produce it: the assistant's text and the end marker after it. With `limit`, the
+        turns after the first `limit` tokens are left out (the caller cuts there); more than `limit` come back."""
         ids: list[int] = []
         trained: list[bool] = []
         for m in messages:
+            if limit is not None and len(ids) > limit:
+                break
             body = self.encode(m.content) + [self.markers["end"]]
             ids += [self.markers[m.role]] + body
             trained += [False] + [m.role == "assistant"] * len(body)
@@ -90,6 +96,35 @@ def load(ref: str, template: ChatTokens) -> ChatTokenizer | TemplateChat:
 
     folder = pretrained.folder(ref)
     return ChatTokenizer.load(ref, template) if folder is None else TemplateChat.load(folder)
+
+
+# A chat template is Jinja from the model folder: sandboxed by transformers, but free to loop. One conversation
+# renders in milliseconds; a template that takes this long is stopped, and the stage with it.
+RENDER_SECONDS = 20
+
+
+class _TooSlow(BaseException):
+    """Raised into a render by the timer (a BaseException, so the render's own error handling lets it pass)."""
+
+
+@contextlib.contextmanager
+def _deadline(seconds: float):
+    """Interrupt the block after `seconds` with :class:`_TooSlow` (a SIGALRM timer: the main thread only, where
+    the stage's data is built; elsewhere the block runs unbounded)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def expire(signum, frame):
+        raise _TooSlow
+
+    before = signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, before)
 
 
 class TemplateChat:
@@ -140,8 +175,14 @@ class TemplateChat:
 
     def _text(self, messages: list[Message], *, generation: bool) -> str:
         try:
-            return self.tok.apply_chat_template([{"role": m.role, "content": m.content} for m in messages],
-                                                tokenize=False, add_generation_prompt=generation)
+            with _deadline(RENDER_SECONDS):
+                return self.tok.apply_chat_template([{"role": m.role, "content": m.content} for m in messages],
+                                                    tokenize=False, add_generation_prompt=generation)
+        except _TooSlow:
+            raise UserError(f"the chat template of {self.source} took more than {RENDER_SECONDS} s to render one "
+                            f"conversation of {len(messages)} messages (templates render one in milliseconds: this "
+                            "one loops)", "use the tokenizer folder of the model's own chat version, whose "
+                            "tokenizer_config.json holds its chat_template") from None
         except Exception as exc:  # the template's own raise_exception, or any Jinja error: this example only
             raise BadRecord("chat_template", f"the chat template of {self.source} refuses it: "
                                              f"{str(exc).strip()[:300]}") from None
@@ -159,10 +200,12 @@ class TemplateChat:
             raise BadRecord("chat_template", f"the chat template of {self.source} does not render this "
                                              "conversation turn by turn (a later turn rewrites an earlier one)")
 
-    def render(self, messages: list[Message]) -> tuple[list[int], list[bool]]:
+    def render(self, messages: list[Message], *, limit: int | None = None) -> tuple[list[int], list[bool]]:
         """Token ids of the conversation and, per token, whether the model is trained to produce it (every
         assistant turn as the template renders it, closing marker included); the end-of-document id is added
-        when the template does not end with it."""
+        when the template does not end with it. With `limit`, the turns after the first `limit` tokens are not
+        rendered one by one (each is a render of the conversation up to it: a long conversation took quadratic
+        time for tokens the caller cuts); more than `limit` tokens come back."""
         self._check(messages)
         whole = self._text(messages, generation=False)
         ids: list[int] = []
@@ -175,6 +218,8 @@ class TemplateChat:
 
         at = 0
         for k, m in enumerate(messages):
+            if limit is not None and len(ids) > limit:
+                break
             if m.role != "assistant":
                 continue
             start, end = self._text(messages[:k], generation=True), self._text(messages[:k + 1], generation=False)
@@ -184,7 +229,8 @@ class TemplateChat:
             add(whole[at:len(start)], False)
             add(whole[len(start):len(end)], True)
             at = len(end)
-        add(whole[at:], False)
+        if limit is None or len(ids) <= limit:
+            add(whole[at:], False)
         if not ids or ids[-1] != self.eod_id:
             ids.append(self.eod_id)
             trained.append(False)

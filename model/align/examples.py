@@ -25,7 +25,7 @@ from llmops.prepare import pretrained
 from llmops.spec.align import AlignSpec
 from llmops_model.align import chat
 from llmops_model.align.chat import ChatTokenizer, TemplateChat
-from llmops_model.align.records import BadRecord, conversation, parse_lines, preference
+from llmops_model.align.records import BadRecord, conversation, parse_lines, preference, read_lines
 
 FORMAT = 1
 FIELDS = {"sft": ("ids", "trained"), "dpo": ("prompt", "chosen", "rejected")}
@@ -60,11 +60,11 @@ Examples = dict[str, Ragged]
 
 def tokenize_sft(tok: ChatTokenizer | TemplateChat, obj: dict, *, seq_length: int, too_long: str) -> tuple[list, bool]:
     """[ids, trained] of one conversation, at most seq_length + 1 tokens, and whether it was cut."""
-    ids, trained = tok.render(conversation(obj))
     limit = seq_length + 1  # inputs are ids[:-1], labels ids[1:]
+    ids, trained = tok.render(conversation(obj), limit=limit)
     cut = len(ids) > limit
     if cut and too_long == "drop":
-        raise BadRecord("too_long", f"{len(ids)} tokens; model.seq_length + 1 = {limit}")
+        raise BadRecord("too_long", f"more than model.seq_length + 1 = {limit} tokens")
     ids, trained = ids[:limit], trained[:limit]
     if not any(trained[1:]):
         raise BadRecord("too_long", f"no assistant token within the first {limit} tokens")
@@ -79,6 +79,8 @@ def tokenize_dpo(tok: ChatTokenizer | TemplateChat, obj: dict, *, seq_length: in
     """
     pref = preference(obj)
     prompt = tok.prompt(pref.prompt)
+    if not prompt:  # DPO's log-probabilities are of the responses given the prompt: there must be a token before
+        raise BadRecord("empty_prompt", "the prompt renders to no token (the chat template leaves it out)")
     chosen, rejected = tok.response(pref.prompt, pref.chosen), tok.response(pref.prompt, pref.rejected)
     room = seq_length  # seq_length + 1 tokens, one of them the end-of-document
     longest = max(len(chosen), len(rejected))
@@ -89,21 +91,29 @@ def tokenize_dpo(tok: ChatTokenizer | TemplateChat, obj: dict, *, seq_length: in
         keep = max(room - longest, min(len(prompt), room // 2))
         prompt = prompt[len(prompt) - keep:]
         chosen, rejected = chosen[: room - keep], rejected[: room - keep]
-    if not chosen or not rejected or chosen == rejected:
-        raise BadRecord("too_long", "a response has no token left, or both are the same, after truncation")
+    if not chosen or not rejected:
+        raise BadRecord("too_long", "a response has no token left after truncation")
+    if chosen == rejected:
+        raise BadRecord("identical_responses", "chosen and rejected are the same tokens" +
+                        (" after truncation" if cut else " (texts that differ only where the tokenizer does not)"))
     return [prompt, chosen, rejected], cut
 
 
-def _source_lines(a: AlignSpec, *, seq_length: int) -> list[str]:
+def max_line_bytes(seq_length: int) -> int:
+    """The longest data line read: 64 bytes per token of context (text runs at about 4), at least 1 MiB. A longer
+    line would be cut to a small part of itself, and it is held whole while it is tokenized."""
+    return max(1 << 20, 64 * (seq_length + 1))
+
+
+def _records(a: AlignSpec, *, seq_length: int):
     if a.data.path is not None:
-        with open(a.data.path, encoding="utf-8", errors="replace") as f:
-            return f.readlines()
+        return read_lines(a.data.path, max_bytes=max_line_bytes(seq_length))
     from llmops.prepare import align_corpus
 
     make = align_corpus.sft_records if a.method == "sft" else align_corpus.preference_records
     # Answers of at most two characters per token of context, so that most examples fit whole.
     records = make(a.data.builtin_examples, seed=0, max_chars=min(160, 2 * seq_length))
-    return [json.dumps(r) for r in records]
+    return parse_lines(json.dumps(r) for r in records)
 
 
 def fingerprint(a: AlignSpec, *, seq_length: int) -> str:
@@ -131,7 +141,7 @@ def build(a: AlignSpec, *, seq_length: int, out: Path, fp: str) -> dict:
     kept, reasons, truncated, lines = [], Counter(), 0, 0
     out.mkdir(parents=True, exist_ok=True)
     with open(out / "quarantine.jsonl.tmp", "w") as quarantine:
-        for number, raw, obj in parse_lines(_source_lines(a, seq_length=seq_length)):
+        for number, raw, obj in _records(a, seq_length=seq_length):
             lines += 1
             try:
                 if isinstance(obj, BadRecord):
@@ -139,11 +149,11 @@ def build(a: AlignSpec, *, seq_length: int, out: Path, fp: str) -> dict:
                 fields, cut = tokenize(tok, obj, seq_length=seq_length, too_long=a.bad_data.too_long)
             except BadRecord as bad:
                 reasons[bad.reason] += 1
-                quarantine.write(json.dumps({"line": number, "reason": bad.reason, "detail": bad.detail,
+                quarantine.write(json.dumps({"line": number, "reason": bad.reason, "detail": bad.detail[:1000],
                                              "record": raw.rstrip("\n")[:4000]}) + "\n")
                 continue
             truncated += cut
-            kept.append(fields)
+            kept.append([np.asarray(f, dtype=np.int32) for f in fields])  # a quarter of a list of Python ints
     os.replace(out / "quarantine.jsonl.tmp", out / "quarantine.jsonl")
     order = np.random.default_rng(a.seed).permutation(len(kept))
     n_valid = 0 if a.data.valid_fraction == 0 or len(kept) < 2 else max(1, round(len(kept) * a.data.valid_fraction))

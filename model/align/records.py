@@ -45,17 +45,50 @@ class Preference:
 def parse_lines(lines: Iterable[str]) -> Iterator[tuple[int, str, dict | BadRecord]]:
     """(line number, raw line, parsed object or the reason it is unusable); blank lines are skipped."""
     for number, raw in enumerate(lines, start=1):
-        if not raw.strip():
-            continue
-        try:
-            obj = json.loads(raw)
-        except ValueError as exc:
-            yield number, raw, BadRecord("malformed_json", str(exc))
-            continue
-        except RecursionError:
-            yield number, raw, BadRecord("malformed_json", "nested too deeply")
-            continue
-        yield number, raw, obj if isinstance(obj, dict) else BadRecord("not_an_object", type(obj).__name__)
+        if raw.strip():
+            yield number, raw, _parse(raw)
+
+
+def read_lines(path, *, max_bytes: int) -> Iterator[tuple[int, str, dict | BadRecord]]:
+    """:func:`parse_lines` of a file, read a line at a time: lines end at ``\n`` alone (a ``\r`` is JSON
+    whitespace), a UTF-8 byte-order mark is dropped, a line that is not UTF-8 is ``invalid_utf8`` (never read with
+    replacement characters), and one of more than `max_bytes` is ``too_large``, skipped without being held."""
+    with open(path, "rb") as f:
+        number = 0
+        while raw := f.readline(max_bytes + 1):
+            number += 1
+            if number == 1:
+                raw = raw.removeprefix(b"\xef\xbb\xbf")
+            if len(raw) > max_bytes and not raw.endswith(b"\n"):
+                size = len(raw)
+                while (rest := f.readline(1 << 20)) and not rest.endswith(b"\n"):
+                    size += len(rest)
+                size += len(rest)
+                yield number, _preview(raw), BadRecord("too_large", f"{size} bytes; the most a line may hold is "
+                                                                    f"{max_bytes} (64 per token of seq_length)")
+                continue
+            try:
+                text = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                yield number, _preview(raw), BadRecord("invalid_utf8", f"byte {exc.start} of the line is not UTF-8 "
+                                                                       "(save the file as UTF-8)")
+                continue
+            if text.strip():
+                yield number, text, _parse(text)
+
+
+def _preview(raw: bytes) -> str:
+    return raw[:4000].decode("utf-8", errors="replace")
+
+
+def _parse(raw: str) -> dict | BadRecord:
+    try:
+        obj = json.loads(raw)
+    except ValueError as exc:
+        return BadRecord("malformed_json", str(exc))
+    except RecursionError:
+        return BadRecord("malformed_json", "nested too deeply")
+    return obj if isinstance(obj, dict) else BadRecord("not_an_object", type(obj).__name__)
 
 
 def _text(value, where: str) -> str:
@@ -79,9 +112,15 @@ def _messages(value, where: str) -> list[Message]:
         if not isinstance(m, dict) or "role" not in m or "content" not in m:
             raise BadRecord("bad_message", f"{where}[{i}] is not a {{role, content}} object")
         if m["role"] not in ROLES:
-            raise BadRecord("bad_message", f"{where}[{i}].role = {m['role']!r} is not one of {', '.join(ROLES)}")
+            raise BadRecord("bad_message", f"{where}[{i}].role = {_short(m['role'])} is not one of {', '.join(ROLES)}")
         out.append(Message(m["role"], _text(m["content"], f"{where}[{i}].content")))
     return out
+
+
+def _short(value, limit: int = 80) -> str:
+    """A value for a quarantine detail, cut (the record beside it is cut too)."""
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + f"... ({len(text)} characters)"
 
 
 def conversation(obj: dict) -> list[Message]:
@@ -92,7 +131,8 @@ def conversation(obj: dict) -> list[Message]:
         reply = obj.get("response", obj.get("completion"))
         messages = _messages(obj["prompt"], "prompt") + [Message("assistant", _text(reply, "response"))]
     else:
-        raise BadRecord("missing_field", f"has keys {sorted(obj)}; expected messages, or prompt and response")
+        raise BadRecord("missing_field", f"has keys {_short(sorted(obj), 200)}; expected messages, or prompt and "
+                                         "response")
     roles = {m.role for m in messages}
     if "user" not in roles or "assistant" not in roles:
         raise BadRecord("missing_roles", f"roles {sorted(roles)}: a conversation needs a user and an assistant")
@@ -103,11 +143,16 @@ def conversation(obj: dict) -> list[Message]:
     return messages
 
 
-def _response(value, where: str) -> str:
+def _response(value, where: str, prompt: list[Message]) -> str:
+    """A DPO response: text, or messages that are the assistant's reply alone or the prompt's messages and then
+    the reply (TRL's two conversational forms); other messages before the reply would be dropped unread."""
     if isinstance(value, list):
         msgs = _messages(value, where)
         if msgs[-1].role != "assistant":
             raise BadRecord("missing_roles", f"{where} does not end with an assistant message")
+        if msgs[:-1] and msgs[:-1] != prompt:
+            raise BadRecord("bad_message", f"{where} has messages before its reply that are not the prompt's; give "
+                                           "the assistant's reply alone, or the prompt's messages and then it")
         value = msgs[-1].content
     text = _text(value, where)
     if not text.strip():
@@ -125,7 +170,9 @@ def preference(obj: dict) -> Preference:
         raise BadRecord("missing_roles", "the prompt has no user message")
     if prompt[-1].role == "assistant":
         raise BadRecord("bad_message", "the prompt ends with an assistant message; the response would follow it")
-    chosen, rejected = _response(obj["chosen"], "chosen"), _response(obj["rejected"], "rejected")
+    if any(m.role == "system" for m in prompt[1:]):
+        raise BadRecord("bad_message", "a system message may only come first")
+    chosen, rejected = _response(obj["chosen"], "chosen", prompt), _response(obj["rejected"], "rejected", prompt)
     if chosen == rejected:
         raise BadRecord("identical_responses", "chosen and rejected are the same text")
     return Preference(prompt, chosen, rejected)

@@ -233,3 +233,58 @@ def test_lines_that_crashed_tokenizing_are_quarantined(assets, tmp_path):
         stats = examples.build(a, seq_length=SEQ, out=tmp_path / method, fp="x")
         expected = {"invalid_unicode": 2, "malformed_json": 1} if method == "sft" else {"invalid_unicode": 1}
         assert stats["quarantined"] == expected and stats["examples"] == (20 if method == "sft" else 10)
+
+
+def test_lines_are_read_as_bytes_and_every_unusable_one_is_counted(assets, tmp_path):
+    """Latin-1 text was read with replacement characters and trained on (`caf\ufffd`), a bare \\r (JSON whitespace)
+    split a record in two and shifted every later line number, a UTF-8 byte-order mark lost the first record, a
+    50 MB line was held and tokenized whole, and a 5 MB role was copied into the quarantine file's detail (a 0.5 MB
+    one here: lines over 1 MiB are too_large)."""
+    good = [json.dumps({"prompt": f"question {i}", "response": "an answer"}).encode() for i in range(20)]
+    lines = [b"\xef\xbb\xbf" + good[0], *good[1:10],
+             b'{"prompt": "Qu\'est-ce que le caf\xe9 ?", "response": "Un caf\xe9."}',  # Latin-1: line 11
+             b'{"prompt": "split",\r "response":\r "by a carriage return"}',        # JSON whitespace: line 12
+             b'{"prompt": "' + b"x" * (examples.max_line_bytes(SEQ) + 10) + b'", "response": "y"}',  # line 13
+             json.dumps({"messages": [{"role": "r" * 500_000, "content": "x"}]}).encode(),  # line 14
+             *good[10:]]
+    data = tmp_path / "bytes.jsonl"
+    data.write_bytes(b"\n".join(lines) + b"\n")
+    a = AlignSpec(method="sft", data={"path": str(data), "valid_fraction": 0.0}, tokenizer=str(assets.tokenizer),
+                  steps=1, global_batch_size=1)
+    stats = examples.build(a, seq_length=SEQ, out=tmp_path / "out", fp="x")
+    assert stats["quarantined"] == {"invalid_utf8": 1, "too_large": 1, "bad_message": 1}, stats
+    assert stats["examples"] == 21 and stats["lines"] == 24  # the 20 good ones, the \r one; none lost
+    rows = {r["line"]: r for r in map(json.loads, (tmp_path / "out" / "quarantine.jsonl").read_text().splitlines())}
+    assert rows[11]["reason"] == "invalid_utf8" and rows[13]["reason"] == "too_large" and rows[14]["line"] == 14
+    assert (tmp_path / "out" / "quarantine.jsonl").stat().st_size < 20_000
+
+
+def test_dpo_records_follow_the_same_rules_as_sft_and_say_what_is_wrong(tok):
+    """A system message after the user's was kept in a DPO prompt (SFT refused it), a response list whose earlier
+    messages contradicted the prompt was cut to its last message without a word, and two responses that differ
+    only in what the tokenizer maps alike were quarantined as too_long."""
+    from llmops_model.align.records import BadRecord
+
+    cases = {
+        "bad_message": [{"prompt": [{"role": "user", "content": "q"}, {"role": "system", "content": "s"}],
+                         "chosen": "a", "rejected": "b"},
+                        {"prompt": "q", "chosen": [{"role": "user", "content": "ANOTHER QUESTION"},
+                                                   {"role": "assistant", "content": "a"}], "rejected": "b"}],
+        "identical_responses": [{"prompt": "q", "chosen": "The caf\u00e9.", "rejected": "The caf\u00e8."}],
+    }
+    assert tok.encode("caf\u00e9") == tok.encode("caf\u00e8")  # both unknown to this small vocabulary
+    for reason, records in cases.items():
+        for r in records:
+            with pytest.raises(BadRecord) as bad:
+                examples.tokenize_dpo(tok, r, seq_length=SEQ, too_long="truncate")
+            assert bad.value.reason == reason, (r, bad.value)
+    same_prompt = {"prompt": "q", "chosen": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}],
+                   "rejected": "b"}
+    (_, chosen, _), _ = examples.tokenize_dpo(tok, same_prompt, seq_length=SEQ, too_long="truncate")
+    assert chosen == tok.response([], "a")  # TRL's form with the prompt repeated before the reply
+
+
+def test_template_markers_must_be_distinct(assets):
+    with pytest.raises(SpecError) as err:
+        parse_spec(_align_spec(assets, template={"user": "<|end|>"}))
+    assert "user and end are both '<|end|>'" in err.value.render()

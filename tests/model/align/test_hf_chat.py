@@ -110,3 +110,55 @@ def test_a_tokenizer_without_a_chat_template_is_refused_before_anything_runs(fol
     spec["align"]["tokenizer"] = str(folder)  # a folder named without hf: is the same
     res = llmops("validate", str(write_spec(tmp_path / "b.yaml", spec)))
     assert res.returncode == 0, res.stderr
+
+
+def _with_template(folder: Path, template: str) -> str:
+    config = json.loads((folder / "tokenizer_config.json").read_text())
+    config["chat_template"] = template
+    (folder / "tokenizer_config.json").write_text(json.dumps(config))
+    return f"hf:{folder}"
+
+
+def test_a_long_conversation_renders_in_time_linear_in_what_is_kept(folder):
+    """Every assistant turn re-rendered the conversation up to it: 4,000 turn pairs in one 320 KB line took
+    160 s, though all but the first 129 tokens were cut. Only the turns within the sequence are rendered now."""
+    import time
+
+    tok = chat.load(f"hf:{folder}", ChatTokens())
+    turns = [Message(r, f"turn {i} " + "words " * 5) for i in range(4000) for r in ("user", "assistant")]
+    began = time.perf_counter()
+    (ids, trained), cut = examples.tokenize_sft(tok, {"messages": _as_dicts(turns)}, seq_length=128,
+                                                too_long="truncate")
+    assert time.perf_counter() - began < 10
+    assert cut and len(ids) == 129 and any(trained)
+    whole, _ = tok.render(turns[:40])  # the kept tokens are those of the conversation rendered whole
+    assert len(whole) > 129 and ids == whole[:129]
+
+
+def test_a_template_that_loops_stops_the_stage_with_the_fix(folder, monkeypatch):
+    """A tokenizer folder's chat template is Jinja it brings: nested loops of 10^10 steps hung the data build."""
+    import time
+
+    from llmops.errors import UserError
+
+    monkeypatch.setattr(chat, "RENDER_SECONDS", 1)
+    looping = "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}" + TEMPLATE
+    tok = chat.load(_with_template(folder, looping), ChatTokens())
+    began = time.perf_counter()
+    with pytest.raises(UserError) as err:
+        tok.render(TURNS)
+    assert time.perf_counter() - began < 10
+    assert "took more than 1 s to render one conversation" in err.value.message and "tokenizer_config" in err.value.fix
+
+
+def test_a_dpo_prompt_the_template_leaves_out_is_quarantined(folder):
+    """A template that renders only assistant turns (and no generation prompt) gave every pair an empty prompt,
+    and DPO scored nothing."""
+    only_replies = TEMPLATE.replace("{% for message in messages %}",
+                                    "{% for message in messages if message['role'] == 'assistant' %}").replace(
+        "{{ bos_token }}", "").split("{% if add_generation_prompt %}")[0]
+    tok = chat.load(_with_template(folder, only_replies), ChatTokens())
+    with pytest.raises(BadRecord) as bad:
+        examples.tokenize_dpo(tok, {"prompt": "Name a module.", "chosen": "os", "rejected": "sys"}, seq_length=128,
+                              too_long="truncate")
+    assert bad.value.reason == "empty_prompt"

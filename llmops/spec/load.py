@@ -13,6 +13,7 @@ files it named have changed since.
 from __future__ import annotations
 
 import os
+import re
 import stat
 from pathlib import Path
 from typing import Any
@@ -124,6 +125,35 @@ def _read_text(path: Path) -> str:
         raise refuse(f"is not UTF-8 text (byte {exc.start} is not)", "save the spec as UTF-8 YAML") from None
 
 
+_NUMBERS = {"tag:yaml.org,2002:int", "tag:yaml.org,2002:float"}
+# YAML 1.1's numbers that read as something else than they look: 010 is 8 (octal), 1:30 is 90 (base 60).
+_SURPRISING_NUMBER = re.compile(r"[-+]?0[0-7_]+|[-+]?[0-9][0-9_]*(:[0-5]?[0-9])+(\.[0-9_]*)?")
+
+
+def _where(node: yaml.Node) -> str:
+    return f"line {node.start_mark.line + 1}"
+
+
+def _unique_keys(node: yaml.MappingNode, source: str) -> None:
+    """A key given twice in one mapping: YAML loaders keep the last silently (`steps: 4` then `steps: 40000`)."""
+    seen: dict[tuple[str, str], yaml.Node] = {}
+    for k, _ in node.value:
+        if not isinstance(k, yaml.ScalarNode) or k.tag == "tag:yaml.org,2002:merge":
+            continue
+        if (k.tag, k.value) in seen:
+            raise SpecError(source, [Problem("(yaml)", k.value, f"is given twice in one mapping "
+                                             f"({_where(seen[k.tag, k.value])} and {_where(k)}), and the later "
+                                             "would silently win", "keep one of them")])
+        seen[k.tag, k.value] = k
+
+
+def _plain_number(node: yaml.ScalarNode, source: str) -> None:
+    if _SURPRISING_NUMBER.fullmatch(node.value):
+        raise SpecError(source, [Problem("(yaml)", node.value, f"({_where(node)}) is read by YAML as "
+                                         f"{yaml.safe_load(node.value)!r} (a leading 0 is octal, a colon base 60)",
+                                         "write the number without a leading 0 or colon, or quote it if it is text")])
+
+
 def _check_nodes(root: yaml.Node, source: str) -> None:
     """Count the nodes with aliases expanded (each shared node counted once per use) and check the tags."""
     sizes: dict[int, int] = {}
@@ -140,6 +170,10 @@ def _check_nodes(root: yaml.Node, source: str) -> None:
             raise SpecError(source, [Problem("(yaml)", node.tag, "is a tag run specs do not take",
                                              "remove the tag: plain strings, numbers, booleans, lists and "
                                              "mappings only")])
+        if isinstance(node, yaml.MappingNode):
+            _unique_keys(node, source)
+        elif isinstance(node, yaml.ScalarNode) and node.tag in _NUMBERS and not node.style:
+            _plain_number(node, source)
         pending.add(key)
         children = [v for pair in node.value for v in pair] if isinstance(node, yaml.MappingNode) else \
             node.value if isinstance(node, yaml.SequenceNode) else []

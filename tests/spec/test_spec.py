@@ -278,6 +278,26 @@ def test_hostile_spec_files_are_refused_quickly_with_exit_2(tmp_path, content, s
     assert len(info.value.render()) < 2000
 
 
+@pytest.mark.parametrize("content, says", [
+    ("name: a\ntrain: {steps: 4, global_batch_size: 8, steps: 40000}", "'steps': is given twice in one mapping"),
+    ("name: a\nname: b\ntrain: {steps: 4, global_batch_size: 8}", "'name': is given twice in one mapping (line 1 "
+                                                                   "and line 2)"),
+    ("name: a\ntrain: {steps: 010, global_batch_size: 8}", "'010': (line 2) is read by YAML as 8"),
+    ("name: a\nbackend: slurm\nslurm: {time: 1:30:00}\ntrain: {steps: 4, global_batch_size: 8}",
+     "'1:30:00': (line 3) is read by YAML as 5400"),
+])
+def test_yaml_that_reads_as_something_else_than_it_says_is_refused(tmp_path, content, says):
+    """A key given twice kept the last (4 steps became 40,000), `steps: 010` was 8 steps and `time: 1:30:00` the
+    number 5400: YAML 1.1 reads a leading 0 as octal and colons as base 60."""
+    path = tmp_path / "spec.yaml"
+    path.write_text(content)
+    with pytest.raises(SpecError) as info:
+        load_spec(path)
+    assert says in info.value.render()
+    path.write_text(yaml.safe_dump(tiny_spec("a", steps=10)))
+    assert load_spec(path).train.steps == 10
+
+
 def test_a_spec_path_that_is_not_a_regular_file_is_refused(tmp_path):
     fifo = tmp_path / "spec.yaml"
     os.mkfifo(fifo)  # reading it would wait forever

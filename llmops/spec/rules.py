@@ -105,14 +105,28 @@ def _checkpoint_rules(spec: RunSpec) -> list[Problem]:
     for where, stage, root in roots:
         if root is None:
             continue
-        clash = next(((w, s) for w, s, r in seen if os.path.commonpath([r, root]) in (r, root)), None)
+        real = os.path.realpath(root)  # a link and the folder it points to are one folder
+        clash = next(((w, s) for w, s, r in seen if _overlap(r, real)), None)
         if clash:
             out.append(Problem(where, root, f"overlaps {clash[0]} (stage {clash[1]}): the two stages would resume "
                                "from and delete each other's checkpoints",
                                f"give the {stage} stage a folder of its own, or leave it unset "
                                "(a folder of the run directory)"))
-        seen.append((where, stage, root))
+        seen.append((where, stage, real))
+    for i, a in enumerate(spec.align):
+        start = a.start_from if a.start_from and hf.folder_of(a.start_from) is None else None
+        if start and a.checkpoint_dir and _overlap(os.path.realpath(start), os.path.realpath(a.checkpoint_dir)):
+            where = ("align" if len(spec.align) == 1 else f"align.{i}")
+            out.append(Problem(f"{where}.start_from", start, f"overlaps the stage's own {where}.checkpoint_dir: "
+                               "the stage would take the checkpoint it starts from for its own progress, skip "
+                               "steps and resume the other stage's optimizer",
+                               "start from the earlier stage's checkpoint folder, and save this stage elsewhere "
+                               "(or leave checkpoint_dir unset: a folder of the run directory)"))
     return out
+
+
+def _overlap(a: str, b: str) -> bool:
+    return os.path.commonpath([a, b]) in (a, b)
 
 
 def _tracking_rules(spec: RunSpec) -> list[Problem]:

@@ -251,6 +251,27 @@ def test_stages_sharing_a_checkpoint_folder_are_refused():
     assert "align.checkpoint_dir = '/data/ckpt/sft': overlaps checkpoint.dir (stage pretrain)" in text
 
 
+def test_a_stage_starting_from_its_own_checkpoint_folder_or_a_link_to_anothers_is_refused(tmp_path):
+    """start_from equal to the stage's own checkpoint_dir resumed from the starting checkpoint as if it were the
+    stage's own progress (4 SFT steps skipped, pre-training's optimizer state kept); a link to another stage's
+    folder passed as a folder of its own."""
+    align = {"method": "sft", "data": {"builtin": "python-docstrings"}, "tokenizer": "/dev/null", "steps": 2,
+             "global_batch_size": 8}
+    own = {**tiny_spec("own"), "checkpoint": {"dir": str(tmp_path / "pre")},
+           "align": {**align, "start_from": str(tmp_path / "copy" / "iter_0000004"),
+                     "checkpoint_dir": str(tmp_path / "copy")}}
+    with pytest.raises(SpecError) as info:
+        parse_spec(own)
+    assert "align.start_from" in info.value.render() and "own align.checkpoint_dir" in info.value.render()
+    (tmp_path / "pre").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "pre")
+    linked = {**tiny_spec("linked"), "checkpoint": {"dir": str(tmp_path / "pre")},
+              "align": {**align, "checkpoint_dir": str(tmp_path / "link")}}
+    with pytest.raises(SpecError) as info:
+        parse_spec(linked)
+    assert "overlaps checkpoint.dir (stage pretrain)" in info.value.render()
+
+
 # A few hundred bytes that stand for 9**8 values (each line repeats the one before nine times).
 BILLION_LAUGHS = "a: &a [x, x, x, x, x, x, x, x, x]\n" + "".join(
     f"{c}: &{c} [{', '.join([f'*{p}'] * 9)}]\n" for p, c in zip("abcdefg", "bcdefgh")) + "name: [*h, *h, *h]\n"

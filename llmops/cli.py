@@ -23,7 +23,7 @@ from rich.text import Text
 
 from llmops import __version__
 from llmops.backends.registry import options as backend_options
-from llmops.errors import EXIT_FAILED, UserError
+from llmops.errors import EXIT_BAD_INPUT, EXIT_FAILED, UserError
 
 app = typer.Typer(
     name="llmops",
@@ -268,7 +268,8 @@ def _report_final(run_dir, final, view) -> None:
         err.print(f"logs:   {escape(_shown(run_dir.logs))}" + (" (`llmops logs` prints them whole)" if view.hidden
                                                                else ""))
         err.print(f"next:   llmops resume {run_dir.id}")
-        raise typer.Exit(EXIT_FAILED)
+        # a stage that stopped on bad input (data, a tokenizer) is the user's to fix, as a bad spec is
+        raise typer.Exit(EXIT_BAD_INPUT if final.exit_code == EXIT_BAD_INPUT else EXIT_FAILED)
     err.print(f"next:   llmops report {run_dir.id}\n        llmops checkpoints {run_dir.id}")
 
 
@@ -388,7 +389,8 @@ def logs(
     run: RunArg,
     follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing until the run ends.")] = False,
     stage: Annotated[str | None, typer.Option(
-        help="Which stage's logs: pretrain or align (default: the training stage).")] = None,
+        help="Which stage's logs: prepare, pretrain or an align stage's name (sft, dpo, or its `name:`); "
+             "default: the stage running now, else the last one that ran.")] = None,
     runs_dir: RunsDirOpt = None,
 ) -> None:
     """Print a run's logs (every restart, in order)."""

@@ -33,7 +33,7 @@ def test_option_help_keeps_its_defaults():
     res = llmops("logs", "--help", env={"COLUMNS": "200"})
     assert res.returncode == 0
     assert "LLMOPS_RUNS_DIR" in res.stdout and "default: ./runs" in res.stdout
-    assert "default: the training stage" in res.stdout
+    assert "default: the stage running now" in res.stdout
 
 
 def test_messages_print_their_brackets_as_written(tmp_path):
@@ -91,6 +91,21 @@ def test_render_local_writes_script_and_resolved_spec(tmp_path):
     script = (out / "launch.sh").read_text()
     assert "-m llmops_model.launch" in script and "--nproc-per-node 4" in script
     assert "num_layers: 4" in (out / "spec.yaml").read_text()  # resolved: preset values written out
+
+
+def test_a_rendered_folder_is_no_run_and_a_runs_dir_that_is_a_file_is_bad_input(tmp_path):
+    """`status` showed a rendered folder as PENDING for ever, `cancel` waited 2 minutes on it and `logs -f` never
+    returned; a --runs-dir that is a file ended in a NotADirectoryError traceback (exit 1)."""
+    out = tmp_path / "rendered"
+    assert llmops("render", str(REPO / "examples" / "tiny-cpu.yaml"), "--out", str(out)).returncode == 0
+    for command in (["status"], ["cancel"], ["resume"], ["logs", "-f"]):
+        res = llmops(*command, str(out), timeout=60)
+        assert res.returncode == 2 and "is a folder `llmops render` wrote, not a run" in res.stderr, (command, res)
+    assert not (out / "cancel-requested").exists()
+    spec = tmp_path / "spec.yaml"
+    spec.write_text((REPO / "examples" / "tiny-cpu.yaml").read_text())
+    res = llmops("submit", str(spec), "--runs-dir", str(spec / "sub"))
+    assert res.returncode == 2 and "cannot make the run folder" in res.stderr and "Traceback" not in res.stderr, res
 
 
 def test_dry_run_starts_nothing(tmp_path):

@@ -123,12 +123,17 @@ class TerminalView:
         self.hidden = 0
         self.recent: deque[str] = deque(maxlen=keep)  # the hidden lines, for a failure's explanation
         self.explained_prefers = False
+        self.in_error = False  # after an `error: ` line: its problem list and `Fix: ` line belong to it
 
     def stage(self, name: str, index: int, total: int) -> None:
         self.console.rule(Text(f"{name} ({index}/{total})", style="bold"), align="left", style="dim")
 
     def line(self, stage: str, raw: str) -> None:
         line = PROCESS_PREFIX.sub("", raw, count=1)
+        if self.in_error and line.startswith(("Fix: ", "  - ")):
+            self.console.print(Text(line), soft_wrap=True)
+            return
+        self.in_error = line.startswith("error: ")
         width = max(self.console.width, 40)
         parsed = parse_step_line(line)
         if parsed is not None:

@@ -418,7 +418,14 @@ def align_rules(spec: RunSpec) -> list[Problem]:
         elif hf.tokenizer_exists(a.tokenizer):
             problems += _tokenizer_file_rules(spec, a, a.tokenizer)
         elif spec.backend == "local":
-            problems.append(Problem("align.tokenizer", a.tokenizer, "does not exist", "check the path"))
+            folder = hf.folder_of(a.tokenizer)
+            if not os.path.exists(folder or a.tokenizer):
+                problems.append(Problem("align.tokenizer", a.tokenizer, "does not exist", "check the path"))
+            else:
+                problems.append(Problem("align.tokenizer", a.tokenizer, "is not a folder" if folder else
+                                        "is not a regular file (a folder, a pipe or a device)",
+                                        "give a SentencePiece .model file, or hf:DIR for a Hugging Face tokenizer "
+                                        "folder"))
         if a.data.path is not None and spec.backend == "local" and not os.path.isfile(a.data.path):
             problems.append(Problem("align.data.path", a.data.path, "is not a file",
                                     "check the path (relative paths start from the folder you run llmops in)"))

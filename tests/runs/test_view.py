@@ -54,6 +54,21 @@ def test_training_stage_shows_only_llmops_lines():
     assert all(len(line) <= 80 for line in shown.splitlines())
 
 
+def test_an_error_is_shown_with_its_problems_and_its_fix():
+    """A stage's error went to the terminal without its `Fix:` line (and a spec error without its problem list):
+    the fix was only in the log."""
+    view, buf = _view(width=200)
+    for line in ["[default0]:error: align.data: 5 of 15 lines of d.jsonl were quarantined (malformed_json: 5)",
+                 "[default0]:Fix: read runs/x/align-data-sft/quarantine.jsonl and fix the data",
+                 "error: /x/spec.yaml: 2 problem(s) in the run spec:", "  - train.steps = 0: must be positive",
+                 "  - train.lr = -1: must be positive", *NOISE[:2], "Fix: not an error's, this one",
+                 "  - not an error's either"]:
+        view.line("sft", line)
+    shown = buf.getvalue()
+    assert "Fix: read runs/x/align-data-sft/quarantine.jsonl" in shown and "train.lr = -1" in shown
+    assert "not an error's" not in shown and view.hidden == 4
+
+
 def test_verbose_shows_everything():
     view, buf = _view(verbose=True)
     for line in NOISE:

@@ -284,6 +284,18 @@ def test_dpo_records_follow_the_same_rules_as_sft_and_say_what_is_wrong(tok):
     assert chosen == tok.response([], "a")  # TRL's form with the prompt repeated before the reply
 
 
+def test_a_tokenizer_that_is_a_pipe_or_a_folder_is_named_so(assets, tmp_path):
+    """A FIFO or /dev/zero given as the tokenizer was said not to exist."""
+    import os
+
+    os.mkfifo(tmp_path / "fifo")
+    for ref, says in ((str(tmp_path / "fifo"), "is not a regular file"), ("/dev/zero", "is not a regular file"),
+                      (f"hf:{tmp_path / 'fifo'}", "is not a folder"), (str(tmp_path / "none"), "does not exist")):
+        with pytest.raises(SpecError) as err:
+            parse_spec(_align_spec(assets, tokenizer=ref))
+        assert f"align.tokenizer = '{ref}': {says}" in err.value.render(), err.value.render()
+
+
 def test_template_markers_must_be_distinct(assets):
     with pytest.raises(SpecError) as err:
         parse_spec(_align_spec(assets, template={"user": "<|end|>"}))

@@ -143,3 +143,7 @@ def test_too_much_bad_data_stops_with_the_counts_not_a_traceback(runs, assets):
     assert "align.data: 7 of 168 lines" in text and "more than align.bad_data.max_fraction = 0.01" in text
     assert "quarantine.jsonl" in text and "Traceback" not in text
     assert not (runs["bad"] / "checkpoints-sft").exists()
+    # followed from the terminal: the error and its fix are shown, and the exit code is bad input's (it was 1)
+    res = llmops("resume", runs["bad"].name, "--runs-dir", str(runs["bad"].parent), env={"COLUMNS": "300"})
+    assert res.returncode == 2, res.stdout + res.stderr
+    assert "error: align.data: 7 of 168 lines" in res.stdout and "Fix: read " in res.stdout, res.stdout

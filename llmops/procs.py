@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import ctypes
 import os
 import stat
+import sys
 
 import psutil
 
@@ -29,6 +31,24 @@ def warm_start(spec) -> bool:
     """Whether a node's launcher forks its workers from a warm forkserver (llmops_model.warm): CPU runs, unless
     LLMOPS_WARM_START=0."""
     return bool(spec.resources.cpu) and os.environ.get("LLMOPS_WARM_START", "1") != "0"
+
+
+def die_with_parent(sig: int) -> None:
+    """Have the kernel send `sig` to this process when the process that started it ends (Linux's
+    PR_SET_PDEATHSIG; elsewhere nothing), so that no part of a job outlives the part that manages it: a launcher
+    whose supervisor was killed checkpoints and stops (SIGTERM, its preemption notice), a worker whose launcher
+    was killed stops at once (SIGKILL) instead of training on beside the restart. The process must be started
+    from its parent's main thread (the kernel means the thread): the supervisor, torchrun's agent and the
+    forkserver all start theirs so."""
+    if not sys.platform.startswith("linux"):
+        return
+    parent = os.getppid()
+    try:
+        ok = ctypes.CDLL(None, use_errno=True).prctl(1, sig, 0, 0, 0) == 0  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if ok and os.getppid() != parent:  # the parent ended before the request: nothing would ever send it
+        os.kill(os.getpid(), sig)
 
 
 def children(pid: int) -> list[int]:

@@ -23,7 +23,7 @@ from llmops import secrets
 from llmops.backends.base import Backend, Request
 from llmops.backends.registry import get_backend
 from llmops.errors import SpecError, UserError
-from llmops.runs.rundir import PENDING, SUCCEEDED, TERMINAL, RunDir, Status, new_run_path
+from llmops.runs.rundir import PENDING, RENDERED, SUCCEEDED, TERMINAL, RunDir, Status, new_run_path
 from llmops.spec.run import RunSpec
 
 
@@ -79,7 +79,11 @@ def submit(request: Request) -> RunDir:
     if request.run_path.exists():
         raise UserError(f"{request.run_path} exists already", "submit again: a new run gets a new directory")
     request.secrets = secrets.read(request.spec)  # before anything is written: a missing one is exit 2
-    run = RunDir.create(request.spec, request.run_path)
+    try:
+        run = RunDir.create(request.spec, request.run_path)
+    except OSError as exc:  # the runs folder is a file, or not writable
+        raise UserError(f"cannot make the run folder {request.run_path} ({exc.strerror or exc})",
+                        "give --runs-dir (or LLMOPS_RUNS_DIR) a folder you can write in") from None
     try:
         get_backend(request.backend).submit(request, run)
     except UserError:  # refused before anything started: the folder is ours, just created, and empty of work
@@ -88,8 +92,6 @@ def submit(request: Request) -> RunDir:
     return run
 
 
-RENDERED = ".llmops-render"
-"""Left in a rendered folder: the run id and the files written, which a later render there replaces."""
 
 
 def render(request: Request) -> list[Path]:
@@ -180,7 +182,13 @@ def cancel(run: RunDir, *, force: bool = False, wait: float = 120.0) -> Status:
 
 def resume(run: RunDir) -> RunDir:
     """Start a stopped run again from the spec it was submitted with; it continues from its latest complete
-    checkpoint. A resume the backend refuses leaves the run's record as it was."""
+    checkpoint. A resume the backend refuses leaves the run's record as it was. Two at once: one starts the
+    run, the other finds it PENDING."""
+    with run.locked():
+        return _resume(run)
+
+
+def _resume(run: RunDir) -> RunDir:
     spec = run.read_spec()
     backend = get_backend(spec.backend)
     backend.refresh(run)

@@ -10,10 +10,12 @@ preemption notice (requeue me), 2 bad input, 1 failed.
 from __future__ import annotations
 
 import os
+import signal
 import sys
 import traceback
 from pathlib import Path
 
+from llmops import procs
 from llmops.errors import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK, UserError
 from llmops.runs.rundir import RunDir
 
@@ -52,6 +54,9 @@ def main(argv: list[str] | None = None) -> int:
     if len(argv) != 1:
         print("usage: python -m llmops_model.entrypoint RUN_DIR", file=sys.stderr)
         return EXIT_BAD_INPUT
+    # A launcher that ends leaves no worker behind: killed (its torchrun agent, or the forkserver it forks from),
+    # its workers would train on beside the attempt that replaces it, writing the same checkpoints.
+    procs.die_with_parent(signal.SIGKILL)
     run = RunDir(Path(argv[0]))
     try:
         spec = run.read_spec()

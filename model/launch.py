@@ -213,6 +213,9 @@ def run_agent(torchrun_argv: list[str], worker: list[str], *, run_dir: str | Non
     os.environ[heartbeat.ENV] = str(beats)
     for sig in _NOTICES:  # after the folder: a notice is kept there for workers not started yet
         signal.signal(sig, _forward_to_workers)
+    # A supervisor (or srun's step) that ends takes the job with it: its preemption notice, so the workers
+    # checkpoint and stop rather than train on unmanaged beside a resumed run.
+    procs.die_with_parent(signal.SIGTERM)
     spec = _spec(run_dir)
     warm_start = spec is not None and procs.warm_start(spec)  # workers forked from llmops_model.warm
     if warm_start:

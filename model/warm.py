@@ -26,6 +26,8 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from llmops import procs
+
 if TYPE_CHECKING:
     import psutil
 
@@ -50,6 +52,10 @@ def _preload() -> None:
     os.environ[STARTED_ENV] = str(psutil.Process().create_time())
     for sig in _SHIELDED:
         signal.signal(sig, signal.SIG_IGN)
+    # Ends with the launcher that started it, and its workers with it (each dies with its parent,
+    # llmops_model.entrypoint): multiprocessing's own end of a forkserver, at the launcher's pipe closing,
+    # never came, as every worker holds that pipe open too.
+    procs.die_with_parent(signal.SIGKILL)
     spec = RunDir(Path(os.environ[ENV])).read_spec()
     entrypoint.prepare(spec)
     from llmops_model.hf import samples

@@ -16,6 +16,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import math
 import os
@@ -203,6 +205,14 @@ class RunDir:
                 rows[row["step"]] = row
         return [rows[s] for s in sorted(rows)]
 
+    @contextlib.contextmanager
+    def locked(self) -> Iterator[None]:
+        """Hold the run's lock (a file lock on llmops.lock in the folder): what is checked and changed under it
+        is one step for every llmops process on this machine, so two resumes at once cannot both start it."""
+        with open(self.path / "llmops.lock", "a") as f:
+            fcntl.flock(f, fcntl.LOCK_EX)
+            yield
+
     @property
     def cancel_marker(self) -> Path:
         return self.path / "cancel-requested"
@@ -221,16 +231,24 @@ def new_run_path(name: str, root: Path) -> Path:
 _RUN_ID = re.compile(r"(?P<name>.+)-(?P<stamp>\d{8}-\d{6})(?:-(?P<n>\d+))?")  # see new_run_path
 
 
+RENDERED = ".llmops-render"
+"""Left in a folder `llmops render` wrote: the run id and the files written, which a later render there replaces."""
+
+
 def resolve_run(ref: str, root: Path) -> RunDir:
     """A run from a path, an exact id under root, or an exact name (the newest run of exactly that name).
 
     Never a prefix: with runs `tiny-cpu-...` and `tiny-cpu-synthetic-...`, `tiny-cpu` is the former only.
+    A folder `llmops render` wrote has a spec but is no run (nothing was submitted): UserError.
     """
-    as_path = Path(ref)
-    if (as_path / "spec.yaml").is_file():
-        return RunDir(as_path)
-    if (root / ref / "spec.yaml").is_file():
-        return RunDir(root / ref)
+    for folder in (Path(ref), root / ref):
+        if (folder / "spec.yaml").is_file():
+            if (folder / RENDERED).is_file() and not (folder / "status.json").exists():
+                raise UserError(f"{folder} is a folder `llmops render` wrote, not a run: nothing of it was "
+                                "submitted, so it has no status, logs or processes",
+                                f"submit its scripts yourself, or start the run with `llmops submit "
+                                f"{folder / 'spec.yaml'}`")
+            return RunDir(folder)
     runs = [p for p in root.iterdir() if (p / "spec.yaml").is_file()] if root.is_dir() else []
     named = [(m["stamp"], int(m["n"] or 1), p) for p in runs if (m := _RUN_ID.fullmatch(p.name)) and m["name"] == ref]
     if named:

@@ -96,10 +96,25 @@ class LocalBackend(Backend):
                           stage=first_pending(run, request.spec))
 
     def refresh(self, run: RunDir) -> None:
+        """A run whose supervisor is gone has ended, once nothing of its job runs any more: a launcher that
+        outlives its supervisor is checkpointing and stopping (llmops.procs.die_with_parent), and until it has,
+        the run is not stopped (a resume then would start a second trainer beside it)."""
         status = run.read_status()
-        if status.state not in TERMINAL and status.supervisor_pid and not _supervisor_alive(run, status):
-            run.update_status(state="FAILED", message="the supervisor process is gone (killed, or the machine "
-                              "restarted); resume the run with `llmops resume`", ended_at=time.time())
+        if status.state in TERMINAL or not status.supervisor_pid or _supervisor_alive(run, status):
+            return
+        if is_ours(status.job_pgid, started_at=status.job_started, token=run.id):
+            if not status.message.startswith(_UNSUPERVISED):
+                run.update_status(message=f"{_UNSUPERVISED} (launcher pid {status.job_pgid}): it is stopping at a "
+                                  f"checkpoint; `llmops cancel {run.id}` stops it, `--force` at once")
+            return
+        cancelled = run.cancel_marker.exists()
+        state = "CANCELLED" if cancelled else "FAILED"
+        message = ("cancelled by the user after its supervisor process was gone" if cancelled else
+                   "the supervisor process is gone (killed, or the machine restarted; its log: logs/supervisor.log); "
+                   "resume the run with `llmops resume`")
+        if status.stage and status.stages.get(status.stage, {}).get("state") not in TERMINAL:
+            run.update_stage(status.stage, state=state, message=message, ended_at=time.time())
+        run.update_status(state=state, message=message, ended_at=time.time(), job_pgid=None)
 
     def logs(self, run: RunDir, *, follow: bool, stage: str = "pretrain", first_restart: int = 0) -> Iterator[str]:
         yield from follow_logs(run, stage=stage, follow=follow, is_done=lambda: self._done(run, stage),
@@ -111,8 +126,19 @@ class LocalBackend(Backend):
         return run.read_status().ended(stage)
 
     def cancel(self, run: RunDir, *, force: bool = False) -> None:
-        """Signal the run's processes, each checked to still be the run's own (pid, start time, run id)."""
-        if run.read_status().state in TERMINAL:
+        """Signal the run's processes, each checked to still be the run's own (pid, start time, run id). A
+        cancel while one is under way adds nothing (its signal could reach the launcher as it shuts down, and a
+        checkpointed stop would read as a kill); `force` still kills."""
+        try:
+            state = run.read_status().state
+        except UserError as exc:  # damaged: its pids are unknown, but the run's processes name its folder
+            if not force:
+                raise UserError(exc.message, f"`llmops cancel --force {run.id}` kills the processes that run it "
+                                "(those whose command line names the run folder)") from None
+            killed = _kill_by_folder(run)
+            raise UserError(f"{exc.message}; killed the {len(killed)} process(es) that named the run folder",
+                            exc.fix) from None
+        if state in TERMINAL or (run.cancel_marker.exists() and not force):
             return
         # The marker before the launcher's pid is read: a supervisor that launches in between finds the marker
         # once it has recorded the launcher (Supervisor.launch) and passes the cancel on itself.
@@ -122,6 +148,37 @@ class LocalBackend(Backend):
             signal_job(status.job_pgid, signal.SIGKILL if force else signal.SIGTERM, stage=status.stage)
         if force and _supervisor_alive(run, status):
             os.kill(status.supervisor_pid, signal.SIGTERM)
+
+
+_UNSUPERVISED = "the supervisor process is gone, but its job still runs"
+
+
+def _kill_by_folder(run: RunDir) -> list[int]:
+    """SIGKILL this user's processes of the run: the supervisor, the launcher, the workers and data preparation,
+    each recognised by its module and the run folder in its command line (the folder's path, with the run's id
+    and time stamp, names no other run); never another program that names the folder (`llmops logs -f`, an
+    editor). Their pids."""
+    import psutil
+
+    folder, found = str(run.path.resolve()), []
+    supervisor = f" llmops.backends.local.supervisor {folder} "
+    marks = (supervisor, f" llmops_model.entrypoint {folder} ", f" prepare --resolved {folder}/spec.yaml ")
+    for p in psutil.process_iter(["cmdline", "uids"]):
+        try:
+            line = f" {' '.join(p.info['cmdline'] or [])} "
+            launcher = " llmops_model.launch " in line and line.endswith(f" {folder} ")
+            if p.info["uids"].real == os.getuid() and (launcher or any(mark in line for mark in marks)):
+                found.append((supervisor not in line, p))  # the supervisor first: it would start a new attempt
+        except psutil.Error:
+            continue
+    killed = []
+    for _, p in sorted(found, key=lambda f: f[0]):
+        try:
+            p.kill()
+            killed.append(p.pid)
+        except psutil.Error:
+            continue
+    return killed
 
 
 def _supervisor_alive(run: RunDir, status) -> bool:

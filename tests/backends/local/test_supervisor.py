@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
+import sys
+import time
 
 import psutil
 
@@ -43,7 +46,8 @@ def test_cancel_never_signals_a_process_that_is_not_the_runs(tmp_path):
         res = llmops("cancel", "--force", str(run.path))
         assert res.returncode == 0, res.stderr
         assert stranger.poll() is None, "cancel killed a process that was not the run's"
-        assert run.read_status().state == "FAILED" and "supervisor process is gone" in run.read_status().message
+        final = run.read_status()  # cancelled, and what it found said
+        assert final.state == "CANCELLED" and "after its supervisor process was gone" in final.message, final
     finally:
         stranger.kill()
 
@@ -134,3 +138,108 @@ def test_a_supervisor_that_fails_stops_the_job_it_started(tmp_path, monkeypatch)
     assert not launcher.is_running() or launcher.status() == psutil.STATUS_ZOMBIE
     st = run.read_status()
     assert st.state == "FAILED" and "supervisor error" in st.message and st.job_pgid is None, st
+
+
+def _alive(procs: list[psutil.Process]) -> list[psutil.Process]:
+    return [p for p in procs if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+
+
+def test_no_part_of_a_job_outlives_the_part_that_manages_it_and_one_resume_wins(tmp_path):
+    """Found by trying the lifecycle by hand: a launcher killed left its worker training beside the restart
+    (both writing the same checkpoints, the orphan then hanging for good); a supervisor killed left the job
+    training unmanaged while `status` said FAILED and `cancel` did nothing, so the advised resume started a
+    second trainer; two resumes at once both started the run; a second cancel during the first turned a
+    checkpointed stop into "exit code -15"."""
+    from llmops.procs import descendants
+    from llmops_model.warm import find_workers
+
+    runs = tmp_path / "runs"
+    spec = tiny_spec("orphans", steps=4000, checkpoint={"interval": 5}, restarts={"max_restarts": 2})
+    spec["train"]["log_interval"] = 1
+    run_dir = start(write_spec(tmp_path / "orphans.yaml", spec), runs)
+    wait_step(run_dir, 3)
+    old = list(find_workers(run_dir).values())
+    assert old
+    os.kill(status(run_dir)["job_pgid"], signal.SIGKILL)  # the launcher alone
+    gone, alive = psutil.wait_procs(old, timeout=20)
+    assert not alive, f"workers outlived their launcher: {alive}"
+
+    st = wait_state(run_dir, {"RUNNING"})  # the supervisor restarts the stage
+    deadline = time.time() + 120
+    while st.get("stages", {}).get("pretrain", {}).get("restarts", 0) < 1 or not find_workers(run_dir):
+        assert time.time() < deadline, st
+        time.sleep(0.3)
+        st = status(run_dir)
+    wait_step(run_dir, 8)
+    st = status(run_dir)
+    job = [psutil.Process(st["job_pgid"]), *map(psutil.Process, descendants(st["job_pgid"]))]
+    os.kill(st["supervisor_pid"], signal.SIGKILL)
+    gone, alive = psutil.wait_procs(job, timeout=60)  # told by the kernel, it checkpoints and stops
+    assert not alive, f"the job outlived its supervisor: {alive}"
+    res = llmops("status", run_dir.name, "--json", "--runs-dir", str(runs))
+    (final,) = json.loads(res.stdout)
+    assert final["state"] == "FAILED" and "supervisor process is gone" in final["message"], final
+    assert final["stages"]["pretrain"]["state"] == "FAILED"  # not RUNNING beside a FAILED run
+    assert "preemption" in (run_dir / "logs" / "pretrain.restart-1.log").read_text().lower()
+
+    both = [subprocess.Popen([sys.executable, "-m", "llmops", "resume", run_dir.name, "--detach", "--runs-dir",
+                              str(runs)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            for _ in range(2)]
+    codes = sorted(p.wait(timeout=120) for p in both)
+    said = [p.stderr.read() for p in both]
+    assert codes == [0, 2], said
+    assert any("not stopped" in s for s in said), said
+    wait_step(run_dir, 12)
+    supervisors = [p for p in psutil.process_iter(["cmdline"])
+                   if "llmops.backends.local.supervisor" in " ".join(p.info["cmdline"] or [])
+                   and str(run_dir) in " ".join(p.info["cmdline"] or [])]
+    assert len(supervisors) == 1, supervisors
+
+    first = subprocess.Popen([sys.executable, "-m", "llmops", "cancel", run_dir.name, "--runs-dir", str(runs)],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(0.6)
+    second = llmops("cancel", run_dir.name, "--runs-dir", str(runs))
+    assert first.wait(timeout=150) == 0 and second.returncode == 0, (first.stderr.read(), second.stderr)
+    final = wait_state(run_dir, {"CANCELLED"})
+    assert "checkpointed" in final["message"], final
+
+
+def test_checkpoints_of_another_model_are_bad_input_not_a_crash_to_retry(tmp_path):
+    """A checkpoint folder handed over to a run of another shape failed in Megatron's load with a shape
+    mismatch, was retried up to restarts.max_restarts, and ended in exit 1 and `next: llmops resume`."""
+    runs, ckpts = tmp_path / "runs", tmp_path / "ckpts"
+    first = start(write_spec(tmp_path / "a.yaml", tiny_spec("first", steps=2, checkpoint={"dir": str(ckpts)})), runs)
+    wait_state(first, {"SUCCEEDED"})
+    (ckpts / "llmops-owner.json").unlink()  # handed over, as docs/runs-and-checkpoints.md says
+    wider = tiny_spec("wider", steps=4, checkpoint={"dir": str(ckpts)}, restarts={"max_restarts": 2},
+                      model={"preset": "tiny", "hidden_size": 128, "ffn_hidden_size": 512})
+    res = llmops("run", str(write_spec(tmp_path / "b.yaml", wider)), "--runs-dir", str(runs), env={"COLUMNS": "300"})
+    assert res.returncode == 2, res.stdout + res.stderr
+    assert "is of another model than this run's (hidden_size: 64 there, 128 here" in res.stdout, res.stdout
+    (run,) = [p for p in runs.iterdir() if p.name.startswith("wider-")]
+    assert status(run)["stages"]["pretrain"].get("restarts", 0) == 0  # not retried
+
+
+def test_a_run_whose_status_is_damaged_can_still_be_killed_and_nothing_else_is(tmp_path):
+    """A damaged status.json (pids unknown) made a running run impossible to cancel: the trainer went on."""
+    from llmops_model.warm import find_workers
+
+    runs = tmp_path / "runs"
+    run_dir = start(write_spec(tmp_path / "s.yaml", tiny_spec("damaged", steps=4000)), runs)
+    wait_step(run_dir, 2)
+    workers = list(find_workers(run_dir).values())
+    bystander = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)", str(run_dir.resolve())])
+    try:
+        (run_dir / "status.json").write_text('{"state": "RUN')
+        res = llmops("cancel", run_dir.name, "--runs-dir", str(runs))
+        assert res.returncode == 2 and "cancel --force" in res.stderr, res.stderr
+        res = llmops("cancel", "--force", run_dir.name, "--runs-dir", str(runs))
+        assert res.returncode == 2 and "killed the" in res.stderr, res.stderr
+        gone, alive = psutil.wait_procs(workers, timeout=30)
+        assert not alive
+        left = [p for p in psutil.process_iter(["cmdline"]) if str(run_dir.resolve()) in " ".join(
+            p.info["cmdline"] or []) and p.pid != bystander.pid]
+        assert not left, left
+        assert bystander.poll() is None  # it names the folder, but it is no process of the run
+    finally:
+        bystander.kill()

@@ -15,7 +15,6 @@ Everything here is collective: every rank runs :func:`align`.
 
 from __future__ import annotations
 
-import math
 import re
 import time
 from dataclasses import dataclass
@@ -39,9 +38,6 @@ from llmops_model.preemption import PreemptionFlag
 from llmops_model.train import checkpoint, data, loop
 
 # Model fields a starting checkpoint must share with the spec (seq_length only with learned positions).
-_SHAPE = ("num_layers", "hidden_size", "num_attention_heads", "num_query_groups", "ffn_hidden_size",
-          "normalization", "position_embedding", "activation", "tie_embeddings", "norm_epsilon", "rope_base",
-          "rope_scaling_factor", "qkv_bias")
 
 
 def stage_spec(spec: RunSpec, stage: str, *, run_dir: Path) -> RunSpec:
@@ -115,20 +111,11 @@ def start_checkpoint(spec: RunSpec, *, run_dir: Path) -> Path:
     if reason is not None:
         raise UserError(f"align.start_from = {str(root)!r}: {reason}",
                         "pre-train first, or point align.start_from at a complete checkpoint (or its root)")
-    saved = checkpoint.read_manifest(path).get("model", {})
-    keys = _SHAPE + (("seq_length",) if spec.model.position_embedding == "learned_absolute" else ())
-    ours = spec.model.model_dump()
-    differ = [f"{k}: {saved.get(k)} there, {ours[k]} here" for k in keys if k in saved and saved[k] != ours[k]]
-    if "vocab_size" in saved and _padded(saved["vocab_size"]) != spec.model.padded_vocab_size:
-        differ.append(f"vocab_size: {saved['vocab_size']} there, {spec.model.vocab_size} here")
+    differ = checkpoint.model_differences(path, spec.model)
     if differ:
         raise UserError(f"the starting checkpoint {path} is a different model ({'; '.join(differ)})",
                         "give model: the shape the checkpoint was pre-trained with")
     return path
-
-
-def _padded(vocab: int) -> int:
-    return int(math.ceil(vocab / 128) * 128)
 
 
 def start_key(path: Path) -> str:

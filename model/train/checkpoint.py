@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 import os
 import shutil
 import sys
@@ -353,6 +354,26 @@ def _reason(exc: BaseException) -> str:
 
 EXTRA_STATE = "_extra_state"
 """Transformer Engine's per-module state (FP8 scaling factors and amax history) in a state dict's keys."""
+
+
+# The model settings that decide its tensors and what they compute: a checkpoint saved with another value of any is
+# another model (seq_length too, where positions are learned).
+SHAPE = ("num_layers", "hidden_size", "num_attention_heads", "num_query_groups", "ffn_hidden_size", "normalization",
+         "position_embedding", "activation", "tie_embeddings", "norm_epsilon", "rope_base", "rope_scaling_factor",
+         "qkv_bias")
+
+
+def model_differences(path: Path, model) -> list[str]:
+    """How the model a checkpoint's manifest records differs from `model` (the spec's model:), one "key: there,
+    here" each; [] where it is the same model (or the manifest records none)."""
+    saved = read_manifest(path).get("model", {})
+    keys = SHAPE + (("seq_length",) if model.position_embedding == "learned_absolute" else ())
+    ours = model.model_dump()
+    differ = [f"{k}: {saved.get(k)} there, {ours[k]} here" for k in keys if k in saved and saved[k] != ours[k]]
+    if isinstance(saved.get("vocab_size"), int) and math.ceil(saved["vocab_size"] / 128) * 128 != \
+            model.padded_vocab_size:
+        differ.append(f"vocab_size: {saved['vocab_size']} there, {model.vocab_size} here")
+    return differ
 
 
 def load(path: Path, *, sharded_state: dict[str, Any]) -> dict[str, Any]:

@@ -291,6 +291,11 @@ def resume(t: Trainer, *, logger: StepLogger) -> int:
         logger.info(f"skipping checkpoint {path.name}: {reason}")
     if found.path is None:
         return 0
+    differ = checkpoint.model_differences(found.path, t.spec.model)
+    if differ:  # Megatron would fail on the first tensor of another shape, and every restart again
+        raise UserError(f"the checkpoint {found.path} is of another model than this run's ({'; '.join(differ)})",
+                        "give model: the shape the checkpoints were saved with, or a checkpoint folder of its own "
+                        "(checkpoint.dir) to start afresh")
     _materialise_optimizer_state(t.optimizer)
     mcore.apply()
     state = t.sharded_state(loading=True)

@@ -370,11 +370,12 @@ def test_a_damaged_run_folder_is_named_and_hides_no_other_run(tmp_path):
     assert listed.returncode == 0 and "exp[old]" in listed.stdout, listed.stdout + listed.stderr
 
 
-def test_bytes_that_are_not_utf8_in_a_run_file_are_a_damaged_row_or_a_damaged_status(run):
+def test_bytes_that_are_not_utf8_in_a_run_file_are_a_damaged_row_or_a_damaged_status(tmp_path):
     """A metrics row or a status.json with a byte that is not UTF-8 (a disk fault, a hand edit) ended `status`
     and `report` in a UnicodeDecodeError."""
     from llmops.errors import UserError
 
+    run = make_run(tmp_path)
     pre = run.stage_dir("pretrain")
     with (pre / "metrics.jsonl").open("ab") as f:
         f.write(b'{"step": 61, "loss": "\xff", "time": 1800000999.0}\n')

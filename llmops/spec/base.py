@@ -13,8 +13,9 @@ import os
 import types
 import typing
 from collections.abc import Sequence
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError, ValidationInfo, field_validator
 
 from llmops.errors import Problem
 
@@ -25,6 +26,27 @@ class SpecModel(BaseModel):
 
     model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True, validate_assignment=True,
                               allow_inf_nan=False)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_flag_for_a_number(cls, value: Any, info: ValidationInfo) -> Any:
+        """pydantic reads `true` as 1 for a number (`steps: true` trained one step): a flag where a number is
+        meant is a slip. (Text stays accepted: YAML 1.1 reads `lr: 3e-4` as the text '3e-4'.)"""
+        if isinstance(value, bool) and info.field_name in cls.model_fields:
+            kinds = _kinds(cls.model_fields[info.field_name].annotation)
+            if bool not in kinds and kinds & {int, float}:
+                raise ValueError("is true/false where a number is meant")
+        return value
+
+
+def _kinds(annotation: Any) -> set[type]:
+    """The plain types a field's annotation accepts (through Optional, unions, Annotated and Literal values)."""
+    origin = typing.get_origin(annotation)
+    if origin is typing.Literal:
+        return {type(a) for a in typing.get_args(annotation)}
+    if origin in (typing.Union, types.UnionType, typing.Annotated):
+        return set().union(*(_kinds(a) for a in typing.get_args(annotation)))
+    return {annotation} if isinstance(annotation, type) else {object}
 
 
 def absolute_path(path: str) -> str:

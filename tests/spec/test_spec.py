@@ -319,6 +319,15 @@ def test_yaml_that_reads_as_something_else_than_it_says_is_refused(tmp_path, con
     assert load_spec(path).train.steps == 10
 
 
+def test_a_flag_where_a_number_is_meant_is_refused():
+    """`steps: true` trained one step (pydantic reads true as 1); text that YAML 1.1 leaves unread as a number,
+    `lr: 3e-4`, is still the number."""
+    with pytest.raises(SpecError) as info:
+        parse_spec(tiny_spec("flag", train={"steps": True}))
+    assert "train.steps = True: is true/false where a number is meant" in info.value.render()
+    assert parse_spec(tiny_spec("text", train={"lr": "3e-4"})).train.lr == 3e-4
+
+
 def test_a_spec_path_that_is_not_a_regular_file_is_refused(tmp_path):
     fifo = tmp_path / "spec.yaml"
     os.mkfifo(fifo)  # reading it would wait forever

@@ -23,6 +23,8 @@ from llmops.runs.models import Checkpoint, HFFolder
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "spiece.model", "vocab.txt")
 # The index of a transformer layer in a tensor's name: Llama-style `model.layers.3.`, GPT-2 `transformer.h.3.`
 _LAYER = re.compile(r"(?:^|\.)(?:layers|h|blocks)\.(\d+)\.")
+# The token embedding: Llama-style `model.embed_tokens.weight`, GPT-2 `transformer.wte.weight`
+_EMBEDDING = re.compile(r"(?:^|\.)(?:embed_tokens|wte|word_embeddings)\.weight$")
 _FIX = "pass a folder that `llmops export` or transformers' save_pretrained wrote"
 
 
@@ -36,11 +38,18 @@ def check(folder: Path, *, tokenizer: bool = True) -> None:
                             "llmops never runs a model folder's own code",
                             "use a model whose architecture transformers itself provides (a model_type such as "
                             "llama, qwen2 or gpt2), or one that `llmops export` wrote")
+    names = _tensor_names(folder)
     layers = config.get("num_hidden_layers", config.get("n_layer"))
-    stored = _stored_layers(folder)
+    stored = len({int(m.group(1)) for name in names if (m := _LAYER.search(name))}) or None
     if isinstance(layers, int) and stored and layers != stored:
         raise UserError(f"{folder}/config.json says {layers} layers, but its weights hold {stored}",
                         "use the config.json that was saved with these weights")
+    shape = _embedding_shape(folder, names)
+    for key, size, dim in (("vocab_size", config.get("vocab_size"), 0),
+                           ("hidden_size", config.get("hidden_size", config.get("n_embd")), 1)):
+        if shape and isinstance(size, int) and size != shape[dim]:
+            raise UserError(f"{folder}/config.json says {key} {size}, but its token embedding is "
+                            f"{shape[0]} x {shape[1]}", "use the config.json that was saved with these weights")
     if tokenizer and not any((folder / name).is_file() for name in TOKENIZER_FILES):
         raise UserError(f"{folder} holds no tokenizer ({', '.join(TOKENIZER_FILES)}), so no text can go in: "
                         "a run trained on synthetic tokens exports the model alone",
@@ -57,12 +66,26 @@ def _json_object(path: Path) -> dict[str, Any]:
     return data
 
 
-def _stored_layers(folder: Path) -> int | None:
-    """How many layers the weights hold, from the tensors' names (None: weights in pickle files, or names
-    without a layer index)."""
-    names = _tensor_names(folder)
-    found = {int(m.group(1)) for name in names if (m := _LAYER.search(name))}
-    return len(found) or None
+def _embedding_shape(folder: Path, names: list[str]) -> tuple[int, ...] | None:
+    """The token embedding's shape (vocabulary x hidden) from its safetensors header, or None where the weights
+    name none (or are pickle files)."""
+    from safetensors import SafetensorError, safe_open
+
+    name = next((n for n in names if _EMBEDDING.search(n)), None)
+    if name is None:
+        return None
+    index = folder / "model.safetensors.index.json"
+    files = [folder / Path(str(_json_object(index)["weight_map"][name])).name] if index.is_file() else \
+        sorted(folder.glob("*.safetensors"))  # a file of the folder's own, whatever the index says
+    for path in files:
+        try:
+            with safe_open(path, "pt") as f:
+                if name in f.keys():
+                    shape = tuple(f.get_slice(name).get_shape())
+                    return shape if len(shape) == 2 else None
+        except (OSError, SafetensorError) as exc:
+            raise UserError(f"{path} cannot be read as safetensors ({exc})", _FIX) from None
+    return None
 
 
 def _tensor_names(folder: Path) -> list[str]:

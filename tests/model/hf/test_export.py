@@ -321,6 +321,7 @@ def test_a_hostile_or_broken_model_folder_is_refused_before_anything_of_it_runs(
         "tokenizer_config.json asks to run Python code": edit_json("tokenizer_config.json",
                                                                    auto_map={"AutoTokenizer": ["t.T", None]}),
         "config.json says 20000 layers, but its weights hold 4": edit_json("config.json", num_hidden_layers=20000),
+        "config.json says vocab_size 4096, but its token embedding is": edit_json("config.json", vocab_size=4096),
         "its weights do not fit its config.json: 1 tensor(s) missing": missing_tensor,
         "is not a JSON object (it holds a list)": lambda f: (f / "config.json").write_text("[1, 2]"),
         "cannot be loaded as a transformers model": edit_json("config.json", num_attention_heads=0),

@@ -160,15 +160,18 @@ def _kill_by_folder(run: RunDir) -> list[int]:
     editor). Their pids."""
     import psutil
 
-    folder, found = str(run.path.resolve()), []
-    supervisor = f" llmops.backends.local.supervisor {folder} "
-    marks = (supervisor, f" llmops_model.entrypoint {folder} ", f" prepare --resolved {folder}/spec.yaml ")
+    found = []
+    folders = {str(run.path.absolute()), str(run.path.resolve())}  # as the supervisor and the launcher name it
+    supervisors = [f" llmops.backends.local.supervisor {f} " for f in folders]
+    marks = [*supervisors, *(f" llmops_model.entrypoint {f} " for f in folders),
+             *(f" prepare --resolved {f}/spec.yaml " for f in folders)]
     for p in psutil.process_iter(["cmdline", "uids"]):
         try:
             line = f" {' '.join(p.info['cmdline'] or [])} "
-            launcher = " llmops_model.launch " in line and line.endswith(f" {folder} ")
+            launcher = " llmops_model.launch " in line and any(line.endswith(f" {f} ") for f in folders)
             if p.info["uids"].real == os.getuid() and (launcher or any(mark in line for mark in marks)):
-                found.append((supervisor not in line, p))  # the supervisor first: it would start a new attempt
+                # the supervisor first: it would start a new attempt
+                found.append((not any(m in line for m in supervisors), p))
         except psutil.Error:
             continue
     killed = []

@@ -173,8 +173,11 @@ def cancel(run: RunDir, *, force: bool = False, wait: float = 120.0) -> Status:
     backend.cancel(run, force=force)
     deadline = time.time() + wait
     while True:
-        backend.refresh(run)
-        st = run.read_status()
+        try:
+            backend.refresh(run)
+            st = run.read_status()
+        except UserError as exc:  # a damaged run folder: the cancel went out, its outcome cannot be read
+            raise UserError(f"the cancel was sent, but {exc.message[0].lower()}{exc.message[1:]}", exc.fix) from None
         if st.state in TERMINAL or time.time() >= deadline:
             return st
         time.sleep(0.5)
@@ -195,8 +198,8 @@ def _resume(run: RunDir) -> RunDir:
     before = run.read_status()
     if before.state == SUCCEEDED:
         raise UserError(f"run {run.id} has finished (SUCCEEDED): there is nothing to resume",
-                        f"look at it with `llmops report {run.id}`, or start a new run of its spec: "
-                        f"`llmops run {run.spec_path}`")
+                        f"look at it with `llmops report {run.id}`, or start a new run of its spec: `llmops "
+                        f"{'run' if spec.backend == 'local' else 'submit'} {run.spec_path}`")
     if before.state not in TERMINAL:
         raise UserError(f"run {run.id} is {before.state}, not stopped",
                         f"follow it with `llmops logs {run.id} -f`, or cancel it first")

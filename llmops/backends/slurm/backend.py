@@ -39,7 +39,7 @@ from llmops.backends.slurm.status import combine, fanout_stage, parse_events, re
 from llmops.backends.slurm.transport import LocalTransport, SshTransport
 from llmops.errors import Problem, SpecError, UserError
 from llmops.runs.logs import follow_logs
-from llmops.runs.rundir import PENDING, TERMINAL, RunDir
+from llmops.runs.rundir import PENDING, TERMINAL, RunDir, number
 from llmops.spec.run import RunSpec
 
 JOBS_FILE = "slurm/jobs.json"
@@ -108,6 +108,7 @@ class SlurmBackend(Backend):
     def submit(self, request: SlurmRequest, run: RunDir) -> None:
         slurm = request.slurm
         transport = transport_for(slurm)
+        run.logs.mkdir(exist_ok=True)  # a resume of a run whose logs/ was removed: the scripts write there
         for name, text in request.files().items():
             (run.path / name).parent.mkdir(parents=True, exist_ok=True)
             (run.path / name).write_text(text)
@@ -197,15 +198,23 @@ class SlurmBackend(Backend):
             yield from follow_logs(run, stage=stage, follow=follow, is_done=is_done, first_restart=first_restart)
 
     def cancel(self, run: RunDir, *, force: bool = False) -> None:
-        record = _jobs_record(run)
-        if record is None or run.read_status().state in TERMINAL:
-            return
+        """Cancel the run's jobs, found in jobs.json, or where that is gone or damaged, in status.json; a run
+        whose status.json is damaged is cancelled too (its jobs would run on)."""
+        found = _job_ids(run)
+        if found is None:
+            raise UserError(f"neither {run.path / JOBS_FILE} nor {run.path / 'status.json'} can be read, so the "
+                            "run's Slurm jobs are unknown", f"find them with `squeue --me` (their names start "
+                            f"with {run.read_spec().name}) and scancel them")
+        batch, arrays = found
+        try:
+            if not batch + arrays or run.read_status().state in TERMINAL:
+                return
+        except UserError:
+            pass  # damaged status: cancel what jobs.json names
         spec = run.read_spec()
         transport = transport_for(spec.slurm or SlurmSpec())
         run.cancel_marker.touch()
         transport.run(["touch", f"{transport.cluster_path(run.path)}/cancel-requested"])
-        batch = [i for s, ids in record["stages"].items() if s not in FANOUT_STAGES for i in ids]
-        arrays = [i for s, ids in record["stages"].items() if s in FANOUT_STAGES for i in ids]
         if force:
             if batch:
                 transport.run(["scancel", "--signal=KILL", "--full", *batch])
@@ -231,10 +240,45 @@ def _profile(spec: RunSpec) -> tuple[SlurmProfile | None, dict[str, str], str]:
 
 
 def _jobs_record(run: RunDir) -> dict | None:
+    """slurm/jobs.json, the job ids of each stage; None where the run was never submitted. UserError when it is
+    damaged, or gone from a run that was submitted (status.json names its jobs): its status cannot be told."""
+    path = run.path / JOBS_FILE
     try:
-        return json.loads((run.path / JOBS_FILE).read_text())
-    except (OSError, ValueError):
+        data = json.loads(path.read_bytes())
+    except FileNotFoundError:
+        status = run.read_status()
+        if status.job_id and status.state not in TERMINAL:
+            raise UserError(f"{path} is gone, so the state of the run's Slurm job(s) {status.job_id} cannot be told",
+                            f"`llmops cancel {run.id}` still reaches them (status.json names them); restore the "
+                            "file from where the run folder was copied to follow the run") from None
         return None
+    except (OSError, ValueError) as exc:
+        data = exc
+    stages = data.get("stages") if isinstance(data, dict) else None
+    if not (isinstance(stages, dict) and all(isinstance(ids, list) and all(isinstance(i, str) for i in ids)
+                                             for ids in stages.values())
+            and number(data.get("submitted_at"))):
+        raise UserError(f"{path} is damaged (llmops writes it whole at submit): its job ids cannot be read",
+                        f"`llmops cancel {run.id}` still reaches the jobs status.json names; restore the file "
+                        "from where the run folder was copied")
+    return data
+
+
+def _job_ids(run: RunDir) -> tuple[list[str], list[str]] | None:
+    """The run's batch and job-array ids, from jobs.json or, where it is gone or damaged, from status.json (all
+    taken as batch jobs); None where neither can be read."""
+    try:
+        record = _jobs_record(run)
+    except UserError:
+        record = None
+    if record is not None:
+        return ([i for s, ids in record["stages"].items() if s not in FANOUT_STAGES for i in ids],
+                [i for s, ids in record["stages"].items() if s in FANOUT_STAGES for i in ids])
+    try:
+        job_id = run.read_status().job_id
+    except UserError:
+        return None
+    return [i for i in (job_id or "").split(",") if i], []
 
 
 def _parse_submitted(stdout: str, stages: list[str]) -> dict[str, list[str]]:

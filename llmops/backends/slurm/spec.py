@@ -20,11 +20,11 @@ from __future__ import annotations
 import re
 from typing import Any, Literal
 
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator
 
 from llmops import shell
 from llmops.backends.base import Option
-from llmops.errors import SpecError
+from llmops.errors import Problem, SpecError
 from llmops.spec.base import SpecModel, problems_from
 
 # Slurm's --time formats: M, M:S, H:M:S, D-H, D-H:M, D-H:M:S.
@@ -217,12 +217,15 @@ class SlurmSpec(SpecModel):
                 shell.check_text(item, info.field_name)
         return items
 
-    @model_validator(mode="after")
-    def _lead_below_limit(self) -> SlurmSpec:
-        if self.time is not None and self.signal_lead >= time_limit_seconds(self.time):
-            raise ValueError(f"signal_lead={self.signal_lead}s is not below the time limit {self.time}: "
-                             "the job would be told to stop as soon as it starts")
-        return self
+    @field_validator("signal_lead")
+    @classmethod
+    def _lead_below_own_limit(cls, lead: int, info) -> int:
+        """A section that sets both; with the cluster profile's values, :func:`resolve` checks what the job gets."""
+        limit = info.data.get("time")
+        if limit is not None and lead >= time_limit_seconds(limit):
+            raise ValueError(f"is not below the time limit {limit}: the job would be told to stop as soon as it "
+                             "starts")
+        return lead
 
     @property
     def time_seconds(self) -> int | None:
@@ -267,7 +270,20 @@ def resolve(spec: SlurmSpec | None, profile: SlurmProfile | None, profile_env: d
     if own_container:
         mounts = [*site_container.get("mounts", []), *own_container.get("mounts", [])]
         merged["container"] = {**site_container, **own_container, "mounts": _unique(mounts)}
-    return SlurmSpec.model_validate(merged)
+    try:
+        out = SlurmSpec.model_validate(merged)
+    except ValidationError as exc:  # each side was valid alone (a list of the profile's and the spec's, say)
+        raise SpecError("the slurm settings with the cluster profile's defaults",
+                        problems_from(exc, SlurmSpec, prefix=("slurm",))) from None
+    # Checked here, on what the job gets: the lead may be the profile's, the time the spec's or the command line's.
+    if out.time is not None and out.signal_lead >= time_limit_seconds(out.time):
+        lead = "slurm.signal_lead" if "signal_lead" in own else (
+            "the cluster profile's signal_lead" if "signal_lead" in base else "slurm.signal_lead's default")
+        raise SpecError("the slurm settings with the cluster profile's defaults", [Problem(
+            "slurm.time", out.time, f"is not longer than {lead} ({out.signal_lead} s): the job would be told to "
+            "checkpoint and requeue as soon as it starts", "give a longer time limit, or a shorter slurm.signal_lead "
+            "(it must cover one step and a checkpoint save)")])
+    return out
 
 
 def _unique(items: list[str]) -> list[str]:

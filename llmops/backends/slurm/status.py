@@ -124,15 +124,22 @@ def torchrun_stage(stage: str, job_id: str, events: list[Event], job: Job | None
         if job.state in _ACTIVE:
             where = f" (restart {restart})" if restart else ""
             return StageView(RUNNING, f"running as job {job_id}{where}", restart, None)
+        # Slurm shows a hold in the reason (JobHeldAdmin, JobHeldUser, "job requeued in held state"), the state
+        # staying PENDING; older releases had a held state of its own.
+        held = "HOLD" in job.state or "held" in job.reason.lower()
+        hold = f"; held: release it with `scontrol release {job_id}`" if held else ""
         if last is not None and last.kind in ("requeue", "stopped"):
             return StageView(PENDING, f"requeued ({last.reason}); waiting to start again as restart "
-                             f"{job.restarts}", restart, code)
-        hold = "; held: release it with `scontrol release " + job_id + "`" if "HOLD" in job.state else ""
+                             f"{restart + 1}{hold}", restart, code)
         return StageView(PENDING, f"waiting in the queue as job {job_id} ({job.reason}){hold}", restart, None)
     if last is not None and last.kind == "failed":
         return StageView(FAILED, last.reason, restart, code)
     if cancel_requested or (last is not None and last.kind == "cancelled"):
         return StageView(CANCELLED, "cancelled by the user", restart, code)
+    if job is None and last is not None and last.kind == "stopped":  # squeue has forgotten the job by now
+        return StageView(CANCELLED, f"job {job_id} was stopped in Slurm ({last.reason}) and left the queue "
+                         "(scancel outside llmops): its checkpoint is saved, `llmops resume` continues it",
+                         restart, code)
     return _ended_without_outcome(job_id, job, restart, code)
 
 

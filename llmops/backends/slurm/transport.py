@@ -39,6 +39,10 @@ class LocalTransport:
             raise UserError(f"`{argv[0]}` is not installed on this machine, so Slurm cannot be reached from here",
                             "run llmops on the cluster's login node, or set slurm.login to an SSH host "
                             "(and slurm.remote_root) to submit from here") from None
+        except subprocess.TimeoutExpired:
+            raise UserError(f"`{argv[0]}` did not answer within {timeout:.0f} s (the Slurm controller is busy or "
+                            "unreachable)", "try again in a while; `scontrol ping` tells whether the controller "
+                            "answers") from None
 
     def cluster_path(self, run_path: Path) -> str:
         """The run directory as the cluster's nodes see it."""

@@ -33,7 +33,7 @@ def test_time_limits_read_as_sbatch_reads_them(value: str, seconds: int) -> None
 
 @pytest.mark.parametrize("slurm, path, words", [
     ({"time": "4h"}, "slurm.time", "is not a slurm time limit"),
-    ({"time": "10:00", "signal_lead": 900}, "slurm", "signal_lead=900s is not below the time limit 10:00"),
+    ({"time": "10:00", "signal_lead": 900}, "slurm.signal_lead", "is not below the time limit 10:00"),
     ({"container": {"image": "x", "mounts": ["/data"]}}, "slurm.container.mounts", "is not src:dst"),
     ({"sbatch_args": ["-p gpu"]}, "slurm.sbatch_args", "is not a long sbatch option"),
     ({"partiton": "gpu"}, "slurm.partiton", "did you mean 'partition'"),
@@ -43,6 +43,19 @@ def test_bad_slurm_settings_name_the_field_and_the_fix(slurm: dict, path: str, w
         parse_spec(slurm_spec(**slurm))
     text = err.value.render().lower()
     assert path.lower() in text and words.lower() in text
+
+
+def test_the_time_limit_is_checked_against_the_lead_the_job_gets(tmp_path) -> None:
+    """`time: 3` was refused against signal_lead's default of 300 s though the profile's lead was 60 s, naming
+    the whole section; a profile's time with the spec's signal_lead above it was a pydantic traceback."""
+    profile = SlurmProfile(defaults={"signal_lead": 60, "time": "30:00"})
+    assert resolve(SlurmSpec(time="3"), profile, {}).time_seconds == 180
+    with pytest.raises(SpecError) as err:
+        resolve(SlurmSpec(signal_lead=1900), profile, {})
+    assert "slurm.signal_lead = 1900: is not below the time limit 30:00" in err.value.render()
+    with pytest.raises(SpecError) as err:
+        resolve(SlurmSpec(time="1"), None, {})
+    assert "is not longer than slurm.signal_lead's default (300 s)" in err.value.render()
 
 
 def test_spec_settings_win_over_profile_defaults_and_lists_add_up() -> None:

@@ -55,6 +55,24 @@ def test_held_job_tells_how_to_release_it() -> None:
     assert v.state == "PENDING" and "scontrol release 41" in v.message
 
 
+def test_a_hold_shown_in_the_reason_alone_and_the_restart_to_come_are_told() -> None:
+    """Slurm 22.05 keeps a held job PENDING with the hold in its reason: the hint never showed; a requeued job
+    was said to start again as restart SLURM_RESTART_COUNT, not as llmops' next restart (3 came as 1)."""
+    v = view("", job("PENDING", "JobHeldAdmin"))
+    assert v.state == "PENDING" and "scontrol release 41" in v.message
+    events = "".join(EVENTS.splitlines(keepends=True)[:3]).replace("restart=0", "restart=2")
+    v = view(events, job("PENDING", "job requeued in held state", restarts=1))
+    assert "start again as restart 3; held: release it with `scontrol release 41`" in v.message, v.message
+
+
+def test_a_stop_recorded_by_the_script_outlives_squeue_forgetting_the_job() -> None:
+    """An outside scancel was CANCELLED while squeue knew the job, and "left the queue without recording an
+    outcome" (FAILED) once it had forgotten it, though the script had recorded its checkpointed stop."""
+    stopped = COMPLETE + "1700000200 pretrain job=41 restart=1 stopped code=75 reason=stopped by Slurm (TERM)\n"
+    v = view(stopped, None)
+    assert v.state == "CANCELLED" and "its checkpoint is saved" in v.message, v
+
+
 def test_finished_flag_is_success_even_while_slurm_completes_the_job() -> None:
     v = view(COMPLETE + "1700000200 pretrain job=41 restart=1 finished code=0\n", job("COMPLETING"), finished=True)
     assert (v.state, v.code) == ("SUCCEEDED", 0)

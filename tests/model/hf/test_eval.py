@@ -120,10 +120,16 @@ def test_a_run_and_its_export_score_the_same_and_the_runs_scores_reach_its_repor
     assert list((run / "evals").iterdir()) == [saved]  # a folder's scores are not the run's
     assert _left_behind(tmp_path) == []
 
-    # lm-eval failing after it started (a vocabulary the weights do not have): exit 1 with the end of what it
-    # said. (Weights whose headers do not read are refused before lm-eval starts: test_export.py.)
+    # A vocabulary the weights do not have is refused before lm-eval starts (it was lm-eval's exit 1), as are
+    # weights whose headers do not read (test_export.py).
     config = json.loads((folder / "config.json").read_text())
     (folder / "config.json").write_text(json.dumps({**config, "vocab_size": config["vocab_size"] + 64}))
+    res = _eval(str(folder), "--tasks", TASK, "--limit", "4", "--out", str(tmp_path / "none.json"), tmp=tmp_path)
+    assert res.returncode == 2 and "but its token embedding is" in res.stderr, res.stderr
+    # lm-eval failing after it started (an MLP width the weights do not have): exit 1 with the end of what it said.
+    key = "intermediate_size" if "intermediate_size" in config else "n_inner"
+    wider = (config.get(key) or 4 * config.get("n_embd", 0)) + 64
+    (folder / "config.json").write_text(json.dumps({**config, key: wider}))
     res = _eval(str(folder), "--tasks", TASK, "--limit", "4", "--out", str(tmp_path / "none.json"), tmp=tmp_path)
     assert res.returncode == 1, res.stderr
     assert "lm-eval stopped (exit 1) before it was done" in res.stderr and "mismatch" in res.stderr.lower()

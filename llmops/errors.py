@@ -28,12 +28,13 @@ class Problem:
 
     def render(self) -> str:
         """One line; a long path, value or message is cut short (a spec may hold megabytes in one value)."""
-        shown = "" if self.value is None else f" = {_cut(repr(self.value), 120)}"
+        shown = "" if self.value is None else f" = {cut(repr(self.value), 120)}"
         fix = self.fix if self.fix.endswith((".", "?", "!")) else self.fix + "."
-        return f"{_cut(self.path, 120)}{shown}: {_cut(self.message, 400)}. Fix: {fix}"
+        return f"{cut(self.path, 120)}{shown}: {cut(self.message, 400)}. Fix: {fix}"
 
 
-def _cut(text: str, limit: int) -> str:
+def cut(text: str, limit: int) -> str:
+    """`text`, or its first `limit` characters and how long it was (values in messages are cut short)."""
     return text if len(text) <= limit else f"{text[:limit]}... ({len(text):,} characters)"
 
 

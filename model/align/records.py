@@ -18,6 +18,8 @@ import json
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
+from llmops.errors import cut
+
 ROLES = ("system", "user", "assistant")
 
 
@@ -112,15 +114,10 @@ def _messages(value, where: str) -> list[Message]:
         if not isinstance(m, dict) or "role" not in m or "content" not in m:
             raise BadRecord("bad_message", f"{where}[{i}] is not a {{role, content}} object")
         if m["role"] not in ROLES:
-            raise BadRecord("bad_message", f"{where}[{i}].role = {_short(m['role'])} is not one of {', '.join(ROLES)}")
+            raise BadRecord("bad_message", f"{where}[{i}].role = {cut(repr(m['role']), 80)} is not one of "
+                                           f"{', '.join(ROLES)}")
         out.append(Message(m["role"], _text(m["content"], f"{where}[{i}].content")))
     return out
-
-
-def _short(value, limit: int = 80) -> str:
-    """A value for a quarantine detail, cut (the record beside it is cut too)."""
-    text = repr(value)
-    return text if len(text) <= limit else text[:limit] + f"... ({len(text)} characters)"
 
 
 def conversation(obj: dict) -> list[Message]:
@@ -131,7 +128,7 @@ def conversation(obj: dict) -> list[Message]:
         reply = obj.get("response", obj.get("completion"))
         messages = _messages(obj["prompt"], "prompt") + [Message("assistant", _text(reply, "response"))]
     else:
-        raise BadRecord("missing_field", f"has keys {_short(sorted(obj), 200)}; expected messages, or prompt and "
+        raise BadRecord("missing_field", f"has keys {cut(repr(sorted(obj)), 200)}; expected messages, or prompt and "
                                          "response")
     roles = {m.role for m in messages}
     if "user" not in roles or "assistant" not in roles:

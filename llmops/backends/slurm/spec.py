@@ -275,14 +275,13 @@ def resolve(spec: SlurmSpec | None, profile: SlurmProfile | None, profile_env: d
     except ValidationError as exc:  # each side was valid alone (a list of the profile's and the spec's, say)
         raise SpecError("the slurm settings with the cluster profile's defaults",
                         problems_from(exc, SlurmSpec, prefix=("slurm",))) from None
-    # Checked here, on what the job gets: the lead may be the profile's, the time the spec's or the command line's.
+    # A lead that the spec or the profile sets is checked against the time in validation (_lead_below_own_limit);
+    # what is left is the default lead, against the time the job gets (the spec's, the profile's, the command line's).
     if out.time is not None and out.signal_lead >= time_limit_seconds(out.time):
-        lead = "slurm.signal_lead" if "signal_lead" in own else (
-            "the cluster profile's signal_lead" if "signal_lead" in base else "slurm.signal_lead's default")
         raise SpecError("the slurm settings with the cluster profile's defaults", [Problem(
-            "slurm.time", out.time, f"is not longer than {lead} ({out.signal_lead} s): the job would be told to "
-            "checkpoint and requeue as soon as it starts", "give a longer time limit, or a shorter slurm.signal_lead "
-            "(it must cover one step and a checkpoint save)")])
+            "slurm.time", out.time, f"is not longer than slurm.signal_lead's default ({out.signal_lead} s): the "
+            "job would be told to checkpoint and requeue as soon as it starts",
+            "give a longer time limit, or a shorter slurm.signal_lead (it must cover one step and a checkpoint save)")])
     return out
 
 

@@ -140,10 +140,6 @@ def test_a_supervisor_that_fails_stops_the_job_it_started(tmp_path, monkeypatch)
     assert st.state == "FAILED" and "supervisor error" in st.message and st.job_pgid is None, st
 
 
-def _alive(procs: list[psutil.Process]) -> list[psutil.Process]:
-    return [p for p in procs if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
-
-
 def test_no_part_of_a_job_outlives_the_part_that_manages_it_and_one_resume_wins(tmp_path):
     """Found by trying the lifecycle by hand: a launcher killed left its worker training beside the restart
     (both writing the same checkpoints, the orphan then hanging for good); a supervisor killed left the job

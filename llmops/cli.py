@@ -478,7 +478,7 @@ def report(
             stages.add_row(Text(s.name), Text(s.state), "-", "-", "-", str(s.restarts), "-")
             times.add_row(Text(s.name), "-", "-", f"{s.seconds:.1f}" if s.seconds is not None else "-", "-", "-")
             continue
-        stages.add_row(Text(s.name), Text(str(s.state)), f"{s.rows[-1]['step']}/{s.steps}" if s.rows else "-",
+        stages.add_row(Text(s.name), Text(str(s.state)), f"{s.rows.last}/{s.steps}" if s.rows else "-",
                        f"{s.final_loss:.4f}" if s.final_loss is not None else "-",
                        f"{s.tokens_per_s:,.0f}" if s.tokens_per_s else "-", str(s.restarts), str(s.lost_steps))
         times.add_row(Text(s.name), *(f"{s.time[k]:.1f}" for k in ("queue", "startup", "training", "checkpointing",

@@ -33,10 +33,13 @@ import json
 import math
 import re
 import time
+from array import array
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from llmops.errors import EXIT_REQUEUE
 from llmops.files import atomic_write
@@ -59,7 +62,41 @@ class Attempt:
     exit_code: int | None = None
     hung: bool = False  # the launcher's watchdog stopped it (a "hung" event)
     saves: list[dict] = field(default_factory=list)
-    rows: list[dict] = field(default_factory=list)
+    first_row_at: float | None = None  # the time its first step was logged
+    steps: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # its logged steps, in order
+    step_times: np.ndarray = field(default_factory=lambda: np.zeros(0))  # and their seconds
+
+
+# The per-step figures the report reads from metrics.jsonl; the rest of a row (lr, grad norm, ...) is left unread.
+CURVES = ("loss", "tokens_per_s", "accuracy", "margin", "steps")
+
+
+@dataclass
+class Steps:
+    """The latest row of each logged step (a step run again after a restart: its later row), as columns in step
+    order: a long run logs hundreds of thousands of steps, which as dicts took gigabytes."""
+    step: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    values: dict[str, np.ndarray] = field(default_factory=dict)  # CURVES -> float64, NaN where a row lacks it
+
+    def __len__(self) -> int:
+        return len(self.step)
+
+    @property
+    def last(self) -> int | None:
+        return int(self.step[-1]) if len(self.step) else None
+
+    def final(self, key: str) -> float | None:
+        """The last step's value (NaN where that row lacks it), None with no step logged."""
+        return float(self.values[key][-1]) if len(self.step) else None
+
+    def has(self, key: str) -> bool:
+        return bool(len(self.step)) and bool(np.isfinite(self.values[key]).any())
+
+    def points(self, key: str) -> list[tuple[float, float]]:
+        """(step, value) of every step with a finite value."""
+        v = self.values[key]
+        keep = np.isfinite(v)
+        return list(zip(self.step[keep].tolist(), v[keep].tolist(), strict=True))
 
 
 @dataclass
@@ -76,7 +113,7 @@ class StageSummary:
     state: str
     restarts: int
     steps: int | None
-    rows: list[dict]  # the latest row of each step
+    rows: Steps  # the latest row of each step
     evals: list[dict]
     attempts: list[Attempt]
     time: dict[str, float]  # queue, startup, training, checkpointing, lost
@@ -89,7 +126,7 @@ class StageSummary:
 
     @property
     def final_loss(self) -> float | None:
-        return self.rows[-1]["loss"] if self.rows else None
+        return self.rows.final("loss")
 
 
 def _jsonl(path: Path, valid: Callable[[Any], bool]) -> list[dict]:
@@ -119,7 +156,9 @@ def _sample_row(r: Any) -> bool:
     return isinstance(r, dict) and all(isinstance(r.get(k, ""), str) for k in ("prompt", "completion"))
 
 
-def _attempts(rows: list[dict], events: list[dict]) -> list[Attempt]:
+def _attempts(metrics: Path, events: list[dict]) -> tuple[list[Attempt], Steps]:
+    """The attempts of a stage from its events and metrics.jsonl, and the latest row of each step. The metrics are
+    read a row at a time into columns of the figures the report uses (a 200,000-step stage is 45 MB of rows)."""
     by: dict[int, Attempt] = {}
     for e in events:
         if e.get("event") == "tracking":
@@ -136,48 +175,69 @@ def _attempts(rows: list[dict], events: list[dict]) -> list[Attempt]:
             a.exit_code = e.get("code")
         elif e["event"] == "hung":
             a.hung = True
-    for r in rows:
-        a = by.setdefault(r.get("restart", 0), Attempt(r.get("restart", 0)))
-        a.rows.append(r)
-        began = r["time"] - r.get("step_time", 0.0)
+    steps, restarts, step_times = array("q"), array("q"), array("d")
+    columns = {k: array("d") for k in CURVES}
+    for r in filter(_metric_row, jsonl_rows(metrics)):  # a row at a time, never the whole file
+        step, restart, step_time = r["step"], r.get("restart", 0), r.get("step_time") or 0.0
+        steps.append(step), restarts.append(restart), step_times.append(step_time)
+        for k, column in columns.items():
+            v = r.get(k)
+            column.append(v if number(v) else math.nan)  # a figure of a damaged row that the page cannot draw: none
+        a = by.setdefault(restart, Attempt(restart))
+        began = r["time"] - step_time
         if a.first_step_at is None or began < a.first_step_at:
-            a.first_step_at, a.first_step = began, r["step"]
+            a.first_step_at, a.first_step = began, step
+        a.first_row_at = min(a.first_row_at or r["time"], r["time"])
         a.last_at = max(a.last_at or 0.0, r["time"])
-        a.last_step = max(a.last_step or 0, r["step"])
-    return [by[k] for k in sorted(by)]
+        a.last_step = max(a.last_step or 0, step)
+    step_of, restart_of, time_of = (np.frombuffer(x, dtype) for x, dtype in
+                                    ((steps, np.int64), (restarts, np.int64), (step_times, np.float64)))
+    for restart, a in by.items():
+        mine = restart_of == restart
+        a.steps, a.step_times = step_of[mine], time_of[mine]
+    # the last row of each step: the first of it in the rows reversed
+    unique, first_reversed = np.unique(step_of[::-1], return_index=True)
+    latest = len(step_of) - 1 - first_reversed
+    values = {k: np.frombuffer(column, np.float64)[latest] for k, column in columns.items()}
+    return [by[k] for k in sorted(by)], Steps(unique, values)
 
 
-def _redone(attempts: list[Attempt]) -> list[list[dict]]:
-    """Per attempt, the rows of earlier attempts whose steps it ran again, each counted by the first attempt that
-    re-ran it: not only the attempt just before (one that died before its first step hid what the one after it
-    ran again)."""
-    counted: set[tuple[int, int]] = set()
+@dataclass
+class Lost:
+    """What an attempt ran again of the attempts before it: the steps (each counted by the first attempt that re-ran
+    it), and their seconds."""
+    steps: np.ndarray
+    seconds: float
+
+    def __len__(self) -> int:
+        return len(self.steps)
+
+
+def _redone(attempts: list[Attempt]) -> list[Lost]:
+    """Per attempt, the steps of earlier attempts it ran again, each counted by the first attempt that re-ran it: not
+    only the attempt just before (one that died before its first step hid what the one after it ran again)."""
+    counted = [np.zeros(len(a.steps), bool) for a in attempts]
     out = []
     for i, a in enumerate(attempts):
-        rows = []
-        for b in attempts[:i] if a.first_step is not None else []:
-            for r in b.rows:
-                if r["step"] >= a.first_step and (b.restart, r["step"]) not in counted:
-                    counted.add((b.restart, r["step"]))
-                    rows.append(r)
-        out.append(rows)
+        steps, seconds = [], 0.0
+        for b, done in zip(attempts[:i] if a.first_step is not None else [], counted, strict=False):
+            again = (b.steps >= a.first_step) & ~done
+            done |= again
+            steps.append(b.steps[again])
+            seconds += float(b.step_times[again].sum())
+        out.append(Lost(np.concatenate(steps) if steps else np.zeros(0, np.int64), seconds))
     return out
 
 
-def _median(values: list[float]) -> float | None:
-    values = sorted(v for v in values if v is not None)
-    return values[len(values) // 2] if values else None
+def _median(values: np.ndarray) -> float | None:
+    values = np.sort(values[np.isfinite(values)])
+    return float(values[len(values) // 2]) if len(values) else None
 
 
 def summarize_stage(run: RunDir, name: str, record: dict, ready_at: float | None) -> StageSummary:
     folder = run.stage_dir(name)
-    raw = _jsonl(folder / "metrics.jsonl", _metric_row)
-    latest: dict[int, dict] = {}
-    for r in raw:
-        latest[r["step"]] = r
-    rows = [latest[s] for s in sorted(latest)]
     events = _jsonl(folder / "events.jsonl", _event_row)
-    attempts = _attempts(raw, events)
+    attempts, rows = _attempts(folder / "metrics.jsonl", events)
     t = dict.fromkeys(("queue", "startup", "training", "checkpointing", "lost"), 0.0)
     lost_steps, resume_seconds = 0, []
     previous: Attempt | None = None
@@ -194,23 +254,26 @@ def summarize_stage(run: RunDir, name: str, record: dict, ready_at: float | None
         if a.first_step_at is not None and a.last_at is not None:
             t["training"] += max(0.0, a.last_at - a.first_step_at - stall)
         lost_steps += len(redone)
-        t["lost"] += sum(r.get("step_time", 0.0) for r in redone)
+        t["lost"] += redone.seconds
         if previous is not None and a.first_step is not None:
-            if previous.last_at is not None and a.first_step_at is not None:
-                first_row = min(a.rows, key=lambda r: r["time"])
-                resume_seconds.append(first_row["time"] - previous.last_at)
+            if previous.last_at is not None and a.first_row_at is not None:
+                resume_seconds.append(a.first_row_at - previous.last_at)
         previous = a
     t["training"] = max(0.0, t["training"] - t["lost"])
     return StageSummary(
         name=name, state=record.get("state", "PENDING"), restarts=record.get("restarts", max(0, len(attempts) - 1)),
-        steps=rows[-1].get("steps") if rows else None, rows=rows,
+        steps=_whole(rows.final("steps")), rows=rows,
         evals=_latest_per_step(_jsonl(folder / "eval.jsonl", step_row)),
         attempts=attempts, time=t, lost_steps=lost_steps, resume_seconds=resume_seconds,
-        tokens_per_s=_median([r.get("tokens_per_s") for r in rows]),
+        tokens_per_s=_median(rows.values["tokens_per_s"]),
         tracking=[e for e in events if e.get("event") == "tracking"],
         samples=_jsonl(folder / "samples.jsonl", _sample_row),
         stragglers=[e for e in events if e.get("event") == "straggler"],
     )
+
+
+def _whole(value: float | None) -> int | None:
+    return int(value) if value is not None and math.isfinite(value) else None
 
 
 def stage_restarts(run: RunDir, stage: str) -> list[str]:
@@ -220,7 +283,7 @@ def stage_restarts(run: RunDir, stage: str) -> list[str]:
     events = _jsonl(folder / "events.jsonl", _event_row)
     if not any(e.get("restart", 0) for e in events) and not _last_restart(folder / "metrics.jsonl"):
         return []  # one attempt: a long run's metrics.jsonl (hundreds of megabytes) is not read for nothing
-    attempts = _attempts(_jsonl(folder / "metrics.jsonl", _metric_row), events)
+    attempts, _ = _attempts(folder / "metrics.jsonl", events)
     lines = []
     for before, a, rows in zip(attempts, attempts[1:], _redone(attempts)[1:], strict=False):
         why = ("hung (no progress within restarts.hang_timeout)" if before.hung else
@@ -354,7 +417,7 @@ def _restart_marks(s: StageSummary) -> list[Mark]:
         if a.first_step is None:
             continue  # it never reached a step: nowhere on the step axis to mark
         at = a.resumed_from if a.resumed_from is not None else a.first_step - 1
-        redone = {r["step"] for r in rows}
+        redone = set(rows.steps.tolist())
         why = " (hung)" if before.hung else ""
         label = f"restart {a.restart}{why}" + (f", {_count(len(redone), 'step')} lost" if redone else "")
         tip = f"restart {a.restart}{why}: resumed from step {at}" + (
@@ -392,7 +455,7 @@ def _tracking_lines(rows: list[dict]) -> list[tuple[str, str]]:
 
 
 def _facts(s: StageSummary) -> str:
-    last = f"step {s.rows[-1]['step']:,}" if s.rows else "no step logged yet"
+    last = f"step {s.rows.last:,}" if s.rows else "no step logged yet"
     facts = [f"{last} of {s.steps:,}" if s.rows and s.steps else last]
     if s.final_loss is not None and math.isfinite(s.final_loss):
         facts.append(f"final loss {human(s.final_loss, 4)}")
@@ -412,19 +475,20 @@ def _stage_charts(s: StageSummary) -> list[str]:
     if not s.rows and not s.evals:
         return []  # the stage's line says so
     marks = _restart_marks(s)
-    steps = [x for x, _ in _points(s.rows + s.evals, "loss", "tokens_per_s")]
+    steps = [x for x, _ in _points(s.evals, "loss", "tokens_per_s")] + [
+        x for k in ("loss", "tokens_per_s") for x, _ in s.rows.points(k)[-1:]]
     charts = {"x_range": (0, max(steps)) if steps else None, "marks": marks}
-    dpo = any("accuracy" in r for r in s.rows + s.evals)
+    dpo = s.rows.has("accuracy") or any("accuracy" in r for r in s.evals)
 
     def held_out(label: str, colour: str, *keys: str) -> Series:
         return Series(label, _points(s.evals, *keys), colour, dashed=True, markers=True)
 
     out = ["<h3>Loss</h3>" + line_chart(
-        [Series("train loss", _points(s.rows, "loss"), TRAIN), held_out("held-out loss", HELD_OUT, "loss")],
+        [Series("train loss", s.rows.points("loss"), TRAIN), held_out("held-out loss", HELD_OUT, "loss")],
         y_title="loss (per pair)" if dpo else "loss (nats/token)", label=f"{s.name}: loss", **charts)]
     if dpo:
         out.append("<h3>Preference accuracy</h3>" + line_chart(
-            [Series("train accuracy", _points(s.rows, "accuracy"), TRAIN),
+            [Series("train accuracy", s.rows.points("accuracy"), TRAIN),
              held_out("held-out accuracy", HELD_OUT, "accuracy"),
              # The reference's ringed markers stay visible where the policy's dots fall on the same value.
              replace(held_out("held-out: reference prefers", REFERENCE, "reference_prefers", "ref_prefers"),
@@ -433,12 +497,12 @@ def _stage_charts(s: StageSummary) -> list[str]:
             y_title="fraction of pairs", y_range=(0.0, 1.0), label=f"{s.name}: preference accuracy", **charts)
             + f"<p class=caption>{_ACCURACY}</p>")
         out.append("<h3>Reward margin</h3>" + line_chart(
-            [Series("train margin", _points(s.rows, "margin"), TRAIN), held_out("held-out margin", HELD_OUT,
+            [Series("train margin", s.rows.points("margin"), TRAIN), held_out("held-out margin", HELD_OUT,
                                                                                "margin")],
             y_title="reward margin", y_zero=True, label=f"{s.name}: reward margin", **charts)
             + f"<p class=caption>{_MARGIN}</p>")
     out.append("<h3>Throughput</h3>" + line_chart(
-        [Series("tokens/s", _points(s.rows, "tokens_per_s"), TRAIN)], y_title="tokens/s", y_zero=True,
+        [Series("tokens/s", s.rows.points("tokens_per_s"), TRAIN)], y_title="tokens/s", y_zero=True,
         label=f"{s.name}: throughput", **charts))
     return out
 
@@ -457,7 +521,7 @@ def _table_row(s: StageSummary | PrepareSummary) -> str:
     if isinstance(s, PrepareSummary):
         return (f"<tr><td>{e(s.name)}</td><td>{e(s.state)}</td><td colspan=3>data preparation</td>"
                 f"<td>{s.restarts}</td><td>-</td><td>-</td><td>{duration(s.seconds)}</td></tr>")
-    steps = (f"{s.rows[-1]['step']:,}" + (f"/{s.steps:,}" if s.steps else "")) if s.rows else "-"
+    steps = (f"{s.rows.last:,}" + (f"/{s.steps:,}" if s.steps else "")) if s.rows else "-"
     lost = f"{s.lost_steps:,} ({duration(s.time['lost'])})" if s.lost_steps else "0"
     resume = ", ".join(duration(x) for x in s.resume_seconds) or "-"
     cells = (s.name, s.state, steps, human(s.final_loss, 4), human(s.tokens_per_s), str(s.restarts), lost, resume,

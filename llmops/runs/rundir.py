@@ -312,9 +312,11 @@ def jsonl_rows(path: Path) -> Iterator[Any]:
 
 
 def number(value: object, *, whole: bool = False) -> bool:
-    """A JSON number as llmops writes one: finite and not a boolean (`whole`: an integer)."""
-    return (isinstance(value, int if whole else (int, float)) and not isinstance(value, bool)
-            and math.isfinite(value))
+    """A JSON number as llmops writes one: finite and not a boolean (`whole`: an integer), and an integer within
+    what a float holds exactly (a 400-digit step was an OverflowError in `status` and `report`)."""
+    if isinstance(value, bool) or not isinstance(value, int if whole else (int, float)):
+        return False
+    return abs(value) < 1 << 53 if isinstance(value, int) else math.isfinite(value)
 
 
 def step_row(row: object) -> bool:

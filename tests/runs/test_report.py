@@ -353,7 +353,7 @@ def test_a_damaged_run_folder_is_named_and_hides_no_other_run(tmp_path):
                  _steps("pretrain", range(1, 11), restart=0, start=T0 + 20) + [{"step": 11, "loss": 1.0}, 5,
                                                                               {"step": "12", "time": T0}])
     assert [r["step"] for r in good.metrics("pretrain")] == list(range(1, 12))  # a row without time: no chart point
-    assert next(s for s in report.summarize(good)["stages"] if s.name == "pretrain").rows[-1]["step"] == 10
+    assert next(s for s in report.summarize(good)["stages"] if s.name == "pretrain").rows.last == 10
     for damage in ('{"state": "SUCCEEDED", "submitted_', "[]", '{"state": "SUCCEEDED", "message": 5}'):
         (bad.path / "status.json").write_text(damage)
         with pytest.raises(UserError, match="status.json is damaged"):
@@ -368,6 +368,20 @@ def test_a_damaged_run_folder_is_named_and_hides_no_other_run(tmp_path):
     (old / "checkpoints" / "iter_0000010").mkdir(parents=True)
     listed = llmops("checkpoints", str(old / "checkpoints"), env={"COLUMNS": "200"})
     assert listed.returncode == 0 and "exp[old]" in listed.stdout, listed.stdout + listed.stderr
+
+
+def test_rows_with_numbers_no_run_writes_are_left_out_of_status_and_report(tmp_path):
+    """A 400-digit step was an OverflowError in `status` and `report`; a DPO figure that is text is not drawn."""
+    run = make_run(tmp_path)
+    dpo = run.stage_dir("dpo")
+    with (dpo / "metrics.jsonl").open("a") as f:
+        f.write('{"step": 1%s, "time": 1800000999.0}\n' % ("0" * 400))
+        f.write('{"step": 61, "loss": 0.1, "accuracy": "high", "margin": 1e999, "time": 1800000999.0}\n')
+    stage = next(s for s in report.summarize(run)["stages"] if s.name == "dpo")
+    assert stage.rows.last == 61 and stage.final_loss == 0.1
+    assert stage.rows.points("accuracy")[-1][0] == STEPS and stage.rows.points("margin")[-1][0] == STEPS
+    assert report.stage_restarts(run, "dpo") == [] and [r["step"] for r in run.metrics("dpo")][-1] == 61
+    assert "<h2>dpo</h2>" in report.render_html(report.summarize(run))
 
 
 def test_bytes_that_are_not_utf8_in_a_run_file_are_a_damaged_row_or_a_damaged_status(tmp_path):
@@ -409,6 +423,39 @@ def test_status_of_a_long_run_that_never_restarted_does_not_read_its_metrics(tmp
     (pre / "events.jsonl").unlink()
     _write_jsonl(pre / "metrics.jsonl", rows[:100] + _steps("pretrain", range(90, 121), restart=1, start=T0 + 200))
     assert report.stage_restarts(run, "pretrain") == ["restart 1: killed or crashed at step 100, 11 steps lost"]
+
+
+def test_the_report_of_a_long_run_holds_its_figures_not_its_rows(tmp_path):
+    """`llmops report` of three 200,000-step stages (45 MB of metrics each) held every row as a dict: 1.2 GB and
+    20 s. It now reads the figures it draws into columns, a row at a time; a held-out curve of many points is
+    drawn as its line, without a marker per point (40,000 of them were 4 MB of page)."""
+    import tracemalloc
+
+    run = make_run(tmp_path)
+    pre = run.stage_dir("pretrain")
+    first = _steps("pretrain", range(1, 30_001), restart=0, start=T0 + 20)
+    second = _steps("pretrain", range(29_001, 40_001), restart=1, start=T0 + 20_000)  # 1,000 steps run again
+    _write_jsonl(pre / "metrics.jsonl", first + second)
+    _write_jsonl(pre / "eval.jsonl", [{"step": s, "loss": 3.0} for s in range(10, 40_001, 10)])
+    _write_jsonl(pre / "events.jsonl", [{"event": "start", "time": T0 + 18, "restart": 0},
+                                        {"event": "start", "time": T0 + 19_990, "restart": 1},
+                                        {"event": "resumed", "time": T0 + 19_995, "restart": 1, "step": 29_000}])
+    del first, second
+    tracemalloc.start()
+    try:
+        stage = next(s for s in report.summarize(run)["stages"] if s.name == "pretrain")
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 12_000_000, peak  # the rows as dicts: 60 MB
+    assert stage.rows.last == 40_000 and stage.steps == STEPS and stage.lost_steps == 1_000
+    assert stage.rows.points("loss")[29_000][1] == pytest.approx(7.0 * math.exp(-29_001 / 40) + 0.05 * math.sin(29_001))
+    assert [p[0] for p in stage.rows.points("loss")] == list(range(1, 40_001))
+    assert report.stage_restarts(run, "pretrain") == [
+        "restart 1: killed or crashed at step 30000; resumed from step 29000, 1,000 steps lost"]
+    page = report.render_html(report.summarize(run))
+    assert len(page) < 1_000_000 and "held-out loss, step 10:" not in page  # no marker per point
+    assert page.count("<circle") < 250  # the other stages' few held-out points keep theirs
 
 
 def test_a_long_run_is_drawn_with_a_few_points_per_pixel_and_keeps_its_spikes():

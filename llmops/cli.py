@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import inspect
 import json
+import os
 import shlex
 import sys
 import time
@@ -325,10 +326,10 @@ def status(
     cells = []
     for r, st, p in rows:
         step = f"{p['step']}/{p['steps']}" if p else "-"
-        loss = f"{p['loss']:.4f}" if p and p.get("loss") == p.get("loss") else "-"
+        loss = f"{p['loss']:.4f}" if p and isinstance(p.get("loss"), float | int) else "-"  # nan: diverged
         cells.append([r.id, st.backend, st.state, step, loss, str(st.restarts), _age(st.submitted_at), st.message])
-    out.print(_fitted_table(["run", "backend", "state", "step", "loss", "restarts", "age", "message"], cells,
-                            drop=["backend", "restarts", "age", "loss"]))
+    _print_table(["run", "backend", "state", "step", "loss", "restarts", "age", "message"], cells,
+                 drop=["backend", "restarts", "age", "loss"])
     if run and len(rows) == 1:
         _print_stages(*rows[0][:2])
 
@@ -344,12 +345,12 @@ def _print_stages(r, st) -> None:
         p = r.progress(name) if name != "prepare" else None
         step = f"{p['step']}/{p['steps']}" if p else "-"
         tokens = f"{p['tokens']:,}" if p and p.get("tokens") else "-"
-        loss = f"{p['loss']:.4f}" if p and p.get("loss") == p.get("loss") else "-"
+        loss = f"{p['loss']:.4f}" if p and isinstance(p.get("loss"), float | int) else "-"  # nan: diverged
         state = rec.get("state") or ("PENDING" if st.state not in ("SUCCEEDED", "FAILED", "CANCELLED") else "-")
         cells.append([("> " if name == st.stage and st.state == "RUNNING" else "  ") + name, state, step, tokens,
                       loss, str(rec.get("restarts", 0)), rec.get("message", "")])
-    out.print(_fitted_table(["stage", "state", "step", "tokens", "loss", "restarts", "message"], cells,
-                            drop=["tokens", "restarts", "loss"]))
+    _print_table(["stage", "state", "step", "tokens", "loss", "restarts", "message"], cells,
+                 drop=["tokens", "restarts", "loss"])
     from llmops.runs.report import stage_restarts, stage_stragglers
 
     for name in spec.training_stages:
@@ -359,14 +360,22 @@ def _print_stages(r, st) -> None:
             out.print(Text(f"{name}: {line}", style="yellow"))
 
 
-def _fitted_table(columns: list[str], rows: list[list[str]], *, drop: list[str]) -> Table:
-    """A table that fits the terminal: the columns in `drop` go, in that order, while it is too narrow;
-    every other column is shown whole (ids stay copyable) and the last one, the message, folds."""
+def _print_table(columns: list[str], rows: list[list[str]], *, drop: list[str]) -> None:
+    """A table that fits the terminal: the columns in `drop` go, in that order, while it is too narrow; every
+    other column is shown whole (ids stay copyable) and the last one, the message, folds, to no less than 24
+    characters (a narrower terminal wraps the lines). Where the output is not a terminal (a pipe, a file, CI) and
+    COLUMNS does not say a width, nothing folds: a row is one line, for grep (80 columns cut run ids)."""
     widths = {c: max([len(c)] + [len(r[i]) for r in rows]) for i, c in enumerate(columns)}
     flexible = columns[-1]
     shown = list(columns)
+
+    def needed(folded: bool) -> int:
+        fixed = sum(widths[x] + 2 for x in shown if x != flexible)
+        return fixed + (min(widths[flexible], 24) if folded else widths[flexible])
+
+    piped = not out.is_terminal and not os.environ.get("COLUMNS")
     for c in drop:
-        if sum(widths[x] + 2 for x in shown if x != flexible) + min(widths[flexible], 24) <= out.width:
+        if piped or needed(folded=True) <= out.width:
             break
         shown.remove(c)
     table = Table(box=None, header_style="bold", pad_edge=False)
@@ -376,7 +385,8 @@ def _fitted_table(columns: list[str], rows: list[list[str]], *, drop: list[str])
     for r in rows:
         # Cells are shown as written: run ids, messages and log text are never read as rich markup.
         table.add_row(*(Text(r[i]) for i, c in enumerate(columns) if c in shown))
-    return table
+    width = needed(folded=False) if piped else max(out.width, needed(folded=True))
+    (out if width == out.width else Console(highlight=False, width=width)).print(table)  # print caps at out's
 
 
 def _age(t: float) -> str:
@@ -461,11 +471,16 @@ def report(
     from llmops.runs.rundir import resolve_run, runs_root
 
     r = resolve_run(run, runs_root(runs_dir))
+    if out_path is not None:
+        rep.check_out(out_path)
+    stale = None
     try:
         runner.status(r)  # brings a remote run's files over first
     except UserError as exc:
-        err.print(f"[yellow](from the files already here: {escape(exc.message)})[/yellow]")
-    summary = rep.summarize(r)
+        stale = exc
+    summary = rep.summarize(r)  # a damaged run folder: its error alone (it was printed twice)
+    if stale is not None:
+        err.print(f"[yellow](from the files already here: {escape(stale.message)})[/yellow]")
     out.print(f"[bold]{escape(r.id)}[/bold]: {escape(summary['state'])} in {summary['wall']:.0f} s")
     stages = Table(box=None, header_style="bold")
     times = Table(box=None, header_style="bold", title="where the time went (s)", title_justify="left")

@@ -23,7 +23,17 @@ from llmops import secrets
 from llmops.backends.base import Backend, Request
 from llmops.backends.registry import get_backend
 from llmops.errors import SpecError, UserError
-from llmops.runs.rundir import PENDING, RENDERED, SUCCEEDED, TERMINAL, RunDir, Status, new_run_path
+from llmops.runs.rundir import (
+    CANCELLED,
+    PENDING,
+    RENDERED,
+    SUCCEEDED,
+    TERMINAL,
+    RunDir,
+    Status,
+    new_run_path,
+    why_restarted,
+)
 from llmops.spec.run import RunSpec
 
 
@@ -206,9 +216,7 @@ def _resume(run: RunDir) -> RunDir:
     request = backend.dry_run(spec, run.path.absolute())
     request.secrets = secrets.read(spec)
     run.cancel_marker.unlink(missing_ok=True)
-    # The stages to run again are pending, not ended: a follower must wait for them, not replay their past.
-    stages = {name: rec if rec.get("state") == SUCCEEDED else {**rec, "state": PENDING, "message": "resumed"}
-              for name, rec in before.stages.items()}
+    stages = {name: _again(run, name, rec) for name, rec in before.stages.items()}
     run.update_status(state=PENDING, restarts=before.restarts + 1, exit_code=None, message="resumed by the user",
                       stages=stages, ended_at=None)
     try:
@@ -217,6 +225,26 @@ def _resume(run: RunDir) -> RunDir:
         run.write_status(Status(**asdict(before)))
         raise
     return run
+
+
+def _again(run: RunDir, stage: str, record: dict) -> dict:
+    """A stage's record as a resume leaves it. One to run again is pending, not ended: a follower must wait for it,
+    not replay its past. One that ran is restarted by the user: its next attempt is a restart, as the run's count
+    says (the stage said 0 restarts beside the run's 1), with what stopped the one before."""
+    if record.get("state") == SUCCEEDED:
+        return record
+    again = {**record, "state": PENDING, "message": "resumed"}
+    if attempts := len(run.log_files(stage)):
+        again.update(restarts=record.get("restarts", 0) + 1, why=why_restarted(record, attempts, _stopped(record)))
+    return again
+
+
+def _stopped(record: dict) -> str:
+    """How a stage's last attempt ended, as its restart line says it."""
+    if record.get("state") == CANCELLED:
+        return "cancelled by the user"
+    code = f" with exit code {record['exit_code']}" if record.get("exit_code") is not None else ""
+    return f"failed{code}, then resumed by the user"
 
 
 def follow(run: RunDir, *, on_line: Callable[[str, str], None],

@@ -126,3 +126,28 @@ def test_status_of_all_runs_survives_a_message_that_looks_like_markup(tmp_path):
     res = llmops("status", "--runs-dir", str(tmp_path / "runs"))
     assert res.returncode == 0, res.stderr
     assert "calm-1" in res.stdout and "boom [/tmp/x] [red] [/]" in " ".join(res.stdout.split())
+
+
+def test_status_tables_keep_ids_and_states_whole_piped_or_narrow(tmp_path):
+    """Piped (80 columns as rich assumes) a 48-character run name's id was cut with an ellipsis, the state read
+    `SUCCEED…` and the message column was gone. Piped, a row is now one line; in a narrow terminal (COLUMNS) the
+    droppable columns go, and ids and states stay whole."""
+    from llmops.runs.rundir import RunDir, Status
+    from llmops.spec.load import parse_spec
+
+    name = "llama-350m-fineweb-edu-sft-dpo-ablation-lr3e4-b2"
+    message = "stage 'pretrain' failed: exit code 1 (see llmops logs for the traceback of rank 0)"
+    for run_id, state in ((f"{name}-20261205-132500", "FAILED"), ("canc-20261205-133138", "SUCCEEDED")):
+        run = RunDir.create(parse_spec(tiny_spec(name)), tmp_path / "runs" / run_id)
+        run.write_status(Status(state=state, message=message, exit_code=1))
+    piped = llmops("status", "--runs-dir", str(tmp_path / "runs"), env={"COLUMNS": ""})
+    assert piped.returncode == 0, piped.stderr
+    lines = [line for line in piped.stdout.splitlines() if line.strip()]
+    assert len(lines) == 3 and "…" not in piped.stdout, piped.stdout  # the header and one line per run
+    assert f"{name}-20261205-132500" in lines[1] and "FAILED" in lines[1] and message in lines[1]
+    assert "SUCCEEDED" in lines[2] and "age" in lines[0] and "message" in lines[0]
+    narrow = llmops("status", "--runs-dir", str(tmp_path / "runs"), env={"COLUMNS": "80"})
+    assert narrow.returncode == 0, narrow.stderr
+    assert "…" not in narrow.stdout and f"{name}-20261205-132500" in narrow.stdout and "SUCCEEDED" in narrow.stdout
+    assert "backend" not in narrow.stdout.splitlines()[0] and "message" in narrow.stdout.splitlines()[0]
+    assert message in " ".join(narrow.stdout.split())  # folded, all there

@@ -41,7 +41,7 @@ from typing import Any
 
 import numpy as np
 
-from llmops.errors import EXIT_REQUEUE
+from llmops.errors import EXIT_REQUEUE, UserError
 from llmops.files import atomic_write
 from llmops.runs import evaluations
 from llmops.runs.charts import Mark, Series, duration, human, line_chart, time_bar
@@ -77,6 +77,7 @@ class Steps:
     order: a long run logs hundreds of thousands of steps, which as dicts took gigabytes."""
     step: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
     values: dict[str, np.ndarray] = field(default_factory=dict)  # CURVES -> float64, NaN where a row lacks it
+    diverged_at: int | None = None  # the first step whose loss the trainer logged as NaN or infinite
 
     def __len__(self) -> int:
         return len(self.step)
@@ -177,12 +178,14 @@ def _attempts(metrics: Path, events: list[dict]) -> tuple[list[Attempt], Steps]:
             a.hung = True
     steps, restarts, step_times = array("q"), array("q"), array("d")
     columns = {k: array("d") for k in CURVES}
+    diverged = array("b")  # a loss logged, and not finite
     for r in filter(_metric_row, jsonl_rows(metrics)):  # a row at a time, never the whole file
         step, restart, step_time = r["step"], r.get("restart", 0), r.get("step_time") or 0.0
         steps.append(step), restarts.append(restart), step_times.append(step_time)
         for k, column in columns.items():
             v = r.get(k)
             column.append(v if number(v) else math.nan)  # a figure of a damaged row that the page cannot draw: none
+        diverged.append(isinstance(r.get("loss"), float) and not math.isfinite(r["loss"]))
         a = by.setdefault(restart, Attempt(restart))
         began = r["time"] - step_time
         if a.first_step_at is None or began < a.first_step_at:
@@ -199,7 +202,8 @@ def _attempts(metrics: Path, events: list[dict]) -> tuple[list[Attempt], Steps]:
     unique, first_reversed = np.unique(step_of[::-1], return_index=True)
     latest = len(step_of) - 1 - first_reversed
     values = {k: np.frombuffer(column, np.float64)[latest] for k, column in columns.items()}
-    return [by[k] for k in sorted(by)], Steps(unique, values)
+    bad = unique[np.frombuffer(diverged, np.int8)[latest].astype(bool)]
+    return [by[k] for k in sorted(by)], Steps(unique, values, int(bad[0]) if len(bad) else None)
 
 
 @dataclass
@@ -284,9 +288,12 @@ def stage_restarts(run: RunDir, stage: str) -> list[str]:
     if not any(e.get("restart", 0) for e in events) and not _last_restart(folder / "metrics.jsonl"):
         return []  # one attempt: a long run's metrics.jsonl (hundreds of megabytes) is not read for nothing
     attempts, _ = _attempts(folder / "metrics.jsonl", events)
+    known = run.read_status().stages.get(stage, {}).get("why")
+    known = known if isinstance(known, dict) else {}
     lines = []
     for before, a, rows in zip(attempts, attempts[1:], _redone(attempts)[1:], strict=False):
-        why = ("hung (no progress within restarts.hang_timeout)" if before.hung else
+        why = (str(known[str(a.restart)]) if str(a.restart) in known else
+               "hung (no progress within restarts.hang_timeout)" if before.hung else
                "preempted" if before.exit_code == EXIT_REQUEUE else
                f"exit code {before.exit_code}" if before.exit_code is not None else "killed or crashed")
         line = f"restart {a.restart}: {why}"
@@ -459,6 +466,9 @@ def _facts(s: StageSummary) -> str:
     facts = [f"{last} of {s.steps:,}" if s.rows and s.steps else last]
     if s.final_loss is not None and math.isfinite(s.final_loss):
         facts.append(f"final loss {human(s.final_loss, 4)}")
+    if s.rows.diverged_at is not None:
+        facts.append(f"loss first not finite (NaN or infinite) at step {s.rows.diverged_at:,}: the curve leaves "
+                     "out such steps")
     held = _points(s.evals, "loss")
     if held:
         facts.append(f"held-out loss {human(held[-1][1], 4)} at step {held[-1][0]:,}")
@@ -524,7 +534,9 @@ def _table_row(s: StageSummary | PrepareSummary) -> str:
     steps = (f"{s.rows.last:,}" + (f"/{s.steps:,}" if s.steps else "")) if s.rows else "-"
     lost = f"{s.lost_steps:,} ({duration(s.time['lost'])})" if s.lost_steps else "0"
     resume = ", ".join(duration(x) for x in s.resume_seconds) or "-"
-    cells = (s.name, s.state, steps, human(s.final_loss, 4), human(s.tokens_per_s), str(s.restarts), lost, resume,
+    final = ("not finite" if s.rows.diverged_at is not None and not math.isfinite(s.final_loss or 0.0)
+             else human(s.final_loss, 4))
+    cells = (s.name, s.state, steps, final, human(s.tokens_per_s), str(s.restarts), lost, resume,
              duration(sum(s.time.values())))
     return "<tr>" + "".join(f"<td>{e(c)}</td>" for c in cells) + "</tr>"
 
@@ -575,13 +587,27 @@ def render_html(summary: dict[str, Any]) -> str:
     return "\n".join(out) + "\n"
 
 
+def check_out(path: Path) -> None:
+    """UserError unless the page can be written at `path`: a file (new or replaced), a device or a pipe; not a
+    folder, nor in a folder that does not exist (both were tracebacks, after the whole report was built)."""
+    if path.is_dir():
+        raise UserError(f"--out {path} is a folder", f"name a file, e.g. --out {path / REPORT}")
+    if not path.parent.is_dir():
+        raise UserError(f"--out {path}: its folder {path.parent} does not exist", f"create {path.parent} first")
+
+
 def write(run: RunDir, path: Path | None = None) -> Path:
     """Write the report (default: report.html in the run directory); returns its path."""
     path = path or run.path / REPORT
+    check_out(path)
     page = render_html(summarize(run))
-    if path.exists() and not path.is_file():  # /dev/null, a pipe: written to, never replaced (renamed over,
-        with open(path, "w") as f:          # /dev/null became a file of reports)
-            f.write(page)
-        return path
-    atomic_write(path, page)
+    try:
+        if path.exists() and not path.is_file():  # /dev/null, a pipe: written to, never replaced (renamed over,
+            with open(path, "w") as f:          # /dev/null became a file of reports)
+                f.write(page)
+            return path
+        atomic_write(path, page)
+    except OSError as exc:
+        raise UserError(f"cannot write the report to {path}: {exc.strerror or exc}",
+                        "choose another --out, or free the disk / fix the folder's permissions") from None
     return path

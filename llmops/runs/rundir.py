@@ -311,6 +311,14 @@ def jsonl_rows(path: Path) -> Iterator[Any]:
                 continue
 
 
+def why_restarted(record: dict, restart: int, reason: str) -> dict[str, str]:
+    """A stage record's `why` with `reason` for its restart number `restart`: what ended the attempt before it, as
+    the one who restarted it knew (the supervisor, the user's resume), which the report prefers to its guess from
+    the stage's events (a killed rank leaves no exit event; a cancel and a preemption both exit 75)."""
+    why = record.get("why")
+    return {**(why if isinstance(why, dict) else {}), str(restart): reason}
+
+
 def number(value: object, *, whole: bool = False) -> bool:
     """A JSON number as llmops writes one: finite and not a boolean (`whole`: an integer), and an integer within
     what a float holds exactly (a 400-digit step was an OverflowError in `status` and `report`)."""

@@ -337,6 +337,26 @@ def test_hard_charts_are_laid_out_cleanly_in_chromium(browser, tmp_path, width):
     _check_layout(browser, _stress_page(tmp_path / "stress.html"), width, charts_expected=3)
 
 
+def test_report_out_that_cannot_take_a_page_is_bad_input_and_a_damaged_run_is_said_once(tmp_path):
+    """`llmops report RUN --out FOLDER` (or a file in a folder that does not exist) was a traceback after the whole
+    report had been built; a damaged status.json was printed twice (once as "from the files already here")."""
+    from llmops_testing import llmops
+
+    root = tmp_path / "runs"
+    root.mkdir()
+    run = RunDir(shutil.move(make_run(tmp_path / "a").path, root / "a-20270115-093000"))
+    (tmp_path / "shots").mkdir()
+    for out, problem in ((tmp_path / "shots", "is a folder"), (tmp_path / "nope" / "r.html", "does not exist")):
+        res = llmops("report", run.id, "--runs-dir", str(root), "--out", str(out))
+        assert res.returncode == 2 and problem in res.stderr and "Traceback" not in res.stderr, res.stderr
+    assert not list((tmp_path / "shots").iterdir())
+    ok = llmops("report", run.id, "--runs-dir", str(root), "--out", str(tmp_path / "shots" / "r.html"))
+    assert ok.returncode == 0 and (tmp_path / "shots" / "r.html").read_text().startswith("<!doctype html>"), ok.stderr
+    (run.path / "status.json").write_text("[]")
+    bad = llmops("report", run.id, "--runs-dir", str(root))
+    assert bad.returncode == 2 and bad.stderr.count("status.json is damaged") == 1, bad.stderr
+
+
 def test_a_damaged_run_folder_is_named_and_hides_no_other_run(tmp_path):
     """Run folders get copied and edited: a status.json cut short read as PENDING, submitted just now; one of
     the wrong shape, or a metrics row without its time, ended `llmops status` of every run in a traceback; a
@@ -382,6 +402,26 @@ def test_rows_with_numbers_no_run_writes_are_left_out_of_status_and_report(tmp_p
     assert stage.rows.points("accuracy")[-1][0] == STEPS and stage.rows.points("margin")[-1][0] == STEPS
     assert report.stage_restarts(run, "dpo") == [] and [r["step"] for r in run.metrics("dpo")][-1] == 61
     assert "<h2>dpo</h2>" in report.render_html(report.summarize(run))
+
+
+def test_a_loss_gone_to_nan_is_said_not_shown_as_missing(tmp_path):
+    """A stage whose loss became NaN (the trainer writes bare NaN and Infinity) showed its final loss as "-" and a
+    curve that just stopped; `llmops status` showed "-" too."""
+    from llmops_testing import llmops
+
+    run = make_run(tmp_path)
+    sft = run.stage_dir("sft")
+    rows = [r if r["step"] < 25 else {**r, "loss": math.nan if r["step"] % 2 else math.inf}
+            for r in _steps("sft", range(1, STEPS + 1), restart=0, start=T0 + 110)]
+    _write_jsonl(sft / "metrics.jsonl", rows)
+    (sft / "progress.json").write_text(json.dumps(rows[-1]))
+    page = report.render_html(report.summarize(run))
+    section = page.split("<h2>sft</h2>")[1].split("</section>")[0]
+    assert "loss first not finite (NaN or infinite) at step 25" in section
+    assert "<td>sft</td><td>SUCCEEDED</td><td>60/60</td><td>not finite</td>" in page
+    said = llmops("status", str(run.path), env={"COLUMNS": "200"})
+    (line,) = [x for x in said.stdout.splitlines() if x.strip().startswith("sft")]
+    assert " inf " in line, said.stdout
 
 
 def test_bytes_that_are_not_utf8_in_a_run_file_are_a_damaged_row_or_a_damaged_status(tmp_path):

@@ -43,7 +43,7 @@ from llmops.errors import EXIT_BAD_INPUT, EXIT_HUNG, EXIT_OK, EXIT_REQUEUE
 from llmops.prepare.pipeline import clean_done
 from llmops.procs import STANDBY_ENV, started, warm_start
 from llmops.runs import report
-from llmops.runs.rundir import CANCELLED, FAILED, RUNNING, SUCCEEDED, RunDir
+from llmops.runs.rundir import CANCELLED, FAILED, RUNNING, SUCCEEDED, RunDir, why_restarted
 
 # Seconds before a training stage's last step at which the next stage's launcher starts. Its imports take
 # 4.4 s on an idle core and about 9 s beside a training stage on two cores, which leaves ~17% of them idle
@@ -128,7 +128,7 @@ class Supervisor:
             record = status.stages.get(stage, {})
             restarts = record.get("restarts", 0) + 1
             run.update_stage(stage, restarts=restarts, message=f"restart {restarts}: {reason}",
-                             restart_reasons=[*record.get("restart_reasons", []), reason])
+                             why=why_restarted(record, attempt, reason))
             run.update_status(restarts=status.restarts + 1, message=f"{stage}: restart {restarts}: {reason}")
 
     def launch(self, stage: str, attempt: int) -> int:

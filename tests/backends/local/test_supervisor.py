@@ -97,6 +97,11 @@ def test_cancel_waits_without_killing_and_resume_follows_the_new_attempt_to_its_
     assert not any(word in shown for word in ("Warning", "warnings.warn", "torch.distributed", "Traceback"))
     assert all(len(line) <= 80 for line in shown.splitlines()), max(shown.splitlines(), key=len)
     assert "model:  " in res.stderr and "iter_0000030" in res.stderr and f"llmops report {run_dir.name}" in shown
+    # The user's resume is the stage's restart too (it said 0 beside the run's 1), and not a preemption.
+    st = RunDir(run_dir).read_status()
+    assert st.restarts == 1 and st.stages["pretrain"]["restarts"] == 1, st
+    said = " ".join(llmops("status", str(run_dir), env={"COLUMNS": "200"}).stdout.split())
+    assert "pretrain: restart 1: cancelled by the user at step" in said, said
 
 
 STAND_IN = """

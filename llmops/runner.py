@@ -22,7 +22,7 @@ from pathlib import Path
 from llmops import secrets
 from llmops.backends.base import Backend, Request
 from llmops.backends.registry import get_backend
-from llmops.errors import SpecError, UserError
+from llmops.errors import Problem, SpecError, UserError
 from llmops.runs.rundir import (
     CANCELLED,
     PENDING,
@@ -53,10 +53,21 @@ def check(spec: RunSpec, options: dict[str, dict[str, str]] | None = None, *,
     spec = backend.with_options(spec, (options or {}).get(backend.name, {}))
     problems = backend.validate(spec)
     if strict or os.environ.get("LLMOPS_STRICT") == "1" or _strict_profile(spec):
-        problems += backend.shell_fields(spec)
+        problems += backend.shell_fields(spec) + _profile_file(spec)
     if problems:
         raise SpecError(f"{spec.name} (backend {backend.name})", problems)
     return backend, spec
+
+
+def _profile_file(spec: RunSpec) -> list[Problem]:
+    """A profile the spec names by path is a file of the spec author's choosing, with the settings strict mode
+    leaves to the platform team (a root user, the host's network, any namespace): strict mode takes profiles by
+    name, from the search path the machine's owner set (llmops.profiles reads a `.yaml` path as a path)."""
+    if spec.profile is None or not (Path(spec.profile).suffix in (".yaml", ".yml") and Path(spec.profile).is_file()):
+        return []
+    return [Problem("profile", spec.profile, "names a profile file of the spec's own, whose settings strict mode "
+                    "leaves to the platform team", "name a profile installed on the search path (a folder in "
+                    "LLMOPS_PROFILE_PATH, or ~/.config/llmops/profiles/), or run without --strict")]
 
 
 def _strict_profile(spec: RunSpec) -> bool:

@@ -110,3 +110,21 @@ def test_a_spec_whose_input_is_missing_is_refused_before_any_run_exists(tmp_path
     assert res.returncode == 2 and "prepare.input.paths.0" in res.stderr and "matches no file" in res.stderr
     res = llmops("run", str(path), "--runs-dir", str(tmp_path / "runs"))
     assert res.returncode == 2 and not (tmp_path / "runs").exists() and not (tmp_path / "o").exists()
+
+
+def test_strict_mode_takes_profiles_by_name_not_a_file_the_spec_brings(tmp_path):
+    """`profile: ./evil-profile.yaml` under --strict brought the spec author's own "platform" settings (root, the
+    host's network, kube-system) past strict mode, which leaves those to the platform team."""
+    from llmops_testing import llmops
+
+    evil = tmp_path / "evil-profile.yaml"
+    evil.write_text("k8s: {allow_root: true, namespace: kube-system}\nenv: {LD_PRELOAD: /x.so}\n")
+    spec = write_spec(tmp_path / "s.yaml", {**tiny_spec("byfile"), "backend": "k8s", "profile": str(evil),
+                                                   "k8s": {"image": "registry.example/llmops:1"}})
+    assert llmops("validate", str(spec)).returncode == 0  # a path is fine outside strict mode
+    res = llmops("--strict", "validate", str(spec))
+    assert res.returncode == 2 and f"profile = '{evil}'" in res.stderr and "LLMOPS_PROFILE_PATH" in res.stderr
+    by_name = write_spec(tmp_path / "n.yaml", {**tiny_spec("byname"), "backend": "k8s", "profile": "evil-profile",
+                                                      "k8s": {"image": "registry.example/llmops:1"}})
+    ok = llmops("--strict", "validate", str(by_name), env={"LLMOPS_PROFILE_PATH": str(tmp_path)})
+    assert ok.returncode == 0, ok.stderr

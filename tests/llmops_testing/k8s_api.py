@@ -8,8 +8,9 @@ authorization, JobSet and Kueue groups) with real Status objects for errors,
 and insists on server-side apply (PATCH with application/apply-patch+yaml,
 fieldManager and force). Tests set up the cluster's state (namespaces, claims,
 nodes, denied permissions, refused objects) and play the controllers' part by
-editing stored objects (pods, Job conditions). It does not pretend to schedule
-or run anything.
+editing stored objects (pods, Job conditions), and break things as servers do
+(a delete refused, a followed log cut off mid-way). It does not pretend to
+schedule or run anything.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from __future__ import annotations
 import json
 import re
 import threading
+import time
 import uuid
 from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -51,8 +53,10 @@ class FakeCluster:
         self.denied: set[tuple[str, str]] = set()  # (verb, resource) the user may not do
         self.refuse: dict[str, tuple[int, str, str]] = {}  # resource -> Status on apply
         self.fail_after_create: dict[str, tuple[int, str, str]] = {}  # resource -> Status, the object kept
+        self.fail_delete: dict[str, tuple[int, str, str]] = {}  # resource -> Status on delete, the object kept
         self.installed = {"jobsets", "localqueues"}
-        self.logs: dict[str, str] = {}
+        self.logs = Logs()
+        self.cut_follow: dict[str, list[int]] = {}  # pod -> byte counts after which its next follows break
         self.applies: list[tuple[str, str]] = []  # (resource, fieldManager) of each apply
         self.managers: dict[tuple[str, str, str], str] = {}  # the field manager that created an object
         self.add("persistentvolumeclaims", "llmops-shared", {"spec": {"accessModes": ["ReadWriteMany"]}})
@@ -87,10 +91,49 @@ class FakeCluster:
                     del self.objects[pod]
         return gone
 
+    def job_pod(self, job: str, index: int, *, ignored: int = 0, scheduled: bool = True) -> dict:
+        """The body of a pod of a stored Job as its controller makes them (the template's labels, the index
+        annotations), running its main container, or unschedulable; a test adds it with `add`."""
+        template = self.objects[("jobs", "llmops", job)]["spec"]["template"]
+        meta = {"labels": {**template["metadata"]["labels"], "job-name": job},
+                "annotations": {"batch.kubernetes.io/job-completion-index": str(index)}}
+        if ignored:
+            meta["annotations"]["batch.kubernetes.io/job-index-ignored-failure-count"] = str(ignored)
+        if not scheduled:
+            return {"metadata": meta, "status": {"phase": "Pending", "conditions": [
+                {"type": "PodScheduled", "status": "False", "reason": "Unschedulable",
+                 "message": "0/1 nodes are available: 1 Insufficient cpu."}]}}
+        return {"metadata": meta, "status": {"phase": "Running", "containerStatuses": [
+            {"name": "trainer", "ready": True, "restartCount": 0, "image": "llmops:dev", "imageID": "",
+             "state": {"running": {"startedAt": "2025-01-01T00:00:00Z"}}}]}}
+
     def kinds(self, namespace: str = "llmops") -> list[str]:
         """What a run left behind (claims are the cluster's own)."""
         return sorted(o["kind"] for (r, ns, _), o in self.objects.items()
                       if ns == namespace and r != "persistentvolumeclaims")
+
+
+class Logs(dict):
+    """Pod name -> its main container's log; each line is stamped (as the kubelet does) with the time the text
+    was set, a microsecond apart to keep their order."""
+
+    def __init__(self):
+        super().__init__()
+        self.written: dict[str, float] = {}
+
+    def __setitem__(self, name: str, text: str) -> None:
+        super().__setitem__(name, text)
+        self.written[name] = time.time()
+
+    def lines(self, name: str, *, since: float | None) -> list[tuple[str, str]]:
+        """(RFC 3339 timestamp, line) of each line written within `since` seconds (all for None)."""
+        t0, out = self.written.get(name, 0.0), []
+        for i, line in enumerate(self.get(name, "").splitlines(keepends=True)):
+            when = t0 + i * 1e-6
+            if since is None or when >= time.time() - since:
+                stamp = datetime.fromtimestamp(when, UTC).strftime("%Y-%m-%dT%H:%M:%S")
+                out.append((f"{stamp}.{round(when % 1 * 1e9):09d}Z", line))
+        return out
 
 
 def node(name: str, **allocatable: str) -> dict:
@@ -162,8 +205,25 @@ class Handler(BaseHTTPRequestHandler):
         if obj is None:
             return self._send(404, status(404, "NotFound", f'{resource} "{name}" not found'))
         if log:
-            return self._send(200, self.cluster.logs.get(name, ""), "text/plain")
+            return self._log(name, query)
         return self._send(200, obj)
+
+    def _log(self, name: str, query: dict) -> None:
+        since = float(query["sinceSeconds"]) if "sinceSeconds" in query else None
+        lines = self.cluster.logs.lines(name, since=since)
+        body = "".join(f"{stamp} {line}" if query.get("timestamps") == "true" else line for stamp, line in lines)
+        cuts = self.cluster.cut_follow.get(name)
+        if query.get("follow") != "true" or not cuts:
+            return self._send(200, body, "text/plain")
+        # A stream broken mid-way (a proxy's timeout): the promised length, part of it, and the connection closed.
+        data = body.encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "text/plain")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data[:cuts.pop(0)])
+        self.wfile.flush()
+        self.close_connection = True
 
     def _route(self, path: str):
         m = ITEM.match(path)
@@ -212,6 +272,8 @@ class Handler(BaseHTTPRequestHandler):
         if route is None:
             return
         resource, ns, name, _ = route
+        if resource in self.cluster.fail_delete:
+            return self._send(*self.cluster.fail_delete[resource][:1], status(*self.cluster.fail_delete[resource]))
         obj = self.cluster.objects.pop((resource, ns, name), None)
         self.cluster.managers.pop((resource, ns, name), None)
         if obj is None:
@@ -229,7 +291,21 @@ class Handler(BaseHTTPRequestHandler):
             resource = attrs["resource"] + (f"/{attrs['subresource']}" if attrs.get("subresource") else "")
             review["status"] = {"allowed": (attrs["verb"], resource) not in self.cluster.denied}
             return self._send(201, review)
-        self._send(405, status(405, "MethodNotAllowed", "not served here"))
+        route = self._route(urlparse(self.path).path)
+        if route is None:
+            return
+        resource, ns, name, _ = route
+        if name is not None:
+            return self._send(405, status(405, "MethodNotAllowed", "not served here"))
+        body = self._body()  # a create: refused where the name is taken, whoever took it
+        name = body["metadata"]["name"]
+        if ("create", resource) in self.cluster.denied:
+            return self._send(403, status(403, "Forbidden", f'{resource} "{name}" is forbidden: User "me" cannot '
+                                          f'create resource "{resource}" in the namespace "{ns}"'))
+        if (resource, ns, name) in self.cluster.objects:
+            return self._send(409, status(409, "AlreadyExists", f'{resource} "{name}" already exists'))
+        self.cluster.managers[(resource, ns, name)] = "create"
+        self._send(201, self.cluster.add(resource, name, body, ns))
 
 
 def write_kubeconfig(path: Path, server: str, context: str = "fake") -> Path:

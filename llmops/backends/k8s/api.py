@@ -6,8 +6,8 @@ Kubernetes backend). Every call has a timeout, and every failure becomes a
 API server answered and how to fix it: an unreachable server, a missing
 kubeconfig context, expired credentials, RBAC denial, a missing namespace.
 Objects are created with server-side apply (field manager ``llmops``, strict
-field validation) and :meth:`Cluster.apply_all` deletes whatever it created
-when a later object is refused.
+field validation); the Secret, which may not be read, with a create that
+fails where the name is taken.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from kubernetes import config as kconfig
 from kubernetes.client.exceptions import ApiException
 from urllib3.exceptions import HTTPError
 
-from llmops.backends.k8s.objects import FIELD_MANAGER, RUN_LABEL
+from llmops.backends.k8s.objects import FIELD_MANAGER
 from llmops.errors import UserError
 
 TIMEOUT = (5, 30)  # seconds to connect, seconds to read
@@ -161,28 +161,30 @@ class Cluster:
             if exc.status != 404:
                 raise
 
-    def apply_all(self, objects: list[dict]) -> None:
-        """Apply in order; if one is refused, delete the ones applied before it and re-raise."""
-        applied: list[dict] = []
-        try:
-            for obj in objects:
-                self.apply(obj)
-                applied.append(obj)
-        except ClusterError:
-            for done in reversed(applied):
-                try:
-                    self.delete(done["kind"], done["metadata"]["name"], grace=0)
-                except ClusterError:
-                    pass  # best effort; the original error is what the user needs
-            # The refused one too, if the server created it after all (an apply whose answer timed out): found
-            # by the run's label, so never an object of the same name that is not this run's.
-            run = (obj["metadata"].get("labels") or {}).get(RUN_LABEL)
-            if run is not None:
-                try:
-                    self.delete_run(f"{RUN_LABEL}={run}", jobset=obj["kind"] == "JobSet", grace=0)
-                except ClusterError:
-                    pass
-            raise
+    def create(self, obj: dict) -> None:
+        """Create an object that must be new (the run's Secret: submitters may not read secrets, so a Secret
+        of the same name is found only by the API server's refusal, 409, never by a look)."""
+        self.call(f"creating {obj['kind']} {obj['metadata']['name']}", self._typed(obj["kind"], "create"),
+                  self.namespace, obj, field_validation="Strict")
+
+    def existing(self, objects: list[dict]) -> list[str]:
+        """`Kind name` of each object whose name is taken in the namespace already."""
+        taken = []
+        for obj in objects:
+            kind, name = obj["kind"], obj["metadata"]["name"]
+            try:
+                if kind == "JobSet":
+                    group, version, plural = JOBSET
+                    self.call(f"reading JobSet {name}", self.custom.get_namespaced_custom_object, group, version,
+                              self.namespace, plural, name)
+                else:
+                    self.call(f"reading {kind} {name}", self._typed(kind, "read"), name, self.namespace)
+            except ClusterError as exc:
+                if exc.status != 404:
+                    raise
+                continue
+            taken.append(f"{kind} {name}")
+        return taken
 
     def run_objects(self, selector: str, *, jobset: bool) -> list[tuple[str, str]]:
         """(kind, name) of every object with the run's label, workloads first."""

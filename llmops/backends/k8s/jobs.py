@@ -138,13 +138,10 @@ def _queue(k8s: K8sSpec) -> dict[str, str]:
 def indexed_jobs(*, names: RunNames, spec, k8s: K8sSpec, profile: K8sProfile, profile_env: dict[str, str],
                  run_dir: str) -> list[dict]:
     """One Indexed Job per stage; a later stage's pods wait in `setup` for the previous one's markers."""
-    out, previous, stages = [], None, stages_of(spec)
-    for stage in stages:
+    out, previous = [], None
+    for stage in stages_of(spec):
         plan = _plan(names=names, spec=spec, k8s=k8s, profile=profile, profile_env=profile_env,
                      run_dir=run_dir, stage=stage, previous=previous, jobset=False)
-        # k8s.ttl_after_finished: an earlier stage's Job may go (a later one's existence says it finished);
-        # the last one holds the run's outcome and gets its TTL once llmops has seen it (K8sBackend.refresh).
-        ttl = k8s.ttl_after_finished if stage is not stages[-1] else None
         job_spec = k.V1JobSpec(
             completion_mode="Indexed", completions=stage.indexes, parallelism=stage.indexes,
             backoff_limit_per_index=spec.restarts.max_restarts, max_failed_indexes=0,
@@ -154,7 +151,9 @@ def indexed_jobs(*, names: RunNames, spec, k8s: K8sSpec, profile: K8sProfile, pr
                 _disruption("Ignore"),
             ]),
             suspend=True if k8s.queue else None,  # Kueue un-suspends it on admission
-            ttl_seconds_after_finished=ttl, template=pod_template(plan),
+            # No ttlSecondsAfterFinished: a Job removed before llmops has seen its end takes its outcome with
+            # it (a failed stage would read as finished); K8sBackend.refresh gives it k8s.ttl_after_finished then.
+            template=pod_template(plan),
         )
         out.append(to_dict(k.V1Job(api_version="batch/v1", kind="Job", spec=job_spec,
                                    metadata=names.metadata(names.job(stage.name), stage=stage.name,

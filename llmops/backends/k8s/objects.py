@@ -20,18 +20,21 @@ Pod layout (one pod per node of a stage):
 
 from __future__ import annotations
 
+import copy
 import hashlib
 from dataclasses import dataclass, field
 from typing import Any
 
 from kubernetes import client as k
 
+from llmops.backends.k8s.rules import SHM
 from llmops.backends.k8s.spec import K8sProfile, K8sSpec
 
 GROUP = "llmops.dev"
 RUN_LABEL = f"{GROUP}/run"
 STAGE_LABEL = f"{GROUP}/stage"
 RUN_ID_ANNOTATION = f"{GROUP}/run-id"
+OWNER_LABEL = f"{GROUP}/run-uid"  # set at submit on everything a run creates (llmops.backends.k8s.record)
 KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
 FIELD_MANAGER = "llmops"
 TTL_MANAGER = "llmops-ttl"  # sets k8s.ttl_after_finished on a finished workload, that field alone
@@ -62,10 +65,11 @@ class RunNames:
     run_id: str
     base: str
     namespace: str
+    uid: str | None = None  # the run's OWNER_LABEL, once submitted; None for runs of an llmops that set none
 
     @classmethod
-    def of(cls, run_id: str, namespace: str) -> RunNames:
-        return cls(run_id=run_id, base=base_name(run_id), namespace=namespace)
+    def of(cls, run_id: str, namespace: str, uid: str | None = None) -> RunNames:
+        return cls(run_id=run_id, base=base_name(run_id), namespace=namespace, uid=uid)
 
     @property
     def config_map(self) -> str:
@@ -84,12 +88,34 @@ class RunNames:
         return {**out, STAGE_LABEL: stage} if stage else out
 
     @property
-    def selector(self) -> str:
+    def run_selector(self) -> str:
+        """Everything named for the run: its own objects, and those of another run whose id gives one name."""
         return f"{RUN_LABEL}={self.base}"
+
+    @property
+    def selector(self) -> str:
+        """The run's own objects and pods."""
+        return self.run_selector + (f",{OWNER_LABEL}={self.uid}" if self.uid else "")
 
     def metadata(self, name: str, *, stage: str | None = None, extra: dict[str, str] | None = None) -> k.V1ObjectMeta:
         return k.V1ObjectMeta(name=name, namespace=self.namespace, labels={**self.labels(stage), **(extra or {})},
                               annotations={RUN_ID_ANNOTATION: self.run_id})
+
+
+def stamped(objects: list[dict], uid: str) -> list[dict]:
+    """Copies of the objects with the run's OWNER_LABEL on them and on their pods. Set at submit only: rendered
+    manifests stay the same for every render of a run."""
+    out = copy.deepcopy(objects)
+    for obj in out:
+        metas = [obj["metadata"]]
+        if obj["kind"] == "Job":
+            metas.append(obj["spec"]["template"]["metadata"])
+        elif obj["kind"] == "JobSet":
+            for job in obj["spec"]["replicatedJobs"]:
+                metas += [job["template"]["metadata"], job["template"]["spec"]["template"]["metadata"]]
+        for meta in metas:
+            meta.setdefault("labels", {})[OWNER_LABEL] = uid
+    return out
 
 
 def to_dict(model: Any) -> dict:
@@ -272,7 +298,7 @@ def pod_template(plan: PodPlan) -> k.V1PodTemplateSpec:
         if gang else None,
         resources=resources(plan), security_context=container_security(plan),
         volume_mounts=[k.V1VolumeMount(name="shared", mount_path=spec.mount_path),
-                       k.V1VolumeMount(name="dshm", mount_path="/dev/shm")],
+                       k.V1VolumeMount(name="dshm", mount_path=SHM)],
     )
     # GPU placement (node pool, taints, host networking for RDMA) applies to GPU pods only;
     # data preparation and CPU runs land on any node.

@@ -52,7 +52,7 @@ def _permissions(cluster: Cluster, *, kinds: set[str], secrets: bool = False) ->
     wanted = [("list", "", "pods", None), ("get", "", "pods", "log"), ("list", "", "events", None),
               ("delete", "", "pods", None)]
     if secrets:  # the run's own Secret: written and deleted, never read back
-        wanted += [(verb, "", "secrets", None) for verb in ("create", "patch", "delete")]
+        wanted += [(verb, "", "secrets", None) for verb in ("create", "delete")]
     for kind in sorted(kinds):
         group, plural = (JOBSET[0], JOBSET[2]) if kind == "JobSet" else KINDS[kind][:2]
         wanted += [(verb, group, plural, None) for verb in ("create", "patch", "get", "list", "delete")]

@@ -11,12 +11,14 @@ events (``FailedCreate`` when a quota or admission policy refuses pods).
 from __future__ import annotations
 
 import queue
+import re
 import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from kubernetes import client as k
+from urllib3.exceptions import HTTPError
 
 from llmops.backends.k8s.api import JOBSET, Cluster, ClusterError
 from llmops.backends.k8s.jobs import Stage
@@ -54,15 +56,26 @@ def _conditions(job: k.V1Job) -> list[dict]:
             for c in (job.status.conditions if job.status else None) or []]
 
 
+def finished(job: k.V1Job) -> bool:
+    conds = _conditions(job)
+    return bool(_true(conds, "Complete") or _true(conds, "Failed"))
+
+
+def _count(value: str | None) -> int:
+    """A counter from a pod's labels or annotations; 0 when it is not a plain number (anyone who may edit pods
+    may write anything there, and status must still answer)."""
+    return int(value) if isinstance(value, str) and value.isascii() and value.isdigit() and len(value) < 10 else 0
+
+
 def restart_of(pod: k.V1Pod) -> int:
     """The attempt a pod belongs to, from the counters the Job controller or JobSet put on it."""
     ann, labels = pod.metadata.annotations or {}, pod.metadata.labels or {}
-    return (int(ann.get(INDEX_FAILURES) or 0) + int(ann.get(INDEX_IGNORED_FAILURES) or 0)
-            + int(labels.get(JOBSET_RESTART) or 0))
+    return (_count(ann.get(INDEX_FAILURES)) + _count(ann.get(INDEX_IGNORED_FAILURES))
+            + _count(labels.get(JOBSET_RESTART)))
 
 
 def index_of(pod: k.V1Pod) -> int:
-    return int((pod.metadata.annotations or {}).get(COMPLETION_INDEX) or 0)
+    return _count((pod.metadata.annotations or {}).get(COMPLETION_INDEX))
 
 
 def observe(cluster: Cluster, names: RunNames, stages: list[Stage], *, jobset: bool) -> Observed | None:
@@ -78,8 +91,9 @@ def observe(cluster: Cluster, names: RunNames, stages: list[Stage], *, jobset: b
     for i, stage in enumerate(stages):
         job = jobs.get(stage.name)
         if job is None:
-            # Stages run in order: one whose Job is gone while a later stage's Job exists finished and was
-            # removed by k8s.ttl_after_finished (had it failed, the later stage's pods fail too, seen below).
+            # Stages run in order: one whose Job is gone while a later stage's Job exists finished, was seen to by
+            # llmops and then removed by k8s.ttl_after_finished, which llmops gives a Job only once it has seen
+            # it end (K8sBackend.refresh): a failed one makes the run FAILED first.
             if any(later.name in jobs for later in stages[i + 1:]):
                 continue
             return Observed(FAILED, f"the Job of stage '{stage.name}' is gone (deleted outside llmops)", restarts)
@@ -131,9 +145,11 @@ def _active(cluster: Cluster, stage: Stage, pods: list[k.V1Pod], owner: str, res
     running = [p for p in live if _main_running(p)]
     if len(running) >= stage.indexes:
         return Observed(RUNNING, f"stage '{stage.name}': {len(running)}/{stage.indexes} pod(s) running", restarts)
-    reasons = sorted({r for p in live if (r := _waiting_reason(p))})
-    if not live:
-        reasons = [_latest_warning(cluster, owner) or "waiting for the Job controller to create pods"]
+    replaced = {index_of(p) for p in live}
+    reasons = sorted({r for p in pods if (r := _waiting_reason(p, replaced=index_of(p) in replaced))})
+    if not reasons:
+        reasons = [_latest_warning(cluster, owner) or ("waiting for the Job controller to create pods" if not live
+                                                       else "waiting for the pods to start their main container")]
     state = RUNNING if running else PENDING
     return Observed(state, f"stage '{stage.name}': {len(running)}/{stage.indexes} pod(s) running; "
                     + "; ".join(reasons), restarts)
@@ -143,7 +159,20 @@ def _main_running(pod: k.V1Pod) -> bool:
     return any(s.name == MAIN_CONTAINER and s.state and s.state.running for s in pod.status.container_statuses or [])
 
 
-def _waiting_reason(pod: k.V1Pod) -> str | None:
+def _waiting_reason(pod: k.V1Pod, *, replaced: bool) -> str | None:
+    """Why a pod of a stage that has not started keeps it waiting; `replaced`: a live pod has its index."""
+    if not pod.status:
+        return None
+    node = f"node {index_of(pod)}"
+    if pod.metadata.deletion_timestamp and pod.status.phase in ("Pending", "Running"):
+        # Its replacement starts only once it is gone (podReplacementPolicy: Failed); on a lost node that is
+        # when the node is back or the pod is force-deleted.
+        return f"{node}: terminating since {pod.metadata.deletion_timestamp.isoformat()}; its replacement waits"
+    if pod.status.phase == "Failed" and not replaced:
+        why = ": ".join(filter(None, [pod.status.reason, pod.status.message]))
+        return f"{node}: its pod failed{f' ({why})' if why else ''}, no replacement yet"
+    if pod.status.phase not in ("Pending", "Running"):
+        return None
     for cond in pod.status.conditions or []:
         if cond.type == "PodScheduled" and cond.status == "False":
             return f"unschedulable: {cond.message}"
@@ -221,19 +250,79 @@ def _main_started(pod: k.V1Pod) -> bool:
 
 
 def _stream(cluster: Cluster, pod: k.V1Pod, out: queue.Queue) -> None:
+    """Follow one pod's log into `out`. A stream cut before the log ended (a proxy's idle timeout, a dropped
+    connection) is opened again from a little before where it broke (the API takes `sinceSeconds`, measured here
+    from the last line received, so no two clocks are compared); the kubelet's timestamp on each line says which
+    lines were shown already, so none is lost or shown twice."""
+    shown = _Shown()
+    cuts = 0  # in a row, without a new line between them
     try:
-        resp = cluster.call(f"following the log of {pod.metadata.name}", cluster.core.read_namespaced_pod_log,
-                            pod.metadata.name, cluster.namespace, container=MAIN_CONTAINER, follow=True,
-                            _preload_content=False, timeout=FOLLOW_TIMEOUT)
-        pending = b""
-        for chunk in resp.stream(4096):
-            pending += chunk
-            *complete, pending = pending.split(b"\n")
-            for raw in complete:
-                out.put(_prefixed(pod, raw.decode(errors="replace")))
-        if pending:
-            out.put(_prefixed(pod, pending.decode(errors="replace")))
+        while True:
+            since = None if shown.last is None else int(time.monotonic() - shown.received) + RESUME_MARGIN
+            shown.reopened()
+            resp = cluster.call(f"following the log of {pod.metadata.name}", cluster.core.read_namespaced_pod_log,
+                                pod.metadata.name, cluster.namespace, container=MAIN_CONTAINER, follow=True,
+                                timestamps=True, since_seconds=since, _preload_content=False, timeout=FOLLOW_TIMEOUT)
+            pending, before = b"", shown.count
+            try:
+                for chunk in resp.stream(4096):
+                    pending += chunk
+                    *complete, pending = pending.split(b"\n")
+                    for raw in complete:
+                        shown.put(pod, raw, out)
+            except (HTTPError, OSError) as exc:  # cut: the partial line comes again whole
+                cuts = 0 if shown.count > before else cuts + 1
+                if cuts >= MAX_CUTS:
+                    out.put(_prefixed(pod, f"[llmops] the log stream of pod {pod.metadata.name} broke {cuts} times "
+                                           f"in a row ({exc}); the rest is in `llmops logs` once it ends"))
+                    return
+                time.sleep(1.0)
+                continue
+            if pending:
+                shown.put(pod, pending, out)
+            return
     except ClusterError:
         pass  # the pod went away; its replacement gets its own stream
     finally:
         out.put(None)
+
+
+RESUME_MARGIN = 10  # seconds more than since the last line, for the time lines take to arrive
+MAX_CUTS = 5
+_STAMP = re.compile(r"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(?:\.(\d{1,9}))?Z")
+
+
+class _Shown:
+    """Where a followed log has got to: the last line's timestamp and how many lines of that instant were shown."""
+
+    def __init__(self):
+        self.last: tuple[str, str] | None = None
+        self.at_last = 0
+        self.skip = 0  # lines of the `last` instant still to pass over in a stream opened again
+        self.count = 0
+        self.received = time.monotonic()
+
+    def put(self, pod: k.V1Pod, raw: bytes, out: queue.Queue) -> None:
+        stamp, _, text = raw.decode(errors="replace").partition(" ")
+        m = _STAMP.fullmatch(stamp)
+        if m is None:  # no timestamp: nothing to compare, so show it
+            return self._show(pod, raw.decode(errors="replace"), out)
+        when = (m[1], (m[2] or "").ljust(9, "0"))
+        if self.last is not None and when < self.last:
+            return None
+        if when == self.last:
+            if self.skip:
+                self.skip -= 1
+                return None
+            self.at_last += 1
+        else:
+            self.last, self.at_last, self.skip = when, 1, 0
+        self._show(pod, text, out)
+
+    def _show(self, pod: k.V1Pod, text: str, out: queue.Queue) -> None:
+        out.put(_prefixed(pod, text))
+        self.count += 1
+        self.received = time.monotonic()
+
+    def reopened(self) -> None:
+        self.skip = self.at_last

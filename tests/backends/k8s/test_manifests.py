@@ -314,6 +314,15 @@ def test_a_render_again_replaces_the_earlier_renders_files_and_the_folder_name_i
     ({"data": {"indexed": {"paths": ["/llmops/../etc/corpus"]}}}, [],
      "data.indexed.paths.0 = '/llmops/../etc/corpus': is not on the shared volume"),
     ({"k8s": {"image": "i:1", "run_as_user": 0}}, [], "k8s.run_as_user = 0: runs the containers as root"),
+    # Values that validated but gave pods the API server refuses, or that never start.
+    ({"k8s": {"image": "i:1", "mount_path": "/dev/shm"}}, [], "k8s.mount_path = '/dev/shm': is where every pod "
+     "mounts its memory-backed /dev/shm"),
+    ({"k8s": {"image": "i:1", "mount_path": "/llmops/.."}, "checkpoint": {"dir": "/etc/ckpt"}}, [],
+     "k8s.mount_path = '/llmops/..': is not a folder below / written plainly (once '.' and '..' are resolved it is "
+     "'/')"),
+    ({"k8s": {"image": "i:1", "mount_path": "/"}}, [], "k8s.mount_path = '/': is not a folder below /"),
+    ({"k8s": {"image": " registry.example.com/llmops:1\n"}}, [], "k8s.image = ' registry.example.com/llmops:1\\n': "
+     "is not an image reference"),
 ])
 def test_cli_render_refuses_bad_k8s_input_with_exit_2(tmp_path, change, args, expected):
     spec = write_spec(tmp_path / "s.yaml", {**_cpu(), **change})

@@ -48,11 +48,11 @@ def test_submit_applies_every_object_server_side(fake_cluster, tmp_path):
 def test_status_follows_pods_and_the_job_conditions(fake_cluster, tmp_path):
     run = runner.submit(plan(tmp_path))
     job_name = f"{run.id}-pretrain"
-    fake_cluster.add("pods", f"{job_name}-0-x", _pod(run.id, job_name, 0, scheduled=False))
+    fake_cluster.add("pods", f"{job_name}-0-x", fake_cluster.job_pod(job_name, 0, scheduled=False))
     st = runner.status(run)
     assert st.state == "PENDING" and "Insufficient cpu" in st.message
     for i in (0, 1):
-        fake_cluster.add("pods", f"{job_name}-{i}-x", _pod(run.id, job_name, i, ignored=1))
+        fake_cluster.add("pods", f"{job_name}-{i}-x", fake_cluster.job_pod(job_name, i, ignored=1))
     st = runner.status(run)
     assert (st.state, st.restarts) == ("RUNNING", 1) and "2/2 pod(s) running" in st.message
     fake_cluster.logs[f"{job_name}-1-x"] = "[step 1/4] loss=6.2 lr=1e-3\n"
@@ -176,26 +176,11 @@ def test_a_queue_that_does_not_exist(fake_cluster, tmp_path):
     assert "Kueue LocalQueue 'gpu-team'" in message and fake_cluster.kinds() == []
 
 
-def _pod(run_id: str, job: str, index: int, *, ignored: int = 0, scheduled: bool = True) -> dict:
-    labels = {"llmops.dev/run": run_id, "llmops.dev/stage": "pretrain", "job-name": job}
-    annotations = {"batch.kubernetes.io/job-completion-index": str(index)}
-    if ignored:
-        annotations["batch.kubernetes.io/job-index-ignored-failure-count"] = str(ignored)
-    if not scheduled:
-        return {"metadata": {"labels": labels, "annotations": annotations}, "status": {"phase": "Pending",
-                "conditions": [{"type": "PodScheduled", "status": "False", "reason": "Unschedulable",
-                                "message": "0/1 nodes are available: 1 Insufficient cpu."}]}}
-    return {"metadata": {"labels": labels, "annotations": annotations},
-            "status": {"phase": "Running", "containerStatuses": [
-                {"name": "trainer", "ready": True, "restartCount": 0, "image": "llmops:dev", "imageID": "",
-                 "state": {"running": {"startedAt": "2025-01-01T00:00:00Z"}}}]}}
-
-
 def test_following_logs_streams_every_pod_until_the_run_ends(fake_cluster, tmp_path):
     run = runner.submit(plan(tmp_path))
     job_name = f"{run.id}-pretrain"
     for i in (0, 1):
-        fake_cluster.add("pods", f"{job_name}-{i}-x", _pod(run.id, job_name, i))
+        fake_cluster.add("pods", f"{job_name}-{i}-x", fake_cluster.job_pod(job_name, i))
         fake_cluster.logs[f"{job_name}-{i}-x"] = f"hello from {i}\n[step 4/4] loss=1.0\n"
     fake_cluster.objects[("jobs", "llmops", job_name)]["status"] = {
         "conditions": [{"type": "Complete", "status": "True"}]}
@@ -243,30 +228,50 @@ def test_kubernetes_gets_a_secret_object_at_submit_only(fake_cluster, tmp_path, 
     assert ("secrets", "llmops", f"{run.id}-secrets") not in fake_cluster.objects
 
 
-def test_stages_removed_after_they_finished_do_not_fail_the_stages_after_them(fake_cluster, tmp_path):
-    """k8s.ttl_after_finished removes each finished Job: an earlier stage's Job gone while a later one runs
-    finished, and the run goes on (it read as 'deleted outside llmops', FAILED, while pretrain trained)."""
-    spec = k8s_spec(ttl_after_finished=0)
+def _prepare_spec(**k8s) -> dict:
+    spec = k8s_spec(**k8s)
     spec["prepare"] = {"input": {"paths": ["/llmops/raw/*.jsonl"]}, "output": {"dir": "/llmops/data/c"},
                        "tokenizer": {"vocab_size": 512}, "num_shards": 2}
-    request = runner.plan(parse_spec(spec), root=tmp_path / "runs")
-    # the phases' Jobs carry the TTL; the last stage's gets it once llmops has seen the run end
-    assert [o["spec"].get("ttlSecondsAfterFinished") for o in request.objects if o["kind"] == "Job"] == [0] * 5 + [
-        None]
+    return spec
+
+
+def test_stages_removed_after_they_finished_do_not_fail_the_stages_after_them(fake_cluster, tmp_path):
+    """k8s.ttl_after_finished removes each finished Job once llmops has seen it end: an earlier stage's Job gone
+    while a later one runs finished, and the run goes on (it read as 'deleted outside llmops', FAILED)."""
+    request = runner.plan(parse_spec(_prepare_spec(ttl_after_finished=0)), root=tmp_path / "runs")
+    # no Job carries the TTL: each gets it once llmops has seen it end
+    assert [o["spec"].get("ttlSecondsAfterFinished") for o in request.objects if o["kind"] == "Job"] == [None] * 6
     run = runner.submit(request)
     prepare = sorted(name for (r, _, name) in fake_cluster.objects if r == "jobs" and "-prepare-" in name)
-    for name in prepare:  # every phase finished, and the TTL took their Jobs
+    for name in prepare:
         fake_cluster.objects[("jobs", "llmops", name)]["status"] = {"conditions": [
             {"type": "Complete", "status": "True"}]}
-    assert sorted(fake_cluster.expire_finished()) == prepare
+    assert fake_cluster.expire_finished() == []  # finished, unseen: kept
     job_name = f"{run.id}-pretrain"
     for i in (0, 1):
-        fake_cluster.add("pods", f"{job_name}-{i}-x", _pod(run.id, job_name, i))
+        fake_cluster.add("pods", f"{job_name}-{i}-x", fake_cluster.job_pod(job_name, i))
+    assert runner.status(run).state == "RUNNING"
+    assert sorted(fake_cluster.expire_finished()) == prepare  # seen: the TTL took their Jobs
     st = runner.status(run)
     assert st.state == "RUNNING" and "stage 'pretrain'" in st.message, st.message
     fake_cluster.objects[("jobs", "llmops", job_name)]["status"] = {"conditions": [
         {"type": "Complete", "status": "True"}]}
     assert runner.status(run).state == "SUCCEEDED"
+
+
+def test_an_earlier_stage_that_failed_is_not_taken_for_finished_when_the_ttl_is_set(fake_cluster, tmp_path):
+    """With k8s.ttl_after_finished, a failed earlier stage's Job was removed before llmops saw it, and the later
+    stages' Jobs made it read as finished: nothing stopped them, and they waited up to 7 days."""
+    run = runner.submit(runner.plan(parse_spec(_prepare_spec(ttl_after_finished=0)), root=tmp_path / "runs"))
+    first = f"{run.id}-prepare-clean"
+    fake_cluster.objects[("jobs", "llmops", first)]["status"] = {"conditions": [
+        {"type": "Failed", "status": "True", "reason": "FailedIndexes", "message": "Job has failed indexes"}]}
+    assert fake_cluster.expire_finished() == []  # the TTL controller: nothing of it may go unseen
+    st = runner.status(run)
+    assert st.state == "FAILED" and "stage 'prepare-clean' failed (FailedIndexes)" in st.message, st.message
+    left = sorted(name.removeprefix(f"{run.id}-") for (r, _, name) in fake_cluster.objects if r == "jobs")
+    assert left == ["prepare-clean"]  # the stages waiting for it are stopped
+    assert fake_cluster.expire_finished() == [first]  # seen and recorded: now it may go
 
 
 def test_a_run_stays_on_the_cluster_it_was_submitted_to_when_the_current_context_changes(fake_cluster, tmp_path):

@@ -32,10 +32,12 @@ def problems(spec: RunSpec, k8s: K8sSpec, profile: K8sProfile) -> list[Problem]:
                            "only; no spaces or line breaks)", "write the reference alone, e.g. "
                            "registry.example.com/llmops:1.0"))
     out += _mount_path(k8s.mount_path)
-    if k8s.run_as_user == 0 and not profile.allow_root:
-        out.append(Problem("k8s.run_as_user", 0, "runs the containers as root, which the cluster profile does not "
-                           "allow (allow_root)", "leave run_as_user at its default (1000), or ask the platform team "
-                           "to set allow_root: true in the profile"))
+    if k8s.run_as_user in (0, None) and not profile.allow_root:
+        out.append(Problem("k8s.run_as_user", k8s.run_as_user, (
+            "runs the containers as root" if k8s.run_as_user == 0 else
+            "keeps the image's user, root in most images (the NGC PyTorch base included)") + ", which the cluster "
+            "profile does not allow (allow_root)", "leave run_as_user at its default (1000), or set the image's "
+            "non-root uid, or ask the platform team to set allow_root: true in the profile"))
     root = posixpath.normpath(k8s.mount_path).rstrip("/") + "/"
     for where, path in _paths(spec):
         # Normalised first: '/llmops/../etc' starts with '/llmops/' and is not on the volume.

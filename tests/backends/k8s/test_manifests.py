@@ -314,6 +314,8 @@ def test_a_render_again_replaces_the_earlier_renders_files_and_the_folder_name_i
     ({"data": {"indexed": {"paths": ["/llmops/../etc/corpus"]}}}, [],
      "data.indexed.paths.0 = '/llmops/../etc/corpus': is not on the shared volume"),
     ({"k8s": {"image": "i:1", "run_as_user": 0}}, [], "k8s.run_as_user = 0: runs the containers as root"),
+    # the image's own user, root in most: it passed under a profile without allow_root
+    ({"k8s": {"image": "i:1", "run_as_user": None}}, [], "k8s.run_as_user: keeps the image's user"),
     # Values that validated but gave pods the API server refuses, or that never start.
     ({"k8s": {"image": "i:1", "mount_path": "/dev/shm"}}, [], "k8s.mount_path = '/dev/shm': is where every pod "
      "mounts its memory-backed /dev/shm"),

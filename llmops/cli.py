@@ -649,7 +649,7 @@ def export(
     _model_imports()
     from llmops_model.hf import export as hf_export
 
-    hf_export.export(source, out_dir, dtype=dtype, info=_say)
+    source = hf_export.export(source, out_dir, dtype=dtype, info=_say)  # newer, if training deleted it meanwhile
     err.print(f"exported {escape(source.label)} to {escape(_shown(out_dir))}")
     err.print(f"load it: AutoModelForCausalLM.from_pretrained({str(out_dir)!r})", markup=False)
     if source.tokenizer is not None:  # no text goes into a model without one
@@ -671,7 +671,7 @@ def generate(
     = 0.0,
     top_p: Annotated[float, typer.Option(min=0.0, max=1.0, help="Nucleus sampling (with a temperature).")] = 1.0,
     top_k: Annotated[int, typer.Option(min=0, help="Sample among the k likeliest tokens; 0 is all.")] = 0,
-    seed: Annotated[int, typer.Option(help="Seed of the sampling.")] = 0,
+    seed: Annotated[int, typer.Option(min=0, max=2**32 - 1, help="Seed of the sampling.")] = 0,
     batch_size: Annotated[int, typer.Option(min=1, max=4096, help="Prompts per batch with --prompts.")] = 8,
     stage: StageOpt = None,
     step: StepOpt = None,
@@ -757,7 +757,7 @@ def eval_(
     settings = evaluation.Settings(limit=limit, batch_size=batch_size, num_fewshot=num_fewshot, device=device,
                                    verbose=_state["verbose"])
     try:
-        results = evaluation.evaluate(source, task_list, settings, python=python, info=_say)
+        results, source = evaluation.evaluate(source, task_list, settings, python=python, info=_say)
     except KeyboardInterrupt:
         err.print("\n[yellow]interrupted: lm-eval stopped; nothing was written[/yellow]")
         raise typer.Exit(EXIT_FAILED) from None
@@ -798,6 +798,7 @@ def _complete_one(model, ids: list[int], sampling, *, echo: str | None) -> str:
         sys.stdout.write(text)
         sys.stdout.flush()
 
+    model.check_fits(len(ids), sampling.max_new_tokens)  # before the echo: stdout holds nothing on an error
     started = time.monotonic()
     if echo is not None:
         write(echo)
@@ -811,12 +812,14 @@ def _complete_one(model, ids: list[int], sampling, *, echo: str | None) -> str:
 
 
 def _chat(model, sampling, *, first: str | None) -> None:
-    """Turn by turn at a prompt, the conversation kept; an empty line or end of input ends it."""
+    """Turn by turn at a prompt, the conversation kept; an empty line or end of input ends it. A typed message
+    too long for the model's context is refused and the chat goes on (--prompt's: exit 2)."""
     history: list[dict[str, str]] = []
     model.encode([{"role": "user", "content": "hi"}])  # no chat template: the error before the first prompt
     err.print("[dim]chat: an empty line or Ctrl-D ends it[/dim]")
     while True:
-        if first is not None:
+        typed = first is None
+        if not typed:
             text, first = first, None
             sys.stdout.write(f"you> {text}\n")
         else:
@@ -827,10 +830,37 @@ def _chat(model, sampling, *, first: str | None) -> None:
                 return
         if not text.strip():
             return
-        history.append({"role": "user", "content": text})
+        try:
+            history, turn, ids = _fit_chat(model, [*history, {"role": "user", "content": text}], sampling)
+        except UserError as exc:
+            if not typed:
+                raise
+            err.print(f"[red]error:[/red] {escape(exc.render())}", soft_wrap=True)
+            continue
         sys.stdout.write("model> ")
-        history.append({"role": "assistant", "content": _complete_one(model, model.encode(history), sampling,
-                                                                      echo=None)})
+        history.append({"role": "assistant", "content": _complete_one(model, ids, turn, echo=None)})
+
+
+def _fit_chat(model, history: list[dict[str, str]], sampling):
+    """The conversation, sampling and ids of the next turn within the model's context: the oldest exchanges
+    are left out until a whole answer fits, then the answer is shortened to the room left, each said on
+    stderr. UserError when the last message alone leaves no room."""
+    import dataclasses
+
+    ids, dropped, context = model.encode(history), 0, model.context
+    while context is not None and len(ids) + sampling.max_new_tokens > context and len(history) > 1:
+        history, dropped = history[2:], dropped + 1  # a user's message and its answer
+        ids = model.encode(history)
+    if dropped:
+        err.print(f"[dim](the oldest {dropped} exchange(s) left out: the model's context is {context} tokens)[/dim]")
+    if context is not None and len(ids) + sampling.max_new_tokens > context:
+        if len(ids) >= context:
+            raise UserError(f"the message takes {len(ids)} tokens with the chat template, and the model's context "
+                            f"is {context}: no room for an answer", "write a shorter message")
+        sampling = dataclasses.replace(sampling, max_new_tokens=context - len(ids))
+        err.print(f"[dim](the answer is cut to {sampling.max_new_tokens} tokens: the model's context is {context} "
+                  "tokens)[/dim]")
+    return history, sampling, ids
 
 
 @app.command()

@@ -9,8 +9,10 @@ in, or the run its folder's owner file names.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 from llmops.errors import UserError
 from llmops.runs import checkpoints as ck
@@ -18,6 +20,9 @@ from llmops.runs.rundir import RunDir, checkpoint_root, resolve_run
 from llmops.spec import hf
 from llmops.spec.align import ChatTokens
 from llmops.spec.run import RunSpec
+
+T = TypeVar("T")
+READ_TRIES = 3  # a stage that prunes each checkpoint before a read ends is saving faster than it can be read
 
 
 @dataclass(frozen=True)
@@ -31,6 +36,7 @@ class Checkpoint:
     step: int
     tokenizer: str | None  # what the stage's data was tokenized with: a SentencePiece model's path, or hf:DIR
     template: ChatTokens | None  # the chat markers, for stages trained on conversations
+    pinned: bool = False  # the user named this step (--step, or an iter_* folder); else the stage's latest
 
     @property
     def label(self) -> str:
@@ -56,7 +62,8 @@ def is_hf_folder(path: Path) -> bool:
 
 def check_out(out: Path) -> None:
     """UserError unless `out` is free for an export: absent, or an empty folder (never overwritten); not a
-    symbolic link (the export is renamed into place) nor the current folder."""
+    symbolic link (the export is renamed into place) nor the current folder; not inside a run's checkpoint
+    folder (`llmops checkpoints` would take it for a failed save, and a prune could delete it)."""
     if out.is_symlink():
         raise UserError(f"--out {out} is a symbolic link", "name a new folder (export writes a folder of its own)")
     if out.resolve() == Path.cwd().resolve():
@@ -66,6 +73,12 @@ def check_out(out: Path) -> None:
                         "name a new folder (export never overwrites one)")
     if not out.parent.is_dir():
         raise UserError(f"--out {out}: its parent folder does not exist", f"create {out.parent} first")
+    here = out.parent.resolve()
+    inside = next((p for p in (here, *here.parents) if (p / ck.OWNER).is_file() or (p / ck.TRACKER).is_file()
+                   or (ck.step_of(p) is not None and (p / ck.MANIFEST).is_file())), None)
+    if inside is not None:
+        raise UserError(f"--out {out} is inside the checkpoint folder {inside}, which belongs to a run",
+                        "name a folder outside the run's checkpoint folders, e.g. --out ./model")
 
 
 def resolve(ref: str, *, runs_root: Path, stage: str | None = None, step: int | None = None,
@@ -83,7 +96,7 @@ def resolve(ref: str, *, runs_root: Path, stage: str | None = None, step: int | 
             raise UserError(f"--step {step} contradicts {ref}", "name the run or checkpoint root with --step, "
                             "or the checkpoint folder alone")
         run, stage_of = _owner(path.parent, runs_root)
-        return _checkpoint(run, stage_of, path, ck.verify(path))
+        return _checkpoint(run, stage_of, path, ck.verify(path), pinned=True)
     if path.is_dir() and ck.is_root(path):
         run, stage_of = _owner(path, runs_root)
         return _pick(run, stage_of, path, step)
@@ -135,30 +148,71 @@ def _owner(root: Path, runs_root: Path) -> tuple[RunDir, str]:
 
 
 def _pick(run: RunDir, stage: str, root: Path, step: int | None) -> Checkpoint:
-    infos = ck.describe(root)
+    """The stage's latest complete checkpoint, or the one at `step`. Only that folder is looked into: a stage
+    still training may be deleting its older ones meanwhile."""
     if step is None:
         found = ck.find_latest(root)
         if found.path is None:
             raise UserError(f"{stage} of run {run.id} has no complete checkpoint in {root}",
                             "pass another --stage, or resume the run until it saves one")
         return _checkpoint(run, stage, found.path, None)
-    match = [i for i in infos if i.step == step]
-    steps = ", ".join(str(i.step) for i in infos if i.complete) or "none"
-    if not match:
-        raise UserError(f"--step {step}: {stage} of run {run.id} has no checkpoint at that step",
-                        f"pass one of the complete steps ({steps}), or leave --step out for the latest")
-    return _checkpoint(run, stage, match[0].path, match[0].problem)
+    path = ck.checkpoint_dir(root, step)
+    if path.is_dir():
+        return _checkpoint(run, stage, path, ck.verify(path), pinned=True)
+    if path.with_name(path.name + ".partial").is_dir():
+        return _checkpoint(run, stage, path, "being written, or left by a crash (a resume ignores it)")
+    steps = ", ".join(str(s) for s, p in ck.list_checkpoints(root) if ck.verify(p) is None) or "none"
+    raise UserError(f"--step {step}: {stage} of run {run.id} has no checkpoint at that step",
+                    f"pass one of the complete steps ({steps}), or leave --step out for the latest")
 
 
-def _checkpoint(run: RunDir, stage: str, path: Path, problem: str | None) -> Checkpoint:
+def read(source: Checkpoint, reader: Callable[[Checkpoint], T], *,
+         info: Callable[[str], None]) -> tuple[Checkpoint, T]:
+    """`reader(source)`, and the checkpoint it read. A stage still training deletes its older checkpoints as it
+    saves new ones (checkpoint.keep_last), possibly the one being read: when `reader` fails and the folder is
+    gone or no longer complete (whatever the loader raised: a missing file, Megatron's CheckpointingException,
+    torch's CheckpointException), the stage's then-latest checkpoint is read instead, or, for a step the user
+    named, exit 2 says what happened."""
+    for _ in range(READ_TRIES):
+        try:
+            return source, reader(source)
+        except Exception:
+            if _whole(source.path):
+                raise  # a failure of its own
+        gone = (f"{source.label} was deleted while it was read: the running stage keeps only its newest "
+                "checkpoints (checkpoint.keep_last)")
+        if source.pinned:
+            raise UserError(gone, f"pass a step it still keeps (`llmops checkpoints {source.run.id}` lists them), "
+                            "or leave --step out for the latest")
+        newer = ck.find_latest(source.path.parent).path
+        if newer is None:
+            raise UserError(f"{gone}, and it has no complete checkpoint now",
+                            f"retry once it has saved one (`llmops checkpoints {source.run.id}`)")
+        source = _checkpoint(source.run, source.stage, newer, None)
+        info(f"{gone}; reading the latest one, step {source.step}")
+    raise UserError(f"run {source.run.id}'s {source.stage} stage deleted each of {READ_TRIES} checkpoints before "
+                    "it could be read: it saves faster than the model loads",
+                    f"pin a step it keeps longer (--step), or retry when the stage is done (`llmops status "
+                    f"{source.run.id}`)")
+
+
+def _whole(path: Path) -> bool:
+    try:
+        return path.is_dir() and ck.verify(path) is None
+    except OSError:  # a file that went between two looks
+        return False
+
+
+def _checkpoint(run: RunDir, stage: str, path: Path, problem: str | None, *, pinned: bool = False) -> Checkpoint:
     if problem is not None:
         raise UserError(f"{path} is not a complete checkpoint: {problem}",
                         f"pick a complete one (`llmops checkpoints {run.id}` lists them)")
     spec = run.read_spec()
     step = ck.step_of(path)
     align = spec.align_stage(stage) if stage != "pretrain" else None
-    return Checkpoint(path=path, spec=spec, run=run, stage=stage, step=step, tokenizer=_tokenizer(spec, align),
-                      template=align.template if align is not None else None)
+    return Checkpoint(path=path.absolute(), spec=spec, run=run, stage=stage, step=step,
+                      tokenizer=_tokenizer(spec, align), template=align.template if align is not None else None,
+                      pinned=pinned)
 
 
 def _tokenizer(spec: RunSpec, align) -> str | None:

@@ -130,10 +130,11 @@ def _interpreter(path: Path) -> Path | None:
 
 
 def evaluate(source: Checkpoint | HFFolder, tasks: Tasks, settings: Settings, *, python: Path,
-             info: Callable[[str], None] = print) -> dict[str, Any]:
-    """lm-eval's results for `source` on `tasks`, with an ``llmops`` key saying what was evaluated and how.
-    `source` has passed :func:`llmops_model.hf.folder.check_source` (the CLI checks it before it looks for
-    lm-eval)."""
+             info: Callable[[str], None] = print) -> tuple[dict[str, Any], Checkpoint | HFFolder]:
+    """lm-eval's results for `source` on `tasks`, with an ``llmops`` key saying what was evaluated and how, and
+    what was evaluated: `source`, or its stage's newer checkpoint where a stage still training deleted it
+    meanwhile. `source` has passed :func:`llmops_model.hf.folder.check_source` (the CLI checks it before it
+    looks for lm-eval)."""
     started = time.time()
     with tempfile.TemporaryDirectory(prefix="llmops-eval-") as tmp:
         work = Path(tmp)
@@ -148,20 +149,21 @@ def evaluate(source: Checkpoint | HFFolder, tasks: Tasks, settings: Settings, *,
                               for name, n in ready["tasks"].items())
             info(f"tasks: {sizes}" + (f"; at most {settings.limit} each (--limit)" if settings.limit else ""))
             if isinstance(source, Checkpoint):
-                _export(source, folder, device=ready["device"], info=info)
+                source = _export(source, folder, device=ready["device"], info=info)
             harness.go()
             harness.until("done")
         results = json.loads((work / "results.json").read_text())
     results["llmops"] = {
         "model": source.label, "run": source.run.id if isinstance(source, Checkpoint) else None,
         "stage": getattr(source, "stage", None), "step": getattr(source, "step", None),
-        "checkpoint": str(source.path), "tasks": tasks.names + tasks.files + tasks.folders, "limit": settings.limit,
+        "checkpoint": str(source.path.absolute()), "tasks": tasks.names + tasks.files + tasks.folders,
+        "limit": settings.limit,
         "num_fewshot": settings.num_fewshot, "batch_size": settings.batch_size, "device": ready["device"],
         "lm_eval": ready.get("lm_eval"), "evaluated_at": started, "seconds": round(time.time() - started, 1)}
-    return results
+    return results, source
 
 
-def _export(ck: Checkpoint, folder: Path, *, device: str, info: Callable[[str], None]) -> None:
+def _export(ck: Checkpoint, folder: Path, *, device: str, info: Callable[[str], None]) -> Checkpoint:
     """The folder `llmops export` would write: fp32 for a CPU, the precision it was trained in for a GPU."""
     import torch
 
@@ -169,7 +171,7 @@ def _export(ck: Checkpoint, folder: Path, *, device: str, info: Callable[[str], 
 
     folder.mkdir()
     dtype = torch.float32 if device == "cpu" else export.DTYPES[export.default_dtype(ck)]
-    export.write(ck, folder, dtype=dtype, info=info)
+    return export.write(ck, folder, dtype=dtype, info=info)
 
 
 class _Harness:

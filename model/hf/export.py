@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 
 from llmops.prepare import pretrained
+from llmops.runs import models
 from llmops.runs.models import Checkpoint, check_out
 from llmops.spec.prepare import EOS_ID
 from llmops_model.hf import convert
@@ -39,8 +40,10 @@ def default_dtype(ck: Checkpoint) -> str:
     return "fp32" if param_dtype(ck.spec) == torch.float32 else "bf16"
 
 
-def export(ck: Checkpoint, out: Path, *, dtype: str | None = None, info: Callable[[str], None] = print) -> Path:
-    """Write the Hugging Face folder for `ck` at `out`; returns `out`."""
+def export(ck: Checkpoint, out: Path, *, dtype: str | None = None,
+           info: Callable[[str], None] = print) -> Checkpoint:
+    """Write the Hugging Face folder for `ck` at `out`; returns the checkpoint written (a newer one of the same
+    stage where a stage still training deleted `ck` meanwhile, see :func:`llmops.runs.models.read`)."""
     convert.family(ck.spec.model)  # refuse what has no transformers architecture before any loading
     check_out(out)
     if ck.tokenizer is None:
@@ -51,7 +54,7 @@ def export(ck: Checkpoint, out: Path, *, dtype: str | None = None, info: Callabl
     shutil.rmtree(tmp, ignore_errors=True)  # ours: named by this process
     tmp.mkdir()
     try:
-        write(ck, tmp, dtype=DTYPES[dtype], info=info)
+        ck = write(ck, tmp, dtype=DTYPES[dtype], info=info)
         for f in tmp.iterdir():  # safetensors' temporary files are private; the export is as readable as any file
             f.chmod(0o666 & ~_umask())
         if out.exists():
@@ -60,11 +63,12 @@ def export(ck: Checkpoint, out: Path, *, dtype: str | None = None, info: Callabl
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return out
+    return ck
 
 
-def write(ck: Checkpoint, folder: Path, *, dtype: torch.dtype, info: Callable[[str], None]) -> None:
-    """Every file of the export into `folder`."""
+def write(ck: Checkpoint, folder: Path, *, dtype: torch.dtype, info: Callable[[str], None]) -> Checkpoint:
+    """Every file of the export into `folder`; returns the checkpoint read (`ck`, or the stage's newer one where
+    a stage still training deleted `ck` while it was read)."""
     from huggingface_hub import save_torch_state_dict
     from transformers import AutoConfig, GenerationConfig
 
@@ -80,8 +84,14 @@ def write(ck: Checkpoint, folder: Path, *, dtype: torch.dtype, info: Callable[[s
             Path(ck.tokenizer), vocab_size=spec.model.padded_vocab_size, template=ck.template,
             max_length=spec.model.seq_length)
     started = time.monotonic()
-    info(f"loading {ck.label} (saved as {_layout(ck)}) ...")
-    tensors = {k: v.to(dtype) for k, v in convert.to_hf(weights.load(spec, ck.path), spec.model).items()}
+
+    def load(source: Checkpoint) -> tuple[str, dict[str, torch.Tensor]]:
+        layout = _layout(source)
+        info(f"loading {source.label} (saved as {layout}) ...")
+        return layout, weights.load(spec, source.path)
+
+    ck, (layout, state) = models.read(ck, load, info=info)
+    tensors = {k: v.to(dtype) for k, v in convert.to_hf(state, spec.model).items()}
     if folder_of_tokenizer is not None:
         eos_ids = list(dict.fromkeys([tok.eos_token_id, *tokenizer.end_ids(folder_of_tokenizer)]))
         bos, pad = tok.bos_token_id, tok.pad_token_id
@@ -102,11 +112,12 @@ def write(ck: Checkpoint, folder: Path, *, dtype: torch.dtype, info: Callable[[s
             shutil.copyfile(ck.tokenizer, folder / "tokenizer.model")
     params = sum(t.numel() for t in tensors.values())
     (folder / "llmops-export.json").write_text(json.dumps({
-        "run": ck.run.id, "stage": ck.stage, "step": ck.step, "checkpoint": str(ck.path), "layout": _layout(ck),
+        "run": ck.run.id, "stage": ck.stage, "step": ck.step, "checkpoint": str(ck.path), "layout": layout,
         "architecture": cfg["architectures"][0], "dtype": str(dtype).removeprefix("torch."), "parameters": params,
         "exported_at": time.time()}, indent=1) + "\n")
     info(f"wrote {params / 1e6:.1f}M parameters ({cfg['architectures'][0]}, {str(dtype).removeprefix('torch.')}) "
          f"in {time.monotonic() - started:.1f}s")
+    return ck
 
 
 def _umask() -> int:

@@ -54,6 +54,32 @@ def check(folder: Path, *, tokenizer: bool = True) -> None:
         raise UserError(f"{folder} holds no tokenizer ({', '.join(TOKENIZER_FILES)}), so no text can go in: "
                         "a run trained on synthetic tokens exports the model alone",
                         "add the tokenizer the model was trained with, or train on prepared text (prepare:)")
+    if tokenizer and isinstance(config.get("vocab_size"), int):
+        check_vocabulary(folder, _tokenizer_size(folder / "tokenizer.json"), config["vocab_size"])
+
+
+def check_vocabulary(folder: Path, tokens: int | None, vocab: int) -> None:
+    """UserError when the tokenizer makes ids past the model's vocabulary: they have no embedding (an IndexError
+    in the model). Fewer tokens than the vocabulary is normal: vocabularies are padded (llmops's to 128)."""
+    if tokens is not None and tokens > vocab:
+        raise UserError(f"{folder}: its tokenizer has {tokens:,} tokens, more than the model's vocabulary of "
+                        f"{vocab:,} (config.json vocab_size): a token past it has no embedding",
+                        "use the tokenizer saved with these weights (a tokenizer of at most "
+                        f"{vocab:,} tokens)")
+
+
+def _tokenizer_size(path: Path) -> int | None:
+    """The ids a tokenizer.json makes (its highest id + 1), None without a readable one (transformers' loading
+    then says why)."""
+    if not path.is_file():
+        return None
+    from tokenizers import Tokenizer
+
+    try:
+        ids = Tokenizer.from_file(str(path)).get_vocab(with_added_tokens=True).values()
+    except Exception:  # noqa: BLE001 (a damaged file raises anything)
+        return None
+    return max(ids) + 1 if ids else None
 
 
 def _json_object(path: Path) -> dict[str, Any]:

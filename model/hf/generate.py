@@ -103,6 +103,7 @@ class Generator:
                             f"{', ...' if len(wrong) > 3 else ''})", "use the config.json saved with these weights")
         if not tok.get_vocab():
             raise UserError(f"{folder}: its tokenizer is empty", "add the tokenizer the model was trained with")
+        hf_folder.check_vocabulary(folder, len(tok), model.get_input_embeddings().num_embeddings)
         if tok.pad_token_id is None:
             tok.pad_token = tok.eos_token
         tok.padding_side = "left"  # a batch's prompts end together, where generation starts
@@ -133,6 +134,20 @@ class Generator:
                             "give the messages roles the model knows (llmops models: system, user, assistant)"
                             ) from None
 
+    @property
+    def context(self) -> int | None:
+        """The most tokens a sequence may hold: GPT-2's learned positions end there; None for RoPE models."""
+        return getattr(self.model.config, "n_positions", None)
+
+    def check_fits(self, prompt_tokens: int, max_new_tokens: int) -> None:
+        """UserError unless a prompt of `prompt_tokens` and `max_new_tokens` fit the model's context."""
+        context = self.context
+        if context is not None and prompt_tokens + max_new_tokens > context:
+            raise UserError(f"the prompt ({prompt_tokens} tokens) and --max-new-tokens {max_new_tokens} exceed "
+                            f"the model's context of {context} tokens",
+                            f"shorten the prompt or pass --max-new-tokens {context - prompt_tokens} or less"
+                            if prompt_tokens < context else f"shorten the prompt to fewer than {context} tokens")
+
     @torch.no_grad()
     def complete(self, prompts: list[list[int]], sampling: Sampling,
                  on_text: Callable[[str], None] | None = None) -> list[Completion]:
@@ -141,27 +156,33 @@ class Generator:
 
         if not all(prompts):
             raise UserError("a prompt is empty: it encodes to no tokens", "give every prompt some text")
-        set_seed(sampling.seed)
         width = max(len(p) for p in prompts)
-        context = getattr(self.model.config, "n_positions", None)  # learned positions end there (GPT-2)
-        if context is not None and width + sampling.max_new_tokens > context:
-            raise UserError(f"the prompt ({width} tokens) and --max-new-tokens {sampling.max_new_tokens} exceed "
-                            f"the model's context of {context} tokens",
-                            f"shorten the prompt or pass --max-new-tokens {max(1, context - width)} or less")
+        self.check_fits(width, sampling.max_new_tokens)
+        set_seed(sampling.seed)
         pad = self.tok.pad_token_id
         ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts], device=self.device)
         mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=self.device)
-        streamer = _Stream(self.tok, on_text) if on_text is not None and len(prompts) == 1 else None
+        stops = set(_as_list(self.model.generation_config.eos_token_id))
+        streamer = _Stream(self.tok, prompts[0], on_text, stops) if on_text is not None and len(prompts) == 1 \
+            else None
         out = self.model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=sampling.max_new_tokens,
                                   streamer=streamer, pad_token_id=pad, **sampling.kwargs())
-        stops = set(_as_list(self.model.generation_config.eos_token_id))
         done = []
-        for row in out[:, width:].tolist():
+        for prompt, row in zip(prompts, out[:, width:].tolist(), strict=True):
             cut = next((i for i, t in enumerate(row) if t in stops), None)
             kept = row if cut is None else row[:cut]
-            done.append(Completion(self.tok.decode(kept, skip_special_tokens=True), len(kept),
+            done.append(Completion(continuation(self.tok, prompt, kept), len(kept),
                                    "length" if cut is None else "stop"))
         return done
+
+
+def continuation(tok, prompt: list[int], new: list[int]) -> str:
+    """The text `new` adds after `prompt`: the decoded whole less the decoded prompt. Decoding `new` alone
+    loses what depends on its place: a SentencePiece tokenizer (Metaspace) drops the space that begins the
+    first token of a text, so "Return the" + "▁call" would read "Return thecall"."""
+    before = tok.decode(prompt, skip_special_tokens=True)
+    whole = tok.decode(prompt + new, skip_special_tokens=True)
+    return whole[len(before):] if whole.startswith(before) else tok.decode(new, skip_special_tokens=True)
 
 
 def _as_list(x) -> list[int]:
@@ -169,25 +190,38 @@ def _as_list(x) -> list[int]:
 
 
 class _Stream:
-    """transformers' streamer protocol (`put` token ids, `end`), decoding whole words as they complete."""
+    """transformers' streamer protocol (`put` the prompt's ids, then each new token's; `end`): the text of
+    :func:`continuation` as it grows, held back to the last space or line end, where a word may still change
+    (a character split over byte tokens, a word split over pieces)."""
 
-    def __init__(self, tok, on_text: Callable[[str], None]):
-        from transformers import TextStreamer
-
-        outer = self
-
-        class Streamer(TextStreamer):
-            def on_finalized_text(self, text: str, stream_end: bool = False) -> None:
-                outer.on_text(text)
-
-        self.on_text = on_text
-        self.inner = Streamer(tok, skip_prompt=True, skip_special_tokens=True)
+    def __init__(self, tok, prompt: list[int], on_text: Callable[[str], None], stops: set[int]):
+        self.tok, self.on_text, self.stops = tok, on_text, stops
+        self.prompt, self.new = prompt, None  # None until generate has put the prompt, which it does first
+        self.shown = 0  # characters of the continuation already given to on_text
+        self.stopped = False
 
     def put(self, value) -> None:
-        self.inner.put(value)
+        if self.new is None:  # the prompt, which generate puts first
+            self.new = []
+            return
+        if self.stopped:
+            return
+        ids = value.reshape(-1).tolist()
+        cut = next((i for i, t in enumerate(ids) if t in self.stops), None)
+        if cut is not None:  # what the completion keeps (Generator.complete)
+            ids, self.stopped = ids[:cut], True
+        self.new += ids
+        text = continuation(self.tok, self.prompt, self.new)
+        upto = max(text.rfind(" "), text.rfind("\n")) + 1
+        if upto > self.shown:
+            self.on_text(text[self.shown:upto])
+            self.shown = upto
 
     def end(self) -> None:
-        self.inner.end()
+        text = continuation(self.tok, self.prompt, self.new or [])
+        if len(text) > self.shown:
+            self.on_text(text[self.shown:])
+        self.shown = len(text)
 
 
 def read_prompts(path: Path) -> list[dict[str, Any]]:

@@ -134,6 +134,13 @@ def main() -> int:
             say("error", **load_problem(given, exc, is_file=given in job["files"]))
             return BAD_INPUT
         sizes.update({name: _size(task) for name, task in loaded["tasks"].items()})
+        shots = job["num_fewshot"] or 0
+        for name, task in loaded["tasks"].items():
+            available = _shots(task)
+            if shots > 0 and available is not None and shots > available:
+                say("error", message=f"--num-fewshot {shots}: task {name} has {available} solved example(s) to "
+                                     "put before a question", fix=f"pass --num-fewshot {available} or less")
+                return BAD_INPUT
     say("ready", tasks=dict(sorted(sizes.items())), device=on, lm_eval=version)
     if sys.stdin.readline().strip() != "go":
         return 0
@@ -154,6 +161,19 @@ def main() -> int:
     Path(job["output"]).write_text(json.dumps(results, indent=1, default=handle_non_serializable) + "\n")
     say("done")
     return 0
+
+
+def _shots(task) -> int | None:
+    """How many few-shot examples a question can get: the task's few-shot pool, less the question itself where
+    the pool is the split being evaluated (lm-eval then draws one more and drops it). None where unknown."""
+    try:
+        sampler = getattr(task, "sampler", None)
+        if sampler is None:
+            return 0 if task.fewshot_docs() is None else None
+        same = task.fewshot_cfg.split == task.config.test_split
+        return max(0, len(sampler.fewshot_docs()) - same)
+    except Exception:  # another lm-eval version's insides: lm-eval says it, later
+        return None
 
 
 def _size(task) -> int | None:

@@ -148,6 +148,7 @@ def test_bad_input_is_exit_2_with_the_fix_before_anything_is_exported(run, tmp_p
         (("--tasks", str(not_a_task)), "is not an lm-eval task: it has no `task:` or `group:` key"),
         (("--tasks", str(not_a_task.parent)), "the folder holds no lm-eval task"),
         (("--tasks", "stdlib_docstringz"), "lm-eval has no task, group or tag of that name"),
+        (("--tasks", TASK, "--num-fewshot", "21"), "task stdlib_docstrings has 20 solved example(s)"),
     ]:
         res = _eval(run.name, *args, *common, tmp=tmp_path)
         assert res.returncode == 2, res.stderr

@@ -130,21 +130,22 @@ def test_llmops_generate_gives_transformers_greedy_tokens(trained, tmp_path):
     assert res.returncode == 0, res.stderr
     model = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "hf")
     tok = transformers.AutoTokenizer.from_pretrained(tmp_path / "hf")
-    prompt = "def add(a, b):"
-    ids = tok(prompt, add_special_tokens=False, return_tensors="pt")["input_ids"]
-    greedy = model.generate(ids, max_new_tokens=12, do_sample=False, pad_token_id=tok.pad_token_id)
-    row = greedy[0, ids.shape[1]:].tolist()
-    stops = {model.generation_config.eos_token_id}
-    expected = prompt + tok.decode(row[:next((i for i, t in enumerate(row) if t in stops), len(row))],
-                                   skip_special_tokens=True)
+    for prompt in ("def add(a, b):", "Return the"):
+        ids = tok(prompt, add_special_tokens=False, return_tensors="pt")["input_ids"]
+        greedy = model.generate(ids, max_new_tokens=12, do_sample=False, pad_token_id=tok.pad_token_id)
+        row = greedy[0, ids.shape[1]:].tolist()
+        stops = {model.generation_config.eos_token_id}
+        kept = row[:next((i for i, t in enumerate(row) if t in stops), len(row))]
+        expected = tok.decode(ids[0].tolist() + kept, skip_special_tokens=True)  # the text the tokens read as
 
-    from_checkpoint = llmops("generate", run.name, "--stage", "pretrain", "--prompt", prompt, "--max-new-tokens",
-                             "12", "--runs-dir", str(run.parent))
-    from_folder = llmops("generate", str(tmp_path / "hf"), "--prompt", prompt, "--max-new-tokens", "12")
-    for res in (from_checkpoint, from_folder):
-        assert res.returncode == 0, res.stderr
-        assert res.stdout == expected + "\n"
-        assert "tokens in" in res.stderr
+        results = [llmops("generate", str(tmp_path / "hf"), "--prompt", prompt, "--max-new-tokens", "12")]
+        if prompt.startswith("def"):
+            results.append(llmops("generate", run.name, "--stage", "pretrain", "--prompt", prompt,
+                                  "--max-new-tokens", "12", "--runs-dir", str(run.parent)))
+        for res in results:
+            assert res.returncode == 0, res.stderr
+            assert res.stdout == expected + "\n"
+            assert "tokens in" in res.stderr
 
 
 def test_a_batch_of_prompts_and_a_chat(trained, tmp_path):
@@ -317,7 +318,15 @@ def test_a_hostile_or_broken_model_folder_is_refused_before_anything_of_it_runs(
         del weights[next(k for k in weights if k.endswith("mlp.down_proj.weight"))]
         save_file(weights, folder / "model.safetensors", metadata={"format": "pt"})
 
+    def more_tokens(folder: Path) -> None:  # ids past the embedding: an IndexError inside the model
+        from tokenizers import Tokenizer
+
+        tok = Tokenizer.from_file(str(folder / "tokenizer.json"))
+        tok.add_tokens([f"<extra_{i}>" for i in range(200)])
+        tok.save(str(folder / "tokenizer.json"))
+
     cases = {
+        "more than the model's vocabulary of 1,024 (config.json vocab_size)": more_tokens,
         "tokenizer_config.json asks to run Python code": edit_json("tokenizer_config.json",
                                                                    auto_map={"AutoTokenizer": ["t.T", None]}),
         "config.json says 20000 layers, but its weights hold 4": edit_json("config.json", num_hidden_layers=20000),
@@ -376,3 +385,135 @@ def test_outputs_are_never_written_over_and_a_damaged_tokenizer_is_named(trained
     for bad, said in ((cut, "cannot be read as a SentencePiece model"), (tmp_path / "empty.model", "holds no pieces")):
         with pytest.raises(UserError, match=said):
             tokenizer.build(bad, vocab_size=assets.vocab, template=None, max_length=128)
+
+
+def test_a_completion_keeps_the_space_before_its_first_word(trained, tmp_path):
+    """llmops's SentencePiece tokenizer drops the space that begins the first token of a text: a completion
+    decoded alone read "Return thevalue", streamed (--prompt), returned (--prompts, --chat) and in the samples."""
+    from llmops_model.hf.generate import Generator, Sampling
+
+    assert _export(trained["gpt"], tmp_path / "hf", "--stage", "pretrain").returncode == 0
+    gen = Generator.load(tmp_path / "hf", device=torch.device("cpu"))
+    word = gen.tok.convert_tokens_to_ids("▁value")
+    gen.model.generation_config.sequence_bias = [[[word], 100.0]]  # the model's choice, made certain
+    prompt = gen.encode("Return the")
+    streamed: list[str] = []
+    (done,) = gen.complete([prompt], Sampling(max_new_tokens=3), on_text=streamed.append)
+    (batch, _) = gen.complete([prompt, gen.encode("x")], Sampling(max_new_tokens=3))
+    assert done.text == "".join(streamed) == batch.text == " value value value"
+
+
+def test_the_text_after_the_prompt_is_exact_with_either_kind_of_tokenizer(assets):
+    """What a completion is (the decoded whole less the decoded prompt, streamed a word at a time), with
+    llmops's SentencePiece tokenizer and a byte-level BPE one (Llama 3 style)."""
+    from llmops_model.hf import tokenizer
+    from llmops_model.hf.generate import _Stream, continuation
+
+    sentencepiece = tokenizer.build(assets.tokenizer, vocab_size=assets.vocab, template=None, max_length=assets.seq)
+    byte_level = transformers.AutoTokenizer.from_pretrained(assets.hf_tokenizer)
+    for tok, first in ((sentencepiece, "▁a"), (byte_level, "Ġa")):
+        prompt = tok("Return the", add_special_tokens=False)["input_ids"]
+        whole = tok("Return the absolute value\n    of x, y", add_special_tokens=False)["input_ids"]
+        assert whole[:len(prompt)] == prompt and tok.convert_ids_to_tokens(whole[len(prompt)]) == first
+        new = whole[len(prompt):]
+        streamed: list[str] = []
+        stream = _Stream(tok, prompt, streamed.append, stops=set())
+        for ids in (prompt, *([t] for t in new)):  # as generate puts them: the prompt, then each new token
+            stream.put(torch.tensor([ids]))
+        stream.end()
+        assert continuation(tok, prompt, new) == "".join(streamed) == " absolute value\n    of x, y"
+
+
+def _copy_run(run: Path, tmp_path: Path) -> Path:
+    copy = tmp_path / "runs" / run.name
+    shutil.copytree(run, copy)
+    return copy
+
+
+# `llmops` with the trainer's prune (checkpoint.keep_last) deleting a checkpoint folder at the moment the loader
+# first opens one of its files (the manifest is read before, when it is picked).
+_PRUNED_WHILE_READ = """
+import os, shutil, sys
+from pathlib import Path
+doomed, done = Path(sys.argv[1]), []
+def prune(event, args):
+    if event == "open" and not done and isinstance(args[0], (str, os.PathLike)):
+        path = Path(os.fsdecode(args[0]))
+        if path.parent == doomed and path.name != "llmops-manifest.json":
+            done.append(path)
+            shutil.rmtree(doomed)
+sys.addaudithook(prune)
+from llmops.cli import main
+sys.argv = ["llmops", *sys.argv[2:]]
+main()
+"""
+
+
+def test_a_checkpoint_deleted_by_the_running_stage_while_it_is_read_is_no_traceback(trained, tmp_path):
+    run = _copy_run(trained["gpt"], tmp_path)
+    root = run / "checkpoints-sft"
+    newest = root / "iter_0000003"  # the stage's latest, as a run still training saves them
+    shutil.copytree(root / "iter_0000002", newest)
+    manifest = json.loads((newest / "llmops-manifest.json").read_text())
+    (newest / "llmops-manifest.json").write_text(json.dumps({**manifest, "step": 3}))
+
+    def pruned(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-c", _PRUNED_WHILE_READ, str(newest), *args, "--runs-dir",
+                               str(run.parent)], capture_output=True, text=True, timeout=300)
+
+    # The latest: read again from the stage's then-latest checkpoint.
+    res = pruned("export", run.name, "--out", str(tmp_path / "hf"))
+    assert res.returncode == 0, res.stderr
+    assert not newest.exists()  # the hook did delete it, mid-read
+    assert "sft step 3 was deleted while it was read" in res.stderr and "the latest one, step 2" in res.stderr
+    assert "exported" in res.stderr and "sft step 2" in res.stderr
+    record = json.loads((tmp_path / "hf" / "llmops-export.json").read_text())
+    assert record["step"] == 2 and record["checkpoint"] == str(root / "iter_0000002")
+
+    # A step the user named: exit 2 saying what happened, and nothing printed of the prompt.
+    shutil.copytree(root / "iter_0000002", newest)
+    (newest / "llmops-manifest.json").write_text(json.dumps({**manifest, "step": 3}))
+    res = pruned("generate", run.name, "--stage", "sft", "--step", "3", "--prompt", "def add")
+    assert res.returncode == 2, res.stderr
+    assert "sft step 3 was deleted while it was read" in res.stderr and "Fix: pass a step it still keeps" in \
+        res.stderr
+    assert "Traceback" not in res.stderr and res.stdout == "" and not newest.exists()
+
+
+def test_export_refuses_an_out_inside_a_checkpoint_folder_and_records_an_absolute_checkpoint(trained, tmp_path):
+    run = _copy_run(trained["gpt"], tmp_path)
+    for out in (run / "checkpoints-sft" / "iter_0000002" / "hf", run / "checkpoints-sft" / "hf"):
+        res = _export(run, out)
+        assert res.returncode == 2 and "is inside the checkpoint folder" in res.stderr and "Fix:" in res.stderr
+        assert not out.exists()
+    res = llmops("export", "checkpoints-sft/iter_0000002", "--out", str(tmp_path / "hf"), cwd=run)
+    assert res.returncode == 0, res.stderr
+    record = json.loads((tmp_path / "hf" / "llmops-export.json").read_text())
+    assert record["checkpoint"] == str(run / "checkpoints-sft" / "iter_0000002")
+
+
+def test_generate_refuses_a_bad_seed_or_a_prompt_too_long_before_printing_anything(trained):
+    run = trained["gpt"]
+    for seed in ("-1", str(2**32)):
+        res = llmops("generate", run.name, "--prompt", "x", "--seed", seed, "--runs-dir", str(run.parent))
+        assert res.returncode == 2 and "--seed" in res.stderr and res.stdout == "", res.stderr
+    res = llmops("generate", run.name, "--stage", "pretrain", "--prompt", "word " * 200, "--runs-dir",
+                 str(run.parent))
+    assert res.returncode == 2 and "exceed the model's context of 128 tokens" in res.stderr, res.stderr
+    assert res.stdout == ""  # the prompt is not echoed before the error
+
+
+def test_a_chat_longer_than_the_context_goes_on_without_its_oldest_turns(trained):
+    run = trained["gpt"]  # GPT-2 positions: 128 tokens at most
+    message = "Explain what the function does and when to use it, with an example. " * 2
+    lines = [message, message, "word " * 200, "And then?", ""]
+    chat = subprocess.run([sys.executable, "-m", "llmops", "generate", run.name, "--chat", "--max-new-tokens", "100",
+                           "--runs-dir", str(run.parent)], input="\n".join(lines), capture_output=True, text=True,
+                          timeout=300)
+    assert chat.returncode == 0, chat.stderr
+    assert chat.stdout.count("model> ") == 3 and chat.stderr.count("tokens in") == 3
+    assert "the answer is cut to" in chat.stderr and "exchange(s) left out" in chat.stderr
+    assert "no room for an answer" in chat.stderr and "Fix: write a shorter message" in chat.stderr
+
+    res = llmops("generate", run.name, "--chat", "--prompt", "word " * 200, "--runs-dir", str(run.parent))
+    assert res.returncode == 2 and "no room for an answer" in res.stderr, res.stderr

@@ -23,6 +23,7 @@ import json
 import os
 import re
 import socket
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -135,10 +136,13 @@ def verify(path: Path) -> str | None:
                                               for n, v in files.items()):
         return "damaged manifest (its files are not a mapping of names to sizes)"
     for name, size in files.items():
-        f = path / name
-        if not f.is_file():
+        try:  # one look: a prune deleting the folder meanwhile makes it missing, not an error
+            st = (path / name).stat()
+        except (FileNotFoundError, NotADirectoryError):
             return f"missing file {name}"
-        actual = f.stat().st_size
+        if not stat.S_ISREG(st.st_mode):
+            return f"missing file {name}"
+        actual = st.st_size
         if actual != size:
             return f"file {name} has {actual} bytes, the manifest says {size} (truncated or overwritten)"
     return None

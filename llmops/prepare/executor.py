@@ -97,7 +97,7 @@ def _run_shard(args: tuple) -> tuple[str, str | None] | None:
     tracker = Tracker(_COUNTER)
     try:
         run_phase(PrepareSpec.model_validate_json(config_json), phase=phase, shard=shard, num_shards=n,
-                  workdir=workdir, progress=tracker)
+                  workdir=workdir, progress=tracker, check_input=False)  # run_all checked it
     except UserError as exc:
         return exc.message, exc.fix
     finally:

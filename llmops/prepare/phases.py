@@ -135,8 +135,9 @@ def check_error_rate(spec: PrepareSpec, markers: list[dict], work: WorkDir) -> N
         raise UserError(f"{bad:,} of {read.docs_in:,} input records ({100 * bad / read.docs_in:.1f}%) could not be "
                         f"used ({reasons}); prepare.max_error_rate is {100 * spec.max_error_rate:.1f}%. "
                         f"They are listed with reasons in {work.root / 'clean'}/shard-*.quarantine.jsonl",
-                        "fix or drop the bad input, or raise prepare.max_error_rate to accept it; "
-                        "then run again (finished shards are kept)")
+                        "fix or drop the bad input (the next run sees the change and cleans the input again), "
+                        "or raise prepare.max_error_rate to accept it (the cleaned shards are kept); then run "
+                        "again")
 
 
 def tokenizer(ctx: Context, shard: int) -> dict:

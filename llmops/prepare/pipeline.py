@@ -26,14 +26,18 @@ Command line (one Slurm array task or one Kubernetes Indexed Job pod per shard;
     llmops prepare SPEC            # every phase on this machine, one process per core
 
 Contract:
-- The first clean shard to start fixes the plan (input units and N) in
-  ``<workdir>/plan.json``; every later call must use the same N and the same
-  prepare config, or it fails with exit code 2 and says what differs.
+- The first clean shard to start fixes the plan (input files and units, and N)
+  in ``<workdir>/plan.json``; every later call must use the same N and the same
+  prepare config, or it fails with exit code 2 and says what differs (a
+  finished dataset of the same input and config is done for any N). Each clean
+  shard lists the input again: when a file was added, removed or changed, it
+  writes a new plan and every phase runs again on the new input.
 - Single-task phases take shard 0 (``num_shards`` may be omitted or repeat N).
 - A phase whose inputs are not complete fails with exit code 2 naming the
   missing shards; it never starts on partial data.
 - Completion markers: ``<workdir>/done/<phase>-<shard>-of-<N>.json`` (single
-  tasks: ``-00000-of-00001``). A finished phase is skipped on a re-run;
+  tasks: ``-00000-of-00001``), each naming its plan. A phase finished under
+  the current plan is skipped on a re-run;
   outputs are written to temporary names and renamed; the marker is last.
 - The work folder defaults to ``<output.dir>/work``: on a cluster it must be
   on a file system every task sees.
@@ -54,7 +58,7 @@ from pathlib import Path
 
 from llmops.errors import UserError
 from llmops.prepare.progress import Advance
-from llmops.prepare.workdir import WorkDir, make_plan
+from llmops.prepare.workdir import Plan, WorkDir, make_plan, shard_count_error
 from llmops.spec.prepare import PrepareSpec
 
 PHASES = ("clean", "dedup", "tokenizer", "tokenize", "finalize")
@@ -73,21 +77,24 @@ def clean_done(spec: PrepareSpec) -> bool:
     fewer cores busy, so a supervisor may start other work beside it."""
     work = WorkDir(default_workdir(spec))
     try:
-        shards = json.loads((work.root / "plan.json").read_text())["num_shards"]
-    except (OSError, ValueError, KeyError):
+        plan = Plan(json.loads((work.root / "plan.json").read_text()))
+    except (OSError, ValueError, KeyError, TypeError):
         return False
-    return not work.missing("clean", shards)
+    work.plan_id = plan.id
+    return not work.missing("clean", plan.num_shards)
 
 
 def run_phase(config: PrepareSpec, *, phase: str, shard: int = 0, num_shards: int | None = None,
               workdir: str | os.PathLike | None = None, progress: Advance | None = None,
-              threads: int = 1) -> dict:
+              threads: int = 1, check_input: bool = True) -> dict:
     """Run one shard of one phase, unless its completion marker exists; returns the marker's content.
 
     `threads` is how many cores this task may use: processes for the dedup
     reduce's LSH bands, threads for tokenizer training and for SentencePiece in
-    the tokenize phase (the clean phase uses one). Raises UserError (exit code
-    2) for bad input, a mismatched work folder or missing earlier phases.
+    the tokenize phase (the clean phase uses one). `check_input: False` skips
+    listing the input again in a clean shard, for a caller that has just
+    checked it (a whole run on one machine). Raises UserError (exit code 2) for
+    bad input, a mismatched work folder or missing earlier phases.
     """
     from llmops.prepare import finalize, phases
 
@@ -100,11 +107,14 @@ def run_phase(config: PrepareSpec, *, phase: str, shard: int = 0, num_shards: in
     if starting:
         refuse_foreign_outputs(config)
     ensure_writable(work.root, "the work folder")
-    plan = make_plan(config, work, (num_shards or 1) if starting else num_shards if phase == "clean" else None)
+    # The clean phase checks the input against the plan (a whole run checked it at its start: `check_input`)
+    plan = make_plan(config, work, (num_shards or 1) if starting else num_shards if phase == "clean" else None,
+                     check_input=phase == "clean" and check_input)
     allowed = {plan.num_shards} if phase in MAP_PHASES else {plan.num_shards, 1}
     if num_shards is not None and num_shards not in allowed:
-        raise UserError(f"--num-shards {num_shards} does not match the {plan.num_shards} shard(s) this work "
-                        f"folder was started with", f"use --num-shards {plan.num_shards}")
+        if work.is_done("finalize", 0, 1):
+            return {"skipped": True}  # a finished dataset of this input and config, with another shard count
+        raise shard_count_error(work, plan.num_shards, num_shards)
     marker_n = plan.num_shards if phase in MAP_PHASES else 1
     if not 0 <= shard < marker_n:
         raise UserError(f"--shard {shard} is outside 0..{marker_n - 1} for phase {phase}",
@@ -112,6 +122,7 @@ def run_phase(config: PrepareSpec, *, phase: str, shard: int = 0, num_shards: in
     if work.is_done(phase, shard, marker_n):
         return {**work.read_marker(phase, shard, marker_n), "skipped": True}
     _check_needs(phase, work, plan.num_shards)
+    work.unmark(phase, shard)  # an earlier plan's, if any: gone before this plan's files replace its shard's
     ctx = phases.Context(config, work, plan, progress or _ignore, threads)
     body = {"clean": phases.clean, "dedup": phases.dedup, "tokenizer": phases.tokenizer,
             "tokenize": phases.tokenize, "finalize": finalize.finalize}[phase]

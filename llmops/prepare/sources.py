@@ -56,7 +56,30 @@ def discover(spec: InputSpec) -> tuple[list[Unit], list[str]]:
     """
     if spec.builtin == "python-docstrings":
         return docstring_units(), []
-    units: list[Unit] = []
+    files, skipped = _input_files(spec)
+    units = [u for path, kind, compression in files for u in _units_of(path, kind, compression, spec.chunk_bytes)]
+    return units, skipped
+
+
+def listing(spec: InputSpec) -> dict[str, list[int]]:
+    """Each file the input reads, with its size and modification time (ns): what tells a plan made of this input
+    from one made of an earlier state of it. Only stat, never opening a file (a Parquet footer, a gzip stream):
+    cheap enough to take again at every start, even for millions of files. A file rewritten in place changes
+    its time; a copy that keeps size and time (``rsync -t``, ``cp -p``) of different content would go unseen."""
+    paths = [u.path for u in docstring_units()] if spec.builtin else [f[0] for f in _input_files(spec)[0]]
+    found = {}
+    for path in paths:
+        try:
+            info = os.stat(path)
+        except FileNotFoundError:  # deleted since it was listed: its absence says the input changed
+            continue
+        found[path] = [info.st_size, info.st_mtime_ns]
+    return found
+
+
+def _input_files(spec: InputSpec) -> tuple[list[tuple[str, str, str]], list[str]]:
+    """(path, kind, compression) of each file the input reads, in a stable order, and the files it skips."""
+    files: list[tuple[str, str, str]] = []
     skipped: list[str] = []
     for i, entry in enumerate(spec.paths):
         found, left = _expand(entry, i, follow_links=spec.follow_links)
@@ -69,8 +92,8 @@ def discover(spec: InputSpec) -> tuple[list[Unit], list[str]]:
                                     "name it .jsonl/.parquet/.txt (optionally .gz/.zst), or set input.format")
                 skipped.append(path)
                 continue
-            units += _units_of(path, kind, compression, spec.chunk_bytes)
-    return units, skipped
+            files.append((path, kind, compression))
+    return files, skipped
 
 
 def _expand(entry: str, i: int, *, follow_links: bool = False) -> tuple[list[tuple[str, bool]], list[str]]:

@@ -18,11 +18,11 @@ from llmops.spec.prepare import EOS_ID
 from llmops_testing.prepare import make_corpus, prepare_spec, write_jsonl
 
 
-def run_sharded(spec, n: int) -> None:
-    """Every phase, shard by shard, as a cluster array job would."""
+def run_sharded(spec, n: int, threads: int = 1) -> None:
+    """Every phase, shard by shard, as a cluster array job would (`threads`: each task's CPUs)."""
     for phase in PHASES:
         for shard in range(n if phase in ("clean", "tokenize") else 1):
-            run_phase(spec, phase=phase, shard=shard, num_shards=n)
+            run_phase(spec, phase=phase, shard=shard, num_shards=n, threads=threads)
 
 
 def read_tokens(prefix: str) -> list[np.ndarray]:
@@ -77,12 +77,13 @@ def test_any_shard_count_gives_the_same_output(tmp_path):
     for n in (1, 3):
         out = tmp_path / f"out-{n}"
         spec = prepare_spec([str(inputs)], out, input={"chunk_bytes": 65536})
-        run_sharded(spec, n)
+        run_sharded(spec, n, threads=n)  # a BPE tokenizer trained on 3 threads is the same file as on one
         outputs[n] = out
     one, three = outputs[1], outputs[3]
     assert json.loads((three / "work" / "plan.json").read_text())["num_shards"] == 3
     assert len(json.loads((one / "work" / "plan.json").read_text())["units"]) > 3  # the chunked file
-    for name in ("corpus_text_document.bin", "corpus_text_document.idx", "tokenizer.model", "duplicates.jsonl"):
+    for name in ("corpus_text_document.bin", "corpus_text_document.idx", "tokenizer.model", "duplicates.jsonl",
+                 "quarantine.jsonl"):
         assert (one / name).read_bytes() == (three / name).read_bytes(), name
     assert read_documents(one) == read_documents(three)
 
@@ -343,3 +344,57 @@ def test_a_hugging_face_tokenizer_is_used_as_it_is_and_copied_with_the_data(tmp_
         assert ids[-1] == eos and not special_ids & set(ids[:-1].tolist())
         assert tok.decode(ids[:-1]) in texts
     assert any("<|eot_id|>" in tok.decode(ids[:-1]) for ids in tokens)
+
+
+def test_a_file_added_to_a_finished_input_is_prepared_on_the_next_run(tmp_path, corpus_file, capsys):
+    """A resubmission of the same spec after the input folder gained a file: every phase runs again on the
+    whole input (the old markers are of another plan), instead of reporting the old dataset as done."""
+    out = tmp_path / "out"
+    spec = prepare_spec([str(corpus_file.parent)], out, num_shards=2)
+    assert run_all(spec, display=Display(interval=60))["output"]["documents"] == 300
+    write_jsonl(corpus_file.parent / "more.jsonl", make_corpus(40, seed=9))
+    run_sharded(spec, 2)  # as the cluster's array tasks would
+    assert json.loads((out / "metadata.json").read_text())["documents"] == 340
+    assert len(read_documents(out)) == 340
+    assert f"1 added: {corpus_file.parent / 'more.jsonl'}" in capsys.readouterr().err
+
+
+def test_input_fixed_after_too_many_bad_records_is_read_again(tmp_path):
+    """The error-rate failure says to fix the input and run again: the fixed input is what the rerun reads
+    (shards cleaned from the bad input are not kept), while an unchanged input resumes from its markers."""
+    bad = tmp_path / "in" / "a.jsonl"
+    write_jsonl(bad, make_corpus(40, seed=5) + ["not json"] * 10)
+    out = tmp_path / "out"
+    spec = prepare_spec([str(tmp_path / "in")], out, num_shards=2)
+    with pytest.raises(UserError, match=r"10 of 50 input records") as failed:
+        run_all(spec, display=Display(interval=60))
+    assert "fix or drop the bad input" in failed.value.fix
+    marker = out / "work" / "done" / "clean-00000-of-00002.json"
+    before = marker.stat().st_mtime_ns
+    with pytest.raises(UserError, match=r"10 of 50 input records"):
+        run_sharded(spec, 2)  # nothing changed: the clean shards are kept, the failure is the same
+    assert marker.stat().st_mtime_ns == before
+    write_jsonl(bad, make_corpus(40, seed=5))  # fixed as told
+    run_sharded(spec, 2)
+    assert json.loads((out / "stats.json").read_text())["quarantined"] == {}
+    assert json.loads((out / "metadata.json").read_text())["documents"] == 40
+
+
+def test_a_finished_dataset_is_done_for_any_shard_count_and_an_unfinished_one_names_the_setting(tmp_path,
+                                                                                                corpus_file):
+    out = tmp_path / "out"
+    spec = prepare_spec([str(corpus_file)], out, num_shards=3)
+    first = run_all(spec, display=Display(interval=60))
+    mtime = (out / "metadata.json").stat().st_mtime_ns
+    assert run_all(prepare_spec([str(corpus_file)], out, num_shards=2), display=Display(interval=60)) == first
+    for phase in PHASES:  # as a cluster's tasks with 2 shards would run it
+        sharded = phase in ("clean", "tokenize")
+        assert run_phase(spec, phase=phase, shard=int(sharded), num_shards=2 if sharded else 1)["skipped"]
+    assert (out / "metadata.json").stat().st_mtime_ns == mtime
+
+    unfinished = tmp_path / "unfinished"
+    run_phase(prepare_spec([str(corpus_file)], unfinished), phase="clean", shard=0, num_shards=3)
+    for phase in ("clean", "tokenize"):
+        with pytest.raises(UserError, match="started with 3 shard") as e:
+            run_phase(prepare_spec([str(corpus_file)], unfinished), phase=phase, shard=0, num_shards=2)
+        assert "prepare.num_shards: 3" in e.value.fix

@@ -76,3 +76,13 @@ def test_sampling_depends_on_the_id_only():
 def test_training_lines_skip_blank_lines_and_stop_at_the_budget():
     lines = list(training_lines(["a\n\n  \nb", "c\nd", "e"], budget=5))
     assert lines == ["a", "b", "c", "d"]
+
+
+def test_a_bpe_model_is_the_same_file_for_any_number_of_threads(tmp_path):
+    """Workers (or a cluster task's CPUs) set the tokenizer phase's threads: the model they write is the same."""
+    models = []
+    for threads in (1, 3):
+        out = tmp_path / f"{threads}.model"
+        train(TokenizerSpec(vocab_size=600), training_lines(TEXTS, 10**9), out=out, threads=threads)
+        models.append(out.read_bytes())
+    assert models[0] == models[1]

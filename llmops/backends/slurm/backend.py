@@ -34,6 +34,7 @@ from llmops.backends.slurm.cluster import (
 )
 from llmops.backends.slurm.render import FANOUT_STAGES, Target, render_stage, render_submit
 from llmops.backends.slurm.rules import run_dir_problems, static_problems
+from llmops.backends.slurm.shards import read_shards, task_log
 from llmops.backends.slurm.spec import OPTIONS, SlurmProfile, SlurmSpec, parse_profile_section, resolve
 from llmops.backends.slurm.status import combine, fanout_stage, parse_events, read_text, torchrun_stage
 from llmops.backends.slurm.transport import LocalTransport, SshTransport
@@ -128,8 +129,7 @@ class SlurmBackend(Backend):
         if res.returncode != 0:
             if request.secrets:  # nothing was queued: no job will read them
                 transport.run(["rm", "-f", f"{remote}/{secrets.FILE}"])
-            raise UserError(f"Slurm refused the run: {_last_lines(res.stderr)}",
-                            "fix the request (partition, account, qos, time, resources) and submit again")
+            raise refusal(res.stderr)
         stages = _parse_submitted(res.stdout, list(request.spec.stages))
         (run.path / JOBS_FILE).write_text(json.dumps({"stages": stages, "submitted_at": time.time()}, indent=1))
         ids = [i for stage_ids in stages.values() for i in stage_ids]
@@ -165,10 +165,11 @@ class SlurmBackend(Backend):
         for stage in spec.stages:
             finished = (run.path / "slurm" / f"{stage}.finished").exists()
             if stage in FANOUT_STAGES:
-                done, expected, failures = _shard_markers(run, stage)
+                shards = read_shards(run.path, stage)
                 views.append((stage, fanout_stage(stage, stages.get(stage, []), jobs, finished=finished,
-                                                  shards_expected=expected, shards_done=len(done),
-                                                  failures=failures, cancel_requested=cancel)))
+                                                  shards_expected=shards.expected, shards_done=len(shards.done),
+                                                  failures=shards.failures, unfinished=shards.unfinished,
+                                                  restarts=shards.restarts, cancel_requested=cancel)))
             else:
                 job_id = (stages.get(stage) or [""])[-1]
                 views.append((stage, torchrun_stage(stage, job_id, events, jobs.get(job_id), finished=finished,
@@ -215,10 +216,12 @@ class SlurmBackend(Backend):
         transport = transport_for(spec.slurm or SlurmSpec())
         run.cancel_marker.touch()
         transport.run(["touch", f"{transport.cluster_path(run.path)}/cancel-requested"])
+        if arrays:
+            _kill_shards(transport, arrays)
         if force:
             if batch:
                 transport.run(["scancel", "--signal=KILL", "--full", *batch])
-            transport.run(["scancel", *batch, *arrays])
+                transport.run(["scancel", *batch])
             return
         # Waiting jobs go at once. In running ones SIGTERM goes to the training processes only (their steps):
         # they checkpoint and exit, and the batch script sees the cancel marker and does not requeue.
@@ -226,8 +229,6 @@ class SlurmBackend(Backend):
         if batch:
             transport.run(["scancel", "--state=PENDING", *batch])
             transport.run(["scancel", "--state=RUNNING", "--signal=TERM", *batch])
-        if arrays:
-            transport.run(["scancel", *arrays])  # shards are idempotent: a resume redoes the unfinished ones
 
 
 def _profile(spec: RunSpec) -> tuple[SlurmProfile | None, dict[str, str], str]:
@@ -297,19 +298,6 @@ def _parse_submitted(stdout: str, stages: list[str]) -> dict[str, list[str]]:
     return found
 
 
-def _shard_markers(run: RunDir, stage: str) -> tuple[list[str], int, list[tuple[str, str]]]:
-    """(done shards, shards expected, (shard, reason) failures) of a fan-out stage."""
-    folder = run.path / "slurm" / f"{stage}.shards"
-    try:
-        plan = json.loads((run.path / "slurm" / f"{stage}.plan.json").read_text())
-        expected = sum(p["num_shards"] for p in plan["phases"])
-    except (OSError, ValueError, KeyError):
-        expected = 0
-    done = sorted(p.stem for p in folder.glob("*.done"))
-    failures = [(p.stem, read_text(p).strip()) for p in sorted(folder.glob("*.failed")) if p.stem not in done]
-    return done, expected, failures
-
-
 def _task_logs(run: RunDir, *, stage: str, follow: bool, is_done, poll: float = 0.5) -> Iterator[str]:
     """Lines of a fan-out stage's per-task logs (`logs/<stage>.<phase>-<shard>.restart-<n>.log`), each
     prefixed with its task; with follow, new lines as they are written, until the run ends."""
@@ -324,9 +312,43 @@ def _task_logs(run: RunDir, *, stage: str, follow: bool, is_done, poll: float = 
             offsets[path] = offsets.get(path, 0) + len(complete)
             task = path.name[len(stage) + 1:].rsplit(".restart-", 1)[0]
             yield from (f"[{task}] {line}" for line in complete.decode(errors="replace").splitlines())
+            if done and offsets[path] == 0:
+                yield from _empty_task_log(run, stage, task)
         if done:
             return
         time.sleep(poll)
+
+
+def refusal(stderr: str) -> UserError:
+    """The error for a submit.sh that failed. A fan-out stage's refusal already carries its fix (`Fix: ...`, from
+    fanout's UserError): that one is kept, not printed beside a second, generic one."""
+    why, sep, fix = _last_lines(stderr).partition("Fix: ")
+    return UserError(f"Slurm refused the run: {why.strip() or 'no message'}",
+                     fix.strip() if sep else "fix the request (partition, account, qos, time, resources) and "
+                     "submit again")
+
+
+def _empty_task_log(run: RunDir, stage: str, task: str) -> Iterator[str]:
+    """A task killed before it wrote a line (SIGKILL, the OOM killer) has an empty log; how it ended is in
+    submitit's log of it (`srun: error: n2: task 0: Killed`), shown in its place."""
+    log = task_log(run.path, stage, task)
+    text = read_text(log) if log is not None else ""
+    if text:
+        yield f"[{task}] (its own log is empty; submitit's log of it, {log.relative_to(run.path)}:)"
+        yield from (f"[{task}] {line}" for line in text.splitlines())
+
+
+def _kill_shards(transport, arrays: list[str]) -> None:
+    """End the run's preparation arrays at once. A shard has nothing to checkpoint (it is redone from its start,
+    and its files are renamed into place whole), while submitit ignores SIGTERM: a plain scancel left shards
+    running for the cluster's KillWait (30 s), beside a resume's copy of them. So the tasks' steps get SIGKILL
+    (a SIGKILL to the job itself is no faster: Slurm turns it into its own cancel, with KillWait), then the
+    arrays are cancelled. Only the steps of these arrays, which llmops submitted, are signalled."""
+    res = transport.run(["squeue", "-h", "-s", "-j", ",".join(arrays), "-o", "%i"])
+    steps = [s for s in res.stdout.split() if re.fullmatch(r"\d+(_\d+)?\.\d+", s)] if res.returncode == 0 else []
+    if steps:
+        transport.run(["scancel", "--signal=KILL", *steps])
+    transport.run(["scancel", *arrays])
 
 
 def _last_lines(text: str, n: int = 3) -> str:

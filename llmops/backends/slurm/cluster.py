@@ -2,7 +2,8 @@
 
 :func:`check_fit` refuses a request the cluster cannot run (an unknown
 partition, more GPUs or CPUs than a node has, more nodes than a partition
-holds) with a message that names the setting and the fix. It runs twice:
+holds, the data-preparation tasks included) with a message that names the
+setting and the fix. It runs twice:
 against the facts a cluster profile declares when the run is planned, and
 against what `sinfo` reports right before the jobs are submitted.
 """
@@ -17,7 +18,7 @@ from llmops.backends.slurm.status import Job, parse_squeue
 from llmops.errors import Problem, UserError
 from llmops.spec.run import RunSpec
 
-_SQUEUE_FORMAT = "JobID:|,ArrayJobID:|,State:|,Reason:|,RestartCnt:|"
+_SQUEUE_FORMAT = "JobArrayID:|,ArrayJobID:|,State:|,Reason:|,RestartCnt:|"
 _GRES_GPU = re.compile(r"gpu(?::[\w.-]+)?:(\d+)")
 
 
@@ -77,6 +78,10 @@ def check_fit(spec: RunSpec, slurm: SlurmSpec, facts: Facts) -> list[Problem]:
         out.append(Problem("slurm.cpus_per_task", slurm.cpus_per_task,
                            f"is more than a node of partition {part} has ({cpus} CPUs, {where})",
                            f"use at most {cpus}"))
+    if cpus and "prepare" in spec.stages and slurm.prepare_cpus_per_task > cpus:  # else PENDING forever, or refused
+        out.append(Problem("slurm.prepare_cpus_per_task", slurm.prepare_cpus_per_task,
+                           f"is more than a node of partition {part} has ({cpus} CPUs, {where}); each data-"
+                           "preparation task needs them on one node", f"use at most {cpus}"))
     nodes = facts.nodes.get(part) if part else None
     if nodes and res.nodes > nodes:
         out.append(Problem("resources.nodes", res.nodes, f"is more than partition {part} holds ({nodes}, {where})",

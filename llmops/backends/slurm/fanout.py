@@ -12,9 +12,11 @@ On the nodes every task runs :class:`PrepareShard`: it reads the run
 directory's resolved spec, calls ``run_phase`` for its shard, and leaves a
 ``.done`` or ``.failed`` marker in ``slurm/prepare.shards/`` for
 ``llmops status``; the finalize task writes ``slurm/prepare.finished``. A task
-that reaches its time limit or is preempted is requeued by submitit
+that is preempted (or whose node fails) is requeued by submitit
 (:class:`submitit.helpers.Checkpointable`); the phases skip work whose
-completion marker exists, so a rerun only redoes what was cut off.
+completion marker exists, so a rerun only redoes what was cut off. A task
+that reaches its time limit is not: a shard cannot checkpoint, so it would
+start from zero and time out again; it fails, saying how to make it fit.
 
 submitit is imported here and nowhere else, so ``import llmops`` never loads it.
 """
@@ -38,8 +40,10 @@ from llmops.shell import quote
 from llmops.spec.run import RunSpec
 
 STAGE = "prepare"
-# How many times submitit requeues a task that hit its time limit before giving up.
-MAX_TIMEOUT_REQUEUES = 3
+# How many times submitit requeues a task that hit its time limit: none, as a shard has no checkpoint and would
+# run from its start again into the same limit (three tries used to cost four time limits, then fail anyway).
+# Preemptions are requeued regardless of this count.
+MAX_TIMEOUT_REQUEUES = 0
 
 
 class PrepareShard(submitit.helpers.Checkpointable):
@@ -53,12 +57,13 @@ class PrepareShard(submitit.helpers.Checkpointable):
         name = f"{phase}-{shard:05d}"
         restart = int(os.environ.get("SLURM_RESTART_COUNT", "0"))
         _log_to(run.logs / f"{STAGE}.{name}.restart-{restart}.log")
+        spec = None
         try:
             spec = run.read_spec()
             result = run_phase(spec.prepare, phase=phase, shard=shard, num_shards=num_shards,
                                threads=int(os.environ.get("SLURM_CPUS_PER_TASK", "1")))
         except Exception as exc:
-            why = exc.render() if isinstance(exc, UserError) else f"{type(exc).__name__}: {exc}"
+            why = _why(exc, spec)
             (markers / f"{name}.failed").write_text(why.replace("\n", " ") + "\n")
             raise
         for step in result.get("steps", []):
@@ -70,6 +75,20 @@ class PrepareShard(submitit.helpers.Checkpointable):
         if last:
             (run.path / "slurm" / f"{STAGE}.finished").touch()
         return result
+
+
+def _why(exc: Exception, spec: RunSpec | None) -> str:
+    """The reason a shard's `.failed` marker gives, with the fix where there is one."""
+    if isinstance(exc, UserError):
+        return exc.render()
+    if isinstance(exc, submitit.core.utils.UncompletedJobError) and "timed-out" in str(exc):
+        minutes = _minutes(spec.slurm or SlurmSpec()) if spec else "?"
+        # A resume keeps the run's resolved spec, and another shard count meets the work folder's own: a new
+        # submit with more time is what fits, and it keeps the shards that finished.
+        return (f"hit its time limit ({minutes} min) before it finished; a shard has no checkpoint, so it is not "
+                "requeued. Fix: submit the spec again with a larger slurm.time (`llmops submit SPEC --time "
+                "MINUTES`): the shards that finished are kept")
+    return f"{type(exc).__name__}: {exc}"
 
 
 def _log_to(path: Path) -> None:
@@ -90,6 +109,11 @@ def phases(spec: RunSpec, slurm: SlurmSpec) -> list[tuple[str, int]]:
     return [(p, shards if p in MAP_PHASES else 1) for p in PHASES]
 
 
+def _minutes(slurm: SlurmSpec) -> int:
+    """Each task's time limit: slurm.time, else 4 hours."""
+    return max(1, (slurm.time_seconds or 4 * 3600) // 60)
+
+
 def executor(spec: RunSpec, slurm: SlurmSpec, run: RunDir, *, python: str) -> submitit.SlurmExecutor:
     """A submitit executor for preparation tasks: CPU tasks with the run's partition, account and setup."""
     ex = submitit.SlurmExecutor(folder=str(run.path / "slurm" / "submitit" / "%j"),
@@ -103,7 +127,7 @@ def executor(spec: RunSpec, slurm: SlurmSpec, run: RunDir, *, python: str) -> su
         setup.append(f"set -a; . {quote(str(run.path / SECRETS_FILE))}; set +a")
     ex.update_parameters(
         partition=slurm.partition, nodes=1, ntasks_per_node=1, cpus_per_task=slurm.prepare_cpus_per_task,
-        time=max(1, (slurm.time_seconds or 4 * 3600) // 60), signal_delay_s=slurm.signal_lead,
+        time=_minutes(slurm), signal_delay_s=slurm.signal_lead,
         setup=setup, additional_parameters=extra, stderr_to_stdout=True,
     )
     return ex

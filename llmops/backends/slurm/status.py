@@ -86,10 +86,12 @@ def parse_events(text: str) -> list[Event]:
 
 
 def parse_squeue(text: str) -> dict[str, Job]:
-    """Jobs from `squeue -h -t all -O JobID:|,ArrayJobID:|,State:|,Reason:|,RestartCnt:|`, by id.
+    """Jobs from `squeue -h -t all -O JobArrayID:|,ArrayJobID:|,State:|,Reason:|,RestartCnt:|`, by id.
 
-    Array tasks are listed as `123_4` (running) or `123_[5-9]` (pending); the array's own id `123`
-    stands for its liveliest task, so an array counts as alive while any of its tasks is.
+    JobArrayID, not JobID: JobID is each array task's own raw id (task 4 of array 129 may be job 133), so
+    tasks would be filed under unrelated ids. JobArrayID lists them as `123_4`, or `123_[5-9]` while still
+    pending together; the array's own id `123` stands for its liveliest task, so an array counts as alive
+    while any of its tasks is. :func:`array_tasks` gives every task.
     """
     jobs: dict[str, Job] = {}
     for line in text.splitlines():
@@ -105,6 +107,18 @@ def parse_squeue(text: str) -> dict[str, Job]:
             if array is None or _liveliness(job) > _liveliness(array):
                 jobs[array_id] = job
     return jobs
+
+
+def array_tasks(job_id: str, jobs: dict[str, Job]) -> list[Job]:
+    """Every task squeue lists of array `job_id` (the job itself where it is no array)."""
+    tasks = [j for k, j in jobs.items() if k.startswith(f"{job_id}_")]
+    return tasks or ([jobs[job_id]] if job_id in jobs else [])
+
+
+def held(job: Job) -> bool:
+    """Slurm shows a hold in the reason (JobHeldAdmin, JobHeldUser, "job requeued in held state", and "launch
+    failed requeued held" after a node failure), the state staying PENDING; older releases had a held state."""
+    return job.state in _WAITING and ("HOLD" in job.state or "held" in job.reason.lower())
 
 
 def _liveliness(job: Job) -> int:
@@ -124,10 +138,7 @@ def torchrun_stage(stage: str, job_id: str, events: list[Event], job: Job | None
         if job.state in _ACTIVE:
             where = f" (restart {restart})" if restart else ""
             return StageView(RUNNING, f"running as job {job_id}{where}", restart, None)
-        # Slurm shows a hold in the reason (JobHeldAdmin, JobHeldUser, "job requeued in held state"), the state
-        # staying PENDING; older releases had a held state of its own.
-        held = "HOLD" in job.state or "held" in job.reason.lower()
-        hold = f"; held: release it with `scontrol release {job_id}`" if held else ""
+        hold = f"; held: release it with `scontrol release {job_id}`" if held(job) else ""
         if last is not None and last.kind in ("requeue", "stopped"):
             return StageView(PENDING, f"requeued ({last.reason}); waiting to start again as restart "
                              f"{restart + 1}{hold}", restart, code)
@@ -145,28 +156,41 @@ def torchrun_stage(stage: str, job_id: str, events: list[Event], job: Job | None
 
 def fanout_stage(stage: str, job_ids: list[str], jobs: dict[str, Job], *, finished: bool,
                  shards_expected: int, shards_done: int, failures: list[tuple[str, str]],
-                 cancel_requested: bool) -> StageView:
-    """The state of a submitit fan-out stage (one array per phase) from its arrays and shard markers.
+                 cancel_requested: bool, unfinished: list[tuple[str, str]] = (), restarts: int = 0) -> StageView:
+    """The state of a submitit fan-out stage (one array per phase) from its arrays' tasks and shard markers.
 
     Shards leave a `.done` or `.failed` marker each (no shared log: appends from many nodes are not
-    atomic on NFS); a failed shard fails the stage once its array has nothing left to run."""
+    atomic on NFS); a failed shard fails the stage once its array has nothing left to run. A shard killed
+    outright leaves no marker: `unfinished` names those of the first phase that did not finish, with the
+    evidence (submitit's log). After a cancel the stage stays RUNNING while any task is still on the
+    cluster (stopping), so that no resume starts a second copy of a shard beside it."""
     if finished:
-        return StageView(SUCCEEDED, f"finished ({shards_done} task(s))", 0, 0)
-    alive = [jobs[j] for j in job_ids if j in jobs and jobs[j].alive]
+        return StageView(SUCCEEDED, f"finished ({shards_done} task(s))", restarts, 0)
+    alive = [t for j in job_ids for t in array_tasks(j, jobs) if t.alive]
     progress = f"{shards_done}/{shards_expected or '?'} task(s) done"
-    if any(j.state in _ACTIVE for j in alive):
-        return StageView(RUNNING, f"running ({progress})")
+    if alive and cancel_requested:
+        return StageView(RUNNING, f"stopping after the cancel: task(s) {', '.join(t.job_id for t in alive)} still "
+                         "on the cluster; `llmops resume` is possible once they are gone", restarts)
+    stuck = [t.job_id for t in alive if held(t)]
+    hold = f"; held: release with `scontrol release {' '.join(stuck)}`" if stuck else ""
+    if any(t.state in _ACTIVE for t in alive):
+        return StageView(RUNNING, f"running ({progress}){hold}", restarts)
     if alive:
-        return StageView(PENDING, f"waiting in the queue ({alive[0].reason}; {progress})")
+        return StageView(PENDING, f"waiting in the queue ({alive[0].reason}; {progress}){hold}", restarts)
     if failures:
         shard, reason = failures[0]
         more = f" (and {len(failures) - 1} more shard(s))" if len(failures) > 1 else ""
-        return StageView(FAILED, f"task {shard} failed: {reason}{more}", 0, 1)
+        return StageView(FAILED, f"task {shard} failed: {reason}{more}", restarts, 1)
     if cancel_requested:
-        return StageView(CANCELLED, "cancelled by the user")
+        return StageView(CANCELLED, "cancelled by the user", restarts)
+    if unfinished:
+        shard, evidence = unfinished[0]
+        more = f" (and {len(unfinished) - 1} more shard(s))" if len(unfinished) > 1 else ""
+        return StageView(FAILED, f"task {shard} ended without finishing, killed or its node lost ({evidence}){more}; "
+                         f"the phases after it were cancelled by Slurm; {progress}", restarts, 1)
     ended = [jobs[j] for j in job_ids if j in jobs]
     how = f"ended as {ended[-1].state}" if ended else "left the queue"
-    return StageView(FAILED, f"arrays {', '.join(job_ids)} {how} with {progress}; see logs/{stage}.*")
+    return StageView(FAILED, f"arrays {', '.join(job_ids)} {how} with {progress}; see logs/{stage}.*", restarts)
 
 
 def _ended_without_outcome(job_id: str, job: Job | None, restart: int, code: int | None) -> StageView:
@@ -174,6 +198,9 @@ def _ended_without_outcome(job_id: str, job: Job | None, restart: int, code: int
     if job is None:
         return StageView(FAILED, f"job {job_id} left the queue without recording an outcome (node failure, "
                          f"or scancel outside llmops); see logs/", restart, code)
+    if job.state == "CANCELLED" and "Dependency" in job.reason:  # --kill-on-invalid-dep: the stage before failed
+        return StageView(CANCELLED, f"job {job_id} was cancelled by Slurm before it started ({job.reason}): the "
+                         "stage before it did not succeed", restart, code)
     if job.state == "CANCELLED":
         return StageView(CANCELLED, f"job {job_id} was cancelled in Slurm (scancel outside llmops)", restart, code)
     if job.state == "TIMEOUT":

@@ -137,3 +137,18 @@ def test_sinfo_facts_catch_what_the_cluster_cannot_run() -> None:
     big = gpu.model_copy(update={"resources": gpu.resources.model_copy(update={"nodes": 3})})
     [problem] = check_fit(big, SlurmSpec(), facts)
     assert problem.path == "resources.nodes" and "holds (2" in problem.message
+
+
+def test_prepare_tasks_larger_than_a_node_are_refused() -> None:
+    """prepare_cpus_per_task 8 on the dev cluster's 2-CPU nodes (its sinfo below) was submitted, exit 0, and
+    every job sat PENDING (PartitionConfig) forever; slurm.cpus_per_task 8 was refused."""
+    facts = parse_sinfo("n1|debug*|2|(null)\nn2|debug*|2|(null)\n")
+    spec = parse_spec({**slurm_spec(), "prepare": {"input": {"builtin": "python-docstrings"},
+                                                   "output": {"dir": "/tmp/data"}}})
+    assert "prepare" in spec.stages
+    [problem] = check_fit(spec, SlurmSpec(prepare_cpus_per_task=8), facts)
+    assert problem.path == "slurm.prepare_cpus_per_task" and "(2 CPUs, by sinfo)" in problem.message
+    assert problem.fix == "use at most 2"
+    assert check_fit(spec, SlurmSpec(prepare_cpus_per_task=2), facts) == []
+    no_prepare = parse_spec(slurm_spec())
+    assert check_fit(no_prepare, SlurmSpec(prepare_cpus_per_task=8), facts) == []  # it asks for no such task

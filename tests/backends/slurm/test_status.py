@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from llmops.backends.slurm.cluster import squeue_command
 from llmops.backends.slurm.status import (
     Job,
     StageView,
@@ -138,3 +139,72 @@ def test_the_first_unfinished_stage_decides_the_run() -> None:
     ok, run, wait = StageView("SUCCEEDED", "finished"), StageView("RUNNING", "r"), StageView("PENDING", "w")
     assert combine([("prepare", ok), ("pretrain", run), ("align", wait)]) == ("pretrain", run)
     assert combine([("prepare", ok), ("pretrain", ok)]) == ("pretrain", ok)
+
+
+# Captured from the dev cluster (Slurm 22.05.8) at one moment: array 1, tasks 0-3 running, 4 waiting for a node,
+# 5 held (`scontrol hold 1_5`), each in the format llmops might ask for. Under JobID a task is listed by its own
+# raw id (task 4 of array 1 is job 1, task 5 is job 6), so only ArrayJobID relates it to its array.
+CAPTURED = {
+    "JobID:|,ArrayJobID:|,State:|,Reason:|,RestartCnt:|": """\
+1|1|PENDING|Resources|0|
+6|1|PENDING|JobHeldAdmin|0|
+5|1|RUNNING|None|0|
+4|1|RUNNING|None|0|
+3|1|RUNNING|None|0|
+2|1|RUNNING|None|0|
+""",
+    "JobArrayID:|,ArrayJobID:|,State:|,Reason:|,RestartCnt:|": """\
+1_4|1|PENDING|Resources|0|
+1_5|1|PENDING|JobHeldAdmin|0|
+1_3|1|RUNNING|None|0|
+1_2|1|RUNNING|None|0|
+1_1|1|RUNNING|None|0|
+1_0|1|RUNNING|None|0|
+""",
+}
+NO_SHARDS = {"shards_expected": 11, "shards_done": 3, "failures": [], "cancel_requested": False}
+
+
+def test_array_tasks_are_read_from_what_llmops_asks_squeue_for() -> None:
+    """squeue -O JobID gives each task's raw id: array 1 read as its task 4 (waiting for Resources) while four of
+    its tasks ran, and its held task was filed under job 6, so the release hint never showed."""
+    asked = squeue_command(["1"])[-1]
+    jobs = parse_squeue(CAPTURED[asked])
+    assert jobs["1"].state == "RUNNING" and jobs["1_5"].reason == "JobHeldAdmin"
+    v = fanout_stage("prepare", ["1"], jobs, finished=False, **NO_SHARDS)
+    assert v.state == "RUNNING" and "3/11 task(s) done" in v.message
+    assert "held: release with `scontrol release 1_5`" in v.message, v.message
+
+
+def test_a_task_held_after_its_node_failed_is_told_how_to_be_released() -> None:
+    jobs = parse_squeue("3_2|3|PENDING|launch failed requeued held|1|\n3_[3-4]|3|PENDING|Resources|0|\n")
+    v = fanout_stage("prepare", ["3"], jobs, finished=False, **NO_SHARDS)
+    assert v.state == "PENDING" and "scontrol release 3_2" in v.message, v.message
+
+
+def test_a_cancelled_fanout_is_stopping_not_cancelled_while_a_task_is_on_the_cluster() -> None:
+    """A cancelled shard stayed COMPLETING with its Python alive for KillWait while status said CANCELLED, and a
+    resume then ran a second copy of it beside it."""
+    jobs = parse_squeue("5_0|5|COMPLETED|None|0|\n5_1|5|COMPLETING|None|0|\n6|6|CANCELLED|Dependency|0|\n")
+    v = fanout_stage("prepare", ["5", "6"], jobs, finished=False, **{**NO_SHARDS, "cancel_requested": True})
+    assert v.state == "RUNNING" and "stopping after the cancel: task(s) 5_1 still on the cluster" in v.message
+    gone = parse_squeue("5_0|5|COMPLETED|None|0|\n5_1|5|CANCELLED|None|0|\n")
+    assert fanout_stage("prepare", ["5", "6"], gone, finished=False,
+                        **{**NO_SHARDS, "cancel_requested": True}).state == "CANCELLED"
+
+
+def test_a_killed_shard_is_named_with_its_evidence_and_requeues_are_restarts() -> None:
+    """kill -9 of a shard was reported as "arrays ... ended as CANCELLED" (the finalize job Slurm cancelled
+    afterwards), the shard unnamed; requeues never reached the restarts column."""
+    jobs = parse_squeue("34_2|34|FAILED|NonZeroExitCode|0|\n35|35|CANCELLED|DependencyNeverSatisfied|0|\n")
+    evidence = "srun: error: n2: task 0: Killed; see slurm/submitit/34_2/34_2_0_log.out"
+    v = fanout_stage("prepare", ["34", "35"], jobs, finished=False, shards_expected=11, shards_done=9, failures=[],
+                     cancel_requested=False, unfinished=[("tokenize-00002", evidence)], restarts=1)
+    assert v.state == "FAILED" and v.restart == 1
+    assert v.message.startswith("task tokenize-00002 ended without finishing") and evidence in v.message
+
+
+def test_a_stage_slurm_cancelled_for_a_dependency_that_failed_says_so() -> None:
+    """Said "cancelled in Slurm (scancel outside llmops)" when Slurm cancelled it as the stage before failed."""
+    v = view(EVENTS, job("CANCELLED", "DependencyNeverSatisfied"))
+    assert "scancel outside llmops" not in v.message and "stage before it did not succeed" in v.message, v.message

@@ -221,6 +221,9 @@ def _resume(run: RunDir) -> RunDir:
         raise UserError(f"run {run.id} has finished (SUCCEEDED): there is nothing to resume",
                         f"look at it with `llmops report {run.id}`, or start a new run of its spec: `llmops "
                         f"{'run' if spec.backend == 'local' else 'submit'} {run.spec_path}`")
+    if before.state not in TERMINAL and run.cancel_marker.exists():
+        raise UserError(f"run {run.id} is still stopping after its cancel ({before.message})",
+                        f"wait until `llmops status {run.id}` says CANCELLED, then resume it")
     if before.state not in TERMINAL:
         raise UserError(f"run {run.id} is {before.state}, not stopped",
                         f"follow it with `llmops logs {run.id} -f`, or cancel it first")

@@ -128,3 +128,18 @@ def test_strict_mode_takes_profiles_by_name_not_a_file_the_spec_brings(tmp_path)
                                                       "k8s": {"image": "registry.example/llmops:1"}})
     ok = llmops("--strict", "validate", str(by_name), env={"LLMOPS_PROFILE_PATH": str(tmp_path)})
     assert ok.returncode == 0, ok.stderr
+
+
+def test_resuming_a_run_still_stopping_after_its_cancel_says_so(tmp_path, monkeypatch):
+    """A resume while the cancelled run's processes were still stopping said "is RUNNING, not stopped ... cancel it
+    first", though it had been cancelled (a Slurm prepare shard runs on until it is killed)."""
+    from llmops.backends.local.backend import LocalBackend
+    from llmops.runs.rundir import RunDir, Status
+
+    run = RunDir.create(parse_spec(tiny_spec("stopping")), tmp_path / "runs" / "stopping-1")
+    run.write_status(Status(state="RUNNING", message="stopping after the cancel: task(s) 7_1 still on the cluster"))
+    run.cancel_marker.touch()
+    monkeypatch.setattr(LocalBackend, "refresh", lambda self, run: None)  # the processes as the backend sees them
+    with pytest.raises(UserError, match="still stopping after its cancel") as info:
+        runner.resume(run)
+    assert "task(s) 7_1 still on the cluster" in info.value.message and "says CANCELLED" in info.value.fix

@@ -45,6 +45,14 @@ def tiny_spec(name: str, *, tp: int = 1, pp: int = 1, procs: int | None = None, 
     return spec
 
 
+def k8s_spec(**k8s: Any) -> dict[str, Any]:
+    """The Kubernetes tests' run: TP 2 x PP 2 over two CPU pods, `k8s` merged into its section."""
+    spec = tiny_spec("tiny-k8s", tp=2, pp=2, procs=2, restarts={"max_restarts": 2})
+    spec.update(backend="k8s", resources={"nodes": 2, "cpu": True, "processes_per_node": 2},
+                k8s={"image": "llmops:dev", **k8s})
+    return spec
+
+
 def write_spec(path: Path, spec: dict[str, Any]) -> Path:
     path.write_text(yaml.safe_dump(spec, sort_keys=False))
     return path

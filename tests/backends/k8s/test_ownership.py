@@ -10,16 +10,9 @@ from llmops.backends.k8s.api import Cluster
 from llmops.errors import UserError
 from llmops.runs.rundir import RunDir
 from llmops.spec.load import parse_spec
-from llmops_testing import tiny_spec
+from llmops_testing import k8s_spec
 
 STAMP = "20250101-000000"
-
-
-def k8s_spec(**k8s) -> dict:
-    spec = tiny_spec("tiny-k8s", tp=2, pp=2, procs=2, restarts={"max_restarts": 2})
-    spec.update(backend="k8s", resources={"nodes": 2, "cpu": True, "processes_per_node": 2},
-                k8s={"image": "llmops:dev", **k8s})
-    return spec
 
 
 def plan(tmp_path, **k8s):

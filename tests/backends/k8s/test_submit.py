@@ -14,14 +14,7 @@ from llmops import runner
 from llmops.errors import UserError
 from llmops.runs.logs import parse_step_line
 from llmops.spec.load import parse_spec
-from llmops_testing import llmops, tiny_spec, write_spec
-
-
-def k8s_spec(**k8s) -> dict:
-    spec = tiny_spec("tiny-k8s", tp=2, pp=2, procs=2, restarts={"max_restarts": 2})
-    spec.update(backend="k8s", resources={"nodes": 2, "cpu": True, "processes_per_node": 2},
-                k8s={"image": "llmops:dev", **k8s})
-    return spec
+from llmops_testing import k8s_spec, llmops, tiny_spec, write_spec
 
 
 def plan(tmp_path, **k8s):

@@ -35,18 +35,24 @@ def alive(pid: int) -> bool:
     return True
 
 
-def test_cancel_ends_running_shards_before_it_says_cancelled(slurm_env, tmp_path: Path) -> None:
-    """submitit ignores SIGTERM, so a plain scancel left a shard running for KillWait (30 s) while status said
-    CANCELLED at once, and a resume ran a second copy of it beside it."""
+def _slow_shard(name: str, shard: str, tmp_path: Path) -> tuple[Path, int]:
+    """Submit a prepare run whose `shard` (e.g. clean-0) is held slow by SLOW_SHARD's hook; (its run folder, the
+    shard's pid) once the shard runs."""
     pid_file = tmp_path / "slow.pid"
-    spec = prepare_spec("prep-cancel", tmp_path, PYTHONPATH=str(SLOW_SHARD), LLMOPS_TEST_SLOW_SHARD="clean-0",
+    spec = prepare_spec(name, tmp_path, PYTHONPATH=str(SLOW_SHARD), LLMOPS_TEST_SLOW_SHARD=shard,
                         LLMOPS_TEST_SLOW_PID=str(pid_file))
     run_dir = submit(write_spec(tmp_path / "spec.yaml", spec), tmp_path / "runs")
     deadline = time.time() + 90
     while not pid_file.exists() or not pid_file.read_text():
         assert time.time() < deadline, f"the slow shard never started: {status(run_dir)}\n{tail_logs(run_dir)}"
         time.sleep(0.2)
-    pid = int(pid_file.read_text())
+    return run_dir, int(pid_file.read_text())
+
+
+def test_cancel_ends_running_shards_before_it_says_cancelled(slurm_env, tmp_path: Path) -> None:
+    """submitit ignores SIGTERM, so a plain scancel left a shard running for KillWait (30 s) while status said
+    CANCELLED at once, and a resume ran a second copy of it beside it."""
+    run_dir, pid = _slow_shard("prep-cancel", "clean-0", tmp_path)
     assert alive(pid)
 
     started = time.monotonic()
@@ -61,15 +67,8 @@ def test_cancel_ends_running_shards_before_it_says_cancelled(slurm_env, tmp_path
 def test_a_killed_shard_is_named_with_submitits_evidence(slurm_env, tmp_path: Path) -> None:
     """kill -9 of a shard read "arrays ... ended as CANCELLED" (the later phases, which Slurm cancelled), the
     shard unnamed, and its evidence was only in submitit's log, which `llmops logs` never showed."""
-    pid_file = tmp_path / "slow.pid"
-    spec = prepare_spec("prep-killed", tmp_path, PYTHONPATH=str(SLOW_SHARD), LLMOPS_TEST_SLOW_SHARD="clean-1",
-                        LLMOPS_TEST_SLOW_PID=str(pid_file))
-    run_dir = submit(write_spec(tmp_path / "spec.yaml", spec), tmp_path / "runs")
-    deadline = time.time() + 90
-    while not pid_file.exists() or not pid_file.read_text():
-        assert time.time() < deadline, f"the slow shard never started: {status(run_dir)}\n{tail_logs(run_dir)}"
-        time.sleep(0.2)
-    os.kill(int(pid_file.read_text()), 9)
+    run_dir, pid = _slow_shard("prep-killed", "clean-1", tmp_path)
+    os.kill(pid, 9)
 
     final = wait_state(run_dir, {"SUCCEEDED", "FAILED", "CANCELLED"}, timeout=60)
     assert final["state"] == "FAILED", final

@@ -21,7 +21,7 @@ report. The runs are started side by side to keep the file's wall time down.
    The same for a rank that blocks inside a collective and for one that blocks inside a checkpoint save
    (a test-only sitecustomize on the run's PYTHONPATH, tests/llmops_testing/inject): the restart takes the
    checkpoint before, never the one left half-written.
-9. A straggler: one rank of a data-parallel run throttled (stopped for 0.3 s of every 0.4 s), slow but not
+9. A straggler: one rank of a data-parallel run throttled (stopped for 40 ms of every 50 ms), slow but not
    stuck: it is named in the log, `llmops status` and the report, and the run is not restarted.
 """
 
@@ -142,21 +142,25 @@ def faulted(workdir: Path) -> dict:
     # Data-parallel (a slow rank's peers wait for it in the gradient all-reduce, not inside the step). Started
     # last, so that all its steps come after the throttle begins: started with the others, it had trained most of
     # its 40 steps by the time the faults above were placed on a loaded machine, too few windows to name anyone.
-    slow = tiny_spec("straggler", procs=2, steps=40, checkpoint={"interval": 40}, restarts={"max_restarts": 0})
+    slow = tiny_spec("straggler", procs=2, steps=60, checkpoint={"interval": 60}, restarts={"max_restarts": 0})
     facts["straggler"] = straggler = start(write_spec(workdir / "straggler.yaml", slow), runs)
     wait_step(straggler, 1)
     throttled = find_workers(straggler)[1]
     done = threading.Event()
 
-    def throttle() -> None:  # a node that is slow, not stuck: rank 1 runs a quarter of the time
+    # A node that is slow, not stuck: rank 1 runs a fifth of the time. The period is shorter than the part of a
+    # step before the gradient sync (about 25 ms here), so every step of rank 1 is stretched. A period longer than
+    # a step (it was 0.4 s) let several steps run whole in each running window and put the stop in the all-reduce,
+    # where the peer waits too: then no rank was slower to the sync, and the straggler went unnamed.
+    def throttle() -> None:
         while not done.is_set():
             try:
                 throttled.suspend()
-                time.sleep(0.3)
+                time.sleep(0.04)
                 throttled.resume()
             except psutil.Error:
                 return
-            time.sleep(0.1)
+            time.sleep(0.01)
 
     threading.Thread(target=throttle, daemon=True).start()
 
@@ -287,9 +291,11 @@ def test_a_slow_rank_is_named_a_straggler_and_not_restarted(faulted):
     assert st["state"] == "SUCCEEDED" and st["restarts"] == 0, st
     log = (run / "logs" / "pretrain.restart-0.log").read_text()
     assert "[llmops] straggler: rank 1 takes" in log and "straggler: rank 0" not in log
-    (event,) = [e for e in map(json.loads, (run / "stages" / "pretrain" / "events.jsonl").read_text().splitlines())
-                if e["event"] == "straggler"]
-    assert event["rank"] == 1 and event["seconds"] > 1.25 * event["peers"]
+    named = [e for e in map(json.loads, (run / "stages" / "pretrain" / "events.jsonl").read_text().splitlines())
+             if e["event"] == "straggler"]
+    assert named and {e["rank"] for e in named} == {1}, named  # again only if it caught up in between
+    event = named[0]
+    assert event["seconds"] > 1.25 * event["peers"]
     shown = llmops("status", run.name, "--runs-dir", str(run.parent))
     assert f"pretrain: straggler: rank 1 from step {event['step']}:" in shown.stdout, shown.stdout
     assert "straggler: rank 1 from step" in (run / "report.html").read_text()

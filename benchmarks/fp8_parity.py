@@ -6,8 +6,10 @@ its ``corpus_text_document`` and ``tokenizer.model``) once with
 schedule. Reported: the training loss of both, averaged over windows of
 ``--window`` steps, the held-out losses, the relative difference of the last
 window (the issue's bar: within 1%), and the tokens per second of each.
+``--svg`` draws both curves (window means, held-out losses dashed) with the
+run report's charts, as a standalone SVG for the docs.
 
-    python benchmarks/fp8_parity.py --data DIR [--steps 500] [--recipe auto] [--out parity.json]
+    python benchmarks/fp8_parity.py --data DIR [--steps 500] [--recipe auto] [--out parity.json] [--svg curve.svg]
 """
 
 from __future__ import annotations
@@ -56,6 +58,20 @@ def one(data: Path, work: Path, **kw) -> dict:
             "tokens_per_s": sum(r["tokens_per_s"] for r in timed) / len(timed)}
 
 
+def curves_svg(runs: dict, mean: dict, window: int) -> str:
+    """The two training-loss curves (means of `window` steps, at each window's last step) and held-out losses."""
+    from llmops.runs.charts import Series, line_chart
+
+    colours = {"bf16": "#2f6fb0", "fp8": "#d9622b"}
+    steps = len(next(iter(runs.values()))["losses"])
+    series = [Series(f"{p} training loss (mean of {window} steps)",
+                     [(min((i + 1) * window, steps), v) for i, v in enumerate(mean[p])], colours[p])
+              for p in ("bf16", "fp8")]
+    series += [Series(f"{p} held-out loss", [(float(s), v) for s, v in runs[p]["held_out"]], colours[p],
+                      dashed=True, markers=True, hollow=p == "bf16") for p in ("bf16", "fp8")]
+    return line_chart(series, y_title="loss", x_range=(1, steps)) + "\n"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--data", type=Path, required=True, help="a `llmops prepare` output folder")
@@ -64,7 +80,8 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--recipe", default="auto")
     ap.add_argument("--window", type=int, default=25)
-    ap.add_argument("--out")
+    ap.add_argument("--out", help="write both runs' losses and window means here (JSON)")
+    ap.add_argument("--svg", help="draw both curves here (SVG)")
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="fp8-parity-"))
     runs = {p: one(args.data.resolve(), work, precision=p, recipe=args.recipe, steps=args.steps, seq=args.seq,
@@ -83,6 +100,8 @@ def main() -> None:
     if args.out:
         Path(args.out).write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, "runs": runs,
                                               "window_means": mean}, indent=1))
+    if args.svg:
+        Path(args.svg).write_text(curves_svg(runs, mean, w))
 
 
 if __name__ == "__main__":

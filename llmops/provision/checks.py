@@ -22,22 +22,37 @@ from llmops.errors import UserError
 from llmops.provision.request import Request
 
 MIN_TERRAFORM = (1, 9)
-_NAME = re.compile(r"^[a-z][a-z0-9-]{1,30}[a-z0-9]$")
-_AWS_GPU = re.compile(r"^(p[3-9][a-z0-9-]*|g[4-9][a-z0-9-]*)\.[0-9]*xlarge$")
-_AWS_REGION = re.compile(r"^[a-z]{2}(-gov|-iso[a-z]?)?-[a-z]+-[0-9]$")
-_AWS_ZONE = re.compile(r"^[a-z]{2}(-gov|-iso[a-z]?)?-[a-z]+-[0-9][a-z]$")
-_OCI_REGION = re.compile(r"^[a-z]{2}-[a-z]+-[0-9]$")
+# Every pattern is matched whole (fullmatch): with re.match, `$` also matches before a final newline, and
+# 'llm\n' passed as a cluster name. The variables.tf files hold the same patterns (RE2, anchored).
+_NAME = re.compile(r"[a-z][a-z0-9-]{1,30}[a-z0-9]")
+_AWS_GPU = re.compile(r"(p[3-9][a-z0-9-]*|g[4-9][a-z0-9-]*)\.[0-9]*xlarge")
+_AWS_REGION = re.compile(r"[a-z]{2}(-gov|-iso[a-z]?)?-[a-z]+-[0-9]")
+_AWS_ZONE = re.compile(r"[a-z]{2}(-gov|-iso[a-z]?)?-[a-z]+-[0-9][a-z]")
+_AWS_RESERVATION = re.compile(r"cr-[0-9a-f]{8,17}")
+_OCI_REGION = re.compile(r"[a-z]{2}-[a-z]+-[0-9]")
+_OCI_DOMAIN = re.compile(r"[A-Za-z0-9]+:[A-Z0-9-]+-AD-[1-3]")
+# IPv4 with a prefix of 1 to 32 bits, as environments/*/variables.tf: `cidrhost` refuses a bare address or a
+# netmask, and a /0 of any address is the whole internet.
+_CIDR = re.compile(r"[0-9]{1,3}(\.[0-9]{1,3}){3}/([1-9]|[12][0-9]|3[0-2])")
 OCI_SHAPES = ("BM.GPU.H100.8", "BM.GPU.H200.8", "BM.GPU.B200.8", "BM.GPU.A100-v2.8", "BM.GPU4.8")
-_OCI_REQUIRED = {"tenancy_id": ("ocid1.tenancy.", "--tenancy"),
-                 "compartment_id": ("ocid1.compartment.", "--compartment"),
-                 "gpu_image_id": ("ocid1.image.", "--gpu-image")}
+_OCI_REQUIRED = {"tenancy_id": ("tenancy", "--tenancy"),
+                 "compartment_id": ("compartment", "--compartment"),
+                 "gpu_image_id": ("image", "--gpu-image")}
+
+
+def _ocid(kind: str) -> re.Pattern[str]:
+    """A whole OCID of one kind: ocid1.<kind>.<realm>.[region][.future].<unique id>, lower-case letters, digits
+    and hyphens between its dots. The compartment OCID is written into IAM policy statements and a dynamic
+    group's matching rule (modules/oci-security, oci-storage), so nothing else may pass: a space, quote or brace
+    would change what they allow."""
+    return re.compile(rf"ocid1\.{kind}\.[a-z0-9]+(\.[a-z0-9-]*){{1,2}}\.[a-z0-9]+")
 
 
 def validate(req: Request) -> None:
     """Refuse requests Terraform would refuse (or that would build the wrong thing)."""
     if req.cloud not in ("aws", "oci"):
         raise UserError(f"unknown cloud '{req.cloud}'", "use `llmops provision aws ...` or `llmops provision oci ...`")
-    if not _NAME.match(req.name):
+    if not _NAME.fullmatch(req.name):
         raise UserError(f"--name {req.name!r} is not a valid cluster name",
                         "use 3-32 lowercase letters, digits and hyphens, starting with a letter (e.g. llm-p5)")
     if req.action == "destroy":
@@ -53,18 +68,18 @@ def validate(req: Request) -> None:
 
 
 def _validate_aws(req: Request) -> None:
-    if not _AWS_GPU.match(req.gpu_type):
+    if not _AWS_GPU.fullmatch(req.gpu_type):
         raise UserError(f"--gpu-type {req.gpu_type!r} is not an AWS GPU instance type",
                         "use a P or G family type such as p5.48xlarge, p5en.48xlarge or p4d.24xlarge")
-    if not _AWS_REGION.match(req.region):
+    if not _AWS_REGION.fullmatch(req.region):
         raise UserError(f"--region {req.region!r} is not an AWS region", "use a region name such as us-east-1")
     zone = req.tfvars_extra.get("gpu_availability_zone")
-    if zone is not None and not (_AWS_ZONE.match(zone) and zone[:-1] == req.region):
+    if zone is not None and not (_AWS_ZONE.fullmatch(zone) and zone[:-1] == req.region):
         raise UserError(f"--zone {zone!r} is not a zone of {req.region}",
                         f"pass a zone of the region, such as {req.region}a")
     reservation = req.tfvars_extra.get("capacity_reservation")
     if reservation:
-        if not re.match(r"^cr-[0-9a-f]{8,17}$", reservation["id"]):
+        if not _AWS_RESERVATION.fullmatch(reservation["id"]):
             raise UserError(f"--reservation {reservation['id']!r} is not a capacity reservation ID",
                             "pass the cr-... ID of the Capacity Block or On-Demand Capacity Reservation")
         if not req.tfvars_extra.get("gpu_availability_zone"):
@@ -78,37 +93,43 @@ def _validate_oci(req: Request) -> None:
                         f"use one of {', '.join(OCI_SHAPES)}")
     for key in ("region", "home_region"):
         value = req.region if key == "region" else req.tfvars_extra.get(key, "")
-        if not _OCI_REGION.match(value or ""):
+        if not _OCI_REGION.fullmatch(value or ""):
             raise UserError(f"--{key.replace('_', '-')} {value!r} is not an OCI region",
                             "use a region identifier such as us-ashburn-1")
     domain, reservation = (req.tfvars_extra.get(k) for k in ("gpu_availability_domain", "capacity_reservation_id"))
-    if domain is not None and not re.match(r"^[A-Za-z0-9]+:[A-Z0-9-]+-AD-[1-3]$", domain):
+    if domain is not None and not _OCI_DOMAIN.fullmatch(domain):
         raise UserError(f"--zone {domain!r} is not an OCI availability domain",
                         "pass its full name, such as Uocm:US-ASHBURN-AD-1 (`oci iam availability-domain list`)")
     if reservation is not None:
-        if not reservation.startswith("ocid1.capacityreservation."):
+        if not _ocid("capacityreservation").fullmatch(reservation):
             raise UserError(f"--reservation {reservation!r} is not a capacity reservation OCID",
-                            "pass the ocid1.capacityreservation... OCID of the reservation")
+                            "pass the whole ocid1.capacityreservation... OCID of the reservation")
         if domain is None:
             raise UserError("--reservation needs --zone: a reservation lives in one availability domain",
                             "pass --zone with the reservation's availability domain")
-    for key, (prefix, flag) in _OCI_REQUIRED.items():
+    for key, (kind, flag) in _OCI_REQUIRED.items():
         value = req.tfvars_extra.get(key) or ""
-        if not value.startswith(prefix):
+        if not _ocid(kind).fullmatch(value):
             raise UserError(f"{flag} is {'missing' if not value else repr(value) + ', not an OCID of that kind'}",
-                            f"pass {flag} with an OCID starting {prefix}"
+                            f"pass {flag} with the whole ocid1.{kind}... OCID as the console shows it "
+                            "(lower-case letters, digits, dots and hyphens)"
                             + (" (import the oci-hpc-oke GPU image first; see infra/terraform/environments/oci)"
                                if key == "gpu_image_id" else ""))
 
 
 def _check_cidr(cidr: str) -> None:
-    try:
-        net = ipaddress.ip_network(cidr, strict=False)
-    except ValueError:
-        raise UserError(f"--api-cidr {cidr!r} is not a CIDR block", "write it like 203.0.113.0/24") from None
-    if net.prefixlen == 0:
-        raise UserError("--api-cidr 0.0.0.0/0 would open the Kubernetes API to the whole internet",
+    prefix = cidr.rpartition("/")[2]
+    if prefix.isdigit() and int(prefix) == 0:
+        raise UserError(f"--api-cidr {cidr!r} would open the Kubernetes API to the whole internet",
                         "list your office or VPN ranges, or leave the API private and reach it from the network")
+    try:
+        ipaddress.IPv4Network(cidr, strict=False)  # an octet over 255, or a leading zero
+        valid = _CIDR.fullmatch(cidr) is not None
+    except ValueError:
+        valid = False
+    if not valid:
+        raise UserError(f"--api-cidr {cidr!r} is not an IPv4 CIDR block",
+                        "write it as address/prefix bits, like 203.0.113.0/24 (one address is 203.0.113.7/32)")
 
 
 def find_terraform() -> str:

@@ -27,8 +27,10 @@ class Request:
 
     @property
     def root(self) -> Path:
+        """The cluster's folder, absolute: the profile's first line records it (a later --destroy, from
+        anywhere, recognises the profile by it) and the printed kubectl commands name it."""
         base = Path(os.environ.get("LLMOPS_CLUSTERS_DIR") or Path.home() / ".local/share/llmops/clusters")
-        return self.workdir or base / self.name
+        return (self.workdir or base / self.name).resolve()
 
     @property
     def env_dir(self) -> Path:

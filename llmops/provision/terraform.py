@@ -77,10 +77,10 @@ def owned(req: Request) -> dict[str, Any] | None:
     except (OSError, ValueError) as exc:
         raise UserError(f"{marker} cannot be read ({exc})", "restore it, or move the folder away") from None
     if not isinstance(record, dict) or (record.get("name"), record.get("cloud")) != (req.name, req.cloud):
-        theirs = record.get("name") if isinstance(record, dict) else "?"
-        raise UserError(f"{req.root} is the folder of cluster {theirs!r} "
-                        f"({record.get('cloud') if isinstance(record, dict) else '?'}), not of {req.name!r} "
-                        f"({req.cloud})", f"pass --name {theirs} to act on that cluster, or another --workdir")
+        name, cloud = (record.get("name"), record.get("cloud")) if isinstance(record, dict) else ("?", "?")
+        raise UserError(f"{req.root} is the folder of cluster {name!r} ({cloud}), not of {req.name!r} ({req.cloud})",
+                        f"use `llmops provision {cloud} --name {name}` to act on that cluster, or give this one "
+                        "another --name (or --workdir)")
     return record
 
 
@@ -163,10 +163,28 @@ def _destroy(req: Request, terraform: str, say: Callable[[str], None]) -> None:
 
 
 def _terraform(terraform: str, cwd: Path, *args: str) -> None:
-    """Run one Terraform command with its output on our terminal; failure is exit 1."""
-    proc = subprocess.run([terraform, *args], cwd=cwd)
-    if proc.returncode != 0:
-        raise ProvisionFailed(f"`terraform {args[0]}` failed (exit {proc.returncode}) in {cwd}",
+    """Run one Terraform command with its output on our terminal; failure is exit 1.
+
+    Ctrl-C reaches Terraform as well (one process group), and Terraform stops gracefully: it waits for the
+    calls in flight, writes its state and releases its lock. So llmops waits for it, however long that takes
+    (subprocess.run would kill it a quarter second after the interrupt: resources made but not in the state,
+    a remote state left locked). A second Ctrl-C is Terraform's own "exit now".
+    """
+    proc = subprocess.Popen([terraform, *args], cwd=cwd)
+    interrupted = False
+    while True:
+        try:
+            code = proc.wait()
+            break
+        except KeyboardInterrupt:
+            interrupted = True
+    if interrupted:
+        raise ProvisionFailed(f"interrupted: `terraform {args[0]}` in {cwd} stopped (exit {code}); Terraform "
+                              "saves its state as it stops", "run the same `llmops provision` again to go on from "
+                              "where it stopped, or `llmops provision <cloud> --name <name> --destroy` to remove "
+                              "what it made")
+    if code != 0:
+        raise ProvisionFailed(f"`terraform {args[0]}` failed (exit {code}) in {cwd}",
                               "read Terraform's message above, fix the cause, and run the same "
                               "`llmops provision` again: Terraform resumes from its state")
 

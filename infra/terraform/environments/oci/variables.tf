@@ -16,7 +16,7 @@ variable "tenancy_id" {
   type        = string
 
   validation {
-    condition     = can(regex("^ocid1\\.tenancy\\.", var.tenancy_id))
+    condition     = can(regex("^ocid1\\.tenancy\\.[a-z0-9]+(\\.[a-z0-9-]*){1,2}\\.[a-z0-9]+$", var.tenancy_id))
     error_message = "tenancy_id must be a tenancy OCID (ocid1.tenancy.oc1..xxx)."
   }
 }
@@ -26,7 +26,7 @@ variable "compartment_id" {
   type        = string
 
   validation {
-    condition     = can(regex("^ocid1\\.compartment\\.", var.compartment_id))
+    condition     = can(regex("^ocid1\\.compartment\\.[a-z0-9]+(\\.[a-z0-9-]*){1,2}\\.[a-z0-9]+$", var.compartment_id))
     error_message = "compartment_id must be a compartment OCID (ocid1.compartment.oc1..xxx)."
   }
 }
@@ -79,8 +79,8 @@ variable "api_allowed_cidrs" {
   default     = []
 
   validation {
-    condition     = alltrue([for c in var.api_allowed_cidrs : can(cidrhost(c, 0)) && c != "0.0.0.0/0"])
-    error_message = "api_allowed_cidrs must be valid IPv4 CIDRs and must not contain 0.0.0.0/0."
+    condition     = alltrue([for c in var.api_allowed_cidrs : can(regex("^[0-9]{1,3}(\\.[0-9]{1,3}){3}/([1-9]|[12][0-9]|3[0-2])$", c)) && can(cidrhost(c, 0))])
+    error_message = "api_allowed_cidrs must be IPv4 CIDRs with a prefix of 1 to 32 bits, such as 203.0.113.0/24: a /0, of 0.0.0.0 or any other address, is the whole internet; list your office or VPN ranges instead."
   }
 }
 
@@ -110,7 +110,7 @@ variable "gpu_image_id" {
   type        = string
 
   validation {
-    condition     = can(regex("^ocid1\\.image\\.", var.gpu_image_id))
+    condition     = can(regex("^ocid1\\.image\\.[a-z0-9]+(\\.[a-z0-9-]*){1,2}\\.[a-z0-9]+$", var.gpu_image_id))
     error_message = "gpu_image_id must be an image OCID (ocid1.image.oc1...)."
   }
 }
@@ -132,7 +132,7 @@ variable "capacity_reservation_id" {
   default     = null
 
   validation {
-    condition     = var.capacity_reservation_id == null || can(regex("^ocid1\\.capacityreservation\\.", coalesce(var.capacity_reservation_id, "ocid1.capacityreservation.")))
+    condition     = var.capacity_reservation_id == null || can(regex("^ocid1\\.capacityreservation\\.[a-z0-9]+(\\.[a-z0-9-]*){1,2}\\.[a-z0-9]+$", coalesce(var.capacity_reservation_id, "ocid1.capacityreservation.oc1..a")))
     error_message = "capacity_reservation_id must be a capacity reservation OCID."
   }
 

@@ -35,8 +35,8 @@ variable "api_allowed_cidrs" {
   default     = []
 
   validation {
-    condition     = alltrue([for c in var.api_allowed_cidrs : can(cidrhost(c, 0)) && c != "0.0.0.0/0"])
-    error_message = "api_allowed_cidrs must be valid IPv4 CIDRs and must not contain 0.0.0.0/0."
+    condition     = alltrue([for c in var.api_allowed_cidrs : can(regex("^[0-9]{1,3}(\\.[0-9]{1,3}){3}/([1-9]|[12][0-9]|3[0-2])$", c)) && can(cidrhost(c, 0))])
+    error_message = "api_allowed_cidrs must be IPv4 CIDRs with a prefix of 1 to 32 bits, such as 203.0.113.0/24: a /0, of 0.0.0.0 or any other address, is the whole internet; list your office or VPN ranges instead."
   }
 }
 

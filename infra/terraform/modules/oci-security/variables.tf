@@ -13,7 +13,7 @@ variable "tenancy_id" {
   type        = string
 
   validation {
-    condition     = can(regex("^ocid1\\.tenancy\\.", var.tenancy_id))
+    condition     = can(regex("^ocid1\\.tenancy\\.[a-z0-9]+(\\.[a-z0-9-]*){1,2}\\.[a-z0-9]+$", var.tenancy_id))
     error_message = "tenancy_id must be a tenancy OCID (ocid1.tenancy.oc1..xxx)."
   }
 }
@@ -23,7 +23,7 @@ variable "compartment_id" {
   type        = string
 
   validation {
-    condition     = can(regex("^ocid1\\.(compartment|tenancy)\\.", var.compartment_id))
+    condition     = can(regex("^ocid1\\.(compartment|tenancy)\\.[a-z0-9]+(\\.[a-z0-9-]*){1,2}\\.[a-z0-9]+$", var.compartment_id))
     error_message = "compartment_id must be a compartment OCID (ocid1.compartment.oc1..xxx)."
   }
 }

@@ -13,7 +13,7 @@ variable "compartment_id" {
   type        = string
 
   validation {
-    condition     = can(regex("^ocid1\\.(compartment|tenancy)\\.", var.compartment_id))
+    condition     = can(regex("^ocid1\\.(compartment|tenancy)\\.[a-z0-9]+(\\.[a-z0-9-]*){1,2}\\.[a-z0-9]+$", var.compartment_id))
     error_message = "compartment_id must be a compartment OCID."
   }
 }

@@ -879,7 +879,8 @@ def provision(
     capacity_block: Annotated[bool, typer.Option(
         "--capacity-block", help="aws: the reservation is a Capacity Block for ML.")] = False,
     api_cidr: Annotated[list[str] | None, typer.Option(
-        "--api-cidr", help="CIDR allowed to reach the Kubernetes API (repeatable); none keeps it private.")] = None,
+        "--api-cidr", help="IPv4 CIDR (address/1-32, e.g. 203.0.113.0/24) allowed to reach the Kubernetes API "
+                           "(repeatable); none keeps it private.")] = None,
     tenancy: Annotated[str | None, typer.Option("--tenancy", help="oci: tenancy OCID.")] = None,
     compartment: Annotated[str | None, typer.Option("--compartment", help="oci: compartment OCID.")] = None,
     gpu_image: Annotated[str | None, typer.Option("--gpu-image", help="oci: RDMA GPU image OCID.")] = None,

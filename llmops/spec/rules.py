@@ -18,13 +18,15 @@ import os
 import re
 from dataclasses import dataclass
 
-from llmops.errors import Problem, UserError
-from llmops.spec import hf
+from pydantic import ValidationError
+
+from llmops.errors import Problem, UserError, cut
+from llmops.spec import hf, hf_weights
 from llmops.spec.align import AlignSpec
-from llmops.spec.base import absolute_path
+from llmops.spec.base import absolute_path, problems_from
 from llmops.spec.prepare import EOS_ID, PrepareSpec
 from llmops.spec.presets import PRESETS
-from llmops.spec.run import TRACKING_INSTALL, DataSpec, IndexedData, RunSpec
+from llmops.spec.run import TRACKING_INSTALL, DataSpec, IndexedData, ModelSpec, RunSpec
 
 
 def check_rules(spec: RunSpec) -> list[Problem]:
@@ -58,6 +60,7 @@ def _hf_rules(spec: RunSpec) -> list[Problem]:
     if not sources:
         return []
     where, value = sources[0]
+    m, explicit = spec.model, spec.model.model_fields_set
     folder = hf.folder_of(value)
     if folder is None:
         return [Problem(where, value, "is not a Hugging Face folder reference",
@@ -69,9 +72,10 @@ def _hf_rules(spec: RunSpec) -> list[Problem]:
                         "start every stage from one model: later stages continue from the one before")]
     try:
         fields = hf.model_fields(hf.read_config(folder))
+        _whole_model({**m.model_dump(), **fields, "preset": None}, f"{folder}/config.json")
+        hf_weights.check_weights(folder, fields)  # before anything is built from config.json's numbers
     except UserError as exc:
         return [Problem(where, value, exc.message, exc.fix or "check the folder")]
-    m, explicit = spec.model, spec.model.model_fields_set
     out = []
     if "preset" in explicit and m.preset is not None:
         out.append(Problem("model.preset", m.preset, f"and {where} both give the model's shape",
@@ -91,6 +95,18 @@ def _hf_rules(spec: RunSpec) -> list[Problem]:
     spec.align = [a.model_copy(update={"start_from": hf.PREFIX + folder}) if hf.folder_of(a.start_from) else a
                   for a in spec.align]
     return []
+
+
+def _whole_model(values: dict, source: str) -> None:
+    """UserError unless `values` make a model within the spec's bounds: config.json's numbers skip the spec's
+    own validation (a run directory whose spec.yaml cannot be read again would be left behind)."""
+    try:
+        ModelSpec.model_validate(values)
+    except ValidationError as exc:
+        p = problems_from(exc, ModelSpec, prefix=("model",))[0]
+        raise UserError(f"{source} gives {p.path} = {cut(repr(p.value), 80)}: {p.message}",
+                        "start from a model within llmops's bounds, or use the config.json saved with its "
+                        "weights") from None
 
 
 def _checkpoint_rules(spec: RunSpec) -> list[Problem]:

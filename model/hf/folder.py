@@ -87,6 +87,8 @@ def _json_object(path: Path) -> dict[str, Any]:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, ValueError) as exc:
         raise UserError(f"{path} cannot be read as JSON ({exc})", _FIX) from None
+    except RecursionError:
+        raise UserError(f"{path} cannot be read as JSON (nested too deeply)", _FIX) from None
     if not isinstance(data, dict):
         raise UserError(f"{path} is not a JSON object (it holds a {type(data).__name__})", _FIX)
     return data
@@ -95,7 +97,7 @@ def _json_object(path: Path) -> dict[str, Any]:
 def _embedding_shape(folder: Path, names: list[str]) -> tuple[int, ...] | None:
     """The token embedding's shape (vocabulary x hidden) from its safetensors header, or None where the weights
     name none (or are pickle files)."""
-    from safetensors import SafetensorError, safe_open
+    from safetensors import SafetensorError
 
     name = next((n for n in names if _EMBEDDING.search(n)), None)
     if name is None:
@@ -105,7 +107,7 @@ def _embedding_shape(folder: Path, names: list[str]) -> tuple[int, ...] | None:
         sorted(folder.glob("*.safetensors"))  # a file of the folder's own, whatever the index says
     for path in files:
         try:
-            with safe_open(path, "pt") as f:
+            with _open(path) as f:
                 if name in f.keys():
                     shape = tuple(f.get_slice(name).get_shape())
                     return shape if len(shape) == 2 else None
@@ -114,8 +116,17 @@ def _embedding_shape(folder: Path, names: list[str]) -> tuple[int, ...] | None:
     return None
 
 
+def _open(path: Path):
+    """safetensors' reader of the file, which must be a regular one: opening a pipe waits for a writer."""
+    from safetensors import safe_open
+
+    if not path.is_file():  # False for a pipe, a device or a folder (a link is followed)
+        raise UserError(f"{path} is not a regular file (a folder, a pipe or a device)", _FIX)
+    return safe_open(path, "pt")
+
+
 def _tensor_names(folder: Path) -> list[str]:
-    from safetensors import SafetensorError, safe_open
+    from safetensors import SafetensorError
 
     index = folder / "model.safetensors.index.json"
     if index.is_file():
@@ -126,7 +137,7 @@ def _tensor_names(folder: Path) -> list[str]:
     names = []
     for path in sorted(folder.glob("*.safetensors")):
         try:
-            with safe_open(path, "pt") as f:  # the header alone
+            with _open(path) as f:  # the header alone
                 names += list(f.keys())
         except (OSError, SafetensorError) as exc:
             raise UserError(f"{path} cannot be read as safetensors ({exc})", _FIX) from None

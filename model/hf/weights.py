@@ -83,7 +83,7 @@ def load_hf(module, folder: Path, spec: RunSpec) -> int:
 
     from llmops_model.hf import convert
 
-    read = _reader(folder)
+    read = _reader(folder, spec)
     tp, rank = parallel_state.get_tensor_model_parallel_world_size(), parallel_state.get_tensor_model_parallel_rank()
     loaded = 0
     with torch.no_grad():
@@ -110,28 +110,28 @@ def load_hf(module, folder: Path, spec: RunSpec) -> int:
     return loaded
 
 
-def _reader(folder: Path):
-    """read(name) -> a tensor of the folder's safetensors files (the index's map, else every file's keys)."""
-    import json
-
+def _reader(folder: Path, spec: RunSpec):
+    """read(name) -> a tensor of the folder's safetensors files (the index's map, else every file's keys), by its
+    *ForCausalLM name or the base model's (`wte.weight` in the Hub's GPT-2). `llmops validate` checked the
+    folder against its config.json (llmops.spec.hf_weights.check_weights); a folder changed since is exit 2 here too."""
     from safetensors import safe_open
 
-    index = folder / "model.safetensors.index.json"
-    if index.is_file():
-        where = {k: folder / f for k, f in json.loads(index.read_text())["weight_map"].items()}
-    else:
-        where = {}
-        for f in sorted(folder.glob("*.safetensors")):
-            with safe_open(f, "pt") as h:
-                where |= dict.fromkeys(h.keys(), f)
+    from llmops.errors import UserError
+    from llmops.spec import hf_weights
+    from llmops_model.hf import convert
+
+    where = hf_weights.weight_files(folder)  # the folder's own files only, whatever its index says
+    family = convert.family(spec.model)
     handles: dict[Path, object] = {}
 
     def read(name: str) -> torch.Tensor:
-        if name not in where:
-            raise KeyError(f"{folder} has no tensor {name}")
-        f = where[name]
+        stored = hf_weights.stored_name(name, where, family)
+        if stored is None:
+            raise UserError(f"{folder} has no tensor {name}: its weights changed since the run was validated, or "
+                            "do not fit its config.json", "start from the folder transformers' save_pretrained wrote")
+        f = where[stored]
         if f not in handles:
             handles[f] = safe_open(f, "pt")
-        return handles[f].get_tensor(name).float()
+        return handles[f].get_tensor(stored).float()
 
     return read

@@ -288,6 +288,9 @@ class MLflowTracking(SpecModel):
     def _tracking_uri(cls, value: str) -> str:
         if any(c.isspace() or not c.isprintable() for c in value):
             raise ValueError("holds spaces or control characters")
+        if "?" in value or "#" in value:  # the client adds its API's path after the URI: a query or page breaks it
+            raise ValueError("has a ?query or #fragment, as the address of a page of the MLflow UI does: give the "
+                             "tracking server's address alone, e.g. http://host:5000")
         parts = urlsplit(value)
         if parts.scheme in ("http", "https") and parts.hostname:
             if parts.username is not None or parts.password is not None:

@@ -7,7 +7,9 @@ Built around one rule: a tracker never holds up or fails training. So
   thread sends what has gathered about once a second, in batches (MLflow's ``log_batch`` takes up to 1,000
   values a request);
 * a failed send is retried with backoff (1 s doubling to 30 s), the rows kept; the first failure prints one
-  ``[llmops]`` line, not one per step; when the buffer is full the oldest rows are dropped and counted;
+  ``[llmops]`` line, not one per step, which tells a tracker that cannot be reached from one that answered and
+  refused (credentials, a deleted experiment, an address that is no tracking server), with the fix; when the
+  buffer is full the oldest rows are dropped and counted;
 * :meth:`Tracker.close` gives the threads :data:`CLOSE_TIMEOUT` seconds to deliver the rest and the stage's
   files, then returns even if a request hangs (the threads are daemons and die with the process), and
   returns one outcome per tracker, which :class:`~llmops_model.train.metrics.StepLogger` writes to the
@@ -25,6 +27,10 @@ after it, and the steps already delivered are not sent again (the first values s
 `llmops eval` of a run's checkpoint adds its scores to the same tracking run afterwards
 (:func:`log_evaluation`): ``<stage>/lm_eval/<task>/<metric>`` at the checkpoint's step, and the results
 JSON as a file, without touching the run's status.
+
+What the trackers get of the resolved spec leaves out the values of environment variables named like
+credentials (``slurm.env.HF_TOKEN``): those belong under ``secrets:``, and one put in the spec by mistake is not
+also published to everyone who can read the tracking server.
 """
 
 from __future__ import annotations
@@ -34,6 +40,7 @@ import json
 import math
 import os
 import re
+import tempfile
 import threading
 import time
 from collections import deque
@@ -42,6 +49,7 @@ from typing import Any
 
 import yaml
 
+from llmops import secrets
 from llmops.errors import EXIT_OK, EXIT_REQUEUE, UserError
 from llmops.runs.rundir import RunDir, atomic_write
 from llmops.spec.run import TRACKING_INSTALL, MLflowTracking, RunSpec, TrackingSpec, WandbTracking
@@ -69,6 +77,9 @@ _REFUSED_CHARS = re.compile(r"[^\w\-. /]")
 
 Row = tuple[int, int, dict[str, float]]
 """A logged step: (step, time in milliseconds, metric name -> value)."""
+
+_HTTP_ERROR = re.compile(r"API request to endpoint (\S+) failed with error code (\d+) != \d+\. Response body: '(.*)'")
+"""How MLflow's client words an HTTP error whose answer is not JSON (a proxy's or a login page's)."""
 
 
 def require(tracking: TrackingSpec) -> None:
@@ -101,11 +112,17 @@ class Tracker:
         self.state_path = run.stage_dir(stage) / "tracking.json"
         self._state_lock = threading.Lock()
         delivered = _read_json(self.state_path) if training else {}
+        shown, masked = secrets.shareable(_read_spec(run))
+        if masked:
+            info(f"tracking: the spec holds what look like credentials ({', '.join(masked)}); the trackers get "
+                 f"{secrets.MASK} in their place. Fix: name them under secrets:, which keeps them out of spec.yaml too "
+                 "(docs/trust-model.md#secrets)")
         sinks: list[_Sink] = []
         if spec.tracking.mlflow is not None:
-            sinks.append(_MLflow(spec.tracking.mlflow, run=run, spec_name=spec.name, stage=stage, live=training))
+            sinks.append(_MLflow(spec.tracking.mlflow, run=run, spec_name=spec.name, stage=stage, live=training,
+                                 shown=shown, masked=bool(masked)))
         if spec.tracking.wandb is not None:
-            sinks.append(_Wandb(spec.tracking.wandb, run=run, stage=stage))
+            sinks.append(_Wandb(spec.tracking.wandb, run=run, stage=stage, shown=shown, masked=bool(masked)))
         self.workers = [_Worker(s, capacity=capacity, info=info, delivered=self._delivered,
                                 skip_through=int(delivered.get(s.name, {}).get("step", 0))) for s in sinks]
         for w in self.workers:
@@ -155,6 +172,11 @@ class _Sink:
     name = ""
     where = ""
 
+    def refusal(self, exc: Exception) -> str | None:
+        """The fix, when `exc` is the tracker's answer refusing what was sent ("" when its answer says all there
+        is to say); None when it was not reached or failed on its side, which retrying may mend."""
+        return exc.fix if isinstance(exc, _Refused) else None
+
     def open(self) -> None: ...
 
     def send(self, rows: list[Row]) -> None: ...
@@ -176,7 +198,8 @@ class _Worker(threading.Thread):
         self.code: int | None = None
         self.deadline, self.timeout = math.inf, CLOSE_TIMEOUT
         self.sent = self.dropped = self.in_flight = 0
-        self.opened = self.closed = self.told = False
+        self.opened = self.closed = self.refused = False
+        self.told: set[bool] = set()  # the kinds of failure said (refused or not): one line each, not one a step
         self.error: str | None = None
 
     def put(self, row: Row) -> None:
@@ -202,7 +225,7 @@ class _Worker(threading.Thread):
             elif delay:
                 time.sleep(min(delay, 0.25, max(0.0, self.deadline - time.monotonic())))
             stopping = self.stopping.is_set()
-            if stopping and time.monotonic() >= self.deadline:
+            if stopping and (time.monotonic() >= self.deadline or self.refused):  # a refusal stands: no waiting
                 return
             delay = 0.0 if self._attempt(self._cycle) else min(max(1.0, 2 * delay), MAX_BACKOFF)
             if stopping and delay == 0.0 and not self.rows:
@@ -243,13 +266,22 @@ class _Worker(threading.Thread):
         try:
             call()
         except Exception as exc:  # noqa: BLE001 (whatever the client raises, training goes on)
-            self.error = _describe(exc)
-            if not self.told:
-                self.told = True
+            try:
+                fix = self.sink.refusal(exc)
+            except Exception:  # noqa: BLE001
+                fix = None
+            self.refused = fix is not None
+            what = _describe(exc).rstrip(".")
+            self.error = what + (f". Fix: {fix}" if fix else "")
+            if self.refused not in self.told:
+                self.told.add(self.refused)
+                said = "refused the request" if self.refused else "cannot be reached"
                 with contextlib.suppress(Exception):  # not even a closed stdout may end the thread
-                    self.info(f"tracking: {self.sink.name} at {self.sink.where} cannot be reached ({self.error}); "
-                              f"training goes on, up to {self.capacity:,} logged steps are buffered and retried")
+                    self.info(f"tracking: {self.sink.name} at {self.sink.where} {said} ({what}); training goes on, "
+                              f"up to {self.capacity:,} logged steps are buffered and retried"
+                              + (f". Fix: {fix}" if fix else ""))
             return False
+        self.refused = False
         return True
 
     def outcome(self) -> dict[str, Any]:
@@ -271,8 +303,10 @@ class _MLflow(_Sink):
 
     name = "mlflow"
 
-    def __init__(self, cfg: MLflowTracking, *, run: RunDir, spec_name: str, stage: str, live: bool = True):
+    def __init__(self, cfg: MLflowTracking, *, run: RunDir, spec_name: str, stage: str, live: bool = True,
+                 shown: dict[str, Any], masked: bool):
         self.cfg, self.run, self.stage, self.live = cfg, run, stage, live
+        self.shown, self.masked = shown, masked
         self.experiment = cfg.experiment or spec_name
         self.where = cfg.uri
         self.client = None
@@ -298,15 +332,39 @@ class _MLflow(_Sink):
             from mlflow.entities import Param
 
             params = [Param(_REFUSED_CHARS.sub("_", k)[:250], v[:6000])  # the characters MLflow takes
-                      for k, v in _flatten(_read_spec(self.run)).items()]
+                      for k, v in _flatten(self.shown).items()]
             for i in range(0, len(params), 100):  # log_batch's limit for parameters
                 client.log_batch(run.info.run_id, params=params[i:i + 100])
-            if self.run.spec_path.is_file():
+            if not self.masked and self.run.spec_path.is_file():
                 client.log_artifact(run.info.run_id, str(self.run.spec_path))
+            elif self.masked:  # a copy without the credentials' values, under the same name
+                with tempfile.TemporaryDirectory() as folder:
+                    copy = Path(folder) / self.run.spec_path.name
+                    copy.write_text(yaml.safe_dump(self.shown, sort_keys=False))
+                    client.log_artifact(run.info.run_id, str(copy))
         self.client, self.run_id = client, run.info.run_id
+
+    def refusal(self, exc: Exception) -> str | None:
+        from mlflow.exceptions import MlflowException
+
+        if not isinstance(exc, MlflowException):
+            return super().refusal(exc)
+        if "not in a valid JSON format" in str(exc) or exc.error_code == "ENDPOINT_NOT_FOUND":
+            return (f"no MLflow tracking server answers at {self.where}: give tracking.mlflow.uri as the server's "
+                    "address (http://host:5000, with the path of a proxy in front of it, if any)")
+        status = exc.get_http_status_code()  # 500 for a request that got no answer
+        if status in (401, 403):
+            return ("the jobs need credentials this server accepts, in MLFLOW_TRACKING_TOKEN or "
+                    "MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD, named under secrets: "
+                    "(docs/tracking.md#credentials)")
+        return "" if 400 <= status < 500 and status not in (408, 429) else None
 
     def _experiment(self, client) -> str:
         found = client.get_experiment_by_name(self.experiment)
+        if found is not None and found.lifecycle_stage == "deleted":  # its name stays taken until purged
+            raise _Refused(f"the experiment {self.experiment!r} is deleted on the server",
+                           f"restore it (MLFLOW_TRACKING_URI={self.where} mlflow experiments restore "
+                           f"--experiment-id {found.experiment_id}), or name another in tracking.mlflow.experiment")
         if found is not None:
             return found.experiment_id
         try:
@@ -337,10 +395,20 @@ class _Wandb(_Sink):
 
     name = "wandb"
 
-    def __init__(self, cfg: WandbTracking, *, run: RunDir, stage: str):
+    def __init__(self, cfg: WandbTracking, *, run: RunDir, stage: str, shown: dict[str, Any], masked: bool):
         self.cfg, self.run, self.stage = cfg, run, stage
+        self.shown, self.masked = shown, masked
         self.where = f"project {cfg.project} ({cfg.mode})"
         self.wb = None
+
+    def refusal(self, exc: Exception) -> str | None:
+        from wandb import errors
+
+        if isinstance(exc, errors.AuthenticationError) or (isinstance(exc, errors.UsageError)
+                                                           and "api key" in str(exc).lower()):
+            return ("the jobs need WANDB_API_KEY, named under secrets: (docs/tracking.md#credentials), or "
+                    "tracking.wandb.mode: offline and `wandb sync` later")
+        return "" if isinstance(exc, errors.UsageError) else super().refusal(exc)
 
     def open(self) -> None:
         import wandb
@@ -350,11 +418,15 @@ class _Wandb(_Sink):
         folder = None if os.environ.get("WANDB_DIR") else str(self.run.path)  # offline runs stay with the run
         self.wb = wandb.init(project=self.cfg.project, entity=self.cfg.entity, id=wandb_id(self.run.id),
                              name=self.run.id, resume="allow", mode=self.cfg.mode, dir=folder,
-                             config=_read_spec(self.run), settings=settings)
+                             config=self.shown, settings=settings)
         # Each stage counts its own steps: its metrics are charted against <stage>/step, not W&B's one step.
         self.wb.define_metric(f"{self.stage}/step")
         self.wb.define_metric(f"{self.stage}/*", step_metric=f"{self.stage}/step")
-        if self.run.spec_path.is_file():
+        if self.masked:  # a copy without the credentials' values, in W&B's own folder for the run
+            copy = Path(self.wb.dir) / self.run.spec_path.name
+            copy.write_text(yaml.safe_dump(self.shown, sort_keys=False))
+            self.wb.save(str(copy), base_path=self.wb.dir, policy="now")
+        elif self.run.spec_path.is_file():
             self.wb.save(str(self.run.spec_path), base_path=str(self.run.path), policy="now")
 
     def send(self, rows: list[Row]) -> None:
@@ -416,10 +488,25 @@ def _read_json(path: Path) -> dict[str, Any]:
     return data if isinstance(data, dict) else {}
 
 
+class _Refused(Exception):
+    """A tracker's refusal that llmops recognises itself (a deleted experiment), with the fix."""
+
+    def __init__(self, message: str, fix: str):
+        super().__init__(message)
+        self.fix = fix
+
+
 def _describe(exc: Exception) -> str:
-    """The exception in one short line: its start and its end, where a wrapped cause ends (a client error may
-    carry a whole HTML page, and MLflow's name the root cause last: "... [Errno 111] Connection refused').")."""
+    """The exception in one short line: its start and its end, where a wrapped cause ends (MLflow names the
+    root cause last: "... [Errno 111] Connection refused')."); a web page in an answer is left out."""
     text = " ".join(str(exc).split())
+    if isinstance(exc, _Refused):
+        return text
+    answer = _HTTP_ERROR.fullmatch(text)
+    if answer:  # MLflow's words for an HTTP error whose body is no JSON
+        page = answer[3].lstrip().startswith("<")
+        text = f"HTTP {answer[2]} from {answer[1]}: {'a web page, not an API' if page else answer[3]}"
+    text = re.sub(r"\. Response body: '\s*<.*", ": a web page, not an API's answer", text)
     if len(text) > 300:
         text = f"{text[:150]} ... {text[-150:]}"
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__

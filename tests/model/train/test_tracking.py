@@ -8,14 +8,11 @@ skip without it. One server serves the module; the test of a tracker that is dow
 from __future__ import annotations
 
 import json
-import os
-import signal
 import socket
 import struct
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -26,65 +23,24 @@ from llmops.spec.load import parse_spec
 from llmops_model.train import tracking
 from llmops_model.train.metrics import StepLogger
 from llmops_testing import llmops, losses, tiny_spec, wait_state, write_spec
+from llmops_testing import mlflow_server as mlflow_test_server
 
 mlflow = pytest.importorskip("mlflow", reason="the MLflow client: pip install 'llmops[tracking]'")
 from mlflow.tracking import MlflowClient  # noqa: E402 (after the skip; imported once here, not in each tracker)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def port() -> int:
     """The MLflow server's port: closed until a test asks for `mlflow_server`."""
-    return _free_port()
-
-
-def _mlflow_executable() -> str:
-    exe = os.environ.get("LLMOPS_MLFLOW")
-    if not exe or not os.access(exe, os.X_OK):
-        pytest.skip("the MLflow server is not installed: python3 -m venv DIR && DIR/bin/pip install mlflow==3.17.2, "
-                    "then set LLMOPS_MLFLOW=DIR/bin/mlflow (its own venv: it caps pyarrow below llmops's)")
-    return exe
+    return mlflow_test_server.free_port()
 
 
 @pytest.fixture(scope="module")
 def mlflow_server(port: int, tmp_path_factory) -> str:
     """A real MLflow tracking server on loopback (sqlite store, artifacts proxied into tmp); its URI."""
-    exe = _mlflow_executable()
-    folder = tmp_path_factory.mktemp("mlflow-server")
-    log = open(folder / "server.log", "w")
-    proc = subprocess.Popen(
-        [exe, "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
-         "--backend-store-uri", f"sqlite:///{folder}/mlflow.db", "--serve-artifacts",
-         "--artifacts-destination", str(folder / "artifacts")],
-        stdout=log, stderr=subprocess.STDOUT, start_new_session=True,  # its own group: uvicorn is a child
-        env={**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "true"})
-    uri = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.time() + 120
-        while not _healthy(uri):
-            assert proc.poll() is None and time.time() < deadline, (folder / "server.log").read_text()[-3000:]
-            time.sleep(0.2)
-        yield uri
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-        log.close()
-
-
-def _healthy(uri: str) -> bool:
-    try:
-        with urllib.request.urlopen(f"{uri}/health", timeout=1) as r:
-            return r.status == 200
-    except OSError:
-        return False
+    proc, uri = mlflow_test_server.start(tmp_path_factory.mktemp("mlflow-server"), port=port)
+    yield uri
+    mlflow_test_server.stop(proc)
 
 
 def _run(tmp_path: Path, name: str, trackers: dict) -> tuple[RunDir, object]:
@@ -121,7 +77,7 @@ def test_a_tracker_that_is_down_never_holds_training_up(tmp_path, monkeypatch, c
     """Nothing listens: logging returns at once, close() within its bound, the event says what was lost."""
     monkeypatch.setattr(tracking, "CAPACITY", 10)
     monkeypatch.setattr(tracking, "CLOSE_TIMEOUT", 1.5)
-    run, spec = _run(tmp_path, "down", {"mlflow": {"uri": f"http://127.0.0.1:{_free_port()}"}})
+    run, spec = _run(tmp_path, "down", {"mlflow": {"uri": f"http://127.0.0.1:{mlflow_test_server.free_port()}"}})
     logger = StepLogger(spec, run.path, enabled=True, world_size=1, restart=0)
     slowest = 0.0
     for step in range(1, 31):
@@ -155,8 +111,9 @@ def test_a_tracker_that_is_down_never_holds_training_up(tmp_path, monkeypatch, c
 
 def test_buffered_metrics_arrive_when_the_server_comes_up(tmp_path, port, monkeypatch, request):
     """The server comes up mid-way: what was buffered arrives through the retries, before the stage ends."""
-    _mlflow_executable()
-    assert not _healthy(f"http://127.0.0.1:{port}"), "runs before the other MLflow tests: the server is not up yet"
+    mlflow_test_server.executable()
+    assert not mlflow_test_server.healthy(f"http://127.0.0.1:{port}"), \
+        "runs before the other MLflow tests: the server is not up yet"
     monkeypatch.setattr(tracking, "MAX_BACKOFF", 1.0)  # retried every second once the server is up
     monkeypatch.setattr(tracking, "CLOSE_TIMEOUT", 5.0)
     run, spec = _run(tmp_path, "late", {"mlflow": {"uri": f"http://127.0.0.1:{port}"}})

@@ -166,38 +166,39 @@ def align(spec: RunSpec, *, run_dir: Path, layout: Layout, device: torch.device,
     """
     a = current(spec)
     obj = objective(a, attention=gpt.attention_backend(spec))
-    logger = AlignLogger(spec, run_dir, enabled=layout.is_logger, world_size=layout.world, restart=restart,
-                         rows=obj.rows)
-    logger.event("start", process_started=loop.process_started())
-    flag = PreemptionFlag().install()
-    d = load_data(spec, run_dir=run_dir, layout=layout, logger=logger)
-    start = start_checkpoint(spec, run_dir=run_dir)
-    ckpt_root = Path(a.checkpoint_dir)
-    checkpoint.claim(ckpt_root, run=run_dir.name, stage=a.stage)
-    # Alignment steps run eagerly: their objectives have not been made (or tested) safe to capture.
-    t = loop.build(spec, layout=layout, device=device, ckpt_root=ckpt_root, per_token_loss=True, step_graph=False)
-    loaded = False
-    if isinstance(obj, DPO):
-        key = f"{d.stats['fingerprint']}:{start_key(start)}"
-        loaded = reference.attach(t, {"train": d.train, "valid": d.valid}, objective=obj,
-                                  micro_batch_size=a.micro_batch_size, cache=d.folder / "reference.npz", key=key,
-                                  load_start=lambda: load_start(t, start, logger=logger), logger=logger)
-    step = loop.resume(t, logger=logger) if spec.checkpoint.resume else 0
-    if step == 0 and not loaded:
-        load_start(t, start, logger=logger)
-    stream = data.batches(d.train, spec=spec, layout=layout, start_step=step, device=device, keys=obj.keys)
+    with AlignLogger(spec, run_dir, enabled=layout.is_logger, world_size=layout.world, restart=restart,
+                     rows=obj.rows) as logger:
+        logger.event("start", process_started=loop.process_started())
+        flag = PreemptionFlag().install()
+        d = load_data(spec, run_dir=run_dir, layout=layout, logger=logger)
+        start = start_checkpoint(spec, run_dir=run_dir)
+        ckpt_root = Path(a.checkpoint_dir)
+        checkpoint.claim(ckpt_root, run=run_dir.name, stage=a.stage)
+        # Alignment steps run eagerly: their objectives have not been made (or tested) safe to capture.
+        t = loop.build(spec, layout=layout, device=device, ckpt_root=ckpt_root, per_token_loss=True, step_graph=False)
+        loaded = False
+        if isinstance(obj, DPO):
+            key = f"{d.stats['fingerprint']}:{start_key(start)}"
+            loaded = reference.attach(t, {"train": d.train, "valid": d.valid}, objective=obj,
+                                      micro_batch_size=a.micro_batch_size, cache=d.folder / "reference.npz", key=key,
+                                      load_start=lambda: load_start(t, start, logger=logger), logger=logger)
+        step = loop.resume(t, logger=logger) if spec.checkpoint.resume else 0
+        if step == 0 and not loaded:
+            load_start(t, start, logger=logger)
+        stream = data.batches(d.train, spec=spec, layout=layout, start_step=step, device=device, keys=obj.keys)
 
-    def advance(step: int) -> None:
-        began = time.perf_counter()
-        outputs, grad_norm = loop.optimizer_step(t, stream, forward_step=obj.forward_step,
-                                                  **obj.shape(a.micro_batch_size, spec.model.seq_length))
-        sums = reduce_sums(outputs)
-        if sums is not None and (step % a.log_interval == 0 or step == a.steps):
-            logger.log_step(step=step, metrics=obj.summarize(sums), lr=t.scheduler.get_lr(t.optimizer.param_groups[0]),
-                            grad_norm=None if grad_norm is None else float(grad_norm),
-                            step_time=time.perf_counter() - began)
-        if step == a.steps or (a.eval_interval and step % a.eval_interval == 0):
-            evaluate(t, d.valid, obj=obj, step=step, logger=logger)
+        def advance(step: int) -> None:
+            began = time.perf_counter()
+            outputs, grad_norm = loop.optimizer_step(t, stream, forward_step=obj.forward_step,
+                                                      **obj.shape(a.micro_batch_size, spec.model.seq_length))
+            sums = reduce_sums(outputs)
+            if sums is not None and (step % a.log_interval == 0 or step == a.steps):
+                logger.log_step(step=step, metrics=obj.summarize(sums),
+                                lr=t.scheduler.get_lr(t.optimizer.param_groups[0]),
+                                grad_norm=None if grad_norm is None else float(grad_norm),
+                                step_time=time.perf_counter() - began)
+            if step == a.steps or (a.eval_interval and step % a.eval_interval == 0):
+                evaluate(t, d.valid, obj=obj, step=step, logger=logger)
 
-    step, code = loop.run_steps(t, step=step, logger=logger, flag=flag, advance=advance)
-    return loop.finish(t, code=code, step=step, run_dir=run_dir, logger=logger, flag=flag)
+        step, code = loop.run_steps(t, step=step, logger=logger, flag=flag, advance=advance)
+        return loop.finish(t, code=code, step=step, run_dir=run_dir, logger=logger, flag=flag)

@@ -350,46 +350,46 @@ def start_from_hf(t: Trainer, ref: str, *, logger: StepLogger) -> None:
 def pretrain(spec: RunSpec, *, run_dir: Path, layout: Layout, device: torch.device, restart: int) -> int:
     """Train to `spec.train.steps`, resuming and checkpointing; returns the process exit code."""
     ckpt_root = Path(spec.checkpoint.dir) if spec.checkpoint.dir else run_dir / "checkpoints"
-    logger = StepLogger(spec, run_dir, enabled=layout.is_logger, world_size=layout.world, restart=restart)
-    logger.event("start", process_started=process_started())
-    flag = PreemptionFlag().install()
-    checkpoint.claim(ckpt_root, run=run_dir.name, stage="pretrain")
-    t = build(spec, layout=layout, device=device, ckpt_root=ckpt_root)
-    n_params = sum(p.numel() for p in t.model.parameters())
-    logger.info(f"model {spec.model.preset or 'custom'}: {spec.model.num_layers} layers, hidden "
-                f"{spec.model.hidden_size}; {n_params:,} parameters in this process's shard; "
-                f"layout {layout.describe()}")
-    step = resume(t, logger=logger) if spec.checkpoint.resume else 0
-    if step == 0 and spec.model.init_from is not None:
-        start_from_hf(t, spec.model.init_from, logger=logger)
-    source = data.build_source(spec, cache_dir=str(run_dir / "data-cache"))
-    stream = data.batches(source, spec=spec, layout=layout, start_step=step, device=device)
-    held_out = HeldOutLoss(spec, layout=layout, device=device, cache_dir=str(run_dir / "data-cache"), logger=logger)
+    with StepLogger(spec, run_dir, enabled=layout.is_logger, world_size=layout.world, restart=restart) as logger:
+        logger.event("start", process_started=process_started())
+        flag = PreemptionFlag().install()
+        checkpoint.claim(ckpt_root, run=run_dir.name, stage="pretrain")
+        t = build(spec, layout=layout, device=device, ckpt_root=ckpt_root)
+        n_params = sum(p.numel() for p in t.model.parameters())
+        logger.info(f"model {spec.model.preset or 'custom'}: {spec.model.num_layers} layers, hidden "
+                    f"{spec.model.hidden_size}; {n_params:,} parameters in this process's shard; "
+                    f"layout {layout.describe()}")
+        step = resume(t, logger=logger) if spec.checkpoint.resume else 0
+        if step == 0 and spec.model.init_from is not None:
+            start_from_hf(t, spec.model.init_from, logger=logger)
+        source = data.build_source(spec, cache_dir=str(run_dir / "data-cache"))
+        stream = data.batches(source, spec=spec, layout=layout, start_step=step, device=device)
+        held_out = HeldOutLoss(spec, layout=layout, device=device, cache_dir=str(run_dir / "data-cache"), logger=logger)
 
-    queue = StepQueue(logger, steps=spec.train.steps, log_interval=spec.train.log_interval)
+        queue = StepQueue(logger, steps=spec.train.steps, log_interval=spec.train.log_interval)
 
-    def advance(step: int) -> None:
-        graph = t.step_graph
-        uncaptured = graph is not None and graph.graph is None
-        if uncaptured:
-            queue.read()  # a capture synchronises the device: read the warm-up steps before it, not after
-        began = queue.begin(device)
-        values = train_step(t, stream)
-        # The previous step is read only now that this one is queued behind it: the GPU never waits for the host.
-        queue.read()
-        if uncaptured and graph.graph is not None:
-            logger.event("cuda_graph", step=step, capture=graph.capture_seconds)
-            logger.info(f"step {step}: forward and backward captured as a CUDA graph in {graph.capture_seconds:.1f}s; "
-                        "later steps replay it")
-        queue.add(step, values, lr=t.scheduler.get_lr(t.optimizer.param_groups[0]), began=began)
-        if not values.deferred:  # on the CPU the step has run by now: log it at once
+        def advance(step: int) -> None:
+            graph = t.step_graph
+            uncaptured = graph is not None and graph.graph is None
+            if uncaptured:
+                queue.read()  # a capture synchronises the device: read the warm-up steps before it, not after
+            began = queue.begin(device)
+            values = train_step(t, stream)
+            # The previous step is read only now that this one is queued behind it: the GPU never waits for the host.
             queue.read()
-        if held_out.due(step):  # before the step's checkpoint: a restart from it never loses an evaluation
-            queue.read()  # the step's line comes first
-            held_out.measure(t.model, step=step, logger=logger, forward=partial(forward_backward, t))
+            if uncaptured and graph.graph is not None:
+                logger.event("cuda_graph", step=step, capture=graph.capture_seconds)
+                logger.info(f"step {step}: forward and backward captured as a CUDA graph in "
+                            f"{graph.capture_seconds:.1f}s; later steps replay it")
+            queue.add(step, values, lr=t.scheduler.get_lr(t.optimizer.param_groups[0]), began=began)
+            if not values.deferred:  # on the CPU the step has run by now: log it at once
+                queue.read()
+            if held_out.due(step):  # before the step's checkpoint: a restart from it never loses an evaluation
+                queue.read()  # the step's line comes first
+                held_out.measure(t.model, step=step, logger=logger, forward=partial(forward_backward, t))
 
-    step, code = run_steps(t, step=step, logger=logger, flag=flag, advance=advance, settle=queue.read)
-    return finish(t, code=code, step=step, run_dir=run_dir, logger=logger, flag=flag)
+        step, code = run_steps(t, step=step, logger=logger, flag=flag, advance=advance, settle=queue.read)
+        return finish(t, code=code, step=step, run_dir=run_dir, logger=logger, flag=flag)
 
 
 def run_steps(t: Trainer, *, step: int, logger: StepLogger, flag: PreemptionFlag,

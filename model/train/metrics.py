@@ -27,6 +27,7 @@ from typing import Any
 
 import torch
 
+from llmops.errors import EXIT_BAD_INPUT, EXIT_FAILED, UserError
 from llmops.runs.rundir import RunDir
 from llmops.spec.run import RunSpec
 from llmops_model.train import tracking
@@ -270,11 +271,23 @@ class StepLogger:
         except ValueError:
             return str(path)
 
+    def __enter__(self) -> StepLogger:
+        return self
+
+    def __exit__(self, kind, exc, traceback) -> None:
+        """A stage that ends in an exception still closes its trackers, within their bounded time: the tracking
+        run is marked failed (it stayed RUNNING for good), and the steps logged so far and the stage's files are
+        sent. The exception goes on."""
+        if exc is not None and self.exit_code is None:
+            self.exit_code = EXIT_BAD_INPUT if isinstance(exc, UserError) else EXIT_FAILED
+        self.close()
+
     def close(self) -> None:
         """Close TensorBoard; give the trackers their bounded time to send the rest, the stage's files and
-        the run's report, and record how each did as a `tracking` event."""
+        the run's report, and record how each did as a `tracking` event. Once; later calls do nothing."""
         if self.tb is not None:
             self.tb.close()
+            self.tb = None
         if self.tracker is not None:
             files = [self.metrics_path, self.eval_path, self.run_dir / "report.html"]
             for outcome in self.tracker.close(files=files, code=self.exit_code):

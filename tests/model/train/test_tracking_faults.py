@@ -191,3 +191,28 @@ def test_credentials_in_the_spec_never_reach_the_trackers(tmp_path, mlflow_serve
     assert said == ["tracking: the spec holds what look like credentials (slurm.setup[0], slurm.env.HF_TOKEN); the "
                     "trackers get *** in their place. Fix: name them under secrets:, which keeps them out of "
                     "spec.yaml too (docs/trust-model.md#secrets)"]
+
+
+def test_a_stage_that_fails_still_closes_its_tracking_run_as_failed(tmp_path, monkeypatch):
+    """The trackers were closed only on a stage's way out when it succeeded or was preempted: a stage that
+    ended in an error (here its checkpoint folder holds another's checkpoints, exit 2) left the MLflow run
+    RUNNING for good, or never made, and wrote no `tracking` event. The store is MLflow's file store."""
+    import json
+
+    store = f"file://{tmp_path}/mlruns"
+    folder = tmp_path / "checkpoints"
+    folder.mkdir()
+    (folder / "iter_0000004").write_text("not ours")
+    spec = write_spec(tmp_path / "spec.yaml", tiny_spec(
+        "fails", steps=4, checkpoint={"interval": 4, "dir": str(folder)}, restarts={"max_restarts": 0},
+        tracking={"mlflow": {"uri": store}}))
+    res = llmops("run", str(spec), "--runs-dir", str(tmp_path / "runs"), timeout=300)
+    said = " ".join((res.stdout + res.stderr).split())  # the terminal's lines wrapped
+    assert res.returncode == 2 and "holds checkpoints llmops did not write" in said, said
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
+    client = MlflowClient(store)
+    (run,) = [r for e in client.search_experiments() for r in client.search_runs([e.experiment_id])]
+    assert run.info.status == "FAILED"
+    (stage,) = (tmp_path / "runs").glob("fails-*/stages/pretrain")
+    events = [json.loads(line) for line in (stage / "events.jsonl").read_text().splitlines()]
+    assert [e["state"] for e in events if e["event"] == "tracking"] == ["ok"], events

@@ -888,7 +888,7 @@ def provision(
         "--home-region", help="oci: tenancy home region (default: --region).")] = None,
     plan: Annotated[bool, typer.Option("--plan", help="Show Terraform's plan; create nothing.")] = False,
     destroy: Annotated[bool, typer.Option("--destroy", help="Tear the cluster down.")] = False,
-    yes: Annotated[bool, typer.Option("--yes", help="Apply or destroy without Terraform's prompt.")] = False,
+    yes: Annotated[bool, typer.Option("--yes", help="Apply or destroy without asking first.")] = False,
     workdir: Annotated[Path | None, typer.Option(
         "--workdir",
         help="Cluster folder (default: $LLMOPS_CLUSTERS_DIR/<name>, else ~/.local/share/llmops/clusters/<name>).",

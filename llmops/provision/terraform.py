@@ -21,6 +21,7 @@ import os
 import shlex
 import shutil
 import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -34,6 +35,7 @@ from llmops.provision.outputs import SHARED_CLAIM, kubeconfig, profile, shared_v
 from llmops.provision.request import Request
 
 TFVARS = "llmops.auto.tfvars.json"
+PLAN = "llmops.tfplan"  # what `--plan` saves, and what is applied once confirmed
 MARKER = "llmops-cluster.json"  # the cluster folder's owner: this cluster's name and cloud, the files copied
 _REPO_TERRAFORM = Path(__file__).resolve().parents[2] / "infra" / "terraform"
 _REPO_K8S = Path(__file__).resolve().parents[2] / "cluster" / "k8s" / "overlays"
@@ -133,10 +135,14 @@ def run(req: Request, *, say: Callable[[str], None] = print) -> None:
     say(f"Terraform folder: {env_dir}")
     _terraform(terraform, env_dir, "init", "-input=false")
     if req.action == "plan":
-        _terraform(terraform, env_dir, "plan", "-input=false", "-out=llmops.tfplan")
-        say(f"plan saved in {env_dir / 'llmops.tfplan'}; run without --plan to create the cluster")
+        _terraform(terraform, env_dir, "plan", "-input=false", f"-out={PLAN}")
+        say(f"plan saved in {env_dir / PLAN}; run without --plan to create the cluster")
         return
-    _terraform(terraform, env_dir, "apply", "-input=false", *(["-auto-approve"] if req.yes else []))
+    if req.yes:
+        _terraform(terraform, env_dir, "apply", "-input=false", "-auto-approve")
+    else:
+        _apply_when_confirmed(terraform, env_dir, [], f"Create or change cluster '{req.name}' as planned above?",
+                              "nothing was created or changed")
     facts = read_facts(terraform, env_dir)
     hand_back(req, facts, say=say)
 
@@ -152,7 +158,11 @@ def _destroy(req: Request, terraform: str, say: Callable[[str], None]) -> None:
     listed = subprocess.run([terraform, "state", "list"], cwd=req.env_dir, capture_output=True, text=True)
     if listed.returncode == 0 and not listed.stdout.strip():
         raise none
-    _terraform(terraform, req.env_dir, "destroy", "-input=false", *(["-auto-approve"] if req.yes else []))
+    if req.yes:
+        _terraform(terraform, req.env_dir, "destroy", "-input=false", "-auto-approve")
+    else:
+        _apply_when_confirmed(terraform, req.env_dir, ["-destroy"], f"Destroy cluster '{req.name}' as planned above?",
+                              "nothing was destroyed")
     (req.root / "kubeconfig").unlink(missing_ok=True)  # in the folder llmops made
     kept = req.profile_path.exists() and not _ours(req.profile_path, req)
     if not kept:
@@ -160,6 +170,25 @@ def _destroy(req: Request, terraform: str, say: Callable[[str], None]) -> None:
     say(f"cluster '{req.name}' destroyed; its kubeconfig was removed, "
         + (f"its profile {req.profile_path} kept (llmops provision did not write it: remove it yourself)" if kept
            else "and its profile") + " (the bucket is kept unless force_destroy_bucket was set)")
+
+
+def _apply_when_confirmed(terraform: str, cwd: Path, mode: list[str], question: str, kept: str) -> None:
+    """Plan into a file, ask, and apply that very plan: what is applied is what the user read. Any answer but
+    "yes" is ProvisionFailed (exit 1) saying that nothing was done. (Terraform's own prompt answered "no" exits 1
+    like a failure, and its words go to the terminal: llmops said "failed ... fix the cause" to a user who had
+    changed their mind.)"""
+    _terraform(terraform, cwd, "plan", "-input=false", *mode, f"-out={PLAN}")
+    print(f"\n{question}\n  Only 'yes' will be accepted (--yes skips this question).\n  Enter a value: ", end="",
+          file=sys.stderr, flush=True)
+    try:
+        answer = sys.stdin.readline().strip()
+    except (KeyboardInterrupt, OSError):
+        answer = ""
+    if not sys.stdin.isatty():  # the answer was not echoed
+        print(file=sys.stderr)
+    if answer != "yes":
+        raise ProvisionFailed(f"cancelled: {kept}", "run the same command again and answer yes, or add --yes")
+    _terraform(terraform, cwd, "apply", "-input=false", PLAN)
 
 
 def _terraform(terraform: str, cwd: Path, *args: str) -> None:

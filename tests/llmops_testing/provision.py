@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import stat
 import sys
 from pathlib import Path
@@ -105,3 +106,30 @@ def base_env(tmp: Path) -> dict[str, str]:
     home.mkdir(exist_ok=True)
     return env | {"HOME": str(home), "LLMOPS_CLUSTERS_DIR": str(tmp / "clusters"),
                   "AWS_ACCESS_KEY_ID": "AKIAEXAMPLEEXAMPLE00", "AWS_SECRET_ACCESS_KEY": "not-a-real-secret"}
+
+
+def offline_env(tmp: Path, terraform: str) -> dict[str, str]:
+    """base_env for the real `terraform`, which can reach no registry: providers come only from an empty
+    mirror (environments made of Terraform's builtin resources need none)."""
+    mirror = tmp / "no-providers"
+    mirror.mkdir(exist_ok=True)
+    config = tmp / "terraformrc"
+    config.write_text(f'provider_installation {{\n  filesystem_mirror {{\n    path = "{mirror}"\n  }}\n}}\n')
+    return base_env(tmp) | {"LLMOPS_TERRAFORM": terraform, "TF_CLI_CONFIG_FILE": str(config),
+                            "CHECKPOINT_DISABLE": "1", "TF_IN_AUTOMATION": "1"}
+
+
+def stand_in(tmp: Path, main_tf: str) -> dict[str, str]:
+    """infra/terraform with the AWS environment's real variables and a stand-in for the cloud (Terraform's builtin
+    resources only: `main_tf`), whose `cluster` output is AWS_FACTS; the environment that makes llmops copy it."""
+    from llmops_testing.terraform import TERRAFORM_DIR
+
+    tree = tmp / "tf"
+    (tree / "modules").mkdir(parents=True)
+    aws = tree / "environments" / "aws"
+    aws.mkdir(parents=True)
+    shutil.copy(TERRAFORM_DIR / "environments" / "aws" / "variables.tf", aws)
+    (aws / "facts.json").write_text(json.dumps(AWS_FACTS | {"endpoint_public": False}))
+    (aws / "main.tf").write_text(main_tf + '\noutput "cluster" {\n'
+                                           '  value = jsondecode(file("${path.module}/facts.json"))\n}\n')
+    return {"LLMOPS_TERRAFORM_DIR": str(tree)}

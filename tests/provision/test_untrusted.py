@@ -26,7 +26,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from llmops_testing.provision import AWS_FACTS, base_env
+from llmops_testing.provision import offline_env, stand_in
 from llmops_testing.terraform import TERRAFORM_DIR
 
 pytestmark = pytest.mark.terraform  # the terraform binary; no provider (none is reached)
@@ -42,13 +42,7 @@ _DEFAULT_SIGINT = ("import os, signal, sys; signal.signal(signal.SIGINT, signal.
 
 @pytest.fixture
 def env(tmp_path, terraform) -> dict[str, str]:
-    """A clean user whose Terraform can reach no registry: providers come only from an empty mirror."""
-    mirror = tmp_path / "no-providers"
-    mirror.mkdir()
-    config = tmp_path / "terraformrc"
-    config.write_text(f'provider_installation {{\n  filesystem_mirror {{\n    path = "{mirror}"\n  }}\n}}\n')
-    return base_env(tmp_path) | {"LLMOPS_TERRAFORM": terraform, "TF_CLI_CONFIG_FILE": str(config),
-                                 "CHECKPOINT_DISABLE": "1", "TF_IN_AUTOMATION": "1"}
+    return offline_env(tmp_path, terraform)
 
 
 def provision(*args: str, env: dict[str, str], cwd: Path | None = None) -> subprocess.CompletedProcess:
@@ -137,24 +131,10 @@ def test_terraform_variables_refuse_what_llmops_refuses(folder, terraform, tmp_p
     assert refused == set(_HOSTILE_VARS[folder]) - {"gpu_availability_domain"}, bad.stderr
 
 
-def _stand_in(tmp: Path, main_tf: str) -> dict[str, str]:
-    """infra/terraform with the AWS environment's real variables and a stand-in for the cloud (builtin resources
-    only), whose `cluster` output is facts.json; returns the environment that makes llmops copy it."""
-    tree = tmp / "tf"
-    (tree / "modules").mkdir(parents=True)
-    aws = tree / "environments" / "aws"
-    aws.mkdir(parents=True)
-    shutil.copy(TERRAFORM_DIR / "environments" / "aws" / "variables.tf", aws)
-    (aws / "facts.json").write_text(json.dumps(AWS_FACTS | {"endpoint_public": False}))
-    (aws / "main.tf").write_text(main_tf + '\noutput "cluster" {\n'
-                                           '  value = jsondecode(file("${path.module}/facts.json"))\n}\n')
-    return {"LLMOPS_TERRAFORM_DIR": str(tree)}
-
-
 def test_a_relative_workdir_is_recorded_whole_so_destroy_from_elsewhere_removes_the_profile(env, tmp_path):
     """The profile's first line recorded `--workdir rel` as given: a destroy from another folder, or with the
     absolute path, said the profile was not written by llmops provision and left it naming a deleted cluster."""
-    env |= _stand_in(tmp_path, 'resource "terraform_data" "cluster" {\n  input = var.name\n}\n')
+    env |= stand_in(tmp_path, 'resource "terraform_data" "cluster" {\n  input = var.name\n}\n')
     here = tmp_path / "here"
     here.mkdir()
     proc = provision(*AWS, "--yes", "--workdir", "rel", env=env, cwd=here)
@@ -170,7 +150,7 @@ def test_a_relative_workdir_is_recorded_whole_so_destroy_from_elsewhere_removes_
 
 def test_a_folder_of_the_same_name_on_the_other_cloud_names_the_command_that_fits(env, tmp_path):
     """The fix said `pass --name llm`, the very name given: the folder's cluster is on the other cloud."""
-    env |= _stand_in(tmp_path, "")
+    env |= stand_in(tmp_path, "")
     assert provision(*AWS, "--plan", env=env).returncode == 0
     for args in ([*OCI, "--plan"], ["oci", "--name", "llm", "--destroy"]):
         proc = provision(*args, env=env | {"LLMOPS_SKIP_CREDENTIAL_CHECK": "1"})
@@ -234,7 +214,7 @@ def test_ctrl_c_during_apply_lets_terraform_save_its_state_and_release_its_lock(
     remote state stayed locked (every later command failed to acquire the lock, and the fix said to run it
     again) and what the apply had made could be missing from the state."""
     store, url = slow_state
-    env |= _stand_in(tmp_path, f'''terraform {{
+    env |= stand_in(tmp_path, f'''terraform {{
   backend "http" {{
     address        = "{url}"
     lock_address   = "{url}"

@@ -132,8 +132,8 @@ WEIGHT_CASES = {
     "tied over a different lm_head": (_config(tie_word_embeddings=True), "ties the output layer to the token "
                                       "embedding (tie_word_embeddings), but the weights hold an lm_head.weight"),
     "cut short": (lambda f: (f / "model.safetensors").write_bytes((f / "model.safetensors").read_bytes()[:-100]),
-                  "model.safetensors is damaged or no safetensors file (Error while deserializing header: incomplete metadata, "
-                  "file not fully covered)"),
+                  "model.safetensors is damaged or no safetensors file (Error while deserializing header: "
+                  "incomplete metadata, file not fully covered)"),
     "a header cut short": (lambda f: (f / "model.safetensors").write_bytes((f / "model.safetensors").read_bytes()[:99]),
                            "model.safetensors is damaged or no safetensors file (Error while deserializing header"),
     "a folder for a file": (lambda f: ((f / "model.safetensors").unlink(), (f / "model.safetensors").mkdir()),

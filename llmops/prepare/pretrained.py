@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from llmops.errors import UserError
-from llmops.spec.hf import PREFIX
+from llmops.spec.hf import PREFIX, check_links
 
 FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja")
 """What a pretrained tokenizer is made of (tokenizer.json alone is enough); copied together."""
@@ -45,6 +45,7 @@ def has_tokenizer(path: str | Path) -> bool:
 
 
 def _regular(path: Path, what: str) -> Path:
+    check_links(path.parent)
     try:
         info = os.stat(path)
     except FileNotFoundError:

@@ -65,6 +65,7 @@ def tokenizer_exists(ref: str) -> bool:
 def read_config(folder: str | Path) -> dict[str, Any]:
     """The folder's config.json; UserError when it is not a model folder."""
     path = Path(folder) / "config.json"
+    check_links(folder)
     if not path.exists():
         raise UserError(f"{folder} has no config.json, so it is not a Hugging Face model folder",
                         "point hf: at a folder that transformers' save_pretrained (or `llmops export`) wrote")
@@ -78,6 +79,29 @@ def read_config(folder: str | Path) -> dict[str, Any]:
         raise UserError(f"{folder} holds no *.safetensors weights",
                         "save the model with safetensors (save_pretrained does by default)")
     return config
+
+
+def check_links(folder: str | Path) -> None:
+    """UserError when a file of the folder is a link that leads out of it. A folder from elsewhere (a tarball, a
+    copy) could link its chat template to a file of yours, whose text would then be trained on and published
+    with the model. Allowed: links within the folder, and in a Hugging Face cache snapshot
+    (``<repo>/snapshots/<revision>/``) links into the repository's own ``blobs/``, which is how the cache
+    stores every file."""
+    folder = Path(folder)
+    roots = [folder.resolve()]
+    if folder.resolve().parent.name == "snapshots":
+        roots.append(folder.resolve().parent.parent / "blobs")
+    try:
+        entries = sorted(folder.iterdir())
+    except OSError:
+        return  # the reader that needs the folder says why it cannot
+    for entry in entries:
+        if entry.is_symlink():
+            target = entry.resolve()
+            if not any(target.is_relative_to(root) for root in roots):
+                raise UserError(f"{entry} is a link to {target}, outside the folder: a folder from elsewhere must "
+                                "not read your other files into a run",
+                                "replace the link with a copy of the file it should be, or remove it")
 
 
 def read_bounded(path: Path, what: str, limit: int) -> bytes:

@@ -19,6 +19,7 @@ from typing import Any
 
 from llmops.errors import UserError
 from llmops.runs.models import Checkpoint, HFFolder
+from llmops.spec.hf import check_links
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "spiece.model", "vocab.txt")
 # The index of a transformer layer in a tensor's name: Llama-style `model.layers.3.`, GPT-2 `transformer.h.3.`
@@ -30,6 +31,7 @@ _FIX = "pass a folder that `llmops export` or transformers' save_pretrained wrot
 
 def check(folder: Path, *, tokenizer: bool = True) -> None:
     """UserError naming the problem unless `folder` is safe to hand to transformers (see the module's text)."""
+    check_links(folder)  # transformers reads every file it finds there, chat_template.jinja included
     config = _json_object(folder / "config.json")
     tok_config = _json_object(folder / "tokenizer_config.json") if (folder / "tokenizer_config.json").exists() else {}
     for name, data in (("config.json", config), ("tokenizer_config.json", tok_config)):

@@ -265,3 +265,27 @@ def test_generate_refuses_a_deep_config_and_a_pipe_for_weights(saved, tmp_path):
                          (deep, "config.json cannot be read as JSON (nested too deeply)")):
         res = llmops("generate", str(folder), "--prompt", "x", timeout=60)
         assert res.returncode == 2 and said in res.stderr and "Traceback" not in res.stderr, res.stderr
+
+
+def test_a_file_linked_out_of_the_folder_is_refused_wherever_the_folder_is_read(saved, tmp_path, monkeypatch):
+    """A folder from elsewhere whose chat_template.jinja linked to a file of the user's: its text was rendered
+    into every training example of an SFT run, and would go out with the model. Links out of the folder are now
+    exit 2 where llmops reads a folder (validate, the tokenizer and template of prepare and align, generate);
+    links of a Hugging Face cache snapshot into its own blobs/ stay fine (the test above)."""
+    from llmops.errors import UserError
+    from llmops.prepare import pretrained
+
+    secret = tmp_path / "credentials"
+    secret.write_text("aws_secret_access_key = not-for-training\n")
+    folder = _copy(saved, tmp_path)
+    (folder / "chat_template.jinja").symlink_to(secret)
+    said = f"{folder}/chat_template.jinja is a link to {secret}, outside the folder"
+    code, err = _validate(folder, tmp_path, monkeypatch)
+    assert code == 2 and said in " ".join(err.split()) and "Fix:" in err, err
+    with pytest.raises(UserError, match="outside the folder"):
+        pretrained.chat_template(folder)
+    res = llmops("generate", str(folder), "--prompt", "x", timeout=60)
+    assert res.returncode == 2 and said in " ".join(res.stderr.split()), res.stderr
+    (folder / "chat_template.jinja").unlink()
+    (folder / "chat_template.jinja").symlink_to("config.json")  # inside the folder: read as it is
+    assert _validate(folder, tmp_path, monkeypatch) == (0, "")

@@ -283,13 +283,13 @@ class StepLogger:
         self.close()
 
     def close(self) -> None:
-        """Close TensorBoard; give the trackers their bounded time to send the rest, the stage's files and
-        the run's report, and record how each did as a `tracking` event. Once; later calls do nothing."""
+        """Close TensorBoard; give the trackers their bounded time to send the rest and the stage's files, and
+        record how each did as a `tracking` event. Once; later calls do nothing."""
         if self.tb is not None:
             self.tb.close()
             self.tb = None
         if self.tracker is not None:
-            files = [self.metrics_path, self.eval_path, self.run_dir / "report.html"]
+            files = [self.metrics_path, self.eval_path]  # the run's report comes at its end (tracking.log_report)
             for outcome in self.tracker.close(files=files, code=self.exit_code):
                 self.event("tracking", **outcome)
             self.tracker = None

@@ -456,6 +456,19 @@ def log_evaluation(spec: RunSpec, run_dir: Path, *, stage: str, step: int, score
     return tracker.close(files=files, code=None)
 
 
+def log_report(spec: RunSpec, run_dir: Path, *, info) -> list[dict[str, Any]]:
+    """Send the run's report, written once the run has ended, to its tracking run (in place of any earlier
+    one); one outcome per tracker, [] when the spec names none or there is no report. A stage cannot send it:
+    when a stage ends, the report on disk is the previous attempt's or none (a FINISHED run showed
+    "CANCELLED 10/20"). Never raises for a tracker that is down: the outcome says so."""
+    report = run_dir / "report.html"
+    if spec.tracking is None or (spec.tracking.mlflow is None and spec.tracking.wandb is None) or not report.is_file():
+        return []
+    require(spec.tracking)
+    tracker = Tracker(spec, run_dir, stage=spec.training_stages[-1], info=info, training=False)
+    return tracker.close(files=[report], code=None)
+
+
 def wandb_id(run_id: str) -> str:
     """The W&B run id of an llmops run: its id with anything W&B refuses in an id made a dash."""
     return re.sub(r"[^A-Za-z0-9_.-]", "-", run_id)[:128]

@@ -252,7 +252,23 @@ class Supervisor:
             report.write(self.run)
         except Exception as exc:  # noqa: BLE001 (the report is a courtesy; the run's outcome stands)
             print(f"llmops: could not write the run report: {exc}", file=sys.stderr)
+        else:
+            self.send_report()
         return 0
+
+    def send_report(self) -> None:
+        """The final report to the run's trackers, if the spec names any (within their bounded time)."""
+        if self.spec.tracking is None:
+            return
+        from llmops_model.train import tracking
+
+        def say(line: str) -> None:
+            print(f"[llmops] {line}", flush=True)
+
+        try:
+            tracking.log_report(self.spec, self.run.path, info=say)
+        except Exception as exc:  # noqa: BLE001 (a missing client or a tracker that is down: the run stands)
+            print(f"llmops: the run report was not sent to the trackers: {exc}", file=sys.stderr)
 
 
 def _finished_at(run: RunDir, *, since: float) -> bool:

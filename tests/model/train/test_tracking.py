@@ -186,7 +186,9 @@ def test_stages_and_restarts_make_one_mlflow_run(tmp_path, mlflow_server):
 
 
 def test_training_sends_every_step_to_mlflow(tmp_path, mlflow_server):
-    """The real training process (one CPU process, four steps) with tracking: the loss of every step."""
+    """The real training process (one CPU process, four steps) with tracking: the loss of every step, and the
+    run's report as written at its end (a stage sent what was on disk when it ended: none, or an earlier
+    attempt's report, "CANCELLED" on a FINISHED run)."""
     spec = tiny_spec("tracked", tracking={"mlflow": {"uri": mlflow_server}})
     res = llmops("run", str(write_spec(tmp_path / "tracked.yaml", spec)), "--runs-dir", str(tmp_path / "runs"),
                  "--detach")
@@ -201,6 +203,11 @@ def test_training_sends_every_step_to_mlflow(tmp_path, mlflow_server):
     assert [e for e in events if e["event"] == "tracking"] == [
         {"event": "tracking", "time": pytest.approx(time.time(), abs=300), "restart": 0, "backend": "mlflow",
          "state": "ok", "sent": len(found.data.metrics) * 4, "dropped": 0, "error": None}]
+    deadline = time.time() + 30  # sent by the supervisor after it wrote the report, as the run ended
+    while "report.html" not in {a.path for a in client.list_artifacts(found.info.run_id)} and time.time() < deadline:
+        time.sleep(0.5)
+    sent = Path(client.download_artifacts(found.info.run_id, "report.html", str(tmp_path / "got")))
+    assert sent.read_text() == (run_dir / "report.html").read_text() and "SUCCEEDED" in sent.read_text()
 
 
 def _wandb_records(path: Path) -> list:

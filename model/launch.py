@@ -154,10 +154,13 @@ def _watch(args, run_dir: str | None, spec, folder: Path) -> heartbeat.Watchdog:
             with open(events, "a") as f:
                 f.write(json.dumps({"event": "hung", "time": time.time(), "restart": restart, "rank": silence.rank,
                                     "step": silence.step, "phase": silence.phase, "silent": silence.seconds,
-                                    "timeout": silence.timeout}) + "\n")
+                                    "timeout": silence.timeout, "starting": silence.starting}) + "\n")
 
-    # restarts.hang_timeout unset: learned from the steps (llmops_model.train.heartbeat)
-    return heartbeat.Watchdog(folder, ranks=ranks, timeout=spec.restarts.hang_timeout if spec else None,
+    # restarts.hang_timeout unset: learned from the steps (llmops_model.train.heartbeat). A start-up may be silent
+    # as long as a collective may wait (parts of it take long on a large job), and no less than a step.
+    hang = spec.restarts.hang_timeout if spec else None
+    startup = max(spec.restarts.collective_timeout, hang or 0.0) if spec else None
+    return heartbeat.Watchdog(folder, ranks=ranks, timeout=hang, startup=startup,
                               workers=lambda: workers(os.getpid()), on_hang=on_hang)
 
 

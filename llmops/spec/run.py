@@ -249,7 +249,8 @@ class RestartSpec(SpecModel):
     10 x the slowest step and 3 x the slowest checkpoint save seen in the attempt."""
     collective_timeout: float = Field(1800.0, ge=10.0, le=7 * 86400.0)
     """Seconds a collective may wait before torch.distributed fails it (the process-group timeout): the
-    backstop for a hang the watchdog cannot see, such as one before the first step."""
+    backstop for a hang the watchdog cannot see, such as one while joining the process group. Also how long a
+    pre-training start-up may be silent before the watchdog calls it hung (the hang timeout, if longer)."""
 
 
 class SecretSource(SpecModel):

@@ -6,13 +6,19 @@ nor errs; the job would wait for the process-group timeout, and a cluster would
 see a healthy process. So each rank writes a heartbeat, a small JSON file in a
 node-local folder the launcher names (``$LLMOPS_HEARTBEATS``), after every
 step and before every checkpoint save; the launcher's :class:`Watchdog` reads
-them. Watching starts when every rank of the node has finished a step (start-up
-and a resume's checkpoint load are not watched: a rank stuck there leaves the
-others blocked in their first collective, which the process-group timeout,
-``restarts.collective_timeout``, ends). A rank that has finished its stage beats
-``done`` with its exit code; once every rank has, their silence is no hang (the
-stage's work and its last checkpoint are complete): only workers that still have
-not exited a timeout later are stopped, and the launcher exits with their code.
+them. The hang timeout applies once every rank of the node has finished a step.
+Before that, a pre-training rank beats as it begins each part of its start-up
+(:data:`STARTUP`: its logs, the model, a resume's checkpoint load, its data),
+and a start-up silent for ``restarts.collective_timeout`` (or the hang timeout,
+if longer) is a hang too: a part of it can take long on a large job (a
+checkpoint load, building a data index), and the process-group timeout already
+bounds it where a rank waits in a collective; where none does (one process, or
+every rank stuck reading the same storage) nothing else would end it. Joining
+the process group and an align stage's start-up are left to that timeout. A
+rank that has finished its stage beats ``done`` with its exit code; once every
+rank has, their silence is no hang (the stage's work and its last checkpoint
+are complete): only workers that still have not exited a timeout later are
+stopped, and the launcher exits with their code.
 
 When no rank of the node has beaten for ``restarts.hang_timeout`` seconds (unset:
 the larger of 5 minutes, 10 times the slowest step and 3 times the slowest save
@@ -51,6 +57,9 @@ ENV = "LLMOPS_HEARTBEATS"
 STACKS = signal.SIGUSR2  # SIGUSR1 is Slurm's preemption notice
 MIN_AUTO_TIMEOUT = 300.0
 DONE = "done"  # the phase of a rank that has finished its stage
+# The parts of a pre-training rank's start-up, in order, each beaten as the rank begins it (the phase: what it does).
+STARTUP = {"start": "opening its logs", "build": "building the model", "load": "loading its checkpoint",
+           "data": "reading its data"}
 NOTICE = "notice"  # the file of a preemption notice the launcher got (leave_notice)
 _dump_file = None  # faulthandler writes to the file's descriptor: it must stay open
 
@@ -114,26 +123,63 @@ class Silence:
     code: int | None = None  # every rank had finished its stage with this exit code: not a hang
     behind: tuple[int, ...] = ()  # the ranks the others got past (empty: every working rank stopped at one point)
     ahead: tuple[int, str, int] | None = None  # the furthest of the others: (step, phase, rank)
+    missing: int = 0  # ranks of the node that never beat (still starting, or stuck before their first beat)
 
     @property
     def finished(self) -> bool:
         return self.phase == DONE
 
+    @property
+    def starting(self) -> bool:
+        """Found in start-up, before every rank of the node had finished a step."""
+        return self.phase in STARTUP or self.missing > 0
+
     def describe(self) -> str:
         if self.finished:
             return (f"every rank of this node finished its stage (exit code {self.code}), but the workers have not "
                     f"exited {self.seconds:.0f}s later (hang timeout {self.timeout:.0f}s)")
-        said = f"no progress from any rank of this node for {self.seconds:.0f}s (hang timeout {self.timeout:.0f}s); "
+        kind = "start-up timeout" if self.starting else "hang timeout"
+        said = f"no progress from any rank of this node for {self.seconds:.0f}s ({kind} {self.timeout:.0f}s); "
+        if self.missing:
+            step, phase, rank = self.ahead
+            return said + (f"{self.missing} of its ranks never started (no heartbeat), while rank {rank} is "
+                           f"{_at(step, phase)}: it is most likely waiting for them")
         if not self.behind:
-            return said + (f"all its ranks stopped at the same point, after step {self.step} ({self.phase}): one "
-                           f"holds the others in a collective, or they share a wait (a rank on another node, "
-                           f"storage, the network); their stacks show which")
+            return said + (f"all its ranks stopped at the same point, {_at(self.step, self.phase)}: one holds the "
+                           f"others in a collective, or they share a wait (a rank on another node, storage, the "
+                           f"network); their stacks show which")
         one = len(self.behind) == 1
         who = f"rank {self.behind[0]} is" if one else f"ranks {_listed(self.behind)} are"
         step, phase, rank = self.ahead
-        there = "has finished its stage" if phase == DONE else f"is further, after step {step} ({phase})"
-        return said + (f"{who} behind, after step {self.step} ({self.phase}), while rank {rank} {there}: "
+        there = "has finished its stage" if phase == DONE else f"is further, {_at(step, phase)}"
+        return said + (f"{who} behind, {_at(self.step, self.phase)}, while rank {rank} {there}: "
                        f"the others are most likely waiting for {'it' if one else 'them'}")
+
+
+def _at(step: int, phase: str) -> str:
+    """Where a rank's heartbeat left it, in words."""
+    return f"in start-up, {STARTUP[phase]}" if phase in STARTUP else f"after step {step} ({phase})"
+
+
+def _in_startup(beats: dict[int, dict], missing: int, seconds: float, timeout: float) -> Silence:
+    """The silence of a node in start-up: the ranks that never beat, else those at its earliest part."""
+    order = [*STARTUP, "step", "checkpoint", "samples", DONE]
+
+    def where(b: dict) -> tuple:
+        return order.index(b["phase"]) if b["phase"] in order else len(order), b["step"]
+
+    first = min(beats.values(), key=lambda b: (where(b), b["time"]))
+    there = [b for b in beats.values() if where(b) == where(first)]
+    others = [b for b in beats.values() if b not in there]
+    furthest = max(beats.values() if missing else others or there, key=lambda b: (where(b), b["time"]))
+    ahead = (furthest["step"], furthest["phase"], furthest["rank"])
+    if missing:
+        return Silence(furthest["rank"], furthest["step"], furthest["phase"], seconds, timeout, ahead=ahead,
+                       missing=missing)
+    if not others:
+        return Silence(first["rank"], first["step"], first["phase"], seconds, timeout)
+    return Silence(first["rank"], first["step"], first["phase"], seconds, timeout,
+                   behind=tuple(sorted(b["rank"] for b in there)), ahead=ahead)
 
 
 def _listed(ranks: tuple[int, ...]) -> str:
@@ -144,10 +190,12 @@ class Watchdog(threading.Thread):
     """In the launcher: watch the node's heartbeats; on a hang, collect stacks and kill the workers."""
 
     def __init__(self, folder: Path, *, ranks: int, timeout: float | None, workers: Callable[[], list[int]],
-                 on_hang: Callable[[Silence], None], poll: float = 1.0):
+                 on_hang: Callable[[Silence], None], startup: float | None = None, poll: float = 1.0):
+        """`timeout`: restarts.hang_timeout (None: learned from the steps); `startup`: how long a start-up may
+        be silent (None: not watched)."""
         super().__init__(name="llmops-watchdog", daemon=True)
-        self.folder, self.ranks, self.fixed, self.workers, self.on_hang, self.poll = (
-            folder, ranks, timeout, workers, on_hang, poll)
+        self.folder, self.ranks, self.fixed, self.startup, self.workers, self.on_hang, self.poll = (
+            folder, ranks, timeout, startup, workers, on_hang, poll)
         self.found: Silence | None = None
         self.slowest_step = self.slowest_save = 0.0
         self._last: dict[int, dict] = {}
@@ -175,18 +223,25 @@ class Watchdog(threading.Thread):
                 took = b["time"] - before["time"]
                 if before["phase"] == "checkpoint":
                     self.slowest_save = max(self.slowest_save, took)
-                elif b["step"] == before["step"] + 1:
+                elif before["phase"] not in STARTUP and b["step"] == before["step"] + 1:  # the first step is no pace
                     self.slowest_step = max(self.slowest_step, took)
             self._last[rank] = b
         return beats
 
     def check(self, now: float) -> Silence | None:
         beats = self.read()
-        if len(beats) < self.ranks:
-            return None  # not armed until every rank of the node has finished a step
+        if not beats:
+            return None  # no worker has started yet
+        missing = max(0, self.ranks - len(beats))
+        starting = missing > 0 or any(b["phase"] in STARTUP for b in beats.values())
+        if starting and self.startup is None:
+            return None  # start-up unwatched: the hang timeout applies once every rank has finished a step
+        timeout = self.startup if starting else self.timeout()
         newest = max(b["time"] for b in beats.values())
-        if now - newest <= self.timeout():
+        if now - newest <= timeout:
             return None
+        if starting:
+            return _in_startup(beats, missing, now - newest, timeout)
         working = [b for b in beats.values() if b["phase"] != DONE]
         if not working:  # finished, stuck on the way out: the worst code is the stage's
             last = max(beats.values(), key=lambda b: (b.get("code") or 0, b["time"]))

@@ -350,18 +350,22 @@ def start_from_hf(t: Trainer, ref: str, *, logger: StepLogger) -> None:
 def pretrain(spec: RunSpec, *, run_dir: Path, layout: Layout, device: torch.device, restart: int) -> int:
     """Train to `spec.train.steps`, resuming and checkpointing; returns the process exit code."""
     ckpt_root = Path(spec.checkpoint.dir) if spec.checkpoint.dir else run_dir / "checkpoints"
+    heartbeat.beat(0, "start")  # the launcher's watchdog: each part of the start-up, as it begins (heartbeat.STARTUP)
     with StepLogger(spec, run_dir, enabled=layout.is_logger, world_size=layout.world, restart=restart) as logger:
         logger.event("start", process_started=process_started())
         flag = PreemptionFlag().install()
+        heartbeat.beat(0, "build")
         checkpoint.claim(ckpt_root, run=run_dir.name, stage="pretrain")
         t = build(spec, layout=layout, device=device, ckpt_root=ckpt_root)
         n_params = sum(p.numel() for p in t.model.parameters())
         logger.info(f"model {spec.model.preset or 'custom'}: {spec.model.num_layers} layers, hidden "
                     f"{spec.model.hidden_size}; {n_params:,} parameters in this process's shard; "
                     f"layout {layout.describe()}")
+        heartbeat.beat(0, "load")
         step = resume(t, logger=logger) if spec.checkpoint.resume else 0
         if step == 0 and spec.model.init_from is not None:
             start_from_hf(t, spec.model.init_from, logger=logger)
+        heartbeat.beat(step, "data")
         source = data.build_source(spec, cache_dir=str(run_dir / "data-cache"))
         stream = data.batches(source, spec=spec, layout=layout, start_step=step, device=device)
         held_out = HeldOutLoss(spec, layout=layout, device=device, cache_dir=str(run_dir / "data-cache"), logger=logger)

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from llmops.backends.base import Backend, Request
+from llmops.backends.local.stopped import is_stopped
 from llmops.errors import Problem, UserError
 from llmops.procs import descendants, is_ours, started, workers
 from llmops.runs.logs import follow_logs
@@ -100,7 +101,10 @@ class LocalBackend(Backend):
         outlives its supervisor is checkpointing and stopping (llmops.procs.die_with_parent), and until it has,
         the run is not stopped (a resume then would start a second trainer beside it)."""
         status = run.read_status()
-        if status.state in TERMINAL or not status.supervisor_pid or _supervisor_alive(run, status):
+        if status.state in TERMINAL or not status.supervisor_pid:
+            return
+        if _supervisor_alive(run, status):
+            _note_stopped(run, status)
             return
         if is_ours(status.job_pgid, started_at=status.job_started, token=run.id):
             if not status.message.startswith(_UNSUPERVISED):
@@ -146,11 +150,28 @@ class LocalBackend(Backend):
         status = run.read_status()
         if is_ours(status.job_pgid, started_at=status.job_started, token=run.id):
             signal_job(status.job_pgid, signal.SIGKILL if force else signal.SIGTERM, stage=status.stage)
-        if force and _supervisor_alive(run, status):
-            os.kill(status.supervisor_pid, signal.SIGTERM)
+        if _supervisor_alive(run, status):
+            if force:
+                os.kill(status.supervisor_pid, signal.SIGTERM)
+            if is_stopped(status.supervisor_pid):  # stopped, it would never record the cancel, nor act on --force
+                os.kill(status.supervisor_pid, signal.SIGCONT)
 
 
 _UNSUPERVISED = "the supervisor process is gone, but its job still runs"
+# The run's message while its supervisor is stopped (the supervisor puts its own back once it goes on).
+SUPERVISOR_STOPPED = "the supervisor process is stopped"
+
+
+def _note_stopped(run: RunDir, status) -> None:
+    """Say in the run's message that its supervisor is stopped (SIGSTOP, a debugger): until it goes on, nothing
+    records the run's progress, restarts a stage or ends the run, and the run would read as RUNNING for good. Written
+    only while it is stopped (it writes status.json itself otherwise)."""
+    pid = status.supervisor_pid
+    if status.message.startswith(SUPERVISOR_STOPPED) or not is_stopped(pid):
+        return
+    run.update_status(message=f"{SUPERVISOR_STOPPED} (pid {pid}: SIGSTOP, or a debugger holds it): nothing "
+                      f"records the run's progress or restarts it; `kill -CONT {pid}` lets it go on, `llmops cancel "
+                      f"{run.id}` continues it and stops the run")
 
 
 def _kill_by_folder(run: RunDir) -> list[int]:

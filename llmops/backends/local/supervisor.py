@@ -14,6 +14,10 @@ requeue loop:
 * 2 (bad input): FAILED at once; restarting cannot help.
 * any exit after ``llmops cancel``: CANCELLED.
 
+A process of the job that nothing else watches (the launcher, its forkserver, data preparation and its workers;
+llmops.backends.local.stopped) and that stays stopped for ``restarts.hang_timeout`` is a hang: the supervisor
+says so in the stage log, kills the job and restarts the stage, as after the watchdog's exit 76.
+
 A stage that already SUCCEEDED (``llmops resume`` of a run that stopped
 later) is not run again. SIGTERM or SIGINT to the supervisor is a cancel.
 
@@ -38,7 +42,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from llmops.backends.local.backend import launch_command, prepare_command, signal_job
+from llmops.backends.local import stopped
+from llmops.backends.local.backend import SUPERVISOR_STOPPED, launch_command, prepare_command, signal_job
 from llmops.errors import EXIT_BAD_INPUT, EXIT_HUNG, EXIT_OK, EXIT_REQUEUE
 from llmops.prepare.pipeline import clean_done
 from llmops.procs import STANDBY_ENV, started, warm_start
@@ -69,6 +74,8 @@ class Supervisor:
         self.stage: str | None = None
         self.next_stage: str | None = None  # the stage after this one, for a launcher standing by
         self.standby: _Standby | None = None
+        self.message = ""  # the run's message as this supervisor last wrote it
+        self.stopped: stopped.Found | None = None  # why the last attempt was stopped, if its job was found stopped
 
     def on_signal(self, signum, frame) -> None:
         self.run.cancel_marker.touch()
@@ -120,8 +127,11 @@ class Supervisor:
             if retries >= max_restarts:
                 return self.end_stage(stage, FAILED, code, f"exit code {code} after {retries} restart(s) "
                                       f"(restarts.max_restarts = {max_restarts})")
-            reason = {EXIT_REQUEUE: "preempted", EXIT_HUNG: "hung (no progress within the hang timeout; stacks in "
-                      f"{run.log_path(stage, attempt).name})"}.get(code, f"crashed with exit code {code}")
+            reason = {EXIT_REQUEUE: "preempted", EXIT_HUNG: _hang(run, stage, attempt)}.get(
+                code, f"crashed with exit code {code}")
+            if self.stopped is not None:
+                reason = (f"hung ({self.stopped.role} stayed stopped for the hang timeout; see "
+                          f"{run.log_path(stage, attempt).name})")
             retries += 1
             attempt += 1
             status = run.read_status()
@@ -129,7 +139,8 @@ class Supervisor:
             restarts = record.get("restarts", 0) + 1
             run.update_stage(stage, restarts=restarts, message=f"restart {restarts}: {reason}",
                              why=why_restarted(record, attempt, reason))
-            run.update_status(restarts=status.restarts + 1, message=f"{stage}: restart {restarts}: {reason}")
+            self.message = f"{stage}: restart {restarts}: {reason}"
+            run.update_status(restarts=status.restarts + 1, message=self.message)
 
     def launch(self, stage: str, attempt: int) -> int:
         run = self.run
@@ -142,12 +153,21 @@ class Supervisor:
         launched = time.time()
         following = self.next_stage if self.next_stage in self.spec.training_stages and warm_start(self.spec) else None
         pace: dict = {}
+        self.stopped = None
+        watch = stopped.Watch(self.child.pid, prepare=stage == "prepare",
+                              timeout=self.spec.restarts.hang_timeout or stopped.DEFAULT_TIMEOUT)
         while True:
             try:
                 code = self.child.wait(timeout=0.2)
                 break
             except subprocess.TimeoutExpired:
                 pass
+            if watch.due():
+                self._continued()
+                found = watch.check()
+                if found is not None:
+                    code = self._stop_stopped(stage, attempt, found, launched=launched)
+                    break
             if following and self.standby is None and self._winding_down(stage, since=launched, pace=pace):
                 attempt_ahead = len(run.log_files(following))
                 try:
@@ -159,6 +179,34 @@ class Supervisor:
                 self.standby = _Standby(following, attempt_ahead, ahead)
         run.update_status(job_pgid=None, job_started=None)
         return code
+
+    def _stop_stopped(self, stage: str, attempt: int, found: stopped.Found, *, launched: float) -> int:
+        """Kill the job whose process `found` stayed stopped, saying so in the stage log and events; EXIT_HUNG."""
+        self.stopped = found
+        what, then = (("the preparation cannot go on", "restarts from its finished shards") if stage == "prepare" else
+                      ("nothing collects the workers' exits", "restarts from its latest complete checkpoint"))
+        finished = stage != "prepare" and _finished_at(self.run, since=launched)
+        if finished:
+            then = "has finished: its last step and final checkpoint are complete"
+        line = (f"[llmops] hung: {found.role} (pid {found.pid}) has been stopped for {found.seconds:.0f}s (SIGSTOP, or "
+                f"a debugger holds it; hang timeout {found.timeout:.0f}s): {what}; the job is killed and the stage "
+                f"{then}\n")
+        with open(self.run.log_path(stage, attempt), "a") as log:
+            log.write(line)
+        if not finished:  # what the report marks the restart with
+            events = self.run.stage_dir(stage)
+            events.mkdir(parents=True, exist_ok=True)
+            with open(events / "events.jsonl", "a") as f:
+                f.write(json.dumps({"event": "hung", "time": time.time(), "restart": attempt, "stopped": found.role,
+                                    "silent": found.seconds, "timeout": found.timeout}) + "\n")
+        signal_job(self.child.pid, signal.SIGKILL, stage=stage)  # the whole tree: a stopped process dies of it too
+        self.child.wait()
+        return EXIT_HUNG
+
+    def _continued(self) -> None:
+        """The note `llmops status` left in the run's message while this supervisor was stopped is stale now."""
+        if self.run.read_status().message.startswith(SUPERVISOR_STOPPED):
+            self.run.update_status(message=self.message)
 
     def _winding_down(self, stage: str, *, since: float, pace: dict) -> bool:
         """Whether the next stage's launcher may start: data preparation past its clean phase (the rest leaves
@@ -279,6 +327,26 @@ def _finished_at(run: RunDir, *, since: float) -> bool:
     except (OSError, ValueError):
         return False
     return record.get("code") == EXIT_OK and record.get("time", 0) >= since
+
+
+def _hang(run: RunDir, stage: str, attempt: int) -> str:
+    """Why the launcher's watchdog stopped `attempt`, as a restart's reason: in start-up (its `hung` event says so;
+    the bound was then restarts.collective_timeout), or later."""
+    log = run.log_path(stage, attempt).name
+    try:
+        lines = (run.stage_dir(stage) / "events.jsonl").read_text().splitlines()
+    except OSError:
+        lines = []
+    for line in reversed(lines):
+        try:
+            event = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(event, dict) and event.get("event") == "hung" and event.get("restart") == attempt:
+            if event.get("starting"):
+                return f"hung in start-up (no progress within the start-up timeout; stacks in {log})"
+            break
+    return f"hung (no progress within the hang timeout; stacks in {log})"
 
 
 def _error_line(log: Path) -> str | None:

@@ -114,6 +114,32 @@ def losses(run_dir: Path, stage: str = "pretrain") -> dict[int, float]:
     return out
 
 
+def same_curve(run: Path, reference: Path, steps: int) -> None:
+    """The run logged every step 1..`steps` once at least, each at the uninterrupted reference's loss (training on
+    CPU is deterministic: a step run again from a checkpoint gives the same loss)."""
+    import pytest
+
+    ref, got = losses(reference), losses(run)
+    assert sorted(got) == list(range(1, steps + 1))
+    for step in got:
+        assert got[step] == pytest.approx(ref[step], rel=1e-6, abs=1e-7), step
+
+
+def run_processes(run_dir: Path) -> list:
+    """Every process of the run still alive (psutil processes): supervisor, launcher, torchrun, workers, prepare."""
+    import psutil
+
+    key = str(run_dir.resolve())
+    found = []
+    for p in psutil.process_iter(["cmdline"]):
+        try:
+            if any(key in part for part in p.info["cmdline"] or []):
+                found.append(p)
+        except psutil.Error:
+            continue
+    return found
+
+
 def log_text(run_dir: Path) -> str:
     return "\n".join(p.read_text() for p in sorted((run_dir / "logs").glob("pretrain.restart-*.log")))
 

@@ -45,6 +45,8 @@ from llmops_testing import (
     llmops,
     log_text,
     losses,
+    run_processes,
+    same_curve,
     start,
     status,
     tiny_spec,
@@ -74,19 +76,6 @@ def _spec(name: str, **overrides) -> dict:
 def workers(run_dir: Path) -> list[psutil.Process]:
     """The training processes of a run (torchrun's workers)."""
     return list(find_workers(run_dir).values())
-
-
-def run_processes(run_dir: Path) -> list[psutil.Process]:
-    """Every process of the run still alive: supervisor, launcher, torchrun, workers, prepare."""
-    key = str(run_dir.resolve())
-    found = []
-    for p in psutil.process_iter(["cmdline"]):
-        try:
-            if any(key in part for part in p.info["cmdline"] or []):
-                found.append(p)
-        except psutil.Error:
-            continue
-    return found
 
 
 def wait_restart(run_dir: Path, stage: str = "pretrain", timeout: float = 120) -> None:
@@ -170,13 +159,6 @@ def faulted(workdir: Path) -> dict:
     return facts
 
 
-def _same_curve(run: Path, reference: Path) -> None:
-    ref, got = losses(reference), losses(run)
-    assert sorted(got) == list(range(1, STEPS + 1))
-    for step in got:
-        assert got[step] == pytest.approx(ref[step], rel=1e-6, abs=1e-7), step
-
-
 def test_sigkill_of_one_rank_restarts_from_the_last_checkpoint(faulted):
     run = faulted["killed"]
     st = status(run)
@@ -184,7 +166,7 @@ def test_sigkill_of_one_rank_restarts_from_the_last_checkpoint(faulted):
     (reason,) = st["stages"]["pretrain"]["why"].values()
     assert reason.startswith("crashed with exit code")
     assert f"resumed from iter_{INTERVAL:07d}" in (run / "logs" / "pretrain.restart-1.log").read_text()
-    _same_curve(run, faulted["reference"])
+    same_curve(run, faulted["reference"], STEPS)
     (stage,) = [s for s in summarize(RunDir(run))["stages"] if s.name == "pretrain"]
     # The steps after the checkpoint at INTERVAL that the killed attempt had logged were run again.
     lost = stage.lost_steps
@@ -200,7 +182,7 @@ def test_preemption_signal_loses_no_step(faulted):
     assert st["stages"]["pretrain"]["why"] == {"1": "preempted"}
     first = (run / "logs" / "pretrain.restart-0.log").read_text()
     assert "preemption signal" in first and "exiting with 75" in first
-    _same_curve(run, faulted["reference"])
+    same_curve(run, faulted["reference"], STEPS)
     (stage,) = [s for s in summarize(RunDir(run))["stages"] if s.name == "pretrain"]
     assert stage.lost_steps == 0 and stage.time["lost"] == 0
     resumed = (run / "logs" / "pretrain.restart-1.log").read_text()
@@ -230,7 +212,7 @@ def test_a_frozen_rank_is_found_its_stacks_kept_and_the_stage_restarted(faulted)
     # and before its own beat for it, one step behind (the message then names it as behind)
     assert event["timeout"] == HANG_TIMEOUT and event["step"] >= faulted["frozen_after"] - 1
     assert event["time"] - faulted["frozen_at"] <= HANG_TIMEOUT + 15  # found within the timeout and a margin
-    _same_curve(run, faulted["reference"])
+    same_curve(run, faulted["reference"], STEPS)
     (stage,) = [s for s in summarize(RunDir(run))["stages"] if s.name == "pretrain"]
     assert stage.lost_steps >= faulted["frozen_after"] - resumed and stage.time["lost"] > 0
     assert not [p for p in workers(run) if p.status() == psutil.STATUS_STOPPED]
@@ -268,7 +250,7 @@ def test_a_rank_stuck_inside_a_collective_is_found_and_the_stage_restarted(fault
     assert sorted(d[0] for d in dumps) == ["0", "1"]
     assert all("distributed_c10d.py" in d for d in dumps), dumps
     assert f"resumed from iter_{INTERVAL:07d}" in then
-    _same_curve(faulted["in_collective"], faulted["reference"])
+    same_curve(faulted["in_collective"], faulted["reference"], STEPS)
 
 
 def test_a_hang_inside_a_checkpoint_save_leaves_no_checkpoint_taken_for_complete(faulted):
@@ -276,7 +258,7 @@ def test_a_hang_inside_a_checkpoint_save_leaves_no_checkpoint_taken_for_complete
     first, then = _hung_once(run)
     assert f"saved checkpoint step={2 * INTERVAL}" not in first  # the save never finished...
     assert f"resumed from iter_{INTERVAL:07d}" in then  # ...so the restart took the one before it
-    _same_curve(run, faulted["reference"])
+    same_curve(run, faulted["reference"], STEPS)
     listing = llmops("checkpoints", run.name, "--runs-dir", str(run.parent))
     rows = {(r[1], r[-1]) for r in map(str.split, listing.stdout.splitlines()[1:])}  # (step, state)
     assert listing.returncode == 0, listing.stderr
@@ -326,7 +308,7 @@ def test_truncated_newest_checkpoint_falls_back_to_the_previous(workdir, faulted
     text = log_text(run)
     assert f"skipping checkpoint iter_{2 * INTERVAL:07d}: file {shard.name}" in text
     assert f"resumed from iter_{INTERVAL:07d}" in text
-    _same_curve(run, faulted["reference"])
+    same_curve(run, faulted["reference"], STEPS)
 
 
 @pytest.fixture
@@ -367,7 +349,7 @@ def test_disk_full_while_saving_keeps_the_previous_checkpoint(workdir, faulted, 
     assert res.returncode == 0, res.stderr
     assert wait_state(run, {"SUCCEEDED", "FAILED"}, timeout=300)["state"] == "SUCCEEDED"
     assert f"resumed from iter_{INTERVAL:07d}" in (run / "logs" / "pretrain.restart-1.log").read_text()
-    _same_curve(run, faulted["reference"])
+    same_curve(run, faulted["reference"], STEPS)
 
 
 def test_cancel_leaves_nothing_running_and_nothing_falsely_complete(workdir):

@@ -30,7 +30,7 @@ import pytest
 
 from llmops.runs.report import summarize
 from llmops.runs.rundir import RunDir
-from llmops_testing import llmops, losses, start, status, tiny_spec, wait_step, write_spec
+from llmops_testing import llmops, run_processes, same_curve, start, status, tiny_spec, wait_step, write_spec
 
 STEPS = 20
 INTERVAL = 5
@@ -49,18 +49,6 @@ def _spec(name: str, **restarts) -> dict:
 
 def _inject(**env: str) -> dict[str, str]:
     return {"PYTHONPATH": os.pathsep.join([str(INJECT), os.environ.get("PYTHONPATH", "")]), **env}
-
-
-def _processes(run_dir: Path) -> list[psutil.Process]:
-    key = str(run_dir.resolve())
-    found = []
-    for p in psutil.process_iter(["cmdline"]):
-        try:
-            if any(key in part for part in p.info["cmdline"] or []):
-                found.append(p)
-        except psutil.Error:
-            continue
-    return found
 
 
 def _stop_a_preparation_worker(run: Path, timeout: float = 120) -> None:
@@ -131,23 +119,16 @@ def hung(tmp_path_factory):
         yield facts
     finally:
         for run in runs.iterdir():  # nothing of a run left behind, whatever the outcome
-            if status(run).get("state") not in ENDED or _processes(run):
+            if status(run).get("state") not in ENDED or run_processes(run):
                 with contextlib.suppress(subprocess.TimeoutExpired):
                     llmops("cancel", "--force", run.name, "--runs-dir", str(runs), timeout=30)
-            for p in _processes(run):
+            for p in run_processes(run):
                 with contextlib.suppress(psutil.Error):
                     p.kill()
 
 
 def _events(run: Path, stage: str = "pretrain") -> list[dict]:
     return [json.loads(line) for line in (run / "stages" / stage / "events.jsonl").read_text().splitlines()]
-
-
-def _same_curve(run: Path, reference: Path) -> None:
-    ref, got = losses(reference), losses(run)
-    assert sorted(got) == list(range(1, STEPS + 1))
-    for step in got:
-        assert got[step] == pytest.approx(ref[step], rel=1e-6, abs=1e-7), step
 
 
 def test_every_rank_stuck_loading_its_checkpoint_is_found_after_the_start_up_timeout(hung):
@@ -171,7 +152,7 @@ def test_every_rank_stuck_loading_its_checkpoint_is_found_after_the_start_up_tim
     # the restart after it resumed from the checkpoint the preemption wrote; nothing was lost
     saved = int((run / "logs" / "pretrain.restart-0.log").read_text().split("saved checkpoint step=")[-1].split()[0])
     assert f"resumed from iter_{saved:07d}" in (run / "logs" / "pretrain.restart-2.log").read_text()
-    _same_curve(run, hung["reference"])
+    same_curve(run, hung["reference"], STEPS)
     (stage,) = [s for s in summarize(RunDir(run))["stages"] if s.name == "pretrain"]
     assert stage.lost_steps == 0
     shown = " ".join(llmops("status", run.name, "--runs-dir", str(run.parent)).stdout.split())
@@ -189,8 +170,8 @@ def test_a_stopped_launcher_is_found_and_its_job_ended(hung):
         assert st["stages"]["pretrain"]["why"]["1"].startswith("hung (the launcher stayed stopped"), st
     else:  # they had finished and waited to be collected
         assert "the stage has finished: its last step and final checkpoint are complete" in log
-    _same_curve(run, hung["reference"])
-    assert not _processes(run)
+    same_curve(run, hung["reference"], STEPS)
+    assert not run_processes(run)
 
 
 def test_a_stopped_preparation_worker_is_found_and_the_stage_started_again(hung):
@@ -203,7 +184,7 @@ def test_a_stopped_preparation_worker_is_found_and_the_stage_started_again(hung)
     out = run.parent.parent / "prepared"
     stats, meta = (json.loads((out / name).read_text()) for name in ("stats.json", "metadata.json"))
     assert stats["output"]["documents"] == meta["documents"] > 0
-    assert not _processes(run)
+    assert not run_processes(run)
 
 
 def test_a_stopped_supervisor_is_shown_and_the_run_can_still_be_cancelled(hung):
@@ -218,4 +199,4 @@ def test_a_stopped_supervisor_is_shown_and_the_run_can_still_be_cancelled(hung):
     st = status(run)
     assert st["state"] == "CANCELLED" and "checkpointed" in st["message"], st
     time.sleep(1.0)
-    assert not _processes(run), [p.info["cmdline"] for p in _processes(run)]
+    assert not run_processes(run), [p.info["cmdline"] for p in run_processes(run)]

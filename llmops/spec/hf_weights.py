@@ -42,15 +42,17 @@ def stored_name(name: str, names: Any, family: str) -> str | None:
     return bare if bare != name and bare in names else None
 
 
-def weight_files(folder: str | Path) -> dict[str, Path]:
-    """Where each tensor of the folder lies: its index's map, else every *.safetensors file's own names.
-    UserError for an index that names a file outside the folder."""
+def weight_files(folder: str | Path, headers: dict[Path, dict] | None = None) -> dict[str, Path]:
+    """Where each tensor of the folder lies: its index's map, else every *.safetensors file's own names (their
+    :func:`tensors` kept in `headers`, when given). UserError for an index that names a file outside the folder."""
     folder = Path(folder)
     index = folder / INDEX
+    headers = {} if headers is None else headers
     if not index.exists():
         where: dict[str, Path] = {}
         for path in sorted(folder.glob("*.safetensors")):
-            where |= dict.fromkeys(tensors(path), path)
+            headers[path] = tensors(path)
+            where |= dict.fromkeys(headers[path], path)
         return where
     try:
         data = json.loads(read_bounded(index, "safetensors index", MAX_INDEX_BYTES).decode("utf-8"))
@@ -77,7 +79,7 @@ def tensors(path: Path) -> dict[str, tuple[str, list[int]]]:
         if not stat.S_ISREG(os.stat(path).st_mode):
             raise UserError(f"{path} is not a regular file (a folder, a pipe or a device)", REFETCH)
         with safe_open(path, framework="numpy") as f:  # the header alone; no tensor is read
-            return {name: (f.get_slice(name).get_dtype(), f.get_slice(name).get_shape()) for name in f.keys()}
+            return {name: (s.get_dtype(), s.get_shape()) for name in f.keys() for s in (f.get_slice(name),)}
     except OSError as exc:
         raise UserError(f"{path} cannot be read ({exc.strerror})", REFETCH) from None
     except SafetensorError as exc:
@@ -90,8 +92,9 @@ def check_weights(folder: str | Path, fields: dict[str, Any]) -> None:
     :func:`llmops.spec.hf.model_fields`) loads, in its shape and a floating-point dtype, and no layer past its
     last; and, where config.json ties the output layer to the embedding, no lm_head of other values."""
     folder = Path(folder)
-    where = weight_files(folder)
-    headers = {path: tensors(path) for path in set(where.values())}
+    headers: dict[Path, dict] = {}
+    where = weight_files(folder, headers)  # without an index, every file's header is read there, once
+    headers |= {path: tensors(path) for path in set(where.values()) - headers.keys()}
     family = "gpt2" if fields["normalization"] == "LayerNorm" else "llama"
     config = f"{folder}/config.json"
     layers = {int(m.group(1)) for name in where if (m := re.search(r"(?:^|\.)(?:layers|h)\.(\d+)\.", name))}
